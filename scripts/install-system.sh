@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Install the system packages the lab needs, on Debian 12 (bookworm) or 13 (trixie).
+#
+# Why the backports dance on Debian 12: its QEMU 7.2 silently loses dirty pages
+# when migrating TCG guests (fixed upstream in 2024, "system/physmem: Fix
+# migration dirty bitmap coherency with TCG memory access"). The lab therefore
+# needs QEMU >= 10.0: bookworm-backports has 10.0.x and libvirt 11.3; the
+# bookworm seabios 1.16.2 hangs under QEMU 10, so seabios (architecture-
+# independent firmware) comes from trixie, pinned so nothing else does.
+# Debian 13 ships all of it natively.
+set -euo pipefail
+
+stamp=/var/lib/libvirt-vmotion/system-packages.v1
+if [ -f "$stamp" ] && command -v qemu-system-x86_64 >/dev/null && command -v libvirtd >/dev/null; then
+  exit 0
+fi
+if [ "$(id -u)" -ne 0 ]; then
+  echo "error: installing system packages needs root." >&2
+  echo "hint: run this as root (sudo $0)." >&2
+  exit 2
+fi
+
+. /etc/os-release
+export DEBIAN_FRONTEND=noninteractive
+
+# Do not let package scripts start daemons: the lab starts its own, per namespace.
+policy=/usr/sbin/policy-rc.d
+policy_added=0
+if [ ! -e "$policy" ]; then
+  printf '#!/bin/sh\nexit 101\n' > "$policy"; chmod +x "$policy"; policy_added=1
+fi
+trap '[ "$policy_added" = 1 ] && rm -f "$policy"' EXIT
+
+common=(iproute2 iputils-ping tcpdump cpio gzip busybox-static gcc libc6-dev
+        pkg-config python3-venv python3-dev kmod procps psmisc dnsmasq-base)
+virt=(qemu-system-x86 qemu-utils libvirt-daemon libvirt-daemon-driver-qemu
+      libvirt-clients libvirt-dev libvirt-daemon-config-network)
+
+case "${VERSION_CODENAME:-}" in
+  bookworm)
+    cat > /etc/apt/sources.list.d/vmotion-backports.sources <<SRC
+Types: deb
+URIs: http://deb.debian.org/debian
+Suites: bookworm-backports trixie
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SRC
+    cat > /etc/apt/preferences.d/vmotion-pins <<PIN
+Package: *
+Pin: release n=trixie
+Pin-Priority: 100
+
+Package: seabios
+Pin: release n=trixie
+Pin-Priority: 990
+PIN
+    apt-get update -q
+    apt-get install -y -q --no-install-recommends "${common[@]}"
+    apt-get install -y -q --no-install-recommends -t bookworm-backports "${virt[@]}"
+    apt-get install -y -q --no-install-recommends seabios/trixie
+    ;;
+  trixie|forky|sid)
+    apt-get update -q
+    apt-get install -y -q --no-install-recommends "${common[@]}" "${virt[@]}" seabios
+    ;;
+  *)
+    echo "error: unsupported system '${PRETTY_NAME:-unknown}'." >&2
+    echo "hint: the lab set-up supports Debian 12 (bookworm) and 13 (trixie)." >&2
+    exit 2
+    ;;
+esac
+
+mkdir -p "$(dirname "$stamp")"
+touch "$stamp"

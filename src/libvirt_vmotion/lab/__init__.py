@@ -1,0 +1,1 @@
+"""The two-host namespace lab: switch, two libvirt hosts, a client, and the test guest."""

@@ -1,0 +1,84 @@
+"""Names and addresses of the namespace lab.
+
+Pure: no I/O. Every address here lives only inside namespaces the lab creates;
+nothing in the lab ever targets an address outside them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+
+@dataclass(frozen=True, slots=True)
+class LabHost:
+    """One emulated hypervisor host of the lab."""
+
+    name: str
+    """Hostname inside the host's UTS namespace (also the libvirt hostname)."""
+    netns: str
+    """Network namespace name (``ip netns``)."""
+    addr: str
+    """The host's address on the lab network (on its ``br0``)."""
+    host_uuid: str
+    """libvirtd ``host_uuid``; distinct per host so libvirt sees two hosts."""
+    switch_port: str
+    """Name of this host's port (veth end) on the switch bridge."""
+
+    @property
+    def uri(self) -> str:
+        """libvirt URI that reaches this host's libvirtd over TCP from the lab network."""
+        return f"qemu+tcp://{self.addr}/system"
+
+
+PREFIX_LEN: Final = 24
+SWITCH_NETNS: Final = "vmo-switch"
+SWITCH_BRIDGE: Final = "sw0"
+CLIENT_NETNS: Final = "vmo-client"
+CLIENT_ADDR: Final = "10.77.0.100"
+CLIENT_SWITCH_PORT: Final = "port-client"
+HOST_BRIDGE: Final = "br0"
+HOST_UPLINK: Final = "uplink0"
+
+HOST_A: Final = LabHost(
+    name="hosta",
+    netns="vmo-hosta",
+    addr="10.77.0.1",
+    host_uuid="7a6f0000-0000-4000-8000-00000000000a",
+    switch_port="port-hosta",
+)
+HOST_B: Final = LabHost(
+    name="hostb",
+    netns="vmo-hostb",
+    addr="10.77.0.2",
+    host_uuid="7a6f0000-0000-4000-8000-00000000000b",
+    switch_port="port-hostb",
+)
+HOSTS: Final = (HOST_A, HOST_B)
+
+GUEST_NAME: Final = "vmo-guest"
+GUEST_ADDR: Final = "10.77.0.50"
+GUEST_MAC: Final = "52:54:00:77:00:50"
+WORKLOAD_CONTROL_PORT: Final = 7000
+"""TCP port of the guest workload's control/status server (one command per connection)."""
+WORKLOAD_STREAM_PORT: Final = 7001
+"""TCP port where the guest streams a numbered line every few ms to each client."""
+
+STATE_DIR: Final = Path("/var/lib/vmotion-lab")
+"""Per-host libvirt state (etc, run, lib, log, cache) and lab bookkeeping."""
+IMAGE_CACHE_DIR: Final = Path("/var/cache/libvirt-vmotion/guest")
+"""Built guest images, one directory per recipe hash."""
+
+
+def host_by_name(name: str) -> LabHost:
+    """Return the lab host called ``name`` (``hosta``/``hostb``, also ``a``/``b``).
+
+    Raises:
+        KeyError: no such lab host.
+
+    """
+    for host in HOSTS:
+        if name in (host.name, host.name.removeprefix("host")):
+            return host
+    raise KeyError(name)

@@ -28,7 +28,7 @@ class LabHost:
 
     @property
     def uri(self) -> str:
-        """libvirt URI that reaches this host's libvirtd over TCP from the lab network."""
+        """URI that reaches this host's libvirtd over TCP from the lab network."""
         return f"qemu+tcp://{self.addr}/system"
 
 

@@ -1,0 +1,175 @@
+"""Value objects shared by the migration code.
+
+Pure: no I/O, no clock, no logging. Job statistics are normalized here, at the
+edge, so the rest of the code never sees libvirt's raw dictionaries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Final
+
+MIB: Final = 1024 * 1024
+
+# libvirt's virDomainJobType values (libvirt-domain.h); kept here so this module
+# stays free of ``import libvirt``.
+_JOB_TYPE_NAMES: Final = {
+    0: "none",
+    1: "bounded",
+    2: "unbounded",
+    3: "completed",
+    4: "failed",
+    5: "cancelled",
+}
+
+
+class Phase(StrEnum):
+    """Phase of a live migration as the user sees it."""
+
+    SETUP = "setup"
+    BULK_COPY = "bulk-copy"
+    CONVERGING = "converging"
+    SWITCHOVER = "switchover"
+    DONE = "done"
+
+
+def _int(stats: Mapping[str, object], key: str) -> int:
+    value = stats.get(key, 0)
+    return int(value) if isinstance(value, int | float) else 0
+
+
+@dataclass(frozen=True, slots=True)
+class JobSample:
+    """One normalized reading of a migration job's statistics.
+
+    ``memory_dirty_rate_pages_s`` is libvirt's ``memory_dirty_rate``: pages per
+    second, reported as 0 during the first iteration (QEMU only knows it after
+    one full pass).
+    """
+
+    now_s: float
+    job_type: str
+    elapsed_ms: int
+    data_total_bytes: int
+    data_processed_bytes: int
+    data_remaining_bytes: int
+    memory_total_bytes: int
+    memory_remaining_bytes: int
+    memory_bps: int
+    memory_dirty_rate_pages_s: int
+    memory_page_size: int
+    iteration: int
+    setup_time_ms: int
+    downtime_ms: int
+    downtime_net_ms: int = 0
+    postcopy_requests: int = 0
+
+    @classmethod
+    def from_job_stats(cls, stats: Mapping[str, object], *, now_s: float) -> JobSample:
+        """Build a sample from ``virDomain.jobStats()`` output.
+
+        Args:
+            stats: the dictionary libvirt returned; missing keys read as 0.
+            now_s: monotonic time the stats were read at.
+
+        Returns:
+            The normalized sample.
+
+        """
+        return cls(
+            now_s=now_s,
+            job_type=_JOB_TYPE_NAMES.get(_int(stats, "type"), "unknown"),
+            elapsed_ms=_int(stats, "time_elapsed"),
+            data_total_bytes=_int(stats, "data_total"),
+            data_processed_bytes=_int(stats, "data_processed"),
+            data_remaining_bytes=_int(stats, "data_remaining"),
+            memory_total_bytes=_int(stats, "memory_total"),
+            memory_remaining_bytes=_int(stats, "memory_remaining"),
+            memory_bps=_int(stats, "memory_bps"),
+            memory_dirty_rate_pages_s=_int(stats, "memory_dirty_rate"),
+            memory_page_size=_int(stats, "memory_page_size") or 4096,
+            iteration=_int(stats, "memory_iteration"),
+            setup_time_ms=_int(stats, "setup_time"),
+            downtime_ms=_int(stats, "downtime"),
+            downtime_net_ms=_int(stats, "downtime_net"),
+            postcopy_requests=_int(stats, "memory_postcopy_requests"),
+        )
+
+    @property
+    def is_active(self) -> bool:
+        """True while libvirt reports a running job."""
+        return self.job_type in {"bounded", "unbounded"}
+
+    @property
+    def dirty_rate_mib_s(self) -> float:
+        """Guest dirty rate in MiB/s (0 until QEMU has finished one iteration)."""
+        return self.memory_dirty_rate_pages_s * self.memory_page_size / MIB
+
+    @property
+    def transfer_rate_mib_s(self) -> float:
+        """Current memory transfer rate in MiB/s."""
+        return self.memory_bps / MIB
+
+    @property
+    def phase(self) -> Phase:
+        """Phase inferred from the counters (QEMU's iteration counter starts at 1)."""
+        if not self.is_active:
+            return Phase.DONE
+        if self.memory_total_bytes == 0 and self.data_processed_bytes == 0:
+            return Phase.SETUP
+        if self.iteration <= 1:
+            return Phase.BULK_COPY
+        return Phase.CONVERGING
+
+
+@dataclass(frozen=True, slots=True)
+class MigrationRequest:
+    """What the user asked for: one live migration of one guest.
+
+    Attributes:
+        domain: name, UUID or ID of the guest on the source.
+        source_uri: libvirt URI of the source host, as this process reaches it.
+        dest_uri: libvirt URI of the destination. Used by this process and, for
+            the peer-to-peer migration, by the source's libvirtd: it must mean
+            the same host from both places.
+        bandwidth_mib_s: migration bandwidth cap, or None for libvirt's default
+            (unlimited since libvirt lifts QEMU's 128 MiB/s default).
+        max_downtime_ms: the longest pause the guest may see at switchover, or
+            None for QEMU's default (300 ms).
+        timeout_s: abort (guest stays on the source) if not done by then; None
+            waits forever.
+
+    """
+
+    domain: str
+    source_uri: str
+    dest_uri: str
+    bandwidth_mib_s: int | None = None
+    max_downtime_ms: int | None = None
+    timeout_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MigrationOutcome:
+    """What happened: figures from QEMU/libvirt and from our own clock.
+
+    Attributes:
+        wall_time_s: from our migrate call to its return.
+        final: the completed job's statistics (downtime, totals), if libvirt
+            kept them; else the last live sample.
+        samples: every live sample taken while the job ran.
+        iterations: highest memory iteration seen.
+        source_host: hostname of the source.
+        dest_host: hostname of the destination.
+
+    """
+
+    domain: str
+    source_host: str
+    dest_host: str
+    wall_time_s: float
+    final: JobSample | None
+    iterations: int
+    samples: tuple[JobSample, ...] = field(default=(), repr=False)

@@ -1,0 +1,344 @@
+"""The libvirt adapter: the only module that imports ``libvirt``.
+
+I/O: holds no policy. Every libvirt call runs inside ``translating_errors``,
+which maps libvirt error codes to this package's exception tree and keeps the
+original as ``__cause__``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Final, NoReturn, Self
+
+import libvirt
+from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
+
+from libvirt_vmotion.errors import (
+    ConnectionFailed,
+    DomainNotFound,
+    HypervisorError,
+    MigrationAborted,
+    Unsupported,
+    VmotionError,
+)
+from libvirt_vmotion.model import JobSample
+
+log = logging.getLogger(__name__)
+
+_CONNECTION_CODES: Final = frozenset(
+    {
+        libvirt.VIR_ERR_NO_CONNECT,
+        libvirt.VIR_ERR_INVALID_CONN,
+        libvirt.VIR_ERR_RPC,
+        libvirt.VIR_ERR_AUTH_FAILED,
+        libvirt.VIR_ERR_AUTH_UNAVAILABLE,
+        libvirt.VIR_ERR_AUTH_CANCELLED,
+    }
+)
+_UNSUPPORTED_CODES: Final = frozenset(
+    {
+        libvirt.VIR_ERR_NO_SUPPORT,
+        libvirt.VIR_ERR_ARGUMENT_UNSUPPORTED,
+        libvirt.VIR_ERR_OPERATION_UNSUPPORTED,
+    }
+)
+
+_silenced = threading.Lock()
+_silenced_done = False
+
+
+def _silence_default_error_printer() -> None:
+    """Stop libvirt from printing every error to stderr; we report them ourselves."""
+    global _silenced_done  # noqa: PLW0603  one-time process-wide libvirt setting
+    with _silenced:
+        if not _silenced_done:
+            libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+            _silenced_done = True
+
+
+def _raise_translated(exc: libvirt.libvirtError, action: str, *, uri: str, domain: str) -> NoReturn:
+    code = exc.get_error_code() or -1
+    detail = exc.get_error_message() or str(exc)
+    where = f"domain '{domain}' on {uri}" if domain else uri
+    if code == libvirt.VIR_ERR_NO_DOMAIN:
+        msg = f"No guest named '{domain}' on {uri}."
+        raise DomainNotFound(
+            msg, hint=f"List the guests there: virsh -c {uri} list --all"
+        ) from exc
+    if code in _CONNECTION_CODES or (
+        code == libvirt.VIR_ERR_SYSTEM_ERROR
+        and exc.get_error_domain() in {libvirt.VIR_FROM_RPC, libvirt.VIR_FROM_REMOTE}
+    ):
+        msg = f"Cannot reach libvirt at {uri} while trying to {action}: {detail}"
+        raise ConnectionFailed(
+            msg,
+            hint=f"Check that libvirtd runs there and listens (try: virsh -c {uri} version).",
+        ) from exc
+    if code == libvirt.VIR_ERR_OPERATION_ABORTED:
+        msg = f"Migration of {where} was cancelled: {detail}"
+        raise MigrationAborted(msg, hint="The guest keeps running on the source.") from exc
+    if code in _UNSUPPORTED_CODES:
+        msg = f"{uri} does not support the request to {action}: {detail}"
+        raise Unsupported(
+            msg, hint="Upgrade libvirt/QEMU there, or run without this option.", code=code
+        ) from exc
+    msg = f"libvirt failed to {action} ({where}): {detail}"
+    raise HypervisorError(msg, hint="See the libvirtd log on that host.", code=code) from exc
+
+
+@contextmanager
+def translating_errors(action: str, *, uri: str, domain: str = "") -> Iterator[None]:
+    """Translate ``libvirtError`` raised inside the block into our exception tree.
+
+    Args:
+        action: what was being attempted, in words (goes into the message).
+        uri: the connection the call went to.
+        domain: the guest involved, if any.
+
+    Raises:
+        VmotionError: a subclass matching libvirt's error code.
+
+    """
+    try:
+        yield
+    except libvirt.libvirtError as exc:
+        _raise_translated(exc, action, uri=uri, domain=domain)
+
+
+class _TransientError(VmotionError):
+    """A connect attempt that may succeed if retried."""
+
+
+def _open_once(uri: str) -> libvirt.virConnect:
+    try:
+        conn = libvirt.open(uri)
+    except libvirt.libvirtError as exc:
+        # A daemon that is just starting refuses connections for a moment.
+        if exc.get_error_code() == libvirt.VIR_ERR_SYSTEM_ERROR and "refused" in str(exc):
+            raise _TransientError(str(exc)) from exc
+        _raise_translated(exc, "connect", uri=uri, domain="")
+    if conn is None:  # older bindings return None instead of raising
+        msg = f"Cannot open a libvirt connection to {uri}."
+        raise ConnectionFailed(msg, hint=f"Try: virsh -c {uri} version")
+    return conn
+
+
+@dataclass(frozen=True, slots=True)
+class HostIdentity:
+    """What makes two libvirt hosts different in libvirt's eyes."""
+
+    hostname: str
+    host_uuid: str
+    libvirt_version: int
+    hypervisor_version: int
+
+
+class Hypervisor:
+    """One open libvirt connection, with intention-revealing methods."""
+
+    def __init__(self, conn: libvirt.virConnect, uri: str) -> None:
+        """Wrap an open connection; use :meth:`open` instead."""
+        self._conn = conn
+        self.uri = uri
+
+    @classmethod
+    def open(cls, uri: str, *, retry_for_s: float = 3.0) -> Hypervisor:
+        """Open a read-write connection to ``uri`` (retrying briefly if refused).
+
+        Raises:
+            ConnectionFailed: the host cannot be reached.
+
+        """
+        _silence_default_error_printer()
+        try:
+            for attempt in Retrying(
+                retry=retry_if_exception_type(_TransientError),
+                stop=stop_after_delay(retry_for_s),
+                wait=wait_fixed(0.3),
+                reraise=True,
+            ):
+                with attempt:
+                    conn = _open_once(uri)
+        except _TransientError as exc:
+            msg = f"Cannot reach libvirt at {uri}: {exc}"
+            raise ConnectionFailed(
+                msg,
+                hint=f"Check that libvirtd runs there and listens (try: virsh -c {uri} version).",
+            ) from exc
+        return cls(conn, uri)
+
+    def close(self) -> None:
+        """Close the connection; errors on close are ignored (nothing to act on)."""
+        try:
+            self._conn.close()
+        except libvirt.libvirtError:
+            log.debug("closing %s failed", self.uri, exc_info=True)
+
+    def __enter__(self) -> Self:
+        """Use as a context manager that closes the connection."""
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        """Close the connection."""
+        self.close()
+
+    def identity(self) -> HostIdentity:
+        """Hostname, host UUID and versions of this host."""
+        with translating_errors("read host identity", uri=self.uri):
+            hostname = self._conn.getHostname()
+            caps = ET.fromstring(self._conn.getCapabilities())  # noqa: S314  trusted: our own libvirtd
+            lib_version = self._conn.getLibVersion()
+            hv_version = self._conn.getVersion()
+        return HostIdentity(
+            hostname=hostname,
+            host_uuid=caps.findtext("host/uuid", default=""),
+            libvirt_version=lib_version,
+            hypervisor_version=hv_version,
+        )
+
+    def lookup(self, name: str) -> Guest:
+        """Find a guest by name, UUID or numeric ID.
+
+        Raises:
+            DomainNotFound: no such guest on this host.
+
+        """
+        with translating_errors("look up the guest", uri=self.uri, domain=name):
+            try:
+                dom = self._conn.lookupByName(name)
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+                    raise
+                dom = self._lookup_other(name, exc)
+        return Guest(dom, self.uri)
+
+    def _lookup_other(self, name: str, first: libvirt.libvirtError) -> libvirt.virDomain:
+        if name.isdigit():
+            return self._conn.lookupByID(int(name))
+        if len(name) == 36 and name.count("-") == 4:  # canonical UUID form
+            return self._conn.lookupByUUIDString(name)
+        raise first
+
+    def has_guest(self, name: str) -> bool:
+        """True if a guest of that name is defined or running here."""
+        try:
+            self.lookup(name)
+        except DomainNotFound:
+            return False
+        return True
+
+    def define_and_start(self, xml: str) -> Guest:
+        """Define a persistent guest from XML and start it."""
+        with translating_errors("define and start a guest", uri=self.uri):
+            dom = self._conn.defineXML(xml)
+            dom.create()
+        return Guest(dom, self.uri)
+
+    def raw(self) -> libvirt.virConnect:
+        """The underlying connection, for code inside this adapter layer only."""
+        return self._conn
+
+
+class Guest:
+    """One libvirt domain, with intention-revealing methods."""
+
+    def __init__(self, dom: libvirt.virDomain, uri: str) -> None:
+        """Wrap a libvirt domain; get one from :meth:`Hypervisor.lookup`."""
+        self._dom = dom
+        self.uri = uri
+        self.name: str = dom.name()
+
+    def _errors(self, action: str) -> Any:  # noqa: ANN401  context manager factory
+        return translating_errors(action, uri=self.uri, domain=self.name)
+
+    def is_running(self) -> bool:
+        """True if the guest is running (or paused: QEMU is alive)."""
+        with self._errors("read the guest state"):
+            state, _reason = self._dom.state()
+        return state in {libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_PAUSED}
+
+    def state_name(self) -> str:
+        """State of the guest as a word (running, shut off ...)."""
+        names = {
+            libvirt.VIR_DOMAIN_NOSTATE: "no state",
+            libvirt.VIR_DOMAIN_RUNNING: "running",
+            libvirt.VIR_DOMAIN_BLOCKED: "blocked",
+            libvirt.VIR_DOMAIN_PAUSED: "paused",
+            libvirt.VIR_DOMAIN_SHUTDOWN: "shutting down",
+            libvirt.VIR_DOMAIN_SHUTOFF: "shut off",
+            libvirt.VIR_DOMAIN_CRASHED: "crashed",
+            libvirt.VIR_DOMAIN_PMSUSPENDED: "suspended",
+        }
+        with self._errors("read the guest state"):
+            state, _reason = self._dom.state()
+        return names.get(state, f"state {state}")
+
+    def is_persistent(self) -> bool:
+        """True if the guest has a persistent definition on this host."""
+        with self._errors("read whether the guest is persistent"):
+            return bool(self._dom.isPersistent())
+
+    def xml(self) -> str:
+        """The live domain XML."""
+        with self._errors("read the domain XML"):
+            return str(self._dom.XMLDesc(0))
+
+    def job_sample(self, *, now_s: float) -> JobSample:
+        """Statistics of the current job (type ``none`` when there is none)."""
+        with self._errors("read migration job statistics"):
+            stats: Mapping[str, object] = self._dom.jobStats(0)
+        return JobSample.from_job_stats(stats, now_s=now_s)
+
+    def completed_job_sample(self, *, now_s: float) -> JobSample | None:
+        """Statistics libvirt kept for the last completed job, if any."""
+        with self._errors("read completed job statistics"):
+            stats: Mapping[str, object] = self._dom.jobStats(
+                libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED | libvirt.VIR_DOMAIN_JOB_STATS_KEEP_COMPLETED
+            )
+        sample = JobSample.from_job_stats(stats, now_s=now_s)
+        return sample if sample.job_type == "completed" else None
+
+    def set_max_downtime(self, downtime_ms: int) -> None:
+        """Set the longest pause QEMU may plan for at switchover."""
+        with self._errors("set the maximum downtime"):
+            self._dom.migrateSetMaxDowntime(downtime_ms, 0)
+
+    def set_max_bandwidth(self, bandwidth_mib_s: int) -> None:
+        """Cap the migration bandwidth (MiB/s)."""
+        with self._errors("set the migration bandwidth"):
+            self._dom.migrateSetMaxSpeed(bandwidth_mib_s, 0)
+
+    def abort_job(self) -> None:
+        """Abort the running job (the migration); the guest stays here."""
+        with self._errors("abort the migration job"):
+            self._dom.abortJob()
+
+    def migrate_live_p2p(self, dest_uri: str, *, bandwidth_mib_s: int | None) -> None:
+        """Live-migrate peer-to-peer; blocks until the migration ends.
+
+        The source libvirtd connects to ``dest_uri`` itself. The guest is
+        defined on the destination and undefined here only on success; on any
+        failure libvirt resumes it here.
+
+        Raises:
+            MigrationAborted: the job was cancelled.
+            HypervisorError: libvirt refused or the migration failed.
+
+        """
+        flags = (
+            libvirt.VIR_MIGRATE_LIVE
+            | libvirt.VIR_MIGRATE_PEER2PEER
+            | libvirt.VIR_MIGRATE_PERSIST_DEST
+            | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE
+            | libvirt.VIR_MIGRATE_ABORT_ON_ERROR
+        )
+        params: dict[str, Any] = {}
+        if bandwidth_mib_s is not None:
+            params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH] = bandwidth_mib_s
+        with self._errors(f"migrate to {dest_uri}"):
+            self._dom.migrateToURI3(dest_uri, params, flags)

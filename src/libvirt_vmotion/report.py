@@ -1,0 +1,130 @@
+"""The migration report and the live progress line.
+
+Pure: no I/O, no clock. The CLI prints what these functions return.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Final
+
+from libvirt_vmotion.model import MIB, JobSample, MigrationOutcome, MigrationRequest, Phase
+
+REPORT_VERSION: Final = 1
+
+
+def build_report(
+    request: MigrationRequest,
+    outcome: MigrationOutcome,
+    sections: Mapping[str, Mapping[str, object]],
+) -> dict[str, object]:
+    """Assemble the JSON-serializable report of a completed migration.
+
+    Args:
+        request: what was asked.
+        outcome: what libvirt/QEMU and our clock measured.
+        sections: observers' results by name (e.g. ``network``, ``workload``).
+
+    Returns:
+        A dict with stable keys; units are in the key names.
+
+    """
+    final = outcome.final
+    dirty_peak = max((s.dirty_rate_mib_s for s in outcome.samples), default=0.0)
+    report: dict[str, object] = {
+        "report_version": REPORT_VERSION,
+        "result": "completed",
+        "domain": outcome.domain,
+        "source": {"uri": request.source_uri, "host": outcome.source_host},
+        "destination": {"uri": request.dest_uri, "host": outcome.dest_host},
+        "settings": {
+            "bandwidth_mib_s": request.bandwidth_mib_s,
+            "max_downtime_ms": request.max_downtime_ms,
+            "timeout_s": request.timeout_s,
+        },
+        "total_time_s": round(outcome.wall_time_s, 3),
+        "qemu_elapsed_ms": final.elapsed_ms if final else None,
+        "downtime_ms": final.downtime_ms if final else None,
+        "setup_time_ms": final.setup_time_ms if final else None,
+        "iterations": outcome.iterations,
+        "data_transferred_bytes": final.data_processed_bytes if final else None,
+        "memory_total_bytes": final.memory_total_bytes if final else None,
+        "avg_transfer_mib_s": _average_rate(final),
+        "peak_dirty_rate_mib_s": round(dirty_peak, 1),
+        "samples": len(outcome.samples),
+    }
+    for name, section in sections.items():
+        report[name] = dict(section)
+    return report
+
+
+def build_failure_report(
+    request: MigrationRequest, *, result: str, error: str, hint: str
+) -> dict[str, object]:
+    """The report's last line when the migration did not complete."""
+    return {
+        "report_version": REPORT_VERSION,
+        "result": result,
+        "domain": request.domain,
+        "source": {"uri": request.source_uri},
+        "destination": {"uri": request.dest_uri},
+        "error": error,
+        "hint": hint,
+    }
+
+
+def _average_rate(final: JobSample | None) -> float | None:
+    if final is None or final.elapsed_ms <= 0:
+        return None
+    return round(final.data_processed_bytes / MIB / (final.elapsed_ms / 1000), 1)
+
+
+def _fmt(value: object, unit: str = "") -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.1f}{unit}"
+    return f"{value}{unit}"
+
+
+def render_text(report: Mapping[str, object]) -> str:
+    """Human-readable report, one figure per line."""
+    src = report.get("source")
+    dst = report.get("destination")
+    src_host = src.get("host", "") if isinstance(src, Mapping) else ""
+    dst_host = dst.get("host", "") if isinstance(dst, Mapping) else ""
+    transferred = report.get("data_transferred_bytes")
+    mib = f"{transferred / MIB:.1f} MiB" if isinstance(transferred, int) else "n/a"
+    lines = [
+        f"Migration of {report.get('domain')}: {report.get('result')} ({src_host} -> {dst_host})",
+        (
+            f"  total time        {_fmt(report.get('total_time_s'), ' s')}"
+            f"   (QEMU {_fmt(report.get('qemu_elapsed_ms'), ' ms')})"
+        ),
+        f"  downtime (QEMU)   {_fmt(report.get('downtime_ms'), ' ms')}",
+        f"  setup time        {_fmt(report.get('setup_time_ms'), ' ms')}",
+        f"  iterations        {_fmt(report.get('iterations'))}",
+        f"  data transferred  {mib} at {_fmt(report.get('avg_transfer_mib_s'), ' MiB/s')}",
+        f"  peak dirty rate   {_fmt(report.get('peak_dirty_rate_mib_s'), ' MiB/s')}",
+    ]
+    for name in ("network", "workload"):
+        section = report.get(name)
+        if isinstance(section, Mapping):
+            lines.append(f"  {name}:")
+            lines.extend(f"    {key:<22} {_fmt(value)}" for key, value in section.items())
+    return "\n".join(lines)
+
+
+def progress_line(sample: JobSample) -> str:
+    """One line describing a live sample: phase, iteration, data left, rates."""
+    remaining = sample.data_remaining_bytes / MIB
+    total = sample.memory_total_bytes / MIB
+    sent = sample.data_processed_bytes / MIB
+    text = (
+        f"{sample.phase.value:<10} round {sample.iteration:>3}  "
+        f"sent {sent:8.1f} MiB  remaining {remaining:8.1f} MiB of {total:.0f} MiB  "
+        f"{sample.transfer_rate_mib_s:6.1f} MiB/s"
+    )
+    if sample.phase is Phase.CONVERGING:
+        text += f"  dirtying {sample.dirty_rate_mib_s:6.1f} MiB/s"
+    return text

@@ -67,9 +67,7 @@ def _raise_translated(exc: libvirt.libvirtError, action: str, *, uri: str, domai
     where = f"domain '{domain}' on {uri}" if domain else uri
     if code == libvirt.VIR_ERR_NO_DOMAIN:
         msg = f"No guest named '{domain}' on {uri}."
-        raise DomainNotFound(
-            msg, hint=f"List the guests there: virsh -c {uri} list --all"
-        ) from exc
+        raise DomainNotFound(msg, hint=f"List the guests there: virsh -c {uri} list --all") from exc
     if code in _CONNECTION_CODES or (
         code == libvirt.VIR_ERR_SYSTEM_ERROR
         and exc.get_error_domain() in {libvirt.VIR_FROM_RPC, libvirt.VIR_FROM_REMOTE}

@@ -1,0 +1,857 @@
+"""Build, inspect and tear down the two-host libvirt lab on this machine.
+
+I/O: network namespaces, veths and bridges (pyroute2), mount+UTS namespaces
+(``unshare``/``nsenter``), daemons, processes. Config text comes from the pure
+``hostconf`` module.
+
+Topology (names and addresses from ``constants``)::
+
+    vmo-client  eth0 10.77.0.100 ──┐
+    vmo-hosta   br0[uplink0] 10.77.0.1 ──┤ sw0 in vmo-switch (learning, flooding, no STP)
+    vmo-hostb   br0[uplink0] 10.77.0.2 ──┘
+
+Each host is a network namespace plus a long-lived *holder* process
+(``ip netns exec NS unshare --mount --uts --propagation private -- sh -c SCRIPT``) that
+owns the host's private mount and UTS namespaces, starts ``virtlogd`` and
+``libvirtd -l`` in them and then sleeps. The holder writes its PID to
+``STATE_DIR/<host>/holder.pid``; commands enter a host with
+``nsenter -t HOLDER_PID -m -u -n``.
+
+Errors: everything raises ``LabError`` (a ``RuntimeError``) with what failed and what to do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import fcntl
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Final
+
+from pyroute2 import IPRoute, netns
+
+from libvirt_vmotion.lab import hostconf
+from libvirt_vmotion.lab.constants import (
+    CLIENT_ADDR,
+    CLIENT_NETNS,
+    CLIENT_SWITCH_PORT,
+    HOST_BRIDGE,
+    HOST_UPLINK,
+    HOSTS,
+    PREFIX_LEN,
+    STATE_DIR,
+    SWITCH_BRIDGE,
+    SWITCH_NETNS,
+    LabHost,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator, Sequence
+
+_log = logging.getLogger(__name__)
+
+NETNS_DIR: Final = Path("/run/netns")
+LAB_NETNS: Final = (SWITCH_NETNS, *(host.netns for host in HOSTS), CLIENT_NETNS)
+"""Every network namespace the lab owns; nothing else is ever touched."""
+CLIENT_IFNAME: Final = "eth0"
+READY_TIMEOUT_S: Final = 20.0
+"""How long ``up`` waits for both libvirtds to answer over TCP from the client."""
+STOP_GRACE_S: Final = 3.0
+"""SIGTERM -> SIGKILL grace for lab processes in ``down``."""
+PROBE_TIMEOUT_S: Final = 5.0
+LAB_CMD: Final = "python -m libvirt_vmotion lab"
+
+_LOCK_FILE: Final = STATE_DIR / "lab.lock"
+_NETNS_MARKER: Final = STATE_DIR / "run-netns.created"
+"""Records that the lab created ``/run/netns`` (mount and/or directory), so ``down``
+can put the machine back as it found it."""
+_MNT_DETACH: Final = 2
+
+
+class LabError(RuntimeError):
+    """The lab could not be built, inspected or torn down; the message says what to do."""
+
+
+@dataclass(frozen=True, slots=True)
+class HostStatus:
+    """Observed state of one lab host."""
+
+    host: LabHost
+    netns_exists: bool
+    holder_pid: int | None
+    """Holder PID if it is alive inside the host's network namespace, else ``None``."""
+    libvirtd_pid: int | None
+    """libvirtd PID if alive inside the host's network namespace, else ``None``."""
+    virtlogd_pid: int | None
+    reachable: bool
+    """libvirtd answered at ``host.uri`` from the client namespace."""
+    domains: tuple[str, ...]
+    """Running domains (``virsh list --name``); empty when unreachable."""
+    problem: str = ""
+    """Why the host is not healthy (empty when healthy)."""
+
+    @property
+    def healthy(self) -> bool:
+        """Namespace, holder, both daemons and TCP access are all there."""
+        return (
+            self.netns_exists
+            and self.holder_pid is not None
+            and self.libvirtd_pid is not None
+            and self.virtlogd_pid is not None
+            and self.reachable
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class LabStatus:
+    """Observed state of the whole lab."""
+
+    switch_exists: bool
+    client_exists: bool
+    hosts: tuple[HostStatus, ...]
+    leftover_netns: tuple[str, ...] = ()
+    """Lab network namespaces that exist (all of them when the lab is up)."""
+
+    @property
+    def healthy(self) -> bool:
+        """Every namespace exists and every host is healthy."""
+        return self.switch_exists and self.client_exists and all(h.healthy for h in self.hosts)
+
+    @property
+    def anything_exists(self) -> bool:
+        """Some part of the lab exists (namespaces or live processes)."""
+        return bool(self.leftover_netns) or any(
+            h.holder_pid or h.libvirtd_pid or h.virtlogd_pid for h in self.hosts
+        )
+
+    def render(self) -> str:
+        """Return a human-readable report with URIs and how to run commands in the lab."""
+        state = "healthy" if self.healthy else f"NOT healthy (repair: {LAB_CMD} up)"
+        if not self.anything_exists:
+            state = f"down (start: {LAB_CMD} up)"
+        lines = [
+            f"lab: {state}",
+            f"  switch  {SWITCH_NETNS:<10} bridge {SWITCH_BRIDGE}: "
+            + ("present" if self.switch_exists else "missing"),
+            f"  client  {CLIENT_NETNS:<10} {CLIENT_ADDR}: "
+            + ("present" if self.client_exists else "missing"),
+        ]
+        for h in self.hosts:
+            pid = f"libvirtd pid {h.libvirtd_pid}" if h.libvirtd_pid else "libvirtd not running"
+            reach = "reachable" if h.reachable else "UNREACHABLE"
+            doms = ", ".join(h.domains) if h.domains else "-"
+            lines.append(
+                f"  {h.host.name:<7} {h.host.netns:<10} {h.host.addr:<10} {h.host.uri}  "
+                f"{pid}, {reach}, running domains: {doms}"
+            )
+            if h.problem:
+                lines.append(f"          problem: {h.problem}")
+        first = self.hosts[0].host if self.hosts else None
+        if first is not None:
+            lines += [
+                "run commands from the client namespace:",
+                f"  {LAB_CMD} exec -- virsh -c {first.uri} list",
+                "logs: "
+                + ", ".join(str(hostconf.host_paths(h.host).libvirtd_log) for h in self.hosts),
+            ]
+        return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _require_root() -> None:
+    if os.geteuid() != 0:
+        msg = (
+            "the namespace lab needs root (network namespaces, mounts, libvirtd); "
+            f"run as root, e.g. `sudo {LAB_CMD} up`"
+        )
+        raise LabError(msg)
+
+
+def _say(log: Callable[[str], None] | None, message: str) -> None:
+    _log.info("%s", message)
+    if log is not None:
+        log(message)
+
+
+def _ns_ident(path: Path) -> tuple[int, int] | None:
+    """Return ``(st_dev, st_ino)`` of a namespace file, or ``None`` if it is gone."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
+def _mount_points() -> set[str]:
+    """Mount points of this mount namespace.
+
+    ``os.path.ismount`` misses bind mounts within one file system (``/run/netns`` is a
+    bind mount of itself), so read mountinfo (field 5 is the mount point).
+    """
+    try:
+        text = Path("/proc/self/mountinfo").read_text()
+    except OSError:
+        return set()
+    return {line.split()[4] for line in text.splitlines() if len(line.split()) > 4}
+
+
+def _netns_exists(name: str) -> bool:
+    # The file alone can be a stale leftover; the nsfs mount on it is the namespace.
+    return str(NETNS_DIR / name) in _mount_points()
+
+
+def _pids_in_netns(name: str) -> list[int]:
+    """Return the PIDs whose network namespace is ``name`` (what ``ip netns pids`` does)."""
+    ident = _ns_ident(NETNS_DIR / name)
+    if ident is None:
+        return []
+    found = []
+    for pid in _all_pids():
+        if pid == os.getpid():
+            continue
+        if _ns_ident(Path(f"/proc/{pid}/ns/net")) == ident:
+            found.append(pid)
+    return found
+
+
+def _all_pids() -> list[int]:
+    return [int(entry.name) for entry in Path("/proc").iterdir() if entry.name.isdigit()]
+
+
+def _is_running(pid: int) -> bool:
+    """True if ``pid`` exists and is not a zombie (a zombie has left its namespaces)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    # The state letter follows the parenthesized command name, which may contain spaces.
+    return stat[stat.rindex(")") + 2 :][:1] not in {"Z", "X", ""}
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return "?"
+
+
+def _read_pid(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _alive_in_netns(pid: int | None, name: str) -> int | None:
+    """Return ``pid`` if it is a live (non-zombie) process inside netns ``name``.
+
+    Checking the namespace guards against a recycled PID from a stale pid file.
+    """
+    if pid is None:
+        return None
+    ident = _ns_ident(NETNS_DIR / name)
+    if ident is None or _ns_ident(Path(f"/proc/{pid}/ns/net")) != ident:
+        return None
+    return pid if _is_running(pid) else None
+
+
+def _holder_pid(host: LabHost) -> int | None:
+    return _alive_in_netns(_read_pid(hostconf.host_paths(host).holder_pid_file), host.netns)
+
+
+@contextlib.contextmanager
+def _lab_lock() -> Iterator[None]:
+    """Serialize ``up``/``down`` between processes (two CLIs, a test and a CLI)."""
+    STATE_DIR.mkdir(parents=True, exist_ok=True)
+    with _LOCK_FILE.open("a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return f"({path} not readable)"
+    return "\n".join(text.splitlines()[-lines:])
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def client_argv(argv: Sequence[str]) -> list[str]:
+    """Return ``argv`` prefixed to run in the client namespace (``ip netns exec vmo-client``)."""
+    return ["ip", "netns", "exec", CLIENT_NETNS, *argv]
+
+
+def host_argv(host: LabHost, argv: Sequence[str]) -> list[str]:
+    """Return ``argv`` prefixed to run inside ``host`` (net + mount + UTS namespaces).
+
+    Raises:
+        LabError: the host's holder process is not running (lab down or crashed).
+
+    """
+    pid = _holder_pid(host)
+    if pid is None:
+        msg = (
+            f"lab host {host.name} is not running (no live holder process in {host.netns}); "
+            f"start or repair the lab with `{LAB_CMD} up`"
+        )
+        raise LabError(msg)
+    return ["nsenter", "-t", str(pid), "-m", "-u", "-n", "--", *argv]
+
+
+def _run(
+    full_argv: Sequence[str],
+    *,
+    where: str,
+    check: bool,
+    timeout_s: float | None,
+    input: str | None,  # noqa: A002  same name as subprocess.run's parameter
+) -> subprocess.CompletedProcess[str]:
+    try:
+        proc = subprocess.run(
+            list(full_argv),
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            input=input,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        msg = f"`{' '.join(exc.cmd)}` in {where} did not finish within {timeout_s} s"
+        raise LabError(msg) from exc
+    except OSError as exc:
+        msg = f"cannot run `{full_argv[0]}` for {where}: {exc}"
+        raise LabError(msg) from exc
+    if check and proc.returncode != 0:
+        msg = (
+            f"`{' '.join(full_argv)}` in {where} exited with {proc.returncode}: "
+            f"{proc.stderr.strip() or proc.stdout.strip()}"
+        )
+        raise LabError(msg)
+    return proc
+
+
+def run_on_host(
+    host: LabHost,
+    argv: Sequence[str],
+    *,
+    check: bool = True,
+    timeout_s: float | None = 60,
+    input: str | None = None,  # noqa: A002  same name as subprocess.run's parameter
+) -> subprocess.CompletedProcess[str]:
+    """Run ``argv`` inside ``host``'s network, mount and UTS namespaces.
+
+    There ``virsh`` without ``-c`` talks to that host's libvirtd over its local
+    socket and ``hostname`` prints the host's name.
+
+    Args:
+        host: the lab host.
+        argv: command and arguments.
+        check: raise ``LabError`` on a non-zero exit status.
+        timeout_s: kill the command after this many seconds (``None``: wait forever).
+        input: text fed to the command's stdin.
+
+    Returns:
+        The completed process with text stdout/stderr.
+
+    Raises:
+        LabError: the host is not running, the command timed out, or (``check``) failed.
+
+    """
+    return _run(
+        host_argv(host, argv), where=host.name, check=check, timeout_s=timeout_s, input=input
+    )
+
+
+def run_in_client(
+    argv: Sequence[str],
+    *,
+    check: bool = True,
+    timeout_s: float | None = 60,
+    input: str | None = None,  # noqa: A002  same name as subprocess.run's parameter
+) -> subprocess.CompletedProcess[str]:
+    """Run ``argv`` in the client network namespace; see ``run_on_host`` for the rest.
+
+    Raises:
+        LabError: the client namespace is missing, the command timed out or failed.
+
+    """
+    if not _netns_exists(CLIENT_NETNS):
+        msg = f"the lab client namespace {CLIENT_NETNS} does not exist; run `{LAB_CMD} up`"
+        raise LabError(msg)
+    return _run(
+        client_argv(argv), where=CLIENT_NETNS, check=check, timeout_s=timeout_s, input=input
+    )
+
+
+# --------------------------------------------------------------------------- status
+
+
+def _probe_libvirt(host: LabHost) -> tuple[bool, tuple[str, ...], str]:
+    """Ask ``host``'s libvirtd over TCP from the client: (reachable, domains, problem)."""
+    try:
+        proc = _run(
+            client_argv(["virsh", "-c", host.uri, "list", "--name"]),
+            where=CLIENT_NETNS,
+            check=False,
+            timeout_s=PROBE_TIMEOUT_S,
+            input=None,
+        )
+    except LabError as exc:
+        return False, (), str(exc)
+    if proc.returncode != 0:
+        return False, (), f"virsh -c {host.uri} failed: {proc.stderr.strip()}"
+    return True, tuple(line for line in proc.stdout.split() if line), ""
+
+
+def _host_status(host: LabHost, *, client_exists: bool) -> HostStatus:
+    paths = hostconf.host_paths(host)
+    exists = _netns_exists(host.netns)
+    holder = _holder_pid(host) if exists else None
+    libvirtd = _alive_in_netns(_read_pid(paths.libvirtd_pid_file), host.netns) if exists else None
+    virtlogd = _alive_in_netns(_read_pid(paths.virtlogd_pid_file), host.netns) if exists else None
+    reachable, domains, problem = False, tuple[str, ...](), ""
+    if not exists:
+        problem = f"network namespace {host.netns} missing"
+    elif holder is None:
+        problem = "holder process not running"
+    elif libvirtd is None:
+        problem = f"libvirtd not running (see {paths.libvirtd_log})"
+    elif virtlogd is None:
+        problem = "virtlogd not running"
+    elif not client_exists:
+        problem = f"client namespace {CLIENT_NETNS} missing"
+    else:
+        reachable, domains, problem = _probe_libvirt(host)
+    return HostStatus(
+        host=host,
+        netns_exists=exists,
+        holder_pid=holder,
+        libvirtd_pid=libvirtd,
+        virtlogd_pid=virtlogd,
+        reachable=reachable,
+        domains=domains,
+        problem=problem,
+    )
+
+
+def status() -> LabStatus:
+    """Inspect the lab without changing anything.
+
+    Raises:
+        LabError: not running as root.
+
+    """
+    _require_root()
+    client = _netns_exists(CLIENT_NETNS)
+    return LabStatus(
+        switch_exists=_netns_exists(SWITCH_NETNS),
+        client_exists=client,
+        hosts=tuple(_host_status(h, client_exists=client) for h in HOSTS),
+        leftover_netns=tuple(n for n in LAB_NETNS if (NETNS_DIR / n).exists()),
+    )
+
+
+# --------------------------------------------------------------------------- up
+
+
+def _prepare_state(host: LabHost) -> None:
+    """Write a fresh per-host state tree (etc/run/lib), keeping log and cache."""
+    paths = hostconf.host_paths(host)
+    for d in (paths.etc, paths.run, paths.lib):
+        shutil.rmtree(d, ignore_errors=True)
+    paths.holder_pid_file.unlink(missing_ok=True)
+    shutil.copytree("/etc/libvirt", paths.etc, symlinks=True)
+    if not paths.cache.exists():
+        # Seeding with the machine's QEMU capability cache saves a probe per host.
+        shutil.copytree("/var/cache/libvirt", paths.cache, symlinks=True)
+    for d in (paths.run, paths.lib, paths.log, paths.lib / "images", paths.lib / "qemu"):
+        d.mkdir(parents=True, exist_ok=True)
+    # No NAT network: the lab network is br0, and dnsmasq/iptables have no place here.
+    autostart = paths.etc / "qemu" / "networks" / "autostart"
+    if autostart.exists():
+        for entry in autostart.iterdir():
+            entry.unlink()
+    (paths.etc / "libvirtd.conf").write_text(hostconf.build_libvirtd_conf(host))
+    (paths.etc / "qemu.conf").write_text(hostconf.build_qemu_conf(host))
+    (paths.etc / "virtlogd.conf").write_text(hostconf.build_virtlogd_conf())
+    paths.hosts_file.write_text(hostconf.build_hosts_file(HOSTS))
+
+
+def _record_run_netns() -> None:
+    """Remember whether ``/run/netns`` exists/is mounted before the lab creates it."""
+    if _NETNS_MARKER.exists():
+        return
+    parts = []
+    if not NETNS_DIR.exists():
+        parts.append("dir")
+    if str(NETNS_DIR) not in _mount_points():
+        parts.append("mount")
+    if parts:
+        _NETNS_MARKER.write_text(" ".join(parts) + "\n")
+
+
+def _link_index(ipr: IPRoute, ifname: str) -> int:
+    found: list[int] = ipr.link_lookup(ifname=ifname)
+    if not found:
+        msg = f"link {ifname} was not created"
+        raise LabError(msg)
+    return found[0]
+
+
+def _add_bridge(ipr: IPRoute, name: str) -> int:
+    # STP off and forward delay 0: ports forward at once, like an unmanaged switch.
+    ipr.link("add", ifname=name, kind="bridge", br_stp_state=0, br_forward_delay=0)
+    index = _link_index(ipr, name)
+    ipr.link("set", index=index, state="up")
+    return index
+
+
+def _build_network() -> None:
+    for name in LAB_NETNS:
+        netns.create(name)
+    with IPRoute(netns=SWITCH_NETNS) as sw:
+        sw_index = _add_bridge(sw, SWITCH_BRIDGE)
+        ports = [(h.switch_port, h.netns, HOST_UPLINK) for h in HOSTS]
+        ports.append((CLIENT_SWITCH_PORT, CLIENT_NETNS, CLIENT_IFNAME))
+        for port, peer_ns, peer_name in ports:
+            # The peer is born in its namespace: no veth ever shows up in the root namespace.
+            sw.link(
+                "add", ifname=port, kind="veth", peer={"ifname": peer_name, "net_ns_fd": peer_ns}
+            )
+            sw.link("set", index=_link_index(sw, port), master=sw_index, state="up")
+    for host in HOSTS:
+        with IPRoute(netns=host.netns) as ipr:
+            ipr.link("set", index=_link_index(ipr, "lo"), state="up")
+            br = _add_bridge(ipr, HOST_BRIDGE)
+            ipr.link("set", index=_link_index(ipr, HOST_UPLINK), master=br, state="up")
+            ipr.addr("add", index=br, address=host.addr, prefixlen=PREFIX_LEN)
+    with IPRoute(netns=CLIENT_NETNS) as ipr:
+        ipr.link("set", index=_link_index(ipr, "lo"), state="up")
+        eth = _link_index(ipr, CLIENT_IFNAME)
+        ipr.addr("add", index=eth, address=CLIENT_ADDR, prefixlen=PREFIX_LEN)
+        ipr.link("set", index=eth, state="up")
+
+
+def _start_holder(host: LabHost) -> None:
+    paths = hostconf.host_paths(host)
+    script = hostconf.build_holder_script(host, paths)
+    argv = [
+        # setsid --fork: the holder is reparented to init at once, so it never becomes
+        # a zombie of the (possibly long-lived) Python process that started it.
+        "setsid",
+        "--fork",
+        "ip",
+        "netns",
+        "exec",
+        host.netns,
+        "unshare",
+        "--mount",
+        "--uts",
+        "--propagation",
+        "private",
+        "--",
+        "sh",
+        "-c",
+        script,
+    ]
+    with paths.holder_log.open("a") as out:
+        out.write(f"--- starting holder for {host.name} at {time.ctime()}\n")
+        out.flush()
+        subprocess.run(
+            argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, check=True
+        )
+
+
+def _wait_ready(deadline: float) -> LabStatus:
+    """Poll until every host is healthy; fail early when a holder dies."""
+    while True:
+        st = status()
+        if st.healthy:
+            return st
+        for h in st.hosts:
+            paths = hostconf.host_paths(h.host)
+            holder_file = _read_pid(paths.holder_pid_file)
+            if holder_file is not None and h.holder_pid is None:
+                msg = (
+                    f"the holder process of {h.host.name} exited during start-up; "
+                    f"its output ({paths.holder_log}) ends with:\n{_tail(paths.holder_log)}"
+                )
+                raise LabError(msg)
+        if time.monotonic() > deadline:
+            bad = next(h for h in st.hosts if not h.healthy) if st.hosts else None
+            if bad is None:
+                msg = f"lab namespaces incomplete after {READY_TIMEOUT_S:.0f} s"
+                raise LabError(msg)
+            paths = hostconf.host_paths(bad.host)
+            msg = (
+                f"libvirtd on {bad.host.name} did not answer at {bad.host.uri} within "
+                f"{READY_TIMEOUT_S:.0f} s ({bad.problem}); see {paths.libvirtd_log} "
+                f"and {paths.holder_log}"
+            )
+            raise LabError(msg)
+        time.sleep(0.2)
+
+
+def _has_capability_cache(host: LabHost) -> bool:
+    caps = hostconf.host_paths(host).cache / "qemu" / "capabilities"
+    return caps.is_dir() and any(caps.iterdir())
+
+
+def _warm_capability_cache(hosts: Sequence[LabHost]) -> None:
+    """Make each libvirtd probe QEMU now (about 8 s per host) rather than at first use.
+
+    The cache lives in ``STATE_DIR/<host>/cache`` and survives ``down``, so only the
+    first ``up`` on a machine (or after a QEMU/libvirt upgrade) pays for it. Both hosts
+    probe in parallel.
+    """
+    procs = [
+        (
+            host,
+            subprocess.Popen(
+                host_argv(host, ["virsh", "capabilities"]),
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+            ),
+        )
+        for host in hosts
+    ]
+    for host, proc in procs:
+        try:
+            _, err = proc.communicate(timeout=READY_TIMEOUT_S * 3)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            err = "timed out"
+        if proc.returncode != 0:
+            _log.warning("probing QEMU capabilities on %s failed: %s", host.name, err.strip())
+
+
+def up(*, log: Callable[[str], None] | None = None) -> LabStatus:
+    """Build the lab, or repair it; a healthy lab is left untouched.
+
+    A lab that is partly there (crashed daemons, half-removed namespaces) is torn
+    down completely and rebuilt, which also discards domain definitions made there.
+
+    Args:
+        log: receives one line per step (the CLI prints them).
+
+    Returns:
+        The healthy lab's status.
+
+    Raises:
+        LabError: not root, or some step failed (the lab is torn down again; logs stay
+            under ``STATE_DIR/<host>/log``).
+
+    """
+    _require_root()
+    with _lab_lock():
+        st = status()
+        if st.healthy:
+            _say(log, "lab already up and healthy; nothing to do")
+            return st
+        if st.anything_exists:
+            _say(log, "lab is partly there; tearing down leftovers first")
+            _down_locked(log)
+        started = time.monotonic()
+        try:
+            _say(log, "writing per-host libvirt state under " + str(STATE_DIR))
+            for host in HOSTS:
+                _prepare_state(host)
+            _say(log, "creating namespaces, switch, veths and bridges")
+            _record_run_netns()
+            _build_network()
+            _say(
+                log,
+                "starting holders, virtlogd and libvirtd on " + ", ".join(h.name for h in HOSTS),
+            )
+            for host in HOSTS:
+                _start_holder(host)
+            st = _wait_ready(started + READY_TIMEOUT_S)
+            cold = [h for h in HOSTS if not _has_capability_cache(h)]
+            if cold:
+                _say(log, "probing QEMU capabilities once (cached under " + str(STATE_DIR) + ")")
+                _warm_capability_cache(cold)
+        except (LabError, OSError, subprocess.CalledProcessError) as exc:
+            _log.warning("lab up failed, tearing down: %s", exc)
+            with contextlib.suppress(LabError, OSError):
+                _down_locked(None)
+            if isinstance(exc, LabError):
+                raise
+            msg = f"building the lab failed: {exc}; retry `{LAB_CMD} up`, or `{LAB_CMD} down` first"
+            raise LabError(msg) from exc
+        _say(log, f"lab up in {time.monotonic() - started:.1f} s")
+        return st
+
+
+# --------------------------------------------------------------------------- down
+
+
+def _destroy_domains(host: LabHost) -> None:
+    """``virsh destroy`` every running domain on ``host`` (best effort)."""
+    try:
+        listed = run_on_host(host, ["virsh", "list", "--name"], check=False, timeout_s=10)
+    except LabError:
+        return
+    for name in listed.stdout.split():
+        _log.info("destroying domain %s on %s", name, host.name)
+        with contextlib.suppress(LabError):
+            run_on_host(host, ["virsh", "destroy", name], check=False, timeout_s=20)
+
+
+def _lab_pids() -> list[int]:
+    """PIDs inside any lab network namespace plus recorded lab PIDs still alive."""
+    pids: set[int] = set()
+    for name in LAB_NETNS:
+        pids.update(_pids_in_netns(name))
+    for host in HOSTS:
+        paths = hostconf.host_paths(host)
+        for pid_file in (paths.holder_pid_file, paths.libvirtd_pid_file, paths.virtlogd_pid_file):
+            pid = _read_pid(pid_file)
+            if pid is not None and _is_lab_process(pid, paths.root):
+                pids.add(pid)
+    pids.discard(os.getpid())
+    return sorted(pids)
+
+
+def _is_lab_process(pid: int, host_root: Path) -> bool:
+    """True if ``pid`` lives in the mount namespace of the lab host stored at ``host_root``.
+
+    Once a namespace file is gone, a stray holder or daemon can only be recognized by
+    what it sees: its ``/run`` is the per-host copy (mountinfo field 4 is the source
+    path, field 5 the mount point).
+    """
+    try:
+        mountinfo = Path(f"/proc/{pid}/mountinfo").read_text()
+    except OSError:
+        return False
+    needle = f" {host_root / 'run'} /run "
+    return any(needle in line for line in mountinfo.splitlines())
+
+
+def _signal_all(pids: Sequence[int], sig: signal.Signals) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+
+
+def _wait_gone(pids: Sequence[int], timeout_s: float) -> list[int]:
+    """Wait until ``pids`` have exited; return those still running at the deadline."""
+    deadline = time.monotonic() + timeout_s
+    alive = [p for p in pids if _is_running(p)]
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.05)
+        alive = [p for p in alive if _is_running(p)]
+    return alive
+
+
+def _stop_processes(pids: Sequence[int]) -> None:
+    for pid in pids:
+        _log.info("stopping pid %d (%s)", pid, _comm(pid))
+    _signal_all(pids, signal.SIGTERM)
+    alive = _wait_gone(pids, STOP_GRACE_S)
+    if alive:
+        _log.warning("pids %s ignored SIGTERM for %.0f s; killing", alive, STOP_GRACE_S)
+        _signal_all(alive, signal.SIGKILL)
+        alive = _wait_gone(alive, STOP_GRACE_S)
+    if alive:
+        msg = (
+            "lab processes survived SIGKILL: "
+            + ", ".join(str(p) for p in alive)
+            + "; check them with `ps -o pid,stat,cmd -p PID` (D state = stuck in the kernel)"
+        )
+        raise LabError(msg)
+
+
+def _release_run_netns() -> None:
+    """Undo what creating the first namespace did to ``/run/netns``, if the lab did it."""
+    if not _NETNS_MARKER.exists():
+        return
+    with contextlib.suppress(OSError):
+        if any(NETNS_DIR.iterdir()):
+            return  # somebody else's namespace lives there now; leave it be
+    created = _NETNS_MARKER.read_text().split()
+    if "mount" in created:
+        libc = ctypes.CDLL(None, use_errno=True)
+        while str(NETNS_DIR) in _mount_points():
+            if libc.umount2(str(NETNS_DIR).encode(), _MNT_DETACH) != 0:
+                _log.warning("cannot unmount %s: errno %d", NETNS_DIR, ctypes.get_errno())
+                break
+    if "dir" in created:
+        with contextlib.suppress(OSError):
+            NETNS_DIR.rmdir()
+    _NETNS_MARKER.unlink(missing_ok=True)
+
+
+def _down_locked(log: Callable[[str], None] | None) -> None:
+    for host in HOSTS:
+        if _holder_pid(host) is not None:
+            _destroy_domains(host)
+    pids = _lab_pids()
+    if pids:
+        _say(log, f"stopping {len(pids)} lab processes")
+        _stop_processes(pids)
+    for name in LAB_NETNS:
+        path = NETNS_DIR / name
+        if path.exists() or str(path) in _mount_points():
+            _say(log, f"removing network namespace {name}")
+            try:
+                netns.remove(name)
+            except OSError as exc:
+                msg = f"cannot remove network namespace {name}: {exc}; try `ip netns del {name}`"
+                raise LabError(msg) from exc
+    for host in HOSTS:
+        paths = hostconf.host_paths(host)
+        paths.holder_pid_file.unlink(missing_ok=True)
+        shutil.rmtree(paths.run, ignore_errors=True)
+    _release_run_netns()
+
+
+def down(*, log: Callable[[str], None] | None = None) -> None:
+    """Tear the lab down and leave the machine as it was before ``up``.
+
+    Destroys running domains, stops every process inside the lab namespaces (and
+    recorded lab daemons), removes the namespaces (their veths, bridges and taps go
+    with them) and ``/run/netns`` if the lab created it. Logs stay under
+    ``STATE_DIR/<host>/log``. Safe to call when nothing exists.
+
+    Args:
+        log: receives one line per step.
+
+    Raises:
+        LabError: not root, or a process or namespace could not be removed.
+
+    """
+    _require_root()
+    with _lab_lock():
+        _down_locked(log)
+
+
+if __name__ == "__main__":  # manual testing: python -m libvirt_vmotion.lab.topology up|down|status
+    import sys
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    action = sys.argv[1] if len(sys.argv) > 1 else "status"
+    t0 = time.monotonic()
+    if action == "up":
+        print(up(log=print).render())  # noqa: T201  manual entry point
+    elif action == "down":
+        down(log=print)
+    else:
+        print(status().render())  # noqa: T201  manual entry point
+    print(f"{action}: {time.monotonic() - t0:.2f} s")  # noqa: T201  manual entry point

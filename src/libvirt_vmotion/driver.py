@@ -82,7 +82,7 @@ def check_distinct_hosts(source: Hypervisor, dest: Hypervisor) -> tuple[str, str
     return src.hostname, dst.hostname
 
 
-def _find_running_guest(source: Hypervisor, dest: Hypervisor, name: str) -> Guest:
+def _find_running_guest(source: Hypervisor, name: str) -> Guest:
     guest = source.lookup(name)
     if not guest.is_running():
         msg = (
@@ -92,12 +92,15 @@ def _find_running_guest(source: Hypervisor, dest: Hypervisor, name: str) -> Gues
         raise DomainNotRunning(
             msg, hint=f"Start it first (virsh -c {source.uri} start {guest.name})."
         )
-    if dest.has_guest(guest.name) and dest.lookup(guest.name).is_running():
-        msg = f"A guest named '{guest.name}' is already running on {dest.uri}."
+    return guest
+
+
+def _check_dest_free(dest: Hypervisor, name: str) -> None:
+    if dest.has_guest(name) and dest.lookup(name).is_running():
+        msg = f"A guest named '{name}' is already running on {dest.uri}."
         raise PreflightFailed(
             msg, hint="Stop or rename the guest there, or choose another destination."
         )
-    return guest
 
 
 def _where_is(source: Hypervisor, dest: Hypervisor, name: str) -> tuple[bool, bool]:
@@ -145,25 +148,29 @@ def migrate(  # noqa: PLR0913  the migration's collaborators, all keyword-only
             source; the message says where it is.
 
     """
+    guest = _find_running_guest(source, request.domain)
     source_host, dest_host = check_distinct_hosts(source, dest)
-    guest = _find_running_guest(source, dest, request.domain)
+    _check_dest_free(dest, guest.name)
     if request.max_downtime_ms is not None:
         guest.set_max_downtime(request.max_downtime_ms)
 
-    for observer in observers:
-        observer.start()
-    started_s = clock()
     samples: list[JobSample] = []
     worker = _Worker(
         lambda: guest.migrate_live_p2p(request.dest_uri, bandwidth_mib_s=request.bandwidth_mib_s)
     )
     sections: dict[str, Mapping[str, object]] = {}
+    started: list[Observer] = []
+    started_s = clock()
     try:
+        for observer in observers:
+            observer.start()
+            started.append(observer)
+        started_s = clock()
         worker.start()
         _Watch(worker, guest, request, on_sample, poll_interval_s, clock, started_s, samples).run()
         wall_s = clock() - started_s
     finally:
-        for observer in observers:
+        for observer in started:
             try:
                 sections[observer.name] = observer.stop()
             except Exception as exc:  # noqa: BLE001  an observer must not hide the outcome

@@ -1,0 +1,315 @@
+"""Command line: ``vmotion`` / ``python -m libvirt_vmotion``.
+
+I/O: parses arguments, renders output, maps errors to exit codes. A user
+mistake prints ``error:`` and ``hint:`` lines and exits non-zero; tracebacks
+appear only with ``--debug``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TextIO
+
+from libvirt_vmotion import __version__
+from libvirt_vmotion.errors import ExitCode, MigrationAborted, UsageError, VmotionError
+from libvirt_vmotion.model import JobSample, MigrationRequest
+from libvirt_vmotion.ports import Observer
+from libvirt_vmotion.report import build_failure_report, build_report, progress_line, render_text
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SOURCE_URI_ENV = "LIBVIRT_DEFAULT_URI"
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        msg = f"expected a whole number, got {text!r}"
+        raise argparse.ArgumentTypeError(msg) from None
+    if value <= 0:
+        msg = f"must be greater than 0, got {value}"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        msg = f"expected a number of seconds, got {text!r}"
+        raise argparse.ArgumentTypeError(msg) from None
+    if value <= 0:
+        msg = f"must be greater than 0, got {value:g}"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
+def _uri(text: str) -> str:
+    if "://" not in text and not text.startswith("test:"):
+        msg = (
+            f"{text!r} is not a libvirt URI; write e.g. qemu+tcp://HOST/system, "
+            "qemu+ssh://root@HOST/system or qemu:///system"
+        )
+        raise argparse.ArgumentTypeError(msg)
+    return text
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports usage errors in our ``error:``/``hint:`` form, exit 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        sys.stderr.write(f"error: {message}\nhint: see '{self.prog} --help'\n")
+        raise SystemExit(ExitCode.USAGE)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser."""
+    parser = _Parser(
+        prog="vmotion",
+        description="vMotion-style live migration for libvirt/QEMU hosts.",
+        epilog="Exit codes: 0 ok, 2 usage, 3 pre-flight blocker, 5 migration aborted "
+        "(guest still on the source), 6 guest location uncertain, 7 cannot connect, "
+        "8 guest not found.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log steps to stderr")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _add_migrate(sub)
+    _add_lab(sub)
+    return parser
+
+
+def _add_migrate(sub: argparse._SubParsersAction[_Parser]) -> None:
+    mig = sub.add_parser(
+        "migrate",
+        help="live-migrate a running guest to another host",
+        description="Live-migrate DOMAIN (pre-copy, peer-to-peer): it is defined on the "
+        "destination and undefined on the source only when the move succeeds; on any "
+        "failure it keeps running on the source.",
+    )
+    mig.add_argument("domain", metavar="DOMAIN", help="guest name, UUID or ID on the source")
+    mig.add_argument(
+        "--to",
+        dest="dest_uri",
+        required=True,
+        type=_uri,
+        metavar="URI",
+        help="destination libvirt URI; the source's libvirtd connects to it too, so it "
+        "must reach the same host from there (qemu+tcp://, qemu+ssh://, qemu+tls://)",
+    )
+    mig.add_argument(
+        "--from",
+        dest="source_uri",
+        type=_uri,
+        metavar="URI",
+        help=f"source libvirt URI (default: ${DEFAULT_SOURCE_URI_ENV} or qemu:///system)",
+    )
+    mig.add_argument(
+        "--bandwidth", type=_positive_int, metavar="MIB_PER_S", help="cap migration bandwidth"
+    )
+    mig.add_argument(
+        "--max-downtime",
+        type=_positive_int,
+        metavar="MS",
+        help="longest pause the guest may see at switchover (QEMU default 300)",
+    )
+    mig.add_argument(
+        "--timeout",
+        type=_positive_float,
+        metavar="SECONDS",
+        help="abort (guest stays on the source) if not done by then",
+    )
+    mig.add_argument(
+        "--json", action="store_true", help="print the report as one JSON object (last line)"
+    )
+    mig.add_argument("--report-file", type=Path, metavar="PATH", help="also write JSON report")
+    mig.add_argument(
+        "--ping",
+        metavar="ADDR",
+        help="ping the guest at ADDR every 10 ms during the migration; report the gap",
+    )
+    mig.add_argument(
+        "--workload",
+        metavar="ADDR",
+        help="the lab guest's workload at ADDR: report lost pages, reboots, TCP resets",
+    )
+
+
+def _add_lab(sub: argparse._SubParsersAction[_Parser]) -> None:
+    lab = sub.add_parser(
+        "lab",
+        help="the two-host namespace lab (needs root)",
+        description="Two libvirt hosts (hosta 10.77.0.1, hostb 10.77.0.2), a switch and a "
+        "client namespace (10.77.0.100) on this machine. Run the CLI against the lab from "
+        "the client namespace: vmotion lab exec -- vmotion migrate ...",
+    )
+    lsub = lab.add_subparsers(dest="lab_command", required=True, parser_class=_Parser)
+    lsub.add_parser("up", help="build the lab (idempotent; recovers a crashed lab)")
+    lsub.add_parser("status", help="show namespaces, daemons, URIs and guests")
+    lsub.add_parser("down", help="remove the lab and everything it started")
+    ex = lsub.add_parser("exec", help="run a command in the client namespace")
+    ex.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND ...")
+    lsub.add_parser("image", help="build (or find cached) the guest kernel + initramfs")
+    demo = lsub.add_parser("demo", help="lab up, boot the guest on hosta, migrate it to hostb")
+    _add_guest_settings(demo)
+    guest = lsub.add_parser("guest", help="the lab's test guest")
+    gsub = guest.add_subparsers(dest="guest_command", required=True, parser_class=_Parser)
+    start = gsub.add_parser("start", help="(re)start the guest on a lab host")
+    start.add_argument("--host", default="hosta", choices=["hosta", "hostb"])
+    _add_guest_settings(start)
+    gsub.add_parser("status", help="where the guest runs and what its workload reports")
+    wait = gsub.add_parser("wait", help="wait until the workload answers")
+    wait.add_argument("--timeout", type=_positive_float, default=90.0, metavar="SECONDS")
+    gsub.add_parser("stop", help="destroy and undefine the guest on both hosts")
+    setw = gsub.add_parser("set", help="change the workload at runtime")
+    setw.add_argument("setting", choices=["rate", "wss", "mode"])
+    setw.add_argument("value")
+
+
+def _add_guest_settings(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--memory-mib", type=_positive_int, default=512, help="guest RAM")
+    parser.add_argument("--wss-mib", type=_positive_int, default=64, help="working set")
+    parser.add_argument(
+        "--rate-mib-s", type=int, default=20, help="rewrite rate (0 = as fast as it can)"
+    )
+    parser.add_argument("--mode", choices=["paced", "busy"], default="paced")
+    parser.add_argument(
+        "--kvm", action="store_true", help="use KVM instead of TCG (real hosts only)"
+    )
+
+
+class ProgressPrinter:
+    """Live progress: one rewritten line on a TTY, plain lines otherwise."""
+
+    def __init__(self, stream: TextIO, clock: Callable[[], float] = time.monotonic) -> None:
+        """Write to ``stream``; plain lines at most every 2 s or per new round."""
+        self._stream = stream
+        self._tty = stream.isatty()
+        self._clock = clock
+        self._last_s = 0.0
+        self._last_round = -1
+        self._dirty = False
+
+    def __call__(self, sample: JobSample) -> None:
+        """Show one sample."""
+        line = progress_line(sample)
+        if self._tty:
+            self._stream.write("\r\x1b[K" + line)
+            self._dirty = True
+        elif sample.iteration != self._last_round or self._clock() - self._last_s >= 2.0:
+            self._stream.write(line + "\n")
+            self._last_s = self._clock()
+            self._last_round = sample.iteration
+        self._stream.flush()
+
+    def finish(self) -> None:
+        """End the live line."""
+        if self._dirty:
+            self._stream.write("\n")
+            self._stream.flush()
+
+
+def _observers(args: argparse.Namespace) -> list[Observer]:
+    from libvirt_vmotion.observe import PingObserver, WorkloadObserver  # noqa: PLC0415  only when asked
+
+    observers: list[Observer] = []
+    if args.ping:
+        observers.append(PingObserver(args.ping))
+    if args.workload:
+        observers.append(WorkloadObserver(args.workload))
+    return observers
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    """Run one live migration and print its report."""
+    from libvirt_vmotion.driver import migrate  # noqa: PLC0415  keeps --help free of libvirt
+    from libvirt_vmotion.virt import Hypervisor  # noqa: PLC0415
+
+    source_uri = args.source_uri or os.environ.get(DEFAULT_SOURCE_URI_ENV) or "qemu:///system"
+    request = MigrationRequest(
+        domain=args.domain,
+        source_uri=source_uri,
+        dest_uri=args.dest_uri,
+        bandwidth_mib_s=args.bandwidth,
+        max_downtime_ms=args.max_downtime,
+        timeout_s=args.timeout,
+    )
+    if request.source_uri == request.dest_uri:
+        msg = f"--from and --to are the same URI ({request.dest_uri})."
+        raise UsageError(msg, hint="Give the destination host's URI with --to.")
+    printer = ProgressPrinter(sys.stderr)
+    try:
+        with (
+            Hypervisor.open(request.source_uri) as source,
+            Hypervisor.open(request.dest_uri) as dest,
+        ):
+            outcome, sections = migrate(
+                request,
+                source=source,
+                dest=dest,
+                observers=_observers(args),
+                on_sample=printer,
+            )
+    except VmotionError as exc:
+        printer.finish()
+        if args.json or args.report_file:
+            result = "aborted" if isinstance(exc, MigrationAborted) else "failed"
+            failure = build_failure_report(request, result=result, error=exc.message, hint=exc.hint)
+            _emit_json(failure, args)
+        raise
+    printer.finish()
+    report = build_report(request, outcome, sections)
+    if args.json:
+        _emit_json(report, args)
+    else:
+        print(render_text(report))  # noqa: T201  the report is the command's output
+        if args.report_file:
+            _write_report(report, args.report_file)
+    return ExitCode.OK
+
+
+def _emit_json(report: dict[str, object], args: argparse.Namespace) -> None:
+    if args.json:
+        print(json.dumps(report, sort_keys=True))  # noqa: T201  machine output
+    if args.report_file:
+        _write_report(report, args.report_file)
+
+
+def _write_report(report: dict[str, object], path: Path) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+    except OSError as exc:
+        log.warning("could not write the report to %s: %s", path, exc)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; return the process exit code."""
+    args = build_parser().parse_args(argv)
+    level = logging.DEBUG if args.debug else logging.INFO if args.verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command == "migrate":
+            return cmd_migrate(args)
+        from libvirt_vmotion.lab.cli import run_lab_command  # noqa: PLC0415  lab only when asked
+
+        return run_lab_command(args)
+    except VmotionError as exc:
+        if args.debug:
+            log.exception("failed")
+        sys.stderr.write(f"error: {exc.message}\n")
+        if exc.hint:
+            sys.stderr.write(f"hint: {exc.hint}\n")
+        return int(exc.exit_code)
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        return 130

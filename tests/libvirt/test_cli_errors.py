@@ -1,0 +1,80 @@
+"""User mistakes against a real libvirt (the test driver): clear error, hint, exit code.
+
+Each test gets its own driver URI from a file, because ``test:///default``
+keeps state for the life of the process.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+DRIVER = Path(__file__).parent / "data" / "driver.xml"
+SOURCE = f"test://{DRIVER}"
+
+
+def vmotion(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "libvirt_vmotion", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+
+
+def assert_clean_error(result: subprocess.CompletedProcess[str], code: int, *words: str) -> None:
+    assert result.returncode == code, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.startswith("error: ")
+    assert "\nhint: " in result.stderr
+    for word in words:
+        assert word in result.stderr
+
+
+def test_unknown_domain_exits_8_with_hint() -> None:
+    result = vmotion("migrate", "nosuch", "--from", SOURCE, "--to", "test:///default")
+    assert_clean_error(result, 8, "No guest named 'nosuch'", "virsh -c")
+
+
+def test_guest_not_running_exits_3() -> None:
+    result = vmotion("migrate", "stopped01", "--from", SOURCE, "--to", "test:///default")
+    assert_clean_error(result, 3, "shut off", "start stopped01")
+
+
+def test_same_host_is_refused_before_anything_moves() -> None:
+    result = vmotion("migrate", "web01", "--from", SOURCE, "--to", "test:///default")
+    assert_clean_error(result, 3, "same host")
+
+
+def test_unreachable_destination_exits_7() -> None:
+    result = vmotion("migrate", "web01", "--from", SOURCE, "--to", "qemu+tcp://127.0.0.1:1/system")
+    assert_clean_error(result, 7, "Cannot reach libvirt", "127.0.0.1:1")
+
+
+def test_failure_with_json_prints_a_machine_readable_last_line() -> None:
+    result = vmotion("migrate", "nosuch", "--from", SOURCE, "--to", "test:///default", "--json")
+    assert result.returncode == 8
+    last = json.loads(result.stdout.strip().splitlines()[-1])
+    assert last["result"] == "failed"
+    assert "nosuch" in last["error"]
+    assert last["hint"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["migrate", "x", "--to", "not-a-uri"], "is not a libvirt URI"),
+        (["migrate", "x", "--to", "test:///default", "--bandwidth", "0"], "greater than 0"),
+        (["migrate", "x", "--to", "test:///default", "--max-downtime", "abc"], "whole number"),
+        (["migrate", "x"], "--to"),
+        (["migrate", "x", "--from", "test:///default", "--to", "test:///default"], "same URI"),
+    ],
+)
+def test_bad_arguments_exit_2_without_traceback(args: list[str], message: str) -> None:
+    result = vmotion(*args)
+    assert_clean_error(result, 2, message)

@@ -1,0 +1,112 @@
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from libvirt_vmotion.lab.guestdef import LabGuestSpec, VirtType, build_domain_xml
+from libvirt_vmotion.model import MIB, JobSample, MigrationOutcome, MigrationRequest, Phase
+from libvirt_vmotion.report import build_report, progress_line, render_text
+
+# A jobStats() dict as libvirt 11.3 returned it mid-migration in the lab.
+LIVE_STATS: dict[str, object] = {
+    "type": 2,
+    "operation": 5,
+    "time_elapsed": 1200,
+    "setup_time": 12,
+    "data_total": 537_000_000,
+    "data_processed": 300 * MIB,
+    "data_remaining": 40 * MIB,
+    "memory_total": 537_000_000,
+    "memory_processed": 300 * MIB,
+    "memory_remaining": 40 * MIB,
+    "memory_bps": 250 * MIB,
+    "memory_dirty_rate": 5120,
+    "memory_iteration": 3,
+    "memory_page_size": 4096,
+}
+
+
+def make_sample(**overrides: object) -> JobSample:
+    stats = {**LIVE_STATS, **overrides}
+    return JobSample.from_job_stats(stats, now_s=10.0)
+
+
+def test_job_sample_normalizes_units() -> None:
+    sample = make_sample()
+    assert sample.job_type == "unbounded"
+    assert sample.is_active
+    assert sample.iteration == 3
+    assert sample.dirty_rate_mib_s == pytest.approx(20.0)
+    assert sample.transfer_rate_mib_s == pytest.approx(250.0)
+    assert sample.phase is Phase.CONVERGING
+
+
+def test_missing_keys_read_as_zero() -> None:
+    sample = JobSample.from_job_stats({"type": 0}, now_s=0.0)
+    assert sample.job_type == "none"
+    assert not sample.is_active
+    assert sample.memory_page_size == 4096
+    assert sample.phase is Phase.DONE
+
+
+@pytest.mark.parametrize(
+    ("overrides", "phase"),
+    [
+        ({"memory_total": 0, "data_processed": 0}, Phase.SETUP),
+        ({"memory_iteration": 1}, Phase.BULK_COPY),
+        ({"memory_iteration": 4}, Phase.CONVERGING),
+        ({"type": 3}, Phase.DONE),
+    ],
+)
+def test_phase_inference(overrides: dict[str, object], phase: Phase) -> None:
+    assert make_sample(**overrides).phase is phase
+
+
+def test_progress_line_shows_dirty_rate_only_when_converging() -> None:
+    assert "dirtying" in progress_line(make_sample())
+    assert "dirtying" not in progress_line(make_sample(memory_iteration=1))
+
+
+def test_report_has_figures_with_units_and_sections() -> None:
+    final = make_sample(type=3, downtime=42, time_elapsed=2000, data_processed=400 * MIB)
+    request = MigrationRequest("g", "qemu+tcp://a/system", "qemu+tcp://b/system", 100, 50, None)
+    outcome = MigrationOutcome(
+        domain="g",
+        source_host="a",
+        dest_host="b",
+        wall_time_s=2.5,
+        final=final,
+        iterations=3,
+        samples=(make_sample(), make_sample(memory_dirty_rate=10240)),
+    )
+    report = build_report(request, outcome, {"network": {"ping_lost": 1}})
+    assert report["result"] == "completed"
+    assert report["downtime_ms"] == 42
+    assert report["avg_transfer_mib_s"] == pytest.approx(200.0)
+    assert report["peak_dirty_rate_mib_s"] == pytest.approx(40.0)
+    assert report["network"] == {"ping_lost": 1}
+    json.dumps(report)  # serializable
+    text = render_text(report)
+    assert "downtime (QEMU)   42 ms" in text
+    assert "ping_lost" in text
+
+
+def test_guest_xml_is_tcg_by_default_with_named_cpu_and_bridge() -> None:
+    spec = LabGuestSpec(kernel=Path("/k"), initrd=Path("/i"), cmdline="console=ttyS0")
+    dom = ET.fromstring(build_domain_xml(spec))
+    assert dom.get("type") == "qemu"
+    assert dom.findtext("cpu/model") == "qemu64"
+    assert dom.find("cpu").get("check") == "none"  # type: ignore[union-attr]
+    assert dom.find("devices/interface/source").get("bridge") == "br0"  # type: ignore[union-attr]
+    assert dom.findtext("os/kernel") == "/k"
+    kvm = LabGuestSpec(Path("/k"), Path("/i"), "", virt_type=VirtType.KVM)
+    assert ET.fromstring(build_domain_xml(kvm)).get("type") == "kvm"
+
+
+@pytest.mark.parametrize(("field", "value"), [("memory_mib", 64), ("vcpus", 0)])
+def test_guest_spec_rejects_bad_sizes(field: str, value: int) -> None:
+    with pytest.raises(ValueError, match=field):
+        LabGuestSpec(Path("/k"), Path("/i"), "", **{field: value})  # type: ignore[arg-type]

@@ -1,0 +1,231 @@
+"""Lab tier: the two-host namespace lab comes up, repairs itself and goes away cleanly.
+
+One module-scoped lab: it is brought down first (so the "before" snapshot is a machine
+without the lab), built once, and the tests run in file order against it, ending with
+the crash and teardown tests.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+from pyroute2 import IPRoute
+
+from libvirt_vmotion.lab import hostconf, topology
+from libvirt_vmotion.lab.constants import HOST_A, HOST_B, HOSTS, STATE_DIR, LabHost
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+pytestmark = pytest.mark.lab
+
+NETNS_DIR = Path("/run/netns")
+PROBE_DOMAIN = "vmo-lifecycle-probe"
+# Smallest domain that gives a real QEMU process and a tap on br0; paused so it burns no CPU.
+PROBE_DOMAIN_XML = f"""<domain type='qemu'>
+  <name>{PROBE_DOMAIN}</name>
+  <memory unit='MiB'>32</memory>
+  <vcpu>1</vcpu>
+  <os><type arch='x86_64' machine='pc'>hvm</type></os>
+  <cpu mode='custom' match='exact' check='none'><model fallback='allow'>qemu64</model></cpu>
+  <devices>
+    <interface type='bridge'><source bridge='br0'/><model type='virtio'/></interface>
+  </devices>
+</domain>
+"""
+
+
+def _ns_inode(path: str) -> int | None:
+    try:
+        return Path(path).stat().st_ino
+    except OSError:
+        return None
+
+
+def _foreign_netns_inodes() -> set[int]:
+    """Inodes of named namespaces that are not the lab's (other people's work)."""
+    if not NETNS_DIR.is_dir():
+        return set()
+    found = set()
+    for entry in NETNS_DIR.iterdir():
+        if entry.name not in topology.LAB_NETNS:
+            ino = _ns_inode(str(entry))
+            if ino is not None:
+                found.add(ino)
+    return found
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    netns: frozenset[str]
+    mounts: frozenset[str]
+    namespaced_procs: frozenset[tuple[int, int]]
+    root_links: frozenset[str]
+
+
+def _snapshot() -> Snapshot:
+    names = {e.name for e in NETNS_DIR.iterdir()} if NETNS_DIR.is_dir() else set()
+    foreign_names = names - set(topology.LAB_NETNS)
+    mounts = {
+        line
+        for line in Path("/proc/mounts").read_text().splitlines()
+        # Namespaces somebody else creates meanwhile are not ours to compare.
+        if not any(f"/run/netns/{n} " in line for n in foreign_names)
+    }
+    init_ns = _ns_inode("/proc/1/ns/net")
+    procs = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            ino = _ns_inode(f"/proc/{entry.name}/ns/net")
+            if ino is not None and ino != init_ns:
+                procs.add((int(entry.name), ino))
+    with IPRoute() as ipr:
+        links = {link.get("ifname") for link in ipr.link("dump")}
+    return Snapshot(
+        netns=frozenset(names & set(topology.LAB_NETNS)),
+        mounts=frozenset(mounts),
+        namespaced_procs=frozenset(procs),
+        root_links=frozenset(links),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Lab:
+    before: Snapshot
+    status: topology.LabStatus
+    up_s: float
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[Lab]:
+    topology.down()
+    before = _snapshot()
+    started = time.monotonic()
+    status = topology.up()
+    up_s = time.monotonic() - started
+    print(f"lab up from scratch: {up_s:.2f} s")
+    yield Lab(before=before, status=status, up_s=up_s)
+    topology.down()
+
+
+def _host_uuid(host: LabHost) -> str:
+    caps = topology.run_on_host(host, ["virsh", "capabilities"]).stdout
+    match = re.search(r"<uuid>([0-9a-f-]+)</uuid>", caps)
+    assert match, caps[:500]
+    return match.group(1)
+
+
+def _lab_rss_mib() -> float:
+    total_kib = 0
+    for name in topology.LAB_NETNS:
+        for pid in topology._pids_in_netns(name):  # noqa: SLF001  measuring, not driving
+            try:
+                status = Path(f"/proc/{pid}/status").read_text()
+            except OSError:
+                continue
+            match = re.search(r"^VmRSS:\s+(\d+) kB", status, re.MULTILINE)
+            total_kib += int(match.group(1)) if match else 0
+    return total_kib / 1024
+
+
+def test_up_from_nothing_is_healthy(lab: Lab) -> None:
+    assert lab.status.healthy, lab.status.render()
+    assert lab.up_s < 30
+    text = lab.status.render()
+    for host in HOSTS:
+        assert host.uri in text
+    assert "lab exec -- virsh -c" in text
+    print(f"idle lab RSS (all processes in lab namespaces): {_lab_rss_mib():.0f} MiB")
+
+
+def test_hosts_have_distinct_hostnames_and_uuids(lab: Lab) -> None:
+    assert lab.status.healthy
+    names = [topology.run_on_host(h, ["hostname"]).stdout.strip() for h in HOSTS]
+    assert names == [h.name for h in HOSTS]
+    assert [_host_uuid(h) for h in HOSTS] == [h.host_uuid for h in HOSTS]
+
+
+def test_client_reaches_both_libvirtds(lab: Lab) -> None:
+    assert lab.status.healthy
+    for host in HOSTS:
+        out = topology.run_in_client(["virsh", "-c", host.uri, "version"]).stdout
+        assert "Running hypervisor: QEMU" in out
+    argv = topology.client_argv(["virsh", "-c", HOST_B.uri, "hostname"])
+    assert argv[:4] == ["ip", "netns", "exec", "vmo-client"]
+
+
+def test_host_a_libvirtd_reaches_host_b(lab: Lab) -> None:
+    assert lab.status.healthy
+    out = topology.run_on_host(HOST_A, ["virsh", "-c", HOST_B.uri, "hostname"]).stdout
+    assert out.strip() == HOST_B.name
+
+
+def test_up_when_healthy_changes_nothing(lab: Lab) -> None:
+    before = topology.status()
+    started = time.monotonic()
+    after = topology.up()
+    elapsed = time.monotonic() - started
+    print(f"lab up when healthy: {elapsed:.2f} s")
+    assert after.healthy
+    assert [h.libvirtd_pid for h in after.hosts] == [h.libvirtd_pid for h in before.hosts]
+    assert [h.holder_pid for h in after.hosts] == [h.holder_pid for h in before.hosts]
+
+
+def test_up_recovers_from_crash(lab: Lab) -> None:
+    assert lab.status.healthy
+    paths = hostconf.host_paths(HOST_A)
+    old = [int(p.read_text()) for p in (paths.libvirtd_pid_file, paths.holder_pid_file)]
+    for pid in old:
+        os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while topology.status().hosts[0].libvirtd_pid is not None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    crashed = topology.status()
+    assert not crashed.healthy
+    assert crashed.anything_exists
+    with pytest.raises(topology.LabError, match="lab up"):
+        topology.run_on_host(HOST_A, ["hostname"])
+    started = time.monotonic()
+    repaired = topology.up()
+    print(f"lab up after crash: {time.monotonic() - started:.2f} s")
+    assert repaired.healthy, repaired.render()
+    assert repaired.hosts[0].libvirtd_pid not in old
+    assert topology.run_on_host(HOST_A, ["hostname"]).stdout.strip() == HOST_A.name
+
+
+def test_down_leaves_machine_as_found(lab: Lab) -> None:
+    assert topology.status().healthy
+    # A running guest with a tap on br0: down must destroy it and its QEMU.
+    topology.run_on_host(
+        HOST_B, ["virsh", "create", "--paused", "/dev/stdin"], input=PROBE_DOMAIN_XML
+    )
+    assert PROBE_DOMAIN in topology.status().hosts[1].domains
+    lab_inodes = {_ns_inode(str(NETNS_DIR / n)) for n in topology.LAB_NETNS}
+    started = time.monotonic()
+    topology.down()
+    print(f"lab down: {time.monotonic() - started:.2f} s")
+    after = _snapshot()
+    assert after.netns == lab.before.netns
+    assert after.mounts == lab.before.mounts
+    assert not any(ino in lab_inodes for _, ino in after.namespaced_procs)
+    foreign = _foreign_netns_inodes()
+    new_procs = {
+        p for p in after.namespaced_procs - lab.before.namespaced_procs if p[1] not in foreign
+    }
+    assert not new_procs
+    assert after.root_links == lab.before.root_links
+    assert not any(
+        f" {STATE_DIR}" in line for line in Path("/proc/mounts").read_text().splitlines()
+    )
+    topology.down()  # twice is fine
+    assert _snapshot().netns == lab.before.netns
+    final = topology.status()
+    assert not final.anything_exists
+    assert "down" in final.render()

@@ -79,7 +79,8 @@ def _snapshot() -> Snapshot:
         # Namespaces somebody else creates meanwhile are not ours to compare.
         if not any(f"/run/netns/{n} " in line for n in foreign_names)
     }
-    init_ns = _ns_inode("/proc/1/ns/net")
+    # PID 1 may be unreadable (sandboxed init); kthreadd always lives in the initial netns.
+    init_ns = _ns_inode("/proc/2/ns/net") or _ns_inode("/proc/self/ns/net")
     procs = set()
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():

@@ -22,6 +22,7 @@ Errors (all :class:`RuntimeError`)::
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import logging
@@ -310,8 +311,12 @@ def _require_tools() -> None:
         raise MissingToolError(msg, hint=f"install busybox-static: {INSTALL_HINT}")
 
 
+@functools.cache
 def resolve_kernel_package() -> tuple[str, str]:
     """Return (package name, .deb file name) of the current cloud kernel.
+
+    Remembered for the life of the process: each apt call takes ~2 s on machines
+    whose apt keeps no package cache (Docker-style ``Dir::Cache::pkgcache ""``).
 
     Raises:
         KernelPackageError: apt does not know the metapackage or its kernel.

@@ -1,4 +1,4 @@
-"""Test tiers: unit (pure), libvirt (real libvirt test driver), lab (root + namespaces).
+"""Test tiers: unit (pure), testdriver (libvirt test driver), lab (root + namespaces).
 
 The lab tier needs root and network namespaces. Outside CI it is skipped with
 the reason when they are missing; under CI (``CI`` set) it fails instead, so

@@ -1,0 +1,167 @@
+"""The ``vmotion lab ...`` commands.
+
+I/O: drives the lab topology, the guest image and the lab guest; renders
+their state. Needs root.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from libvirt_vmotion.errors import ExitCode, UsageError, VmotionError
+from libvirt_vmotion.lab import guestctl, topology
+from libvirt_vmotion.lab.constants import GUEST_ADDR, GUEST_NAME, HOST_A, HOST_B, host_by_name
+from libvirt_vmotion.lab.guestdef import VirtType
+from libvirt_vmotion.lab.image import ensure_guest_image
+
+REPORT_DIR = Path("/var/lib/vmotion-lab/reports")
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)  # noqa: T201  command output
+
+
+def _require_root() -> None:
+    if os.geteuid() != 0:
+        msg = "The lab needs root (it creates namespaces and runs libvirtd)."
+        raise UsageError(msg, hint="Run the command as root (sudo).")
+
+
+def _wrap_lab_errors(exc: Exception) -> VmotionError:
+    return VmotionError(str(exc), hint="See 'vmotion lab status'; 'vmotion lab down' resets it.")
+
+
+def run_lab_command(args: argparse.Namespace) -> int:
+    """Dispatch ``vmotion lab <command>``."""
+    _require_root()
+    try:
+        return _dispatch(args)
+    except (topology.LabError, RuntimeError) as exc:
+        raise _wrap_lab_errors(exc) from exc
+
+
+def _dispatch(args: argparse.Namespace) -> int:  # noqa: PLR0911  one branch per subcommand
+    command = args.lab_command
+    if command == "up":
+        _say(topology.up(log=_say).render())
+        return ExitCode.OK
+    if command == "down":
+        topology.down()
+        _say("lab removed")
+        return ExitCode.OK
+    if command == "status":
+        status = topology.status()
+        _say(status.render())
+        return ExitCode.OK if status.healthy else ExitCode.ERROR
+    if command == "exec":
+        argv = [a for a in args.argv if a != "--"] if args.argv[:1] == ["--"] else args.argv
+        if not argv:
+            msg = "lab exec needs a command."
+            raise UsageError(msg, hint=f"e.g. vmotion lab exec -- virsh -c {HOST_A.uri} list")
+        return guestctl.run_in_client(argv)
+    if command == "image":
+        image = ensure_guest_image(log=_say)
+        _say(f"kernel {image.kernel}\ninitrd {image.initrd}\nrecipe {image.recipe_hash}")
+        return ExitCode.OK
+    if command == "demo":
+        return _demo(args)
+    return _guest(args)
+
+
+def _guest(args: argparse.Namespace) -> int:
+    command = args.guest_command
+    if command == "start":
+        image = ensure_guest_image(log=_say)
+        guestctl.start_guest(
+            host_by_name(args.host),
+            image,
+            memory_mib=args.memory_mib,
+            wss_mib=args.wss_mib,
+            rate_mib_s=args.rate_mib_s,
+            mode=args.mode,
+            virt_type=VirtType.KVM if args.kvm else VirtType.QEMU,
+        )
+        guestctl.wait_for_workload()
+        _say(f"{GUEST_NAME} runs on {args.host}; workload answers at {GUEST_ADDR}")
+        return ExitCode.OK
+    if command == "stop":
+        guestctl.remove_guest()
+        _say(f"{GUEST_NAME} removed from both hosts")
+        return ExitCode.OK
+    if not guestctl.in_client_netns():
+        # The guest's address is only reachable on the lab network.
+        argv = ["lab", "guest", command]
+        if command == "wait":
+            argv += ["--timeout", f"{args.timeout:g}"]
+        elif command == "set":
+            argv += [args.setting, args.value]
+        return guestctl.run_in_client(guestctl.self_command(*argv))
+    from libvirt_vmotion.lab.workload import (  # noqa: PLC0415  lab network only
+        query_status,
+        send_command,
+        wait_until_ready,
+    )
+
+    if command == "wait":
+        wait_until_ready(GUEST_ADDR, timeout_s=args.timeout)
+        return ExitCode.OK
+    if command == "set":
+        _say(json.dumps(send_command(GUEST_ADDR, f"set {args.setting} {args.value}")))
+        return ExitCode.OK
+    for host, state in guestctl.find_guest():
+        _say(f"{GUEST_NAME}: {state} on {host.name}")
+    _say(json.dumps(dataclasses.asdict(query_status(GUEST_ADDR)), indent=2))
+    return ExitCode.OK
+
+
+def _demo(args: argparse.Namespace) -> int:
+    t0 = time.monotonic()
+    _say("== 1/4 guest image (built from Debian packages, cached)")
+    image = ensure_guest_image(log=_say)
+    _say("== 2/4 lab: switch, hosta, hostb, client namespaces with their own libvirtd")
+    _say(topology.up(log=_say).render())
+    _say(
+        f"== 3/4 boot {GUEST_NAME} on hosta: {args.memory_mib} MiB RAM, workload rewrites "
+        f"{args.wss_mib} MiB at {args.rate_mib_s} MiB/s ({args.mode}) and verifies every page"
+    )
+    guestctl.start_guest(
+        HOST_A,
+        image,
+        memory_mib=args.memory_mib,
+        wss_mib=args.wss_mib,
+        rate_mib_s=args.rate_mib_s,
+        mode=args.mode,
+        virt_type=VirtType.KVM if args.kvm else VirtType.QEMU,
+    )
+    guestctl.wait_for_workload()
+    time.sleep(3)  # let the workload build a dirty working set before we move it
+    REPORT_DIR.mkdir(parents=True, exist_ok=True)
+    report_file = REPORT_DIR / f"demo-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    cmd = guestctl.self_command(
+        "migrate", GUEST_NAME, "--from", HOST_A.uri, "--to", HOST_B.uri,
+        "--ping", GUEST_ADDR, "--workload", GUEST_ADDR, "--report-file", str(report_file),
+    )  # fmt: skip
+    _say("== 4/4 live migration hosta -> hostb, from the client namespace:")
+    _say("   vmotion lab exec -- " + " ".join(cmd[2:]).replace("libvirt_vmotion", "vmotion", 1))
+    code = guestctl.run_in_client(cmd)
+    if code != 0:
+        return code
+    _say(
+        f"\nDemo done in {time.monotonic() - t0:.0f} s. Report: {report_file}\n"
+        "Look around:\n"
+        "  python -m libvirt_vmotion lab status\n"
+        "  python -m libvirt_vmotion lab guest status\n"
+        f"  python -m libvirt_vmotion lab exec -- virsh -c {HOST_B.uri} list\n"
+        f"  python -m libvirt_vmotion lab exec -- python -m libvirt_vmotion migrate {GUEST_NAME} "
+        f"--from {HOST_B.uri} --to {HOST_A.uri} --ping {GUEST_ADDR} --workload {GUEST_ADDR}\n"
+        "Tear down:\n"
+        "  python -m libvirt_vmotion lab down"
+    )
+    sys.stdout.flush()
+    return ExitCode.OK

@@ -1,0 +1,143 @@
+"""Start, find and remove the lab guest; run lab commands in the client namespace.
+
+I/O. The lab's own tooling reaches each host's libvirtd through that host's
+local UNIX socket (its ``/run`` lives under ``STATE_DIR/<host>/run`` on the real
+filesystem), so it works from the root namespace; commands that need the lab
+network (the guest's address, the hosts' TCP URIs) run in the client namespace.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from libvirt_vmotion.errors import VmotionError
+from libvirt_vmotion.lab.constants import CLIENT_NETNS, GUEST_ADDR, GUEST_NAME, HOSTS, LabHost
+from libvirt_vmotion.lab.guestdef import LabGuestSpec, VirtType, build_domain_xml
+from libvirt_vmotion.lab.hostconf import host_paths
+from libvirt_vmotion.lab.image import GuestImage, kernel_cmdline
+from libvirt_vmotion.lab.workload import wait_until_ready
+from libvirt_vmotion.virt import Hypervisor
+
+log = logging.getLogger(__name__)
+
+
+def local_uri(host: LabHost) -> str:
+    """URI of the host's libvirtd over its UNIX socket, usable from the root namespace."""
+    sock = host_paths(host).run / "libvirt" / "libvirt-sock"
+    return f"qemu+unix:///system?socket={sock}"
+
+
+def in_client_netns() -> bool:
+    """True if this process already runs in the lab's client network namespace."""
+    try:
+        mine = Path("/proc/self/ns/net").stat().st_ino
+        client = Path(f"/run/netns/{CLIENT_NETNS}").stat().st_ino
+    except OSError:
+        return False
+    return mine == client
+
+
+def client_command(argv: Sequence[str]) -> list[str]:
+    """``argv`` prefixed to run in the client network namespace."""
+    return ["ip", "netns", "exec", CLIENT_NETNS, *argv]
+
+
+def self_command(*args: str) -> list[str]:
+    """Command line of this package's CLI with ``args``, as a command line for a subprocess."""
+    return [sys.executable, "-m", "libvirt_vmotion", *args]
+
+
+def run_in_client(argv: Sequence[str]) -> int:
+    """Run ``argv`` in the client namespace, attached to our terminal; return its exit code."""
+    if not Path(f"/run/netns/{CLIENT_NETNS}").exists():
+        msg = "The lab is not up (no client namespace)."
+        raise VmotionError(msg, hint="Start it: python -m libvirt_vmotion lab up")
+    # Put our venv's bin first so `vmotion` and its python resolve inside too.
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '/usr/bin:/bin')}"
+    return subprocess.call(client_command(argv), env=env)
+
+
+def find_guest(name: str = GUEST_NAME) -> list[tuple[LabHost, str]]:
+    """Where the guest is defined: (host, state) for each lab host that has it."""
+    found: list[tuple[LabHost, str]] = []
+    for host in HOSTS:
+        with Hypervisor.open(local_uri(host)) as hv:
+            if hv.has_guest(name):
+                found.append((host, hv.lookup(name).state_name()))
+    return found
+
+
+def remove_guest(name: str = GUEST_NAME) -> None:
+    """Destroy and undefine the guest on every lab host (no error if absent)."""
+    for host in HOSTS:
+        subprocess.run(
+            ["virsh", "-q", "-c", local_uri(host), "destroy", name],
+            capture_output=True,
+            check=False,
+        )
+        subprocess.run(
+            ["virsh", "-q", "-c", local_uri(host), "undefine", name],
+            capture_output=True,
+            check=False,
+        )
+
+
+def start_guest(  # noqa: PLR0913  each a documented guest setting, keyword-only
+    host: LabHost,
+    image: GuestImage,
+    *,
+    memory_mib: int = 512,
+    wss_mib: int = 64,
+    rate_mib_s: int = 20,
+    mode: str = "paced",
+    virt_type: VirtType = VirtType.QEMU,
+) -> str:
+    """Define and start a fresh lab guest on ``host`` (removing any old one first).
+
+    Returns:
+        The domain XML used.
+
+    """
+    remove_guest()
+    spec = LabGuestSpec(
+        kernel=image.kernel,
+        initrd=image.initrd,
+        cmdline=kernel_cmdline(
+            addr_cidr=f"{GUEST_ADDR}/24", wss_mib=wss_mib, rate_mib_s=rate_mib_s, mode=mode
+        ),
+        memory_mib=memory_mib,
+        virt_type=virt_type,
+    )
+    xml = build_domain_xml(spec)
+    with Hypervisor.open(local_uri(host)) as hv:
+        hv.define_and_start(xml)
+    log.info("started %s on %s", spec.name, host.name)
+    return xml
+
+
+def wait_for_workload(timeout_s: float = 90.0) -> None:
+    """Wait until the guest workload answers (checked from the client namespace).
+
+    Raises:
+        VmotionError: it did not answer in time.
+
+    """
+    if in_client_netns():
+        wait_until_ready(GUEST_ADDR, timeout_s=timeout_s)
+        return
+    cmd = client_command(self_command("lab", "guest", "wait", "--timeout", f"{timeout_s:g}"))
+    result = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        msg = f"The lab guest's workload did not answer at {GUEST_ADDR} within {timeout_s:g} s."
+        raise VmotionError(
+            msg,
+            hint="Look at the guest console log under "
+            f"{host_paths(HOSTS[0]).log}/qemu/{GUEST_NAME}-serial.log "
+            f"({result.stderr.strip()[-300:]})",
+        )

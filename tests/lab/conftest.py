@@ -1,0 +1,36 @@
+"""Fixtures of the lab tier: the namespace lab and the test guest, for real."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from libvirt_vmotion.lab import guestctl, topology
+from libvirt_vmotion.lab.constants import HOST_A
+from libvirt_vmotion.lab.image import GuestImage, ensure_guest_image
+
+
+@pytest.fixture(scope="session")
+def guest_image() -> GuestImage:
+    return ensure_guest_image()
+
+
+@pytest.fixture(scope="module")
+def lab() -> None:
+    topology.up()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _lab_down_at_end() -> Iterator[None]:
+    yield
+    topology.down()
+
+
+@pytest.fixture
+def guest_on_a(lab: None, guest_image: GuestImage) -> Iterator[None]:
+    """A fresh lab guest on hosta with the workload ready (removed afterwards)."""
+    guestctl.start_guest(HOST_A, guest_image, memory_mib=512, wss_mib=64, rate_mib_s=20)
+    guestctl.wait_for_workload()
+    yield
+    guestctl.remove_guest()

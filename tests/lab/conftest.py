@@ -17,14 +17,16 @@ def guest_image() -> GuestImage:
 
 
 @pytest.fixture(scope="module")
-def lab() -> None:
+def lab() -> Iterator[None]:
+    """The two-host lab; taken down afterwards only if this module brought it up.
+
+    A lab somebody was already using (after ``./run demo``, say) is left as found.
+    """
+    was_up = topology.status().healthy
     topology.up()
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _lab_down_at_end() -> Iterator[None]:
     yield
-    topology.down()
+    if not was_up:
+        topology.down()
 
 
 @pytest.fixture

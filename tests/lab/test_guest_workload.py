@@ -79,15 +79,6 @@ class BootedGuest:
         return "\n".join(text[-lines:])
 
 
-@pytest.fixture(scope="session")
-def _lab_down_at_end() -> None:
-    """Override tests/lab/conftest.py's session teardown of the two-host lab.
-
-    This test never uses the lab's namespaces; running it alone must not tear down
-    a lab someone else is using.
-    """
-
-
 @pytest.fixture(scope="module")
 def image() -> GuestImage:
     if shutil.which("gcc") is None or shutil.which("qemu-system-x86_64") is None:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from libvirt_vmotion.lab.constants import GUEST_ADDR, GUEST_MAC, PREFIX_LEN
+from libvirt_vmotion.lab.constants import GUEST_ADDR, GUEST_MAC, LAB_ID, PREFIX_LEN
 from libvirt_vmotion.lab.image import GuestImage, ensure_guest_image, kernel_cmdline
 from libvirt_vmotion.lab.probe import PingProbe
 from libvirt_vmotion.lab.workload import (
@@ -30,7 +30,7 @@ from libvirt_vmotion.lab.workload import (
 
 pytestmark = pytest.mark.lab
 
-NETNS = "vmo-gtest"
+NETNS = f"{LAB_ID}-gtest"
 BRIDGE = "br0"
 TAP = "gtap0"
 TEST_HOST_ADDR = "10.77.0.254"  # the test's own address, inside NETNS only

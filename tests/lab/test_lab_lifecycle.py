@@ -19,7 +19,14 @@ import pytest
 from pyroute2 import IPRoute
 
 from libvirt_vmotion.lab import hostconf, topology
-from libvirt_vmotion.lab.constants import HOST_A, HOST_B, HOSTS, STATE_DIR, LabHost
+from libvirt_vmotion.lab.constants import (
+    CLIENT_NETNS,
+    HOST_A,
+    HOST_B,
+    HOSTS,
+    STATE_DIR,
+    LabHost,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -159,7 +166,7 @@ def test_client_reaches_both_libvirtds(lab: Lab) -> None:
         out = topology.run_in_client(["virsh", "-c", host.uri, "version"]).stdout
         assert "Running hypervisor: QEMU" in out
     argv = topology.client_argv(["virsh", "-c", HOST_B.uri, "hostname"])
-    assert argv[:4] == ["ip", "netns", "exec", "vmo-client"]
+    assert argv[:4] == ["ip", "netns", "exec", CLIENT_NETNS]
 
 
 def test_host_a_libvirtd_reaches_host_b(lab: Lab) -> None:

@@ -12,15 +12,21 @@ import json
 import os
 import sys
 import time
-from pathlib import Path
 
 from libvirt_vmotion.errors import ExitCode, UsageError, VmotionError
 from libvirt_vmotion.lab import guestctl, topology
-from libvirt_vmotion.lab.constants import GUEST_ADDR, GUEST_NAME, HOST_A, HOST_B, host_by_name
+from libvirt_vmotion.lab.constants import (
+    GUEST_ADDR,
+    GUEST_NAME,
+    HOST_A,
+    HOST_B,
+    STATE_DIR,
+    host_by_name,
+)
 from libvirt_vmotion.lab.guestdef import VirtType
 from libvirt_vmotion.lab.image import ensure_guest_image
 
-REPORT_DIR = Path("/var/lib/vmotion-lab/reports")
+REPORT_DIR = STATE_DIR / "reports"
 
 
 def _say(text: str) -> None:

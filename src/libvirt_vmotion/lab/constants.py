@@ -1,11 +1,17 @@
 """Names and addresses of the namespace lab.
 
-Pure: no I/O. Every address here lives only inside namespaces the lab creates;
+Pure apart from one environment read: ``VMOTION_LAB_ID`` (default ``vmo``)
+names the lab, so several labs can exist side by side (one per developer or
+test run). Namespace names and the state directory derive from it; addresses
+do not need to, because each lab's network lives only inside its own
+namespaces. Every address here lives only inside namespaces the lab creates;
 nothing in the lab ever targets an address outside them.
 """
 
 from __future__ import annotations
 
+import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -32,10 +38,19 @@ class LabHost:
         return f"qemu+tcp://{self.addr}/system"
 
 
+def _lab_id() -> str:
+    value = os.environ.get("VMOTION_LAB_ID", "vmo")
+    if not re.fullmatch(r"[a-z][a-z0-9]{0,7}", value):
+        msg = f"VMOTION_LAB_ID={value!r}: use 1-8 lowercase letters/digits, starting with a letter"
+        raise ValueError(msg)
+    return value
+
+
+LAB_ID: Final = _lab_id()
 PREFIX_LEN: Final = 24
-SWITCH_NETNS: Final = "vmo-switch"
+SWITCH_NETNS: Final = f"{LAB_ID}-switch"
 SWITCH_BRIDGE: Final = "sw0"
-CLIENT_NETNS: Final = "vmo-client"
+CLIENT_NETNS: Final = f"{LAB_ID}-client"
 CLIENT_ADDR: Final = "10.77.0.100"
 CLIENT_SWITCH_PORT: Final = "port-client"
 HOST_BRIDGE: Final = "br0"
@@ -43,14 +58,14 @@ HOST_UPLINK: Final = "uplink0"
 
 HOST_A: Final = LabHost(
     name="hosta",
-    netns="vmo-hosta",
+    netns=f"{LAB_ID}-hosta",
     addr="10.77.0.1",
     host_uuid="7a6f0000-0000-4000-8000-00000000000a",
     switch_port="port-hosta",
 )
 HOST_B: Final = LabHost(
     name="hostb",
-    netns="vmo-hostb",
+    netns=f"{LAB_ID}-hostb",
     addr="10.77.0.2",
     host_uuid="7a6f0000-0000-4000-8000-00000000000b",
     switch_port="port-hostb",
@@ -65,7 +80,7 @@ WORKLOAD_CONTROL_PORT: Final = 7000
 WORKLOAD_STREAM_PORT: Final = 7001
 """TCP port where the guest streams a numbered line every few ms to each client."""
 
-STATE_DIR: Final = Path("/var/lib/vmotion-lab")
+STATE_DIR: Final = Path("/var/lib/vmotion-lab" + ("" if LAB_ID == "vmo" else f"-{LAB_ID}"))
 """Per-host libvirt state (etc, run, lib, log, cache) and lab bookkeeping."""
 IMAGE_CACHE_DIR: Final = Path("/var/cache/libvirt-vmotion/guest")
 """Built guest images, one directory per recipe hash."""

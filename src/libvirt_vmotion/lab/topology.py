@@ -479,7 +479,16 @@ def _prepare_state(host: LabHost) -> None:
     if not paths.cache.exists():
         # Seeding with the machine's QEMU capability cache saves a probe per host.
         shutil.copytree("/var/cache/libvirt", paths.cache, symlinks=True)
-    for d in (paths.run, paths.lib, paths.log, paths.lib / "images", paths.lib / "qemu"):
+    # The packages ship these directories; libvirt does not create log/qemu itself
+    # (a guest with a serial log fails to start without it).
+    for d in (
+        paths.run,
+        paths.lib,
+        paths.log,
+        paths.log / "qemu",
+        paths.lib / "images",
+        paths.lib / "qemu",
+    ):
         d.mkdir(parents=True, exist_ok=True)
     # No NAT network: the lab network is br0, and dnsmasq/iptables have no place here.
     autostart = paths.etc / "qemu" / "networks" / "autostart"

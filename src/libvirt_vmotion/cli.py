@@ -294,6 +294,11 @@ def _write_report(report: dict[str, object], path: Path) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; return the process exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["agent"]:  # machine interface for other hosts; see agent.py
+        from libvirt_vmotion.agent import main as agent_main  # noqa: PLC0415
+
+        return agent_main(argv[1:])
     args = build_parser().parse_args(argv)
     level = logging.DEBUG if args.debug else logging.INFO if args.verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")

@@ -8,10 +8,14 @@
 # bookworm seabios 1.16.2 hangs under QEMU 10, so seabios (architecture-
 # independent firmware) comes from trixie, pinned so nothing else does.
 # Debian 13 ships all of it natively.
+# openssh: the lab runs a real sshd per host, the way the agent reaches real
+# hosts. The interface, nodedev and storage drivers let pre-flight ask a
+# destination's libvirt about bridges, NICs and volumes.
 set -euo pipefail
 
-stamp=/var/lib/libvirt-vmotion/system-packages.v1
-if [ -f "$stamp" ] && command -v qemu-system-x86_64 >/dev/null && command -v libvirtd >/dev/null; then
+stamp=/var/lib/libvirt-vmotion/system-packages.v2
+if [ -f "$stamp" ] && command -v qemu-system-x86_64 >/dev/null && command -v libvirtd >/dev/null \
+   && command -v sshd >/dev/null; then
   exit 0
 fi
 if [ "$(id -u)" -ne 0 ]; then
@@ -32,9 +36,12 @@ fi
 trap '[ "$policy_added" = 1 ] && rm -f "$policy"' EXIT
 
 common=(iproute2 iputils-ping tcpdump cpio gzip busybox-static gcc libc6-dev
-        pkg-config python3-venv python3-dev kmod procps psmisc dnsmasq-base)
+        pkg-config python3-venv python3-dev kmod procps psmisc dnsmasq-base
+        openssh-server openssh-client)
 virt=(qemu-system-x86 qemu-utils libvirt-daemon libvirt-daemon-driver-qemu
-      libvirt-clients libvirt-dev libvirt-daemon-config-network)
+      libvirt-clients libvirt-dev libvirt-daemon-config-network
+      libvirt-daemon-driver-interface libvirt-daemon-driver-nodedev
+      libvirt-daemon-driver-storage)
 
 case "${VERSION_CODENAME:-}" in
   bookworm)

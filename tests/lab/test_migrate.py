@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from libvirt_vmotion.lab import guestctl
+from libvirt_vmotion.lab import guestctl, topology
 from libvirt_vmotion.lab.constants import GUEST_ADDR, GUEST_NAME, HOST_A, HOST_B, LabHost
 
 pytestmark = pytest.mark.lab
@@ -64,6 +64,11 @@ def assert_landed(report: dict[str, object], src: LabHost, dst: LabHost) -> None
     assert isinstance(report["total_time_s"], float)
     assert 0 < report["total_time_s"] < 120
     assert isinstance(report["setup_time_ms"], int)
+    # Bridges keep their fixed MACs while guest taps come and go (a bridge that
+    # takes a tap's fe:54:.. MAC cuts the hosts off from each other).
+    for host in (src, dst):
+        mac = topology.run_on_host(host, ["cat", "/sys/class/net/br0/address"]).stdout.strip()
+        assert mac == host.bridge_mac
     network = report["network"]
     assert isinstance(network, dict)
     assert network["ping_sent"] > 0

@@ -31,6 +31,14 @@ class LabHost:
     """libvirtd ``host_uuid``; distinct per host so libvirt sees two hosts."""
     switch_port: str
     """Name of this host's port (veth end) on the switch bridge."""
+    bridge_mac: str
+    """Fixed MAC of the host's ``br0``. A bridge without one takes the lowest MAC of
+    its ports, and libvirt gives every guest tap ``fe:54:...``: when a tap joins
+    with a MAC below the uplink's random one, ``br0`` becomes ``fe:54:00:77:00:50``
+    on one host while the same address is the running guest's tap on the other;
+    each host then drops the other's frames as its own and the migration link dies
+    (seen: p2p keepalive timeout, "received packet on uplink0 with own address as
+    source address")."""
 
     @property
     def uri(self) -> str:
@@ -50,6 +58,7 @@ LAB_ID: Final = _lab_id()
 PREFIX_LEN: Final = 24
 SWITCH_NETNS: Final = f"{LAB_ID}-switch"
 SWITCH_BRIDGE: Final = "sw0"
+SWITCH_BRIDGE_MAC: Final = "02:77:00:00:00:fe"
 CLIENT_NETNS: Final = f"{LAB_ID}-client"
 CLIENT_ADDR: Final = "10.77.0.100"
 CLIENT_SWITCH_PORT: Final = "port-client"
@@ -62,6 +71,7 @@ HOST_A: Final = LabHost(
     addr="10.77.0.1",
     host_uuid="7a6f0000-0000-4000-8000-00000000000a",
     switch_port="port-hosta",
+    bridge_mac="02:77:00:00:00:0a",
 )
 HOST_B: Final = LabHost(
     name="hostb",
@@ -69,6 +79,7 @@ HOST_B: Final = LabHost(
     addr="10.77.0.2",
     host_uuid="7a6f0000-0000-4000-8000-00000000000b",
     switch_port="port-hostb",
+    bridge_mac="02:77:00:00:00:0b",
 )
 HOSTS: Final = (HOST_A, HOST_B)
 

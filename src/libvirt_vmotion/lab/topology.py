@@ -48,6 +48,7 @@ from libvirt_vmotion.lab.constants import (
     PREFIX_LEN,
     STATE_DIR,
     SWITCH_BRIDGE,
+    SWITCH_BRIDGE_MAC,
     SWITCH_NETNS,
     LabHost,
 )
@@ -522,9 +523,10 @@ def _link_index(ipr: IPRoute, ifname: str) -> int:
     return found[0]
 
 
-def _add_bridge(ipr: IPRoute, name: str) -> int:
+def _add_bridge(ipr: IPRoute, name: str, mac: str) -> int:
     # STP off and forward delay 0: ports forward at once, like an unmanaged switch.
-    ipr.link("add", ifname=name, kind="bridge", br_stp_state=0, br_forward_delay=0)
+    # A fixed MAC: see LabHost.bridge_mac for what happens without one.
+    ipr.link("add", ifname=name, kind="bridge", address=mac, br_stp_state=0, br_forward_delay=0)
     index = _link_index(ipr, name)
     ipr.link("set", index=index, state="up")
     return index
@@ -534,7 +536,7 @@ def _build_network() -> None:
     for name in LAB_NETNS:
         netns.create(name)
     with IPRoute(netns=SWITCH_NETNS) as sw:
-        sw_index = _add_bridge(sw, SWITCH_BRIDGE)
+        sw_index = _add_bridge(sw, SWITCH_BRIDGE, SWITCH_BRIDGE_MAC)
         ports = [(h.switch_port, h.netns, HOST_UPLINK) for h in HOSTS]
         ports.append((CLIENT_SWITCH_PORT, CLIENT_NETNS, CLIENT_IFNAME))
         for port, peer_ns, peer_name in ports:
@@ -546,7 +548,7 @@ def _build_network() -> None:
     for host in HOSTS:
         with IPRoute(netns=host.netns) as ipr:
             ipr.link("set", index=_link_index(ipr, "lo"), state="up")
-            br = _add_bridge(ipr, HOST_BRIDGE)
+            br = _add_bridge(ipr, HOST_BRIDGE, host.bridge_mac)
             ipr.link("set", index=_link_index(ipr, HOST_UPLINK), master=br, state="up")
             ipr.addr("add", index=br, address=host.addr, prefixlen=PREFIX_LEN)
     with IPRoute(netns=CLIENT_NETNS) as ipr:

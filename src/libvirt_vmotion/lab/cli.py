@@ -14,7 +14,7 @@ import sys
 import time
 
 from libvirt_vmotion.errors import ExitCode, UsageError, VmotionError
-from libvirt_vmotion.lab import guestctl, topology
+from libvirt_vmotion.lab import command_name, guestctl, topology
 from libvirt_vmotion.lab.constants import (
     GUEST_ADDR,
     GUEST_NAME,
@@ -154,20 +154,22 @@ def _demo(args: argparse.Namespace) -> int:
         "--ping", GUEST_ADDR, "--workload", GUEST_ADDR, "--report-file", str(report_file),
     )  # fmt: skip
     _say("== 4/4 live migration hosta -> hostb, from the client namespace:")
-    _say("   vmotion lab exec -- " + " ".join(cmd[2:]).replace("libvirt_vmotion", "vmotion", 1))
+    shown = " ".join(cmd[3:])
+    _say(f"   {command_name()} lab exec -- vmotion {shown}")
     code = guestctl.run_in_client(cmd)
     if code != 0:
         return code
+    prog = command_name()
     _say(
         f"\nDemo done in {time.monotonic() - t0:.0f} s. Report: {report_file}\n"
         "Look around:\n"
-        "  python -m libvirt_vmotion lab status\n"
-        "  python -m libvirt_vmotion lab guest status\n"
-        f"  python -m libvirt_vmotion lab exec -- virsh -c {HOST_B.uri} list\n"
-        f"  python -m libvirt_vmotion lab exec -- python -m libvirt_vmotion migrate {GUEST_NAME} "
+        f"  {prog} lab status\n"
+        f"  {prog} lab guest status\n"
+        f"  {prog} lab exec -- virsh -c {HOST_B.uri} list\n"
+        f"  {prog} lab exec -- vmotion migrate {GUEST_NAME} "
         f"--from {HOST_B.uri} --to {HOST_A.uri} --ping {GUEST_ADDR} --workload {GUEST_ADDR}\n"
         "Tear down:\n"
-        "  python -m libvirt_vmotion lab down"
+        f"  {prog} lab down"
     )
     sys.stdout.flush()
     return ExitCode.OK

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from libvirt_vmotion.errors import VmotionError
+from libvirt_vmotion.lab import command_name
 from libvirt_vmotion.lab.constants import CLIENT_NETNS, GUEST_ADDR, GUEST_NAME, HOSTS, LabHost
 from libvirt_vmotion.lab.guestdef import LabGuestSpec, VirtType, build_domain_xml
 from libvirt_vmotion.lab.hostconf import host_paths
@@ -56,7 +57,7 @@ def run_in_client(argv: Sequence[str]) -> int:
     """Run ``argv`` in the client namespace, attached to our terminal; return its exit code."""
     if not Path(f"/run/netns/{CLIENT_NETNS}").exists():
         msg = "The lab is not up (no client namespace)."
-        raise VmotionError(msg, hint="Start it: python -m libvirt_vmotion lab up")
+        raise VmotionError(msg, hint=f"Start it: {command_name()} lab up")
     # Put our venv's bin first so `vmotion` and its python resolve inside too.
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '/usr/bin:/bin')}"

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Final
 
 from pyroute2 import IPRoute, netns
 
-from libvirt_vmotion.lab import hostconf
+from libvirt_vmotion.lab import command_name, hostconf
 from libvirt_vmotion.lab.constants import (
     CLIENT_ADDR,
     CLIENT_NETNS,
@@ -67,7 +67,7 @@ READY_TIMEOUT_S: Final = 20.0
 STOP_GRACE_S: Final = 3.0
 """SIGTERM -> SIGKILL grace for lab processes in ``down``."""
 PROBE_TIMEOUT_S: Final = 5.0
-LAB_CMD: Final = "python -m libvirt_vmotion lab"
+LAB_CMD: Final = f"{command_name()} lab"  # how users invoke us (./run sets VMOTION_PROG)
 
 _LOCK_FILE: Final = STATE_DIR / "lab.lock"
 _NETNS_MARKER: Final = STATE_DIR / "run-netns.created"

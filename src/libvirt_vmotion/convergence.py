@@ -1,0 +1,545 @@
+"""The convergence controller: an explicit state machine over job samples.
+
+Pure: no I/O, no clock, no logging. ``step(state, history, policy)`` returns a
+``Decision`` (next state, actions as data, reason); only the driver acts on it.
+Time arrives on the samples and events (``now_s``), never from a clock.
+
+Strategy (the default policy finishes, like vMotion does):
+
+1. Start with the tightest downtime of the ladder (tens of ms).
+2. Per round, record the dirty set (remaining data when the round began).
+   When a round reaches a new minimum that fits the downtime budget at the
+   measured bandwidth, set the downtime to just cover it: QEMU switches over
+   at that local minimum instead of waiting on a timer.
+3. A stall (``stall_rounds`` rounds without a new minimum) escalates: to the
+   smallest ladder rung that fits the best dirty set seen, else to CPU
+   throttling (if allowed), else to post-copy (if allowed), else abort with a
+   reason naming the budget. Past ``postcopy_after_fraction`` of the time
+   budget, post-copy comes next regardless; past the budget, pre-copy aborts.
+4. In post-copy, abort is refused (the guest's state is split between the
+   hosts). A link that stops moving bytes is paused, then resumed once it is
+   back, for up to ``postcopy_resume_wait_s``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from typing import Final, Protocol
+
+from libvirt_vmotion.events import EventKind, MigrationEvent
+from libvirt_vmotion.model import MIB, JobSample
+from libvirt_vmotion.policy import MigrationPolicy
+
+
+class State(StrEnum):
+    """States of one migration under the controller."""
+
+    SETUP = "setup"
+    BULK_COPY = "bulk-copy"
+    CONVERGING = "converging"
+    THROTTLING = "throttling"
+    POSTCOPY = "postcopy"
+    POSTCOPY_PAUSED = "postcopy-paused"
+    ABORTING = "aborting"
+    COMPLETED = "completed"
+    ABORTED = "aborted"
+    FAILED = "failed"
+
+
+_PRECOPY: Final = frozenset({State.SETUP, State.BULK_COPY, State.CONVERGING, State.THROTTLING})
+_POSTCOPY: Final = frozenset({State.POSTCOPY, State.POSTCOPY_PAUSED})
+TERMINAL: Final = frozenset({State.COMPLETED, State.ABORTED, State.FAILED})
+
+TRANSITIONS: Final[dict[State, frozenset[State]]] = {
+    State.SETUP: frozenset(
+        {State.SETUP, State.BULK_COPY, State.CONVERGING, State.POSTCOPY, State.ABORTING}
+        | {State.COMPLETED, State.ABORTED}
+    ),
+    State.BULK_COPY: frozenset(
+        {State.BULK_COPY, State.CONVERGING, State.POSTCOPY, State.ABORTING}
+        | {State.COMPLETED, State.ABORTED}
+    ),
+    State.CONVERGING: frozenset(
+        {State.CONVERGING, State.THROTTLING, State.POSTCOPY, State.ABORTING}
+        | {State.COMPLETED, State.ABORTED}
+    ),
+    State.THROTTLING: frozenset(
+        {State.THROTTLING, State.POSTCOPY, State.ABORTING, State.COMPLETED, State.ABORTED}
+    ),
+    State.POSTCOPY: frozenset(
+        {State.POSTCOPY, State.POSTCOPY_PAUSED, State.COMPLETED, State.FAILED}
+    ),
+    State.POSTCOPY_PAUSED: frozenset(
+        {State.POSTCOPY_PAUSED, State.POSTCOPY, State.COMPLETED, State.FAILED}
+    ),
+    State.ABORTING: frozenset({State.ABORTING, State.ABORTED, State.COMPLETED, State.FAILED}),
+    State.COMPLETED: frozenset({State.COMPLETED}),
+    State.ABORTED: frozenset({State.ABORTED}),
+    State.FAILED: frozenset({State.FAILED}),
+}
+
+
+# ---- actions ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SetMaxDowntime:
+    """Let QEMU switch over once the rest fits in ``downtime_ms``."""
+
+    downtime_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class SetMaxBandwidth:
+    """Cap the migration bandwidth."""
+
+    bandwidth_mib_s: int
+
+
+@dataclass(frozen=True, slots=True)
+class Throttle:
+    """Cap the auto-converge CPU throttle at ``percent`` (0: hold it off)."""
+
+    percent: int
+
+
+@dataclass(frozen=True, slots=True)
+class StartPostCopy:
+    """Switch the running migration to post-copy."""
+
+
+@dataclass(frozen=True, slots=True)
+class PausePostCopy:
+    """Interrupt a post-copy whose link stopped moving bytes, so it can resume."""
+
+
+@dataclass(frozen=True, slots=True)
+class ResumePostCopy:
+    """Resume a paused post-copy (libvirt's POSTCOPY_RESUME)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Abort:
+    """Abort the pre-copy migration; the guest keeps running on the source."""
+
+    reason: str
+
+
+Action = (
+    SetMaxDowntime
+    | SetMaxBandwidth
+    | Throttle
+    | StartPostCopy
+    | PausePostCopy
+    | ResumePostCopy
+    | Abort
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What the controller decided at one step, and why.
+
+    Attributes:
+        next_state: the state to move to (checked against ``TRANSITIONS``).
+        actions: what the driver must apply, in order.
+        reason: why, in words, for the log and the report.
+        at_s: time of the newest input the decision was based on.
+        round: the memory iteration it was taken in.
+
+    """
+
+    next_state: State
+    actions: tuple[Action, ...] = ()
+    reason: str = ""
+    at_s: float = 0.0
+    round: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class History:
+    """Everything the controller has seen and decided, oldest first.
+
+    Attributes:
+        started_s: when the migration started (monotonic).
+        samples: job samples while the job was active.
+        events: migration events.
+        decisions: decisions taken so far (those with actions or a transition).
+
+    """
+
+    started_s: float
+    samples: tuple[JobSample, ...] = ()
+    events: tuple[MigrationEvent, ...] = ()
+    decisions: tuple[Decision, ...] = field(default=())
+
+    def with_sample(self, sample: JobSample) -> History:
+        """A copy with one more sample."""
+        return replace(self, samples=(*self.samples, sample))
+
+    def with_event(self, event: MigrationEvent) -> History:
+        """A copy with one more event."""
+        return replace(self, events=(*self.events, event))
+
+    def with_decision(self, decision: Decision) -> History:
+        """A copy with one more decision."""
+        return replace(self, decisions=(*self.decisions, decision))
+
+    @property
+    def now_s(self) -> float:
+        """Time of the newest input."""
+        times = [self.started_s]
+        if self.samples:
+            times.append(self.samples[-1].now_s)
+        if self.events:
+            times.append(self.events[-1].now_s)
+        return max(times)
+
+    @property
+    def round(self) -> int:
+        """Current memory iteration (from samples and iteration events)."""
+        rounds = [s.iteration for s in self.samples[-1:]]
+        rounds += [e.iteration for e in self.events if e.kind is EventKind.ITERATION]
+        return max(rounds, default=0)
+
+
+# ---- pure predicates ---------------------------------------------------------
+
+
+def round_dirty_sets(samples: tuple[JobSample, ...]) -> dict[int, int]:
+    """Dirty set per round: the most data remaining seen in each round >= 2.
+
+    A round begins right after QEMU synced the dirty bitmap, so its largest
+    remaining figure is what the previous round left dirty.
+    """
+    sets: dict[int, int] = {}
+    for s in samples:
+        if s.iteration >= 2 and s.is_active:
+            sets[s.iteration] = max(sets.get(s.iteration, 0), s.data_remaining_bytes)
+    return sets
+
+
+def bandwidth_bytes_s(samples: tuple[JobSample, ...], policy: MigrationPolicy) -> float:
+    """Measured transfer rate (median of recent non-zero readings), else the cap."""
+    rates = sorted(s.memory_bps for s in samples[-10:] if s.memory_bps > 0)
+    if rates:
+        return float(rates[len(rates) // 2])
+    return float((policy.bandwidth_mib_s or 100) * MIB)
+
+
+_NEVER_MS: Final = 10**9  # no bandwidth measured: nothing fits
+
+
+def downtime_needed_ms(*, dirty_bytes: int, bandwidth_bytes_s: float) -> int:
+    """Pause needed to send ``dirty_bytes`` at ``bandwidth_bytes_s`` (at least 1 ms)."""
+    if bandwidth_bytes_s <= 0:
+        return _NEVER_MS
+    return max(1, math.ceil(dirty_bytes / bandwidth_bytes_s * 1000))
+
+
+def current_downtime_ms(history: History, policy: MigrationPolicy) -> int:
+    """The downtime limit last set (the ladder's first rung before any)."""
+    for decision in reversed(history.decisions):
+        for action in reversed(decision.actions):
+            if isinstance(action, SetMaxDowntime):
+                return action.downtime_ms
+    return policy.initial_downtime_ms
+
+
+def current_throttle_percent(history: History) -> int:
+    """The throttle cap last set (0: none)."""
+    for decision in reversed(history.decisions):
+        for action in reversed(decision.actions):
+            if isinstance(action, Throttle):
+                return action.percent
+    return 0
+
+
+def throttle_steps(max_percent: int) -> tuple[int, ...]:
+    """Throttle caps to try, gentlest first: half the allowance, then all of it."""
+    if max_percent <= 0:
+        return ()
+    half = max(1, max_percent // 2)
+    return (half, max_percent) if half < max_percent else (max_percent,)
+
+
+def _last_escalation_round(history: History) -> int:
+    for decision in reversed(history.decisions):
+        if decision.actions:
+            return decision.round
+    return 0
+
+
+def is_stalled(history: History, policy: MigrationPolicy) -> bool:
+    """True when ``stall_rounds`` rounds since the last escalation found no new minimum."""
+    sets = round_dirty_sets(history.samples)
+    since = _last_escalation_round(history)
+    recent = [r for r in sorted(sets) if r > since][-policy.stall_rounds :]
+    if len(recent) < policy.stall_rounds:
+        return False
+    before = [v for r, v in sets.items() if r < recent[0]]
+    if not before:
+        return False
+    return min(sets[r] for r in recent) >= min(before)
+
+
+def _fmt_mib(n_bytes: float) -> str:
+    return f"{n_bytes / MIB:.1f} MiB"
+
+
+def _new_events(history: History) -> list[MigrationEvent]:
+    last_s = history.decisions[-1].at_s if history.decisions else -math.inf
+    return [e for e in history.events if e.now_s > last_s]
+
+
+# ---- the step ----------------------------------------------------------------
+
+
+def step(state: State, history: History, policy: MigrationPolicy) -> Decision:  # noqa: PLR0911  one return per rule, in priority order
+    """Decide what to do next.
+
+    Args:
+        state: the current state.
+        history: samples, events and past decisions.
+        policy: the user's budget and allowed escalations.
+
+    Returns:
+        The decision; ``next_state`` is always allowed by ``TRANSITIONS``.
+
+    """
+    now_s = history.now_s
+    rnd = history.round
+
+    def decide(nxt: State, reason: str, *actions: Action) -> Decision:
+        return Decision(next_state=nxt, actions=actions, reason=reason, at_s=now_s, round=rnd)
+
+    if state in TERMINAL:
+        return decide(state, "")
+    new = _new_events(history)
+    kinds = {e.kind for e in new}
+    if EventKind.JOB_COMPLETED in kinds:
+        return decide(State.COMPLETED, "the migration job completed")
+    if state in _POSTCOPY:
+        return _step_postcopy(state, history, policy, new, decide)
+    if EventKind.JOB_FAILED in kinds:
+        detail = next(e.detail for e in new if e.kind is EventKind.JOB_FAILED)
+        return decide(State.ABORTED, f"the migration job ended without completing: {detail}")
+    if state is State.ABORTING:
+        return decide(State.ABORTING, "")
+    if EventKind.CANCEL_REQUESTED in kinds:
+        return decide(
+            State.ABORTING,
+            "cancelled by the user",
+            Abort("cancelled by the user"),
+        )
+    if not history.decisions:
+        actions: list[Action] = [SetMaxDowntime(policy.initial_downtime_ms)]
+        if policy.allows_throttle:
+            actions.append(Throttle(0))
+        return decide(
+            state,
+            f"start with the tightest downtime, {policy.initial_downtime_ms} ms",
+            *actions,
+        )
+    return _step_precopy(state, history, policy, decide)
+
+
+class _Decide(Protocol):
+    def __call__(self, nxt: State, reason: str, *actions: Action) -> Decision: ...
+
+
+def _phase_state(state: State, history: History) -> State:
+    if state is State.THROTTLING or not history.samples:
+        return state
+    last = history.samples[-1]
+    if last.iteration >= 2:
+        return State.CONVERGING
+    if last.memory_total_bytes > 0:
+        return State.BULK_COPY
+    return state
+
+
+def _step_precopy(
+    state: State, history: History, policy: MigrationPolicy, decide: _Decide
+) -> Decision:
+    elapsed_s = history.now_s - history.started_s
+    phase = _phase_state(state, history)
+    if elapsed_s >= policy.max_duration_s:
+        reason = (
+            f"did not converge within the {policy.max_duration_s:g} s time budget "
+            f"(max_duration_s) at a downtime of up to {policy.max_downtime_ms} ms"
+        )
+        return decide(State.ABORTING, reason, Abort(reason))
+    if (
+        policy.allow_postcopy
+        and phase is not State.SETUP
+        and elapsed_s >= policy.max_duration_s * policy.postcopy_after_fraction
+    ):
+        return decide(
+            State.POSTCOPY,
+            f"{elapsed_s:.0f} s spent, past {policy.postcopy_after_fraction:.0%} of the "
+            f"{policy.max_duration_s:g} s budget: switch to post-copy so it can finish",
+            StartPostCopy(),
+        )
+    entered = "" if phase is state else f"entered {phase.value} (round {history.round})"
+    if phase not in {State.CONVERGING, State.THROTTLING}:
+        return decide(phase, entered)
+    sets = round_dirty_sets(history.samples)
+    bw = bandwidth_bytes_s(history.samples, policy)
+    downtime_ms = current_downtime_ms(history, policy)
+    rnd = history.round
+    best = min(sets.values())
+    best_needed_ms = downtime_needed_ms(dirty_bytes=best, bandwidth_bytes_s=bw)
+    # Switch over at a local minimum: this round's dirty set is the best so far
+    # and fits the budget, so let QEMU finish now rather than wait for a rung.
+    if rnd in sets and sets[rnd] == best and downtime_ms < best_needed_ms:
+        fit = _smallest_rung_at_least(policy, math.ceil(best_needed_ms * 1.25))
+        if fit is not None and fit > downtime_ms:
+            return decide(
+                phase,
+                f"round {rnd} left {_fmt_mib(best)}, a new minimum that needs "
+                f"~{best_needed_ms} ms at {_fmt_mib(bw)}/s: allow {fit} ms to switch over now",
+                SetMaxDowntime(fit),
+            )
+    if not is_stalled(history, policy):
+        return decide(phase, entered)
+    return _escalate(phase, history, policy, decide, best=best, bw=bw)
+
+
+def _smallest_rung_at_least(policy: MigrationPolicy, needed_ms: int) -> int | None:
+    for rung in policy.downtime_schedule:
+        if rung.downtime_ms >= needed_ms:
+            return rung.downtime_ms
+    if needed_ms <= policy.max_downtime_ms * 1.25:
+        return policy.max_downtime_ms
+    return None
+
+
+def _escalate(  # noqa: PLR0913  all keyword-only context of one escalation
+    phase: State,
+    history: History,
+    policy: MigrationPolicy,
+    decide: _Decide,
+    *,
+    best: int,
+    bw: float,
+) -> Decision:
+    stall = (
+        f"stalled: {policy.stall_rounds} rounds without a new minimum "
+        f"(best dirty set {_fmt_mib(best)}, needs "
+        f"~{downtime_needed_ms(dirty_bytes=best, bandwidth_bytes_s=bw)} ms at {_fmt_mib(bw)}/s)"
+    )
+    downtime_ms = current_downtime_ms(history, policy)
+    needed = downtime_needed_ms(dirty_bytes=best, bandwidth_bytes_s=bw)
+    fit = _smallest_rung_at_least(policy, needed)
+    if fit is not None and fit > downtime_ms:
+        return decide(phase, f"{stall}: raise the downtime to {fit} ms", SetMaxDowntime(fit))
+    throttle = current_throttle_percent(history)
+    higher = [p for p in throttle_steps(policy.max_throttle_percent) if p > throttle]
+    if higher:
+        raise_downtime: tuple[Action, ...] = (
+            (SetMaxDowntime(policy.max_downtime_ms),)
+            if downtime_ms < policy.max_downtime_ms
+            else ()
+        )
+        return decide(
+            State.THROTTLING,
+            f"{stall}; the downtime budget of {policy.max_downtime_ms} ms cannot cover it: "
+            f"throttle the guest's CPUs up to {higher[0]}%",
+            *raise_downtime,
+            Throttle(higher[0]),
+        )
+    if policy.allow_postcopy:
+        return decide(
+            State.POSTCOPY,
+            f"{stall}; downtime ladder and throttling exhausted: switch to post-copy",
+            StartPostCopy(),
+        )
+    limits = []
+    if not policy.allows_throttle:
+        limits.append("throttling")
+    limits.append("post-copy")
+    reason = (
+        f"cannot meet the {policy.max_downtime_ms} ms downtime budget: the guest "
+        f"re-dirties {_fmt_mib(best)} per round, ~{needed} ms at {_fmt_mib(bw)}/s, "
+        f"and the policy forbids {' and '.join(limits)}"
+    )
+    return decide(State.ABORTING, reason, Abort(reason))
+
+
+def _step_postcopy(  # noqa: PLR0911  one return per post-copy rule
+    state: State,
+    history: History,
+    policy: MigrationPolicy,
+    new: list[MigrationEvent],
+    decide: _Decide,
+) -> Decision:
+    kinds = {e.kind for e in new}
+    if EventKind.CANCEL_REQUESTED in kinds:
+        return decide(
+            state,
+            "cancel refused: post-copy has started, the guest already runs on the "
+            "destination and part of its memory is only there; it must finish",
+        )
+    if state is State.POSTCOPY:
+        if kinds & {EventKind.POSTCOPY_PAUSED, EventKind.JOB_FAILED}:
+            return decide(
+                State.POSTCOPY_PAUSED,
+                "post-copy link broken: the guest is paused; resume when the link is back",
+                ResumePostCopy(),
+            )
+        if _postcopy_stuck(history, policy):
+            return decide(
+                State.POSTCOPY,
+                f"post-copy moved no data for {policy.postcopy_stall_s:g} s: pause it so "
+                "it can be resumed over a fresh connection",
+                PausePostCopy(),
+            )
+        return decide(state, "")
+    # POSTCOPY_PAUSED
+    if EventKind.POSTCOPY_RESUMED in kinds:
+        return decide(State.POSTCOPY, "post-copy resumed")
+    paused_s = _paused_since(history)
+    if history.now_s - paused_s > policy.postcopy_resume_wait_s:
+        return decide(
+            State.FAILED,
+            f"post-copy could not be resumed within {policy.postcopy_resume_wait_s:g} s "
+            "(postcopy_resume_wait_s): the guest is paused on the destination and "
+            "the pages not yet copied are only on the source; keep both hosts up and "
+            "resume with: virsh migrate --postcopy --postcopy-resume",
+        )
+    return decide(State.POSTCOPY_PAUSED, "", ResumePostCopy())
+
+
+def _paused_since(history: History) -> float:
+    for decision in reversed(history.decisions):
+        if decision.next_state is State.POSTCOPY_PAUSED and decision.reason:
+            return decision.at_s
+    return history.now_s
+
+
+def _postcopy_stuck(history: History, policy: MigrationPolicy) -> bool:
+    started = next(
+        (d.at_s for d in reversed(history.decisions) if d.next_state is State.POSTCOPY), None
+    )
+    if started is None:
+        return False
+    for d in reversed(history.decisions):
+        if d.at_s <= started:
+            break
+        if any(isinstance(a, PausePostCopy | ResumePostCopy) for a in d.actions):
+            started = d.at_s
+            break
+    window = [s for s in history.samples if s.now_s >= started]
+    if not window or history.now_s - started < policy.postcopy_stall_s:
+        return False
+    last = window[-1].data_processed_bytes
+    moved_at = max((s.now_s for s in window if s.data_processed_bytes != last), default=started)
+    return history.now_s - moved_at >= policy.postcopy_stall_s
+
+
+def is_abortable(state: State) -> bool:
+    """True while aborting leaves the guest whole on the source (pre-copy)."""
+    return state in _PRECOPY or state is State.ABORTING

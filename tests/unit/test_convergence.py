@@ -1,0 +1,347 @@
+"""The convergence controller: tables, invariants and replays of real lab traces."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from libvirt_vmotion.convergence import (
+    TERMINAL,
+    TRANSITIONS,
+    Abort,
+    Decision,
+    History,
+    PausePostCopy,
+    ResumePostCopy,
+    SetMaxDowntime,
+    StartPostCopy,
+    State,
+    Throttle,
+    downtime_needed_ms,
+    is_stalled,
+    round_dirty_sets,
+    step,
+    throttle_steps,
+)
+from libvirt_vmotion.errors import UsageError
+from libvirt_vmotion.events import EventKind, MigrationEvent
+from libvirt_vmotion.model import MIB, JobSample
+from libvirt_vmotion.policy import (
+    DowntimeStep,
+    MigrationPolicy,
+    build_policy,
+    exponential_downtime,
+    load_policy_toml,
+)
+
+TRACES = Path(__file__).parent.parent / "data" / "traces"
+
+
+def make_sample(
+    *,
+    now_s: float,
+    iteration: int,
+    remaining_mib: float,
+    bw_mib_s: float = 30,
+    dirty_mib_s: float = 0,
+    processed_mib: float = 0,
+    active: bool = True,
+) -> JobSample:
+    return JobSample.from_job_stats(
+        {
+            "type": 2 if active else 3,
+            "time_elapsed": int(now_s * 1000),
+            "data_total": 512 * MIB,
+            "data_processed": int(processed_mib * MIB),
+            "data_remaining": int(remaining_mib * MIB),
+            "memory_total": 512 * MIB,
+            "memory_remaining": int(remaining_mib * MIB),
+            "memory_bps": int(bw_mib_s * MIB),
+            "memory_dirty_rate": int(dirty_mib_s * MIB / 4096),
+            "memory_iteration": iteration,
+            "memory_page_size": 4096,
+        },
+        now_s=now_s,
+    )
+
+
+def run(
+    samples: list[JobSample], policy: MigrationPolicy, events: tuple[MigrationEvent, ...] = ()
+) -> tuple[State, History]:
+    """Drive step() the way the driver does: one step per sample, transitions checked."""
+    state = State.SETUP
+    history = History(started_s=samples[0].now_s if samples else 0.0)
+    pending = sorted(events, key=lambda e: e.now_s)
+    for sample in samples:
+        while pending and pending[0].now_s <= sample.now_s:
+            history = history.with_event(pending.pop(0))
+        history = history.with_sample(sample)
+        decision = step(state, history, policy)
+        assert decision.next_state in TRANSITIONS[state], (state, decision)
+        if decision.actions or decision.reason or decision.next_state is not state:
+            history = history.with_decision(decision)
+        state = decision.next_state
+        if state in TERMINAL:
+            break
+    return state, history
+
+
+def actions_of(history: History) -> list[object]:
+    return [a for d in history.decisions for a in d.actions]
+
+
+def load_trace(name: str) -> list[JobSample]:
+    raw = json.loads((TRACES / name).read_text())
+    return [JobSample.from_job_stats(r, now_s=float(r["now_s"])) for r in raw]
+
+
+# ---- policy -------------------------------------------------------------------
+
+
+def test_default_ladder_is_the_worked_table() -> None:
+    ladder = [s.downtime_ms for s in MigrationPolicy().downtime_schedule]
+    assert ladder == [30, 60, 122, 247, 500]
+
+
+@pytest.mark.parametrize(
+    ("initial", "maximum", "steps"), [(30, 500, 5), (10, 10, 3), (1, 2000, 10), (50, 300, 1)]
+)
+def test_ladder_invariants(initial: int, maximum: int, steps: int) -> None:
+    ladder = [s.downtime_ms for s in exponential_downtime(
+        initial_ms=initial, max_ms=maximum, steps=steps
+    )]  # fmt: skip
+    assert ladder == sorted(ladder)
+    assert ladder[-1] == maximum
+    assert all(v > 0 for v in ladder)
+    assert len(ladder) == steps
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"max_duration_s": 0}, "max_duration_s"),
+        ({"stall_rounds": 0}, "stall_rounds"),
+        ({"max_throttle_percent": 100}, "max_throttle_percent"),
+        ({"downtime_schedule": (DowntimeStep(50), DowntimeStep(20))}, "downtime_schedule"),
+        ({"bandwidth_mib_s": -1}, "bandwidth_mib_s"),
+    ],
+)
+def test_bad_policy_names_the_field(kwargs: dict[str, object], field: str) -> None:
+    with pytest.raises(UsageError, match=field):
+        MigrationPolicy(**kwargs)  # type: ignore[arg-type]
+
+
+def test_policy_from_toml_and_flags() -> None:
+    policy = load_policy_toml(
+        "max_duration_s = 90\nallow_postcopy = false\nmax_throttle_percent = 0\n"
+        "[downtime]\ninitial_ms = 20\nmax_ms = 200\nsteps = 3\n"
+    )
+    assert policy.max_duration_s == 90.0
+    assert not policy.allow_postcopy
+    assert not policy.allows_throttle
+    assert [s.downtime_ms for s in policy.downtime_schedule] == [20, 63, 200]
+    flagged = build_policy(policy, max_downtime_ms=100, overrides={"bandwidth_mib_s": 30})
+    assert flagged.max_downtime_ms == 100
+    assert flagged.initial_downtime_ms == 20
+    assert flagged.bandwidth_mib_s == 30
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [("max_duration_s = 'x'", "max_duration_s"), ("bogus = 1", "bogus"), ("[[", "TOML")],
+)
+def test_bad_toml_is_a_usage_error(text: str, needle: str) -> None:
+    with pytest.raises(UsageError, match=needle):
+        load_policy_toml(text)
+
+
+# ---- predicates -----------------------------------------------------------------
+
+
+def test_transitions_table_covers_every_state_and_terminals_are_sinks() -> None:
+    assert set(TRANSITIONS) == set(State)
+    for state in TERMINAL:
+        assert TRANSITIONS[state] == {state}
+    # Once post-copy started there is no way back to an abort.
+    assert State.ABORTING not in TRANSITIONS[State.POSTCOPY]
+    assert State.ABORTING not in TRANSITIONS[State.POSTCOPY_PAUSED]
+
+
+@pytest.mark.parametrize(
+    ("dirty_mib", "bw_mib_s", "expected_ms"), [(30, 30, 1000), (1, 100, 10), (0, 30, 1)]
+)
+def test_downtime_needed(dirty_mib: float, bw_mib_s: float, expected_ms: int) -> None:
+    assert downtime_needed_ms(
+        dirty_bytes=int(dirty_mib * MIB), bandwidth_bytes_s=bw_mib_s * MIB
+    ) == expected_ms  # fmt: skip
+
+
+def test_throttle_steps() -> None:
+    assert throttle_steps(0) == ()
+    assert throttle_steps(80) == (40, 80)
+    assert throttle_steps(1) == (1,)
+
+
+def test_round_dirty_set_is_the_largest_remaining_of_the_round() -> None:
+    samples = (
+        make_sample(now_s=1, iteration=1, remaining_mib=400),
+        make_sample(now_s=2, iteration=2, remaining_mib=60),
+        make_sample(now_s=3, iteration=2, remaining_mib=20),
+        make_sample(now_s=4, iteration=3, remaining_mib=50),
+    )
+    assert round_dirty_sets(samples) == {2: 60 * MIB, 3: 50 * MIB}
+
+
+def test_stall_needs_rounds_without_a_new_minimum() -> None:
+    policy = MigrationPolicy(stall_rounds=2)
+    falling = [make_sample(now_s=i, iteration=i, remaining_mib=100 - 10 * i) for i in range(2, 6)]
+    flat = [make_sample(now_s=i, iteration=i, remaining_mib=64) for i in range(2, 6)]
+    assert not is_stalled(History(started_s=0, samples=tuple(falling)), policy)
+    assert is_stalled(History(started_s=0, samples=tuple(flat)), policy)
+
+
+# ---- scenarios ------------------------------------------------------------------
+
+
+def steady(rounds: int, dirty_mib: float, *, round_s: float = 2.0) -> list[JobSample]:
+    out = [make_sample(now_s=0.5, iteration=1, remaining_mib=500)]
+    out += [
+        make_sample(now_s=1 + i * round_s, iteration=i + 2, remaining_mib=dirty_mib)
+        for i in range(rounds)
+    ]
+    return out
+
+
+def test_light_load_converges_on_the_tight_downtime_without_escalation() -> None:
+    samples = [
+        make_sample(now_s=0.5, iteration=1, remaining_mib=400),
+        make_sample(now_s=5, iteration=2, remaining_mib=12),
+        make_sample(now_s=5.5, iteration=3, remaining_mib=0.6),
+        make_sample(now_s=5.6, iteration=3, remaining_mib=0, active=False),
+    ]
+    events = (MigrationEvent(EventKind.JOB_COMPLETED, now_s=5.6),)
+    state, history = run(samples, MigrationPolicy(), events)
+    assert state is State.COMPLETED
+    downtimes = [a for a in actions_of(history) if isinstance(a, SetMaxDowntime)]
+    assert downtimes[0] == SetMaxDowntime(30)
+    assert not any(isinstance(a, Throttle) and a.percent > 0 for a in actions_of(history))
+    assert not any(isinstance(a, StartPostCopy | Abort) for a in actions_of(history))
+
+
+def test_new_minimum_that_fits_the_budget_switches_over_there() -> None:
+    # 6 MiB at 30 MiB/s needs ~200 ms: the controller allows the rung covering it now.
+    samples = [*steady(1, 20), make_sample(now_s=4, iteration=3, remaining_mib=6)]
+    _, history = run(samples, MigrationPolicy())
+    last = history.decisions[-1]
+    assert last.actions == (SetMaxDowntime(500),)
+    assert "new minimum" in last.reason
+
+
+def test_dirty_rate_above_bandwidth_escalates_downtime_throttle_then_postcopy() -> None:
+    state, history = run(steady(12, 64), MigrationPolicy(max_duration_s=600))
+    assert state is State.POSTCOPY
+    kinds = [type(a).__name__ for a in actions_of(history)]
+    assert kinds[:6] == [
+        "SetMaxDowntime", "Throttle", "SetMaxDowntime", "Throttle", "Throttle", "StartPostCopy"
+    ]  # fmt: skip
+    assert [a.percent for a in actions_of(history) if isinstance(a, Throttle)] == [0, 40, 80]
+    assert all(d.reason for d in history.decisions)
+
+
+def test_budget_without_throttle_or_postcopy_aborts_naming_the_budget() -> None:
+    policy = build_policy(
+        max_downtime_ms=100, overrides={"allow_postcopy": False, "max_throttle_percent": 0}
+    )
+    state, history = run(steady(6, 64), policy)
+    assert state is State.ABORTING
+    abort = actions_of(history)[-1]
+    assert isinstance(abort, Abort)
+    assert "100 ms downtime budget" in abort.reason
+    assert "forbids throttling and post-copy" in abort.reason
+
+
+def test_time_budget_forces_postcopy_then_abort_without_it() -> None:
+    samples = steady(40, 64, round_s=2.0)
+    state, _ = run(samples, MigrationPolicy(max_duration_s=20, stall_rounds=50))
+    assert state is State.POSTCOPY
+    policy = MigrationPolicy(max_duration_s=20, stall_rounds=50, allow_postcopy=False)
+    state, history = run(samples, policy)
+    assert state is State.ABORTING
+    assert "20 s time budget" in history.decisions[-1].reason
+
+
+def test_cancel_aborts_in_precopy_and_is_refused_in_postcopy() -> None:
+    cancel = (MigrationEvent(EventKind.CANCEL_REQUESTED, now_s=3.5),)
+    state, history = run(steady(3, 64), MigrationPolicy(), cancel)
+    assert state is State.ABORTING
+    assert actions_of(history)[-1] == Abort("cancelled by the user")
+
+    samples = [*steady(12, 64), make_sample(now_s=40, iteration=14, remaining_mib=64)]
+    cancel = (MigrationEvent(EventKind.CANCEL_REQUESTED, now_s=39),)
+    state, history = run(samples, MigrationPolicy(max_duration_s=600), cancel)
+    assert state is State.POSTCOPY
+    assert "cancel refused" in history.decisions[-1].reason
+    assert not any(isinstance(a, Abort) for a in actions_of(history))
+
+
+def test_postcopy_link_break_pauses_resumes_and_gives_up_after_the_wait() -> None:
+    policy = MigrationPolicy(postcopy_stall_s=3, postcopy_resume_wait_s=10)
+    history = History(started_s=0).with_decision(
+        Decision(State.POSTCOPY, (StartPostCopy(),), "go", at_s=1.0, round=5)
+    )
+    stuck = [make_sample(now_s=t, iteration=6, remaining_mib=100, processed_mib=700)
+             for t in (2.0, 3.0, 4.5)]  # fmt: skip
+    for s in stuck:
+        history = history.with_sample(s)
+    decision = step(State.POSTCOPY, history, policy)
+    assert decision.actions == (PausePostCopy(),)
+    history = history.with_decision(decision).with_event(
+        MigrationEvent(EventKind.POSTCOPY_PAUSED, now_s=5.0)
+    )
+    decision = step(State.POSTCOPY, history, policy)
+    assert decision.next_state is State.POSTCOPY_PAUSED
+    assert decision.actions == (ResumePostCopy(),)
+    history = history.with_decision(decision)
+    retry = step(State.POSTCOPY_PAUSED, history.with_event(
+        MigrationEvent(EventKind.ITERATION, now_s=8.0, iteration=6)), policy)  # fmt: skip
+    assert retry.actions == (ResumePostCopy(),)
+    resumed = step(State.POSTCOPY_PAUSED, history.with_event(
+        MigrationEvent(EventKind.POSTCOPY_RESUMED, now_s=9.0)), policy)  # fmt: skip
+    assert resumed.next_state is State.POSTCOPY
+    gave_up = step(State.POSTCOPY_PAUSED, history.with_event(
+        MigrationEvent(EventKind.ITERATION, now_s=16.0, iteration=6)), policy)  # fmt: skip
+    assert gave_up.next_state is State.FAILED
+    assert "destination" in gave_up.reason
+
+
+# ---- replays of real lab traces -------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in TRACES.glob("*.json")))
+def test_replay_invariants(name: str) -> None:
+    samples = load_trace(name)
+    for policy in (
+        MigrationPolicy(bandwidth_mib_s=30),
+        MigrationPolicy(allow_postcopy=False, max_throttle_percent=0),
+        MigrationPolicy(allow_postcopy=False),
+    ):
+        _, history = run(samples, policy)
+        downtimes = [a.downtime_ms for a in actions_of(history) if isinstance(a, SetMaxDowntime)]
+        assert downtimes == sorted(downtimes)
+        assert all(0 < d <= policy.max_downtime_ms for d in downtimes)
+        throttles = [a.percent for a in actions_of(history) if isinstance(a, Throttle)]
+        assert throttles == sorted(throttles)
+        assert all(p <= policy.max_throttle_percent for p in throttles)
+        if not policy.allow_postcopy:
+            assert not any(isinstance(a, StartPostCopy) for a in actions_of(history))
+
+
+def test_replay_busy_writer_above_bandwidth_goes_to_postcopy_by_default() -> None:
+    samples = load_trace("busy45-bw30-throttle-postcopy.json")
+    state, history = run(samples, MigrationPolicy(bandwidth_mib_s=30))
+    assert state is State.POSTCOPY
+    reasons = [d.reason for d in history.decisions]
+    assert any("throttle" in r for r in reasons)
+    assert "post-copy" in reasons[-1]

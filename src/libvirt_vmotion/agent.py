@@ -44,6 +44,9 @@ from libvirt_vmotion.errors import VmotionError
 
 OPERATIONS: Final[dict[str, str]] = {
     "hello": "libvirt_vmotion.agent:hello",
+    "bridge_facts": "libvirt_vmotion.bridge:op_bridge_facts",
+    "fdb_query": "libvirt_vmotion.bridge:op_fdb_query",
+    "fdb_flush": "libvirt_vmotion.bridge:op_fdb_flush",
 }
 """Agent operations: name -> ``module:function`` taking and returning a JSON dict."""
 

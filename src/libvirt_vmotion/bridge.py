@@ -1,0 +1,203 @@
+"""Linux bridge facts and forwarding database, read and changed on this host.
+
+I/O: pyroute2 netlink only; no policy (verdicts live in ``netcheck``). These run
+on a hypervisor host, normally as agent operations (``agent.OPERATIONS``):
+
+- ``bridge_facts``  {"bridges": [names]}                -> {"host", "bridges": [facts]}
+- ``fdb_query``     {"bridge", "macs": [..]}            -> {"host", "entries": [..]}
+- ``fdb_flush``     {"bridge", "macs": [..], "keep_port"} -> {"host", "removed": [..]}
+
+``netns`` in the arguments (optional) reads a bridge in a named network
+namespace of this machine: the lab's switch is one.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Final
+
+from pyroute2 import IPRoute
+
+from libvirt_vmotion.netcheck import BridgeFacts, PortFacts, StpState
+
+NUD_PERMANENT: Final = 0x80
+NTF_SELF: Final = 0x02
+
+
+@contextmanager
+def _ipr(netns: str = "") -> Iterator[Any]:
+    ipr = IPRoute(netns=netns) if netns else IPRoute()
+    try:
+        yield ipr
+    finally:
+        ipr.close()
+
+
+def _kind(link: Any) -> tuple[str, Any, Any]:  # noqa: ANN401  pyroute2 messages are untyped
+    info = link.get_attr("IFLA_LINKINFO")
+    if info is None:
+        return "", None, None
+    return (
+        info.get_attr("IFLA_INFO_KIND") or "",
+        info.get_attr("IFLA_INFO_DATA"),
+        info.get_attr("IFLA_INFO_SLAVE_DATA"),
+    )
+
+
+def _flag(data: Any, attr: str, default: bool) -> bool:  # noqa: ANN401
+    if data is None:
+        return default
+    value = data.get_attr(attr)
+    return default if value is None else bool(value)
+
+
+def read_bridge(name: str, *, host: str = "", netns: str = "") -> BridgeFacts:
+    """Facts about bridge ``name`` on this host (``exists=False`` if there is none)."""
+    host = host or socket.gethostname()
+    with _ipr(netns) as ipr:
+        links = list(ipr.get_links())
+    by_name = {link.get_attr("IFLA_IFNAME"): link for link in links}
+    bridge = by_name.get(name)
+    if bridge is None or _kind(bridge)[0] != "bridge":
+        return BridgeFacts(host=host, name=name, exists=False)
+    _, data, _ = _kind(bridge)
+    ports = []
+    for link in links:
+        if link.get_attr("IFLA_MASTER") != bridge["index"]:
+            continue
+        kind, _, slave = _kind(link)
+        state = slave.get_attr("IFLA_BRPORT_STATE") if slave is not None else None
+        ports.append(
+            PortFacts(
+                name=link.get_attr("IFLA_IFNAME"),
+                kind=kind,
+                up=link.get_attr("IFLA_OPERSTATE") in {"UP", "UNKNOWN"},
+                stp_state=StpState(state if state is not None else StpState.FORWARDING),
+                learning=_flag(slave, "IFLA_BRPORT_LEARNING", default=True),
+                unicast_flood=_flag(slave, "IFLA_BRPORT_UNICAST_FLOOD", default=True),
+                mcast_flood=_flag(slave, "IFLA_BRPORT_MCAST_FLOOD", default=True),
+                bcast_flood=_flag(slave, "IFLA_BRPORT_BCAST_FLOOD", default=True),
+                mtu=int(link.get_attr("IFLA_MTU") or 0),
+            )
+        )
+    return BridgeFacts(
+        host=host,
+        name=name,
+        exists=True,
+        up=bool(bridge["flags"] & 1),  # IFF_UP: a bridge without ports reports operstate DOWN
+        mtu=int(bridge.get_attr("IFLA_MTU") or 0),
+        stp_enabled=bool(data.get_attr("IFLA_BR_STP_STATE")) if data is not None else False,
+        forward_delay_cs=int(data.get_attr("IFLA_BR_FORWARD_DELAY") or 0) if data else 0,
+        ageing_time_cs=int(data.get_attr("IFLA_BR_AGEING_TIME") or 0) if data else 30000,
+        vlan_filtering=bool(data.get_attr("IFLA_BR_VLAN_FILTERING")) if data else False,
+        ports=tuple(ports),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class FdbEntry:
+    """One forwarding-database entry of a bridge."""
+
+    mac: str
+    port: str
+    vlan: int | None
+    permanent: bool
+
+    def as_dict(self) -> dict[str, object]:
+        """JSON form."""
+        return {"mac": self.mac, "port": self.port, "vlan": self.vlan, "permanent": self.permanent}
+
+
+def _fdb(ipr: Any, bridge: str, macs: Sequence[str]) -> list[tuple[FdbEntry, int, int]]:  # noqa: ANN401
+    found = ipr.link_lookup(ifname=bridge)
+    if not found:
+        return []
+    br_index = found[0]
+    names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
+    wanted = {m.lower() for m in macs}
+    out = []
+    for msg in ipr.get_neighbours(family=socket.AF_BRIDGE):
+        if msg.get_attr("NDA_MASTER") != br_index or msg["flags"] & NTF_SELF:
+            continue
+        mac = (msg.get_attr("NDA_LLADDR") or "").lower()
+        if mac not in wanted:
+            continue
+        entry = FdbEntry(
+            mac=mac,
+            port=names.get(msg["ifindex"], str(msg["ifindex"])),
+            vlan=msg.get_attr("NDA_VLAN"),
+            permanent=bool(msg["state"] & NUD_PERMANENT),
+        )
+        out.append((entry, msg["ifindex"], br_index))
+    return out
+
+
+def fdb_entries(bridge: str, macs: Sequence[str], *, netns: str = "") -> tuple[FdbEntry, ...]:
+    """Entries of ``bridge``'s FDB for ``macs`` (the bridge's own, not NIC-local ones)."""
+    with _ipr(netns) as ipr:
+        return tuple(entry for entry, _, _ in _fdb(ipr, bridge, macs))
+
+
+def fdb_remove(
+    bridge: str, macs: Sequence[str], *, keep_port: str = "", netns: str = ""
+) -> tuple[FdbEntry, ...]:
+    """Remove learned (non-permanent) entries for ``macs`` from ``bridge``'s FDB.
+
+    Args:
+        bridge: the bridge.
+        macs: the guest's MACs.
+        keep_port: leave entries on this port alone (the guest's own tap).
+        netns: named network namespace, "" for this one.
+
+    Returns:
+        The entries removed.
+
+    """
+    removed = []
+    with _ipr(netns) as ipr:
+        for entry, port_index, br_index in _fdb(ipr, bridge, macs):
+            if entry.permanent or (keep_port and entry.port == keep_port):
+                continue
+            args: dict[str, object] = {"ifindex": port_index, "lladdr": entry.mac}
+            if entry.vlan is not None:
+                args["vlan"] = entry.vlan
+            ipr.fdb("del", master=br_index, **args)
+            removed.append(entry)
+    return tuple(removed)
+
+
+# ---- agent operations ----------------------------------------------------------------
+
+
+def _str_list(value: object) -> list[str]:
+    return [str(v) for v in value] if isinstance(value, list) else []
+
+
+def op_bridge_facts(args: Mapping[str, object]) -> dict[str, object]:
+    """Agent op ``bridge_facts``: facts for each named bridge."""
+    host = socket.gethostname()
+    netns = str(args.get("netns") or "")
+    facts = [read_bridge(name, host=host, netns=netns) for name in _str_list(args.get("bridges"))]
+    return {"host": host, "bridges": [f.as_dict() for f in facts]}
+
+
+def op_fdb_query(args: Mapping[str, object]) -> dict[str, object]:
+    """Agent op ``fdb_query``: FDB entries of a bridge for some MACs."""
+    entries = fdb_entries(
+        str(args["bridge"]), _str_list(args.get("macs")), netns=str(args.get("netns") or "")
+    )
+    return {"host": socket.gethostname(), "entries": [e.as_dict() for e in entries]}
+
+
+def op_fdb_flush(args: Mapping[str, object]) -> dict[str, object]:
+    """Agent op ``fdb_flush``: remove stale learned entries for some MACs."""
+    removed = fdb_remove(
+        str(args["bridge"]),
+        _str_list(args.get("macs")),
+        keep_port=str(args.get("keep_port") or ""),
+        netns=str(args.get("netns") or ""),
+    )
+    return {"host": socket.gethostname(), "removed": [e.as_dict() for e in removed]}

@@ -1,0 +1,465 @@
+"""Network pre-flight: can the destination's virtual switch learn that the guest moved.
+
+Pure: no I/O, no clock, no logging. Facts about each host's bridges come in as
+plain frozen dataclasses (gathered on the host by ``bridge.py`` through the
+agent); verdicts come out as ``NetCheckResult`` values, a neutral form the
+pre-flight report can fold into its own (stable kebab-case names, a severity,
+a message with where and what, and a hint).
+
+What the checks stand for, on the destination host, for each bridge a guest NIC
+uses (the source's bridge is the reference for consistency):
+
+==========================  ========  ==================================================
+name                        severity  why it matters after switchover
+==========================  ========  ==================================================
+bridge-exists               blocker   libvirt cannot plug the NIC in: the migration fails
+bridge-up                   blocker   a down bridge forwards nothing
+bridge-uplink               blocker   without an uplink the guest is cut off from the net
+uplink-forwarding           blocker   STP blocking / link down: no traffic leaves the host
+uplink-flooding             blocker   broadcast off: ARP and announcements never leave;
+                            warning   unicast/multicast flood off: unknown peers, IPv6 NA
+uplink-learning             warning   the bridge floods every frame to every guest
+bridge-stp-delay            blocker   a new tap port listens+learns 2 x forward_delay
+bridge-ageing               warning   ageing 0 makes the bridge a hub
+guest-port-learning         warning   the source's tap does not learn: if the same
+                                      setting applies on the destination, its FDB
+                                      will not show the guest
+bridge-mtu                  blocker   smaller MTU than the source drops the guest's frames
+bridge-vlan-filtering       blocker   VLAN filtering differs from the source
+notify-switches             warning   notify off: switches learn only when the guest talks
+==========================  ========  ==================================================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import IntEnum, StrEnum
+from typing import Final
+
+USER_HZ: Final = 100
+"""Bridge timers (forward delay, ageing) come from the kernel in centiseconds."""
+
+
+class Severity(StrEnum):
+    """How bad a finding is; the pre-flight report decides what blocks."""
+
+    OK = "ok"
+    WARNING = "warning"
+    BLOCKER = "blocker"
+
+
+class StpState(IntEnum):
+    """Bridge port STP state (``IFLA_BRPORT_STATE``, ``BR_STATE_*``)."""
+
+    DISABLED = 0
+    LISTENING = 1
+    LEARNING = 2
+    FORWARDING = 3
+    BLOCKING = 4
+
+
+class PortRole(StrEnum):
+    """What a bridge port is for, from its link kind."""
+
+    UPLINK = "uplink"
+    """Physical NIC, bond, VLAN, veth, VXLAN: the way out of the host."""
+    GUEST = "guest"
+    """A tap (``tun`` kind): some guest's NIC."""
+
+
+TAP_KINDS: Final = frozenset({"tun", "tap"})
+
+
+def role_of(link_kind: str) -> PortRole:
+    """Port role from the port's link kind (``""`` for a physical NIC)."""
+    return PortRole.GUEST if link_kind in TAP_KINDS else PortRole.UPLINK
+
+
+@dataclass(frozen=True, slots=True)
+class PortFacts:
+    """One bridge port, as the host's kernel reports it."""
+
+    name: str
+    kind: str
+    """Link kind (``veth``, ``tun``, ``bond``, ``""`` for physical)."""
+    up: bool
+    stp_state: StpState
+    learning: bool
+    unicast_flood: bool
+    mcast_flood: bool
+    bcast_flood: bool
+    mtu: int
+
+    @property
+    def role(self) -> PortRole:
+        """Uplink or guest tap."""
+        return role_of(self.kind)
+
+    def as_dict(self) -> dict[str, object]:
+        """JSON form (agent replies)."""
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "up": self.up,
+            "stp_state": self.stp_state.name.lower(),
+            "learning": self.learning,
+            "unicast_flood": self.unicast_flood,
+            "mcast_flood": self.mcast_flood,
+            "bcast_flood": self.bcast_flood,
+            "mtu": self.mtu,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, object]) -> PortFacts:
+        """Inverse of :meth:`as_dict`."""
+        return cls(
+            name=str(data["name"]),
+            kind=str(data.get("kind", "")),
+            up=bool(data.get("up")),
+            stp_state=StpState[str(data.get("stp_state", "disabled")).upper()],
+            learning=bool(data.get("learning")),
+            unicast_flood=bool(data.get("unicast_flood")),
+            mcast_flood=bool(data.get("mcast_flood")),
+            bcast_flood=bool(data.get("bcast_flood", True)),
+            mtu=_as_int(data.get("mtu")),
+        )
+
+
+def _as_int(value: object) -> int:
+    return int(value) if isinstance(value, int | float | str) and str(value).isdigit() else 0
+
+
+@dataclass(frozen=True, slots=True)
+class BridgeFacts:
+    """One bridge on one host. ``exists=False`` carries only host and name."""
+
+    host: str
+    name: str
+    exists: bool
+    up: bool = False
+    mtu: int = 0
+    stp_enabled: bool = False
+    forward_delay_cs: int = 0
+    ageing_time_cs: int = 30000
+    vlan_filtering: bool = False
+    ports: tuple[PortFacts, ...] = field(default=())
+
+    def uplinks(self) -> tuple[PortFacts, ...]:
+        """The ports that lead out of the host."""
+        return tuple(p for p in self.ports if p.role is PortRole.UPLINK)
+
+    def as_dict(self) -> dict[str, object]:
+        """JSON form (agent replies)."""
+        return {
+            "host": self.host,
+            "name": self.name,
+            "exists": self.exists,
+            "up": self.up,
+            "mtu": self.mtu,
+            "stp_enabled": self.stp_enabled,
+            "forward_delay_cs": self.forward_delay_cs,
+            "ageing_time_cs": self.ageing_time_cs,
+            "vlan_filtering": self.vlan_filtering,
+            "ports": [p.as_dict() for p in self.ports],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, object]) -> BridgeFacts:
+        """Inverse of :meth:`as_dict`."""
+        ports = data.get("ports")
+        return cls(
+            host=str(data.get("host", "")),
+            name=str(data["name"]),
+            exists=bool(data.get("exists")),
+            up=bool(data.get("up")),
+            mtu=_as_int(data.get("mtu")),
+            stp_enabled=bool(data.get("stp_enabled")),
+            forward_delay_cs=_as_int(data.get("forward_delay_cs")),
+            ageing_time_cs=_as_int(data.get("ageing_time_cs", 30000)),
+            vlan_filtering=bool(data.get("vlan_filtering")),
+            ports=tuple(PortFacts.from_dict(p) for p in (ports if isinstance(ports, list) else ())),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class GuestNic:
+    """A guest NIC on a bridge: what the checks and the cutover work on."""
+
+    mac: str
+    bridge: str
+    tap: str = ""
+    """The tap device on the host it currently runs on ("" if unknown)."""
+
+
+@dataclass(frozen=True, slots=True)
+class NetCheckResult:
+    """One verdict, in the neutral form the pre-flight report takes.
+
+    Attributes:
+        name: stable kebab-case check name (for ``--skip-check``).
+        severity: ok, warning or blocker.
+        host: which host it is about.
+        subject: the bridge (or bridge/port) it is about.
+        message: what was observed vs what is needed.
+        hint: what to do (empty when ok).
+
+    """
+
+    name: str
+    severity: Severity
+    host: str
+    subject: str
+    message: str
+    hint: str = ""
+
+    def as_dict(self) -> dict[str, object]:
+        """JSON form for reports."""
+        return {
+            "name": self.name,
+            "severity": self.severity.value,
+            "host": self.host,
+            "subject": self.subject,
+            "message": self.message,
+            "hint": self.hint,
+        }
+
+
+def _ok(name: str, bridge: BridgeFacts, message: str) -> NetCheckResult:
+    return NetCheckResult(name, Severity.OK, bridge.host, bridge.name, message)
+
+
+def check_dest_bridge(  # noqa: C901  one table of checks, read top to bottom
+    dest: BridgeFacts, source: BridgeFacts | None, *, source_guest_ports: Sequence[str] = ()
+) -> tuple[NetCheckResult, ...]:
+    """Judge one destination bridge a guest NIC will be plugged into.
+
+    Args:
+        dest: the bridge on the destination host.
+        source: the same bridge on the source host (consistency reference).
+        source_guest_ports: the guest's tap ports on the source bridge.
+
+    Returns:
+        One result per check (ok ones included, so the report shows what passed).
+
+    """
+    out: list[NetCheckResult] = []
+    host, br = dest.host, dest.name
+
+    def bad(name: str, severity: Severity, subject: str, message: str, hint: str) -> None:
+        out.append(NetCheckResult(name, severity, host, subject, message, hint))
+
+    if not dest.exists:
+        bad(
+            "bridge-exists", Severity.BLOCKER, br,
+            f"Bridge {br} does not exist on {host}; the guest's NIC cannot be plugged in there.",
+            f"Create it on {host} (ip link add {br} type bridge) with the uplink the source "
+            "uses, or migrate to a host that has it.",
+        )  # fmt: skip
+        return tuple(out)
+    out.append(_ok("bridge-exists", dest, f"{br} exists on {host}"))
+    if dest.up:
+        out.append(_ok("bridge-up", dest, f"{br} is up"))
+    else:
+        bad(
+            "bridge-up", Severity.BLOCKER, br, f"Bridge {br} on {host} is down.",
+            f"Bring it up on {host}: ip link set {br} up",
+        )  # fmt: skip
+    uplinks = dest.uplinks()
+    if not uplinks:
+        bad(
+            "bridge-uplink", Severity.BLOCKER, br,
+            f"Bridge {br} on {host} has no uplink port (only "
+            f"{', '.join(p.name for p in dest.ports) or 'no ports'}): after the move the "
+            "guest could reach nothing outside that host.",
+            f"Enslave the host's physical NIC (or bond/VLAN) to {br} on {host}: "
+            f"ip link set NIC master {br}",
+        )  # fmt: skip
+    else:
+        out.append(_ok("bridge-uplink", dest, "uplink " + ", ".join(p.name for p in uplinks)))
+    for port in uplinks:
+        out.extend(_check_uplink(dest, port))
+    if dest.stp_enabled and dest.forward_delay_cs > 0:
+        delay_s = 2 * dest.forward_delay_cs / USER_HZ
+        bad(
+            "bridge-stp-delay", Severity.BLOCKER, br,
+            f"STP is on for {br} on {host} with forward_delay "
+            f"{dest.forward_delay_cs / USER_HZ:g} s: the guest's new tap port listens and "
+            f"learns for {delay_s:g} s before it forwards, a {delay_s:g} s blackout after "
+            "switchover.",
+            f"Turn STP off on the host bridge (ip link set {br} type bridge stp_state 0) or "
+            f"set forward_delay 0 (ip link set {br} type bridge forward_delay 0).",
+        )  # fmt: skip
+    else:
+        out.append(_ok("bridge-stp-delay", dest, "new ports forward at once"))
+    if dest.ageing_time_cs == 0:
+        bad(
+            "bridge-ageing", Severity.WARNING, br,
+            f"Bridge {br} on {host} has ageing_time 0: it learns nothing and floods "
+            "every frame to every port, like a hub.",
+            f"ip link set {br} type bridge ageing_time 30000",
+        )  # fmt: skip
+    if source is not None and source.exists:
+        out.extend(_check_consistency(dest, source))
+        for port in source.ports:
+            if port.name in source_guest_ports and not port.learning:
+                bad(
+                    "guest-port-learning", Severity.WARNING, f"{source.name}/{port.name}",
+                    f"The guest's port {port.name} on {source.host} has learning off; if "
+                    f"the same policy applies on {host}, {br} there will not learn the "
+                    "guest's MAC (frames to it are flooded or dropped).",
+                    f"Find what turns learning off (bridge link show dev {port.name}) and "
+                    "keep it off the destination, or check it after the move.",
+                )  # fmt: skip
+    return tuple(out)
+
+
+def _check_uplink(dest: BridgeFacts, port: PortFacts) -> Iterable[NetCheckResult]:
+    host, subject = dest.host, f"{dest.name}/{port.name}"
+    if not port.up:
+        yield NetCheckResult(
+            "uplink-forwarding", Severity.BLOCKER, host, subject,
+            f"Uplink {port.name} of {dest.name} on {host} is down (no carrier or admin down).",
+            f"Check the cable/switch port, then: ip link set {port.name} up",
+        )  # fmt: skip
+    elif port.stp_state is not StpState.FORWARDING:
+        transient = port.stp_state in {StpState.LISTENING, StpState.LEARNING}
+        yield NetCheckResult(
+            "uplink-forwarding", Severity.WARNING if transient else Severity.BLOCKER, host,
+            subject,
+            f"Uplink {port.name} of {dest.name} on {host} is in STP state "
+            f"{port.stp_state.name.lower()}, not forwarding.",
+            "Wait for STP to converge and check again"
+            if transient
+            else "STP blocks this port (a loop or a root-bridge choice); fix the topology "
+            f"or the port cost: bridge link show dev {port.name}",
+        )  # fmt: skip
+    else:
+        yield NetCheckResult(
+            "uplink-forwarding", Severity.OK, host, subject, f"{port.name} up, forwarding"
+        )
+    if not port.bcast_flood:
+        yield NetCheckResult(
+            "uplink-flooding", Severity.BLOCKER, host, subject,
+            f"Broadcast flooding is off on uplink {port.name} of {dest.name} on {host}: ARP, "
+            "RARP and gratuitous ARP never leave the host.",
+            f"bridge link set dev {port.name} bcast_flood on",
+        )  # fmt: skip
+    missing = [
+        what
+        for what, on in (("unicast", port.unicast_flood), ("multicast", port.mcast_flood))
+        if not on
+    ]
+    if missing:
+        yield NetCheckResult(
+            "uplink-flooding", Severity.WARNING, host, subject,
+            f"{' and '.join(missing).capitalize()} flooding is off on uplink {port.name} of "
+            f"{dest.name} on {host}: the guest's frames to peers the bridge has not learned "
+            "yet (unicast) or IPv6 neighbour advertisements (multicast) are dropped.",
+            f"bridge link set dev {port.name} flood on mcast_flood on",
+        )  # fmt: skip
+    elif port.bcast_flood:
+        yield NetCheckResult(
+            "uplink-flooding", Severity.OK, host, subject, "broadcast, unicast, multicast flood"
+        )
+    if port.learning:
+        yield NetCheckResult("uplink-learning", Severity.OK, host, subject, "learning on")
+    else:
+        yield NetCheckResult(
+            "uplink-learning", Severity.WARNING, host, subject,
+            f"Learning is off on uplink {port.name} of {dest.name} on {host}: the bridge "
+            "never learns where outside hosts are and floods their traffic to every guest "
+            "on it, including this one after the move.",
+            f"bridge link set dev {port.name} learning on",
+        )  # fmt: skip
+
+
+def _check_consistency(dest: BridgeFacts, source: BridgeFacts) -> Iterable[NetCheckResult]:
+    host, br = dest.host, dest.name
+    if dest.mtu < source.mtu:
+        yield NetCheckResult(
+            "bridge-mtu", Severity.BLOCKER, host, br,
+            f"{br} has MTU {dest.mtu} on {host} but {source.mtu} on {source.host}: the "
+            f"guest's frames larger than {dest.mtu} bytes would be dropped after the move.",
+            f"Raise the MTU of {br} and its uplink on {host} to {source.mtu}.",
+        )  # fmt: skip
+    else:
+        yield NetCheckResult(
+            "bridge-mtu", Severity.OK, host, br, f"MTU {dest.mtu} (source {source.mtu})"
+        )
+    if dest.vlan_filtering != source.vlan_filtering:
+        state = {True: "on", False: "off"}
+        yield NetCheckResult(
+            "bridge-vlan-filtering", Severity.BLOCKER, host, br,
+            f"VLAN filtering on {br} is {state[dest.vlan_filtering]} on {host} but "
+            f"{state[source.vlan_filtering]} on {source.host}: the guest's traffic would be "
+            "tagged or filtered differently after the move.",
+            f"Make them match (ip link set {br} type bridge vlan_filtering "
+            f"{int(source.vlan_filtering)} on {host}).",
+        )  # fmt: skip
+    else:
+        yield NetCheckResult(
+            "bridge-vlan-filtering", Severity.OK, host, br, "same VLAN filtering as the source"
+        )
+
+
+def check_notify_switches(bridge: str, *, notify: bool, host: str) -> NetCheckResult:
+    """The per-network "notify switches" setting, as a finding.
+
+    Off is a warning that spells out the consequence, as vSphere documents it.
+    """
+    if notify:
+        return NetCheckResult(
+            "notify-switches", Severity.OK, host, bridge,
+            "after switchover we send RARP, gratuitous ARP and IPv6 NA from the destination",
+        )  # fmt: skip
+    return NetCheckResult(
+        "notify-switches", Severity.WARNING, host, bridge,
+        f"Notify switches is off for {bridge}: after the move, physical switches and the "
+        "ARP caches of routers and clients keep pointing at the source host until the guest "
+        "itself sends a frame (or QEMU's own announcement gets through); a quiet guest can "
+        "be unreachable until the switch's MAC table ages out (often 300 s).",
+        "Leave notify on for this network unless the network re-learns by other means "
+        "(e.g. an SDN controller moves the port).",
+    )  # fmt: skip
+
+
+def check_networks(
+    nics: Sequence[GuestNic],
+    *,
+    dest: Mapping[str, BridgeFacts],
+    source: Mapping[str, BridgeFacts],
+    notify_off: frozenset[str] = frozenset(),
+    dest_host: str,
+) -> tuple[NetCheckResult, ...]:
+    """All network verdicts for a guest moving to ``dest``.
+
+    Args:
+        nics: the guest's NICs on bridges.
+        dest: destination bridge facts by bridge name.
+        source: source bridge facts by bridge name.
+        notify_off: bridges with notify switches turned off (``"*"``: all).
+        dest_host: destination host name (for facts that are missing).
+
+    Returns:
+        The results, bridge by bridge, in the order of the guest's NICs.
+
+    """
+    out: list[NetCheckResult] = []
+    done: set[str] = set()
+    for nic in nics:
+        if nic.bridge in done:
+            continue
+        done.add(nic.bridge)
+        facts = dest.get(nic.bridge) or BridgeFacts(host=dest_host, name=nic.bridge, exists=False)
+        taps = [n.tap for n in nics if n.bridge == nic.bridge and n.tap]
+        out.extend(check_dest_bridge(facts, source.get(nic.bridge), source_guest_ports=taps))
+        notify = not ({"*", nic.bridge} & notify_off)
+        out.append(check_notify_switches(nic.bridge, notify=notify, host=dest_host))
+    return tuple(out)
+
+
+def worst(results: Iterable[NetCheckResult]) -> Severity:
+    """The most severe verdict among ``results`` (ok when empty)."""
+    order = [Severity.OK, Severity.WARNING, Severity.BLOCKER]
+    return max((r.severity for r in results), key=order.index, default=Severity.OK)

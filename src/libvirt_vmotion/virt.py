@@ -7,15 +7,17 @@ original as ``__cause__``.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Final, NoReturn, Self
 
 import libvirt
+import libvirt_qemu
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
 
 from libvirt_vmotion.errors import (
@@ -26,6 +28,7 @@ from libvirt_vmotion.errors import (
     Unsupported,
     VmotionError,
 )
+from libvirt_vmotion.events import EventKind, MigrationEvent
 from libvirt_vmotion.model import JobSample
 
 log = logging.getLogger(__name__)
@@ -126,6 +129,63 @@ def _open_once(uri: str) -> libvirt.virConnect:
     return conn
 
 
+_event_loop_lock = threading.Lock()
+_event_loop_started = False
+
+
+def ensure_event_loop() -> None:
+    """Run libvirt's default event loop in a daemon thread (once per process).
+
+    It must be registered before a connection is opened for that connection
+    to deliver domain events.
+    """
+    global _event_loop_started  # noqa: PLW0603  one process-wide libvirt event loop
+    with _event_loop_lock:
+        if _event_loop_started:
+            return
+        libvirt.virEventRegisterDefaultImpl()
+
+        def run() -> None:
+            while True:
+                libvirt.virEventRunDefaultImpl()
+
+        threading.Thread(target=run, name="libvirt-events", daemon=True).start()
+        _event_loop_started = True
+
+
+@dataclass(frozen=True, slots=True)
+class MigrationOptions:
+    """Migration features chosen at start (QEMU capabilities cannot change mid-job).
+
+    Attributes:
+        bandwidth_mib_s: bandwidth cap, None for unlimited.
+        auto_converge: enable CPU throttling (its cap is then steered at runtime).
+        postcopy: allow a later switch to post-copy.
+        xbzrle: XBZRLE compression of re-sent pages.
+        parallel_connections: multifd streams (0: off).
+
+    """
+
+    bandwidth_mib_s: int | None = None
+    auto_converge: bool = False
+    postcopy: bool = False
+    xbzrle: bool = False
+    parallel_connections: int = 0
+
+
+_LIFECYCLE_POSTCOPY: Final = {
+    (libvirt.VIR_DOMAIN_EVENT_SUSPENDED, libvirt.VIR_DOMAIN_EVENT_SUSPENDED_POSTCOPY): (
+        EventKind.POSTCOPY_STARTED
+    ),
+    (libvirt.VIR_DOMAIN_EVENT_SUSPENDED, libvirt.VIR_DOMAIN_EVENT_SUSPENDED_POSTCOPY_FAILED): (
+        EventKind.POSTCOPY_PAUSED
+    ),
+    (libvirt.VIR_DOMAIN_EVENT_RESUMED, libvirt.VIR_DOMAIN_EVENT_RESUMED_POSTCOPY): (
+        EventKind.POSTCOPY_RESUMED
+    ),
+}
+
+
 @dataclass(frozen=True, slots=True)
 class HostIdentity:
     """What makes two libvirt hosts different in libvirt's eyes."""
@@ -153,6 +213,7 @@ class Hypervisor:
 
         """
         _silence_default_error_printer()
+        ensure_event_loop()
         try:
             for attempt in Retrying(
                 retry=retry_if_exception_type(_TransientError),
@@ -340,3 +401,146 @@ class Guest:
             params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH] = bandwidth_mib_s
         with self._errors(f"migrate to {dest_uri}"):
             self._dom.migrateToURI3(dest_uri, params, flags)
+
+    def is_in_postcopy(self) -> bool:
+        """True once this guest's migration has switched to post-copy (here or failed)."""
+        postcopy = {
+            (libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_PAUSED_POSTCOPY),
+            (libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_PAUSED_POSTCOPY_FAILED),
+            (libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_RUNNING_POSTCOPY),
+            (libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_RUNNING_POSTCOPY_FAILED),
+        }
+        with self._errors("read the guest state"):
+            state, reason = self._dom.state()
+        return (state, reason) in postcopy
+
+    def is_postcopy_failed(self) -> bool:
+        """True if a post-copy migration of this guest broke and awaits recovery."""
+        with self._errors("read the guest state"):
+            state, reason = self._dom.state()
+        return (state, reason) in {
+            (libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_PAUSED_POSTCOPY_FAILED),
+            (libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_RUNNING_POSTCOPY_FAILED),
+        }
+
+    def start_postcopy(self) -> None:
+        """Switch the running migration (started with post-copy allowed) to post-copy."""
+        with self._errors("switch the migration to post-copy"):
+            self._dom.migrateStartPostCopy(0)
+
+    def pause_postcopy(self) -> None:
+        """Interrupt a post-copy migration so it can be resumed (the guest waits)."""
+        with self._errors("pause the post-copy migration"):
+            self._dom.abortJobFlags(libvirt.VIR_DOMAIN_ABORT_JOB_POSTCOPY)
+
+    def set_throttle_cap(self, percent: int) -> None:
+        """Cap auto-converge's vCPU throttle at ``percent`` (1..99; 0 holds it at 1%).
+
+        libvirt sets auto-converge's initial/increment only when the job starts
+        and has no knob for QEMU's ``max-cpu-throttle``, so this goes to QEMU's
+        monitor (libvirt marks the domain tainted "custom-monitor").
+        """
+        cap = min(99, max(1, percent))
+        cmd = {
+            "execute": "migrate-set-parameters",
+            "arguments": {
+                "max-cpu-throttle": cap,
+                "cpu-throttle-initial": cap,
+                "cpu-throttle-increment": cap,
+            },
+        }
+        with self._errors("set the CPU throttle cap"):
+            libvirt_qemu.qemuMonitorCommand(self._dom, json.dumps(cmd), 0)
+
+    def migrate(self, dest_uri: str, options: MigrationOptions, *, resume: bool = False) -> None:
+        """Live-migrate peer-to-peer with ``options``; blocks until the migration ends.
+
+        With ``resume``, recover a broken post-copy migration instead
+        (VIR_MIGRATE_POSTCOPY_RESUME, libvirt >= 8.5).
+
+        Raises:
+            MigrationAborted: the job was cancelled.
+            HypervisorError: libvirt refused or the migration failed.
+
+        """
+        flags = (
+            libvirt.VIR_MIGRATE_LIVE
+            | libvirt.VIR_MIGRATE_PEER2PEER
+            | libvirt.VIR_MIGRATE_PERSIST_DEST
+            | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE
+            | libvirt.VIR_MIGRATE_ABORT_ON_ERROR
+        )
+        params: dict[str, Any] = {}
+        if options.bandwidth_mib_s is not None:
+            params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH] = options.bandwidth_mib_s
+        if options.auto_converge:
+            flags |= libvirt.VIR_MIGRATE_AUTO_CONVERGE
+            params[libvirt.VIR_MIGRATE_PARAM_AUTO_CONVERGE_INITIAL] = 1
+            params[libvirt.VIR_MIGRATE_PARAM_AUTO_CONVERGE_INCREMENT] = 1
+        if options.postcopy or resume:
+            flags |= libvirt.VIR_MIGRATE_POSTCOPY
+        if resume:
+            flags |= libvirt.VIR_MIGRATE_POSTCOPY_RESUME
+        if options.xbzrle:
+            flags |= libvirt.VIR_MIGRATE_COMPRESSED
+            params[libvirt.VIR_MIGRATE_PARAM_COMPRESSION] = "xbzrle"
+        if options.parallel_connections > 0:
+            flags |= libvirt.VIR_MIGRATE_PARALLEL
+            params[libvirt.VIR_MIGRATE_PARAM_PARALLEL_CONNECTIONS] = options.parallel_connections
+        action = f"resume post-copy to {dest_uri}" if resume else f"migrate to {dest_uri}"
+        with self._errors(action):
+            self._dom.migrateToURI3(dest_uri, params, flags)
+
+    def watch_migration(  # noqa: C901  three small libvirt callbacks
+        self, sink: Callable[[MigrationEvent], None], clock: Callable[[], float]
+    ) -> Callable[[], None]:
+        """Deliver this guest's migration events to ``sink`` (from libvirt's event thread).
+
+        Returns:
+            A function that stops the delivery.
+
+        """
+        conn = self._dom.connect()
+        uuid = self._dom.UUIDString()
+
+        def mine(dom: libvirt.virDomain) -> bool:
+            return bool(dom.UUIDString() == uuid)
+
+        def on_iteration(_c: object, dom: libvirt.virDomain, iteration: int, _o: object) -> None:
+            if mine(dom):
+                sink(MigrationEvent(EventKind.ITERATION, now_s=clock(), iteration=iteration))
+
+        def on_job_completed(_c: object, dom: libvirt.virDomain, stats: object, _o: object) -> None:
+            if mine(dom):
+                sink(
+                    MigrationEvent(EventKind.JOB_COMPLETED, now_s=clock(), detail=json.dumps(stats))
+                )
+
+        def on_lifecycle(
+            _c: object, dom: libvirt.virDomain, event: int, detail: int, _o: object
+        ) -> None:
+            kind = _LIFECYCLE_POSTCOPY.get((event, detail))
+            if kind is not None and mine(dom):
+                sink(MigrationEvent(kind, now_s=clock()))
+
+        with self._errors("watch migration events"):
+            ids = [
+                conn.domainEventRegisterAny(
+                    self._dom, libvirt.VIR_DOMAIN_EVENT_ID_MIGRATION_ITERATION, on_iteration, None
+                ),
+                conn.domainEventRegisterAny(
+                    self._dom, libvirt.VIR_DOMAIN_EVENT_ID_JOB_COMPLETED, on_job_completed, None
+                ),
+                conn.domainEventRegisterAny(
+                    self._dom, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, on_lifecycle, None
+                ),
+            ]
+
+        def stop() -> None:
+            for callback_id in ids:
+                try:
+                    conn.domainEventDeregisterAny(callback_id)
+                except libvirt.libvirtError:
+                    log.debug("deregistering event %s failed", callback_id, exc_info=True)
+
+        return stop

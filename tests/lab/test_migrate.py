@@ -124,3 +124,10 @@ def test_user_mistakes_in_the_lab_get_hints_not_tracebacks() -> None:
     assert down.returncode == 7
     assert "Traceback" not in down.stderr
     assert guestctl.find_guest() == [(HOST_A, "running")]
+    bad_rate = subprocess.run(
+        guestctl.self_command("lab", "guest", "set", "rate", "fast"),
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert bad_rate.returncode == 2
+    assert "hint:" in bad_rate.stderr
+    assert "Traceback" not in bad_rate.stderr

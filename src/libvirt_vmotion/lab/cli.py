@@ -80,6 +80,24 @@ def _dispatch(args: argparse.Namespace) -> int:  # noqa: PLR0911  one branch per
     return _guest(args)
 
 
+def _check_setting(setting: str, value: str) -> None:
+    """Refuse a bad workload setting here, before anything is sent to the guest."""
+    valid = {
+        "rate": (value.isdigit(), "a whole number of MiB/s, 0 for as fast as it can"),
+        "wss": (value.isdigit() and int(value) > 0, "a whole number of MiB above 0"),
+        "mode": (value in {"paced", "busy"}, "paced or busy"),
+    }
+    ok, expected = valid[setting]
+    if not ok:
+        msg = f"{setting} {value!r} is not valid: expected {expected}."
+        raise UsageError(
+            msg,
+            hint=f"e.g. {command_name()} lab guest set {setting} 40"
+            if setting != "mode"
+            else f"e.g. {command_name()} lab guest set mode busy",
+        )
+
+
 def _guest(args: argparse.Namespace) -> int:
     command = args.guest_command
     if command == "start":
@@ -118,6 +136,7 @@ def _guest(args: argparse.Namespace) -> int:
         wait_until_ready(GUEST_ADDR, timeout_s=args.timeout)
         return ExitCode.OK
     if command == "set":
+        _check_setting(args.setting, args.value)
         _say(json.dumps(send_command(GUEST_ADDR, f"set {args.setting} {args.value}")))
         return ExitCode.OK
     for host, state in guestctl.find_guest():

@@ -362,6 +362,34 @@ class Guest:
         sample = JobSample.from_job_stats(stats, now_s=now_s)
         return sample if sample.job_type == "completed" else None
 
+    def interface_addresses(self, source: str) -> dict[str, tuple[str, ...]]:
+        """The guest's IP addresses by NIC MAC, as libvirt learns them from ``source``.
+
+        Args:
+            source: ``agent`` (qemu-guest-agent), ``lease`` (libvirt network DHCP)
+                or ``arp`` (the host's ARP/neighbour table).
+
+        Raises:
+            HypervisorError: that source cannot tell (no agent, no lease ...).
+
+        """
+        sources = {
+            "agent": libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_AGENT,
+            "lease": libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_LEASE,
+            "arp": libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_ARP,
+        }
+        with self._errors(f"read the guest's addresses ({source})"):
+            found: Mapping[str, Mapping[str, Any]] = (
+                self._dom.interfaceAddresses(sources[source], 0) or {}
+            )
+        out: dict[str, tuple[str, ...]] = {}
+        for iface in found.values():
+            mac = str(iface.get("hwaddr") or "").lower()
+            addrs = tuple(str(a["addr"]) for a in iface.get("addrs") or () if a.get("addr"))
+            if mac and addrs:
+                out[mac] = out.get(mac, ()) + addrs
+        return out
+
     def set_max_downtime(self, downtime_ms: int) -> None:
         """Set the longest pause QEMU may plan for at switchover."""
         with self._errors("set the maximum downtime"):

@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from libvirt_vmotion.errors import (
     CutoverFailed,
@@ -29,6 +30,25 @@ from libvirt_vmotion.ports import Observer, SampleSink
 from libvirt_vmotion.virt import Guest, Hypervisor
 
 log = logging.getLogger(__name__)
+
+
+class PostSwitchover(Protocol):
+    """A step that must act the moment the guest runs on the destination.
+
+    The network cutover (``cutover.NetworkCutover``) is one: it arms before the
+    migration starts (its announcer waits on the destination for the resume),
+    and ``finish`` collects what it did; the result becomes the report section
+    ``name``. ``finish`` must not raise: failures go into its section.
+    """
+
+    name: str
+
+    def arm(self) -> None:
+        """Get ready before the migration starts (non-blocking)."""
+
+    def finish(self, *, landed: bool) -> Mapping[str, object]:
+        """The migration ended (``landed``: the guest runs on the destination)."""
+        ...
 
 
 @dataclass(slots=True)
@@ -124,6 +144,7 @@ def migrate(  # noqa: PLR0913  the migration's collaborators, all keyword-only
     on_sample: SampleSink | None = None,
     poll_interval_s: float = 0.2,
     clock: Callable[[], float] = time.monotonic,
+    cutover: PostSwitchover | None = None,
 ) -> tuple[MigrationOutcome, Mapping[str, Mapping[str, object]]]:
     """Live-migrate one guest and return what happened.
 
@@ -136,6 +157,8 @@ def migrate(  # noqa: PLR0913  the migration's collaborators, all keyword-only
         on_sample: called with every job sample (progress display).
         poll_interval_s: how often to read job statistics.
         clock: monotonic clock, injectable for tests.
+        cutover: post-switchover step (network cutover); armed before the
+            migration starts, finished after it; its section joins the report.
 
     Returns:
         The outcome and the observers' sections.
@@ -165,6 +188,8 @@ def migrate(  # noqa: PLR0913  the migration's collaborators, all keyword-only
         for observer in observers:
             observer.start()
             started.append(observer)
+        if cutover is not None:
+            cutover.arm()
         started_s = clock()
         worker.start()
         _Watch(worker, guest, request, on_sample, poll_interval_s, clock, started_s, samples).run()
@@ -178,10 +203,14 @@ def migrate(  # noqa: PLR0913  the migration's collaborators, all keyword-only
                 sections[observer.name] = {"error": str(exc)}
 
     if worker.error is not None:
+        if cutover is not None:
+            cutover.finish(landed=False)
         _raise_failure(worker.error, source, dest, guest.name)
 
     final = _completed_stats(dest, guest.name, clock) or (samples[-1] if samples else None)
     _verify_landed(source, dest, guest.name)
+    if cutover is not None:
+        sections[cutover.name] = cutover.finish(landed=True)
     outcome = MigrationOutcome(
         domain=guest.name,
         source_host=source_host,

@@ -21,10 +21,11 @@ from libvirt_vmotion.lab.constants import (
     HOST_A,
     HOST_B,
     STATE_DIR,
+    LabHost,
     host_by_name,
 )
 from libvirt_vmotion.lab.guestdef import VirtType
-from libvirt_vmotion.lab.image import ensure_guest_image
+from libvirt_vmotion.lab.image import GuestImage, ensure_guest_image
 
 REPORT_DIR = STATE_DIR / "reports"
 
@@ -98,20 +99,24 @@ def _check_setting(setting: str, value: str) -> None:
         )
 
 
+def _start_guest_from_args(args: argparse.Namespace, host: LabHost, image: GuestImage) -> None:
+    """Start the lab guest with the settings of ``lab guest start``/``lab demo``; wait for it."""
+    guestctl.start_guest(
+        host,
+        image,
+        memory_mib=args.memory_mib,
+        wss_mib=args.wss_mib,
+        rate_mib_s=args.rate_mib_s,
+        mode=args.mode,
+        virt_type=VirtType.KVM if args.kvm else VirtType.QEMU,
+    )
+    guestctl.wait_for_workload()
+
+
 def _guest(args: argparse.Namespace) -> int:
     command = args.guest_command
     if command == "start":
-        image = ensure_guest_image(log=_say)
-        guestctl.start_guest(
-            host_by_name(args.host),
-            image,
-            memory_mib=args.memory_mib,
-            wss_mib=args.wss_mib,
-            rate_mib_s=args.rate_mib_s,
-            mode=args.mode,
-            virt_type=VirtType.KVM if args.kvm else VirtType.QEMU,
-        )
-        guestctl.wait_for_workload()
+        _start_guest_from_args(args, host_by_name(args.host), ensure_guest_image(log=_say))
         _say(f"{GUEST_NAME} runs on {args.host}; workload answers at {GUEST_ADDR}")
         return ExitCode.OK
     if command == "stop":
@@ -155,16 +160,7 @@ def _demo(args: argparse.Namespace) -> int:
         f"== 3/4 boot {GUEST_NAME} on hosta: {args.memory_mib} MiB RAM, workload rewrites "
         f"{args.wss_mib} MiB at {args.rate_mib_s} MiB/s ({args.mode}) and verifies every page"
     )
-    guestctl.start_guest(
-        HOST_A,
-        image,
-        memory_mib=args.memory_mib,
-        wss_mib=args.wss_mib,
-        rate_mib_s=args.rate_mib_s,
-        mode=args.mode,
-        virt_type=VirtType.KVM if args.kvm else VirtType.QEMU,
-    )
-    guestctl.wait_for_workload()
+    _start_guest_from_args(args, HOST_A, image)
     time.sleep(3)  # let the workload build a dirty working set before we move it
     REPORT_DIR.mkdir(parents=True, exist_ok=True)
     report_file = REPORT_DIR / f"demo-{time.strftime('%Y%m%d-%H%M%S')}.json"

@@ -1,0 +1,221 @@
+"""Forecast of a pre-copy live migration from its dirty rate and bandwidth.
+
+Pure: no I/O, no clock, no logging.
+
+The model is the classic pre-copy recurrence (Clark et al., NSDI 2005; the
+"physical limits" in ANCHORS.md). Round 1 sends the guest's non-zero memory
+``M`` at bandwidth ``B`` (QEMU sends zero pages as a few bytes, so the data of
+the bulk pass is what the guest has touched, not its RAM size). While a round
+of ``P`` MiB takes ``P/B`` seconds, the guest dirties ``R*P/B`` MiB (at most
+its working set ``W``): that is the next round. QEMU stops the guest and sends
+the rest once the pending data fits in the downtime budget, ``P <= B * d``.
+
+``rho = R/B`` decides: below 1 the rounds shrink geometrically; at or above 1
+they never do, and only throttling the guest or post-copy finishes the move.
+
+Worked table (M = 100 MiB, B = 100 MiB/s, d = 300 ms so the last round may
+hold 30 MiB, switchover overhead 50 ms, no working-set cap)::
+
+    R MiB/s  rho   round data (MiB)               rounds  total s  downtime ms  strategy
+    ------   ----  -----------------------------  ------  -------  -----------  ----------------
+      10     0.1   100, then 10 <= 30 -> stop        2     1.15       150       pre-copy
+      50     0.5   100, 50, then 25 <= 30 -> stop    3     1.80       300       pre-copy
+      90     0.9   100, 90, 81, 72.9, ... 28.2       13    7.51       332       pre-copy
+      97     0.97  100, 97, 94, ... 40.1 at round 30  -      -          -        throttle
+     120     1.2   100, 120, 144, ... grows          -      -          -        post-copy
+
+(At rho = 0.97 the rounds shrink too slowly: after 30 rounds 40 MiB are still
+pending; slowing the guest lowers R, so auto-converge/dirty-limit can finish.
+A working-set cap W bounds every round at W MiB: it helps only once R*P/B > W.)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Final
+
+DEFAULT_MAX_DOWNTIME_MS: Final = 300
+"""QEMU's default downtime limit."""
+DEFAULT_SWITCHOVER_OVERHEAD_MS: Final = 50
+"""Fixed cost of the switchover beyond sending the last round (device state, pause/resume
+handshakes); 50-140 ms measured for a small TCG guest in the lab (LAB-NOTES)."""
+DEFAULT_MAX_ROUNDS: Final = 30
+"""QEMU keeps iterating forever; beyond this many rounds we call it not converging."""
+
+
+class Strategy(StrEnum):
+    """How ``migrate`` should start, given the forecast."""
+
+    PRECOPY = "pre-copy"
+    """Plain pre-copy converges within the downtime budget."""
+    THROTTLE = "pre-copy+throttle"
+    """The rounds stop shrinking above the budget: slow the guest (auto-converge/dirty-limit)."""
+    POSTCOPY = "post-copy"
+    """The guest dirties memory as fast as we send it: switch to post-copy after one pass."""
+
+
+@dataclass(frozen=True, slots=True)
+class ForecastInputs:
+    """What the forecast is computed from (printed with it).
+
+    Attributes:
+        memory_mib: data of the first (bulk) round: the guest's non-zero memory.
+        dirty_rate_mib_s: measured guest dirty rate.
+        bandwidth_mib_s: migration bandwidth (the cap, or measured).
+        max_downtime_ms: the downtime budget.
+        working_set_mib: most memory the guest dirties per round (None: unbounded).
+        switchover_overhead_ms: fixed switchover cost.
+        bandwidth_source: "cap" or "measured" or "assumed" (for the printout).
+
+    """
+
+    memory_mib: float
+    dirty_rate_mib_s: float
+    bandwidth_mib_s: float
+    max_downtime_ms: int = DEFAULT_MAX_DOWNTIME_MS
+    working_set_mib: float | None = None
+    switchover_overhead_ms: int = DEFAULT_SWITCHOVER_OVERHEAD_MS
+    bandwidth_source: str = "cap"
+
+    def __post_init__(self) -> None:
+        """Validate: sizes and rates must be usable numbers."""
+        if self.bandwidth_mib_s <= 0:
+            msg = f"bandwidth_mib_s={self.bandwidth_mib_s}: must be > 0"
+            raise ValueError(msg)
+        if self.memory_mib < 0 or self.dirty_rate_mib_s < 0:
+            msg = f"memory_mib={self.memory_mib}, dirty_rate_mib_s={self.dirty_rate_mib_s}: >= 0"
+            raise ValueError(msg)
+        if self.max_downtime_ms <= 0:
+            msg = f"max_downtime_ms={self.max_downtime_ms}: must be > 0"
+            raise ValueError(msg)
+
+
+@dataclass(frozen=True, slots=True)
+class Forecast:
+    """The prediction.
+
+    Attributes:
+        converges: plain pre-copy finishes within ``max_rounds`` and the budget.
+        rounds: memory passes including the bulk pass and the final stop-and-copy
+            (comparable with QEMU's ``memory_iteration`` at completion); 0 if it
+            does not converge.
+        total_time_s: predicted migration time (None if it does not converge).
+        expected_downtime_ms: last round / B + overhead (None if no convergence).
+        data_mib: total memory data sent (None if no convergence).
+        rho: dirty rate / bandwidth.
+        strategy: how to start.
+        reason: one sentence saying why.
+
+    """
+
+    inputs: ForecastInputs
+    converges: bool
+    rounds: int
+    total_time_s: float | None
+    expected_downtime_ms: float | None
+    data_mib: float | None
+    rho: float
+    strategy: Strategy
+    reason: str
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON form: prediction and inputs."""
+        i = self.inputs
+        return {
+            "converges": self.converges,
+            "rounds": self.rounds,
+            "total_time_s": None if self.total_time_s is None else round(self.total_time_s, 2),
+            "expected_downtime_ms": None
+            if self.expected_downtime_ms is None
+            else round(self.expected_downtime_ms),
+            "data_mib": None if self.data_mib is None else round(self.data_mib, 1),
+            "rho": round(self.rho, 3),
+            "strategy": self.strategy.value,
+            "reason": self.reason,
+            "inputs": {
+                "memory_mib": round(i.memory_mib, 1),
+                "dirty_rate_mib_s": round(i.dirty_rate_mib_s, 1),
+                "bandwidth_mib_s": round(i.bandwidth_mib_s, 1),
+                "bandwidth_source": i.bandwidth_source,
+                "max_downtime_ms": i.max_downtime_ms,
+                "working_set_mib": i.working_set_mib,
+                "switchover_overhead_ms": i.switchover_overhead_ms,
+            },
+        }
+
+
+def forecast(inputs: ForecastInputs, *, max_rounds: int = DEFAULT_MAX_ROUNDS) -> Forecast:
+    """Predict the pre-copy migration described by ``inputs`` (see the module table).
+
+    Args:
+        inputs: memory, dirty rate, bandwidth, downtime budget.
+        max_rounds: give up on convergence after this many rounds.
+
+    Returns:
+        The forecast; ``strategy`` says how ``migrate`` should start.
+
+    """
+    bw = inputs.bandwidth_mib_s
+    rate = inputs.dirty_rate_mib_s
+    rho = rate / bw
+    budget_mib = bw * inputs.max_downtime_ms / 1000
+    pending = inputs.memory_mib
+    sent = 0.0
+    elapsed_s = 0.0
+    for round_no in range(1, max_rounds + 1):
+        if round_no > 1 and pending <= budget_mib:
+            # Stop-and-copy: this round is sent with the guest paused.
+            downtime_ms = pending / bw * 1000 + inputs.switchover_overhead_ms
+            total_s = elapsed_s + downtime_ms / 1000
+            return Forecast(
+                inputs=inputs,
+                converges=True,
+                rounds=round_no,
+                total_time_s=total_s,
+                expected_downtime_ms=downtime_ms,
+                data_mib=sent + pending,
+                rho=rho,
+                strategy=Strategy.PRECOPY,
+                reason=f"dirty rate is {rho:.0%} of bandwidth; round {round_no} "
+                f"({pending:.1f} MiB) fits the {inputs.max_downtime_ms} ms budget "
+                f"({budget_mib:.1f} MiB)",
+            )
+        round_s = pending / bw
+        sent += pending
+        elapsed_s += round_s
+        dirtied = rate * round_s
+        if inputs.working_set_mib is not None:
+            dirtied = min(dirtied, inputs.working_set_mib)
+        pending = dirtied
+    if rho >= 1:
+        strategy = Strategy.POSTCOPY
+        reason = (
+            f"the guest dirties {rate:.0f} MiB/s, {rho:.0%} of the {bw:.0f} MiB/s bandwidth: "
+            "pre-copy rounds never shrink; switch to post-copy after the first pass"
+        )
+    else:
+        strategy = Strategy.THROTTLE
+        reason = (
+            f"after {max_rounds} rounds {pending:.1f} MiB stay pending, above the "
+            f"{budget_mib:.1f} MiB the {inputs.max_downtime_ms} ms budget allows: slow the "
+            "guest (auto-converge) or raise the downtime/bandwidth"
+        )
+    return Forecast(
+        inputs=inputs,
+        converges=False,
+        rounds=0,
+        total_time_s=None,
+        expected_downtime_ms=None,
+        data_mib=None,
+        rho=rho,
+        strategy=strategy,
+        reason=reason,
+    )
+
+
+def relative_error(predicted: float, measured: float) -> float:
+    """(predicted - measured) / measured; 0 when both are 0."""
+    if measured == 0:
+        return 0.0 if predicted == 0 else float("inf")
+    return (predicted - measured) / measured

@@ -1,0 +1,368 @@
+"""Destination reservations: memory (+QEMU overhead), vCPUs and an inbound slot.
+
+Two parts:
+
+- ``plan`` is pure (no I/O, no clock): given what is already reserved, the
+  host's capacity and its available memory, grant or refuse one request, and
+  say why in words a user can act on.
+- ``ReservationStore`` is the I/O part: a SQLite database per host
+  (``/var/lib/libvirt-vmotion/reservations.db``) that survives crashes of our
+  process and of libvirtd. Every change is one ``BEGIN IMMEDIATE`` transaction
+  (SQLite takes the database's write lock at once), so two migrations racing
+  for the last GiB serialize: exactly one is granted, the other refused.
+
+Life of a reservation::
+
+    reserve (controller before transfer, or the hook at ``migrate begin``)
+        -> incoming   (hook at ``migrate begin``: the transfer starts; longer lease)
+        -> committed  (hook at ``started begin``: the guest runs on this host)
+        -> released   (controller after it verified the landing; the hook at once
+                       for migrations nobody else owns; the hook at ``stopped``/
+                       ``release`` when an incoming migration fails; or lease expiry)
+
+Leases make a crashed controller harmless: every read and write first deletes
+expired rows. Capacity comes from ``/etc/libvirt-vmotion/capacity.toml``::
+
+    memory_limit_mib = 1024   # cap on memory for incoming guests (default: none)
+    vcpu_limit = 8            # cap on vCPUs of incoming guests (default: none)
+    inbound_slots = 2         # concurrent incoming migrations (default 2, as VDSM)
+    lease_s = 120             # a fresh reservation's lease
+    incoming_lease_s = 3600   # lease once the transfer runs (the hook extends it)
+    commit_grace_s = 60       # lease of a committed reservation its owner must release
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import tomllib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, fields
+from enum import StrEnum
+from pathlib import Path
+from typing import Final
+
+from libvirt_vmotion.errors import ReservationError, UsageError
+from libvirt_vmotion.model import MIB
+
+STORE_PATH: Final = Path("/var/lib/libvirt-vmotion/reservations.db")
+CAPACITY_PATH: Final = Path("/etc/libvirt-vmotion/capacity.toml")
+HOOK_OWNER: Final = "libvirt-hook"
+"""Owner of reservations the hook takes itself (a migration we did not start)."""
+
+
+class State(StrEnum):
+    """Where a reservation is in its life."""
+
+    RESERVED = "reserved"
+    INCOMING = "incoming"
+    COMMITTED = "committed"
+
+
+@dataclass(frozen=True, slots=True)
+class Capacity:
+    """What a host offers to incoming migrations (``capacity.toml``)."""
+
+    memory_limit_mib: int | None = None
+    vcpu_limit: int | None = None
+    inbound_slots: int = 2
+    lease_s: float = 120.0
+    incoming_lease_s: float = 3600.0
+    commit_grace_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        """Validate limits; messages name the field and the bad value."""
+        for name in ("memory_limit_mib", "vcpu_limit"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                msg = f"{name}={value}: must be >= 0"
+                raise ValueError(msg)
+        if self.inbound_slots < 0:
+            msg = f"inbound_slots={self.inbound_slots}: must be >= 0"
+            raise ValueError(msg)
+        for name in ("lease_s", "incoming_lease_s", "commit_grace_s"):
+            if getattr(self, name) <= 0:
+                msg = f"{name}={getattr(self, name)}: must be > 0"
+                raise ValueError(msg)
+
+
+def load_capacity(path: Path = CAPACITY_PATH) -> Capacity:
+    """Read ``capacity.toml``; defaults when the file is absent.
+
+    Raises:
+        UsageError: the file is not valid TOML or has unknown/bad keys.
+
+    """
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return Capacity()
+    try:
+        data = tomllib.loads(text)
+        known = {f.name for f in fields(Capacity)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            msg = f"unknown keys {unknown}"
+            raise ValueError(msg)  # noqa: TRY301  reported below with the file name
+        return Capacity(**data)
+    except (tomllib.TOMLDecodeError, ValueError, TypeError) as exc:
+        msg = f"{path}: {exc}"
+        raise UsageError(
+            msg,
+            hint=f"Fix {path}; keys: memory_limit_mib, vcpu_limit, "
+            "inbound_slots, lease_s, incoming_lease_s, commit_grace_s.",
+        ) from exc
+
+
+@dataclass(frozen=True, slots=True)
+class ReservationRequest:
+    """What one incoming guest needs."""
+
+    reservation_id: str
+    domain: str
+    owner: str
+    memory_bytes: int
+    """Guest RAM plus QEMU overhead."""
+    vcpus: int
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """One row of the store."""
+
+    reservation_id: str
+    domain: str
+    owner: str
+    memory_bytes: int
+    vcpus: int
+    state: State
+    created_s: float
+    expires_s: float
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON form."""
+        return {
+            "id": self.reservation_id,
+            "domain": self.domain,
+            "owner": self.owner,
+            "memory_bytes": self.memory_bytes,
+            "vcpus": self.vcpus,
+            "state": self.state.value,
+            "created_s": self.created_s,
+            "expires_s": self.expires_s,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """``plan``'s decision."""
+
+    granted: bool
+    reason: str
+    hint: str = ""
+
+
+def _mib(size: int) -> str:
+    return f"{size / MIB:.0f} MiB"
+
+
+def plan(
+    request: ReservationRequest,
+    *,
+    active: Sequence[Reservation],
+    capacity: Capacity,
+    mem_available_bytes: int,
+    host: str,
+) -> Grant:
+    """Decide whether ``request`` fits next to the ``active`` reservations.
+
+    Args:
+        request: the new reservation.
+        active: unexpired reservations of other migrations.
+        capacity: the host's configured limits.
+        mem_available_bytes: the host's MemAvailable now.
+        host: the host's name, for messages.
+
+    Returns:
+        Granted, or refused with what is missing and what to do.
+
+    """
+    others = [r for r in active if r.reservation_id != request.reservation_id]
+    if len(others) >= capacity.inbound_slots:
+        return Grant(
+            granted=False,
+            reason=f"{host} already has {len(others)} of {capacity.inbound_slots} inbound "
+            f"migration slots in use ({', '.join(r.domain for r in others) or '-'}); "
+            f"'{request.domain}' cannot start another.",
+            hint="Wait for those migrations to finish, or raise inbound_slots in "
+            f"{CAPACITY_PATH} on {host}.",
+        )
+    reserved = sum(r.memory_bytes for r in others)
+    limit = mem_available_bytes
+    what = "available"
+    if capacity.memory_limit_mib is not None and capacity.memory_limit_mib * MIB < limit:
+        limit = capacity.memory_limit_mib * MIB
+        what = f"allowed for incoming guests ({CAPACITY_PATH})"
+    if reserved + request.memory_bytes > limit:
+        return Grant(
+            granted=False,
+            reason=f"{host} has {_mib(limit)} {what}, {_mib(reserved)} of it reserved by "
+            f"other migrations; '{request.domain}' needs {_mib(request.memory_bytes)} "
+            "(RAM + QEMU overhead).",
+            hint=f"Free memory on {host}, wait for other migrations there, or choose another host.",
+        )
+    if capacity.vcpu_limit is not None:
+        used = sum(r.vcpus for r in others)
+        if used + request.vcpus > capacity.vcpu_limit:
+            return Grant(
+                granted=False,
+                reason=f"{host} allows {capacity.vcpu_limit} vCPUs for incoming guests, "
+                f"{used} reserved; '{request.domain}' needs {request.vcpus}.",
+                hint=f"Raise vcpu_limit in {CAPACITY_PATH} on {host}, or choose another host.",
+            )
+    return Grant(
+        granted=True,
+        reason=f"reserved {_mib(request.memory_bytes)} and {request.vcpus} vCPUs on {host} "
+        f"({len(others) + 1} of {capacity.inbound_slots} inbound slots)",
+    )
+
+
+# --------------------------------------------------------------------------- store
+
+_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS reservations (
+    id TEXT PRIMARY KEY,
+    domain TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    memory_bytes INTEGER NOT NULL,
+    vcpus INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    created_s REAL NOT NULL,
+    expires_s REAL NOT NULL
+)
+"""
+_COLUMNS: Final = "id, domain, owner, memory_bytes, vcpus, state, created_s, expires_s"
+
+
+def _row(row: tuple[str, str, str, int, int, str, float, float]) -> Reservation:
+    rid, domain, owner, mem, vcpus, state, created, expires = row
+    return Reservation(rid, domain, owner, mem, vcpus, State(state), created, expires)
+
+
+class ReservationStore:
+    """The per-host reservation database (I/O).
+
+    Args:
+        path: the SQLite file (its directory is created, mode 0700).
+        host: the host's name, for messages.
+
+    """
+
+    def __init__(self, path: Path = STORE_PATH, *, host: str = "this host") -> None:
+        self.path = path
+        self.host = host
+
+    @contextlib.contextmanager
+    def _transaction(self, now_s: float) -> Iterator[sqlite3.Connection]:
+        """One write transaction; expired rows are deleted first."""
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+        try:
+            conn.execute(_SCHEMA)
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.execute("DELETE FROM reservations WHERE expires_s <= ?", (now_s,))
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        finally:
+            conn.close()
+
+    @staticmethod
+    def _all(conn: sqlite3.Connection) -> list[Reservation]:
+        cur = conn.execute(f"SELECT {_COLUMNS} FROM reservations ORDER BY created_s")  # noqa: S608  constant
+        return [_row(r) for r in cur.fetchall()]
+
+    def list(self, *, now_s: float) -> list[Reservation]:
+        """Unexpired reservations (expired ones are deleted on the way)."""
+        with self._transaction(now_s) as conn:
+            return self._all(conn)
+
+    def reserve(
+        self,
+        request: ReservationRequest,
+        *,
+        capacity: Capacity,
+        mem_available_bytes: int,
+        now_s: float,
+    ) -> Reservation:
+        """Take a reservation, atomically with the capacity decision.
+
+        A request whose id is already reserved renews its lease (idempotent).
+
+        Raises:
+            ReservationError: it does not fit; the message says why.
+
+        """
+        with self._transaction(now_s) as conn:
+            active = self._all(conn)
+            mine = next((r for r in active if r.reservation_id == request.reservation_id), None)
+            if mine is not None:
+                conn.execute(
+                    "UPDATE reservations SET expires_s = ? WHERE id = ?",
+                    (max(mine.expires_s, now_s + capacity.lease_s), mine.reservation_id),
+                )
+                return mine
+            grant = plan(
+                request,
+                active=active,
+                capacity=capacity,
+                mem_available_bytes=mem_available_bytes,
+                host=self.host,
+            )
+            if not grant.granted:
+                raise ReservationError(grant.reason, hint=grant.hint)
+            row = Reservation(
+                reservation_id=request.reservation_id,
+                domain=request.domain,
+                owner=request.owner,
+                memory_bytes=request.memory_bytes,
+                vcpus=request.vcpus,
+                state=State.RESERVED,
+                created_s=now_s,
+                expires_s=now_s + capacity.lease_s,
+            )
+            conn.execute(
+                f"INSERT INTO reservations ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",  # noqa: S608  constant
+                (
+                    row.reservation_id, row.domain, row.owner, row.memory_bytes, row.vcpus,
+                    row.state.value, row.created_s, row.expires_s,
+                ),
+            )  # fmt: skip
+            return row
+
+    def for_domain(self, domain: str, *, now_s: float) -> Reservation | None:
+        """The unexpired reservation of ``domain``, if any."""
+        return next((r for r in self.list(now_s=now_s) if r.domain == domain), None)
+
+    def set_state(
+        self, reservation_id: str, state: State, *, lease_s: float, now_s: float
+    ) -> Reservation | None:
+        """Move a reservation to ``state`` with a new lease; None if it is gone."""
+        with self._transaction(now_s) as conn:
+            conn.execute(
+                "UPDATE reservations SET state = ?, expires_s = ? WHERE id = ?",
+                (state.value, now_s + lease_s, reservation_id),
+            )
+            return next((r for r in self._all(conn) if r.reservation_id == reservation_id), None)
+
+    def release(self, *, now_s: float, reservation_id: str = "", domain: str = "") -> int:
+        """Delete a reservation by id, or every reservation of ``domain``; return how many."""
+        with self._transaction(now_s) as conn:
+            if reservation_id:
+                cur = conn.execute("DELETE FROM reservations WHERE id = ?", (reservation_id,))
+            else:
+                cur = conn.execute("DELETE FROM reservations WHERE domain = ?", (domain,))
+            return cur.rowcount

@@ -7,6 +7,7 @@ original as ``__cause__``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
@@ -298,6 +299,117 @@ class Hypervisor:
             dom.create()
         return Guest(dom, self.uri)
 
+    # ------------------------------------------------------------ pre-flight facts
+
+    def capabilities_xml(self) -> str:
+        """The host's capabilities XML (host CPU, machine types, emulators)."""
+        with translating_errors("read host capabilities", uri=self.uri):
+            return str(self._conn.getCapabilities())
+
+    def domain_capabilities_xml(
+        self, *, emulator: str | None, arch: str, machine: str | None, virt_type: str
+    ) -> str:
+        """Domain capabilities for one emulator/arch/machine/virt type."""
+        with translating_errors("read domain capabilities", uri=self.uri):
+            return str(self._conn.getDomainCapabilities(emulator, arch, machine, virt_type, 0))
+
+    def compare_guest_cpu(
+        self, cpu_xml: str, *, emulator: str | None, arch: str, machine: str | None,
+        virt_type: str,
+    ) -> tuple[str, str]:  # fmt: skip
+        """Compare a guest ``<cpu>`` with what this host's hypervisor can provide.
+
+        Returns:
+            ("identical" | "superset" | "incompatible", libvirt's explanation, which
+            names the missing features when incompatible).
+
+        """
+        with translating_errors("compare the guest CPU", uri=self.uri):
+            try:
+                result = self._conn.compareHypervisorCPU(
+                    emulator, arch, machine, virt_type, cpu_xml,
+                    libvirt.VIR_CONNECT_COMPARE_CPU_FAIL_INCOMPATIBLE,
+                )  # fmt: skip
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() != libvirt.VIR_ERR_CPU_INCOMPATIBLE:
+                    raise
+                return "incompatible", exc.get_error_message() or str(exc)
+        names = {
+            libvirt.VIR_CPU_COMPARE_IDENTICAL: "identical",
+            libvirt.VIR_CPU_COMPARE_SUPERSET: "superset",
+            libvirt.VIR_CPU_COMPARE_INCOMPATIBLE: "incompatible",
+        }
+        return names.get(result, "incompatible"), ""
+
+    def host_cpus(self) -> int:
+        """Number of active host CPUs."""
+        with translating_errors("read host CPU count", uri=self.uri):
+            return int(self._conn.getInfo()[2])
+
+    def free_memory_bytes(self) -> int:
+        """Free + buffers + page cache, as the host's kernel reports (node memory stats)."""
+        with translating_errors("read host memory", uri=self.uri):
+            stats: Mapping[str, int] = self._conn.getMemoryStats(
+                libvirt.VIR_NODE_MEMORY_STATS_ALL_CELLS, 0
+            )
+        kib = sum(int(stats.get(k, 0)) for k in ("free", "buffers", "cached"))
+        return kib * 1024
+
+    def bridge_interface(self, name: str) -> tuple[bool, bool, str]:
+        """A host interface as libvirt's interface driver sees it.
+
+        Returns:
+            (exists, active, interface XML); XML is empty when it does not exist.
+
+        Raises:
+            Unsupported: the host's libvirt has no interface driver.
+
+        """
+        with translating_errors(f"look up host interface {name}", uri=self.uri):
+            try:
+                iface = self._conn.interfaceLookupByName(name)
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() != libvirt.VIR_ERR_NO_INTERFACE:
+                    raise
+                return False, False, ""
+            return True, bool(iface.isActive()), str(iface.XMLDesc(0))
+
+    def virtual_network(self, name: str) -> tuple[bool, bool, str]:
+        """A libvirt network: (exists, active, bridge name)."""
+        with translating_errors(f"look up network {name}", uri=self.uri):
+            try:
+                net = self._conn.networkLookupByName(name)
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() != libvirt.VIR_ERR_NO_NETWORK:
+                    raise
+                return False, False, ""
+            bridge = ""
+            with contextlib.suppress(libvirt.libvirtError):
+                bridge = str(net.bridgeName())
+            return True, bool(net.isActive()), bridge
+
+    def volume_pool_for_path(self, path: str) -> str | None:
+        """Name of the storage pool holding a volume at ``path`` here, or None.
+
+        Pools whose target directory contains the path are refreshed first, so a
+        file created after the pool was last scanned is found.
+        """
+        with translating_errors("look up a storage volume", uri=self.uri):
+            for pool in self._conn.listAllStoragePools(
+                libvirt.VIR_CONNECT_LIST_STORAGE_POOLS_ACTIVE
+            ):
+                target = ET.fromstring(pool.XMLDesc(0)).findtext("target/path", default="")  # noqa: S314  trusted
+                if target and path.startswith(target.rstrip("/") + "/"):
+                    with contextlib.suppress(libvirt.libvirtError):
+                        pool.refresh(0)
+            try:
+                vol = self._conn.storageVolLookupByPath(path)
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() != libvirt.VIR_ERR_NO_STORAGE_VOL:
+                    raise
+                return None
+            return str(vol.storagePoolLookupByVolume().name())
+
     def raw(self) -> libvirt.virConnect:
         """The underlying connection, for code inside this adapter layer only."""
         return self._conn
@@ -572,3 +684,51 @@ class Guest:
                     log.debug("deregistering event %s failed", callback_id, exc_info=True)
 
         return stop
+
+    def has_job(self) -> bool:
+        """True if a job (migration, save, dump ...) runs on the guest."""
+        with self._errors("read the guest's job"):
+            info = self._dom.jobInfo()
+        return int(info[0]) != libvirt.VIR_DOMAIN_JOB_NONE
+
+    def resident_bytes(self) -> int:
+        """Memory the QEMU process has touched (RSS): what a bulk pass must send at most."""
+        with self._errors("read the guest's memory statistics"):
+            stats: Mapping[str, int] = self._dom.memoryStats()
+        return int(stats.get("rss", 0)) * 1024
+
+    def measure_dirty_rate_mib_s(
+        self, *, seconds: int, sleep: Callable[[float], None], timeout_s: float = 30.0
+    ) -> float:
+        """Measure the guest's dirty rate with page sampling (works under TCG too).
+
+        Never call this while a migration job runs (the measurement disturbs it).
+
+        Args:
+            seconds: the measuring window.
+            sleep: how to wait (injected; the adapter holds no clock policy).
+            timeout_s: give up after this long.
+
+        Raises:
+            Unsupported: the hypervisor cannot measure (libvirt < 7.2, QEMU < 5.2).
+
+        """
+        conn = self._dom.connect()
+        with self._errors("measure the dirty rate"):
+            self._dom.startDirtyRateCalc(seconds, libvirt.VIR_DOMAIN_DIRTYRATE_MODE_PAGE_SAMPLING)
+        waited = 0.0
+        sleep(float(seconds))
+        waited += seconds
+        while True:
+            with self._errors("read the dirty rate"):
+                stats = conn.domainListGetStats([self._dom], libvirt.VIR_DOMAIN_STATS_DIRTYRATE)
+            values: Mapping[str, object] = stats[0][1] if stats else {}
+            if values.get("dirtyrate.calc_status") == libvirt.VIR_DOMAIN_DIRTYRATE_MEASURED:
+                mb = values.get("dirtyrate.megabytes_per_second", 0)
+                # QEMU computes it from 4 KiB page counts shifted by 20 bits: MiB/s.
+                return float(mb) if isinstance(mb, int | float) else 0.0
+            if waited >= timeout_s:
+                msg = f"the dirty-rate measurement of '{self.name}' did not finish"
+                raise HypervisorError(msg, hint="See the libvirtd log on the source host.")
+            sleep(0.2)
+            waited += 0.2

@@ -47,6 +47,7 @@ OPERATIONS: Final[dict[str, str]] = {
     "bridge_facts": "libvirt_vmotion.bridge:op_bridge_facts",
     "fdb_query": "libvirt_vmotion.bridge:op_fdb_query",
     "fdb_flush": "libvirt_vmotion.bridge:op_fdb_flush",
+    "announce": "libvirt_vmotion.cutover:op_announce",
 }
 """Agent operations: name -> ``module:function`` taking and returning a JSON dict."""
 

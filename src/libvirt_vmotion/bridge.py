@@ -14,6 +14,8 @@ namespace of this machine: the lab's switch is one.
 from __future__ import annotations
 
 import socket
+import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -167,6 +169,54 @@ def fdb_remove(
             ipr.fdb("del", master=br_index, **args)
             removed.append(entry)
     return tuple(removed)
+
+
+class FdbWatcher:
+    """Records when a bridge's FDB entries for some MACs appear or change port.
+
+    Polls every ``interval_s`` from one thread over one netlink socket (in
+    ``netns`` if given); :meth:`stop` returns ``(wall time, mac, port)`` for the
+    first sighting of each MAC and for every later change of port.
+    """
+
+    def __init__(
+        self, bridge: str, macs: Sequence[str], *, netns: str = "", interval_s: float = 0.002
+    ) -> None:
+        """Prepare; opens the netlink socket (raises OSError if the netns is missing)."""
+        self._bridge = bridge
+        self._macs = [m.lower() for m in macs]
+        self._interval_s = interval_s
+        self._ipr = IPRoute(netns=netns) if netns else IPRoute()
+        self._stop = threading.Event()
+        self._changes: list[tuple[float, str, str]] = []
+        self._thread = threading.Thread(target=self._run, name="fdb-watch", daemon=True)
+
+    def start(self) -> None:
+        """Start polling."""
+        self._thread.start()
+
+    def _run(self) -> None:
+        last: dict[str, str] = {}
+        while not self._stop.is_set():
+            now = time.time()
+            try:
+                entries = _fdb(self._ipr, self._bridge, self._macs)
+            except OSError:
+                entries = []
+            for entry, _, _ in entries:
+                if entry.permanent or last.get(entry.mac) == entry.port:
+                    continue
+                last[entry.mac] = entry.port
+                self._changes.append((now, entry.mac, entry.port))
+            self._stop.wait(self._interval_s)
+
+    def stop(self) -> list[tuple[float, str, str]]:
+        """Stop and return the changes seen."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=2)
+        self._ipr.close()
+        return list(self._changes)
 
 
 # ---- agent operations ----------------------------------------------------------------

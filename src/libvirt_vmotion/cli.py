@@ -84,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log steps to stderr")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_migrate(sub)
+    _add_netcheck(sub)
     _add_lab(sub)
     return parser
 
@@ -142,6 +143,110 @@ def _add_migrate(sub: argparse._SubParsersAction[_Parser]) -> None:
         metavar="ADDR",
         help="the lab guest's workload at ADDR: report lost pages, reboots, TCP resets",
     )
+    _add_notify_flags(mig)
+
+
+def _add_notify_flags(mig: argparse.ArgumentParser) -> None:
+    net = mig.add_argument_group(
+        "network cutover",
+        "Right after switchover the destination host announces the guest (RARP, gratuitous "
+        "ARP, IPv6 NA) on its bridges, checks its bridge learned the guest's MAC and removes "
+        "stale entries on the source; the report's network_cutover section says what happened.",
+    )
+    net.add_argument(
+        "--no-notify", action="store_true", help="do not announce on any network (warned)"
+    )
+    net.add_argument(
+        "--no-notify-on", action="append", default=[], metavar="BRIDGE",
+        help="do not announce on this bridge (repeatable)",
+    )  # fmt: skip
+    net.add_argument(
+        "--guest-ip", action="append", default=[], metavar="ADDR|MAC=ADDR",
+        help="an address of the guest to announce, besides what libvirt reports (repeatable)",
+    )  # fmt: skip
+    net.add_argument("--announce-count", type=_positive_int, default=3, metavar="N")
+    net.add_argument("--announce-interval-ms", type=_positive_int, default=50, metavar="MS")
+    net.add_argument(
+        "--watch-switch", metavar="NETNS/BRIDGE",
+        help="(lab) a Linux bridge standing for the physical switch: report when it learned "
+        "the guest's MAC at its new port",
+    )  # fmt: skip
+
+
+def _notify_config(args: argparse.Namespace) -> object:
+    from libvirt_vmotion.notify import AnnounceSchedule, NotifyConfig  # noqa: PLC0415
+
+    try:
+        return NotifyConfig(
+            enabled=not args.no_notify,
+            off_bridges=frozenset(args.no_notify_on),
+            schedule=AnnounceSchedule(
+                count=args.announce_count, interval_ms=args.announce_interval_ms
+            ),
+            guest_ips=tuple(args.guest_ip),
+        )
+    except ValueError as exc:
+        raise UsageError(str(exc), hint="see 'vmotion migrate --help'") from exc
+
+
+def _cutover(args: argparse.Namespace, request: MigrationRequest, source: object) -> object:
+    from libvirt_vmotion.cutover import NetworkCutover, SwitchWatch  # noqa: PLC0415
+
+    try:
+        switch = SwitchWatch.parse(args.watch_switch) if args.watch_switch else None
+    except ValueError as exc:
+        raise UsageError(str(exc), hint="e.g. --watch-switch net-switch/sw0") from exc
+    return NetworkCutover(
+        domain=request.domain,
+        source=source,  # type: ignore[arg-type]  # a virt.Hypervisor
+        source_uri=request.source_uri,
+        dest_uri=request.dest_uri,
+        config=_notify_config(args),  # type: ignore[arg-type]  # a notify.NotifyConfig
+        switch=switch,
+    )
+
+
+def _add_netcheck(sub: argparse._SubParsersAction[_Parser]) -> None:
+    chk = sub.add_parser(
+        "netcheck",
+        help="check the destination's bridges can learn the guest's move (network pre-flight)",
+        description="For each bridge a NIC of DOMAIN uses: exists and up on the destination, "
+        "has a forwarding uplink, learning/flooding, STP delay, MTU and VLAN filtering like "
+        "the source, and whether we will notify switches. Exit 3 if anything blocks.",
+    )
+    chk.add_argument("domain", metavar="DOMAIN")
+    chk.add_argument("--to", dest="dest_uri", required=True, type=_uri, metavar="URI")
+    chk.add_argument("--from", dest="source_uri", type=_uri, metavar="URI")
+    chk.add_argument("--json", action="store_true", help="print the results as one JSON object")
+    chk.add_argument("--no-notify", action="store_true")
+    chk.add_argument("--no-notify-on", action="append", default=[], metavar="BRIDGE")
+
+
+def cmd_netcheck(args: argparse.Namespace) -> int:
+    """``vmotion netcheck DOMAIN --to URI``: the network pre-flight on its own."""
+    from libvirt_vmotion.cutover import network_checks  # noqa: PLC0415
+    from libvirt_vmotion.netcheck import Severity, worst  # noqa: PLC0415
+    from libvirt_vmotion.notify import NotifyConfig  # noqa: PLC0415
+    from libvirt_vmotion.virt import Hypervisor  # noqa: PLC0415
+
+    source_uri = args.source_uri or os.environ.get(DEFAULT_SOURCE_URI_ENV) or "qemu:///system"
+    config = NotifyConfig(enabled=not args.no_notify, off_bridges=frozenset(args.no_notify_on))
+    with Hypervisor.open(source_uri) as source:
+        results = network_checks(
+            source=source, domain=args.domain, source_uri=source_uri,
+            dest_uri=args.dest_uri, config=config,
+        )  # fmt: skip
+    verdict = worst(results)
+    if args.json:
+        out: dict[str, object] = {"domain": args.domain, "verdict": verdict.value}
+        out["results"] = [r.as_dict() for r in results]
+        print(json.dumps(out, sort_keys=True))  # noqa: T201  machine output
+    else:
+        for r in results:
+            print(f"{r.severity.value:<8} {r.name:<22} {r.host}:{r.subject}  {r.message}")  # noqa: T201
+            if r.hint:
+                print(f"{'':<8} {'':<22} hint: {r.hint}")  # noqa: T201
+    return ExitCode.PREFLIGHT if verdict is Severity.BLOCKER else ExitCode.OK
 
 
 def _add_lab(sub: argparse._SubParsersAction[_Parser]) -> None:
@@ -257,6 +362,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
                 source=source,
                 dest=dest,
                 observers=_observers(args),
+                cutover=_cutover(args, request, source),  # type: ignore[arg-type]
                 on_sample=printer,
             )
     except VmotionError as exc:
@@ -303,8 +409,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     level = logging.DEBUG if args.debug else logging.INFO if args.verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     try:
-        if args.command == "migrate":
-            return cmd_migrate(args)
+        if args.command in {"migrate", "netcheck"}:
+            return cmd_migrate(args) if args.command == "migrate" else cmd_netcheck(args)
         from libvirt_vmotion.lab.cli import run_lab_command  # noqa: PLC0415  lab only when asked
 
         return run_lab_command(args)

@@ -32,6 +32,7 @@ notify-switches             warning   notify off: switches learn only when the g
 
 from __future__ import annotations
 
+import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
@@ -190,6 +191,34 @@ class GuestNic:
     bridge: str
     tap: str = ""
     """The tap device on the host it currently runs on ("" if unknown)."""
+
+
+def guest_nics_from_xml(domain_xml: str) -> tuple[GuestNic, ...]:
+    """The guest's NICs that sit on a host bridge, from its domain XML.
+
+    ``<interface type='bridge'>`` names the bridge; ``type='network'`` NICs
+    name it in the live XML's ``<source bridge=...>`` too. Other NIC types
+    (macvtap, user, vhost-user) are not on a Linux bridge and are left out.
+    """
+    root = ET.fromstring(domain_xml)  # noqa: S314  libvirt's own XML
+    nics = []
+    for iface in root.iterfind("devices/interface"):
+        if iface.get("type") not in {"bridge", "network"}:
+            continue
+        mac = iface.find("mac")
+        source = iface.find("source")
+        bridge = source.get("bridge", "") if source is not None else ""
+        if mac is None or not bridge:
+            continue
+        target = iface.find("target")
+        nics.append(
+            GuestNic(
+                mac=mac.get("address", "").lower(),
+                bridge=bridge,
+                tap=target.get("dev", "") if target is not None else "",
+            )
+        )
+    return tuple(nics)
 
 
 @dataclass(frozen=True, slots=True)

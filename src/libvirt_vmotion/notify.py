@@ -233,6 +233,62 @@ class AnnounceSchedule:
 
 
 @dataclass(frozen=True, slots=True)
+class NotifyConfig:
+    """Our "notify switches" setting, per network (bridge), like vSphere's vSwitch property.
+
+    Attributes:
+        enabled: announce at all (``--no-notify`` turns it off everywhere).
+        off_bridges: bridges (networks) where we do not announce.
+        schedule: rounds and spacing of the announcements.
+        guest_ips: addresses declared by the user, ``ADDR`` (the guest's first
+            NIC) or ``MAC=ADDR``; used with whatever libvirt reports.
+        address_sources: libvirt sources to ask, in order (agent, lease, arp).
+        verify_timeout_ms: how long to wait for the destination bridge to show
+            the guest's MAC on its tap.
+        flush_source_fdb: remove stale entries for the guest's MACs on the source.
+
+    """
+
+    enabled: bool = True
+    off_bridges: frozenset[str] = frozenset()
+    schedule: AnnounceSchedule = AnnounceSchedule()
+    guest_ips: tuple[str, ...] = ()
+    address_sources: tuple[str, ...] = ("agent", "lease", "arp")
+    verify_timeout_ms: int = 2000
+    flush_source_fdb: bool = True
+
+    def __post_init__(self) -> None:
+        """Validate declared addresses.
+
+        Raises:
+            ValueError: a malformed ``--guest-ip`` value (named in the message).
+
+        """
+        for item in self.guest_ips:
+            mac, _, ip = item.rpartition("=")
+            try:
+                if mac:
+                    parse_mac(mac)
+                ipaddress.ip_address(ip)
+            except ValueError:
+                msg = f"guest ip {item!r}: write ADDR or MAC=ADDR (e.g. 52:54:00:12:34:56=10.0.0.5)"
+                raise ValueError(msg) from None
+
+    def notify_on(self, bridge: str) -> bool:
+        """True if we announce for NICs on ``bridge``."""
+        return self.enabled and bridge not in self.off_bridges
+
+    def declared_for(self, mac: str, *, first_nic: bool) -> tuple[str, ...]:
+        """Declared addresses that belong to the NIC ``mac``."""
+        found = []
+        for item in self.guest_ips:
+            owner, _, ip = item.rpartition("=")
+            if (owner and owner.lower() == mac.lower()) or (not owner and first_nic):
+                found.append(ip)
+        return tuple(found)
+
+
+@dataclass(frozen=True, slots=True)
 class SentFrame:
     """One frame that went out (or failed to)."""
 

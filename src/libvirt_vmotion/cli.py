@@ -18,9 +18,17 @@ from pathlib import Path
 from typing import TextIO
 
 from libvirt_vmotion import __version__
-from libvirt_vmotion.errors import ExitCode, MigrationAborted, UsageError, VmotionError
+from libvirt_vmotion.errors import (
+    AbortRefused,
+    ExitCode,
+    MigrationAborted,
+    UsageError,
+    VmotionError,
+)
 from libvirt_vmotion.model import JobSample, MigrationRequest
+from libvirt_vmotion.policy import MigrationPolicy, build_policy, load_policy_toml
 from libvirt_vmotion.ports import Observer
+from libvirt_vmotion.progress import ProgressView
 from libvirt_vmotion.report import build_failure_report, build_report, progress_line, render_text
 
 log = logging.getLogger(__name__)
@@ -85,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_migrate(sub)
     _add_netcheck(sub)
+    _add_cancel_status(sub)
     _add_lab(sub)
     return parser
 
@@ -129,8 +138,11 @@ def _add_migrate(sub: argparse._SubParsersAction[_Parser]) -> None:
         metavar="SECONDS",
         help="abort (guest stays on the source) if not done by then",
     )
+    _add_policy_flags(mig)
     mig.add_argument(
-        "--json", action="store_true", help="print the report as one JSON object (last line)"
+        "--json",
+        action="store_true",
+        help="stream progress as JSON lines on stdout; the last line is the report",
     )
     mig.add_argument("--report-file", type=Path, metavar="PATH", help="also write JSON report")
     mig.add_argument(
@@ -144,6 +156,166 @@ def _add_migrate(sub: argparse._SubParsersAction[_Parser]) -> None:
         help="the lab guest's workload at ADDR: report lost pages, reboots, TCP resets",
     )
     _add_notify_flags(mig)
+
+
+def _add_policy_flags(mig: argparse.ArgumentParser) -> None:
+    pol = mig.add_argument_group(
+        "convergence policy",
+        "The budget and how to meet it: the downtime ladder rises from --initial-downtime "
+        "to --max-downtime as rounds stall, then the guest is throttled, then post-copy, "
+        "then abort. --max-downtime and --timeout are the budget.",
+    )
+    pol.add_argument("--policy", type=Path, metavar="TOML", help="policy file (flags override)")
+    pol.add_argument("--initial-downtime", type=_positive_int, metavar="MS", help="default 30")
+    pol.add_argument("--downtime-steps", type=_positive_int, metavar="N", help="default 5")
+    pol.add_argument(
+        "--max-throttle", type=int, metavar="PERCENT", help="most CPU slowdown allowed (80)"
+    )
+    pol.add_argument("--no-throttle", action="store_true", help="never slow the guest down")
+    pol.add_argument("--no-postcopy", action="store_true", help="never switch to post-copy")
+    pol.add_argument("--stall-rounds", type=_positive_int, metavar="N", help="default 2")
+    pol.add_argument(
+        "--postcopy-resume-wait",
+        type=_positive_float,
+        metavar="SECONDS",
+        help="how long to retry a broken post-copy (default 120)",
+    )
+    pol.add_argument("--xbzrle", action="store_true", help="compress re-sent pages (XBZRLE)")
+    pol.add_argument("--parallel", type=_positive_int, metavar="N", help="multifd streams")
+
+
+def _add_cancel_status(sub: argparse._SubParsersAction[_Parser]) -> None:
+    for name, text in (
+        ("cancel", "abort a running pre-copy migration; the guest stays on the source"),
+        ("status", "show the progress of a migration started elsewhere"),
+    ):
+        cmd = sub.add_parser(name, help=text, description=text)
+        cmd.add_argument("domain", metavar="DOMAIN", help="guest name, UUID or ID on the source")
+        cmd.add_argument(
+            "--from",
+            dest="source_uri",
+            type=_uri,
+            metavar="URI",
+            help=f"source libvirt URI (default: ${DEFAULT_SOURCE_URI_ENV} or qemu:///system)",
+        )
+        cmd.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _policy(args: argparse.Namespace) -> MigrationPolicy:
+    base = MigrationPolicy()
+    if args.policy is not None:
+        try:
+            text = args.policy.read_text()
+        except OSError as exc:
+            msg = f"Cannot read the policy file {args.policy}: {exc.strerror}."
+            raise UsageError(msg, hint="Check the path given to --policy.") from exc
+        base = load_policy_toml(text, source=str(args.policy))
+    throttle = 0 if args.no_throttle else args.max_throttle
+    return build_policy(
+        base,
+        initial_downtime_ms=args.initial_downtime,
+        max_downtime_ms=args.max_downtime,
+        downtime_steps=args.downtime_steps,
+        overrides={
+            "bandwidth_mib_s": args.bandwidth,
+            "max_duration_s": args.timeout,
+            "max_throttle_percent": throttle,
+            "allow_postcopy": False if args.no_postcopy else None,
+            "stall_rounds": args.stall_rounds,
+            "postcopy_resume_wait_s": args.postcopy_resume_wait,
+            "xbzrle": True if args.xbzrle else None,
+            "parallel_connections": args.parallel,
+        },
+    )
+
+
+class ViewPrinter:
+    """Phase-aware progress: a live line on a TTY (stderr), JSON lines with --json."""
+
+    def __init__(
+        self,
+        stream: TextIO,
+        *,
+        json_out: TextIO | None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """Write human lines to ``stream`` and, if given, JSON lines to ``json_out``."""
+        self._stream = stream
+        self._json = json_out
+        self._tty = stream.isatty()
+        self._clock = clock
+        self._last_s = -1e9
+        self._last_key: tuple[str, int, str] = ("", -1, "")
+        self._dirty = False
+
+    def __call__(self, view: ProgressView) -> None:
+        """Show one view (plain lines and JSON at most every second, or on change)."""
+        key = (view.phase, view.round, view.note)
+        due = key != self._last_key or self._clock() - self._last_s >= 1.0
+        if self._tty:
+            self._stream.write("\r\x1b[K" + view.line())
+            self._stream.flush()
+            self._dirty = True
+        elif due and self._json is None:
+            self._stream.write(view.line() + "\n")
+            self._stream.flush()
+        if due and self._json is not None:
+            self._json.write(json.dumps(view.to_dict(), sort_keys=True) + "\n")
+            self._json.flush()
+        if due:
+            self._last_s = self._clock()
+            self._last_key = key
+
+    def finish(self) -> None:
+        """End the live line."""
+        if self._dirty:
+            self._stream.write("\n")
+            self._stream.flush()
+
+
+def cmd_cancel_status(args: argparse.Namespace) -> int:
+    """``vmotion cancel DOMAIN`` / ``vmotion status DOMAIN``."""
+    from libvirt_vmotion.convergence import History, State  # noqa: PLC0415
+    from libvirt_vmotion.progress import build_view  # noqa: PLC0415
+    from libvirt_vmotion.virt import Hypervisor  # noqa: PLC0415
+
+    source_uri = args.source_uri or os.environ.get(DEFAULT_SOURCE_URI_ENV) or "qemu:///system"
+    with Hypervisor.open(source_uri) as source:
+        guest = source.lookup(args.domain)
+        sample = guest.job_sample(now_s=time.monotonic())
+        postcopy = guest.is_in_postcopy()
+        if not sample.is_active:
+            if args.command == "status":
+                _say_status({"event": "status", "domain": guest.name, "phase": "idle"}, args)
+                return ExitCode.OK
+            msg = f"No migration of '{guest.name}' is running on {source_uri}."
+            raise VmotionError(msg, hint=f"Check where it runs: vmotion status {args.domain}")
+        if args.command == "cancel":
+            if postcopy:
+                msg = (
+                    f"Refusing to cancel the migration of '{guest.name}': it is in post-copy, "
+                    "so the guest already runs on the destination and part of its memory "
+                    "exists only there; aborting now would lose the guest."
+                )
+                raise AbortRefused(
+                    msg, hint=f"Let it finish; follow it with: vmotion status {args.domain}"
+                )
+            guest.abort_job()
+            _say_status({"event": "cancelled", "domain": guest.name}, args)
+            return ExitCode.OK
+        phases = {s.value: s for s in State}
+        state = State.POSTCOPY if postcopy else phases.get(sample.phase.value, State.CONVERGING)
+        history = History(started_s=sample.now_s - sample.elapsed_ms / 1000, samples=(sample,))
+        view = build_view(state, history, MigrationPolicy())
+        _say_status({**view.to_dict(), "event": "status", "domain": guest.name}, args)
+        return ExitCode.OK
+
+
+def _say_status(data: dict[str, object], args: argparse.Namespace) -> None:
+    if args.json:
+        print(json.dumps(data, sort_keys=True))  # noqa: T201  machine output
+    else:
+        print(" ".join(f"{k}={v}" for k, v in data.items() if k != "event"))  # noqa: T201
 
 
 def _add_notify_flags(mig: argparse.ArgumentParser) -> None:
@@ -351,7 +523,8 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     if request.source_uri == request.dest_uri:
         msg = f"--from and --to are the same URI ({request.dest_uri})."
         raise UsageError(msg, hint="Give the destination host's URI with --to.")
-    printer = ProgressPrinter(sys.stderr)
+    policy = _policy(args)
+    printer = ViewPrinter(sys.stderr, json_out=sys.stdout if args.json else None)
     try:
         with (
             Hypervisor.open(request.source_uri) as source,
@@ -363,7 +536,8 @@ def cmd_migrate(args: argparse.Namespace) -> int:
                 dest=dest,
                 observers=_observers(args),
                 cutover=_cutover(args, request, source),  # type: ignore[arg-type]
-                on_sample=printer,
+                policy=policy,
+                on_progress=printer,
             )
     except VmotionError as exc:
         printer.finish()
@@ -411,6 +585,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command in {"migrate", "netcheck"}:
             return cmd_migrate(args) if args.command == "migrate" else cmd_netcheck(args)
+        if args.command in {"cancel", "status"}:
+            return cmd_cancel_status(args)
         from libvirt_vmotion.lab.cli import run_lab_command  # noqa: PLC0415  lab only when asked
 
         return run_lab_command(args)

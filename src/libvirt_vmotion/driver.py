@@ -1,7 +1,9 @@
 """The migration loop: start the job, watch it, finish or roll back.
 
 I/O: this is the only module that waits, reads the clock or acts on the
-hypervisor during a migration. It holds no policy beyond the request's limits.
+hypervisor during a migration. It holds no policy: each tick it feeds the
+newest sample and events to ``convergence.step`` and applies the decision.
+Every transition is checked against ``convergence.TRANSITIONS``.
 
 The migrate call blocks inside libvirt, so it runs in a worker thread while
 this thread samples the job. Ctrl-C and the timeout abort the job explicitly:
@@ -10,13 +12,31 @@ killing the client of a peer-to-peer migration does not cancel it (LAB-NOTES).
 
 from __future__ import annotations
 
+import json
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Final, NoReturn, Protocol, TypeVar
 
+from libvirt_vmotion.convergence import (
+    TERMINAL,
+    TRANSITIONS,
+    Abort,
+    Action,
+    History,
+    PausePostCopy,
+    ResumePostCopy,
+    SetMaxBandwidth,
+    SetMaxDowntime,
+    StartPostCopy,
+    State,
+    Throttle,
+    is_abortable,
+    step,
+)
 from libvirt_vmotion.errors import (
     CutoverFailed,
     DomainNotFound,
@@ -25,11 +45,15 @@ from libvirt_vmotion.errors import (
     PreflightFailed,
     VmotionError,
 )
-from libvirt_vmotion.model import JobSample, MigrationOutcome, MigrationRequest
+from libvirt_vmotion.events import EventKind, MigrationEvent
+from libvirt_vmotion.model import MIB, JobSample, MigrationOutcome, MigrationRequest
+from libvirt_vmotion.policy import MigrationPolicy, build_policy
 from libvirt_vmotion.ports import Observer, SampleSink
-from libvirt_vmotion.virt import Guest, Hypervisor
+from libvirt_vmotion.progress import ProgressView, build_controller_section, build_view
+from libvirt_vmotion.virt import Guest, Hypervisor, MigrationOptions
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 
 class PostSwitchover(Protocol):
@@ -135,6 +159,14 @@ def _where_is(source: Hypervisor, dest: Hypervisor, name: str) -> tuple[bool, bo
     return running(source), running(dest)
 
 
+def policy_for(request: MigrationRequest) -> MigrationPolicy:
+    """The default policy with the request's limits (bandwidth, downtime, timeout)."""
+    overrides: dict[str, object] = {"bandwidth_mib_s": request.bandwidth_mib_s}
+    if request.timeout_s is not None:
+        overrides["max_duration_s"] = request.timeout_s
+    return build_policy(max_downtime_ms=request.max_downtime_ms, overrides=overrides)
+
+
 def migrate(  # noqa: PLR0913  the migration's collaborators, all keyword-only
     request: MigrationRequest,
     *,
@@ -142,11 +174,13 @@ def migrate(  # noqa: PLR0913  the migration's collaborators, all keyword-only
     dest: Hypervisor,
     observers: Sequence[Observer] = (),
     on_sample: SampleSink | None = None,
-    poll_interval_s: float = 0.2,
+    poll_interval_s: float = 0.25,
     clock: Callable[[], float] = time.monotonic,
     cutover: PostSwitchover | None = None,
+    policy: MigrationPolicy | None = None,
+    on_progress: Callable[[ProgressView], None] | None = None,
 ) -> tuple[MigrationOutcome, Mapping[str, Mapping[str, object]]]:
-    """Live-migrate one guest and return what happened.
+    """Live-migrate one guest under the convergence controller; return what happened.
 
     Args:
         request: the guest, the hosts and the user's limits.
@@ -154,11 +188,13 @@ def migrate(  # noqa: PLR0913  the migration's collaborators, all keyword-only
         dest: open connection to the destination host.
         observers: outside watchers (ping, workload); their results come back
             by name.
-        on_sample: called with every job sample (progress display).
-        poll_interval_s: how often to read job statistics.
+        on_sample: called with every job sample.
+        poll_interval_s: how often to read job statistics (events wake earlier).
         clock: monotonic clock, injectable for tests.
         cutover: post-switchover step (network cutover); armed before the
             migration starts, finished after it; its section joins the report.
+        policy: the budget and escalations (default: from the request).
+        on_progress: called with the phase-aware progress view.
 
     Returns:
         The outcome and the observers' sections.
@@ -171,15 +207,29 @@ def migrate(  # noqa: PLR0913  the migration's collaborators, all keyword-only
             source; the message says where it is.
 
     """
+    policy = policy or policy_for(request)
     guest = _find_running_guest(source, request.domain)
     source_host, dest_host = check_distinct_hosts(source, dest)
     _check_dest_free(dest, guest.name)
-    if request.max_downtime_ms is not None:
-        guest.set_max_downtime(request.max_downtime_ms)
-
-    samples: list[JobSample] = []
-    worker = _Worker(
-        lambda: guest.migrate_live_p2p(request.dest_uri, bandwidth_mib_s=request.bandwidth_mib_s)
+    guest.set_max_downtime(policy.initial_downtime_ms)
+    options = MigrationOptions(
+        bandwidth_mib_s=policy.bandwidth_mib_s,
+        auto_converge=policy.allows_throttle,
+        postcopy=policy.allow_postcopy,
+        xbzrle=policy.xbzrle,
+        parallel_connections=policy.parallel_connections,
+    )
+    worker = _Worker(lambda: guest.migrate(request.dest_uri, options))
+    controller = _Controller(
+        guest=guest,
+        request=request,
+        policy=policy,
+        options=options,
+        worker=worker,
+        on_sample=on_sample,
+        on_progress=on_progress,
+        poll_interval_s=poll_interval_s,
+        clock=clock,
     )
     sections: dict[str, Mapping[str, object]] = {}
     started: list[Observer] = []
@@ -191,8 +241,7 @@ def migrate(  # noqa: PLR0913  the migration's collaborators, all keyword-only
         if cutover is not None:
             cutover.arm()
         started_s = clock()
-        worker.start()
-        _Watch(worker, guest, request, on_sample, poll_interval_s, clock, started_s, samples).run()
+        controller.run(started_s)
         wall_s = clock() - started_s
     finally:
         for observer in started:
@@ -202,12 +251,13 @@ def migrate(  # noqa: PLR0913  the migration's collaborators, all keyword-only
                 log.warning("observer %s failed: %s", observer.name, exc)
                 sections[observer.name] = {"error": str(exc)}
 
-    if worker.error is not None:
+    if controller.state is not State.COMPLETED:
         if cutover is not None:
             cutover.finish(landed=False)
-        _raise_failure(worker.error, source, dest, guest.name)
-
-    final = _completed_stats(dest, guest.name, clock) or (samples[-1] if samples else None)
+        controller.raise_failure(source, dest)
+    samples = controller.history.samples
+    final = _completed_stats(dest, guest.name, clock) or controller.completed_from_event
+    final = final or (samples[-1] if samples else None)
     _verify_landed(source, dest, guest.name)
     if cutover is not None:
         sections[cutover.name] = cutover.finish(landed=True)
@@ -219,84 +269,240 @@ def migrate(  # noqa: PLR0913  the migration's collaborators, all keyword-only
         final=final,
         iterations=max([s.iteration for s in samples] + [final.iteration if final else 0]),
         samples=tuple(samples),
+        controller=build_controller_section(
+            controller.state,
+            controller.history,
+            policy,
+            downtime_ms=final.downtime_ms if final else None,
+        ),
     )
     return outcome, sections
 
 
-@dataclass(slots=True)
-class _Watch:
-    """Samples the job until the worker returns; aborts on timeout or Ctrl-C."""
+_RESUME_RETRY_S: Final = 2.0
 
-    worker: _Worker
+
+@dataclass(slots=True)
+class _Controller:
+    """The one loop: wait for an event or the poll tick, sample, step, apply."""
+
     guest: Guest
     request: MigrationRequest
+    policy: MigrationPolicy
+    options: MigrationOptions
+    worker: _Worker
     on_sample: SampleSink | None
+    on_progress: Callable[[ProgressView], None] | None
     poll_interval_s: float
     clock: Callable[[], float]
-    started_s: float
-    samples: list[JobSample] = field(default_factory=list)
-    aborted_for: str | None = None
-    downtime_reapplied: bool = False
+    state: State = State.SETUP
+    history: History = field(default_factory=lambda: History(started_s=0.0))
+    events: queue.Queue[MigrationEvent] = field(default_factory=queue.Queue)
+    view: ProgressView | None = None
+    completed_from_event: JobSample | None = None
+    last_resume_s: float = -1e9
+    worker_seen_done: bool = False
+    refused_ctrl_c: bool = False
 
-    def run(self) -> None:
-        """Watch until the migrate call returns.
+    def run(self, started_s: float) -> None:
+        """Run the migration until the controller reaches a final state.
 
         Raises:
-            MigrationAborted: on Ctrl-C or timeout (after aborting the job).
+            MigrationAborted: on Ctrl-C during pre-copy (after aborting the job).
 
         """
+        self.history = History(started_s=started_s)
+        stop_events = _best_effort_value(
+            lambda: self.guest.watch_migration(self.events.put, self.clock)
+        )
         try:
-            while self.worker.alive():
-                self.worker.join(self.poll_interval_s)
-                if not self.worker.alive() or not self._poll():
-                    break
-        except KeyboardInterrupt:
+            self.worker.start()
+            while self.state not in TERMINAL:
+                try:
+                    self._tick()
+                except KeyboardInterrupt:
+                    self._interrupted()
+        finally:
+            if stop_events is not None:
+                stop_events()
+        self.worker.join()
+
+    def _interrupted(self) -> None:
+        if is_abortable(self.state):
             log.warning("interrupted: aborting the migration of %s", self.guest.name)
             _best_effort(self.guest.abort_job)
             self.worker.join()
             msg = f"Migration of '{self.guest.name}' cancelled by the user (Ctrl-C)."
             raise MigrationAborted(msg, hint="The guest keeps running on the source.") from None
-        self.worker.join()
-        if self.aborted_for is not None and self.worker.error is not None:
-            msg = f"Migration of '{self.guest.name}' aborted: {self.aborted_for}."
-            raise MigrationAborted(
+        if self.refused_ctrl_c:
+            msg = (
+                f"Stopped watching '{self.guest.name}' during post-copy; libvirt carries on "
+                "with the migration."
+            )
+            raise CutoverFailed(
                 msg,
-                hint="The guest keeps running on the source. Allow more time (--timeout), "
-                "raise --bandwidth or --max-downtime, or lower the guest's write load.",
-            ) from self.worker.error
+                hint=f"Follow it with: vmotion status {self.guest.name} --from "
+                f"{self.request.source_uri}",
+            ) from None
+        self.refused_ctrl_c = True
+        log.warning(
+            "cannot abort %s: post-copy has started and part of its memory is only on the "
+            "destination; waiting for it to finish (Ctrl-C again to stop watching)",
+            self.guest.name,
+        )
 
-    def _poll(self) -> bool:
-        """Take one sample; False once the job is gone from the source."""
+    def _tick(self) -> None:
+        try:
+            event = self.events.get(timeout=self.poll_interval_s)
+            self._add_event(event)
+            while True:
+                self._add_event(self.events.get_nowait())
+        except queue.Empty:
+            pass
+        self._check_worker()
+        self._sample()
+        decision = step(self.state, self.history, self.policy)
+        if decision.next_state not in TRANSITIONS[self.state]:
+            msg = f"controller bug: {self.state} -> {decision.next_state} is not allowed"
+            raise AssertionError(msg)
+        if decision.actions or decision.reason or decision.next_state is not self.state:
+            self.history = self.history.with_decision(decision)
+        if decision.next_state is not self.state:
+            log.info("%s -> %s: %s", self.state, decision.next_state, decision.reason)
+        elif decision.reason:
+            log.info("%s: %s", self.state, decision.reason)
+        for action in decision.actions:
+            self._apply(action)
+        self.state = decision.next_state
+        if self.on_progress is not None and self.history.samples:
+            self.view = build_view(self.state, self.history, self.policy, self.view)
+            self.on_progress(self.view)
+
+    def _add_event(self, event: MigrationEvent) -> None:
+        log.debug("event %s round %d %s", event.kind, event.iteration, event.detail[:80])
+        if event.kind is EventKind.JOB_COMPLETED and event.detail:
+            self.completed_from_event = _sample_from_event(event)
+            return  # completion is taken from the migrate call's return
+        self.history = self.history.with_event(event)
+
+    def _check_worker(self) -> None:
+        if self.worker.alive() or self.worker_seen_done:
+            if self.state is State.POSTCOPY_PAUSED and self.worker.alive():
+                resumed = _best_effort_value(lambda: not self.guest.is_postcopy_failed())
+                if resumed:
+                    self._add_event(MigrationEvent(EventKind.POSTCOPY_RESUMED, self.clock()))
+            return
+        self.worker.join()
+        self.worker_seen_done = True
+        if self.worker.error is None:
+            kind, detail = EventKind.JOB_COMPLETED, ""
+        else:
+            error = self.worker.error
+            detail = error.message if isinstance(error, VmotionError) else str(error)
+            kind = EventKind.JOB_FAILED
+        self.history = self.history.with_event(MigrationEvent(kind, self.clock(), detail=detail))
+
+    def _sample(self) -> None:
         try:
             sample = self.guest.job_sample(now_s=self.clock())
         except DomainNotFound:
-            return False  # undefined on the source: the migration just finished
+            return  # undefined on the source: the migration just finished
         except VmotionError as exc:
             log.debug("job stats unavailable: %s", exc)
-            return True
-        if sample.is_active:
-            self._take(sample)
-        return True
-
-    def _take(self, sample: JobSample) -> None:
-        request = self.request
-        if not self.downtime_reapplied and request.max_downtime_ms is not None:
-            # Set once before the job and again inside it: some libvirt
-            # versions reset migration parameters when the job begins.
-            downtime_ms = request.max_downtime_ms
-            _best_effort(lambda: self.guest.set_max_downtime(downtime_ms))
-            self.downtime_reapplied = True
-        self.samples.append(sample)
+            return
+        if not sample.is_active:
+            return
+        log.debug(
+            "round %d remaining %.1f MiB dirty %.1f MiB/s transfer %.1f MiB/s",
+            sample.iteration,
+            sample.data_remaining_bytes / MIB,
+            sample.dirty_rate_mib_s,
+            sample.transfer_rate_mib_s,
+        )
+        self.history = self.history.with_sample(sample)
         if self.on_sample is not None:
             self.on_sample(sample)
-        if (
-            self.aborted_for is None
-            and request.timeout_s is not None
-            and self.clock() - self.started_s > request.timeout_s
-        ):
-            self.aborted_for = f"it did not finish within {request.timeout_s:g} s"
-            log.warning("aborting migration of %s: %s", self.guest.name, self.aborted_for)
-            _best_effort(self.guest.abort_job)
+
+    def _apply(self, action: Action) -> None:
+        guest = self.guest
+        match action:
+            case SetMaxDowntime(downtime_ms=ms):
+                _best_effort(lambda: guest.set_max_downtime(ms))
+            case SetMaxBandwidth(bandwidth_mib_s=bw):
+                _best_effort(lambda: guest.set_max_bandwidth(bw))
+            case Throttle(percent=pct):
+                if self.options.auto_converge:
+                    _best_effort(lambda: guest.set_throttle_cap(pct))
+            case StartPostCopy():
+                _best_effort(guest.start_postcopy)
+            case PausePostCopy():
+                _best_effort(guest.pause_postcopy)
+            case ResumePostCopy():
+                self._resume()
+            case Abort(reason=reason):
+                log.warning("aborting migration of %s: %s", guest.name, reason)
+                _best_effort(guest.abort_job)
+
+    def _resume(self) -> None:
+        now_s = self.clock()
+        if self.worker.alive() or now_s - self.last_resume_s < _RESUME_RETRY_S:
+            return
+        self.last_resume_s = now_s
+        log.info("resuming post-copy of %s", self.guest.name)
+        guest, dest_uri, options = self.guest, self.request.dest_uri, self.options
+        self.worker = _Worker(lambda: guest.migrate(dest_uri, options, resume=True))
+        self.worker_seen_done = False
+        self.worker.start()
+
+    def raise_failure(self, source: Hypervisor, dest: Hypervisor) -> NoReturn:
+        """Raise the error that tells where the guest is and why it did not move."""
+        name = self.guest.name
+        reason = next((d.reason for d in reversed(self.history.decisions) if d.reason), "")
+        if self.state is State.FAILED:
+            msg = f"Migration of '{name}' failed in post-copy: {reason}"
+            raise CutoverFailed(
+                msg,
+                hint=f"Check with: virsh -c {dest.uri} list --all; virsh -c {source.uri} "
+                "list --all",
+            )
+        aborted_for = next(
+            (
+                a.reason
+                for d in reversed(self.history.decisions)
+                for a in d.actions
+                if isinstance(a, Abort)
+            ),
+            None,
+        )
+        if aborted_for is not None and _where_is(source, dest, name) == (True, False):
+            msg = f"Migration of '{name}' aborted: {aborted_for}."
+            raise MigrationAborted(
+                msg,
+                hint="The guest keeps running on the source. Allow more time (--timeout), "
+                "a longer --max-downtime, throttling or post-copy, raise --bandwidth, or "
+                "lower the guest's write load.",
+            ) from self.worker.error
+        _raise_failure(self.worker.error or RuntimeError(reason), source, dest, name)
+        raise AssertionError  # _raise_failure always raises
+
+
+def _sample_from_event(event: MigrationEvent) -> JobSample | None:
+    try:
+        stats = json.loads(event.detail)
+    except ValueError:
+        return None
+    if not isinstance(stats, dict):
+        return None
+    sample = JobSample.from_job_stats(stats, now_s=event.now_s)
+    return sample if sample.job_type == "completed" else None
+
+
+def _best_effort_value(action: Callable[[], _T]) -> _T | None:
+    try:
+        return action()
+    except VmotionError as exc:
+        log.warning("best-effort call failed, continuing: %s", exc)
+        return None
 
 
 def _best_effort(action: Callable[[], None]) -> None:

@@ -11,6 +11,7 @@ process exit code, so scripts can tell the cases apart::
     │   └── DomainNotRunning      live migration needs it up  (3)
     ├── ReservationError          destination cannot hold it  (4)
     ├── MigrationAborted          source still runs the guest (5)
+    ├── AbortRefused              post-copy started: no abort (1)
     ├── CutoverFailed             where the guest is: unsure  (6)
     ├── ConnectionFailed          a hypervisor is unreachable (7)
     ├── DomainNotFound            no such guest there         (8)
@@ -83,6 +84,10 @@ class MigrationAborted(VmotionError):
     """The migration did not complete; the guest still runs on the source."""
 
     exit_code = ExitCode.ABORTED
+
+
+class AbortRefused(VmotionError):
+    """Cancel refused: the migration is in post-copy and must finish."""
 
 
 class CutoverFailed(VmotionError):

@@ -163,6 +163,8 @@ class MigrationOutcome:
         iterations: highest memory iteration seen.
         source_host: hostname of the source.
         dest_host: hostname of the destination.
+        controller: the convergence controller's section of the report
+            (decisions, rounds, budget), if it ran.
 
     """
 
@@ -173,3 +175,4 @@ class MigrationOutcome:
     final: JobSample | None
     iterations: int
     samples: tuple[JobSample, ...] = field(default=(), repr=False)
+    controller: Mapping[str, object] | None = field(default=None, repr=False)

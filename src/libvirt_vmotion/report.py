@@ -53,6 +53,8 @@ def build_report(
         "peak_dirty_rate_mib_s": round(dirty_peak, 1),
         "samples": len(outcome.samples),
     }
+    if outcome.controller is not None:
+        report["convergence"] = dict(outcome.controller)
     for name, section in sections.items():
         report[name] = dict(section)
     return report

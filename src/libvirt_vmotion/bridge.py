@@ -27,6 +27,7 @@ from libvirt_vmotion.netcheck import BridgeFacts, PortFacts, StpState
 
 NUD_PERMANENT: Final = 0x80
 NTF_SELF: Final = 0x02
+NTF_MASTER: Final = 0x04
 
 
 @contextmanager
@@ -146,12 +147,17 @@ def fdb_entries(bridge: str, macs: Sequence[str], *, netns: str = "") -> tuple[F
 def fdb_remove(
     bridge: str, macs: Sequence[str], *, keep_port: str = "", netns: str = ""
 ) -> tuple[FdbEntry, ...]:
-    """Remove learned (non-permanent) entries for ``macs`` from ``bridge``'s FDB.
+    """Remove stale learned entries for ``macs`` from ``bridge``'s FDB.
+
+    Stale means: on a port that is not an uplink. After the guest left this
+    host, the right way to its MAC is out of the uplink, so an entry there
+    (learned from its announcements) is kept; one on a guest port (an old tap,
+    a port another guest now holds) sends its traffic nowhere.
 
     Args:
         bridge: the bridge.
         macs: the guest's MACs.
-        keep_port: leave entries on this port alone (the guest's own tap).
+        keep_port: also leave entries on this port alone.
         netns: named network namespace, "" for this one.
 
     Returns:
@@ -159,14 +165,17 @@ def fdb_remove(
 
     """
     removed = []
+    uplinks = {p.name for p in read_bridge(bridge, netns=netns).uplinks()}
     with _ipr(netns) as ipr:
-        for entry, port_index, br_index in _fdb(ipr, bridge, macs):
-            if entry.permanent or (keep_port and entry.port == keep_port):
+        for entry, port_index, _ in _fdb(ipr, bridge, macs):
+            if entry.permanent or entry.port in uplinks or (keep_port and entry.port == keep_port):
                 continue
             args: dict[str, object] = {"ifindex": port_index, "lladdr": entry.mac}
             if entry.vlan is not None:
                 args["vlan"] = entry.vlan
-            ipr.fdb("del", master=br_index, **args)
+            ipr.fdb(
+                "del", flags=NTF_MASTER, **args
+            )  # the bridge's entry, as `bridge fdb del ... master`
             removed.append(entry)
     return tuple(removed)
 

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TextIO
 
-from libvirt_vmotion import __version__
+from libvirt_vmotion import __version__, checks_cli
 from libvirt_vmotion.errors import (
     AbortRefused,
     ExitCode,
@@ -92,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log steps to stderr")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_migrate(sub)
+    checks_cli.add_subcommands(sub, uri=_uri, parser_class=_Parser)
     _add_netcheck(sub)
     _add_cancel_status(sub)
     _add_lab(sub)
@@ -144,6 +145,7 @@ def _add_migrate(sub: argparse._SubParsersAction[_Parser]) -> None:
         action="store_true",
         help="stream progress as JSON lines on stdout; the last line is the report",
     )
+    checks_cli.add_skip_check(mig)
     mig.add_argument("--report-file", type=Path, metavar="PATH", help="also write JSON report")
     mig.add_argument(
         "--ping",
@@ -529,6 +531,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         with (
             Hypervisor.open(request.source_uri) as source,
             Hypervisor.open(request.dest_uri) as dest,
+            checks_cli.GateContext(args, request, source, dest) as gate,
         ):
             outcome, sections = migrate(
                 request,
@@ -548,6 +551,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         raise
     printer.finish()
     report = build_report(request, outcome, sections)
+    report["forecast"] = checks_cli.migrate_forecast_section(gate, report)
     if args.json:
         _emit_json(report, args)
     else:
@@ -572,7 +576,7 @@ def _write_report(report: dict[str, object], path: Path) -> None:
         log.warning("could not write the report to %s: %s", path, exc)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911  one branch per command
     """Run the CLI; return the process exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["agent"]:  # machine interface for other hosts; see agent.py
@@ -587,6 +591,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_migrate(args) if args.command == "migrate" else cmd_netcheck(args)
         if args.command in {"cancel", "status"}:
             return cmd_cancel_status(args)
+        if args.command in {"check", "hooks"}:
+            return checks_cli.run(args)
         from libvirt_vmotion.lab.cli import run_lab_command  # noqa: PLC0415  lab only when asked
 
         return run_lab_command(args)

@@ -1,0 +1,185 @@
+"""The convergence controller against real libvirtd/QEMU in the namespace lab.
+
+Bandwidth is capped low (30 MiB/s) and the working set small (64 MiB) so that
+each run takes seconds; the guest's dirty rate is set relative to that cap.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+import time
+
+import pytest
+
+from libvirt_vmotion.lab import guestctl
+from libvirt_vmotion.lab.constants import GUEST_ADDR, GUEST_NAME, HOST_A, HOST_B
+
+pytestmark = pytest.mark.lab
+
+BANDWIDTH_MIB_S = 30
+BUDGET_S = 60
+
+
+def vmotion_in_client(*args: str, timeout_s: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        guestctl.client_command(guestctl.self_command(*args)),
+        capture_output=True, text=True, check=False, timeout=timeout_s,
+    )  # fmt: skip
+
+
+def last_json(result: subprocess.CompletedProcess[str]) -> dict[str, object]:
+    lines = result.stdout.strip().splitlines()
+    assert lines, f"no output; stderr: {result.stderr}"
+    data = json.loads(lines[-1])
+    assert isinstance(data, dict)
+    return data
+
+
+def guest_mismatches() -> int:
+    result = vmotion_in_client("lab", "guest", "status")
+    assert result.returncode == 0, result.stderr
+    text = result.stdout[result.stdout.index("{") :]
+    value = json.loads(text)["mismatches"]
+    assert isinstance(value, int)
+    return value
+
+
+def set_workload(rate_mib_s: int, mode: str = "paced") -> None:
+    for setting, value in (("mode", mode), ("rate", str(rate_mib_s))):
+        result = vmotion_in_client("lab", "guest", "set", setting, value)
+        assert result.returncode == 0, result.stderr
+
+
+def our_migrate(*extra: str) -> subprocess.CompletedProcess[str]:
+    return vmotion_in_client(
+        "migrate", GUEST_NAME, "--from", HOST_A.uri, "--to", HOST_B.uri,
+        "--bandwidth", str(BANDWIDTH_MIB_S), "--workload", GUEST_ADDR, "--json", *extra,
+    )  # fmt: skip
+
+
+def assert_unharmed(report: dict[str, object]) -> None:
+    workload = report["workload"]
+    assert isinstance(workload, dict)
+    assert workload["mismatches"] == 0
+    assert workload["rebooted"] is False
+
+
+def convergence(report: dict[str, object]) -> dict[str, object]:
+    section = report["convergence"]
+    assert isinstance(section, dict)
+    print({k: v for k, v in section.items() if k != "policy"})
+    return section
+
+
+@pytest.mark.usefixtures("guest_on_a")
+def test_light_load_completes_in_precopy_without_escalation() -> None:
+    set_workload(5)
+    result = our_migrate("--timeout", str(BUDGET_S))
+    assert result.returncode == 0, result.stderr
+    report = last_json(result)
+    assert guestctl.find_guest() == [(HOST_B, "running")]
+    assert_unharmed(report)
+    conv = convergence(report)
+    assert conv["strategy"] in {"pre-copy", "pre-copy, downtime raised"}
+    budget = conv["budget"]
+    assert isinstance(budget, dict)
+    assert budget["met"] is True
+    assert isinstance(report["downtime_ms"], int)
+    assert report["downtime_ms"] <= 500
+    decisions = conv["decisions"]
+    assert isinstance(decisions, list)
+    assert not any("Throttle(percent=4" in str(d) or "PostCopy" in str(d) for d in decisions)
+    # Progress streamed as JSON lines before the report; the bulk percentage never fell.
+    lines = [ln for ln in result.stdout.splitlines()[:-1] if '"event": "progress"' in ln]
+    assert lines
+    percents = [json.loads(ln)["bulk_percent"] for ln in lines]
+    assert percents == sorted(percents)
+
+
+@pytest.mark.usefixtures("guest_on_a")
+def test_dirty_rate_above_bandwidth_plain_virsh_misses_budget_ours_finishes() -> None:
+    set_workload(45)  # 1.5x the 30 MiB/s cap, paced: CPU throttling cannot slow it
+    virsh = vmotion_in_client(
+        "lab", "exec", "--", "timeout", str(BUDGET_S), "virsh", "-c", HOST_A.uri,
+        "migrate", "--live", "--p2p", "--persistent", "--undefinesource",
+        "--bandwidth", str(BANDWIDTH_MIB_S), GUEST_NAME, HOST_B.uri,
+    )  # fmt: skip
+    timed_out = virsh.returncode == 124
+    if timed_out:
+        # timeout killed only the client: a p2p migration must be aborted explicitly.
+        subprocess.run(
+            ["virsh", "-c", guestctl.local_uri(HOST_A), "domjobabort", GUEST_NAME],
+            capture_output=True, check=False,
+        )  # fmt: skip
+        deadline = time.monotonic() + 30
+        while guestctl.find_guest() != [(HOST_A, "running")] and time.monotonic() < deadline:
+            time.sleep(0.5)
+    print("plain virsh:", virsh.returncode, virsh.stderr[-300:])
+    assert timed_out, "plain virsh finished within the budget; the workload is too light"
+    assert guestctl.find_guest() == [(HOST_A, "running")]
+
+    started = time.monotonic()
+    result = our_migrate("--timeout", str(BUDGET_S))
+    took_s = time.monotonic() - started
+    assert result.returncode == 0, result.stderr
+    report = last_json(result)
+    assert guestctl.find_guest() == [(HOST_B, "running")]
+    assert_unharmed(report)
+    conv = convergence(report)
+    assert conv["strategy"] == "post-copy"
+    budget = conv["budget"]
+    assert isinstance(budget, dict)
+    assert budget["met"] is True
+    assert took_s < BUDGET_S
+    print(f"ours: {report['total_time_s']} s, downtime {report['downtime_ms']} ms")
+
+
+@pytest.mark.usefixtures("guest_on_a")
+def test_unmeetable_budget_without_throttle_or_postcopy_aborts_naming_it() -> None:
+    set_workload(45)
+    result = our_migrate("--max-downtime", "100", "--no-throttle", "--no-postcopy")
+    assert result.returncode == 5, result.stderr
+    assert "Traceback" not in result.stderr
+    report = last_json(result)
+    assert report["result"] == "aborted"
+    error = report["error"]
+    assert isinstance(error, str)
+    assert "100 ms downtime budget" in error
+    assert "forbids throttling and post-copy" in error
+    assert guestctl.find_guest() == [(HOST_A, "running")]
+    assert guest_mismatches() == 0
+
+
+@pytest.mark.usefixtures("guest_on_a")
+def test_cancel_command_aborts_and_leaves_destination_clean() -> None:
+    set_workload(45)
+    proc: dict[str, subprocess.CompletedProcess[str]] = {}
+
+    def run() -> None:
+        proc["r"] = our_migrate("--no-postcopy", "--no-throttle", "--timeout", "120")
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    time.sleep(6)
+    status = vmotion_in_client("status", GUEST_NAME, "--from", HOST_A.uri, "--json")
+    assert status.returncode == 0, status.stderr
+    assert '"phase"' in status.stdout
+    cancel = vmotion_in_client("cancel", GUEST_NAME, "--from", HOST_A.uri)
+    assert cancel.returncode == 0, cancel.stderr
+    thread.join(60)
+    result = proc["r"]
+    assert result.returncode == 5, result.stderr
+    assert last_json(result)["result"] == "aborted"
+    assert guestctl.find_guest() == [(HOST_A, "running")]
+    # Nothing left on the destination: no definition, no QEMU process.
+    listing = subprocess.run(
+        ["virsh", "-c", guestctl.local_uri(HOST_B), "list", "--all", "--name"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert GUEST_NAME not in listing.stdout
+    assert guest_mismatches() == 0
+    nothing = vmotion_in_client("cancel", GUEST_NAME, "--from", HOST_A.uri)
+    assert nothing.returncode == 1
+    assert "hint:" in nothing.stderr

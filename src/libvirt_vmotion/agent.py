@@ -48,6 +48,10 @@ OPERATIONS: Final[dict[str, str]] = {
     "fdb_query": "libvirt_vmotion.bridge:op_fdb_query",
     "fdb_flush": "libvirt_vmotion.bridge:op_fdb_flush",
     "announce": "libvirt_vmotion.cutover:op_announce",
+    "host-facts": "libvirt_vmotion.hostfacts:op_host_facts",
+    "reserve": "libvirt_vmotion.hostfacts:op_reserve",
+    "release": "libvirt_vmotion.hostfacts:op_release",
+    "reservations": "libvirt_vmotion.hostfacts:op_reservations",
 }
 """Agent operations: name -> ``module:function`` taking and returning a JSON dict."""
 

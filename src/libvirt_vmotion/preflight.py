@@ -987,9 +987,9 @@ def check_agent(f: PreflightFacts) -> tuple[CheckResult, ...]:
 
 
 CHECKS: Final[Mapping[str, Callable[[PreflightFacts], tuple[CheckResult, ...]]]] = {
-    "same-host": check_same_host,
     "guest-running": check_guest_running,
     "no-job-running": check_no_job,
+    "same-host": check_same_host,
     "libvirt-version": check_libvirt_version,
     "qemu-version": check_qemu_version,
     "tcg-dirty-tracking": check_tcg_dirty_bug,

@@ -689,7 +689,7 @@ class Guest:
         """True if a job (migration, save, dump ...) runs on the guest."""
         with self._errors("read the guest's job"):
             info = self._dom.jobInfo()
-        return int(info[0]) != libvirt.VIR_DOMAIN_JOB_NONE
+        return bool(int(info[0]) != libvirt.VIR_DOMAIN_JOB_NONE)
 
     def resident_bytes(self) -> int:
         """Memory the QEMU process has touched (RSS): what a bulk pass must send at most."""

@@ -44,8 +44,15 @@ def in_client_netns() -> bool:
 
 
 def client_command(argv: Sequence[str]) -> list[str]:
-    """``argv`` prefixed to run in the client network namespace."""
-    return ["ip", "netns", "exec", CLIENT_NETNS, *argv]
+    """``argv`` prefixed to run in the client network namespace.
+
+    With the lab's agent settings (``topology.agent_env``): the CLI there reaches
+    each host's agent over that host's sshd, the production path.
+    """
+    from libvirt_vmotion.lab.topology import agent_env  # noqa: PLC0415  pyroute2 only when used
+
+    env = [f"{key}={value}" for key, value in sorted(agent_env().items())]
+    return ["ip", "netns", "exec", CLIENT_NETNS, *(["env", *env] if env else []), *argv]
 
 
 def self_command(*args: str) -> list[str]:

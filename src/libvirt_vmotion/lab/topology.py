@@ -30,6 +30,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,7 @@ from typing import TYPE_CHECKING, Final
 
 from pyroute2 import IPRoute, netns
 
+from libvirt_vmotion import hooks
 from libvirt_vmotion.lab import command_name, hostconf
 from libvirt_vmotion.lab.constants import (
     CLIENT_ADDR,
@@ -91,6 +93,8 @@ class HostStatus:
     libvirtd_pid: int | None
     """libvirtd PID if alive inside the host's network namespace, else ``None``."""
     virtlogd_pid: int | None
+    sshd_pid: int | None
+    """sshd (the agent's transport) if alive inside the host's network namespace."""
     reachable: bool
     """libvirtd answered at ``host.uri`` from the client namespace."""
     domains: tuple[str, ...]
@@ -106,6 +110,7 @@ class HostStatus:
             and self.holder_pid is not None
             and self.libvirtd_pid is not None
             and self.virtlogd_pid is not None
+            and self.sshd_pid is not None
             and self.reachable
         )
 
@@ -425,6 +430,7 @@ def _host_status(host: LabHost, *, client_exists: bool) -> HostStatus:
     holder = _holder_pid(host) if exists else None
     libvirtd = _alive_in_netns(_read_pid(paths.libvirtd_pid_file), host.netns) if exists else None
     virtlogd = _alive_in_netns(_read_pid(paths.virtlogd_pid_file), host.netns) if exists else None
+    sshd = _alive_in_netns(_read_pid(paths.sshd_pid_file), host.netns) if exists else None
     reachable, domains, problem = False, tuple[str, ...](), ""
     if not exists:
         problem = f"network namespace {host.netns} missing"
@@ -434,6 +440,8 @@ def _host_status(host: LabHost, *, client_exists: bool) -> HostStatus:
         problem = f"libvirtd not running (see {paths.libvirtd_log})"
     elif virtlogd is None:
         problem = "virtlogd not running"
+    elif sshd is None:
+        problem = f"sshd not running (see {paths.log / hostconf.SSHD_LOG_NAME})"
     elif not client_exists:
         problem = f"client namespace {CLIENT_NETNS} missing"
     else:
@@ -444,6 +452,7 @@ def _host_status(host: LabHost, *, client_exists: bool) -> HostStatus:
         holder_pid=holder,
         libvirtd_pid=libvirtd,
         virtlogd_pid=virtlogd,
+        sshd_pid=sshd,
         reachable=reachable,
         domains=domains,
         problem=problem,
@@ -500,6 +509,49 @@ def _prepare_state(host: LabHost) -> None:
     (paths.etc / "qemu.conf").write_text(hostconf.build_qemu_conf(host))
     (paths.etc / "virtlogd.conf").write_text(hostconf.build_virtlogd_conf())
     paths.hosts_file.write_text(hostconf.build_hosts_file(HOSTS))
+    # Our product on the host: a fresh reservation store and config, and the hook.
+    for d in (paths.vmotion_lib, paths.vmotion_etc):
+        shutil.rmtree(d, ignore_errors=True)
+        d.mkdir(mode=0o700, parents=True)
+    hooks.install(etc=paths.etc, python=sys.executable)
+    paths.ssh.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if not paths.ssh_host_key.exists():
+        _keygen(paths.ssh_host_key, f"{host.name} lab host key")
+    paths.sshd_config.write_text(hostconf.build_sshd_config(host, paths, hostconf.client_ssh()))
+
+
+def _keygen(path: Path, comment: str) -> None:
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)],
+        check=True,
+        capture_output=True,
+    )
+
+
+def _prepare_client_ssh() -> None:
+    """The lab's ssh client side: key, authorized_keys, known_hosts, ssh_config."""
+    client = hostconf.client_ssh()
+    client.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if not client.key.exists():
+        _keygen(client.key, "libvirt-vmotion lab")
+    client.authorized_keys.write_text(client.key.with_suffix(".pub").read_text())
+    client.authorized_keys.chmod(0o600)
+    keys = [(h, hostconf.host_paths(h).ssh_host_key.with_suffix(".pub").read_text()) for h in HOSTS]
+    client.known_hosts.write_text(hostconf.build_known_hosts(keys))
+    client.config.write_text(hostconf.build_ssh_client_config(HOSTS, client))
+
+
+def agent_env() -> dict[str, str]:
+    """``VMOTION_AGENT_*`` settings that reach lab hosts over the lab's ssh (empty if none).
+
+    ``lab exec`` and the lab tests run the CLI with these, so ``--to
+    qemu+tcp://10.77.0.2/system`` reaches hostb's agent through hostb's sshd, and
+    the agent runs this very venv's interpreter (on the shared file system).
+    """
+    client = hostconf.client_ssh()
+    if not client.config.exists():
+        return {}
+    return hostconf.build_agent_env(client, sys.executable)
 
 
 def _record_run_netns() -> None:
@@ -684,6 +736,7 @@ def up(*, log: Callable[[str], None] | None = None) -> LabStatus:
             _say(log, "writing per-host libvirt state under " + str(STATE_DIR))
             for host in HOSTS:
                 _prepare_state(host)
+            _prepare_client_ssh()
             _say(log, "creating namespaces, switch, veths and bridges")
             _record_run_netns()
             _build_network()

@@ -1,0 +1,428 @@
+"""The ``check`` and ``hooks`` commands, and the pre-flight gate ``migrate`` runs first.
+
+I/O: opens connections, calls the destination's agent, prints. The decisions
+live in ``preflight`` (checks), ``forecast`` and ``reservation`` (capacity).
+
+``migrate`` runs the same gate as ``check`` before it touches anything:
+pre-flight (blockers exit 3), the forecast (dirty rate measured while no job
+runs), then a reservation on the destination through its agent (refused:
+exit 4). The reservation is released when the migration ends, however it ends;
+if this process dies, the destination's hook and the lease release it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import sys
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import TYPE_CHECKING, TextIO, TypeVar
+
+from libvirt_vmotion.errors import (
+    ExitCode,
+    PreflightFailed,
+    ReservationError,
+    UsageError,
+    VmotionError,
+)
+from libvirt_vmotion.forecast import Forecast, relative_error
+from libvirt_vmotion.preflight import (
+    CheckResult,
+    Verdict,
+    blockers,
+    check_names,
+    format_bytes,
+    run_checks,
+    unknown_skips,
+)
+
+if TYPE_CHECKING:
+    from libvirt_vmotion.model import MigrationRequest
+    from libvirt_vmotion.virt import Hypervisor
+
+DEFAULT_WINDOW_S = 1
+_P = TypeVar("_P", bound=argparse.ArgumentParser)
+
+
+def add_skip_check(parser: argparse.ArgumentParser) -> None:
+    """``--skip-check NAME`` (repeatable), on ``check`` and ``migrate``."""
+    parser.add_argument(
+        "--skip-check",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="override one pre-flight check (repeatable); names: " + ", ".join(check_names()),
+    )
+    parser.add_argument(
+        "--dirty-rate-window",
+        type=int,
+        default=DEFAULT_WINDOW_S,
+        metavar="SECONDS",
+        help="how long to measure the guest's dirty rate for the forecast (default 1)",
+    )
+
+
+def add_subcommands(
+    sub: argparse._SubParsersAction[_P],
+    *,
+    uri: Callable[[str], str],
+    parser_class: type[_P],
+) -> None:
+    """Add ``check`` and ``hooks`` to the CLI."""
+    chk = sub.add_parser(
+        "check",
+        help="pre-flight checks and a forecast, without migrating",
+        description="Check whether DOMAIN can live-migrate to --to now, and forecast how "
+        "the migration would go (dirty rate measured for --dirty-rate-window seconds). "
+        "Exit 0 if it may proceed, 3 if a check blocks it.",
+    )
+    chk.add_argument("domain", metavar="DOMAIN")
+    chk.add_argument("--to", dest="dest_uri", required=True, type=uri, metavar="URI")
+    chk.add_argument("--from", dest="source_uri", type=uri, metavar="URI")
+    chk.add_argument("--bandwidth", type=int, metavar="MIB_PER_S", help="bandwidth cap to plan")
+    chk.add_argument("--max-downtime", type=int, metavar="MS", help="downtime budget (300)")
+    chk.add_argument("--json", action="store_true", help="machine output")
+    add_skip_check(chk)
+    hooks = sub.add_parser(
+        "hooks",
+        help="install the libvirt qemu hook that enforces reservations on this host",
+        description="The hook runs at 'migrate begin' on a destination: it takes or verifies "
+        "the reservation and vetoes migrations that do not fit, with a message libvirt "
+        "passes back to the caller.",
+    )
+    hsub = hooks.add_subparsers(dest="hooks_command", required=True, parser_class=parser_class)
+    for name, text in (
+        ("install", "install the hook into /etc/libvirt/hooks/qemu.d/"),
+        ("uninstall", "remove it"),
+        ("status", "show whether it is installed and what it runs"),
+    ):
+        p = hsub.add_parser(name, help=text)
+        p.add_argument("--etc", default="/etc/libvirt", metavar="DIR", help=argparse.SUPPRESS)
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def render_results(results: Sequence[CheckResult]) -> list[str]:
+    """One line per result (plus hint lines for the bad ones)."""
+    lines = []
+    for r in results:
+        label = r.verdict.value.upper() if r.verdict is not Verdict.OK else "ok"
+        if r.skipped:
+            label += " (skipped)"
+        subject = f" [{r.subject}]" if r.subject else ""
+        lines.append(f"  {label:<18} {r.name:<34}{subject} {r.message}")
+        if r.verdict is not Verdict.OK:
+            if r.observed or r.required:
+                lines.append(f"  {'':<18} observed: {r.observed}; required: {r.required}")
+            lines.append(f"  {'':<18} hint: {r.hint}")
+    return lines
+
+
+def render_forecast(fc: Forecast | None, error: str, window_s: int) -> list[str]:
+    """The forecast with its inputs."""
+    if fc is None:
+        return [f"forecast: not available ({error})"]
+    i = fc.inputs
+    if fc.converges:
+        head = (
+            f"forecast: converges in {fc.rounds} rounds, ~{fc.total_time_s:.1f} s, "
+            f"~{fc.expected_downtime_ms:.0f} ms downtime, ~{fc.data_mib:.0f} MiB sent; "
+            f"start with {fc.strategy.value}"
+        )
+    else:
+        head = f"forecast: pre-copy alone will NOT converge; start with {fc.strategy.value}"
+    return [
+        head,
+        f"  why: {fc.reason}",
+        (
+            f"  inputs: dirty rate {i.dirty_rate_mib_s:.1f} MiB/s (measured over {window_s} s, "
+            f"page sampling), bandwidth {i.bandwidth_mib_s:.0f} MiB/s ({i.bandwidth_source}), "
+            f"bulk data {i.memory_mib:.0f} MiB (guest RSS), max downtime {i.max_downtime_ms} ms"
+        ),
+    ]
+
+
+# --------------------------------------------------------------------------- the gate
+
+
+@dataclass(slots=True)
+class Gate:
+    """Pre-flight, forecast and reservation around one migration."""
+
+    results: tuple[CheckResult, ...] = ()
+    forecast: Forecast | None = None
+    forecast_error: str = ""
+    window_s: int = DEFAULT_WINDOW_S
+    reservation_id: str = ""
+    release: Callable[[], None] | None = field(default=None, repr=False)
+
+    def check_section(self) -> dict[str, object]:
+        """JSON: checks and forecast."""
+        return {
+            "may_proceed": not blockers(self.results),
+            "blockers": [r.name for r in blockers(self.results)],
+            "checks": [r.to_dict() for r in self.results],
+            "forecast": None if self.forecast is None else self.forecast.to_dict(),
+            "forecast_error": self.forecast_error,
+            "dirty_rate_window_s": self.window_s,
+        }
+
+    def forecast_section(self, report_like: Mapping[str, object]) -> dict[str, object]:
+        """Prediction vs outcome for the migration report."""
+        if self.forecast is None:
+            return {"prediction": None, "error": self.forecast_error}
+        pred = self.forecast.to_dict()
+        measured = {
+            "rounds": report_like.get("iterations"),
+            "total_time_s": report_like.get("qemu_elapsed_s"),
+            "downtime_ms": report_like.get("downtime_ms"),
+            "data_mib": report_like.get("data_mib"),
+        }
+        errors: dict[str, float | None] = {}
+        for key, pkey in (
+            ("rounds", "rounds"),
+            ("total_time_s", "total_time_s"),
+            ("downtime_ms", "expected_downtime_ms"),
+            ("data_mib", "data_mib"),
+        ):
+            p, m = pred.get(pkey), measured.get(key)
+            ok = isinstance(p, int | float) and isinstance(m, int | float) and m
+            errors[key] = round(100 * relative_error(float(p), float(m)), 1) if ok else None  # type: ignore[arg-type]
+        return {"prediction": pred, "measured": measured, "error_pct": errors}
+
+
+def run_gate(  # noqa: PLR0913  the gate's inputs, keyword-only
+    *,
+    source: Hypervisor,
+    dest: Hypervisor,
+    domain: str,
+    dest_uri: str,
+    skip: Sequence[str],
+    bandwidth_mib_s: int | None,
+    max_downtime_ms: int | None,
+    window_s: int,
+    reserve: bool,
+) -> Gate:
+    """Gather facts, run checks, forecast, and (``reserve``) reserve on the destination.
+
+    Raises:
+        UsageError: an unknown ``--skip-check`` name.
+        PreflightFailed: a check blocks (nothing was changed).
+        ReservationError: the destination refused the reservation.
+
+    """
+    from libvirt_vmotion.agent import (  # noqa: PLC0415
+        AgentOperationFailed,
+        AgentUnavailable,
+        RemoteHost,
+    )
+    from libvirt_vmotion.facts import gather, measure_forecast  # noqa: PLC0415
+
+    bad = unknown_skips(skip)
+    if bad:
+        msg = f"unknown check name(s) for --skip-check: {', '.join(bad)}"
+        raise UsageError(msg, hint="Known checks: " + ", ".join(check_names()))
+    agent = RemoteHost.for_uri(dest_uri)
+    facts = gather(source, dest, domain, agent=agent)
+    gate = Gate(results=run_checks(facts, skip=skip), window_s=window_s)
+    if not blockers(gate.results):
+        measured = measure_forecast(
+            source,
+            domain,
+            bandwidth_mib_s=bandwidth_mib_s,
+            max_downtime_ms=max_downtime_ms,
+            window_s=window_s,
+            sleep=time.sleep,
+        )
+        gate.forecast, gate.forecast_error = measured.forecast, measured.error
+    else:
+        gate.forecast_error = "not measured: a check blocks the migration"
+    if not reserve or blockers(gate.results) or not facts.agent.available:
+        return gate
+    rid = str(uuid.uuid4())
+    need = facts.guest.memory_bytes + facts.qemu_overhead_bytes
+    try:
+        agent.call(
+            "reserve",
+            {
+                "id": rid,
+                "domain": facts.guest.name,
+                "owner": f"vmotion pid {os.getpid()} on {socket.gethostname()}",
+                "memory_bytes": need,
+                "vcpus": facts.guest.vcpus,
+            },
+        )
+    except AgentOperationFailed as exc:
+        raise ReservationError(exc.message, hint=exc.hint) from exc
+    except AgentUnavailable as exc:
+        msg = f"Could not reserve {format_bytes(need)} on {facts.dest.hostname}: {exc.message}"
+        raise ReservationError(msg, hint=exc.hint) from exc
+    gate.reservation_id = rid
+
+    def release() -> None:
+        try:
+            agent.call("release", {"id": rid})
+        except VmotionError as exc:  # the lease and the hook release it anyway
+            sys.stderr.write(f"warning: could not release reservation {rid}: {exc.message}\n")
+
+    gate.release = release
+    return gate
+
+
+def print_gate(gate: Gate, out: TextIO, *, only_problems: bool) -> None:
+    """Human output of the checks and the forecast."""
+    shown = (
+        [r for r in gate.results if r.verdict is not Verdict.OK]
+        if only_problems
+        else list(gate.results)
+    )
+    bad = blockers(gate.results)
+    warnings = sum(1 for r in gate.results if r.verdict is Verdict.WARNING)
+    lines = ["pre-flight:", *render_results(shown)]
+    if bad:
+        lines.append(f"verdict: BLOCKED by {', '.join(sorted({r.name for r in bad}))}")
+    else:
+        lines.append(f"verdict: may proceed ({len(gate.results)} checks, {warnings} warning(s))")
+        lines += render_forecast(gate.forecast, gate.forecast_error, gate.window_s)
+    out.write("\n".join(lines) + "\n")
+    out.flush()
+
+
+def raise_if_blocked(gate: Gate) -> None:
+    """Raise PreflightFailed naming every blocker and what to do."""
+    bad = blockers(gate.results)
+    if not bad:
+        return
+    first = bad[0]
+    names = ", ".join(dict.fromkeys(r.name for r in bad))
+    msg = f"Pre-flight found {len(bad)} blocker(s) ({names}): " + " ".join(
+        f"[{r.name}] {r.message}" for r in bad
+    )
+    more = (
+        " Run `vmotion check` with the same arguments to see every finding." if len(bad) > 1 else ""
+    )
+    raise PreflightFailed(msg, hint=first.hint + more)
+
+
+class GateContext:
+    """``with GateContext(...) as gate:`` around ``driver.migrate``; releases on exit."""
+
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        request: MigrationRequest,
+        source: Hypervisor,
+        dest: Hypervisor,
+    ) -> None:
+        """Remember what to check; nothing runs until ``__enter__``."""
+        self._args = args
+        self._request = request
+        self._source = source
+        self._dest = dest
+        self.gate = Gate()
+
+    def __enter__(self) -> Gate:
+        """Run pre-flight (exit 3), forecast, and reserve (exit 4)."""
+        req = self._request
+        self.gate = run_gate(
+            source=self._source,
+            dest=self._dest,
+            domain=req.domain,
+            dest_uri=req.dest_uri,
+            skip=getattr(self._args, "skip_check", []) or [],
+            bandwidth_mib_s=req.bandwidth_mib_s,
+            max_downtime_ms=req.max_downtime_ms,
+            window_s=getattr(self._args, "dirty_rate_window", DEFAULT_WINDOW_S),
+            reserve=True,
+        )
+        raise_if_blocked(self.gate)  # the error lists the blockers; no table before it
+        print_gate(self.gate, sys.stderr, only_problems=True)
+        return self.gate
+
+    def __exit__(
+        self,
+        _typ: type[BaseException] | None,
+        _exc: BaseException | None,
+        _tb: TracebackType | None,
+    ) -> None:
+        """Release the reservation, whatever happened."""
+        if self.gate.release is not None:
+            self.gate.release()
+            self.gate.release = None
+
+
+def migrate_forecast_section(gate: Gate, report: Mapping[str, object]) -> dict[str, object]:
+    """The ``forecast`` section of a migrate report: prediction vs outcome."""
+    elapsed_ms = report.get("qemu_elapsed_ms")
+    data = report.get("data_transferred_bytes")
+    like = {
+        "iterations": report.get("iterations"),
+        "qemu_elapsed_s": elapsed_ms / 1000 if isinstance(elapsed_ms, int | float) else None,
+        "downtime_ms": report.get("downtime_ms"),
+        "data_mib": data / 1024 / 1024 if isinstance(data, int | float) else None,
+    }
+    return gate.forecast_section(like)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """``vmotion check``: exit 0 if the migration may proceed, 3 if blocked."""
+    from libvirt_vmotion.virt import Hypervisor  # noqa: PLC0415
+
+    source_uri = args.source_uri or os.environ.get("LIBVIRT_DEFAULT_URI") or "qemu:///system"
+    if source_uri == args.dest_uri:
+        msg = f"--from and --to are the same URI ({args.dest_uri})."
+        raise UsageError(msg, hint="Give the destination host's URI with --to.")
+    with Hypervisor.open(source_uri) as source, Hypervisor.open(args.dest_uri) as dest:
+        gate = run_gate(
+            source=source,
+            dest=dest,
+            domain=args.domain,
+            dest_uri=args.dest_uri,
+            skip=args.skip_check,
+            bandwidth_mib_s=args.bandwidth,
+            max_downtime_ms=args.max_downtime,
+            window_s=args.dirty_rate_window,
+            reserve=False,
+        )
+    if args.json:
+        print(json.dumps(gate.check_section(), sort_keys=True))  # noqa: T201  machine output
+    else:
+        print_gate(gate, sys.stdout, only_problems=False)
+    return ExitCode.PREFLIGHT if blockers(gate.results) else ExitCode.OK
+
+
+def cmd_hooks(args: argparse.Namespace) -> int:
+    """``vmotion hooks install|uninstall|status``."""
+    from pathlib import Path  # noqa: PLC0415
+
+    from libvirt_vmotion import hooks  # noqa: PLC0415
+
+    etc = Path(args.etc)
+    if args.hooks_command == "install":
+        path = hooks.install(etc=etc, python=sys.executable)
+        print(f"installed {path} (runs {sys.executable} -m libvirt_vmotion.hooks)")  # noqa: T201
+        print(  # noqa: T201
+            "note: libvirtd looks for hook scripts when it starts; restart it if it ran "
+            "without any qemu hook before."
+        )
+        return ExitCode.OK
+    if args.hooks_command == "uninstall":
+        removed = hooks.uninstall(etc=etc)
+        print("removed " + str(removed) if removed else "not installed")  # noqa: T201
+        return ExitCode.OK
+    print(hooks.status(etc=etc))  # noqa: T201
+    return ExitCode.OK if hooks.installed_path(etc).exists() else ExitCode.ERROR
+
+
+def run(args: argparse.Namespace) -> int:
+    """Dispatch ``check`` and ``hooks``."""
+    if args.command == "check":
+        return cmd_check(args)
+    return cmd_hooks(args)

@@ -1,0 +1,298 @@
+"""Gather pre-flight facts at the edge: libvirt's remote API, then our agent.
+
+I/O: talks to both hosts' libvirtd through ``virt`` (which alone imports
+libvirt) and to the destination's agent over ssh through ``agent``. Holds no
+policy: it only fills the fact dataclasses of ``preflight``.
+
+Everything libvirt's remote API can answer works against a destination
+without our package. What only the host knows (bridge port flags, MemAvailable,
+hugepages, reservations, whether a disk path exists there) comes from the
+agent; when the agent cannot run, ``AgentFacts.available`` is False and carries
+the reason, and the checks that needed it say so.
+"""
+
+from __future__ import annotations
+
+import logging
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from libvirt_vmotion import domxml
+from libvirt_vmotion.agent import AgentOperationFailed, AgentUnavailable, RemoteHost
+from libvirt_vmotion.errors import Unsupported, VmotionError
+from libvirt_vmotion.forecast import Forecast, ForecastInputs, forecast
+from libvirt_vmotion.model import MIB
+from libvirt_vmotion.preflight import (
+    AgentFacts,
+    BridgeFacts,
+    CpuCompat,
+    CpuFacts,
+    DiskView,
+    DomainCapsFacts,
+    GuestFacts,
+    HostFacts,
+    NetworkFacts,
+    PortFlags,
+    PreflightFacts,
+    ReservationView,
+)
+from libvirt_vmotion.virt import Guest, Hypervisor
+
+log = logging.getLogger(__name__)
+
+_TAPS = ("vnet", "tap", "macvtap", "vif")
+ASSUMED_BANDWIDTH_MIB_S = 1000.0
+"""Bandwidth assumed for the forecast when there is no cap (a 10 Gbit/s link)."""
+
+
+def host_facts(hv: Hypervisor, *, arch: str, virt_type: str) -> HostFacts:
+    """Identity, versions, CPUs, memory and machine types of one host."""
+    ident = hv.identity()
+    machines, emulators = domxml.capabilities_machines(
+        hv.capabilities_xml(), arch=arch, virt_type=virt_type
+    )
+    return HostFacts(
+        uri=hv.uri,
+        hostname=ident.hostname,
+        host_uuid=ident.host_uuid,
+        libvirt_version=ident.libvirt_version,
+        qemu_version=ident.hypervisor_version,
+        arch=arch,
+        cpus=hv.host_cpus(),
+        free_memory_bytes=_free_memory(hv),
+        machines=machines,
+        emulators=emulators,
+    )
+
+
+def _free_memory(hv: Hypervisor) -> int:
+    try:
+        return hv.free_memory_bytes()
+    except Unsupported:
+        log.debug("%s cannot report free memory", hv.uri)
+        return 0
+
+
+def _bridge(dest: Hypervisor, name: str) -> BridgeFacts | None:
+    try:
+        exists, active, xml = dest.bridge_interface(name)
+    except VmotionError as exc:
+        log.debug("cannot inspect bridge %s on %s: %s", name, dest.uri, exc.message)
+        return None
+    if not exists:
+        return BridgeFacts(name=name, exists=False)
+    root = ET.fromstring(xml)  # noqa: S314  our own libvirtd's XML
+    members = [i.get("name", "") for i in root.findall("bridge/interface")]
+    mtu = root.find("mtu")
+    return BridgeFacts(
+        name=name,
+        exists=True,
+        active=active,
+        uplinks=tuple(m for m in members if m and not m.startswith(_TAPS)),
+        mtu=int(mtu.get("size", "0")) if mtu is not None else None,
+    )
+
+
+def _cpu(dest: Hypervisor, guest: GuestFacts, xml: str) -> CpuFacts:
+    cpu = domxml.cpu_xml(xml)
+    if not cpu or guest.cpu_mode in {"host-passthrough", "host-model", "maximum"}:
+        detail = f"guest CPU mode {guest.cpu_mode or 'default'} follows the host"
+        return CpuFacts(CpuCompat.SUPERSET, detail)
+    try:
+        result, detail = dest.compare_guest_cpu(
+            cpu,
+            emulator=guest.emulator or None,
+            arch=guest.arch,
+            machine=guest.machine or None,
+            virt_type=guest.virt_type,
+        )
+    except VmotionError as exc:
+        return CpuFacts(CpuCompat.UNKNOWN, exc.message)
+    return CpuFacts(CpuCompat(result), detail)
+
+
+def _domain_caps(dest: Hypervisor, guest: GuestFacts) -> DomainCapsFacts:
+    try:
+        xml = dest.domain_capabilities_xml(
+            emulator=guest.emulator or None,
+            arch=guest.arch,
+            machine=guest.machine or None,
+            virt_type=guest.virt_type,
+        )
+    except VmotionError as exc:
+        return DomainCapsFacts(available=False, detail=exc.message)
+    return domxml.domain_caps(xml)
+
+
+def _agent_facts(agent: RemoteHost | None, bridges: list[str], paths: list[str]) -> AgentFacts:
+    if agent is None:
+        return AgentFacts(available=False, error="agent not used (--no-agent)")
+    try:
+        got = agent.call("host-facts", {"bridges": bridges, "paths": paths})
+    except (AgentUnavailable, AgentOperationFailed) as exc:
+        return AgentFacts(available=False, error=exc.message)
+    ports_raw = got.get("bridge_ports", {})
+    ports = {
+        str(br): tuple(
+            PortFlags(
+                port=str(p["port"]),
+                state=str(p["state"]),
+                learning=bool(p["learning"]),
+                flooding=bool(p["flooding"]),
+            )
+            for p in plist
+        )
+        for br, plist in (ports_raw.items() if isinstance(ports_raw, dict) else [])
+    }
+    view_raw = got.get("reservation")
+    view = None
+    if isinstance(view_raw, dict):
+        view = ReservationView(
+            reserved_memory_bytes=int(view_raw.get("reserved_memory_bytes", 0)),
+            reserved_vcpus=int(view_raw.get("reserved_vcpus", 0)),
+            inbound_active=int(view_raw.get("inbound_active", 0)),
+            inbound_limit=int(view_raw.get("inbound_limit", 2)),
+            memory_limit_bytes=view_raw.get("memory_limit_bytes"),
+            vcpu_limit=view_raw.get("vcpu_limit"),
+        )
+    paths_raw = got.get("paths_exist", {})
+    mem = got.get("mem_available_bytes")
+    huge = got.get("hugepages_free_bytes")
+    return AgentFacts(
+        available=True,
+        mem_available_bytes=int(mem) if isinstance(mem, int) else None,
+        hugepages_free_bytes=int(huge) if isinstance(huge, int) else None,
+        bridge_ports=ports,
+        reservation=view,
+        paths_exist={str(k): bool(v) for k, v in paths_raw.items()}
+        if isinstance(paths_raw, dict)
+        else {},
+    )
+
+
+def _disk_views(dest: Hypervisor, guest: GuestFacts, agent: AgentFacts) -> Mapping[str, DiskView]:
+    views: dict[str, DiskView] = {}
+    for disk in guest.disks:
+        if not disk.source or disk.kind not in {"file", "block"}:
+            continue
+        pool: str | None = None
+        why = "no storage pool on the destination holds it"
+        try:
+            pool = dest.volume_pool_for_path(disk.source)
+        except Unsupported as exc:
+            why = f"destination has no storage driver ({exc.message})"
+        except VmotionError as exc:
+            why = exc.message
+        if pool is not None:
+            views[disk.source] = DiskView(disk.source, visible=True, how=f"storage pool {pool}")
+        elif disk.source in agent.paths_exist:
+            seen = agent.paths_exist[disk.source]
+            how = "the path exists there (agent)" if seen else "no such file there (agent)"
+            views[disk.source] = DiskView(disk.source, visible=seen, how=how)
+        else:
+            views[disk.source] = DiskView(disk.source, visible=None, how=why)
+    return views
+
+
+def guest_facts(guest: Guest) -> tuple[GuestFacts, str]:
+    """The guest's facts and its live XML."""
+    xml = guest.xml()
+    try:
+        job = guest.has_job()
+    except Unsupported:  # a driver without job info has no jobs either
+        job = False
+    return domxml.guest_facts(xml, state=guest.state_name(), job_active=job), xml
+
+
+def gather(
+    source: Hypervisor,
+    dest: Hypervisor,
+    domain: str,
+    *,
+    agent: RemoteHost | None,
+    qemu_overhead_bytes: int = 256 * MIB,
+) -> PreflightFacts:
+    """Collect every fact the checks need.
+
+    Raises:
+        DomainNotFound: no such guest on the source.
+        ConnectionFailed: a host stopped answering.
+
+    """
+    guest = source.lookup(domain)
+    gfacts, xml = guest_facts(guest)
+    src = host_facts(source, arch=gfacts.arch, virt_type=gfacts.virt_type)
+    dst = host_facts(dest, arch=gfacts.arch, virt_type=gfacts.virt_type)
+    networks: dict[str, NetworkFacts] = {}
+    bridge_names: list[str] = []
+    for nic in gfacts.nics:
+        if nic.kind == "network" and nic.source not in networks:
+            try:
+                exists, active, bridge = dest.virtual_network(nic.source)
+            except VmotionError as exc:
+                log.debug("cannot inspect network %s: %s", nic.source, exc.message)
+                continue
+            networks[nic.source] = NetworkFacts(nic.source, exists, active, bridge)
+            if bridge:
+                bridge_names.append(bridge)
+        elif nic.kind == "bridge":
+            bridge_names.append(nic.source)
+    bridge_names = sorted(set(bridge_names))
+    bridges = {b: facts for b in bridge_names if (facts := _bridge(dest, b)) is not None}
+    paths = [d.source for d in gfacts.disks if d.source and d.kind in {"file", "block"}]
+    agent_facts = _agent_facts(agent, bridge_names, paths)
+    return PreflightFacts(
+        source=src,
+        dest=dst,
+        guest=gfacts,
+        cpu=_cpu(dest, gfacts, xml),
+        dest_caps=_domain_caps(dest, gfacts),
+        bridges=bridges,
+        networks=networks,
+        disks=_disk_views(dest, gfacts, agent_facts),
+        agent=agent_facts,
+        qemu_overhead_bytes=qemu_overhead_bytes,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Measured:
+    """The forecast and how its dirty rate was measured."""
+
+    forecast: Forecast | None
+    window_s: int
+    error: str = ""
+
+
+def measure_forecast(  # noqa: PLR0913  the forecast's inputs, keyword-only
+    source: Hypervisor,
+    domain: str,
+    *,
+    bandwidth_mib_s: int | None,
+    max_downtime_ms: int | None,
+    window_s: int,
+    sleep: Callable[[float], None],
+) -> Measured:
+    """Measure the dirty rate (page sampling) and compute the forecast.
+
+    Never measures while a job runs on the guest (it would disturb a migration).
+    """
+    guest = source.lookup(domain)
+    try:
+        if guest.has_job():
+            return Measured(None, window_s, "a job runs on the guest; not measuring")
+        rate = guest.measure_dirty_rate_mib_s(seconds=window_s, sleep=sleep)
+        resident = guest.resident_bytes()
+        ram = domxml.guest_facts(guest.xml()).memory_bytes
+    except VmotionError as exc:
+        return Measured(None, window_s, exc.message)
+    bulk = min(resident, ram) if resident else ram
+    inputs = ForecastInputs(
+        memory_mib=bulk / MIB,
+        dirty_rate_mib_s=rate,
+        bandwidth_mib_s=float(bandwidth_mib_s or ASSUMED_BANDWIDTH_MIB_S),
+        max_downtime_ms=max_downtime_ms or 300,
+        bandwidth_source="cap" if bandwidth_mib_s else "assumed (no cap, not measured)",
+    )
+    return Measured(forecast(inputs), window_s)

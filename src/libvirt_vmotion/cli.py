@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TextIO
 
 from libvirt_vmotion import __version__, checks_cli
+from libvirt_vmotion.bench.options import add_bench_parser
 from libvirt_vmotion.errors import (
     AbortRefused,
     ExitCode,
@@ -96,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_netcheck(sub)
     _add_cancel_status(sub)
     _add_lab(sub)
+    add_bench_parser(sub)
     return parser
 
 
@@ -593,6 +595,10 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911  one branch
             return cmd_cancel_status(args)
         if args.command in {"check", "hooks"}:
             return checks_cli.run(args)
+        if args.command == "bench":
+            from libvirt_vmotion.bench.runner import cmd_bench  # noqa: PLC0415  lab only when asked
+
+            return cmd_bench(args)
         from libvirt_vmotion.lab.cli import run_lab_command  # noqa: PLC0415  lab only when asked
 
         return run_lab_command(args)

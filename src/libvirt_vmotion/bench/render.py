@@ -1,0 +1,198 @@
+"""The benchmark's results document (JSON) and its Markdown summary.
+
+Pure: no I/O, no clock. The runner writes what these functions return.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Final
+
+from libvirt_vmotion.bench.matrix import (
+    MIB,
+    BenchParams,
+    CellSummary,
+    RunResult,
+    Tool,
+    failed_runs,
+    ratio,
+    summarize,
+)
+
+RESULTS_VERSION: Final = 1
+
+
+def build_results_doc(  # noqa: PLR0913  keyword-only parts of one document
+    *,
+    params: BenchParams,
+    runs: Sequence[RunResult],
+    machine: Mapping[str, object],
+    command: str,
+    started: str,
+    duration_s: float,
+    calibration: Mapping[str, object],
+) -> dict[str, object]:
+    """Everything the benchmark measured, JSON-ready.
+
+    Args:
+        params: the matrix that was run.
+        runs: every measured migration.
+        machine: host facts (CPU, memory, kernel, QEMU and libvirt versions, load).
+        command: the command line that produced this.
+        started: when it started (ISO 8601, UTC).
+        duration_s: how long the whole benchmark took.
+        calibration: per RAM size, how RAM touched was measured.
+
+    """
+    return {
+        "results_version": RESULTS_VERSION,
+        "command": command,
+        "started": started,
+        "duration_s": round(duration_s, 1),
+        "machine": dict(machine),
+        "parameters": params.as_dict(),
+        "calibration": dict(calibration),
+        "failures": len(failed_runs(runs)),
+        "runs": [r.as_dict() for r in runs],
+        "summary": [_summary_dict(s) for s in summarize(runs)],
+    }
+
+
+def _summary_dict(summary: CellSummary) -> dict[str, object]:
+    return {
+        "ram_mib": summary.cell.ram_mib,
+        "fraction": summary.cell.fraction,
+        "tool": str(summary.tool),
+        "runs": summary.runs,
+        "converged": summary.converged,
+        "mismatches": summary.mismatches,
+        "median": dict(summary.median),
+        "worst": dict(summary.worst),
+        "median_limit_ratio": summary.median_limit_ratio,
+        "strategies": list(summary.strategies),
+    }
+
+
+def _num(value: float | None, digits: int = 1) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def _mib(value: float | None) -> str:
+    return "n/a" if value is None else f"{value / MIB:.0f}"
+
+
+def _pair(summary: CellSummary, name: str, digits: int = 1) -> str:
+    return f"{_num(summary.median.get(name), digits)} / {_num(summary.worst.get(name), digits)}"
+
+
+def _ratio_text(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}x"
+
+
+def build_summary_md(  # noqa: PLR0913  keyword-only parts of one document
+    *,
+    params: BenchParams,
+    runs: Sequence[RunResult],
+    machine: Mapping[str, object],
+    command: str,
+    started: str,
+    plots: Sequence[str] = (),
+) -> str:
+    """The Markdown summary: medians and worst per cell, ours vs each baseline as ratios."""
+    summaries = summarize(runs)
+    lines = [
+        "# Live migration benchmark",
+        "",
+        f"Command: `{command}`  ",
+        f"Started: {started}  ",
+        "Machine: "
+        + ", ".join(
+            f"{key} {machine[key]}"
+            for key in ("cpus", "cpu_model", "memory_gib", "kernel", "qemu", "libvirt", "loadavg")
+            if key in machine
+        )
+        + "  ",
+        (
+            f"Parameters: bandwidth cap {params.bandwidth_mib_s} MiB/s, "
+            f"budget {params.budget_s:g} s per run, {params.reps} rep(s), "
+            f"tools {', '.join(str(t) for t in params.tools)}; "
+            f"working set RAM/{params.wss_divisor}; dirty rate = fraction x bandwidth cap."
+        ),
+        "",
+    ]
+    failed = failed_runs(runs)
+    if failed:
+        lines += [
+            f"**FAILURE: the guest lost pages in {len(failed)} run(s)** "
+            + ", ".join(f"{r.tool} {r.cell.label} rep {r.rep}: {r.mismatches}" for r in failed),
+            "",
+        ]
+    lines += [
+        "## Per cell (median / worst)",
+        "",
+        (
+            "| cell | tool | converged | total s | downtime ms | longest gap ms "
+            "| MiB sent | rounds | x limit | strategy |"
+        ),
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    lines.extend(
+        f"| {s.cell.label} | {s.tool} | {s.converged}/{s.runs} | {_pair(s, 'total_time_s')} "
+        f"| {_pair(s, 'downtime_ms', 0)} | {_pair(s, 'longest_gap_ms', 0)} "
+        f"| {_mib(s.median.get('bytes_transferred'))} / {_mib(s.worst.get('bytes_transferred'))} "
+        f"| {_pair(s, 'rounds', 0)} | {_num(s.median_limit_ratio, 2)} "
+        f"| {', '.join(s.strategies) or 'n/a'} |"
+        for s in summaries
+    )
+    lines += ["", *_ratio_section(summaries, params.tools)]
+    lines += [
+        "",
+        "## How to read this",
+        "",
+        (
+            "- total s: wall time of the tool's command (what the user waits), including aborted "
+            "runs (they waited the budget)."
+        ),
+        (
+            "- downtime ms: QEMU's downtime from the completed job (n/a after post-copy: libvirt "
+            "keeps no completed statistics then); downtime and gap count converged runs only."
+        ),
+        "- longest gap ms: longest silence of 10 ms pings from the client namespace.",
+        (
+            "- x limit: median total time / (RAM touched / bandwidth), converged runs only; RAM "
+            "touched is guest RAM minus zero pages, measured by an uncapped calibration migration."
+        ),
+        "- ratios: ours / baseline on medians; below 1.00x we are better.",
+    ]
+    if plots:
+        lines += ["", "## Plots", ""]
+        lines.extend(f"![{name}]({name})" for name in plots)
+    return "\n".join(lines) + "\n"
+
+
+def _ratio_section(summaries: Sequence[CellSummary], tools: Sequence[Tool]) -> list[str]:
+    if Tool.OURS not in tools or len(tools) < 2:
+        return []
+    by_key = {(s.cell, s.tool): s for s in summaries}
+    lines = [
+        "## Ours vs each baseline (ratio of medians, ours / theirs)",
+        "",
+        "| cell | baseline | converged ours / theirs | total time | downtime | longest gap |",
+        "|---|---|---|---|---|---|",
+    ]
+    for s in summaries:
+        if s.tool is not Tool.OURS:
+            continue
+        for tool in tools:
+            theirs = by_key.get((s.cell, tool))
+            if tool is Tool.OURS or theirs is None:
+                continue
+            cells = [
+                _ratio_text(ratio(s.median.get(name), theirs.median.get(name)))
+                for name in ("total_time_s", "downtime_ms", "longest_gap_ms")
+            ]
+            lines.append(
+                f"| {s.cell.label} | {tool} | {s.converged}/{s.runs} vs "
+                f"{theirs.converged}/{theirs.runs} | " + " | ".join(cells) + " |"
+            )
+    return lines

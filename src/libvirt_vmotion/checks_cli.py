@@ -144,7 +144,8 @@ def render_forecast(fc: Forecast | None, error: str, window_s: int) -> list[str]
         (
             f"  inputs: dirty rate {i.dirty_rate_mib_s:.1f} MiB/s (measured over {window_s} s, "
             f"page sampling), bandwidth {i.bandwidth_mib_s:.0f} MiB/s ({i.bandwidth_source}), "
-            f"bulk data {i.memory_mib:.0f} MiB (guest RSS), max downtime {i.max_downtime_ms} ms"
+            f"bulk data {i.memory_mib:.0f} MiB (QEMU RSS less its own share), "
+            f"max downtime {i.max_downtime_ms} ms"
         ),
     ]
 

@@ -67,6 +67,9 @@ class ForecastInputs:
         working_set_mib: most memory the guest dirties per round (None: unbounded).
         switchover_overhead_ms: fixed switchover cost.
         bandwidth_source: "cap" or "measured" or "assumed" (for the printout).
+        switchover_bandwidth_mib_s: rate of the final stop-and-copy round. QEMU
+            does not rate-limit the switchover (LAB-NOTES), so under a cap this
+            is the link's speed; None means ``bandwidth_mib_s``.
 
     """
 
@@ -77,6 +80,7 @@ class ForecastInputs:
     working_set_mib: float | None = None
     switchover_overhead_ms: int = DEFAULT_SWITCHOVER_OVERHEAD_MS
     bandwidth_source: str = "cap"
+    switchover_bandwidth_mib_s: float | None = None
 
     def __post_init__(self) -> None:
         """Validate: sizes and rates must be usable numbers."""
@@ -141,6 +145,7 @@ class Forecast:
                 "max_downtime_ms": i.max_downtime_ms,
                 "working_set_mib": i.working_set_mib,
                 "switchover_overhead_ms": i.switchover_overhead_ms,
+                "switchover_bandwidth_mib_s": i.switchover_bandwidth_mib_s,
             },
         }
 
@@ -166,7 +171,9 @@ def forecast(inputs: ForecastInputs, *, max_rounds: int = DEFAULT_MAX_ROUNDS) ->
     for round_no in range(1, max_rounds + 1):
         if round_no > 1 and pending <= budget_mib:
             # Stop-and-copy: this round is sent with the guest paused.
-            downtime_ms = pending / bw * 1000 + inputs.switchover_overhead_ms
+            # QEMU decides with the capped rate but sends the last round unthrottled.
+            switch_bw = max(bw, inputs.switchover_bandwidth_mib_s or bw)
+            downtime_ms = pending / switch_bw * 1000 + inputs.switchover_overhead_ms
             total_s = elapsed_s + downtime_ms / 1000
             return Forecast(
                 inputs=inputs,

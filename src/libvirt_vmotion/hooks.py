@@ -40,6 +40,8 @@ from libvirt_vmotion.reservation import (
 )
 
 HOOK_NAME: Final = "50-libvirt-vmotion"
+AUDIT_LOG: Final = Path("/var/log/libvirt/vmotion-hook.log")
+"""One line per decision the hook takes (libvirt itself logs only failures)."""
 QEMU_OVERHEAD_BYTES: Final = 256 * 1024 * 1024
 """Same QEMU overhead the controller reserves (preflight's default)."""
 
@@ -96,7 +98,16 @@ def status(*, etc: Path) -> str:
 # --------------------------------------------------------------------------- hook actions
 
 
+def _audit(line: str) -> None:
+    try:
+        with AUDIT_LOG.open("a") as fh:
+            fh.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {line}\n")
+    except OSError:
+        pass  # auditing must never decide a migration
+
+
 def _veto(domain: str, message: str, hint: str) -> int:
+    _audit(f"veto migrate {domain}: {message}")
     sys.stderr.write(
         f"libvirt-vmotion on {socket.gethostname()} refused the migration of '{domain}': "
         f"{message} Hint: {hint}\n"
@@ -156,6 +167,7 @@ def on_migrate_begin(domain: str, xml: str, *, store: ReservationStore, now_s: f
     store.set_state(
         mine.reservation_id, State.INCOMING, lease_s=capacity.incoming_lease_s, now_s=now_s
     )
+    _audit(f"incoming migrate {domain}: reservation {mine.reservation_id} ({mine.owner})")
     return 0
 
 
@@ -166,16 +178,19 @@ def on_started(domain: str, *, store: ReservationStore, now_s: float) -> None:
         return
     if mine.owner == HOOK_OWNER:
         store.release(now_s=now_s, reservation_id=mine.reservation_id)
+        _audit(f"started {domain}: committed and released {mine.reservation_id}")
         return
     capacity = load_capacity()
     store.set_state(
         mine.reservation_id, State.COMMITTED, lease_s=capacity.commit_grace_s, now_s=now_s
     )
+    _audit(f"started {domain}: committed {mine.reservation_id} for its owner to release")
 
 
 def on_stopped(domain: str, *, store: ReservationStore, now_s: float) -> None:
     """The guest stopped here (a failed incoming migration, or shut down): release."""
-    store.release(now_s=now_s, domain=domain)
+    if store.release(now_s=now_s, domain=domain):
+        _audit(f"stopped {domain}: released its reservation")
 
 
 def main(argv: list[str], stdin: TextIO) -> int:

@@ -97,3 +97,13 @@ def test_to_dict_has_prediction_and_inputs() -> None:
 def test_relative_error() -> None:
     assert relative_error(110, 100) == pytest.approx(0.1)
     assert relative_error(0, 0) == 0
+
+
+def test_switchover_is_not_rate_limited() -> None:
+    capped = ForecastInputs(memory_mib=100, dirty_rate_mib_s=10, bandwidth_mib_s=100)
+    fast_switch = ForecastInputs(
+        memory_mib=100, dirty_rate_mib_s=10, bandwidth_mib_s=100, switchover_bandwidth_mib_s=1000
+    )
+    assert forecast(capped).expected_downtime_ms == pytest.approx(150)
+    assert forecast(fast_switch).expected_downtime_ms == pytest.approx(60)
+    assert forecast(fast_switch).rounds == forecast(capped).rounds

@@ -1,0 +1,101 @@
+"""The qemu hook's decisions against a real SQLite store in a temp dir (no libvirt)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+
+from libvirt_vmotion import hooks
+from libvirt_vmotion.reservation import (
+    HOOK_OWNER,
+    Capacity,
+    ReservationRequest,
+    ReservationStore,
+    State,
+)
+
+GUEST = """<domain type='qemu'><name>web01</name><memory unit='MiB'>{mib}</memory>
+<vcpu>1</vcpu><os><type arch='x86_64' machine='pc'>hvm</type></os>
+<devices>{devices}</devices></domain>"""
+
+
+def xml(mib: int = 256, devices: str = "") -> str:
+    return GUEST.format(mib=mib, devices=devices)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> ReservationStore:
+    return ReservationStore(tmp_path / "r.db", host="hostb")
+
+
+def test_plain_migration_takes_a_reservation_and_started_releases_it(
+    store: ReservationStore,
+) -> None:
+    assert hooks.on_migrate_begin("web01", xml(), store=store, now_s=100) == 0
+    (row,) = store.list(now_s=101)
+    assert row.owner == HOOK_OWNER
+    assert row.state is State.INCOMING
+    assert row.memory_bytes == (256 + 256) * 1024 * 1024
+    hooks.on_started("web01", store=store, now_s=102)
+    assert store.list(now_s=103) == []
+
+
+def test_guest_that_does_not_fit_is_vetoed_with_a_reason(
+    store: ReservationStore, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert hooks.on_migrate_begin("web01", xml(mib=10_000_000), store=store, now_s=100) == 1
+    err = capsys.readouterr().err
+    assert "refused the migration of 'web01'" in err
+    assert "needs" in err
+    assert "Hint:" in err
+    assert store.list(now_s=101) == []
+
+
+def test_missing_bridge_is_vetoed(
+    store: ReservationStore, capsys: pytest.CaptureFixture[str]
+) -> None:
+    nic = (
+        "<interface type='bridge'><mac address='52:54:00:00:00:01'/>"
+        "<source bridge='nosuchbr9'/></interface>"
+    )
+    assert hooks.on_migrate_begin("web01", xml(devices=nic), store=store, now_s=1) == 1
+    assert "bridge nosuchbr9" in capsys.readouterr().err
+
+
+def test_controller_reservation_is_verified_then_committed_not_released(
+    store: ReservationStore,
+) -> None:
+    req = ReservationRequest("ctl-1", "web01", "vmotion pid 1", 512 * 1024 * 1024, 1)
+    store.reserve(req, capacity=Capacity(), mem_available_bytes=1 << 34, now_s=1)
+    assert hooks.on_migrate_begin("web01", xml(), store=store, now_s=2) == 0
+    hooks.on_started("web01", store=store, now_s=3)
+    (row,) = store.list(now_s=4)
+    assert row.reservation_id == "ctl-1"
+    assert row.state is State.COMMITTED
+    hooks.on_stopped("web01", store=store, now_s=5)
+    assert store.list(now_s=6) == []
+
+
+def test_other_operations_never_fail_and_print_nothing(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert hooks.main(["web01", "prepare", "begin", "-"], io.StringIO(xml())) == 0
+    assert hooks.main([], io.StringIO("")) == 0
+    assert capsys.readouterr().out == ""
+
+
+def test_install_status_uninstall(tmp_path: Path) -> None:
+    path = hooks.install(etc=tmp_path, python="/opt/venv/bin/python")
+    assert path == tmp_path / "hooks" / "qemu.d" / hooks.HOOK_NAME
+    assert path.stat().st_mode & 0o111
+    assert "/opt/venv/bin/python -m libvirt_vmotion.hooks" in hooks.status(etc=tmp_path)
+    assert hooks.uninstall(etc=tmp_path) == path
+    assert hooks.uninstall(etc=tmp_path) is None
+    assert hooks.status(etc=tmp_path).startswith("not installed")
+
+
+def test_repository_shim_is_the_generated_one() -> None:
+    shim = Path(__file__).parents[2] / "hooks" / "qemu"
+    assert shim.read_text() == hooks.build_shim("python3")

@@ -17,7 +17,7 @@ def run(tool: Tool, fraction: float, total_s: float, *, mismatches: int = 0) -> 
         rep=1,
         converged=total_s < 30,
         total_time_s=total_s,
-        qemu_elapsed_ms=None,
+        qemu_elapsed_ms=int(total_s * 900),
         downtime_ms=40 if tool is Tool.OURS else 200,
         longest_gap_ms=100.0,
         bytes_transferred=300 * MIB,
@@ -67,7 +67,7 @@ def test_summary_shows_cells_ratios_and_no_failure_banner() -> None:
         plots=["total_time_by_fraction.png"],
     )
     assert "FAILURE" not in text
-    assert "| 512MiB@0 | ours | 1/1 | 8.0 / 8.0 | 40 / 40 |" in text
+    assert "| 512MiB@0 | ours | 1/1 | 8.0 / 8.0 | 7.2 | 40 / 40 |" in text
     # ours / virsh: 8/10 s total, 40/200 ms downtime, same gap.
     assert "| 512MiB@0 | virsh | 1/1 vs 1/1 | 0.80x | 0.20x | 1.00x |" in text
     assert "| 512MiB@1 | virsh | 1/1 vs 0/1 |" in text

@@ -61,6 +61,9 @@ SAMPLE_INTERVAL_S: Final = 0.25
 OVER_BUDGET_GRACE_S: Final = 5.0
 """A run may end this long after its budget (abort and process exit) and still count."""
 _COMMAND_ENV: Final = "VMOTION_BENCH_COMMAND"
+_IMAGE_ENV: Final = "VMOTION_BENCH_IMAGE"
+"""kernel, initrd and recipe hash found before re-executing in the client namespace
+(resolving the image again there costs seconds of apt)."""
 
 
 def _err(text: str) -> None:
@@ -86,7 +89,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     try:
         _err(f"bench: lab '{LAB_ID}' (built if needed), guest image")
         topology.up(log=lambda line: log.info("%s", line))
-        ensure_guest_image(log=lambda line: log.info("%s", line))
+        image = ensure_guest_image(log=lambda line: log.info("%s", line))
     except (topology.LabError, RuntimeError) as exc:
         msg = f"Could not prepare the lab for the benchmark: {exc}"
         raise VmotionError(msg, hint=f"See '{command_name()} lab status'.") from exc
@@ -97,6 +100,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         argv.insert(0, "-v")
     shown = " ".join([command_name(), *map(shlex.quote, sys.argv[1:])])
     os.environ[_COMMAND_ENV] = shown
+    os.environ[_IMAGE_ENV] = json.dumps([str(image.kernel), str(image.initrd), image.recipe_hash])
     return guestctl.run_in_client(guestctl.self_command(*argv))
 
 
@@ -380,7 +384,7 @@ class Bench:
         params = self.params
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.machine = machine_facts()
-        self.image = ensure_guest_image()
+        self.image = _image_from_env() or ensure_guest_image()
         self.say(
             f"{params.total_runs()} runs: {len(params.cells())} cells x {params.reps} rep(s) x "
             f"{len(params.tools)} tools; first guess {format_duration(first_guess_run_s(params))} "
@@ -588,6 +592,15 @@ class Bench:
             )
             _write_atomic(self.out_dir / "summary.md", summary)
             self.say(f"wrote results.json, summary.md, {len(plots)} plot(s) to {self.out_dir}")
+
+
+def _image_from_env() -> GuestImage | None:
+    try:
+        kernel, initrd, recipe = json.loads(os.environ.get(_IMAGE_ENV, ""))
+    except ValueError:
+        return None
+    image = GuestImage(kernel=Path(kernel), initrd=Path(initrd), recipe_hash=str(recipe))
+    return image if image.kernel.is_file() and image.initrd.is_file() else None
 
 
 def _one_line(run: RunResult) -> str:

@@ -13,9 +13,10 @@
 # destination's libvirt about bridges, NICs and volumes.
 set -euo pipefail
 
-stamp=/var/lib/libvirt-vmotion/system-packages.v2
+stamp=/var/lib/libvirt-vmotion/system-packages.v3
 if [ -f "$stamp" ] && command -v qemu-system-x86_64 >/dev/null && command -v libvirtd >/dev/null \
-   && command -v sshd >/dev/null; then
+   && command -v sshd >/dev/null && command -v virtlockd >/dev/null \
+   && command -v glusterd >/dev/null; then
   exit 0
 fi
 if [ "$(id -u)" -ne 0 ]; then
@@ -37,11 +38,16 @@ trap '[ "$policy_added" = 1 ] && rm -f "$policy"' EXIT
 
 common=(iproute2 iputils-ping tcpdump cpio gzip busybox-static gcc libc6-dev
         pkg-config python3-venv python3-dev kmod procps psmisc dnsmasq-base
-        openssh-server openssh-client)
+        openssh-server openssh-client
+        glusterfs-server glusterfs-client)
+# GlusterFS: the lab's shared storage (a userspace server in a namespace, FUSE
+# clients on the hosts). The kernel NFS server/client need nfsd/nfs modules the
+# lab machine's kernel does not have; GlusterFS needs only FUSE, and forwards
+# POSIX locks between clients, which the lock manager (virtlockd) relies on.
 virt=(qemu-system-x86 qemu-utils libvirt-daemon libvirt-daemon-driver-qemu
       libvirt-clients libvirt-dev libvirt-daemon-config-network
       libvirt-daemon-driver-interface libvirt-daemon-driver-nodedev
-      libvirt-daemon-driver-storage)
+      libvirt-daemon-driver-storage libvirt-daemon-lock libvirt-daemon-plugin-lockd)
 
 case "${VERSION_CODENAME:-}" in
   bookworm)

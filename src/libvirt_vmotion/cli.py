@@ -447,12 +447,24 @@ def _add_lab(sub: argparse._SubParsersAction[_Parser]) -> None:
     start = gsub.add_parser("start", help="(re)start the guest on a lab host")
     start.add_argument("--host", default="hosta", choices=["hosta", "hostb"])
     _add_guest_settings(start)
+    start.add_argument(
+        "--disk",
+        choices=["shared", "local"],
+        help="give the guest a raw virtio disk on the lab's shared storage or the host's "
+        "own; the workload writes a verified log to it",
+    )
+    start.add_argument("--disk-mib", type=_positive_int, default=256, help="disk size")
+    start.add_argument(
+        "--disk-kib-s", type=int, default=256, help="disk log write rate (KiB/s)"
+    )
+    stor = lsub.add_parser("storage", help="the lab's shared storage (GlusterFS)")
+    stor.add_argument("storage_command", choices=["up", "status"])
     gsub.add_parser("status", help="where the guest runs and what its workload reports")
     wait = gsub.add_parser("wait", help="wait until the workload answers")
     wait.add_argument("--timeout", type=_positive_float, default=90.0, metavar="SECONDS")
     gsub.add_parser("stop", help="destroy and undefine the guest on both hosts")
     setw = gsub.add_parser("set", help="change the workload at runtime")
-    setw.add_argument("setting", choices=["rate", "wss", "mode"])
+    setw.add_argument("setting", choices=["rate", "wss", "mode", "disk_rate"])
     setw.add_argument("value")
 
 

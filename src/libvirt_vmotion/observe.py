@@ -11,12 +11,17 @@ I/O: each wraps a probe and turns its result into a report section.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Final
 
 from libvirt_vmotion.errors import UsageError
 from libvirt_vmotion.lab.probe import PingProbe
 from libvirt_vmotion.lab.workload import StreamProbe, WorkloadError, WorkloadStatus, query_status
+
+DISK_VERIFY_WAIT_S: Final = 20.0
+"""How long ``--workload`` waits, after a move, for the guest to re-read its whole disk log."""
 
 
 @dataclass(slots=True)
@@ -101,4 +106,31 @@ class WorkloadObserver:
                 "write_rate_mib_s": round(after.achieved_mib_s, 1),
             }
         )
+        if after.disk:
+            section.update(self._disk_section(before, after))
         return section
+
+    def _disk_section(
+        self, before: WorkloadStatus | None, after: WorkloadStatus
+    ) -> dict[str, object]:
+        """Summarize the disk log after the move.
+
+        Waits (bounded) for one whole re-read pass that started after switchover,
+        so every acknowledged record was checked on the storage the guest now uses.
+        """
+        deadline = time.monotonic() + DISK_VERIFY_WAIT_S
+        passes_at_end = after.disk_verify_passes
+        while after.disk_verify_passes < passes_at_end + 2 and time.monotonic() < deadline:
+            time.sleep(0.25)
+            after = query_status(self.addr)
+        return {
+            "disk_records": after.disk_records,
+            "disk_acked": after.disk_acked,
+            "disk_acked_during": after.disk_acked - (before.disk_acked if before else 0),
+            "disk_mismatches": after.disk_mismatches,
+            "new_disk_mismatches": after.disk_mismatches
+            - (before.disk_mismatches if before else 0),
+            "disk_io_errors": after.disk_io_errors,
+            "disk_verified_after_move": after.disk_verify_passes >= passes_at_end + 2,
+            "disk_last_problem": after.disk_last_problem,
+        }

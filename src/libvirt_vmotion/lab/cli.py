@@ -24,7 +24,7 @@ from libvirt_vmotion.lab.constants import (
     LabHost,
     host_by_name,
 )
-from libvirt_vmotion.lab.guestdef import VirtType
+from libvirt_vmotion.lab.guestdef import DiskMode, VirtType
 from libvirt_vmotion.lab.image import GuestImage, ensure_guest_image
 
 REPORT_DIR = STATE_DIR / "reports"
@@ -78,7 +78,27 @@ def _dispatch(args: argparse.Namespace) -> int:  # noqa: PLR0911  one branch per
         return ExitCode.OK
     if command == "demo":
         return _demo(args)
+    if command == "storage":
+        return _storage(args)
     return _guest(args)
+
+
+def _storage(args: argparse.Namespace) -> int:
+    from libvirt_vmotion.lab import storage  # noqa: PLC0415  pyroute2 only when used
+    from libvirt_vmotion.lab.constants import (  # noqa: PLC0415
+        SHARED_DIR,
+        STORAGE_ADDR,
+        STORAGE_NETNS,
+    )
+
+    if args.storage_command == "up":
+        storage.up()
+    state = "up" if storage.is_up() else "down"
+    _say(
+        f"shared storage: {state} (GlusterFS volume {storage.VOLUME} served from "
+        f"{STORAGE_NETNS} at {STORAGE_ADDR}, mounted on both hosts at {SHARED_DIR})"
+    )
+    return ExitCode.OK if state == "up" else ExitCode.ERROR
 
 
 def _check_setting(setting: str, value: str) -> None:
@@ -87,6 +107,7 @@ def _check_setting(setting: str, value: str) -> None:
         "rate": (value.isdigit(), "a whole number of MiB/s, 0 for as fast as it can"),
         "wss": (value.isdigit() and int(value) > 0, "a whole number of MiB above 0"),
         "mode": (value in {"paced", "busy"}, "paced or busy"),
+        "disk_rate": (value.isdigit(), "a whole number of KiB/s, 0 to stop writing"),
     }
     ok, expected = valid[setting]
     if not ok:
@@ -109,6 +130,9 @@ def _start_guest_from_args(args: argparse.Namespace, host: LabHost, image: Guest
         rate_mib_s=args.rate_mib_s,
         mode=args.mode,
         virt_type=VirtType.KVM if args.kvm else VirtType.QEMU,
+        disk=DiskMode(args.disk) if getattr(args, "disk", None) else None,
+        disk_mib=getattr(args, "disk_mib", guestctl.DEFAULT_DISK_MIB),
+        disk_kib_s=getattr(args, "disk_kib_s", guestctl.DEFAULT_DISK_KIB_S),
     )
     guestctl.wait_for_workload()
 

@@ -96,6 +96,15 @@ STATE_DIR: Final = Path("/var/lib/vmotion-lab" + ("" if LAB_ID == "vmo" else f"-
 IMAGE_CACHE_DIR: Final = Path("/var/cache/libvirt-vmotion/guest")
 """Built guest images, one directory per recipe hash."""
 
+STORAGE_NETNS: Final = f"{LAB_ID}-storage"
+"""Namespace of the lab's shared-storage server (GlusterFS), on the switch."""
+STORAGE_ADDR: Final = "10.77.0.10"
+STORAGE_SWITCH_PORT: Final = "port-storage"
+SHARED_DIR: Final = STATE_DIR / "shared"
+"""Where both lab hosts mount the shared storage: the same path on each. In the
+root mount namespace this stays an empty directory: only the hosts see the
+shared file system there."""
+
 
 def host_by_name(name: str) -> LabHost:
     """Return the lab host called ``name`` (``hosta``/``hostb``, also ``a``/``b``).

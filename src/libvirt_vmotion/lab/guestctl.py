@@ -17,8 +17,21 @@ from pathlib import Path
 
 from libvirt_vmotion.errors import VmotionError
 from libvirt_vmotion.lab import command_name
-from libvirt_vmotion.lab.constants import CLIENT_NETNS, GUEST_ADDR, GUEST_NAME, HOSTS, LabHost
-from libvirt_vmotion.lab.guestdef import LabGuestSpec, VirtType, build_domain_xml
+from libvirt_vmotion.lab.constants import (
+    CLIENT_NETNS,
+    GUEST_ADDR,
+    GUEST_NAME,
+    HOSTS,
+    SHARED_DIR,
+    LabHost,
+)
+from libvirt_vmotion.lab.guestdef import (
+    DiskMode,
+    LabDiskSpec,
+    LabGuestSpec,
+    VirtType,
+    build_domain_xml,
+)
 from libvirt_vmotion.lab.hostconf import host_paths
 from libvirt_vmotion.lab.image import GuestImage, kernel_cmdline
 from libvirt_vmotion.lab.workload import wait_until_ready
@@ -96,6 +109,49 @@ def remove_guest(name: str = GUEST_NAME) -> None:
         )
 
 
+LOCAL_IMAGE_DIR = "/var/lib/libvirt/images"
+"""Each lab host's own image directory (per-host ``/var/lib/libvirt``)."""
+DEFAULT_DISK_MIB = 256
+DEFAULT_DISK_KIB_S = 256
+
+
+def disk_path(mode: DiskMode, name: str = GUEST_NAME) -> str:
+    """Where the lab guest's disk image lives for ``mode`` (same path on both hosts)."""
+    base = str(SHARED_DIR / "images") if mode is DiskMode.SHARED else LOCAL_IMAGE_DIR
+    return f"{base}/{name}.raw"
+
+
+def disk_cmdline(*, kib_s: int, device: str = "/dev/vda") -> str:
+    """Kernel command-line words that turn the workload's disk log on."""
+    if kib_s < 0:
+        msg = f"disk rate {kib_s} KiB/s: must be >= 0"
+        raise ValueError(msg)
+    return f"vmotion.disk={device} vmotion.disk_kib_s={kib_s}"
+
+
+def create_disk(host: LabHost, mode: DiskMode, *, size_mib: int) -> str:
+    """Create a fresh (sparse, zeroed) raw image for the guest; return its path.
+
+    Shared: starts the lab's shared storage if needed and creates the image there,
+    from ``host``. Local: creates it in ``host``'s image directory and removes a
+    leftover copy at the same path on the other hosts (a copy must start fresh).
+    """
+    from libvirt_vmotion.lab import storage, topology  # noqa: PLC0415  pyroute2 only when used
+
+    path = disk_path(mode)
+    if mode is DiskMode.SHARED:
+        storage.up()
+    else:
+        for other in HOSTS:
+            if other != host:
+                topology.run_on_host(other, ["rm", "-f", path], timeout_s=20)
+    topology.run_on_host(host, ["rm", "-f", path], timeout_s=20)
+    topology.run_on_host(
+        host, ["qemu-img", "create", "-q", "-f", "raw", path, f"{size_mib}M"], timeout_s=30
+    )
+    return path
+
+
 def start_guest(  # noqa: PLR0913  each a documented guest setting, keyword-only
     host: LabHost,
     image: GuestImage,
@@ -105,22 +161,34 @@ def start_guest(  # noqa: PLR0913  each a documented guest setting, keyword-only
     rate_mib_s: int = 20,
     mode: str = "paced",
     virt_type: VirtType = VirtType.QEMU,
+    disk: DiskMode | None = None,
+    disk_mib: int = DEFAULT_DISK_MIB,
+    disk_kib_s: int = DEFAULT_DISK_KIB_S,
 ) -> str:
     """Define and start a fresh lab guest on ``host`` (removing any old one first).
+
+    With ``disk``, the guest gets a fresh raw disk of ``disk_mib`` MiB (shared or
+    local) and its workload writes a verified log to it at ``disk_kib_s`` KiB/s.
 
     Returns:
         The domain XML used.
 
     """
     remove_guest()
+    cmdline = kernel_cmdline(
+        addr_cidr=f"{GUEST_ADDR}/24", wss_mib=wss_mib, rate_mib_s=rate_mib_s, mode=mode
+    )
+    disk_spec = None
+    if disk is not None:
+        disk_spec = LabDiskSpec(path=create_disk(host, disk, size_mib=disk_mib))
+        cmdline = f"{cmdline} {disk_cmdline(kib_s=disk_kib_s)}"
     spec = LabGuestSpec(
         kernel=image.kernel,
         initrd=image.initrd,
-        cmdline=kernel_cmdline(
-            addr_cidr=f"{GUEST_ADDR}/24", wss_mib=wss_mib, rate_mib_s=rate_mib_s, mode=mode
-        ),
+        cmdline=cmdline,
         memory_mib=memory_mib,
         virt_type=virt_type,
+        disk=disk_spec,
     )
     xml = build_domain_xml(spec)
     with Hypervisor.open(local_uri(host)) as hv:

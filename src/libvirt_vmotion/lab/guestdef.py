@@ -1,8 +1,9 @@
 """Domain XML of the lab's test guest.
 
-Pure: no I/O. The guest boots the project's kernel + initramfs directly (no
-disk), has one virtio NIC on the host bridge ``br0`` (same name on both lab
-hosts, as migration requires) and a serial console logged by virtlogd.
+Pure: no I/O. The guest boots the project's kernel + initramfs directly, has
+an optional raw virtio disk (``vda``, the workload's disk log), one virtio NIC
+on the host bridge ``br0`` (same name on both lab hosts, as migration requires)
+and a serial console logged by virtlogd.
 """
 
 from __future__ import annotations
@@ -23,6 +24,49 @@ class VirtType(StrEnum):
     guest kernel crawls (LAB-NOTES)."""
     KVM = "kvm"
     """Hardware virtualization, for real hosts."""
+
+
+class DiskMode(StrEnum):
+    """Where the lab guest's disk lives."""
+
+    SHARED = "shared"
+    """On the lab's shared storage (GlusterFS), the same path on both hosts."""
+    LOCAL = "local"
+    """In the host's own ``/var/lib/libvirt/images``: a migration copies it."""
+
+
+class CacheMode(StrEnum):
+    """libvirt disk cache modes (``<driver cache=...>``)."""
+
+    NONE = "none"
+    DIRECTSYNC = "directsync"
+    WRITETHROUGH = "writethrough"
+    WRITEBACK = "writeback"
+    UNSAFE = "unsafe"
+
+
+@dataclass(frozen=True, slots=True)
+class LabDiskSpec:
+    """The lab guest's optional disk.
+
+    Attributes:
+        path: image path on the host (raw file).
+        cache: QEMU cache mode; ``none`` (O_DIRECT on the host) is what a
+            migration over shared storage needs: no host page cache may hold
+            data the other host does not see.
+        target: guest device name.
+
+    """
+
+    path: str
+    cache: CacheMode = CacheMode.NONE
+    target: str = "vda"
+
+    def __post_init__(self) -> None:
+        """Validate the path."""
+        if not self.path.startswith("/"):
+            msg = f"disk path={self.path!r}: must be absolute"
+            raise ValueError(msg)
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +94,7 @@ class LabGuestSpec:
     name: str = GUEST_NAME
     mac: str = GUEST_MAC
     bridge: str = HOST_BRIDGE
+    disk: LabDiskSpec | None = None
 
     def __post_init__(self) -> None:
         """Validate sizes."""
@@ -87,6 +132,11 @@ def build_domain_xml(spec: LabGuestSpec) -> str:
     _sub(dom, "on_reboot", "restart")
     _sub(dom, "on_crash", "destroy")
     devices = _sub(dom, "devices")
+    if spec.disk is not None:
+        disk = _sub(devices, "disk", type="file", device="disk")
+        _sub(disk, "driver", name="qemu", type="raw", cache=spec.disk.cache.value)
+        _sub(disk, "source", file=spec.disk.path)
+        _sub(disk, "target", dev=spec.disk.target, bus="virtio")
     nic = _sub(devices, "interface", type="bridge")
     _sub(nic, "mac", address=spec.mac)
     _sub(nic, "source", bridge=spec.bridge)

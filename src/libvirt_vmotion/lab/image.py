@@ -57,8 +57,9 @@ VIRTIO_NET_MODULES: Final = (
     "failover",
     "net_failover",
     "virtio_net",
+    "virtio_blk",
 )
-"""Load order of the virtio network modules (the package ships no modules.dep)."""
+"""Load order of the virtio network (and disk) modules (the package ships no modules.dep)."""
 GUEST_SOURCE_DIR: Final = Path(__file__).parent / "guest"
 BUSYBOX_PATH: Final = Path("/bin/busybox")
 INSTALL_HINT: Final = "run scripts/install-system.sh (as root)"

@@ -49,6 +49,7 @@ from libvirt_vmotion.lab.constants import (
     HOSTS,
     PREFIX_LEN,
     STATE_DIR,
+    STORAGE_NETNS,
     SWITCH_BRIDGE,
     SWITCH_BRIDGE_MAC,
     SWITCH_NETNS,
@@ -61,7 +62,7 @@ if TYPE_CHECKING:
 _log = logging.getLogger(__name__)
 
 NETNS_DIR: Final = Path("/run/netns")
-LAB_NETNS: Final = (SWITCH_NETNS, *(host.netns for host in HOSTS), CLIENT_NETNS)
+LAB_NETNS: Final = (SWITCH_NETNS, *(host.netns for host in HOSTS), CLIENT_NETNS, STORAGE_NETNS)
 """Every network namespace the lab owns; nothing else is ever touched."""
 CLIENT_IFNAME: Final = "eth0"
 READY_TIMEOUT_S: Final = 20.0
@@ -508,6 +509,7 @@ def _prepare_state(host: LabHost) -> None:
     (paths.etc / "libvirtd.conf").write_text(hostconf.build_libvirtd_conf(host))
     (paths.etc / "qemu.conf").write_text(hostconf.build_qemu_conf(host))
     (paths.etc / "virtlogd.conf").write_text(hostconf.build_virtlogd_conf())
+    (paths.etc / "qemu-lockd.conf").write_text(hostconf.build_qemu_lockd_conf())
     paths.hosts_file.write_text(hostconf.build_hosts_file(HOSTS))
     # Our product on the host: a fresh reservation store and config, and the hook.
     for d in (paths.vmotion_lib, paths.vmotion_etc):
@@ -785,7 +787,12 @@ def _lab_pids() -> list[int]:
         pids.update(_pids_in_netns(name))
     for host in HOSTS:
         paths = hostconf.host_paths(host)
-        for pid_file in (paths.holder_pid_file, paths.libvirtd_pid_file, paths.virtlogd_pid_file):
+        for pid_file in (
+            paths.holder_pid_file,
+            paths.libvirtd_pid_file,
+            paths.virtlogd_pid_file,
+            paths.virtlockd_pid_file,
+        ):
             pid = _read_pid(pid_file)
             if pid is not None and _is_lab_process(pid, paths.root):
                 pids.add(pid)

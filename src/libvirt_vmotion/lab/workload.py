@@ -23,7 +23,7 @@ import logging
 import socket
 import threading
 import time
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, dataclass, fields
 from typing import TYPE_CHECKING, Final, Self
 
 from libvirt_vmotion.lab.constants import WORKLOAD_CONTROL_PORT, WORKLOAD_STREAM_PORT
@@ -68,6 +68,20 @@ class WorkloadStatus:
     max_generation: int
     last_verify_pass_s: float = 0.0
     """Duration of the last whole-working-set verification pass (0 before the first)."""
+    disk: str = ""
+    """Device of the disk log (empty: the guest has no disk log)."""
+    disk_kib_s: int = 0
+    disk_records: int = 0
+    """Records handed to the device (acknowledged or in flight)."""
+    disk_acked: int = 0
+    """Records 0..disk_acked-1 are acknowledged (their fdatasync returned)."""
+    disk_verified: int = 0
+    disk_verify_passes: int = 0
+    """Whole passes re-reading every acknowledged record."""
+    disk_mismatches: int = 0
+    """Acknowledged records found lost, stale or torn: must stay 0."""
+    disk_io_errors: int = 0
+    disk_last_problem: str = ""
 
     @classmethod
     def from_json(cls, data: str | bytes | dict[str, object]) -> WorkloadStatus:
@@ -84,7 +98,7 @@ class WorkloadStatus:
         values: dict[str, object] = {}
         for field in fields(cls):
             if field.name not in obj:
-                if field.name == "last_verify_pass_s":
+                if field.default is not MISSING:  # optional (older guests, no disk)
                     continue
                 msg = f"status reply lacks {field.name!r}: {obj!r}"
                 raise WorkloadCommandError(msg)

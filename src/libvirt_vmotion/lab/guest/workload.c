@@ -25,7 +25,18 @@
  *   status | set rate R | set wss N | set mode paced|busy | corrupt
  * TCP 7001 (stream): every 10 ms each client gets "<seq> <monotonic ms>\n".
  *
- * Single-threaded: one poll() loop; build with gcc -O2 -static.
+ * Disk log (only with vmotion.disk=/dev/vda on the command line): a second
+ * thread appends numbered, checksummed 4 KiB records to the raw device with
+ * O_DIRECT at vmotion.disk_kib_s KiB/s, in batches, each batch followed by
+ * fdatasync(); a record is *acknowledged* once that fdatasync returned. The
+ * log is a ring over the device: record seq lives in slot seq % slots. The
+ * same thread re-reads every acknowledged slot continuously (O_DIRECT, so the
+ * bytes come from the storage, not a cache) and checks magic, run id, seq,
+ * checksum and the tail copy of seq: a lost, stale or torn acknowledged write
+ * is counted in disk_mismatches. Commands: set disk_rate KIB_S, corrupt-disk.
+ *
+ * The memory checker and the sockets run in one poll() loop; the disk log in
+ * its own thread (blocking I/O must not stall them). Build: gcc -O2 -static.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -33,6 +44,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -281,6 +293,218 @@ static double achieved_mib_s(long long now) {
 
 static void rate_reset(void) { rate_count = 0; rate_head = 0; }
 
+/* ---- disk log (own thread) ---------------------------------------------------- */
+
+#define DISK_REC_BYTES 4096u
+#define DISK_REC_WORDS (DISK_REC_BYTES / 8u)
+#define DISK_MAGIC 0x766d6f2d6469736bull /* "vmo-disk" */
+#define DISK_BATCH_MAX 64u                /* records per pwrite + fdatasync */
+#define DISK_VERIFY_REC_S 4096.0          /* re-read rate: 16 MiB/s */
+#define DISK_VERIFY_CHUNK 64u
+#define MAX_DISK_KIB_S 1048576
+
+static char disk_path[64];
+static unsigned disk_kib_s = 256;
+static uint64_t disk_run_id;
+static uint64_t disk_slots;
+/* Shared with the main thread (status): read and written with __atomic. */
+static unsigned long long disk_written;   /* records handed to pwrite */
+static unsigned long long disk_acked;     /* records 0..disk_acked-1 are acknowledged */
+static unsigned long long disk_verified;  /* slot checks done */
+static unsigned long long disk_verify_passes;
+static unsigned long long disk_mismatches;
+static unsigned long long disk_io_errors;
+static unsigned long long disk_corrupt_req;
+static int disk_active;
+static char disk_last_problem[160] = "";
+static pthread_mutex_t disk_msg_lock = PTHREAD_MUTEX_INITIALIZER;
+
+#define LOAD(x) __atomic_load_n(&(x), __ATOMIC_ACQUIRE)
+#define STORE(x, v) __atomic_store_n(&(x), (v), __ATOMIC_RELEASE)
+#define INC(x) __atomic_add_fetch(&(x), 1, __ATOMIC_ACQ_REL)
+
+static uint64_t mix64(uint64_t x) {
+    x ^= x >> 33;
+    x *= 0xff51afd7ed558ccdull;
+    x ^= x >> 33;
+    x *= 0xc4ceb9fe1a85ec53ull;
+    x ^= x >> 33;
+    return x;
+}
+
+/* Record layout (64-bit words): 0 magic, 1 run id, 2 seq, 3 checksum of words
+ * 4..511, 4..510 body = f(run, seq, word), 511 = seq again (a torn write that
+ * kept the head but lost the tail, or the reverse, fails one of the checks). */
+static uint64_t disk_checksum(const uint64_t *r) {
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (unsigned w = 4; w < DISK_REC_WORDS; w++) h = mix64(h ^ r[w]) + w;
+    return h;
+}
+
+static void disk_fill(uint64_t *r, uint64_t seq) {
+    uint64_t seed = mix64(disk_run_id ^ (seq * BODY_MUL));
+    r[0] = DISK_MAGIC;
+    r[1] = disk_run_id;
+    r[2] = seq;
+    for (unsigned w = 4; w < DISK_REC_WORDS - 1; w++) r[w] = seed + w * BODY_MUL;
+    r[DISK_REC_WORDS - 1] = seq;
+    r[3] = disk_checksum(r);
+}
+
+static void disk_problem(const char *fmt, ...) {
+    va_list ap;
+    char buf[160];
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    for (char *c = buf; *c; c++) if (*c == '"' || *c == '\\' || *c < ' ') *c = ' ';
+    pthread_mutex_lock(&disk_msg_lock);
+    memcpy(disk_last_problem, buf, sizeof buf);
+    pthread_mutex_unlock(&disk_msg_lock);
+    logmsg("disk: %s", buf);
+}
+
+/* Expected seq in slot for a log whose records 0..acked-1 are acknowledged,
+ * or -1 when the slot has not been written by this run yet. */
+static long long disk_expected(uint64_t slot, unsigned long long acked) {
+    unsigned long long seq;
+    if (acked == 0 || slot >= disk_slots || slot > acked - 1) return -1;
+    seq = (acked - 1) - ((acked - 1 - slot) % disk_slots);
+    return (long long)seq;
+}
+
+static void disk_check(const uint64_t *r, uint64_t slot, unsigned long long seq) {
+    const char *why = NULL;
+    if (r[0] != DISK_MAGIC) why = "bad magic (lost write?)";
+    else if (r[1] != disk_run_id) why = "other run id (stale record)";
+    else if (r[2] != seq) why = "wrong seq (lost or stale write)";
+    else if (r[DISK_REC_WORDS - 1] != seq) why = "tail seq differs (torn write)";
+    else if (r[3] != disk_checksum(r)) why = "checksum differs (torn or corrupt)";
+    if (!why) return;
+    INC(disk_mismatches);
+    disk_problem("MISMATCH slot %llu: expected seq %llu, found seq %llu: %s; total %llu",
+                 (unsigned long long)slot, seq, (unsigned long long)r[2], why,
+                 LOAD(disk_mismatches));
+}
+
+static void *disk_thread(void *arg) {
+    int fd = *(int *)arg;
+    uint64_t *buf;
+    unsigned long long seq = 0, verify_slot = 0;
+    double write_credit = 0, verify_credit = 0;
+    long long last = mono_ns();
+    if (posix_memalign((void **)&buf, 4096, DISK_BATCH_MAX * DISK_REC_BYTES)) return NULL;
+    for (;;) {
+        long long now = mono_ns();
+        double dt = (double)(now - last) / 1e9;
+        double rate = (double)LOAD(disk_kib_s) / 4.0; /* records per second */
+        unsigned n;
+        last = now;
+        if (dt > 1.0) dt = 0.01; /* paused VM: do not burst */
+        write_credit += rate * dt;
+        if (write_credit > DISK_BATCH_MAX) write_credit = DISK_BATCH_MAX;
+        n = (unsigned)write_credit;
+        if (n > 0) {
+            uint64_t slot = seq % disk_slots;
+            ssize_t got;
+            if (slot + n > disk_slots) n = (unsigned)(disk_slots - slot); /* no wrap in one write */
+            for (unsigned i = 0; i < n; i++) disk_fill(buf + i * DISK_REC_WORDS, seq + i);
+            STORE(disk_written, seq + n);
+            got = pwrite(fd, buf, (size_t)n * DISK_REC_BYTES, (off_t)(slot * DISK_REC_BYTES));
+            if (got != (ssize_t)(n * DISK_REC_BYTES) || fdatasync(fd) != 0) {
+                INC(disk_io_errors);
+                disk_problem("write/fdatasync of seq %llu..%llu failed: %s", seq, seq + n - 1,
+                             got < 0 ? strerror(errno) : "short write or flush error");
+                STORE(disk_written, seq); /* not acknowledged: written again */
+                usleep(100000);
+            } else {
+                seq += n;
+                STORE(disk_acked, seq); /* acknowledged: the flush returned */
+                write_credit -= n;
+            }
+        }
+        if (LOAD(disk_corrupt_req)) { /* test-only: prove the checker sees a bad record */
+            unsigned long long acked = LOAD(disk_acked);
+            STORE(disk_corrupt_req, 0ull);
+            if (acked > 0) {
+                uint64_t slot = (acked - 1) % disk_slots;
+                disk_fill(buf, acked - 1);
+                buf[100] ^= 1; /* one bit in the body: checksum must catch it */
+                if (pwrite(fd, buf, DISK_REC_BYTES, (off_t)(slot * DISK_REC_BYTES)) > 0)
+                    fdatasync(fd);
+                logmsg("disk: corrupted slot %llu", (unsigned long long)slot);
+            }
+        }
+        verify_credit += DISK_VERIFY_REC_S * dt;
+        if (verify_credit > DISK_VERIFY_CHUNK) verify_credit = DISK_VERIFY_CHUNK;
+        if (verify_credit >= DISK_VERIFY_CHUNK) {
+            unsigned long long acked = LOAD(disk_acked);
+            uint64_t span = acked < disk_slots ? acked : disk_slots;
+            if (span > 0) {
+                unsigned m = DISK_VERIFY_CHUNK;
+                ssize_t got;
+                if (verify_slot >= span) verify_slot = 0;
+                if (verify_slot + m > span) m = (unsigned)(span - verify_slot);
+                got = pread(fd, buf, (size_t)m * DISK_REC_BYTES,
+                            (off_t)(verify_slot * DISK_REC_BYTES));
+                if (got != (ssize_t)(m * DISK_REC_BYTES)) {
+                    INC(disk_io_errors);
+                    disk_problem("read of slot %llu failed: %s", verify_slot,
+                                 got < 0 ? strerror(errno) : "short read");
+                } else {
+                    for (unsigned i = 0; i < m; i++) {
+                        long long want = disk_expected(verify_slot + i, acked);
+                        if (want >= 0) disk_check(buf + i * DISK_REC_WORDS, verify_slot + i,
+                                                  (unsigned long long)want);
+                    }
+                    __atomic_add_fetch(&disk_verified, m, __ATOMIC_ACQ_REL);
+                    verify_slot += m;
+                    if (verify_slot >= span) { verify_slot = 0; INC(disk_verify_passes); }
+                }
+            }
+            verify_credit = 0;
+        }
+        usleep(10000);
+    }
+    return NULL;
+}
+
+static void disk_start(void) {
+    static int fd;
+    pthread_t tid;
+    off_t size;
+    FILE *f;
+    if (!disk_path[0]) return;
+    fd = open(disk_path, O_RDWR | O_DIRECT | O_CLOEXEC);
+    if (fd < 0) { disk_problem("cannot open %s: %s", disk_path, strerror(errno)); return; }
+    size = lseek(fd, 0, SEEK_END);
+    if (size < (off_t)DISK_REC_BYTES) { disk_problem("%s too small", disk_path); return; }
+    disk_slots = (uint64_t)size / DISK_REC_BYTES;
+    f = fopen("/dev/urandom", "r");
+    if (!f || fread(&disk_run_id, sizeof disk_run_id, 1, f) != 1) disk_run_id = (uint64_t)mono_ns();
+    if (f) fclose(f);
+    if (pthread_create(&tid, NULL, disk_thread, &fd)) { disk_problem("no thread"); return; }
+    STORE(disk_active, 1);
+    logmsg("disk log on %s: %llu slots of 4 KiB, %u KiB/s", disk_path,
+           (unsigned long long)disk_slots, disk_kib_s);
+}
+
+static int format_disk_status(char *out, size_t cap) {
+    char problem[160];
+    pthread_mutex_lock(&disk_msg_lock);
+    memcpy(problem, disk_last_problem, sizeof problem);
+    pthread_mutex_unlock(&disk_msg_lock);
+    return snprintf(out, cap,
+        "\"disk\": \"%s\", \"disk_active\": %s, \"disk_kib_s\": %u, \"disk_slots\": %llu, "
+        "\"disk_run_id\": \"%016llx\", \"disk_records\": %llu, \"disk_acked\": %llu, "
+        "\"disk_verified\": %llu, \"disk_verify_passes\": %llu, \"disk_mismatches\": %llu, "
+        "\"disk_io_errors\": %llu, \"disk_last_problem\": \"%s\"",
+        disk_path, LOAD(disk_active) ? "true" : "false", LOAD(disk_kib_s),
+        (unsigned long long)disk_slots, (unsigned long long)disk_run_id, LOAD(disk_written),
+        LOAD(disk_acked), LOAD(disk_verified), LOAD(disk_verify_passes), LOAD(disk_mismatches),
+        LOAD(disk_io_errors), problem);
+}
+
 /* ---- JSON replies -------------------------------------------------------- */
 
 static double read_uptime_s(void) {
@@ -293,8 +517,20 @@ static double read_uptime_s(void) {
     return up;
 }
 
+static int format_status_memory(char *out, size_t cap, long long now);
+
 static int format_status(char *out, size_t cap) {
     long long now = mono_ns();
+    int n = format_status_memory(out, cap, now);
+    if (n < 2 || (size_t)n >= cap) return n;
+    n -= 2; /* drop "}\n" and append the disk log's fields */
+    n += snprintf(out + n, cap - (size_t)n, ", ");
+    n += format_disk_status(out + n, cap - (size_t)n);
+    n += snprintf(out + n, cap - (size_t)n, "}\n");
+    return n;
+}
+
+static int format_status_memory(char *out, size_t cap, long long now) {
     return snprintf(out, cap,
         "{\"boot_id\": \"%s\", \"uptime_s\": %.2f, \"workload_uptime_s\": %.3f, "
         "\"wss_mib\": %u, \"rate_mib_s\": %u, \"mode\": \"%s\", \"achieved_mib_s\": %.2f, "
@@ -346,6 +582,18 @@ static void handle_command(char *line, char *out, size_t cap) {
         rate_reset();
         logmsg("working set set to %u MiB", v);
         format_status(out, cap);
+    } else if (argc == 1 && strcmp(argv[0], "corrupt-disk") == 0) {
+        if (!LOAD(disk_active)) { format_error(out, cap, "no disk log (boot with --disk)"); return; }
+        STORE(disk_corrupt_req, 1ull);
+        snprintf(out, cap, "{\"corrupt_disk\": \"requested\"}\n");
+    } else if (argc == 3 && strcmp(argv[0], "set") == 0 && strcmp(argv[1], "disk_rate") == 0) {
+        if (parse_uint(argv[2], 0, MAX_DISK_KIB_S, &v)) {
+            format_error(out, cap, "disk_rate must be an integer KiB/s in 0..1048576");
+            return;
+        }
+        STORE(disk_kib_s, v);
+        logmsg("disk rate set to %u KiB/s", v);
+        format_status(out, cap);
     } else if (argc == 3 && strcmp(argv[0], "set") == 0 && strcmp(argv[1], "mode") == 0) {
         if (parse_mode(argv[2], &m)) {
             format_error(out, cap, "mode must be paced or busy");
@@ -359,7 +607,7 @@ static void handle_command(char *line, char *out, size_t cap) {
     } else {
         format_error(out, cap,
                      "unknown command; use status, set rate R, set wss N, "
-                     "set mode paced|busy, corrupt");
+                     "set mode paced|busy, set disk_rate K, corrupt, corrupt-disk");
     }
 }
 
@@ -412,7 +660,7 @@ static void accept_ctrl(long long now) {
 }
 
 static void read_ctrl(struct ctrl_conn *c) {
-    char reply[1024];
+    char reply[2048];
     char *nl;
     ssize_t n = recv(c->fd, c->buf + c->len, CTRL_BUF - 1 - c->len, 0);
     if (n < 0 && (errno == EAGAIN || errno == EINTR)) return;
@@ -540,6 +788,11 @@ static void read_cmdline(void) {
         } else if (strncmp(tok, "vmotion.rate_mib_s=", 19) == 0) {
             if (parse_uint(tok + 19, 0, MAX_RATE_MIB_S, &v) == 0) rate_mib_s = v;
             else logmsg("ignoring bad %s", tok);
+        } else if (strncmp(tok, "vmotion.disk=", 13) == 0) {
+            snprintf(disk_path, sizeof disk_path, "%s", tok + 13);
+        } else if (strncmp(tok, "vmotion.disk_kib_s=", 19) == 0) {
+            if (parse_uint(tok + 19, 0, MAX_DISK_KIB_S, &v) == 0) disk_kib_s = v;
+            else logmsg("ignoring bad %s", tok);
         } else if (strncmp(tok, "vmotion.mode=", 13) == 0) {
             if (parse_mode(tok + 13, &m) == 0) mode = m;
             else logmsg("ignoring bad %s", tok);
@@ -591,6 +844,7 @@ int main(void) {
         logmsg("cannot allocate %u MiB; falling back to 16 MiB", wss_mib);
         if (set_wss(16)) return 1;
     }
+    disk_start();
     logmsg("ready: wss %u MiB, rate %u MiB/s, mode %s, init %.2f s", wss_mib, rate_mib_s,
            mode_name(mode), (double)(mono_ns() - start_ns) / 1e9);
     last_ns = mono_ns();

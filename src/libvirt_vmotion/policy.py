@@ -86,6 +86,9 @@ class MigrationPolicy:
             as a broken link (pause it so it can be resumed).
         xbzrle: enable XBZRLE compression of re-sent pages.
         parallel_connections: multifd streams (0 = off).
+        postcopy_bandwidth_mib_s: background transfer cap once in post-copy,
+            None for unlimited (QEMU does not apply ``bandwidth_mib_s`` there;
+            pages the guest faults on are still sent first).
 
     """
 
@@ -106,6 +109,7 @@ class MigrationPolicy:
     postcopy_stall_s: float = 10.0
     xbzrle: bool = False
     parallel_connections: int = 0
+    postcopy_bandwidth_mib_s: int | None = None
 
     def __post_init__(self) -> None:  # noqa: C901  one check per field, flat
         """Validate every field; the message names the field and the bad value."""
@@ -127,6 +131,10 @@ class MigrationPolicy:
             )
         if self.bandwidth_mib_s is not None and self.bandwidth_mib_s <= 0:
             problems.append(f"bandwidth_mib_s must be > 0, got {self.bandwidth_mib_s}")
+        if self.postcopy_bandwidth_mib_s is not None and self.postcopy_bandwidth_mib_s <= 0:
+            problems.append(
+                f"postcopy_bandwidth_mib_s must be > 0, got {self.postcopy_bandwidth_mib_s}"
+            )
         if self.postcopy_resume_wait_s < 0 or self.postcopy_stall_s <= 0:
             problems.append("postcopy_resume_wait_s must be >= 0 and postcopy_stall_s > 0")
         if self.parallel_connections < 0:
@@ -168,6 +176,7 @@ _SCALAR_FIELDS: Final = {
     "postcopy_stall_s": float,
     "xbzrle": bool,
     "parallel_connections": int,
+    "postcopy_bandwidth_mib_s": int,
 }
 
 

@@ -164,6 +164,8 @@ class MigrationOptions:
         postcopy: allow a later switch to post-copy.
         xbzrle: XBZRLE compression of re-sent pages.
         parallel_connections: multifd streams (0: off).
+        postcopy_bandwidth_mib_s: background bandwidth once in post-copy, None
+            for QEMU's default (unlimited: ``--bandwidth`` does not apply there).
 
     """
 
@@ -172,6 +174,7 @@ class MigrationOptions:
     postcopy: bool = False
     xbzrle: bool = False
     parallel_connections: int = 0
+    postcopy_bandwidth_mib_s: int | None = None
 
 
 _LIFECYCLE_POSTCOPY: Final = {
@@ -619,6 +622,10 @@ class Guest:
             params[libvirt.VIR_MIGRATE_PARAM_AUTO_CONVERGE_INCREMENT] = 1
         if options.postcopy or resume:
             flags |= libvirt.VIR_MIGRATE_POSTCOPY
+            if options.postcopy_bandwidth_mib_s is not None:
+                params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH_POSTCOPY] = (
+                    options.postcopy_bandwidth_mib_s
+                )
         if resume:
             flags |= libvirt.VIR_MIGRATE_POSTCOPY_RESUME
         if options.xbzrle:

@@ -70,7 +70,9 @@ def test_quick_bench_writes_results_summary_and_plots(
         assert run["bandwidth_mib_s"] == 30
         assert run["series"], f"no job samples for {run['tool']}"
         if run["converged"]:
-            assert isinstance(run["downtime_ms"], int)
+            # libvirt keeps no completed job statistics after post-copy.
+            if "post-copy" not in (run["strategy"] or ""):
+                assert isinstance(run["downtime_ms"], int)
             assert run["longest_gap_ms"] is not None
             assert run["limit_ratio"] > 0
         else:

@@ -144,7 +144,7 @@ def render_forecast(fc: Forecast | None, error: str, window_s: int) -> list[str]
         (
             f"  inputs: dirty rate {i.dirty_rate_mib_s:.1f} MiB/s (measured over {window_s} s, "
             f"page sampling), bandwidth {i.bandwidth_mib_s:.0f} MiB/s ({i.bandwidth_source}), "
-            f"bulk data {i.memory_mib:.0f} MiB (QEMU RSS less its own share), "
+            f"bulk data {i.memory_mib:.0f} MiB ({i.memory_source}), "
             f"max downtime {i.max_downtime_ms} ms"
         ),
     ]
@@ -237,6 +237,7 @@ def run_gate(  # noqa: PLR0913  the gate's inputs, keyword-only
         measured = measure_forecast(
             source,
             domain,
+            source_agent=RemoteHost.for_uri(source.uri),
             bandwidth_mib_s=bandwidth_mib_s,
             max_downtime_ms=max_downtime_ms,
             window_s=window_s,

@@ -270,10 +270,32 @@ class Measured:
     error: str = ""
 
 
+def _bulk_bytes(
+    guest: Guest, facts: GuestFacts, source_agent: RemoteHost | None
+) -> tuple[int, str]:
+    """Data of the bulk round: guest RAM resident on the source (agent), else an RSS guess."""
+    if source_agent is not None:
+        try:
+            got = source_agent.call(
+                "guest-memory", {"domain": facts.name, "memory_bytes": facts.memory_bytes}
+            )
+            resident = got.get("resident_bytes")
+            if isinstance(resident, int) and resident > 0:
+                return min(resident, facts.memory_bytes), "guest RAM resident on the source"
+        except (AgentUnavailable, AgentOperationFailed) as exc:
+            log.debug("no guest memory detail from the source agent: %s", exc.message)
+    resident = guest.resident_bytes()
+    if not resident:
+        return facts.memory_bytes, "guest RAM size"
+    overhead = QEMU_RSS_OVERHEAD_MIB.get(facts.virt_type, 40.0) * MIB
+    return int(min(max(resident - overhead, 0), facts.memory_bytes)), "QEMU RSS less its share"
+
+
 def measure_forecast(  # noqa: PLR0913  the forecast's inputs, keyword-only
     source: Hypervisor,
     domain: str,
     *,
+    source_agent: RemoteHost | None = None,
     bandwidth_mib_s: int | None,
     max_downtime_ms: int | None,
     window_s: int,
@@ -288,16 +310,13 @@ def measure_forecast(  # noqa: PLR0913  the forecast's inputs, keyword-only
         if guest.has_job():
             return Measured(None, window_s, "a job runs on the guest; not measuring")
         rate = guest.measure_dirty_rate_mib_s(seconds=window_s, sleep=sleep)
-        resident = guest.resident_bytes()
-        xml = guest.xml()
-        ram = domxml.guest_facts(xml).memory_bytes
+        facts = domxml.guest_facts(guest.xml())
+        bulk, bulk_source = _bulk_bytes(guest, facts, source_agent)
     except VmotionError as exc:
         return Measured(None, window_s, exc.message)
-    facts = domxml.guest_facts(xml)
-    overhead = QEMU_RSS_OVERHEAD_MIB.get(facts.virt_type, 40.0) * MIB
-    bulk = min(max(resident - overhead, 0), ram) if resident else ram
     inputs = ForecastInputs(
         memory_mib=bulk / MIB,
+        memory_source=bulk_source,
         switchover_bandwidth_mib_s=max(ASSUMED_BANDWIDTH_MIB_S, float(bandwidth_mib_s or 0)),
         dirty_rate_mib_s=rate,
         bandwidth_mib_s=float(bandwidth_mib_s or ASSUMED_BANDWIDTH_MIB_S),

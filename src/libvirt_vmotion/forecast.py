@@ -18,9 +18,12 @@ hold 30 MiB, switchover overhead 50 ms, no working-set cap)::
 
     R MiB/s  rho   round data (MiB)               rounds  total s  downtime ms  strategy
     ------   ----  -----------------------------  ------  -------  -----------  ----------------
-      10     0.1   100, then 10 <= 30 -> stop        2     1.15       150       pre-copy
-      50     0.5   100, 50, then 25 <= 30 -> stop    3     1.80       300       pre-copy
-      90     0.9   100, 90, 81, 72.9, ... 28.2       13    7.51       332       pre-copy
+      10     0.1   100, then 10 <= 30 -> stop        3     1.15       150       pre-copy
+      50     0.5   100, 50, then 25 <= 30 -> stop    4     1.80       300       pre-copy
+      90     0.9   100, 90, 81, 72.9, ... 28.2       14    7.51       332       pre-copy
+
+("rounds" counts as QEMU's ``memory_iteration`` does: the setup sync plus one
+per pass, the final stop-and-copy included.)
       97     0.97  100, 97, 94, ... 40.1 at round 30  -      -          -        throttle
      120     1.2   100, 120, 144, ... grows          -      -          -        post-copy
 
@@ -81,6 +84,8 @@ class ForecastInputs:
     switchover_overhead_ms: int = DEFAULT_SWITCHOVER_OVERHEAD_MS
     bandwidth_source: str = "cap"
     switchover_bandwidth_mib_s: float | None = None
+    memory_source: str = ""
+    """How ``memory_mib`` was obtained (for the printout)."""
 
     def __post_init__(self) -> None:
         """Validate: sizes and rates must be usable numbers."""
@@ -101,9 +106,9 @@ class Forecast:
 
     Attributes:
         converges: plain pre-copy finishes within ``max_rounds`` and the budget.
-        rounds: memory passes including the bulk pass and the final stop-and-copy
-            (comparable with QEMU's ``memory_iteration`` at completion); 0 if it
-            does not converge.
+        rounds: QEMU's ``memory_iteration`` at completion: one dirty-bitmap sync
+            at setup plus one per pass (bulk, iterations, final stop-and-copy);
+            0 if it does not converge.
         total_time_s: predicted migration time (None if it does not converge).
         expected_downtime_ms: last round / B + overhead (None if no convergence).
         data_mib: total memory data sent (None if no convergence).
@@ -146,6 +151,7 @@ class Forecast:
                 "working_set_mib": i.working_set_mib,
                 "switchover_overhead_ms": i.switchover_overhead_ms,
                 "switchover_bandwidth_mib_s": i.switchover_bandwidth_mib_s,
+                "memory_source": i.memory_source,
             },
         }
 
@@ -178,7 +184,7 @@ def forecast(inputs: ForecastInputs, *, max_rounds: int = DEFAULT_MAX_ROUNDS) ->
             return Forecast(
                 inputs=inputs,
                 converges=True,
-                rounds=round_no,
+                rounds=round_no + 1,  # + the setup sync, as QEMU counts
                 total_time_s=total_s,
                 expected_downtime_ms=downtime_ms,
                 data_mib=sent + pending,

@@ -11,6 +11,9 @@ Operations (registered in ``agent.OPERATIONS``):
 - ``reserve``      {id, domain, owner, memory_bytes, vcpus} -> the reservation
 - ``release``      {id} or {domain} -> {released: N}
 - ``reservations`` {} -> {reservations: [...]} (expired ones are released first)
+- ``guest-memory`` {domain, memory_bytes} -> {resident_bytes}: how much of the guest's
+                   RAM is resident in its QEMU process (the bulk round's data), from
+                   ``/proc/PID/smaps``: the anonymous mapping(s) the size of guest RAM
 """
 
 from __future__ import annotations
@@ -161,6 +164,34 @@ def op_release(args: Mapping[str, object]) -> dict[str, object]:
         domain=str(args.get("domain", "")),
     )
     return {"released": count}
+
+
+def guest_ram_resident_bytes(smaps: str, *, memory_bytes: int) -> int:
+    """Rss of the mappings exactly the size of guest RAM in an smaps text (pure)."""
+    want_kib = memory_bytes // 1024
+    total_kib = 0
+    size_kib = -1
+    for line in smaps.splitlines():
+        key, _, rest = line.partition(":")
+        if key == "Size":
+            size_kib = int(rest.split()[0])
+        elif key == "Rss" and size_kib == want_kib:
+            total_kib += int(rest.split()[0])
+    return total_kib * 1024
+
+
+def op_guest_memory(args: Mapping[str, object]) -> dict[str, object]:
+    """Resident guest RAM of a running guest on this host (see the module docstring)."""
+    domain = str(args.get("domain", ""))
+    memory = _int(args, "memory_bytes")
+    pid_file = Path("/run/libvirt/qemu") / f"{domain}.pid"
+    try:
+        pid = int(pid_file.read_text().strip())
+        smaps = Path(f"/proc/{pid}/smaps").read_text()
+    except (OSError, ValueError) as exc:
+        msg = f"cannot read the QEMU process of '{domain}': {exc}"
+        raise UsageError(msg) from exc
+    return {"resident_bytes": guest_ram_resident_bytes(smaps, memory_bytes=memory), "pid": pid}
 
 
 def op_reservations(_args: Mapping[str, object]) -> dict[str, object]:

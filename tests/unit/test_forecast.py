@@ -10,9 +10,9 @@ from libvirt_vmotion.forecast import ForecastInputs, Strategy, forecast, relativ
 @pytest.mark.parametrize(
     ("rate", "rounds", "total_s", "downtime_ms", "strategy"),
     [
-        (10, 2, 1.15, 150, Strategy.PRECOPY),
-        (50, 3, 1.80, 300, Strategy.PRECOPY),
-        (90, 13, 7.51, 332, Strategy.PRECOPY),
+        (10, 3, 1.15, 150, Strategy.PRECOPY),
+        (50, 4, 1.80, 300, Strategy.PRECOPY),
+        (90, 14, 7.51, 332, Strategy.PRECOPY),
         (97, 0, None, None, Strategy.THROTTLE),
         (120, 0, None, None, Strategy.POSTCOPY),
     ],
@@ -46,7 +46,7 @@ def test_more_bandwidth_never_makes_it_slower_or_longer(rate: float) -> None:
 
 def test_idle_guest_needs_one_bulk_round_and_a_tiny_switchover() -> None:
     f = forecast(ForecastInputs(memory_mib=200, dirty_rate_mib_s=0, bandwidth_mib_s=100))
-    assert f.rounds == 2
+    assert f.rounds == 3
     assert f.data_mib == 200
     assert f.expected_downtime_ms == 50
 
@@ -67,7 +67,7 @@ def test_working_set_caps_each_round() -> None:
         ForecastInputs(memory_mib=100, dirty_rate_mib_s=95, bandwidth_mib_s=100, working_set_mib=20)
     )
     assert f.converges
-    assert f.rounds == 2
+    assert f.rounds == 3
 
 
 @pytest.mark.parametrize(
@@ -87,7 +87,7 @@ def test_invalid_inputs_name_the_field(bad: dict[str, float]) -> None:
 
 def test_to_dict_has_prediction_and_inputs() -> None:
     d = forecast(ForecastInputs(memory_mib=100, dirty_rate_mib_s=10, bandwidth_mib_s=100)).to_dict()
-    assert d["rounds"] == 2
+    assert d["rounds"] == 3
     assert d["strategy"] == "pre-copy"
     inputs = d["inputs"]
     assert isinstance(inputs, dict)
@@ -107,3 +107,13 @@ def test_switchover_is_not_rate_limited() -> None:
     assert forecast(capped).expected_downtime_ms == pytest.approx(150)
     assert forecast(fast_switch).expected_downtime_ms == pytest.approx(60)
     assert forecast(fast_switch).rounds == forecast(capped).rounds
+
+
+def test_guest_ram_resident_bytes_reads_the_mapping_the_size_of_guest_ram() -> None:
+    from libvirt_vmotion.hostfacts import guest_ram_resident_bytes  # noqa: PLC0415
+
+    smaps = (
+        "7f7a17e00000-7f7a37e00000 rw-p 00000000 00:00 0\nSize: 524288 kB\nRss: 157696 kB\n"
+        "7f7a38000000-7f7a77fff000 rwxp 00000000 00:00 0\nSize: 1048572 kB\nRss: 12288 kB\n"
+    )
+    assert guest_ram_resident_bytes(smaps, memory_bytes=512 * 1024 * 1024) == 157696 * 1024

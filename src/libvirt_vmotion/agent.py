@@ -52,6 +52,7 @@ OPERATIONS: Final[dict[str, str]] = {
     "reserve": "libvirt_vmotion.hostfacts:op_reserve",
     "release": "libvirt_vmotion.hostfacts:op_release",
     "reservations": "libvirt_vmotion.hostfacts:op_reservations",
+    "guest-memory": "libvirt_vmotion.hostfacts:op_guest_memory",
 }
 """Agent operations: name -> ``module:function`` taking and returning a JSON dict."""
 

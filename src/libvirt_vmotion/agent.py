@@ -53,6 +53,9 @@ OPERATIONS: Final[dict[str, str]] = {
     "release": "libvirt_vmotion.hostfacts:op_release",
     "reservations": "libvirt_vmotion.hostfacts:op_reservations",
     "guest-memory": "libvirt_vmotion.hostfacts:op_guest_memory",
+    "storage-facts": "libvirt_vmotion.storagehost:op_storage_facts",
+    "disk-precreate": "libvirt_vmotion.storagehost:op_disk_precreate",
+    "disk-remove": "libvirt_vmotion.storagehost:op_disk_remove",
 }
 """Agent operations: name -> ``module:function`` taking and returning a JSON dict."""
 

@@ -20,11 +20,13 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import TYPE_CHECKING, TextIO, TypeVar
 
+from libvirt_vmotion import storagehost
 from libvirt_vmotion.errors import (
+    CutoverFailed,
     ExitCode,
     PreflightFailed,
     ReservationError,
@@ -41,8 +43,10 @@ from libvirt_vmotion.preflight import (
     run_checks,
     unknown_skips,
 )
+from libvirt_vmotion.storage import CopyMode, StorageFacts, copied_disks, needs_precreate
 
 if TYPE_CHECKING:
+    from libvirt_vmotion.agent import RemoteHost
     from libvirt_vmotion.model import MigrationRequest
     from libvirt_vmotion.virt import Hypervisor
 
@@ -68,6 +72,27 @@ def add_skip_check(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_copy_storage(parser: argparse.ArgumentParser) -> None:
+    """``--copy-storage`` / ``--no-copy-storage``, on ``check`` and ``migrate``."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument(
+        "--copy-storage",
+        dest="copy_storage",
+        action="store_const",
+        const=CopyMode.ALWAYS,
+        default=CopyMode.AUTO,
+        help="copy every writable disk to the destination (NBD mirror, synchronous writes); "
+        "default: copy only disks the destination does not have at the same path",
+    )
+    group.add_argument(
+        "--no-copy-storage",
+        dest="copy_storage",
+        action="store_const",
+        const=CopyMode.NEVER,
+        help="never copy disks: a disk not on shared storage then blocks",
+    )
+
+
 def add_subcommands(
     sub: argparse._SubParsersAction[_P],
     *,
@@ -89,6 +114,7 @@ def add_subcommands(
     chk.add_argument("--max-downtime", type=int, metavar="MS", help="downtime budget (300)")
     chk.add_argument("--json", action="store_true", help="machine output")
     add_skip_check(chk)
+    add_copy_storage(chk)
     hooks = sub.add_parser(
         "hooks",
         help="install the libvirt qemu hook that enforces reservations on this host",
@@ -163,6 +189,10 @@ class Gate:
     window_s: int = DEFAULT_WINDOW_S
     reservation_id: str = ""
     release: Callable[[], None] | None = field(default=None, repr=False)
+    copy_disks: tuple[str, ...] = ()
+    """Disk targets the migration copies (non-shared storage)."""
+    undo_precreate: Callable[[], None] | None = field(default=None, repr=False)
+    """Removes destination images pre-created for the copy (after a failure)."""
 
     def check_section(self) -> dict[str, object]:
         """JSON: checks and forecast."""
@@ -210,6 +240,8 @@ def run_gate(  # noqa: PLR0913  the gate's inputs, keyword-only
     max_downtime_ms: int | None,
     window_s: int,
     reserve: bool,
+    copy: CopyMode = CopyMode.AUTO,
+    source_uri: str = "",
 ) -> Gate:
     """Gather facts, run checks, forecast, and (``reserve``) reserve on the destination.
 
@@ -232,7 +264,15 @@ def run_gate(  # noqa: PLR0913  the gate's inputs, keyword-only
         raise UsageError(msg, hint="Known checks: " + ", ".join(check_names()))
     agent = RemoteHost.for_uri(dest_uri)
     facts = gather(source, dest, domain, agent=agent)
+    storage_facts = storagehost.gather(
+        source.lookup(domain),
+        source_agent=RemoteHost.for_uri(source_uri or source.uri),
+        dest_agent=agent,
+        copy=copy,
+    )
+    facts = replace(facts, storage=storage_facts)
     gate = Gate(results=run_checks(facts, skip=skip), window_s=window_s)
+    gate.copy_disks = tuple(d.target for d in copied_disks(storage_facts))
     if not blockers(gate.results):
         measured = measure_forecast(
             source,
@@ -275,7 +315,37 @@ def run_gate(  # noqa: PLR0913  the gate's inputs, keyword-only
             sys.stderr.write(f"warning: could not release reservation {rid}: {exc.message}\n")
 
     gate.release = release
+    _precreate(gate, agent, storage_facts)
     return gate
+
+
+def _precreate(gate: Gate, agent: RemoteHost, facts: StorageFacts) -> None:
+    """Create the destination images a copy writes into (libvirt needs them to exist)."""
+    todo = [
+        {"path": d.source, "format": d.format, "capacity_bytes": d.capacity_bytes}
+        for d in copied_disks(facts)
+        if needs_precreate(d, facts.dest_paths.get(d.source))
+    ]
+    if not todo:
+        return
+    try:
+        created = agent.call("disk-precreate", {"disks": todo}).get("created", [])
+    except VmotionError as exc:
+        if gate.release is not None:
+            gate.release()
+            gate.release = None
+        msg = f"Could not pre-create the destination disk image(s) for the copy: {exc.message}"
+        hint = exc.hint or "Check the destination's image directory."
+        raise PreflightFailed(msg, hint=hint) from exc
+    paths = [str(p) for p in created] if isinstance(created, list) else []
+
+    def undo() -> None:
+        try:
+            agent.call("disk-remove", {"paths": paths})
+        except VmotionError as exc:
+            sys.stderr.write(f"warning: could not remove pre-created {paths}: {exc.message}\n")
+
+    gate.undo_precreate = undo if paths else None
 
 
 def print_gate(gate: Gate, out: TextIO, *, only_problems: bool) -> None:
@@ -343,6 +413,8 @@ class GateContext:
             max_downtime_ms=req.max_downtime_ms,
             window_s=getattr(self._args, "dirty_rate_window", DEFAULT_WINDOW_S),
             reserve=True,
+            copy=getattr(self._args, "copy_storage", CopyMode.AUTO),
+            source_uri=req.source_uri,
         )
         raise_if_blocked(self.gate)  # the error lists the blockers; no table before it
         print_gate(self.gate, sys.stderr, only_problems=True)
@@ -354,7 +426,13 @@ class GateContext:
         _exc: BaseException | None,
         _tb: TracebackType | None,
     ) -> None:
-        """Release the reservation, whatever happened."""
+        """Release the reservation, whatever happened; undo a pre-create on failure."""
+        # A failed copy leaves an image on the destination we made: remove it, unless
+        # the guest may already run there (cutover uncertain).
+        failed = _exc is not None and not isinstance(_exc, CutoverFailed)
+        if failed and self.gate.undo_precreate is not None:
+            self.gate.undo_precreate()
+            self.gate.undo_precreate = None
         if self.gate.release is not None:
             self.gate.release()
             self.gate.release = None
@@ -392,6 +470,8 @@ def cmd_check(args: argparse.Namespace) -> int:
             max_downtime_ms=args.max_downtime,
             window_s=args.dirty_rate_window,
             reserve=False,
+            copy=args.copy_storage,
+            source_uri=source_uri,
         )
     if args.json:
         print(json.dumps(gate.check_section(), sort_keys=True))  # noqa: T201  machine output

@@ -14,6 +14,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TextIO
 
@@ -148,6 +149,7 @@ def _add_migrate(sub: argparse._SubParsersAction[_Parser]) -> None:
         help="stream progress as JSON lines on stdout; the last line is the report",
     )
     checks_cli.add_skip_check(mig)
+    checks_cli.add_copy_storage(mig)
     mig.add_argument("--report-file", type=Path, metavar="PATH", help="also write JSON report")
     mig.add_argument(
         "--ping",
@@ -548,7 +550,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
             checks_cli.GateContext(args, request, source, dest) as gate,
         ):
             outcome, sections = migrate(
-                request,
+                replace(request, copy_disks=gate.copy_disks),
                 source=source,
                 dest=dest,
                 observers=_observers(args),

@@ -219,6 +219,7 @@ def migrate(  # noqa: PLR0913  the migration's collaborators, all keyword-only
         xbzrle=policy.xbzrle,
         parallel_connections=policy.parallel_connections,
         postcopy_bandwidth_mib_s=policy.postcopy_bandwidth_mib_s,
+        copy_disks=request.copy_disks,
     )
     worker = _Worker(lambda: guest.migrate(request.dest_uri, options))
     controller = _Controller(

@@ -65,6 +65,11 @@ class JobSample:
     downtime_ms: int
     downtime_net_ms: int = 0
     postcopy_requests: int = 0
+    disk_total_bytes: int = 0
+    """Disk data to copy (non-shared storage migration; 0 when disks are shared)."""
+    disk_processed_bytes: int = 0
+    disk_remaining_bytes: int = 0
+    disk_bps: int = 0
 
     @classmethod
     def from_job_stats(cls, stats: Mapping[str, object], *, now_s: float) -> JobSample:
@@ -95,6 +100,10 @@ class JobSample:
             downtime_ms=_int(stats, "downtime"),
             downtime_net_ms=_int(stats, "downtime_net"),
             postcopy_requests=_int(stats, "memory_postcopy_requests"),
+            disk_total_bytes=_int(stats, "disk_total"),
+            disk_processed_bytes=_int(stats, "disk_processed"),
+            disk_remaining_bytes=_int(stats, "disk_remaining"),
+            disk_bps=_int(stats, "disk_bps"),
         )
 
     @property
@@ -140,6 +149,7 @@ class MigrationRequest:
             None for QEMU's default (300 ms).
         timeout_s: abort (guest stays on the source) if not done by then; None
             waits forever.
+        copy_disks: disks to copy over NBD (``--copy-storage`` or automatic).
 
     """
 
@@ -149,6 +159,8 @@ class MigrationRequest:
     bandwidth_mib_s: int | None = None
     max_downtime_ms: int | None = None
     timeout_s: float | None = None
+    copy_disks: tuple[str, ...] = ()
+    """Disk targets to copy to the destination (non-shared storage), from pre-flight."""
 
 
 @dataclass(frozen=True, slots=True)

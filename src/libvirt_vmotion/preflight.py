@@ -18,9 +18,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from libvirt_vmotion.model import MIB
+
+if TYPE_CHECKING:
+    from libvirt_vmotion.storage import StorageFacts
 
 GIB: Final = 1024 * MIB
 
@@ -265,6 +268,9 @@ class PreflightFacts:
     """Memory QEMU needs beyond guest RAM (page tables, device state, TCG cache)."""
     exclude_reservation_of: str = ""
     """Our own reservation's id: capacity checks do not count it against us."""
+    storage: StorageFacts | None = None
+    """Disk handover facts (cache modes, lock managers, destination paths and space,
+    the copy plan); None when not gathered. Checked by ``storage``'s checks."""
 
 
 # --------------------------------------------------------------------------- helpers
@@ -929,7 +935,11 @@ def check_storage(f: PreflightFacts) -> tuple[CheckResult, ...]:
             results.append(_ok("storage", f"network storage {disk.source}", subject=subject))
             continue
         view = f.disks.get(disk.source)
-        if view is not None and view.visible:
+        if _storage_will_copy(f, disk.source):
+            results.append(
+                _ok("storage", f"{disk.source} is copied to {f.dest.hostname}", subject=subject)
+            )
+        elif view is not None and view.visible:
             results.append(_ok("storage", f"{disk.source} shared ({view.how})", subject=subject))
         elif view is not None and view.visible is False:
             results.append(
@@ -937,11 +947,16 @@ def check_storage(f: PreflightFacts) -> tuple[CheckResult, ...]:
                     "storage",
                     Verdict.BLOCKER,
                     f"{subject} ({disk.source}) is not reachable on {f.dest.hostname} "
-                    f"({view.how}); it would have to be copied, which this tool does not do yet.",
+                    f"({view.how})"
+                    + (
+                        " and copying was turned off (--no-copy-storage)."
+                        if f.storage is not None
+                        else "; it would have to be copied (--copy-storage)."
+                    ),
                     observed="not present on the destination",
-                    required="same path on shared storage",
-                    hint="Put the disk on storage both hosts share (same path), or copy it "
-                    "(virsh migrate --copy-storage-all).",
+                    required="same path on shared storage, or a copy",
+                    hint="Put the disk on storage both hosts share (same path), or let it be "
+                    "copied (drop --no-copy-storage, or pass --copy-storage).",
                     subject=subject,
                 )
             )
@@ -961,6 +976,30 @@ def check_storage(f: PreflightFacts) -> tuple[CheckResult, ...]:
                 )
             )
     return tuple(results)
+
+
+def _storage_will_copy(f: PreflightFacts, source: str) -> bool:
+    from libvirt_vmotion.storage import will_copy  # noqa: PLC0415  storage builds on this module
+
+    return will_copy(f, source)
+
+
+def _disk_cache(f: PreflightFacts) -> tuple[CheckResult, ...]:
+    from libvirt_vmotion.storage import preflight_disk_cache  # noqa: PLC0415  see above
+
+    return preflight_disk_cache(f)
+
+
+def _lock_manager(f: PreflightFacts) -> tuple[CheckResult, ...]:
+    from libvirt_vmotion.storage import preflight_lock_manager  # noqa: PLC0415  see above
+
+    return preflight_lock_manager(f)
+
+
+def _dest_disk_space(f: PreflightFacts) -> tuple[CheckResult, ...]:
+    from libvirt_vmotion.storage import preflight_dest_disk_space  # noqa: PLC0415  see above
+
+    return preflight_dest_disk_space(f)
 
 
 _AGENT_CHECKS: Final = (
@@ -1005,6 +1044,9 @@ CHECKS: Final[Mapping[str, Callable[[PreflightFacts], tuple[CheckResult, ...]]]]
     "network": check_networks,
     "bridge-ports": check_bridge_ports,
     "storage": check_storage,
+    "disk-cache": _disk_cache,
+    "lock-manager": _lock_manager,
+    "dest-disk-space": _dest_disk_space,
     "dest-agent": check_agent,
 }
 """Check functions by group name; result names are listed by ``check_names``."""

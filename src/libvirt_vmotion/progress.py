@@ -51,11 +51,22 @@ class ProgressView:
     rounds_left: int | None
     eta_s: float | None
     note: str
+    disk_total_mib: float = 0.0
+    """Disk data to copy (non-shared storage; 0 when disks are shared)."""
+    disk_remaining_mib: float = 0.0
 
     def to_dict(self) -> dict[str, object]:
         """JSON-serializable form (one JSON line of ``--json`` output)."""
         out = asdict(self)
-        for key in ("elapsed_s", "bulk_percent", "remaining_mib", "dirty_mib_s", "transfer_mib_s"):
+        for key in (
+            "elapsed_s",
+            "bulk_percent",
+            "remaining_mib",
+            "dirty_mib_s",
+            "transfer_mib_s",
+            "disk_total_mib",
+            "disk_remaining_mib",
+        ):
             out[key] = round(float(out[key]), 1)
         if self.eta_s is not None:
             out["eta_s"] = round(self.eta_s, 1)
@@ -71,6 +82,9 @@ class ProgressView:
                 f"  round {self.round:>3}  remaining {self.remaining_mib:7.1f} MiB  "
                 f"dirty {self.dirty_mib_s:6.1f} vs {self.transfer_mib_s:6.1f} MiB/s"
             )
+        if self.disk_total_mib > 0:
+            done = self.disk_total_mib - self.disk_remaining_mib
+            body += f"  disk {done:.0f}/{self.disk_total_mib:.0f} MiB"
         if self.rounds_left is not None:
             body += f"  ~{self.rounds_left} rounds left"
         if self.eta_s is not None:
@@ -127,6 +141,8 @@ def build_view(
         rounds_left=rounds_left,
         eta_s=eta_s,
         note=note,
+        disk_total_mib=sample.disk_total_bytes / MIB,
+        disk_remaining_mib=sample.disk_remaining_bytes / MIB,
     )
 
 

@@ -53,11 +53,31 @@ def build_report(
         "peak_dirty_rate_mib_s": round(dirty_peak, 1),
         "samples": len(outcome.samples),
     }
+    if request.copy_disks or (final is not None and final.disk_total_bytes):
+        report["storage"] = _storage_section(request, outcome)
     if outcome.controller is not None:
         report["convergence"] = dict(outcome.controller)
     for name, section in sections.items():
         report[name] = dict(section)
     return report
+
+
+def _storage_section(request: MigrationRequest, outcome: MigrationOutcome) -> dict[str, object]:
+    """Disk part of the migration: what was copied and how many bytes it took."""
+    final = outcome.final
+    peak_disk = max((s.disk_total_bytes for s in outcome.samples), default=0)
+    disk_sent = max(
+        [s.disk_processed_bytes for s in outcome.samples]
+        + [final.disk_processed_bytes if final else 0]
+    )
+    total = final.data_processed_bytes if final else 0
+    return {
+        "mode": "copied" if request.copy_disks else "shared",
+        "copied_disks": list(request.copy_disks),
+        "disk_total_bytes": max(peak_disk, final.disk_total_bytes if final else 0),
+        "disk_transferred_bytes": disk_sent,
+        "memory_transferred_bytes": max(0, total - disk_sent) if total else None,
+    }
 
 
 def build_failure_report(

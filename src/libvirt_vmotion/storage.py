@@ -1,0 +1,420 @@
+"""Disk handover: which disks move how, and the pre-flight checks for storage.
+
+Pure: no I/O, no clock, no logging. The facts come from ``storagefacts`` (libvirt
+on the source, our agent on both hosts); the checks here are registered by name
+in ``preflight.CHECKS`` (``disk-cache``, ``lock-manager``, ``dest-disk-space``;
+whether a disk's path exists on the destination stays the ``storage`` check,
+which knows about copying).
+
+Two ways a disk goes with its guest:
+
+- **shared**: the destination sees the same file at the same path (NFS,
+  GlusterFS, a cluster file system, a SAN LUN). Nothing is copied; at
+  switchover the source's QEMU flushes and closes the image and the
+  destination's opens it. Safe only when no host page cache can hold data the
+  other host does not see: cache ``none`` or ``directsync`` (O_DIRECT on the
+  host), unless the file system itself is coherent across hosts (a cluster FS).
+  The lock manager (virtlockd or sanlock) makes sure only one host writes.
+- **copied** (``--copy-storage``, or automatic when a disk is not on the
+  destination): libvirt mirrors the disk to the destination over NBD while the
+  memory is migrated (VIR_MIGRATE_NON_SHARED_DISK). With synchronous writes the
+  guest's disk writes complete only once mirrored, so a guest that writes faster
+  than the link cannot keep the mirror from converging. The destination image
+  must exist first (we pre-create it with the source's format and size), and
+  the destination needs the space.
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Final
+
+from libvirt_vmotion.preflight import (
+    CheckResult,
+    PreflightFacts,
+    Verdict,
+    format_bytes,
+)
+
+SAFE_SHARED_CACHE: Final = frozenset({"none", "directsync"})
+"""Cache modes that bypass the host page cache (O_DIRECT): safe on any shared storage."""
+CLUSTER_FS_TYPES: Final = frozenset({"gfs2", "ocfs2", "fuse.glusterfs", "glusterfs", "ceph"})
+"""File systems coherent across hosts even through the page cache."""
+COPY_SPACE_MARGIN: Final = 1.05
+"""Destination space needed for a copy: the source's allocation plus 5%."""
+DEFAULT_LOCK_MANAGER: Final = "nop"
+"""What libvirt uses when ``lock_manager`` is not set in qemu.conf."""
+
+
+class CopyMode(StrEnum):
+    """What the user asked for with ``--copy-storage`` / ``--no-copy-storage``."""
+
+    AUTO = "auto"
+    """Copy the disks the destination does not see (the default)."""
+    ALWAYS = "always"
+    """Copy every writable file/block disk."""
+    NEVER = "never"
+    """Copy nothing (a disk missing on the destination then blocks)."""
+
+
+@dataclass(frozen=True, slots=True)
+class DiskSpec:
+    """One guest disk as the storage checks need it (from the domain XML + libvirt)."""
+
+    target: str
+    source: str
+    kind: str = "file"
+    format: str = "raw"
+    cache: str = "default"
+    """libvirt cache mode; ``default`` means QEMU's default (writeback)."""
+    readonly: bool = False
+    shareable: bool = False
+    capacity_bytes: int = 0
+    """Virtual size (what the guest sees)."""
+    allocation_bytes: int = 0
+    """Bytes the image really uses on the source (what a copy writes)."""
+
+    @property
+    def is_local_kind(self) -> bool:
+        """A file or block device: storage a host reaches through its own paths."""
+        return self.kind in {"file", "block"} and bool(self.source)
+
+
+@dataclass(frozen=True, slots=True)
+class PathInfo:
+    """What one host knows about a disk path (from our agent there)."""
+
+    exists: bool
+    fs_type: str = ""
+    """File system of the path (or of its nearest existing parent)."""
+    free_bytes: int | None = None
+    """Free space where the file is or would be created."""
+    same_file_as_source: bool | None = None
+    """Not known from here; reserved for a device/inode comparison."""
+
+
+@dataclass(frozen=True, slots=True)
+class StorageFacts:
+    """Everything the storage checks look at.
+
+    Attributes:
+        disks: the guest's disks.
+        copy: the copy mode the user asked for.
+        source_paths: path -> what the source host says (fs type).
+        dest_paths: path -> what the destination says (exists, fs, free space).
+        source_lock_manager / dest_lock_manager: ``lock_manager`` from each host's
+            qemu.conf (``nop`` when unset), empty when unknown.
+        dest_known: the destination agent answered (paths and space are known).
+
+    """
+
+    disks: tuple[DiskSpec, ...] = ()
+    copy: CopyMode = CopyMode.AUTO
+    source_paths: Mapping[str, PathInfo] = field(default_factory=dict)
+    dest_paths: Mapping[str, PathInfo] = field(default_factory=dict)
+    source_lock_manager: str = ""
+    dest_lock_manager: str = ""
+    dest_known: bool = False
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def disk_specs(xml: str) -> tuple[DiskSpec, ...]:
+    """Parse the ``<disk device='disk'>`` elements of a domain XML (sizes left at 0)."""
+    root = ET.fromstring(xml)  # noqa: S314  our own libvirtd's XML
+    found = []
+    for disk in root.findall("devices/disk"):
+        if disk.get("device", "disk") != "disk":
+            continue
+        source = disk.find("source")
+        target = disk.find("target")
+        driver = disk.find("driver")
+        path = ""
+        if source is not None:
+            path = source.get("file") or source.get("dev") or source.get("name") or ""
+        found.append(
+            DiskSpec(
+                target=target.get("dev", "") if target is not None else "",
+                source=path,
+                kind=disk.get("type", "file"),
+                format=(driver.get("type") if driver is not None else None) or "raw",
+                cache=(driver.get("cache") if driver is not None else None) or "default",
+                readonly=disk.find("readonly") is not None,
+                shareable=disk.find("shareable") is not None,
+            )
+        )
+    return tuple(found)
+
+
+def parse_lock_manager(qemu_conf: str) -> str:
+    """The ``lock_manager`` of a qemu.conf text (``nop`` when not set)."""
+    value = DEFAULT_LOCK_MANAGER
+    for raw in qemu_conf.splitlines():
+        line = raw.split("#", 1)[0].strip()
+        key, sep, rest = line.partition("=")
+        if sep and key.strip() == "lock_manager":
+            value = rest.strip().strip("\"'") or DEFAULT_LOCK_MANAGER
+    return value
+
+
+# --------------------------------------------------------------------------- planning
+
+
+def copied_disks(facts: StorageFacts) -> tuple[DiskSpec, ...]:
+    """The disks a migration copies under ``facts.copy``.
+
+    AUTO copies the writable file/block disks the destination does not have at
+    the same path; ALWAYS copies every writable file/block disk; NEVER none.
+    Read-only and shareable disks are never copied (they must be shared).
+    """
+    if facts.copy is CopyMode.NEVER:
+        return ()
+    movable = [d for d in facts.disks if d.is_local_kind and not d.readonly and not d.shareable]
+    if facts.copy is CopyMode.ALWAYS:
+        return tuple(movable)
+    return tuple(
+        d
+        for d in movable
+        if (info := facts.dest_paths.get(d.source)) is not None and not info.exists
+    )
+
+
+def needs_precreate(disk: DiskSpec, dest: PathInfo | None) -> bool:
+    """True if the destination image must be created before a copy (libvirt needs a target)."""
+    return disk.kind == "file" and (dest is None or not dest.exists)
+
+
+def copy_bytes_needed(disk: DiskSpec) -> int:
+    """Destination space a copy of ``disk`` needs (allocation, else capacity, plus margin)."""
+    size = disk.allocation_bytes or disk.capacity_bytes
+    return int(size * COPY_SPACE_MARGIN)
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def _skip(name: str) -> str:
+    return f"(skip: --skip-check {name})"
+
+
+def _result(  # noqa: PLR0913  a result's fields, keyword-only
+    name: str,
+    verdict: Verdict,
+    message: str,
+    *,
+    hint: str = "",
+    observed: str = "",
+    required: str = "",
+    subject: str = "",
+) -> CheckResult:
+    full_hint = f"{hint} {_skip(name)}".strip() if verdict is not Verdict.OK else ""
+    return CheckResult(
+        name=name,
+        verdict=verdict,
+        message=message,
+        observed=observed,
+        required=required,
+        hint=full_hint,
+        subject=subject,
+    )
+
+
+def check_disk_cache(
+    facts: StorageFacts, *, dest_host: str = "destination"
+) -> tuple[CheckResult, ...]:
+    """Disks that stay on shared storage must not be cached in a host's page cache.
+
+    Applies to disks the destination sees at the same path and that are not copied.
+
+    With cache=writeback (QEMU's default) or writethrough/unsafe, the source host's
+    page cache may hold reads (and, for writeback/unsafe, writes) the destination
+    does not see, so after switchover the guest could read stale data. A cluster
+    file system keeps page caches coherent, so any mode is safe there.
+    """
+    name = "disk-cache"
+    copied = {d.target for d in copied_disks(facts)}
+    results = []
+    for disk in facts.disks:
+        subject = f"disk {disk.target}"
+        if not disk.is_local_kind or disk.target in copied or disk.readonly:
+            continue
+        dest = facts.dest_paths.get(disk.source)
+        if dest is None or not dest.exists:
+            continue  # not on shared storage: the ``storage`` check speaks for it
+        fs = facts.source_paths.get(disk.source, PathInfo(exists=True)).fs_type
+        if disk.cache in SAFE_SHARED_CACHE:
+            results.append(
+                _result(
+                    name,
+                    Verdict.OK,
+                    f"cache={disk.cache} bypasses the host page cache",
+                    subject=subject,
+                )
+            )
+        elif fs in CLUSTER_FS_TYPES:
+            results.append(
+                _result(
+                    name,
+                    Verdict.OK,
+                    f"cache={disk.cache} on {fs}, coherent across hosts",
+                    subject=subject,
+                )
+            )
+        else:
+            results.append(
+                _result(
+                    name,
+                    Verdict.BLOCKER,
+                    f"{subject} ({disk.source}) uses cache={disk.cache} on shared storage "
+                    f"({fs or 'unknown file system'}): the source's page cache may hold data "
+                    f"{dest_host} would not see after switchover.",
+                    observed=f"cache={disk.cache}",
+                    required="cache=none or directsync (or a cluster file system)",
+                    hint=f"Set <driver cache='none'/> on {disk.target} (virsh edit; takes effect "
+                    "at the next start), or copy the disk instead (--copy-storage).",
+                    subject=subject,
+                )
+            )
+    return tuple(results)
+
+
+def check_lock_manager(
+    facts: StorageFacts, *, dest_host: str = "destination"
+) -> tuple[CheckResult, ...]:
+    """Both hosts must run the same lock manager, or libvirt refuses the handover.
+
+    A guest started under virtlockd holds leases the destination must take over;
+    a destination with another (or no) lock manager either refuses the incoming
+    guest or runs it unprotected, so a second start elsewhere would not be stopped.
+    """
+    name = "lock-manager"
+    if not any(d.is_local_kind for d in facts.disks):
+        return ()
+    src, dst = facts.source_lock_manager, facts.dest_lock_manager
+    if not src or not dst:
+        return (
+            _result(
+                name,
+                Verdict.WARNING,
+                "Could not read the lock manager of "
+                + (
+                    "both hosts"
+                    if not src and not dst
+                    else ("the source" if not src else dest_host)
+                )
+                + " (qemu.conf).",
+                observed="unknown",
+                required="the same lock_manager on both hosts",
+                hint="Install libvirt-vmotion on both hosts so pre-flight can read qemu.conf.",
+            ),
+        )
+    if src != dst:
+        return (
+            _result(
+                name,
+                Verdict.BLOCKER,
+                f"Lock managers differ: source uses {src!r}, {dest_host} uses {dst!r}; the "
+                "disk leases cannot be handed over.",
+                observed=f"source {src}, destination {dst}",
+                required="the same lock_manager in both hosts' qemu.conf",
+                hint=f'Set lock_manager = "{src}" in {dest_host}\'s /etc/libvirt/qemu.conf (and '
+                "start virtlockd/sanlock there), then restart its libvirtd.",
+            ),
+        )
+    if src == DEFAULT_LOCK_MANAGER and any(
+        d.is_local_kind and d.target not in {c.target for c in copied_disks(facts)}
+        for d in facts.disks
+    ):
+        return (
+            _result(
+                name,
+                Verdict.WARNING,
+                "No lock manager on either host: nothing stops a second start of this guest's "
+                "shared disk elsewhere.",
+                observed="lock_manager nop",
+                required='lock_manager = "lockd" (virtlockd) or "sanlock"',
+                hint='Set lock_manager = "lockd" in qemu.conf on every host sharing the storage.',
+            ),
+        )
+    return (_result(name, Verdict.OK, f"both hosts use lock manager {src!r}"),)
+
+
+def check_dest_disk_space(
+    facts: StorageFacts, *, dest_host: str = "destination"
+) -> tuple[CheckResult, ...]:
+    """A copied disk needs its allocation (plus 5%) free on the destination file system."""
+    name = "dest-disk-space"
+    results = []
+    need_by_fs: dict[tuple[str, int], int] = {}
+    for disk in copied_disks(facts):
+        info = facts.dest_paths.get(disk.source)
+        if info is None or info.free_bytes is None:
+            results.append(
+                _result(
+                    name,
+                    Verdict.WARNING,
+                    f"Free space for the copy of disk {disk.target} on {dest_host} is unknown.",
+                    observed="unknown",
+                    required=format_bytes(copy_bytes_needed(disk)),
+                    hint="Install libvirt-vmotion on the destination so pre-flight can check.",
+                    subject=f"disk {disk.target}",
+                )
+            )
+            continue
+        key = (info.fs_type, info.free_bytes)  # disks on one file system share its space
+        need_by_fs[key] = need_by_fs.get(key, 0) + copy_bytes_needed(disk)
+        need = need_by_fs[key]
+        subject = f"disk {disk.target}"
+        if need > info.free_bytes:
+            results.append(
+                _result(
+                    name,
+                    Verdict.BLOCKER,
+                    f"{dest_host} has {format_bytes(info.free_bytes)} free for the copy of "
+                    f"{subject} ({disk.source}); it needs {format_bytes(need)}.",
+                    observed=f"{format_bytes(info.free_bytes)} free",
+                    required=format_bytes(need),
+                    hint=f"Free space under {disk.source.rsplit('/', 1)[0] or '/'} on {dest_host}, "
+                    "or put the disk on shared storage.",
+                    subject=subject,
+                )
+            )
+        else:
+            results.append(
+                _result(
+                    name,
+                    Verdict.OK,
+                    f"{format_bytes(info.free_bytes)} free for the copy ({format_bytes(need)})",
+                    observed=f"{format_bytes(info.free_bytes)} free",
+                    required=format_bytes(need),
+                    subject=subject,
+                )
+            )
+    return tuple(results)
+
+
+# Entry points for preflight.CHECKS: no storage facts (e.g. the test driver) -> no results.
+
+
+def preflight_disk_cache(f: PreflightFacts) -> tuple[CheckResult, ...]:
+    """``disk-cache`` over the pre-flight facts."""
+    return check_disk_cache(f.storage, dest_host=f.dest.hostname) if f.storage else ()
+
+
+def preflight_lock_manager(f: PreflightFacts) -> tuple[CheckResult, ...]:
+    """``lock-manager`` over the pre-flight facts."""
+    return check_lock_manager(f.storage, dest_host=f.dest.hostname) if f.storage else ()
+
+
+def preflight_dest_disk_space(f: PreflightFacts) -> tuple[CheckResult, ...]:
+    """``dest-disk-space`` over the pre-flight facts."""
+    return check_dest_disk_space(f.storage, dest_host=f.dest.hostname) if f.storage else ()
+
+
+def will_copy(f: PreflightFacts, source: str) -> bool:
+    """True if the disk at ``source`` is copied (so its absence on the destination is fine)."""
+    return f.storage is not None and any(d.source == source for d in copied_disks(f.storage))

@@ -56,6 +56,7 @@ OPERATIONS: Final[dict[str, str]] = {
     "storage-facts": "libvirt_vmotion.storagehost:op_storage_facts",
     "disk-precreate": "libvirt_vmotion.storagehost:op_disk_precreate",
     "disk-remove": "libvirt_vmotion.storagehost:op_disk_remove",
+    "share-probe": "libvirt_vmotion.storagehost:op_share_probe",
 }
 """Agent operations: name -> ``module:function`` taking and returning a JSON dict."""
 

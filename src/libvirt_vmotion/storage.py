@@ -92,8 +92,14 @@ class PathInfo:
     """File system of the path (or of its nearest existing parent)."""
     free_bytes: int | None = None
     """Free space where the file is or would be created."""
-    same_file_as_source: bool | None = None
-    """Not known from here; reserved for a device/inode comparison."""
+    shared: bool | None = None
+    """Whether this host sees a marker the source placed next to the disk (the same
+    storage, not just the same path); None when not probed."""
+
+    @property
+    def is_same_storage(self) -> bool:
+        """The destination has this path *on the source's storage* (as far as known)."""
+        return self.exists and self.shared is not False
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,7 +174,9 @@ def copied_disks(facts: StorageFacts) -> tuple[DiskSpec, ...]:
     """The disks a migration copies under ``facts.copy``.
 
     AUTO copies the writable file/block disks the destination does not have at
-    the same path; ALWAYS copies every writable file/block disk; NEVER none.
+    the same path on the same storage (a same-path file that does not see the
+    source's share marker is a different disk: it is overwritten by the copy,
+    never used as is); ALWAYS copies every writable file/block disk; NEVER none.
     Read-only and shareable disks are never copied (they must be shared).
     """
     if facts.copy is CopyMode.NEVER:
@@ -179,7 +187,7 @@ def copied_disks(facts: StorageFacts) -> tuple[DiskSpec, ...]:
     return tuple(
         d
         for d in movable
-        if (info := facts.dest_paths.get(d.source)) is not None and not info.exists
+        if (info := facts.dest_paths.get(d.source)) is not None and not info.is_same_storage
     )
 
 
@@ -243,7 +251,7 @@ def check_disk_cache(
         if not disk.is_local_kind or disk.target in copied or disk.readonly:
             continue
         dest = facts.dest_paths.get(disk.source)
-        if dest is None or not dest.exists:
+        if dest is None or not dest.is_same_storage:
             continue  # not on shared storage: the ``storage`` check speaks for it
         fs = facts.source_paths.get(disk.source, PathInfo(exists=True)).fs_type
         if disk.cache in SAFE_SHARED_CACHE:

@@ -10,6 +10,12 @@ I/O. Host side (run by the agent, registered in ``agent.OPERATIONS``):
                      none exists (libvirt's NBD copy needs a target to write to)
 - ``disk-remove``    {paths: [...]} -> {removed: [...]}: undo a pre-create after a
                      failed copy (only called with paths ``disk-precreate`` made)
+- ``share-probe``    {paths: [...], token, remove: bool} -> {placed: {path: probe}}:
+                     put (or take away) an empty marker file next to each disk;
+                     ``storage-facts`` with ``probes`` then tells whether the
+                     other host sees the marker, i.e. really shares the directory
+                     (a same-path local file, e.g. a stale earlier copy, is not
+                     shared storage and must not be treated as such)
 
 Client side: ``gather`` builds ``storage.StorageFacts`` from libvirt (the
 domain XML, block sizes) and both hosts' agents. The decisions are in ``storage``.
@@ -20,6 +26,7 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
@@ -74,9 +81,36 @@ def _existing_ancestor(path: Path) -> Path:
     return path
 
 
+def probe_path(disk: str, token: str) -> Path:
+    """The marker file for ``disk`` (same directory, so it lives on the same storage)."""
+    return Path(disk).parent / f".vmotion-share-probe-{token}"
+
+
+def op_share_probe(args: Mapping[str, object]) -> dict[str, object]:
+    """Place (or remove) share markers next to disks; report where one could be placed."""
+    token = str(args.get("token", ""))
+    if not token.isalnum():
+        msg = "agent share-probe needs an alphanumeric 'token'"
+        raise UsageError(msg)
+    placed: dict[str, str] = {}
+    for raw in _strings(args, "paths"):
+        marker = probe_path(raw, token)
+        try:
+            if args.get("remove"):
+                marker.unlink(missing_ok=True)
+            else:
+                marker.touch(exist_ok=True)
+                placed[raw] = str(marker)
+        except OSError:
+            continue  # read-only or not a directory we may write: no probe
+    return {"placed": placed}
+
+
 def op_storage_facts(args: Mapping[str, object]) -> dict[str, object]:
     """What this host knows about disk paths, and its lock manager."""
     mountinfo = Path("/proc/self/mountinfo").read_text()
+    token = str(args.get("token", ""))
+    probed = set(_strings(args, "probed"))
     paths: dict[str, dict[str, object]] = {}
     for raw in _strings(args, "paths"):
         path = Path(raw)
@@ -86,6 +120,7 @@ def op_storage_facts(args: Mapping[str, object]) -> dict[str, object]:
             "exists": path.exists(),
             "fs_type": _fs_type(where, mountinfo),
             "free_bytes": st.f_bavail * st.f_frsize,
+            "shared": probe_path(raw, token).exists() if raw in probed and token else None,
         }
     try:
         lock_manager = parse_lock_manager(QEMU_CONF.read_text())
@@ -145,23 +180,44 @@ def _path_infos(reply: Mapping[str, object]) -> dict[str, PathInfo]:
         for path, info in raw.items():
             if isinstance(info, dict):
                 free = info.get("free_bytes")
+                shared = info.get("shared")
                 infos[str(path)] = PathInfo(
                     exists=bool(info.get("exists")),
                     fs_type=str(info.get("fs_type", "")),
                     free_bytes=free if isinstance(free, int) else None,
+                    shared=shared if isinstance(shared, bool) else None,
                 )
     return infos
 
 
-def _ask(agent: RemoteHost | None, paths: list[str]) -> tuple[dict[str, PathInfo], str, bool]:
+def _ask(
+    agent: RemoteHost | None, paths: list[str], probe: Mapping[str, object] | None = None
+) -> tuple[dict[str, PathInfo], str, bool]:
     if agent is None:
         return {}, "", False
     try:
-        reply = agent.call("storage-facts", {"paths": paths})
+        reply = agent.call("storage-facts", {"paths": paths, **(probe or {})})
     except VmotionError as exc:
         log.debug("storage facts from %s: %s", agent.label, exc.message)
         return {}, "", False
     return _path_infos(reply), str(reply.get("lock_manager", "")), True
+
+
+_NO: Final = PathInfo(exists=False)
+
+
+def _place_probes(agent: RemoteHost | None, paths: list[str]) -> dict[str, object]:
+    """Marker files next to the source's disks: {token, probed: [paths]} or {}."""
+    if agent is None or not paths:
+        return {}
+    token = uuid.uuid4().hex
+    try:
+        placed = agent.call("share-probe", {"paths": paths, "token": token}).get("placed", {})
+    except VmotionError as exc:
+        log.debug("share probe on %s: %s", agent.label, exc.message)
+        return {}
+    probed = [str(p) for p in placed] if isinstance(placed, dict) else []
+    return {"token": token, "probed": probed} if probed else {}
 
 
 def gather(
@@ -194,7 +250,17 @@ def gather(
         disks.append(disk)
     paths = [d.source for d in disks if d.is_local_kind]
     src_paths, src_lock, _ = _ask(source_agent, paths)
-    dst_paths, dst_lock, dst_known = _ask(dest_agent, paths)
+    probe = _place_probes(source_agent, [p for p in paths if src_paths.get(p, _NO).exists])
+    try:
+        dst_paths, dst_lock, dst_known = _ask(dest_agent, paths, probe)
+    finally:
+        if probe and source_agent is not None:
+            try:
+                source_agent.call(
+                    "share-probe", {**probe, "paths": probe["probed"], "remove": True}
+                )
+            except VmotionError as exc:
+                log.warning("could not remove share probes: %s", exc.message)
     return StorageFacts(
         disks=tuple(disks),
         copy=copy,

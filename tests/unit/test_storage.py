@@ -129,6 +129,19 @@ def test_copy_plan(copy: CopyMode, dest_exists: bool, copied: list[str]) -> None
     assert [d.target for d in copied_disks(facts)] == copied
 
 
+def test_same_path_without_the_share_marker_is_copied_not_trusted() -> None:
+    facts = make_facts()
+    stale = StorageFacts(
+        disks=facts.disks,
+        dest_paths={PATH: PathInfo(exists=True, shared=False, free_bytes=100 * GIB)},
+        source_lock_manager="lockd",
+        dest_lock_manager="lockd",
+    )
+    assert [d.target for d in copied_disks(stale)] == ["vda"]
+    shared = StorageFacts(disks=facts.disks, dest_paths={PATH: PathInfo(exists=True, shared=True)})
+    assert copied_disks(shared) == ()
+
+
 def test_readonly_and_shareable_disks_are_never_copied() -> None:
     for disk in (make_disk(readonly=True), make_disk(shareable=True)):
         assert copied_disks(make_facts(disk=disk, copy=CopyMode.ALWAYS)) == ()

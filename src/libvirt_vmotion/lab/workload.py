@@ -71,6 +71,8 @@ class WorkloadStatus:
     disk: str = ""
     """Device of the disk log (empty: the guest has no disk log)."""
     disk_kib_s: int = 0
+    disk_run_id: str = ""
+    """Hex id of this workload run, written into every record."""
     disk_records: int = 0
     """Records handed to the device (acknowledged or in flight)."""
     disk_acked: int = 0

@@ -17,8 +17,12 @@ Strategy (the default policy finishes, like vMotion does):
    reason naming the budget. Past ``postcopy_after_fraction`` of the time
    budget, post-copy comes next regardless; past the budget, pre-copy aborts.
 4. In post-copy, abort is refused (the guest's state is split between the
-   hosts). A link that stops moving bytes is paused, then resumed once it is
-   back, for up to ``postcopy_resume_wait_s``.
+   hosts). A link that stops moving bytes is waited for (TCP keeps the
+   connection through a short outage; libvirt's keepalive gives up after ~30 s)
+   or, with ``postcopy_pause_on_stall``, paused. When libvirt reports the
+   post-copy paused, it is resumed (POSTCOPY_RESUME) once the link is back.
+   Either way for up to ``postcopy_resume_wait_s``; then the controller stops,
+   saying where the guest's state lives.
 """
 
 from __future__ import annotations
@@ -483,41 +487,92 @@ def _step_postcopy(  # noqa: PLR0911  one return per post-copy rule
             "cancel refused: post-copy has started, the guest already runs on the "
             "destination and part of its memory is only there; it must finish",
         )
+    broken = bool(kinds & {EventKind.POSTCOPY_PAUSED, EventKind.JOB_FAILED})
     if state is State.POSTCOPY:
-        if kinds & {EventKind.POSTCOPY_PAUSED, EventKind.JOB_FAILED}:
-            return decide(
-                State.POSTCOPY_PAUSED,
-                "post-copy link broken: the guest is paused; resume when the link is back",
-                ResumePostCopy(),
-            )
-        if _postcopy_stuck(history, policy):
+        if broken:
+            return _libvirt_paused(decide)
+        if not _postcopy_stuck(history, policy):
+            return decide(state, "")
+        if policy.postcopy_pause_on_stall:
             return decide(
                 State.POSTCOPY,
                 f"post-copy moved no data for {policy.postcopy_stall_s:g} s: pause it so "
                 "it can be resumed over a fresh connection",
                 PausePostCopy(),
             )
-        return decide(state, "")
-    # POSTCOPY_PAUSED
-    if EventKind.POSTCOPY_RESUMED in kinds:
-        return decide(State.POSTCOPY, "post-copy resumed")
-    paused_s = _paused_since(history)
-    if history.now_s - paused_s > policy.postcopy_resume_wait_s:
         return decide(
-            State.FAILED,
-            f"post-copy could not be resumed within {policy.postcopy_resume_wait_s:g} s "
-            "(postcopy_resume_wait_s): the guest is paused on the destination and "
-            "the pages not yet copied are only on the source; keep both hosts up and "
-            "resume with: virsh migrate --postcopy --postcopy-resume",
+            State.POSTCOPY_PAUSED,
+            f"post-copy link stalled: no data moved for {policy.postcopy_stall_s:g} s; the "
+            "guest waits on the destination for pages still on the source; waiting up to "
+            f"{policy.postcopy_resume_wait_s:g} s for the link (the connection stays open, "
+            "nothing to resume)",
         )
-    return decide(State.POSTCOPY_PAUSED, "", ResumePostCopy())
+    # POSTCOPY_PAUSED: stalled (waiting for the link) or paused by libvirt (resuming)
+    since_s = _paused_since(history)
+    resuming = _is_resuming(history)
+    if EventKind.POSTCOPY_RESUMED in kinds or _moved_since(history, since_s):
+        how = "POSTCOPY_RESUME" if resuming else "the link came back, same connection"
+        return decide(
+            State.POSTCOPY,
+            f"post-copy recovered after {history.now_s - since_s:.1f} s ({how})",
+        )
+    if broken and not resuming:
+        return _libvirt_paused(decide)
+    if history.now_s - since_s > policy.postcopy_resume_wait_s:
+        return decide(State.FAILED, _gave_up_reason(policy, resuming=resuming))
+    if resuming:
+        return decide(State.POSTCOPY_PAUSED, "", ResumePostCopy())
+    return decide(State.POSTCOPY_PAUSED, "")
+
+
+def _libvirt_paused(decide: _Decide) -> Decision:
+    return decide(
+        State.POSTCOPY_PAUSED,
+        "post-copy link broken: libvirt paused the migration (the guest waits on the "
+        "destination); resume it (POSTCOPY_RESUME) when the link is back",
+        ResumePostCopy(),
+    )
+
+
+def _gave_up_reason(policy: MigrationPolicy, *, resuming: bool) -> str:
+    head = (
+        f"post-copy did not recover within {policy.postcopy_resume_wait_s:g} s "
+        "(postcopy_resume_wait_s): the guest runs on the destination, paused on the "
+        "pages it still needs, and those pages exist only on the source; keep both "
+        "hosts up and do not destroy either copy"
+    )
+    if resuming:
+        return (
+            f"{head}; once the link is back, resume with: virsh migrate --live --p2p "
+            "--postcopy --postcopy-resume (same destination URI and flags)"
+        )
+    return f"{head}; libvirt carries on by itself once the link between the hosts is back"
+
+
+def _episode(history: History) -> list[Decision]:
+    """Decisions of the current paused episode (the latest run of POSTCOPY_PAUSED)."""
+    out: list[Decision] = []
+    for decision in reversed(history.decisions):
+        if decision.next_state is not State.POSTCOPY_PAUSED:
+            break
+        out.append(decision)
+    return out[::-1]
 
 
 def _paused_since(history: History) -> float:
-    for decision in reversed(history.decisions):
-        if decision.next_state is State.POSTCOPY_PAUSED and decision.reason:
-            return decision.at_s
-    return history.now_s
+    episode = _episode(history)
+    return episode[0].at_s if episode else history.now_s
+
+
+def _is_resuming(history: History) -> bool:
+    return any(isinstance(a, ResumePostCopy) for d in _episode(history) for a in d.actions)
+
+
+def _moved_since(history: History, since_s: float) -> bool:
+    """True once a sample after ``since_s`` shows more data sent than the last one before."""
+    before = [s.data_processed_bytes for s in history.samples if s.now_s <= since_s]
+    after = [s.data_processed_bytes for s in history.samples if s.now_s > since_s]
+    return bool(before and after and after[-1] > before[-1])
 
 
 def _postcopy_stuck(history: History, policy: MigrationPolicy) -> bool:

@@ -258,7 +258,9 @@ def migrate(  # noqa: PLR0913  the migration's collaborators, all keyword-only
             cutover.finish(landed=False)
         controller.raise_failure(source, dest)
     samples = controller.history.samples
-    final = _completed_stats(dest, guest.name, clock) or controller.completed_from_event
+    # The source's JOB_COMPLETED event has the figures after pre-copy and post-copy
+    # alike; the destination's completed stats are empty after post-copy.
+    final = controller.completed_from_event or _completed_stats(dest, guest.name, clock)
     final = final or (samples[-1] if samples else None)
     _verify_landed(source, dest, guest.name)
     if cutover is not None:
@@ -282,6 +284,7 @@ def migrate(  # noqa: PLR0913  the migration's collaborators, all keyword-only
 
 
 _RESUME_RETRY_S: Final = 2.0
+_COMPLETED_EVENT_WAIT_S: Final = 1.0
 
 
 @dataclass(slots=True)
@@ -303,6 +306,7 @@ class _Controller:
     view: ProgressView | None = None
     completed_from_event: JobSample | None = None
     last_resume_s: float = -1e9
+    resuming: bool = False
     worker_seen_done: bool = False
     refused_ctrl_c: bool = False
 
@@ -324,10 +328,27 @@ class _Controller:
                     self._tick()
                 except KeyboardInterrupt:
                     self._interrupted()
+            if self.state is State.COMPLETED:
+                self._await_completed_event()
         finally:
             if stop_events is not None:
                 stop_events()
         self.worker.join()
+
+    def _await_completed_event(self) -> None:
+        """Wait briefly for the source's JOB_COMPLETED event: it carries the figures.
+
+        After post-copy the destination keeps no completed-job statistics (they
+        read ``{"type": 0}``), so downtime and totals come from this event.
+        """
+        deadline_s = self.clock() + _COMPLETED_EVENT_WAIT_S
+        while self.completed_from_event is None and self.clock() < deadline_s:
+            try:
+                event = self.events.get(timeout=0.05)
+            except queue.Empty:
+                continue
+            if event.kind is EventKind.JOB_COMPLETED and event.detail:
+                self.completed_from_event = _sample_from_event(event)
 
     def _interrupted(self) -> None:
         if is_abortable(self.state):
@@ -389,9 +410,11 @@ class _Controller:
 
     def _check_worker(self) -> None:
         if self.worker.alive() or self.worker_seen_done:
-            if self.state is State.POSTCOPY_PAUSED and self.worker.alive():
+            if self.state is State.POSTCOPY_PAUSED and self.resuming and self.worker.alive():
+                # libvirt sends no RESUMED_POSTCOPY to the source; its state tells.
                 resumed = _best_effort_value(lambda: not self.guest.is_postcopy_failed())
                 if resumed:
+                    self.resuming = False
                     self._add_event(MigrationEvent(EventKind.POSTCOPY_RESUMED, self.clock()))
             return
         self.worker.join()
@@ -450,6 +473,7 @@ class _Controller:
         if self.worker.alive() or now_s - self.last_resume_s < _RESUME_RETRY_S:
             return
         self.last_resume_s = now_s
+        self.resuming = True
         log.info("resuming post-copy of %s", self.guest.name)
         guest, dest_uri, options = self.guest, self.request.dest_uri, self.options
         self.worker = _Worker(lambda: guest.migrate(dest_uri, options, resume=True))
@@ -461,11 +485,16 @@ class _Controller:
         name = self.guest.name
         reason = next((d.reason for d in reversed(self.history.decisions) if d.reason), "")
         if self.state is State.FAILED:
-            msg = f"Migration of '{name}' failed in post-copy: {reason}"
+            msg = (
+                f"Migration of '{name}' is stuck in post-copy: {reason}. "
+                f"Destination {dest.uri}: the running guest; source {source.uri}: the "
+                "memory it has not received yet."
+            )
             raise CutoverFailed(
                 msg,
-                hint=f"Check with: virsh -c {dest.uri} list --all; virsh -c {source.uri} "
-                "list --all",
+                hint=f"Restore the network between the hosts; follow it with: vmotion status "
+                f"{name} --from {source.uri}; see both with: virsh -c {dest.uri} domstate "
+                f"--reason {name}; virsh -c {source.uri} domstate --reason {name}",
             )
         aborted_for = next(
             (
@@ -495,7 +524,8 @@ def _sample_from_event(event: MigrationEvent) -> JobSample | None:
         return None
     if not isinstance(stats, dict):
         return None
-    sample = JobSample.from_job_stats(stats, now_s=event.now_s)
+    # The event's statistics carry no "type": the event itself says the job completed.
+    sample = JobSample.from_job_stats({"type": 3, **stats}, now_s=event.now_s)
     return sample if sample.job_type == "completed" else None
 
 

@@ -83,7 +83,12 @@ class MigrationPolicy:
         postcopy_resume_wait_s: how long to keep retrying post-copy recovery
             after the link broke.
         postcopy_stall_s: post-copy with no bytes moving for this long counts
-            as a broken link (pause it so it can be resumed).
+            as a broken link (the controller then waits for it, or pauses it).
+        postcopy_pause_on_stall: pause a stalled post-copy so it can be resumed
+            over a fresh connection (POSTCOPY_RESUME). Off by default: a short
+            outage is ridden out by TCP on the same connection, and libvirt
+            11.3's destination libvirtd crashes on POSTCOPY_RESUME (lab,
+            2026-11), after which the guest cannot be recovered.
         xbzrle: enable XBZRLE compression of re-sent pages.
         parallel_connections: multifd streams (0 = off).
         postcopy_bandwidth_mib_s: background transfer cap once in post-copy,
@@ -110,6 +115,7 @@ class MigrationPolicy:
     xbzrle: bool = False
     parallel_connections: int = 0
     postcopy_bandwidth_mib_s: int | None = None
+    postcopy_pause_on_stall: bool = False
 
     def __post_init__(self) -> None:  # noqa: C901  one check per field, flat
         """Validate every field; the message names the field and the bad value."""
@@ -177,6 +183,7 @@ _SCALAR_FIELDS: Final = {
     "xbzrle": bool,
     "parallel_connections": int,
     "postcopy_bandwidth_mib_s": int,
+    "postcopy_pause_on_stall": bool,
 }
 
 

@@ -206,9 +206,14 @@ def test_stall_needs_rounds_without_a_new_minimum() -> None:
 
 
 def steady(rounds: int, dirty_mib: float, *, round_s: float = 2.0) -> list[JobSample]:
-    out = [make_sample(now_s=0.5, iteration=1, remaining_mib=500)]
+    out = [make_sample(now_s=0.5, iteration=1, remaining_mib=500, processed_mib=12)]
     out += [
-        make_sample(now_s=1 + i * round_s, iteration=i + 2, remaining_mib=dirty_mib)
+        make_sample(
+            now_s=1 + i * round_s,
+            iteration=i + 2,
+            remaining_mib=dirty_mib,
+            processed_mib=500 + i * round_s * 30,  # the link keeps moving bytes
+        )
         for i in range(rounds)
     ]
     return out
@@ -286,8 +291,7 @@ def test_cancel_aborts_in_precopy_and_is_refused_in_postcopy() -> None:
     assert not any(isinstance(a, Abort) for a in actions_of(history))
 
 
-def test_postcopy_link_break_pauses_resumes_and_gives_up_after_the_wait() -> None:
-    policy = MigrationPolicy(postcopy_stall_s=3, postcopy_resume_wait_s=10)
+def _in_postcopy_with_stuck_link() -> History:
     history = History(started_s=0).with_decision(
         Decision(State.POSTCOPY, (StartPostCopy(),), "go", at_s=1.0, round=5)
     )
@@ -295,9 +299,34 @@ def test_postcopy_link_break_pauses_resumes_and_gives_up_after_the_wait() -> Non
              for t in (2.0, 3.0, 4.5)]  # fmt: skip
     for s in stuck:
         history = history.with_sample(s)
+    return history
+
+
+def test_postcopy_stalled_link_is_waited_for_and_recovers_on_the_same_connection() -> None:
+    policy = MigrationPolicy(postcopy_stall_s=3, postcopy_resume_wait_s=10)
+    history = _in_postcopy_with_stuck_link()
     decision = step(State.POSTCOPY, history, policy)
-    assert decision.actions == (PausePostCopy(),)
-    history = history.with_decision(decision).with_event(
+    assert decision.next_state is State.POSTCOPY_PAUSED
+    assert decision.actions == ()  # no pause: libvirt 11.3 cannot resume one
+    assert "stalled" in decision.reason
+    history = history.with_decision(decision)
+    later = make_sample(now_s=8.0, iteration=6, remaining_mib=100, processed_mib=700)
+    waiting = step(State.POSTCOPY_PAUSED, history.with_sample(later), policy)
+    assert waiting == Decision(State.POSTCOPY_PAUSED, at_s=8.0, round=6)
+    later = make_sample(now_s=9.0, iteration=6, remaining_mib=90, processed_mib=710)
+    moving = step(State.POSTCOPY_PAUSED, history.with_sample(later), policy)
+    assert moving.next_state is State.POSTCOPY
+    assert "recovered after 4.5 s (the link came back, same connection)" in moving.reason
+    later = make_sample(now_s=15.0, iteration=6, remaining_mib=100, processed_mib=700)
+    gave_up = step(State.POSTCOPY_PAUSED, history.with_sample(later), policy)
+    assert gave_up.next_state is State.FAILED
+    assert "only on the source" in gave_up.reason
+    assert "libvirt carries on by itself" in gave_up.reason
+
+
+def test_postcopy_paused_by_libvirt_is_resumed_until_the_wait_runs_out() -> None:
+    policy = MigrationPolicy(postcopy_stall_s=3, postcopy_resume_wait_s=10)
+    history = _in_postcopy_with_stuck_link().with_event(
         MigrationEvent(EventKind.POSTCOPY_PAUSED, now_s=5.0)
     )
     decision = step(State.POSTCOPY, history, policy)
@@ -310,10 +339,19 @@ def test_postcopy_link_break_pauses_resumes_and_gives_up_after_the_wait() -> Non
     resumed = step(State.POSTCOPY_PAUSED, history.with_event(
         MigrationEvent(EventKind.POSTCOPY_RESUMED, now_s=9.0)), policy)  # fmt: skip
     assert resumed.next_state is State.POSTCOPY
+    assert "POSTCOPY_RESUME" in resumed.reason
     gave_up = step(State.POSTCOPY_PAUSED, history.with_event(
         MigrationEvent(EventKind.ITERATION, now_s=16.0, iteration=6)), policy)  # fmt: skip
     assert gave_up.next_state is State.FAILED
     assert "destination" in gave_up.reason
+    assert "--postcopy-resume" in gave_up.reason
+
+
+def test_postcopy_stall_is_paused_when_the_policy_asks() -> None:
+    policy = MigrationPolicy(postcopy_stall_s=3, postcopy_pause_on_stall=True)
+    decision = step(State.POSTCOPY, _in_postcopy_with_stuck_link(), policy)
+    assert decision.next_state is State.POSTCOPY
+    assert decision.actions == (PausePostCopy(),)
 
 
 # ---- replays of real lab traces -------------------------------------------------------

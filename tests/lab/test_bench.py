@@ -77,9 +77,6 @@ def test_quick_bench_writes_results_summary_and_plots(
             assert run["limit_ratio"] > 0
         else:
             assert run["error"]
-    # An idle guest converges with either tool.
-    assert runs[0]["converged"]
-    assert runs[1]["converged"]
 
     summary = (out / "summary.md").read_text()
     assert "| 512MiB@0 | ours | 1/1 |" in summary

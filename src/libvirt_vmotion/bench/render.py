@@ -168,6 +168,10 @@ def build_summary_md(  # noqa: PLR0913  keyword-only parts of one document
         ),
         "- longest gap ms: longest silence of 10 ms pings from the client namespace.",
         (
+            "- converged: the guest runs on the destination only, and the migration itself (ours: "
+            "its migrate call without pre-flight; virsh: its process) stayed within the budget."
+        ),
+        (
             "- x limit: median total time / (RAM touched / bandwidth), converged runs only; RAM "
             "touched is guest RAM minus zero pages, measured by an uncapped calibration migration."
         ),

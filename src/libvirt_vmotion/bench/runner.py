@@ -85,7 +85,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
         msg = "The benchmark needs root (it runs the namespace lab)."
         raise UsageError(msg, hint=f"Run it as root: sudo {command_name()} bench ...")
     if guestctl.in_client_netns():
-        return Bench(params, out_dir, command=os.environ.get(_COMMAND_ENV, "vmotion bench")).run()
+        bench = Bench(params, out_dir, command=os.environ.get(_COMMAND_ENV, "vmotion bench"))
+        try:
+            return bench.run()
+        except RuntimeError as exc:  # lab, guest image and workload errors
+            msg = f"The benchmark stopped: {exc}"
+            raise VmotionError(
+                msg,
+                hint=f"Results so far are in {out_dir}; check '{command_name()} lab status' "
+                f"and '{command_name()} lab guest status', then run it again.",
+            ) from exc
     try:
         _err(f"bench: lab '{LAB_ID}' (built if needed), guest image")
         topology.up(log=lambda line: log.info("%s", line))
@@ -323,9 +332,15 @@ def run_ours(*, bandwidth_mib_s: int, budget_s: float) -> ToolOutcome:
         "--ping", GUEST_ADDR, "--workload", GUEST_ADDR,
     )  # fmt: skip
     t0 = time.monotonic()
-    result = subprocess.run(
-        argv, capture_output=True, text=True, check=False, timeout=budget_s + RESET_TIMEOUT_S
-    )
+    try:
+        result = subprocess.run(
+            argv, capture_output=True, text=True, check=False, timeout=budget_s + RESET_TIMEOUT_S
+        )
+    except subprocess.TimeoutExpired:
+        # Killing the client of a p2p migration does not cancel it (LAB-NOTES).
+        _virsh(HOST_A.uri, "domjobabort", GUEST_NAME)
+        wall_s = time.monotonic() - t0
+        return ToolOutcome(ok=False, wall_s=wall_s, error=f"no exit after {wall_s:.0f} s: killed")
     wall_s = time.monotonic() - t0
     report = _last_report(result.stdout)
     network, workload = _section(report, "network"), _section(report, "workload")

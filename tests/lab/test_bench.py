@@ -79,8 +79,8 @@ def test_quick_bench_writes_results_summary_and_plots(
             assert run["error"]
 
     summary = (out / "summary.md").read_text()
-    assert "| 512MiB@0 | ours | 1/1 |" in summary
-    assert "| 512MiB@1 | virsh |" in summary
+    assert "| 512MiB@0 |" in summary
+    assert "| virsh |" in summary
     assert "FAILURE" not in summary
     for name in doc["plots"]:
         assert (out / name).read_bytes()[:8] == PNG_MAGIC

@@ -26,6 +26,7 @@ def run(tool: Tool, fraction: float, total_s: float, *, mismatches: int = 0) -> 
         ram_touched_bytes=150 * MIB,
         bandwidth_mib_s=30,
         workload_rate_mib_s=30,
+        achieved_dirty_mib_s=29.5,
         series=(RoundPoint(0.0, 1, 400 * MIB),),
     )
 
@@ -67,10 +68,11 @@ def test_summary_shows_cells_ratios_and_no_failure_banner() -> None:
         plots=["total_time_by_fraction.png"],
     )
     assert "FAILURE" not in text
-    assert "| 512MiB@0 | ours | 1/1 | 8.0 / 8.0 | 7.2 | 40 / 40 |" in text
+    assert "| 512MiB@0 | 29.5 | ours | 1/1 | 8.0 / 8.0 | 7.2 | 40 / 40 |" in text
     # ours / virsh: 8/10 s total, 40/200 ms downtime, same gap.
     assert "| 512MiB@0 | virsh | 1/1 vs 1/1 | 0.80x | 0.20x | 1.00x |" in text
     assert "| 512MiB@1 | virsh | 1/1 vs 0/1 |" in text
+    assert "| 512MiB@1 | 29.5 | virsh | 0/1 | 31.0 / 31.0 |" in text
     assert "![total_time_by_fraction.png](total_time_by_fraction.png)" in text
 
 

@@ -419,6 +419,8 @@ class CellSummary:
     worst: Mapping[str, float | None]
     median_limit_ratio: float | None
     strategies: tuple[str, ...] = ()
+    median_dirty_mib_s: float | None = None
+    """What the guest workload achieved before the runs (the fraction is nominal)."""
 
 
 def metric(run: RunResult, name: str) -> float | None:
@@ -458,9 +460,16 @@ def summarize(runs: Iterable[RunResult]) -> list[CellSummary]:
                 worst=worst,
                 median_limit_ratio=statistics.median(ratios) if ratios else None,
                 strategies=tuple(sorted({r.strategy for r in group if r.strategy})),
+                median_dirty_mib_s=_median(
+                    [r.achieved_dirty_mib_s for r in group if r.achieved_dirty_mib_s is not None]
+                ),
             )
         )
     return summaries
+
+
+def _median(values: Sequence[float]) -> float | None:
+    return statistics.median(values) if values else None
 
 
 def ratio(ours: float | None, theirs: float | None) -> float | None:

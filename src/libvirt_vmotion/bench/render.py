@@ -70,6 +70,7 @@ def _summary_dict(summary: CellSummary) -> dict[str, object]:
         "worst": dict(summary.worst),
         "median_limit_ratio": summary.median_limit_ratio,
         "strategies": list(summary.strategies),
+        "median_dirty_mib_s": summary.median_dirty_mib_s,
     }
 
 
@@ -135,13 +136,14 @@ def build_summary_md(  # noqa: PLR0913  keyword-only parts of one document
         "## Per cell (median / worst)",
         "",
         (
-            "| cell | tool | converged | total s | QEMU s | downtime ms | longest gap ms "
-            "| MiB sent | rounds | x limit | strategy |"
+            "| cell | dirty MiB/s | tool | converged | total s | QEMU s | downtime ms "
+            "| longest gap ms | MiB sent | rounds | x limit | strategy |"
         ),
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     lines.extend(
-        f"| {s.cell.label} | {s.tool} | {s.converged}/{s.runs} | {_pair(s, 'total_time_s')} "
+        f"| {s.cell.label} | {_num(s.median_dirty_mib_s)} | {s.tool} | {s.converged}/{s.runs} "
+        f"| {_pair(s, 'total_time_s')} "
         f"| {_seconds(s.median.get('qemu_elapsed_ms'))} "
         f"| {_pair(s, 'downtime_ms', 0)} | {_pair(s, 'longest_gap_ms', 0)} "
         f"| {_mib(s.median.get('bytes_transferred'))} / {_mib(s.worst.get('bytes_transferred'))} "
@@ -165,6 +167,10 @@ def build_summary_md(  # noqa: PLR0913  keyword-only parts of one document
         (
             "- downtime ms: QEMU's downtime from the completed job (n/a after post-copy: libvirt "
             "keeps no completed statistics then); downtime and gap count converged runs only."
+        ),
+        (
+            "- dirty MiB/s: the rate the guest workload achieved just before the runs "
+            "(asked: fraction x bandwidth cap)."
         ),
         "- longest gap ms: longest silence of 10 ms pings from the client namespace.",
         (

@@ -549,8 +549,9 @@ def cmd_migrate(args: argparse.Namespace) -> int:
             Hypervisor.open(request.dest_uri) as dest,
             checks_cli.GateContext(args, request, source, dest) as gate,
         ):
+            request = replace(request, copy_disks=gate.copy_disks)  # pre-flight's copy plan
             outcome, sections = migrate(
-                replace(request, copy_disks=gate.copy_disks),
+                request,
                 source=source,
                 dest=dest,
                 observers=_observers(args),

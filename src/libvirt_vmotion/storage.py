@@ -197,9 +197,14 @@ def needs_precreate(disk: DiskSpec, dest: PathInfo | None) -> bool:
 
 
 def copy_bytes_needed(disk: DiskSpec) -> int:
-    """Destination space a copy of ``disk`` needs (allocation, else capacity, plus margin)."""
-    size = disk.allocation_bytes or disk.capacity_bytes
-    return int(size * COPY_SPACE_MARGIN)
+    """Destination space a copy of ``disk`` needs, plus margin.
+
+    A raw target ends up fully allocated (the NBD mirror writes the holes as
+    zeroes: seen in the lab, a 256 MiB sparse image using 17 MiB arrived using
+    257 MiB), so raw needs its capacity; qcow2 only what it allocates.
+    """
+    size = disk.capacity_bytes if disk.format == "raw" else disk.allocation_bytes
+    return int((size or disk.capacity_bytes) * COPY_SPACE_MARGIN)
 
 
 # --------------------------------------------------------------------------- checks

@@ -154,9 +154,10 @@ def test_precreate_only_files_missing_on_the_destination() -> None:
     assert not needs_precreate(make_disk(kind="block", source="/dev/sdb"), PathInfo(exists=False))
 
 
-def test_copy_space_uses_allocation_with_margin_else_capacity() -> None:
-    assert copy_bytes_needed(make_disk()) == int(2 * GIB * 1.05)
-    assert copy_bytes_needed(make_disk(allocation_bytes=0)) == int(10 * GIB * 1.05)
+def test_copy_space_raw_needs_capacity_qcow2_its_allocation() -> None:
+    assert copy_bytes_needed(make_disk()) == int(10 * GIB * 1.05)
+    assert copy_bytes_needed(make_disk(format="qcow2")) == int(2 * GIB * 1.05)
+    assert copy_bytes_needed(make_disk(format="qcow2", allocation_bytes=0)) == int(10 * GIB * 1.05)
 
 
 @pytest.mark.parametrize(
@@ -215,7 +216,7 @@ def test_dest_space_blocks_a_copy_that_does_not_fit() -> None:
     (r,) = check_dest_disk_space(facts, dest_host="kvm2")
     assert r.verdict is Verdict.BLOCKER
     assert "kvm2 has 1.0 GiB free" in r.message
-    assert "2.1 GiB" in r.message
+    assert "10.5 GiB" in r.message
     assert "--skip-check dest-disk-space" in r.hint
 
 

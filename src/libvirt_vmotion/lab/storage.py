@@ -282,7 +282,11 @@ def is_up(paths: StoragePaths | None = None) -> bool:
 # (QEMU's own image locks sit at bytes 100 and up, so they do not answer here).
 _GETLK_SCRIPT: Final = """
 import fcntl, os, struct, sys
-fd = os.open(sys.argv[1], os.O_RDONLY)
+try:
+    fd = os.open(sys.argv[1], os.O_RDONLY)
+except FileNotFoundError:
+    print("missing")
+    sys.exit(0)
 lk = struct.pack("hhqqi", fcntl.F_WRLCK, 0, 0, 1, 0)
 typ, _, start, length, pid = struct.unpack("hhqqi", fcntl.fcntl(fd, fcntl.F_GETLK, lk))
 print("unlocked" if typ == fcntl.F_UNLCK else f"locked {pid}")

@@ -220,6 +220,7 @@ def build_controller_section(
             "max_duration_s": policy.max_duration_s,
             "met": met,
         },
+        "postcopy_recoveries": postcopy_recoveries(history),
         "decisions": [
             {
                 "at_s": round(d.at_s - history.started_s, 2),
@@ -233,6 +234,31 @@ def build_controller_section(
         ],
         "policy": policy.to_dict(),
     }
+
+
+def postcopy_recoveries(history: History) -> list[dict[str, object]]:
+    """Each time the post-copy link broke: when, when it recovered (None: never), and how.
+
+    Returns:
+        ``{"broken_at_s", "recovered_at_s", "how", "reason"}`` per episode, times
+        relative to the start of the migration.
+
+    """
+    out: list[dict[str, object]] = []
+    episode: dict[str, object] | None = None
+    for d in history.decisions:
+        at_s = round(d.at_s - history.started_s, 2)
+        if d.next_state is State.POSTCOPY_PAUSED and episode is None:
+            episode = {"broken_at_s": at_s, "recovered_at_s": None, "how": None, "reason": d.reason}
+            out.append(episode)
+        elif episode is not None and d.next_state is not State.POSTCOPY_PAUSED:
+            if d.next_state is State.POSTCOPY:
+                episode["recovered_at_s"] = at_s
+                episode["how"] = (
+                    "postcopy-resume" if "POSTCOPY_RESUME" in d.reason else "same-connection"
+                )
+            episode = None
+    return out
 
 
 def _action_text(action: object) -> str:

@@ -3,55 +3,36 @@
 from __future__ import annotations
 
 import json
-import os
-import stat
 import subprocess
-from pathlib import Path
 
 import pytest
 
 from libvirt_vmotion.lab import guestctl
 from libvirt_vmotion.lab.constants import (
+    CLIENT_NETNS,
     GUEST_ADDR,
     GUEST_NAME,
     HOST_A,
     HOST_B,
     HOST_BRIDGE,
     HOST_UPLINK,
-    STATE_DIR,
+    PREFIX_LEN,
     SWITCH_BRIDGE,
     SWITCH_NETNS,
 )
 
 pytestmark = pytest.mark.lab
 
-# Until the lab runs an sshd per host (issue 3), reach a lab host's agent the way
-# ssh would, by entering its namespaces: same command line, same agent.
-_SSH_SHIM = f"""#!/bin/sh
-for a; do prev2=$prev1; prev1=$a; done
-case ${{prev2#*@}} in
-  {HOST_A.addr}) h={HOST_A.name};; {HOST_B.addr}) h={HOST_B.name};;
-  *) echo "no lab host at $prev2" >&2; exit 255;;
-esac
-exec nsenter -t "$(cat {STATE_DIR}/$h/holder.pid)" -m -u -n -- sh -c "$prev1"
-"""
 
+def vmotion(*args: str) -> subprocess.CompletedProcess[str]:
+    """Our CLI in the client namespace, reaching the hosts' agents over their sshd.
 
-@pytest.fixture
-def agent_env(tmp_path: Path) -> dict[str, str]:
-    shim = tmp_path / "lab-ssh"
-    shim.write_text(_SSH_SHIM)
-    shim.chmod(shim.stat().st_mode | stat.S_IXUSR)
-    env = dict(os.environ)
-    env["VMOTION_AGENT_SSH"] = str(shim)
-    env["VMOTION_AGENT_PYTHON"] = guestctl.self_command()[0]
-    return env
-
-
-def vmotion(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    ``client_command`` sets ``VMOTION_AGENT_SSH``/``VMOTION_AGENT_PYTHON`` from the
+    lab's ssh client config, as ``vmotion lab exec`` does: the production path.
+    """
     return subprocess.run(
         guestctl.client_command(guestctl.self_command(*args)),
-        capture_output=True, text=True, check=False, timeout=300, env=env,
+        capture_output=True, text=True, check=False, timeout=300,
     )  # fmt: skip
 
 
@@ -68,11 +49,9 @@ def on_host(host_netns: str, *argv: str) -> None:
 
 
 @pytest.mark.usefixtures("guest_on_a")
-def test_cutover_announces_from_destination_and_the_switch_follows(
-    agent_env: dict[str, str],
-) -> None:
+def test_cutover_announces_from_destination_and_the_switch_follows() -> None:
     result = vmotion(
-        agent_env, "migrate", GUEST_NAME, "--from", HOST_A.uri, "--to", HOST_B.uri,
+        "migrate", GUEST_NAME, "--from", HOST_A.uri, "--to", HOST_B.uri,
         "--ping", GUEST_ADDR, "--workload", GUEST_ADDR, "--guest-ip", GUEST_ADDR,
         "--watch-switch", f"{SWITCH_NETNS}/{SWITCH_BRIDGE}", "--json",
     )  # fmt: skip
@@ -123,7 +102,7 @@ def test_cutover_announces_from_destination_and_the_switch_follows(
     assert " 0% packet loss" in ping.stdout, ping.stdout
     # And back, so the switch points at hosta again for whatever runs next.
     back = vmotion(
-        agent_env, "migrate", GUEST_NAME, "--from", HOST_B.uri, "--to", HOST_A.uri,
+        "migrate", GUEST_NAME, "--from", HOST_B.uri, "--to", HOST_A.uri,
         "--guest-ip", GUEST_ADDR, "--watch-switch", f"{SWITCH_NETNS}/{SWITCH_BRIDGE}", "--json",
     )  # fmt: skip
     assert back.returncode == 0, back.stderr
@@ -134,16 +113,15 @@ def test_cutover_announces_from_destination_and_the_switch_follows(
 
 
 @pytest.mark.usefixtures("guest_on_a")
-def test_netcheck_reports_learning_off_and_missing_uplink_on_the_destination(
-    agent_env: dict[str, str],
-) -> None:
+def test_netcheck_reports_learning_off_and_missing_uplink_on_the_destination() -> None:
     args = ("netcheck", GUEST_NAME, "--from", HOST_A.uri, "--to", HOST_B.uri, "--json")
-    healthy = vmotion(agent_env, *args)
+    healthy = vmotion(*args)
     assert healthy.returncode == 0, healthy.stderr
     assert last_json(healthy)["verdict"] == "ok"
+    addr = f"{HOST_B.addr}/{PREFIX_LEN}"
     try:
         on_host(HOST_B.netns, "bridge", "link", "set", "dev", HOST_UPLINK, "learning", "off")
-        learning_off = vmotion(agent_env, *args)
+        learning_off = vmotion(*args)
         assert learning_off.returncode == 0, learning_off.stderr  # a warning, not a blocker
         found = last_json(learning_off)
         assert found["verdict"] == "warning"
@@ -153,18 +131,29 @@ def test_netcheck_reports_learning_off_and_missing_uplink_on_the_destination(
         ]
         assert bad[0]["hint"] == f"bridge link set dev {HOST_UPLINK} learning on"
 
+        # No uplink on br0. hostb's management address lives on br0; move it onto the
+        # NIC, as on a host managed over its own interface, so ssh still reaches the
+        # agent (the production path) while the guest's bridge is cut off.
+        on_host(HOST_B.netns, "ip", "addr", "del", addr, "dev", HOST_BRIDGE)
         on_host(HOST_B.netns, "ip", "link", "set", "dev", HOST_UPLINK, "nomaster")
-        no_uplink = vmotion(agent_env, *args)
+        on_host(HOST_B.netns, "ip", "addr", "add", addr, "dev", HOST_UPLINK)
+        on_host(CLIENT_NETNS, "ip", "neigh", "flush", "to", HOST_B.addr)  # it has a new MAC
+        no_uplink = vmotion(*args)
         assert no_uplink.returncode == 3
         found = last_json(no_uplink)
         assert found["verdict"] == "blocker"
         (blocker,) = [r for r in found["results"] if r["severity"] == "blocker"]  # type: ignore[attr-defined]
         assert blocker["name"] == "bridge-uplink"
         assert f"master {HOST_BRIDGE}" in blocker["hint"]
-        text = vmotion(agent_env, *args[:-1])
+        text = vmotion(*args[:-1])
         assert "hint: Enslave the host's physical NIC" in text.stdout
         assert "Traceback" not in text.stderr
     finally:
+        on_host(HOST_B.netns, "ip", "addr", "flush", "dev", HOST_UPLINK, "scope", "global")
         on_host(HOST_B.netns, "ip", "link", "set", "dev", HOST_UPLINK, "master", HOST_BRIDGE)
+        on_host(
+            HOST_B.netns, "ip", "addr", "replace", f"{HOST_B.addr}/{PREFIX_LEN}", "dev", HOST_BRIDGE
+        )
+        on_host(CLIENT_NETNS, "ip", "neigh", "flush", "to", HOST_B.addr)
         on_host(HOST_B.netns, "bridge", "link", "set", "dev", HOST_UPLINK, "learning", "on")
     assert guestctl.find_guest() == [(HOST_A, "running")]

@@ -50,10 +50,86 @@ from libvirt_vmotion.model import MIB, JobSample, MigrationOutcome, MigrationReq
 from libvirt_vmotion.policy import MigrationPolicy, build_policy
 from libvirt_vmotion.ports import Observer, SampleSink
 from libvirt_vmotion.progress import ProgressView, build_controller_section, build_view
-from libvirt_vmotion.virt import Guest, Hypervisor, MigrationOptions
+from libvirt_vmotion.virt import HostIdentity, MigrationOptions
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
+
+
+class MigratingGuest(Protocol):
+    """The guest as the driver sees it: what it reads and what it steers.
+
+    ``virt.Guest`` implements it over libvirt; the unit tests replay recorded lab
+    traces through a fake of this interface (not of libvirt).
+    """
+
+    name: str
+    uri: str
+
+    def is_running(self) -> bool:
+        """True if the guest runs (or is paused) here."""
+        ...
+
+    def state_name(self) -> str:
+        """The guest's state as a word."""
+        ...
+
+    def job_sample(self, *, now_s: float) -> JobSample:
+        """Statistics of the current job."""
+        ...
+
+    def completed_job_sample(self, *, now_s: float) -> JobSample | None:
+        """Statistics kept for the last completed job, if any."""
+        ...
+
+    def set_max_downtime(self, downtime_ms: int) -> None:
+        """Set the longest pause QEMU may plan for at switchover."""
+
+    def set_max_bandwidth(self, bandwidth_mib_s: int) -> None:
+        """Cap the migration bandwidth."""
+
+    def set_throttle_cap(self, percent: int) -> None:
+        """Cap auto-converge's vCPU throttle."""
+
+    def start_postcopy(self) -> None:
+        """Switch the running migration to post-copy."""
+
+    def pause_postcopy(self) -> None:
+        """Interrupt a post-copy migration so it can be resumed."""
+
+    def abort_job(self) -> None:
+        """Abort the running (pre-copy) migration."""
+
+    def is_postcopy_failed(self) -> bool:
+        """True if a post-copy migration of this guest broke and awaits recovery."""
+        ...
+
+    def migrate(self, dest_uri: str, options: MigrationOptions, *, resume: bool = False) -> None:
+        """Run (or resume) the migration; blocks until it ends."""
+
+    def watch_migration(
+        self, sink: Callable[[MigrationEvent], None], clock: Callable[[], float]
+    ) -> Callable[[], None]:
+        """Deliver migration events to ``sink``; return a function that stops it."""
+        ...
+
+
+class HostConnection(Protocol):
+    """One host as the driver sees it (``virt.Hypervisor`` over libvirt)."""
+
+    uri: str
+
+    def identity(self) -> HostIdentity:
+        """Hostname and host UUID, to refuse a same-host migration."""
+        ...
+
+    def lookup(self, name: str) -> MigratingGuest:
+        """The guest of that name (raises DomainNotFound)."""
+        ...
+
+    def has_guest(self, name: str) -> bool:
+        """True if a guest of that name is defined or running here."""
+        ...
 
 
 class PostSwitchover(Protocol):
@@ -102,7 +178,7 @@ class _Worker:
         self.thread.join(timeout_s)
 
 
-def check_distinct_hosts(source: Hypervisor, dest: Hypervisor) -> tuple[str, str]:
+def check_distinct_hosts(source: HostConnection, dest: HostConnection) -> tuple[str, str]:
     """Refuse a migration whose source and destination are the same host.
 
     Returns:
@@ -126,7 +202,7 @@ def check_distinct_hosts(source: Hypervisor, dest: Hypervisor) -> tuple[str, str
     return src.hostname, dst.hostname
 
 
-def _find_running_guest(source: Hypervisor, name: str) -> Guest:
+def _find_running_guest(source: HostConnection, name: str) -> MigratingGuest:
     guest = source.lookup(name)
     if not guest.is_running():
         msg = (
@@ -139,7 +215,7 @@ def _find_running_guest(source: Hypervisor, name: str) -> Guest:
     return guest
 
 
-def _check_dest_free(dest: Hypervisor, name: str) -> None:
+def _check_dest_free(dest: HostConnection, name: str) -> None:
     if dest.has_guest(name) and dest.lookup(name).is_running():
         msg = f"A guest named '{name}' is already running on {dest.uri}."
         raise PreflightFailed(
@@ -147,10 +223,10 @@ def _check_dest_free(dest: Hypervisor, name: str) -> None:
         )
 
 
-def _where_is(source: Hypervisor, dest: Hypervisor, name: str) -> tuple[bool, bool]:
+def _where_is(source: HostConnection, dest: HostConnection, name: str) -> tuple[bool, bool]:
     """Return (running on source, running on destination), best effort."""
 
-    def running(hv: Hypervisor) -> bool:
+    def running(hv: HostConnection) -> bool:
         try:
             return hv.lookup(name).is_running()
         except VmotionError:
@@ -170,8 +246,8 @@ def policy_for(request: MigrationRequest) -> MigrationPolicy:
 def migrate(  # noqa: PLR0913  the migration's collaborators, all keyword-only
     request: MigrationRequest,
     *,
-    source: Hypervisor,
-    dest: Hypervisor,
+    source: HostConnection,
+    dest: HostConnection,
     observers: Sequence[Observer] = (),
     on_sample: SampleSink | None = None,
     poll_interval_s: float = 0.25,
@@ -291,7 +367,7 @@ _COMPLETED_EVENT_WAIT_S: Final = 1.0
 class _Controller:
     """The one loop: wait for an event or the poll tick, sample, step, apply."""
 
-    guest: Guest
+    guest: MigratingGuest
     request: MigrationRequest
     policy: MigrationPolicy
     options: MigrationOptions
@@ -480,7 +556,7 @@ class _Controller:
         self.worker_seen_done = False
         self.worker.start()
 
-    def raise_failure(self, source: Hypervisor, dest: Hypervisor) -> NoReturn:
+    def raise_failure(self, source: HostConnection, dest: HostConnection) -> NoReturn:
         """Raise the error that tells where the guest is and why it did not move."""
         name = self.guest.name
         reason = next((d.reason for d in reversed(self.history.decisions) if d.reason), "")
@@ -544,7 +620,9 @@ def _best_effort(action: Callable[[], None]) -> None:
         log.warning("tuning call failed, continuing: %s", exc)
 
 
-def _raise_failure(error: BaseException, source: Hypervisor, dest: Hypervisor, name: str) -> None:
+def _raise_failure(
+    error: BaseException, source: HostConnection, dest: HostConnection, name: str
+) -> None:
     on_source, on_dest = _where_is(source, dest, name)
     detail = error.message if isinstance(error, VmotionError) else str(error)
     if on_source and not on_dest:
@@ -569,7 +647,9 @@ def _raise_failure(error: BaseException, source: Hypervisor, dest: Hypervisor, n
     ) from error
 
 
-def _completed_stats(dest: Hypervisor, name: str, clock: Callable[[], float]) -> JobSample | None:
+def _completed_stats(
+    dest: HostConnection, name: str, clock: Callable[[], float]
+) -> JobSample | None:
     """Completed-job figures (downtime, totals) that libvirt keeps on the destination."""
     try:
         return dest.lookup(name).completed_job_sample(now_s=clock())
@@ -578,7 +658,7 @@ def _completed_stats(dest: Hypervisor, name: str, clock: Callable[[], float]) ->
         return None
 
 
-def _verify_landed(source: Hypervisor, dest: Hypervisor, name: str) -> None:
+def _verify_landed(source: HostConnection, dest: HostConnection, name: str) -> None:
     """The guest must run on the destination, persistently, and be gone from the source."""
     on_source, on_dest = _where_is(source, dest, name)
     if not on_dest or on_source:

@@ -436,6 +436,8 @@ class Bench:
                             self.write_results()
         finally:
             self.write_results(final=True)
+            # A guest left dirtying memory under TCG would load the host for nothing.
+            guestctl.remove_guest()
         failed = failed_runs(self.runs)
         print(f"results: {self.out_dir}")  # noqa: T201  the command's output
         if failed:

@@ -264,9 +264,11 @@ def build_holder_script(host: LabHost, paths: HostPaths) -> str:
         f"hostname {q(host.name)}",
         "virtlogd -d",
         # The lock manager's daemon (lock_manager = "lockd"): libvirtd only spawns it
-        # itself when unprivileged, so start it before any guest needs a lock.
-        "virtlockd -d",
-        "libvirtd -d -l",
+        # itself when unprivileged, so start it before any guest needs a lock. Daemons
+        # log to their own files, not here: say which one failed, or a holder that
+        # dies under `set -e` leaves an empty holder.log (seen intermittently).
+        'virtlockd -d || echo "virtlockd -d failed with status $?"',
+        'libvirtd -d -l || { echo "libvirtd -d -l failed with status $?"; exit 1; }',
         # sshd's privilege-separation directory lives in the (per-host) /run.
         "mkdir -p -m 0755 /run/sshd",
         f"/usr/sbin/sshd -f {q(str(paths.sshd_config))} -E {q(str(paths.log / SSHD_LOG_NAME))}",

@@ -174,6 +174,7 @@ def _start_server(paths: StoragePaths) -> None:
     for d in (paths.brick, paths.glusterd, paths.run, paths.log):
         d.mkdir(parents=True, exist_ok=True)
     paths.ready_file.unlink(missing_ok=True)
+    paths.holder_pid_file.unlink(missing_ok=True)  # a stale one would read as "died"
     # glusterd needs its hooks tree; seed it from the package's copy.
     if Path("/var/lib/glusterd").is_dir():
         shutil.copytree("/var/lib/glusterd", paths.glusterd, dirs_exist_ok=True, symlinks=True)
@@ -202,7 +203,7 @@ def _start_server(paths: StoragePaths) -> None:
     deadline = time.monotonic() + READY_TIMEOUT_S
     while not paths.ready_file.exists():
         if time.monotonic() > deadline or (
-            paths.holder_pid_file.exists() and not _holder_alive(paths) and time.monotonic() > 1
+            paths.holder_pid_file.exists() and not _holder_alive(paths)
         ):
             tail = topology._tail(paths.log / "holder.log")  # noqa: SLF001
             msg = (

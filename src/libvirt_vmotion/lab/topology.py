@@ -873,6 +873,14 @@ def _down_locked(log: Callable[[str], None] | None) -> None:
     for host in HOSTS:
         if _holder_pid(host) is not None:
             _destroy_domains(host)
+    for host in HOSTS:
+        # virtlockd ignores SIGTERM (it must not drop disk leases on a whim); with the
+        # guests gone it holds none, so kill it now rather than after the grace period.
+        pid_file = hostconf.host_paths(host).virtlockd_pid_file
+        lockd = _alive_in_netns(_read_pid(pid_file), host.netns)
+        if lockd is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(lockd, signal.SIGKILL)
     pids = _lab_pids()
     if pids:
         _say(log, f"stopping {len(pids)} lab processes")

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 
 from libvirt_vmotion.convergence import (
     History,
+    ResumePostCopy,
     State,
     current_downtime_ms,
     current_throttle_percent,
@@ -246,18 +247,21 @@ def postcopy_recoveries(history: History) -> list[dict[str, object]]:
     """
     out: list[dict[str, object]] = []
     episode: dict[str, object] | None = None
+    resumed = False
     for d in history.decisions:
         at_s = round(d.at_s - history.started_s, 2)
-        if d.next_state is State.POSTCOPY_PAUSED and episode is None:
-            episode = {"broken_at_s": at_s, "recovered_at_s": None, "how": None, "reason": d.reason}
-            out.append(episode)
-        elif episode is not None and d.next_state is not State.POSTCOPY_PAUSED:
-            if d.next_state is State.POSTCOPY:
+        if d.next_state is State.POSTCOPY_PAUSED:
+            resumed = resumed or any(isinstance(a, ResumePostCopy) for a in d.actions)
+            if episode is None:
+                episode = {"broken_at_s": at_s, "recovered_at_s": None, "how": None}
+                episode["reason"] = d.reason
+                out.append(episode)
+        elif episode is not None:
+            # Back to post-copy, or straight to completion: either way the link came back.
+            if d.next_state in {State.POSTCOPY, State.COMPLETED}:
                 episode["recovered_at_s"] = at_s
-                episode["how"] = (
-                    "postcopy-resume" if "POSTCOPY_RESUME" in d.reason else "same-connection"
-                )
-            episode = None
+                episode["how"] = "postcopy-resume" if resumed else "same-connection"
+            episode, resumed = None, False
     return out
 
 

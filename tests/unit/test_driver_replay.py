@@ -1,0 +1,340 @@
+"""Replays of real lab traces through the driver loop, against a fake of its ports.
+
+The traces (``tests/data/traces/driver/*.json``, made by ``record_driver_trace.py``)
+hold what the driver saw in the lab: job statistics, libvirt events and the end
+of the migrate call. ``TraceHost``/``TraceGuest`` implement the driver's own
+``HostConnection``/``MigratingGuest`` protocols (not libvirt): they play the
+trace back on a virtual clock, record every call the driver makes, and end the
+migrate call when the trace says, or at once when the driver aborts.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from libvirt_vmotion.driver import HostConnection, MigratingGuest, migrate
+from libvirt_vmotion.errors import DomainNotFound, MigrationAborted
+from libvirt_vmotion.events import EventKind, MigrationEvent
+from libvirt_vmotion.model import JobSample, MigrationRequest
+from libvirt_vmotion.policy import MigrationPolicy, build_policy
+from libvirt_vmotion.virt import HostIdentity, MigrationOptions
+
+TRACES = Path(__file__).parent.parent / "data" / "traces" / "driver"
+_TICK_S = 0.001  # every clock read moves virtual time on, so no wait can spin forever
+
+
+class VirtualClock:
+    def __init__(self) -> None:
+        self.now_s = 0.0
+        self.lock = threading.Lock()
+
+    def __call__(self) -> float:
+        with self.lock:
+            self.now_s += _TICK_S
+            return self.now_s
+
+    def advance_to(self, t_s: float) -> None:
+        with self.lock:
+            self.now_s = max(self.now_s, t_s)
+
+
+class Trace:
+    """One recorded migration, played back on the virtual clock."""
+
+    def __init__(self, name: str) -> None:
+        data = json.loads((TRACES / name).read_text())
+        self.name = name
+        self.data: dict[str, Any] = data
+        self.samples: list[dict[str, Any]] = list(data["samples"])
+        self.events: list[dict[str, Any]] = list(data["events"])
+        self.ends_at_s = float(data["migrate_calls"][0]["ended_at_s"])
+        self.ends_with: str | None = data["migrate_calls"][0]["error_type"]
+
+    def policy(self) -> MigrationPolicy:
+        overrides = dict(self.data["policy_overrides"])
+        max_downtime_ms = overrides.pop("max_downtime_ms")
+        return build_policy(max_downtime_ms=max_downtime_ms, overrides=overrides)
+
+    def request(self) -> MigrationRequest:
+        return MigrationRequest(**self.data["request"])
+
+    def recorded_calls(self) -> list[str]:
+        return [c["call"] for c in self.data["calls"]]
+
+
+class World:
+    """Shared state of the fake source and destination."""
+
+    def __init__(self, trace: Trace) -> None:
+        self.trace = trace
+        self.clock = VirtualClock()
+        self.calls: list[tuple[float, str, tuple[object, ...]]] = []
+        self.ended = threading.Event()
+        self.aborted = False
+        self.landed = False
+        self.sink: Callable[[MigrationEvent], None] | None = None
+        self.delivered = 0
+        self.lock = threading.Lock()
+
+    def deliver_events_until(self, t_s: float) -> None:
+        with self.lock:
+            while self.delivered < len(self.trace.events):
+                raw = self.trace.events[self.delivered]
+                if raw["now_s"] > t_s or self.sink is None:
+                    break
+                self.delivered += 1
+                self.sink(
+                    MigrationEvent(
+                        EventKind(raw["kind"]),
+                        now_s=raw["now_s"],
+                        iteration=raw["iteration"],
+                        detail=raw["detail"],
+                    )
+                )
+
+    def end_migration(self, *, aborted: bool) -> None:
+        self.aborted = aborted
+        self.landed = not aborted and self.trace.ends_with is None
+        if self.landed:
+            self.deliver_events_until(self.trace.ends_at_s + 1.0)
+        self.ended.set()
+
+
+class TraceGuest:
+    """The guest on one fake host (implements ``driver.MigratingGuest``)."""
+
+    def __init__(self, world: World, uri: str, *, source: bool) -> None:
+        self.world = world
+        self.uri = uri
+        self.name = "vmo-guest"
+        self.source = source
+        self._next = 0
+
+    def _record(self, call: str, *args: object) -> None:
+        self.world.calls.append((self.world.clock.now_s, call, args))
+
+    def is_running(self) -> bool:
+        if self.source:
+            return not self.world.landed
+        return self.world.landed
+
+    def state_name(self) -> str:
+        return "running" if self.is_running() else "shut off"
+
+    def job_sample(self, *, now_s: float) -> JobSample:  # noqa: ARG002  the trace has the time
+        world, trace = self.world, self.world.trace
+        if world.landed:
+            msg = "undefined on the source after the migration"
+            raise DomainNotFound(msg, hint="")
+        if self._next < len(trace.samples) and not world.ended.is_set():
+            raw = trace.samples[self._next]
+            self._next += 1
+            world.clock.advance_to(raw["now_s"])
+        else:
+            world.clock.advance_to(world.clock.now_s + 0.25)
+            raw = {"type": 0}
+        t_s = world.clock.now_s
+        world.deliver_events_until(t_s)
+        if t_s >= trace.ends_at_s and not world.ended.is_set():
+            world.end_migration(aborted=False)
+        return JobSample.from_job_stats(raw, now_s=t_s)
+
+    def completed_job_sample(self, *, now_s: float) -> JobSample | None:  # noqa: ARG002
+        return None  # as libvirt after post-copy: {"type": 0}
+
+    def set_max_downtime(self, downtime_ms: int) -> None:
+        self._record("set_max_downtime", downtime_ms)
+
+    def set_max_bandwidth(self, bandwidth_mib_s: int) -> None:
+        self._record("set_max_bandwidth", bandwidth_mib_s)
+
+    def set_throttle_cap(self, percent: int) -> None:
+        self._record("set_throttle_cap", percent)
+
+    def start_postcopy(self) -> None:
+        self._record("start_postcopy")
+
+    def pause_postcopy(self) -> None:
+        self._record("pause_postcopy")
+
+    def abort_job(self) -> None:
+        self._record("abort_job")
+        self.world.end_migration(aborted=True)
+
+    def is_postcopy_failed(self) -> bool:
+        return False
+
+    def migrate(self, dest_uri: str, options: MigrationOptions, *, resume: bool = False) -> None:
+        self._record("migrate", dest_uri, options, resume)
+        assert self.world.ended.wait(timeout=20), "replay stuck: the driver stopped sampling"
+        if self.world.aborted or self.world.trace.ends_with == "MigrationAborted":
+            msg = "Migration was cancelled: operation aborted"
+            raise MigrationAborted(msg, hint="The guest keeps running on the source.")
+
+    def watch_migration(
+        self, sink: Callable[[MigrationEvent], None], clock: Callable[[], float]
+    ) -> Callable[[], None]:
+        del clock
+        self.world.sink = sink
+
+        def stop() -> None:
+            self.world.sink = None
+
+        return stop
+
+
+class TraceHost:
+    """One fake host (implements ``driver.HostConnection``)."""
+
+    def __init__(self, world: World, uri: str, hostname: str, *, source: bool) -> None:
+        self.uri = uri
+        self.guest = TraceGuest(world, uri, source=source)
+        self._identity = HostIdentity(hostname, f"uuid-{hostname}", 11_003_000, 10_000_002)
+
+    def identity(self) -> HostIdentity:
+        return self._identity
+
+    def lookup(self, name: str) -> MigratingGuest:
+        if not self.has_guest(name):
+            msg = f"No guest named '{name}' on {self.uri}."
+            raise DomainNotFound(msg, hint="")
+        return self.guest
+
+    def has_guest(self, name: str) -> bool:
+        return name == self.guest.name and self.guest.is_running()
+
+
+def with_link_cut(trace: Trace, *, after_s: float, for_s: float) -> Trace:
+    """The trace with the migration link cut ``after_s`` into post-copy for ``for_s``.
+
+    While cut, the source's counters stand still (as measured in the lab: no
+    bytes move, nothing fails); afterwards everything happens ``for_s`` later.
+    """
+    started_s = next(e["now_s"] for e in trace.events if e["kind"] == "postcopy-started")
+    cut_s = started_s + after_s
+    before = [s for s in trace.samples if s["now_s"] <= cut_s]
+    frozen = [
+        {**before[-1], "now_s": round(cut_s + k * 0.25, 3)} for k in range(1, int(for_s / 0.25))
+    ]
+    later = [{**s, "now_s": s["now_s"] + for_s} for s in trace.samples if s["now_s"] > cut_s]
+    trace.samples = before + frozen + later
+    trace.events = [
+        e if e["now_s"] <= cut_s else {**e, "now_s": e["now_s"] + for_s} for e in trace.events
+    ]
+    trace.ends_at_s += for_s
+    trace.data["policy_overrides"]["postcopy_stall_s"] = 2.0
+    return trace
+
+
+def replay(name: str | Trace) -> tuple[World, Any, BaseException | None]:
+    trace = name if isinstance(name, Trace) else Trace(name)
+    world = World(trace)
+    request = trace.request()
+    source: HostConnection = TraceHost(world, request.source_uri, "hosta", source=True)
+    dest: HostConnection = TraceHost(world, request.dest_uri, "hostb", source=False)
+    try:
+        outcome, _ = migrate(
+            request,
+            source=source,
+            dest=dest,
+            policy=trace.policy(),
+            poll_interval_s=0.0005,
+            clock=world.clock,
+        )
+    except MigrationAborted as exc:
+        return world, None, exc
+    return world, outcome, None
+
+
+def calls(world: World) -> list[str]:
+    return [c[1] for c in world.calls]
+
+
+def completed_event_downtime_ms(trace: Trace) -> int:
+    raw = next(e for e in trace.events if e["kind"] == "job-completed")
+    value = json.loads(raw["detail"])["downtime"]
+    assert isinstance(value, int)
+    return value
+
+
+def test_light_load_replay_completes_in_precopy_with_the_events_downtime() -> None:
+    world, outcome, error = replay("light5-bw30-precopy.json")
+    assert error is None
+    assert calls(world) == Trace("light5-bw30-precopy.json").recorded_calls()
+    assert "start_postcopy" not in calls(world)
+    assert "abort_job" not in calls(world)
+    assert ("set_throttle_cap", (1,)) not in [(c[1], c[2]) for c in world.calls[3:]]
+    section = outcome.controller
+    assert section["state"] == "completed"
+    assert section["strategy"] in {"pre-copy", "pre-copy, downtime raised"}
+    assert section["budget"]["met"] is True
+    assert outcome.final.downtime_ms == completed_event_downtime_ms(world.trace) == 63
+
+
+def test_busy_load_replay_escalates_to_postcopy_and_reports_its_downtime() -> None:
+    world, outcome, error = replay("busy45-bw30-postcopy.json")
+    assert error is None
+    recorded = world.trace.recorded_calls()
+    assert calls(world) == recorded
+    assert calls(world).count("start_postcopy") == 1
+    throttles = [c[2][0] for c in world.calls if c[1] == "set_throttle_cap"]
+    assert all(isinstance(p, int) for p in throttles)
+    percents = [int(str(p)) for p in throttles]
+    assert percents == sorted(percents)
+    assert max(percents) <= 80
+    section = outcome.controller
+    assert section["strategy"] == "post-copy"
+    assert section["state"] == "completed"
+    assert section["postcopy_recoveries"] == []
+    # The destination's completed stats are empty after post-copy: the figures
+    # come from the source's JOB_COMPLETED event, so the downtime is not 0.
+    assert outcome.final.downtime_ms == completed_event_downtime_ms(world.trace) == 10
+    assert outcome.final.data_processed_bytes > 0
+
+
+def test_postcopy_link_cut_replay_waits_and_recovers_on_the_same_connection() -> None:
+    trace = with_link_cut(Trace("busy45-bw30-postcopy.json"), after_s=0.1, for_s=6.0)
+    world, outcome, error = replay(trace)
+    assert error is None
+    assert "pause_postcopy" not in calls(world)
+    assert calls(world).count("migrate") == 1  # nothing to resume: the connection held
+    section = outcome.controller
+    assert section["state"] == "completed"
+    (recovery,) = section["postcopy_recoveries"]
+    assert recovery["how"] == "same-connection"
+    assert recovery["recovered_at_s"] > recovery["broken_at_s"]
+    assert "stalled" in recovery["reason"]
+    assert outcome.final.downtime_ms == 10
+    # Cut until the end: completion is the recovery.
+    trace = with_link_cut(Trace("busy45-bw30-postcopy.json"), after_s=0.3, for_s=6.0)
+    world, outcome, error = replay(trace)
+    assert error is None
+    (recovery,) = outcome.controller["postcopy_recoveries"]
+    assert recovery["how"] == "same-connection"
+    assert outcome.controller["state"] == "completed"
+
+
+def test_unmeetable_budget_replay_aborts_naming_the_budget_and_stays_on_source() -> None:
+    world, outcome, error = replay("busy45-bw30-abort.json")
+    assert outcome is None
+    assert isinstance(error, MigrationAborted)
+    assert "100 ms downtime budget" in error.message
+    assert "forbids throttling and post-copy" in error.message
+    assert calls(world) == world.trace.recorded_calls()
+    assert calls(world)[-1] == "abort_job"
+    assert "start_postcopy" not in calls(world)
+    assert not world.landed
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in TRACES.glob("*.json")))
+def test_every_driver_trace_is_complete(name: str) -> None:
+    trace = Trace(name)
+    assert trace.samples
+    assert trace.samples == sorted(trace.samples, key=lambda s: s["now_s"])
+    assert trace.data["outcome"]["result"] in {"completed", "MigrationAborted"}

@@ -122,7 +122,21 @@ def test_link_cut_during_postcopy_recovers_and_guest_lands_intact(tmp_path: Path
     started_s = time.monotonic()
     proc = start_migration(tmp_path, wait_s=60, observe=True)
     cut_at_s = cut_during_postcopy(proc, started_s=started_s)
-    time.sleep(6)
+    # While the link is down: status shows post-copy, cancel is refused (exit 1).
+    status = subprocess.run(
+        vmotion_in_client("status", GUEST_NAME, "--from", HOST_A.uri, "--json"),
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["phase"] == "postcopy"
+    cancel = subprocess.run(
+        vmotion_in_client("cancel", GUEST_NAME, "--from", HOST_A.uri),
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert cancel.returncode == 1
+    assert "Refusing to cancel" in cancel.stderr
+    assert "hint:" in cancel.stderr
+    time.sleep(max(0.0, cut_at_s + 6 - (time.monotonic() - started_s)))
     set_link(True)
     restored_at_s = time.monotonic() - started_s
     stdout, stderr = proc.communicate(timeout=120)

@@ -19,12 +19,14 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Final
 
 from pyroute2 import IPRoute
 
 from libvirt_vmotion.netcheck import BridgeFacts, PortFacts, StpState
 
+NUD_REACHABLE: Final = 0x02
 NUD_PERMANENT: Final = 0x80
 NTF_SELF: Final = 0x02
 NTF_MASTER: Final = 0x04
@@ -97,7 +99,20 @@ def read_bridge(name: str, *, host: str = "", netns: str = "") -> BridgeFacts:
         ageing_time_cs=int(data.get_attr("IFLA_BR_AGEING_TIME") or 0) if data else 30000,
         vlan_filtering=bool(data.get_attr("IFLA_BR_VLAN_FILTERING")) if data else False,
         ports=tuple(ports),
+        mac=str(bridge.get_attr("IFLA_ADDRESS") or ""),
+        addr_assign_type=None if netns else _addr_assign_type(name),
     )
+
+
+def _addr_assign_type(ifname: str) -> int | None:
+    """``addr_assign_type`` from sysfs (netlink does not carry it); None if unreadable.
+
+    Only for this network namespace: sysfs shows the namespace it was mounted in.
+    """
+    try:
+        return int(Path(f"/sys/class/net/{ifname}/addr_assign_type").read_text().strip())
+    except (OSError, ValueError):
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,12 +195,53 @@ def fdb_remove(
     return tuple(removed)
 
 
+def fdb_claim(bridge: str, mac: str, port: str, *, netns: str = "") -> tuple[FdbEntry, ...]:
+    """Point ``bridge``'s entry for ``mac`` at ``port`` (the guest's tap), as if learned.
+
+    Why: the destination's bridge has usually learned the guest's MAC on its
+    *uplink* while the guest ran elsewhere (from the guest's broadcasts). After
+    the move it then drops traffic for the guest arriving on that uplink (a
+    bridge never forwards a frame back out of the port it came in on) until the
+    guest itself sends a frame through its tap. QEMU's self-announce goes
+    through the tap and fixes that; ours is sent out of the bridge and cannot,
+    so we set the entry. It is an ordinary dynamic entry (``bridge fdb replace
+    MAC dev TAP master dynamic``): it ages and moves with learning like any
+    learned one.
+
+    Args:
+        bridge: the bridge.
+        mac: the guest NIC's MAC.
+        port: the guest's tap on that bridge.
+        netns: named network namespace, "" for this one.
+
+    Returns:
+        The entries for ``mac`` before the change (on other ports: what was stale).
+
+    Raises:
+        OSError: the bridge or the port does not exist (netlink error).
+
+    """
+    with _ipr(netns) as ipr:
+        before = tuple(entry for entry, _, _ in _fdb(ipr, bridge, [mac]))
+        found = ipr.link_lookup(ifname=port)
+        if not found:
+            msg = f"no port {port} on this host"
+            raise OSError(msg)
+        ipr.fdb(
+            "replace", ifindex=found[0], lladdr=mac.lower(), state=NUD_REACHABLE, flags=NTF_MASTER
+        )
+    return tuple(e for e in before if e.port != port)
+
+
 class FdbWatcher:
     """Records when a bridge's FDB entries for some MACs appear or change port.
 
     Polls every ``interval_s`` from one thread over one netlink socket (in
     ``netns`` if given); :meth:`stop` returns ``(wall time, mac, port)`` for the
-    first sighting of each MAC and for every later change of port.
+    first sighting of each MAC and for every later change of port. The time is
+    taken when the dump that showed the change has been read: the change
+    happened at or before it (on a busy machine a dump can take tens of ms, so
+    a time taken before it could precede the change).
     """
 
     def __init__(
@@ -207,11 +263,11 @@ class FdbWatcher:
     def _run(self) -> None:
         last: dict[str, str] = {}
         while not self._stop.is_set():
-            now = time.time()
             try:
                 entries = _fdb(self._ipr, self._bridge, self._macs)
             except OSError:
                 entries = []
+            now = time.time()
             for entry, _, _ in entries:
                 if entry.permanent or last.get(entry.mac) == entry.port:
                     continue

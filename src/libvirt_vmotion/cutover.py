@@ -5,7 +5,10 @@ I/O: orchestration across hosts; the frame building and the verdicts are pure
 
 **On the destination host** (agent operation ``announce``, started *before* the
 migration so that nothing is left to start at switchover): wait until the
-local libvirtd reports the incoming guest running, then at once send RARP for
+local libvirtd reports the incoming guest running, then at once point the
+local bridge's entry for each NIC's MAC at the guest's tap (it has usually
+learned the MAC on its uplink while the guest ran elsewhere, and would drop the
+guest's incoming traffic until the guest sends a frame itself), send RARP for
 each NIC's MAC, gratuitous ARP for each IPv4 and an unsolicited neighbour
 advertisement for each IPv6 address, on the schedule, out of the NIC's bridge;
 then wait until that bridge's forwarding database has the MAC on the guest's
@@ -36,7 +39,7 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from libvirt_vmotion.agent import RemoteHost
-from libvirt_vmotion.bridge import FdbWatcher, fdb_entries
+from libvirt_vmotion.bridge import FdbWatcher, fdb_claim, fdb_entries
 from libvirt_vmotion.errors import DomainNotFound, VmotionError
 from libvirt_vmotion.netcheck import (
     BridgeFacts,
@@ -72,12 +75,27 @@ class AgentClient(Protocol):
 # ---- destination host: agent operation ------------------------------------------------
 
 
-def _wait_running(
-    uri: str, domain: str, *, timeout_s: float, poll_s: float
-) -> tuple[bool, str, float]:
-    """Poll the local libvirtd until ``domain`` runs; (resumed, why not, wall time)."""
+@dataclass(frozen=True, slots=True)
+class _Resume:
+    """What the destination's wait for the resume found."""
+
+    resumed: bool
+    why_not: str = ""
+    wall_s: float = 0.0
+    taps: Mapping[str, str] = field(default_factory=dict)
+    """The guest's tap per MAC, read while the incoming guest was still paused."""
+
+
+def _wait_running(uri: str, domain: str, *, timeout_s: float, poll_s: float) -> _Resume:
+    """Poll the local libvirtd until ``domain`` runs.
+
+    The guest's taps are read from its live XML as soon as the incoming guest
+    shows up (libvirt creates them before QEMU starts), so nothing is left to
+    read at the resume.
+    """
     deadline = time.monotonic() + timeout_s
     seen = False
+    taps: dict[str, str] = {}
     with Hypervisor.open(uri) as hv:
         guest: Guest | None = None
         while time.monotonic() < deadline:
@@ -85,14 +103,43 @@ def _wait_running(
                 if guest is None:
                     guest = hv.lookup(domain)
                     seen = True
+                if not taps:
+                    taps = {n.mac: n.tap for n in guest_nics_from_xml(guest.xml()) if n.tap}
                 if guest.state_name() == "running":
-                    return True, "", time.time()
+                    return _Resume(resumed=True, wall_s=time.time(), taps=taps)
             except DomainNotFound:
                 if seen:
-                    return False, "the guest left this host (the migration failed)", 0.0
+                    why = "the guest left this host (the migration failed)"
+                    return _Resume(resumed=False, why_not=why)
                 guest = None
             time.sleep(poll_s)
-    return False, f"the guest did not start running here within {timeout_s:g} s", 0.0
+    why = f"the guest did not start running here within {timeout_s:g} s"
+    return _Resume(resumed=False, why_not=why)
+
+
+def _claim_taps(
+    nics: Sequence[Mapping[str, Any]], taps: Mapping[str, str], start: float
+) -> tuple[list[dict[str, object]], list[str]]:
+    """Point each bridge's entry for each guest MAC at the guest's tap (``bridge.fdb_claim``)."""
+    claimed: list[dict[str, object]] = []
+    errors: list[str] = []
+    for nic in nics:
+        bridge, mac = str(nic["bridge"]), str(nic["mac"]).lower()
+        tap = taps.get(mac, "")
+        if not tap:
+            errors.append(f"no tap known for {mac}: {bridge}'s entry for it not set")
+            continue
+        try:
+            stale = fdb_claim(bridge, mac, tap)
+        except OSError as exc:
+            errors.append(f"cannot point {bridge}'s entry for {mac} at {tap}: {exc}")
+            continue
+        claimed.append({
+            "bridge": bridge, "mac": mac, "tap": tap,
+            "replaced_ports": [e.port for e in stale],
+            "at_ms": round((time.monotonic() - start) * 1000, 1),
+        })  # fmt: skip
+    return claimed, errors
 
 
 def _taps_by_mac(uri: str, domain: str) -> dict[str, str]:
@@ -143,11 +190,14 @@ def op_announce(args: Mapping[str, Any]) -> dict[str, object]:
     Args (JSON): ``domain``; ``nics`` [{mac, bridge, ips}]; ``count``,
     ``interval_ms`` (schedule); ``libvirt_uri`` (default ``qemu:///system``);
     ``wait_for_resume`` (default true); ``timeout_s``; ``poll_ms``;
-    ``verify_timeout_ms``.
+    ``verify_timeout_ms``; ``claim_fdb`` (default true: point the local
+    bridge's entry for each MAC at the guest's tap first, ``bridge.fdb_claim``).
 
     Returns:
-        ``resumed``, ``resumed_at_wall_s``, ``sent`` (kind, mac, ip, round, at_ms
-        after resume), ``fdb`` (per bridge and MAC: verified, port, after_resume_ms).
+        ``resumed``, ``resumed_at_wall_s``, ``fdb_claimed`` (bridge, mac, tap, the
+        ports the entry pointed at before, at_ms), ``sent`` (kind, mac, ip, round,
+        at_ms after resume), ``fdb`` (per bridge and MAC: verified, port,
+        after_resume_ms).
 
     """
     uri = str(args.get("libvirt_uri") or "qemu:///system")
@@ -157,14 +207,16 @@ def op_announce(args: Mapping[str, Any]) -> dict[str, object]:
         count=int(args.get("count", 3)), interval_ms=int(args.get("interval_ms", 50))
     )
     poll_s = int(args.get("poll_ms", 5)) / 1000
-    resumed_wall = time.time()
     if args.get("wait_for_resume", True):
-        ok, why, resumed_wall = _wait_running(
+        resume = _wait_running(
             uri, domain, timeout_s=float(args.get("timeout_s", 600)), poll_s=poll_s
         )
-        if not ok:
-            return {"resumed": False, "detail": why}
+        if not resume.resumed:
+            return {"resumed": False, "detail": resume.why_not}
+    else:
+        resume = _Resume(resumed=True, wall_s=time.time(), taps=_taps_by_mac(uri, domain))
     start = time.monotonic()
+    taps = resume.taps
     sent: list[dict[str, object]] = []
     errors: list[str] = []
     by_bridge: dict[str, list[Mapping[str, Any]]] = {}
@@ -191,7 +243,12 @@ def op_announce(args: Mapping[str, Any]) -> dict[str, object]:
     ]
     for thread in threads:
         thread.start()
-    taps = _taps_by_mac(uri, domain)
+    # Meanwhile the local bridge: frames for the guest that reach this host must go
+    # to its tap, not back to the uplink where the bridge last saw the guest.
+    claimed: list[dict[str, object]] = []
+    if args.get("claim_fdb", True):
+        claimed, claim_errors = _claim_taps(nics, taps, start)
+        errors.extend(claim_errors)
     for thread in threads:
         thread.join()
     fdb = _verify_fdb(
@@ -199,8 +256,9 @@ def op_announce(args: Mapping[str, Any]) -> dict[str, object]:
     )
     return {
         "resumed": True,
-        "resumed_at_wall_s": resumed_wall,
+        "resumed_at_wall_s": resume.wall_s,
         "resume_poll_ms": poll_s * 1000,
+        "fdb_claimed": claimed,
         "sent": sorted(sent, key=lambda s: (float(str(s["at_ms"])), str(s["kind"]))),
         "fdb": fdb,
         "errors": errors,
@@ -415,6 +473,7 @@ def _summarize_reply(reply: Mapping[str, object]) -> dict[str, object]:
                 (i.get("at_ms") for i in sent_list if isinstance(i, dict)), None
             ),
             "dest_fdb": reply.get("fdb", []),
+            "dest_fdb_claimed": reply.get("fdb_claimed", []),
         }
     )
     errors = reply.get("errors")

@@ -48,6 +48,7 @@ from libvirt_vmotion.storage import CopyMode, StorageFacts, copied_disks, needs_
 if TYPE_CHECKING:
     from libvirt_vmotion.agent import RemoteHost
     from libvirt_vmotion.model import MigrationRequest
+    from libvirt_vmotion.netcheck import NetCheckResult
     from libvirt_vmotion.virt import Hypervisor
 
 DEFAULT_WINDOW_S = 1
@@ -270,7 +271,11 @@ def run_gate(  # noqa: PLR0913  the gate's inputs, keyword-only
         dest_agent=agent,
         copy=copy,
     )
-    facts = replace(facts, storage=storage_facts)
+    facts = replace(
+        facts,
+        storage=storage_facts,
+        bridge_checks=_bridge_checks(source, domain, source_uri or source.uri, dest_uri),
+    )
     gate = Gate(results=run_checks(facts, skip=skip), window_s=window_s)
     gate.copy_disks = tuple(d.target for d in copied_disks(storage_facts))
     if not blockers(gate.results):
@@ -317,6 +322,24 @@ def run_gate(  # noqa: PLR0913  the gate's inputs, keyword-only
     gate.release = release
     _precreate(gate, agent, storage_facts)
     return gate
+
+
+def _bridge_checks(
+    source: Hypervisor, domain: str, source_uri: str, dest_uri: str
+) -> tuple[NetCheckResult, ...]:
+    """The network pre-flight (``cutover.network_checks``) on both hosts' bridges.
+
+    A host whose agent cannot be reached gives a ``network-facts`` warning there;
+    a guest that cannot be read gives nothing (``guest-running`` says why).
+    """
+    from libvirt_vmotion.cutover import network_checks  # noqa: PLC0415
+
+    try:
+        return network_checks(
+            source=source, domain=domain, source_uri=source_uri, dest_uri=dest_uri
+        )
+    except VmotionError:
+        return ()
 
 
 def _precreate(gate: Gate, agent: RemoteHost, facts: StorageFacts) -> None:

@@ -27,6 +27,11 @@ guest-port-learning         warning   the source's tap does not learn: if the sa
 bridge-mtu                  blocker   smaller MTU than the source drops the guest's frames
 bridge-vlan-filtering       blocker   VLAN filtering differs from the source
 notify-switches             warning   notify off: switches learn only when the guest talks
+bridge-mac-pinned           warning   (both hosts) a bridge without a fixed MAC takes the
+                                      lowest MAC of its ports: a guest tap joining
+                                      (``fe:54:...``) can give it the address the other
+                                      host's guest tap has, and the two hosts then drop
+                                      each other's frames as their own, mid-migration
 ==========================  ========  ==================================================
 """
 
@@ -70,6 +75,15 @@ class PortRole(StrEnum):
 
 
 TAP_KINDS: Final = frozenset({"tun", "tap"})
+NET_ADDR_SET: Final = 3
+"""``addr_assign_type`` of an address set by the user (sysfs); 0 permanent, 1 random,
+2 stolen (a bridge's default, following its ports)."""
+CHECK_NAMES: Final = (
+    "bridge-exists", "bridge-up", "bridge-uplink", "uplink-forwarding", "uplink-flooding",
+    "uplink-learning", "bridge-stp-delay", "bridge-ageing", "guest-port-learning", "bridge-mtu",
+    "bridge-vlan-filtering", "notify-switches", "bridge-mac-pinned", "network-facts",
+)  # fmt: skip
+"""Every result name these checks produce (for ``--skip-check``)."""
 
 
 def role_of(link_kind: str) -> PortRole:
@@ -145,6 +159,9 @@ class BridgeFacts:
     ageing_time_cs: int = 30000
     vlan_filtering: bool = False
     ports: tuple[PortFacts, ...] = field(default=())
+    mac: str = ""
+    addr_assign_type: int | None = None
+    """How the bridge got its MAC (sysfs ``addr_assign_type``); None: not known."""
 
     def uplinks(self) -> tuple[PortFacts, ...]:
         """The ports that lead out of the host."""
@@ -163,6 +180,8 @@ class BridgeFacts:
             "ageing_time_cs": self.ageing_time_cs,
             "vlan_filtering": self.vlan_filtering,
             "ports": [p.as_dict() for p in self.ports],
+            "mac": self.mac,
+            "addr_assign_type": self.addr_assign_type,
         }
 
     @classmethod
@@ -180,6 +199,10 @@ class BridgeFacts:
             ageing_time_cs=_as_int(data.get("ageing_time_cs", 30000)),
             vlan_filtering=bool(data.get("vlan_filtering")),
             ports=tuple(PortFacts.from_dict(p) for p in (ports if isinstance(ports, list) else ())),
+            mac=str(data.get("mac") or ""),
+            addr_assign_type=(
+                int(assign) if isinstance(assign := data.get("addr_assign_type"), int) else None
+            ),
         )
 
 
@@ -432,6 +455,36 @@ def _check_consistency(dest: BridgeFacts, source: BridgeFacts) -> Iterable[NetCh
         )
 
 
+def check_bridge_mac(bridge: BridgeFacts) -> NetCheckResult | None:
+    """Warn when ``bridge`` has no fixed MAC (None when it does not exist or is unknown).
+
+    A Linux bridge without an assigned address takes the lowest MAC among its
+    ports and changes it as ports come and go. libvirt gives every guest tap
+    ``fe:54:...`` (the guest's MAC with the first octet ``fe``); when that is
+    below the uplink's MAC, plugging the incoming guest's tap in gives the
+    destination's bridge the same address as the source's tap for the same
+    guest, and each host then discards the other's frames as "its own address
+    as source" (seen in our lab: the migration link died mid-copy).
+    """
+    if not bridge.exists or bridge.addr_assign_type is None:
+        return None
+    if bridge.addr_assign_type == NET_ADDR_SET:
+        return NetCheckResult(
+            "bridge-mac-pinned", Severity.OK, bridge.host, bridge.name,
+            f"{bridge.name} has a fixed MAC {bridge.mac}",
+        )  # fmt: skip
+    return NetCheckResult(
+        "bridge-mac-pinned", Severity.WARNING, bridge.host, bridge.name,
+        f"Bridge {bridge.name} on {bridge.host} has no fixed MAC (now {bridge.mac or '?'}, "
+        "taken from its ports): when a guest's tap (fe:54:...) joins, it may take that "
+        "address, which the same guest's tap has on the other host; the two hosts then "
+        "drop each other's frames as their own and can lose each other mid-migration.",
+        f"Give {bridge.name} a fixed MAC on {bridge.host}: ip link set {bridge.name} address "
+        "<its current MAC or a locally administered one like 02:...> (and in the host's "
+        "network config, e.g. MACAddress= in systemd-networkd, hwaddress in ifupdown).",
+    )  # fmt: skip
+
+
 def check_notify_switches(bridge: str, *, notify: bool, host: str) -> NetCheckResult:
     """The per-network "notify switches" setting, as a finding.
 
@@ -483,6 +536,10 @@ def check_networks(
         facts = dest.get(nic.bridge) or BridgeFacts(host=dest_host, name=nic.bridge, exists=False)
         taps = [n.tap for n in nics if n.bridge == nic.bridge and n.tap]
         out.extend(check_dest_bridge(facts, source.get(nic.bridge), source_guest_ports=taps))
+        for side in (facts, source.get(nic.bridge)):
+            pinned = check_bridge_mac(side) if side is not None else None
+            if pinned is not None:
+                out.append(pinned)
         notify = not ({"*", nic.bridge} & notify_off)
         out.append(check_notify_switches(nic.bridge, notify=notify, host=dest_host))
     return tuple(out)

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import TYPE_CHECKING, Final
 
+from libvirt_vmotion import netcheck
 from libvirt_vmotion.model import MIB
 
 if TYPE_CHECKING:
@@ -271,6 +272,8 @@ class PreflightFacts:
     storage: StorageFacts | None = None
     """Disk handover facts (cache modes, lock managers, destination paths and space,
     the copy plan); None when not gathered. Checked by ``storage``'s checks."""
+    bridge_checks: tuple[netcheck.NetCheckResult, ...] = ()
+    """Verdicts of ``netcheck`` on both hosts' bridges (from the agents' bridge facts)."""
 
 
 # --------------------------------------------------------------------------- helpers
@@ -1002,6 +1005,39 @@ def _dest_disk_space(f: PreflightFacts) -> tuple[CheckResult, ...]:
     return preflight_dest_disk_space(f)
 
 
+NETCHECK_COVERED: Final = frozenset(
+    {"bridge-exists", "bridge-up", "bridge-uplink", "bridge-mtu", "uplink-learning"}
+)
+"""``netcheck`` results that ``network`` and ``bridge-ports`` already report."""
+_SEVERITY: Final = {
+    netcheck.Severity.OK: Verdict.OK,
+    netcheck.Severity.WARNING: Verdict.WARNING,
+    netcheck.Severity.BLOCKER: Verdict.BLOCKER,
+}
+
+
+def check_bridge_setup(f: PreflightFacts) -> tuple[CheckResult, ...]:
+    """The network pre-flight's bridge verdicts (``netcheck``), each under its own name.
+
+    Can the destination's switch learn the move (STP delay, flooding of
+    broadcasts, ageing), is the bridge consistent with the source (VLAN
+    filtering), is the bridge's MAC pinned on both hosts, will we notify the
+    switches. Those ``network``/``bridge-ports`` already cover are left out.
+    """
+    return tuple(
+        CheckResult(
+            name=r.name,
+            verdict=_SEVERITY[r.severity],
+            message=r.message if r.hint else f"{r.host}: {r.message}",
+            observed=r.host,
+            hint=f"{r.hint} {_skip_hint(r.name)}" if r.hint else "",
+            subject=r.subject,
+        )
+        for r in f.bridge_checks
+        if r.name not in NETCHECK_COVERED
+    )
+
+
 _AGENT_CHECKS: Final = (
     "bridge-ports, inbound-slots, reservation, hugepages, MemAvailable, disk paths"
 )
@@ -1043,6 +1079,7 @@ CHECKS: Final[Mapping[str, Callable[[PreflightFacts], tuple[CheckResult, ...]]]]
     "passthrough-devices": check_passthrough,
     "network": check_networks,
     "bridge-ports": check_bridge_ports,
+    "bridge-setup": check_bridge_setup,
     "storage": check_storage,
     "disk-cache": _disk_cache,
     "lock-manager": _lock_manager,
@@ -1054,7 +1091,8 @@ CHECKS: Final[Mapping[str, Callable[[PreflightFacts], tuple[CheckResult, ...]]]]
 
 def check_names() -> tuple[str, ...]:
     """Every name ``--skip-check`` accepts (result names, incl. ``feature-*``)."""
-    names = [n for n in CHECKS if n not in {"features", "machine-type"}]
+    names = [n for n in CHECKS if n not in {"features", "machine-type", "bridge-setup"}]
+    names += [n for n in netcheck.CHECK_NAMES if n not in NETCHECK_COVERED]
     names += ["machine-type", "emulator"]
     names += [f"feature-{feat.name}" for feat in FEATURES]
     return tuple(sorted(names))

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from libvirt_vmotion.netcheck import (
+    CHECK_NAMES,
     BridgeFacts,
     GuestNic,
     NetCheckResult,
@@ -15,6 +16,7 @@ from libvirt_vmotion.netcheck import (
     PortRole,
     Severity,
     StpState,
+    check_bridge_mac,
     check_dest_bridge,
     check_networks,
     role_of,
@@ -164,9 +166,40 @@ def test_bridge_missing_from_dest_facts_counts_as_absent() -> None:
 
 def test_facts_survive_the_json_round_trip() -> None:
     bridge = make_bridge(
-        ports=(make_port(), make_port("vnet0", kind="tun", stp_state=StpState.LEARNING))
+        ports=(make_port(), make_port("vnet0", kind="tun", stp_state=StpState.LEARNING)),
+        mac="02:77:00:00:00:0b",
+        addr_assign_type=3,
     )
     assert BridgeFacts.from_dict(bridge.as_dict()) == bridge
+    assert BridgeFacts.from_dict(make_bridge().as_dict()).addr_assign_type is None
+
+
+@pytest.mark.parametrize(
+    ("assign", "expected"),
+    [(3, Severity.OK), (1, Severity.WARNING), (2, Severity.WARNING), (None, None)],
+)
+def test_bridge_without_a_fixed_mac_warns_on_either_host(
+    assign: int | None, expected: Severity | None
+) -> None:
+    dest = make_bridge(mac="fe:54:00:77:00:50", addr_assign_type=assign)
+    source = make_bridge(host="hosta", mac="02:77:00:00:00:0a", addr_assign_type=3)
+    verdict = check_bridge_mac(dest)
+    assert (verdict.severity if verdict else None) is expected
+    results = check_networks(
+        [GuestNic("52:54:00:77:00:50", "br0", "vnet0")],
+        dest={"br0": dest}, source={"br0": source}, dest_host="hostb",
+    )  # fmt: skip
+    pinned = by_name(results, "bridge-mac-pinned")
+    hosts = [(r.host, r.severity) for r in pinned]
+    assert hosts == [*([("hostb", expected)] if expected else []), ("hosta", Severity.OK)]
+    if expected is Severity.WARNING:
+        assert "fe:54:00:77:00:50" in pinned[0].message
+        assert pinned[0].hint.startswith("Give br0 a fixed MAC on hostb: ip link set br0 address")
+    assert "bridge-mac-pinned" in CHECK_NAMES
+
+
+def test_a_missing_bridge_has_no_mac_verdict() -> None:
+    assert check_bridge_mac(BridgeFacts(host="hostb", name="br0", exists=False)) is None
 
 
 @pytest.mark.parametrize(

@@ -118,6 +118,14 @@ def test_netcheck_reports_learning_off_and_missing_uplink_on_the_destination() -
     healthy = vmotion(*args)
     assert healthy.returncode == 0, healthy.stderr
     assert last_json(healthy)["verdict"] == "ok"
+    # The same bridge verdicts, by name, in the pre-flight report of 'vmotion check'.
+    check = vmotion("check", GUEST_NAME, "--from", HOST_A.uri, "--to", HOST_B.uri, "--json")
+    assert check.returncode == 0, check.stderr
+    checks = last_json(check)["checks"]
+    assert isinstance(checks, list)
+    pinned = [(c["observed"], c["verdict"]) for c in checks if c["name"] == "bridge-mac-pinned"]
+    assert sorted(pinned) == [(HOST_A.name, "ok"), (HOST_B.name, "ok")]
+    assert {"bridge-stp-delay", "uplink-flooding", "notify-switches"} <= {c["name"] for c in checks}
     addr = f"{HOST_B.addr}/{PREFIX_LEN}"
     try:
         on_host(HOST_B.netns, "bridge", "link", "set", "dev", HOST_UPLINK, "learning", "off")

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import pytest
 from pyroute2 import IPRoute
 
-from libvirt_vmotion.lab import hostconf, topology
+from libvirt_vmotion.lab import hostconf, storage, topology
 from libvirt_vmotion.lab.constants import (
     CLIENT_NETNS,
     HOST_A,
@@ -215,6 +215,9 @@ def test_down_leaves_machine_as_found(lab: Lab) -> None:
         HOST_B, ["virsh", "create", "--paused", "/dev/stdin"], input=PROBE_DOMAIN_XML
     )
     assert PROBE_DOMAIN in topology.status().hosts[1].domains
+    # The shared storage too: a GlusterFS server and a FUSE mount on each host.
+    storage.up()
+    assert storage.is_up()
     lab_inodes = {_ns_inode(str(NETNS_DIR / n)) for n in topology.LAB_NETNS}
     started = time.monotonic()
     topology.down()

@@ -257,13 +257,18 @@ def run_gate(  # noqa: PLR0913  the gate's inputs, keyword-only
         AgentUnavailable,
         RemoteHost,
     )
-    from libvirt_vmotion.facts import gather, measure_forecast  # noqa: PLC0415
+    from libvirt_vmotion.facts import (  # noqa: PLC0415
+        gather,
+        measure_forecast,
+        start_measuring,
+    )
 
     bad = unknown_skips(skip)
     if bad:
         msg = f"unknown check name(s) for --skip-check: {', '.join(bad)}"
         raise UsageError(msg, hint="Known checks: " + ", ".join(check_names()))
     agent = RemoteHost.for_uri(dest_uri)
+    measuring = start_measuring(source, domain, window_s=window_s)
     facts = gather(source, dest, domain, agent=agent)
     storage_facts = storagehost.gather(
         source.lookup(domain),
@@ -287,6 +292,7 @@ def run_gate(  # noqa: PLR0913  the gate's inputs, keyword-only
             max_downtime_ms=max_downtime_ms,
             window_s=window_s,
             sleep=time.sleep,
+            started=measuring,
         )
         gate.forecast, gate.forecast_error = measured.forecast, measured.error
     else:

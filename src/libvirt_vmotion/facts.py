@@ -291,6 +291,23 @@ def _bulk_bytes(
     return int(min(max(resident - overhead, 0), facts.memory_bytes)), "QEMU RSS less its share"
 
 
+def start_measuring(source: Hypervisor, domain: str, *, window_s: int) -> bool:
+    """Start the dirty-rate measurement now, if no job runs; True if it started.
+
+    Measuring takes ``window_s`` of waiting: starting it before the other facts
+    are gathered hides that wait behind the agent round trips.
+    """
+    try:
+        guest = source.lookup(domain)
+        if guest.has_job() or not guest.is_running():
+            return False
+        guest.start_dirty_rate_calc(seconds=window_s)
+    except VmotionError as exc:
+        log.debug("dirty-rate measurement not started: %s", exc.message)
+        return False
+    return True
+
+
 def measure_forecast(  # noqa: PLR0913  the forecast's inputs, keyword-only
     source: Hypervisor,
     domain: str,
@@ -300,16 +317,22 @@ def measure_forecast(  # noqa: PLR0913  the forecast's inputs, keyword-only
     max_downtime_ms: int | None,
     window_s: int,
     sleep: Callable[[float], None],
+    started: bool = False,
 ) -> Measured:
     """Measure the dirty rate (page sampling) and compute the forecast.
 
     Never measures while a job runs on the guest (it would disturb a migration).
+    ``started``: ``start_measuring`` already started it (so the window overlapped
+    with gathering the other facts); only wait for the result.
     """
     guest = source.lookup(domain)
     try:
-        if guest.has_job():
+        if started:
+            rate = guest.wait_dirty_rate_mib_s(sleep=sleep)
+        elif guest.has_job():
             return Measured(None, window_s, "a job runs on the guest; not measuring")
-        rate = guest.measure_dirty_rate_mib_s(seconds=window_s, sleep=sleep)
+        else:
+            rate = guest.measure_dirty_rate_mib_s(seconds=window_s, sleep=sleep)
         facts = domxml.guest_facts(guest.xml())
         bulk, bulk_source = _bulk_bytes(guest, facts, source_agent)
     except VmotionError as exc:

@@ -725,38 +725,59 @@ class Guest:
             stats: Mapping[str, int] = self._dom.memoryStats()
         return int(stats.get("rss", 0)) * 1024
 
-    def measure_dirty_rate_mib_s(
-        self, *, seconds: int, sleep: Callable[[float], None], timeout_s: float = 30.0
-    ) -> float:
-        """Measure the guest's dirty rate with page sampling (works under TCG too).
+    def start_dirty_rate_calc(self, *, seconds: int) -> None:
+        """Start measuring the dirty rate with page sampling (works under TCG too).
 
         Never call this while a migration job runs (the measurement disturbs it).
-
-        Args:
-            seconds: the measuring window.
-            sleep: how to wait (injected; the adapter holds no clock policy).
-            timeout_s: give up after this long.
 
         Raises:
             Unsupported: the hypervisor cannot measure (libvirt < 7.2, QEMU < 5.2).
 
         """
-        conn = self._dom.connect()
         with self._errors("measure the dirty rate"):
             self._dom.startDirtyRateCalc(seconds, libvirt.VIR_DOMAIN_DIRTYRATE_MODE_PAGE_SAMPLING)
-        waited = 0.0
+
+    def dirty_rate_mib_s(self) -> float | None:
+        """The last measurement's result in MiB/s, or None while it is still measuring."""
+        with self._errors("read the dirty rate"):
+            stats = self._dom.connect().domainListGetStats(
+                [self._dom], libvirt.VIR_DOMAIN_STATS_DIRTYRATE
+            )
+        values: Mapping[str, object] = stats[0][1] if stats else {}
+        if values.get("dirtyrate.calc_status") != libvirt.VIR_DOMAIN_DIRTYRATE_MEASURED:
+            return None
+        mb = values.get("dirtyrate.megabytes_per_second", 0)
+        # QEMU computes it from 4 KiB page counts shifted by 20 bits: MiB/s.
+        return float(mb) if isinstance(mb, int | float) else 0.0
+
+    def measure_dirty_rate_mib_s(
+        self, *, seconds: int, sleep: Callable[[float], None], timeout_s: float = 30.0
+    ) -> float:
+        """Start a measurement, wait for it and return the rate (see ``start_dirty_rate_calc``).
+
+        Raises:
+            Unsupported: the hypervisor cannot measure (libvirt < 7.2, QEMU < 5.2).
+            HypervisorError: it did not finish within ``timeout_s``.
+
+        """
+        self.start_dirty_rate_calc(seconds=seconds)
         sleep(float(seconds))
-        waited += seconds
-        while True:
-            with self._errors("read the dirty rate"):
-                stats = conn.domainListGetStats([self._dom], libvirt.VIR_DOMAIN_STATS_DIRTYRATE)
-            values: Mapping[str, object] = stats[0][1] if stats else {}
-            if values.get("dirtyrate.calc_status") == libvirt.VIR_DOMAIN_DIRTYRATE_MEASURED:
-                mb = values.get("dirtyrate.megabytes_per_second", 0)
-                # QEMU computes it from 4 KiB page counts shifted by 20 bits: MiB/s.
-                return float(mb) if isinstance(mb, int | float) else 0.0
+        return self.wait_dirty_rate_mib_s(sleep=sleep, timeout_s=timeout_s)
+
+    def wait_dirty_rate_mib_s(
+        self, *, sleep: Callable[[float], None], timeout_s: float = 30.0
+    ) -> float:
+        """Poll until the running measurement has a result.
+
+        Raises:
+            HypervisorError: it did not finish within ``timeout_s``.
+
+        """
+        waited = 0.0
+        while (rate := self.dirty_rate_mib_s()) is None:
             if waited >= timeout_s:
                 msg = f"the dirty-rate measurement of '{self.name}' did not finish"
                 raise HypervisorError(msg, hint="See the libvirtd log on the source host.")
-            sleep(0.2)
-            waited += 0.2
+            sleep(0.1)
+            waited += 0.1
+        return rate

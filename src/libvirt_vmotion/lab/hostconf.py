@@ -348,6 +348,12 @@ def build_ssh_client_config(hosts: Iterable[LabHost], client: ClientSsh) -> str:
         "  BatchMode yes\n"
         "  ConnectTimeout 5\n"
         "  LogLevel ERROR\n"
+        # One connection per host, reused for 60 s: a pre-flight makes several agent
+        # calls, each a full ssh handshake otherwise. The master lives in the client
+        # namespace, so `lab down` ends it with everything else there.
+        "  ControlMaster auto\n"
+        f"  ControlPath {client.root}/cm-%C\n"
+        "  ControlPersist 60\n"
     )
 
 

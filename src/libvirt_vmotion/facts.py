@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from libvirt_vmotion import domxml
@@ -291,21 +292,33 @@ def _bulk_bytes(
     return int(min(max(resident - overhead, 0), facts.memory_bytes)), "QEMU RSS less its share"
 
 
-def start_measuring(source: Hypervisor, domain: str, *, window_s: int) -> bool:
-    """Start the dirty-rate measurement now, if no job runs; True if it started.
+@dataclass(frozen=True, slots=True)
+class Measuring:
+    """A dirty-rate measurement under way, and the bulk-size lookup running beside it."""
 
-    Measuring takes ``window_s`` of waiting: starting it before the other facts
-    are gathered hides that wait behind the agent round trips.
+    bulk: Future[tuple[int, str]]
+
+
+def start_measuring(source: Hypervisor, domain: str, *, window_s: int) -> Measuring | None:
+    """Start the dirty-rate measurement now, if no job runs (None if it did not start).
+
+    Measuring takes ``window_s`` of waiting, and asking the source's agent how much
+    guest RAM is resident takes an ssh round trip: both run while the other facts
+    are gathered, so pre-flight delays the migration as little as possible.
     """
     try:
         guest = source.lookup(domain)
         if guest.has_job() or not guest.is_running():
-            return False
+            return None
+        facts = domxml.guest_facts(guest.xml())
         guest.start_dirty_rate_calc(seconds=window_s)
     except VmotionError as exc:
         log.debug("dirty-rate measurement not started: %s", exc.message)
-        return False
-    return True
+        return None
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bulk-size")
+    bulk = pool.submit(_bulk_bytes, guest, facts, RemoteHost.for_uri(source.uri))
+    pool.shutdown(wait=False)
+    return Measuring(bulk=bulk)
 
 
 def measure_forecast(  # noqa: PLR0913  the forecast's inputs, keyword-only
@@ -317,13 +330,13 @@ def measure_forecast(  # noqa: PLR0913  the forecast's inputs, keyword-only
     max_downtime_ms: int | None,
     window_s: int,
     sleep: Callable[[float], None],
-    started: bool = False,
+    started: Measuring | None = None,
 ) -> Measured:
     """Measure the dirty rate (page sampling) and compute the forecast.
 
     Never measures while a job runs on the guest (it would disturb a migration).
-    ``started``: ``start_measuring`` already started it (so the window overlapped
-    with gathering the other facts); only wait for the result.
+    ``started``: what ``start_measuring`` began (the window overlapped with
+    gathering the other facts); only wait for its results.
     """
     guest = source.lookup(domain)
     try:
@@ -333,8 +346,11 @@ def measure_forecast(  # noqa: PLR0913  the forecast's inputs, keyword-only
             return Measured(None, window_s, "a job runs on the guest; not measuring")
         else:
             rate = guest.measure_dirty_rate_mib_s(seconds=window_s, sleep=sleep)
-        facts = domxml.guest_facts(guest.xml())
-        bulk, bulk_source = _bulk_bytes(guest, facts, source_agent)
+        if started:
+            bulk, bulk_source = started.bulk.result(timeout=120)
+        else:
+            facts = domxml.guest_facts(guest.xml())
+            bulk, bulk_source = _bulk_bytes(guest, facts, source_agent)
     except VmotionError as exc:
         return Measured(None, window_s, exc.message)
     inputs = ForecastInputs(

@@ -466,6 +466,7 @@ def _summarize_reply(reply: Mapping[str, object]) -> dict[str, object]:
             counts[kind] = counts.get(kind, 0) + 1
     out.update(
         {
+            "resumed_at_wall_s": reply.get("resumed_at_wall_s"),
             "resume_poll_ms": reply.get("resume_poll_ms"),
             "announcements_sent": counts,
             "announcements": sent_list,

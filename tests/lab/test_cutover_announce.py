@@ -384,17 +384,23 @@ def test_learning_only_switch_needs_our_announcement() -> None:
     print(f"claimed {claimed}, switch learned {learned_ms} ms after resume")
     switch = cut["switch"]
     assert (switch["port_before"], switch["port_after"]) == (HOST_B.switch_port, HOST_A.switch_port)
-    # What the network is responsible for: the pings lost are those of the
-    # switchover pause, and every ping sent once the switch had moved was answered.
+    # What the network is responsible for. The pings lost are those of the pause:
+    # QEMU's downtime, or the pause as the destination saw it (libvirt there reports
+    # the guest running a little after QEMU's downtime ends; more on a busy machine).
     downtime_ms = told.report["downtime_ms"]
+    resumed = cut["resumed_at_wall_s"]
     assert isinstance(downtime_ms, int)
-    assert told.lost * PING_INTERVAL_S * 1000 <= downtime_ms + 50
+    assert isinstance(resumed, float)
+    pause_ms = max(downtime_ms, (resumed - told.last_reply_before) * 1000)
+    assert told.lost * PING_INTERVAL_S * 1000 <= pause_ms + 50
+    # Every ping sent once the guest ran on hosta (50 ms on) and the switch had moved
+    # was answered: late, maybe (a cold TCG guest), but none lost.
     unanswered = [
         seq
         for seq, at in told.pings.sent.items()
-        if moved < at < told.returned_at and seq not in told.pings.replied
+        if max(moved, resumed + 0.05) < at < told.returned_at and seq not in told.pings.replied
     ]
     assert unanswered == []
     first_seq = min(s for s, at in told.pings.sent.items() if at > moved)
     first_rtt_ms = (told.pings.replied[first_seq] - told.pings.sent[first_seq]) * 1000
-    print(f"first reply after the move: RTT {first_rtt_ms:.1f} ms")
+    print(f"pause {pause_ms:.0f} ms, first reply after the move: RTT {first_rtt_ms:.1f} ms")

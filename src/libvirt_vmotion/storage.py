@@ -41,8 +41,11 @@ from libvirt_vmotion.preflight import (
 
 SAFE_SHARED_CACHE: Final = frozenset({"none", "directsync"})
 """Cache modes that bypass the host page cache (O_DIRECT): safe on any shared storage."""
-CLUSTER_FS_TYPES: Final = frozenset({"gfs2", "ocfs2", "fuse.glusterfs", "glusterfs", "ceph"})
-"""File systems coherent across hosts even through the page cache."""
+CLUSTER_FS_TYPES: Final = frozenset({"gfs2", "ocfs2"})
+"""Cluster file systems whose page caches stay coherent across hosts (a lock manager
+invalidates other nodes' caches). Network file systems (NFS, GlusterFS's FUSE
+client, CephFS) are not on this list: a host may keep stale cached pages of a
+file another host wrote, e.g. from before the guest last left it."""
 COPY_SPACE_MARGIN: Final = 1.05
 """Destination space needed for a copy: the source's allocation plus 5%."""
 DEFAULT_LOCK_MANAGER: Final = "nop"

@@ -165,7 +165,8 @@ def test_copy_space_raw_needs_capacity_qcow2_its_allocation() -> None:
     [
         ("none", "ext4", Verdict.OK),
         ("directsync", "fuse.glusterfs", Verdict.OK),
-        ("writeback", "fuse.glusterfs", Verdict.OK),  # coherent cluster file system
+        ("writeback", "ocfs2", Verdict.OK),  # coherent cluster file system
+        ("writeback", "fuse.glusterfs", Verdict.BLOCKER),
         ("writeback", "nfs4", Verdict.BLOCKER),
         ("default", "nfs4", Verdict.BLOCKER),
         ("unsafe", "ext4", Verdict.BLOCKER),

@@ -26,6 +26,7 @@ from libvirt_vmotion.lab.constants import (
     LabHost,
 )
 from libvirt_vmotion.lab.guestdef import (
+    CacheMode,
     DiskMode,
     LabDiskSpec,
     LabGuestSpec,
@@ -164,6 +165,7 @@ def start_guest(  # noqa: PLR0913  each a documented guest setting, keyword-only
     disk: DiskMode | None = None,
     disk_mib: int = DEFAULT_DISK_MIB,
     disk_kib_s: int = DEFAULT_DISK_KIB_S,
+    disk_cache: CacheMode = CacheMode.NONE,
 ) -> str:
     """Define and start a fresh lab guest on ``host`` (removing any old one first).
 
@@ -180,7 +182,7 @@ def start_guest(  # noqa: PLR0913  each a documented guest setting, keyword-only
     )
     disk_spec = None
     if disk is not None:
-        disk_spec = LabDiskSpec(path=create_disk(host, disk, size_mib=disk_mib))
+        disk_spec = LabDiskSpec(path=create_disk(host, disk, size_mib=disk_mib), cache=disk_cache)
         cmdline = f"{cmdline} {disk_cmdline(kib_s=disk_kib_s)}"
     spec = LabGuestSpec(
         kernel=image.kernel,

@@ -171,6 +171,7 @@ class History:
         samples: job samples while the job was active.
         events: migration events.
         decisions: decisions taken so far (those with actions or a transition).
+        observed_s: the latest time the driver looked, sample or not.
 
     """
 
@@ -178,6 +179,7 @@ class History:
     samples: tuple[JobSample, ...] = ()
     events: tuple[MigrationEvent, ...] = ()
     decisions: tuple[Decision, ...] = field(default=())
+    observed_s: float = 0.0
 
     def with_sample(self, sample: JobSample) -> History:
         """A copy with one more sample."""
@@ -191,10 +193,18 @@ class History:
         """A copy with one more decision."""
         return replace(self, decisions=(*self.decisions, decision))
 
+    def with_time(self, now_s: float) -> History:
+        """A copy that knows time has reached ``now_s`` (no sample or event needed).
+
+        A paused post-copy may yield neither (libvirt reports no active job), yet
+        its wait must still run out.
+        """
+        return replace(self, observed_s=max(self.observed_s, now_s))
+
     @property
     def now_s(self) -> float:
         """Time of the newest input."""
-        times = [self.started_s]
+        times = [self.started_s, self.observed_s]
         if self.samples:
             times.append(self.samples[-1].now_s)
         if self.events:

@@ -298,7 +298,9 @@ def migrate(  # noqa: PLR0913  the migration's collaborators, all keyword-only
         copy_disks=request.copy_disks,
     )
     worker = _Worker(lambda: guest.migrate(request.dest_uri, options))
+    dest_libvirt = _best_effort_value(lambda: dest.identity().libvirt_version)
     controller = _Controller(
+        resume_crashes_dest=dest_libvirt in POSTCOPY_RESUME_CRASHES,
         guest=guest,
         request=request,
         policy=policy,
@@ -360,7 +362,16 @@ def migrate(  # noqa: PLR0913  the migration's collaborators, all keyword-only
 
 
 _RESUME_RETRY_S: Final = 2.0
+POSTCOPY_RESUME_CRASHES: Final = frozenset({11_003_000})
+"""libvirt versions whose destination libvirtd segfaults on VIR_MIGRATE_POSTCOPY_RESUME.
+
+11.3.0 (Debian bookworm-backports and trixie): Prepare3Params ->
+qemuMigrationDstPrepareDirect -> NULL dereference, every time, in our lab
+(2026-11-25), with or without a migration URI. The restarted daemon then
+keeps the guest's monitor locked, so the guest cannot be recovered at all.
+"""
 _COMPLETED_EVENT_WAIT_S: Final = 1.0
+_EVENT_POLL_S: Final = 0.05
 
 
 @dataclass(slots=True)
@@ -385,6 +396,8 @@ class _Controller:
     resuming: bool = False
     worker_seen_done: bool = False
     refused_ctrl_c: bool = False
+    resume_crashes_dest: bool = False
+    resume_refused: bool = False
 
     def run(self, started_s: float) -> None:
         """Run the migration until the controller reaches a final state.
@@ -417,10 +430,11 @@ class _Controller:
         After post-copy the destination keeps no completed-job statistics (they
         read ``{"type": 0}``), so downtime and totals come from this event.
         """
-        deadline_s = self.clock() + _COMPLETED_EVENT_WAIT_S
-        while self.completed_from_event is None and self.clock() < deadline_s:
+        for _ in range(round(_COMPLETED_EVENT_WAIT_S / _EVENT_POLL_S)):
+            if self.completed_from_event is not None:
+                return
             try:
-                event = self.events.get(timeout=0.05)
+                event = self.events.get(timeout=_EVENT_POLL_S)
             except queue.Empty:
                 continue
             if event.kind is EventKind.JOB_COMPLETED and event.detail:
@@ -460,6 +474,7 @@ class _Controller:
             pass
         self._check_worker()
         self._sample()
+        self.history = self.history.with_time(self.clock())
         decision = step(self.state, self.history, self.policy)
         if decision.next_state not in TRANSITIONS[self.state]:
             msg = f"controller bug: {self.state} -> {decision.next_state} is not allowed"
@@ -548,6 +563,16 @@ class _Controller:
         now_s = self.clock()
         if self.worker.alive() or now_s - self.last_resume_s < _RESUME_RETRY_S:
             return
+        if self.resume_crashes_dest:
+            if not self.resume_refused:
+                self.resume_refused = True
+                log.warning(
+                    "not resuming post-copy of %s: the destination's libvirtd (%s) crashes on "
+                    "POSTCOPY_RESUME, which would lose the guest",
+                    self.guest.name,
+                    _version_text(min(POSTCOPY_RESUME_CRASHES)),
+                )
+            return
         self.last_resume_s = now_s
         self.resuming = True
         log.info("resuming post-copy of %s", self.guest.name)
@@ -566,6 +591,12 @@ class _Controller:
                 f"Destination {dest.uri}: the running guest; source {source.uri}: the "
                 "memory it has not received yet."
             )
+            if self.resume_refused:
+                msg += (
+                    f" Not resumed: libvirt {_version_text(min(POSTCOPY_RESUME_CRASHES))} on "
+                    "the destination crashes on POSTCOPY_RESUME; upgrade it there before "
+                    "resuming by hand."
+                )
             raise CutoverFailed(
                 msg,
                 hint=f"Restore the network between the hosts; follow it with: vmotion status "
@@ -591,6 +622,10 @@ class _Controller:
             ) from self.worker.error
         _raise_failure(self.worker.error or RuntimeError(reason), source, dest, name)
         raise AssertionError  # _raise_failure always raises
+
+
+def _version_text(version: int) -> str:
+    return f"{version // 1_000_000}.{version // 1000 % 1000}.{version % 1000}"
 
 
 def _sample_from_event(event: MigrationEvent) -> JobSample | None:

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from libvirt_vmotion.driver import HostConnection, MigratingGuest, migrate
-from libvirt_vmotion.errors import DomainNotFound, MigrationAborted
+from libvirt_vmotion.errors import CutoverFailed, DomainNotFound, HypervisorError, MigrationAborted
 from libvirt_vmotion.events import EventKind, MigrationEvent
 from libvirt_vmotion.model import JobSample, MigrationRequest
 from libvirt_vmotion.policy import MigrationPolicy, build_policy
@@ -81,6 +81,7 @@ class World:
         self.sink: Callable[[MigrationEvent], None] | None = None
         self.delivered = 0
         self.lock = threading.Lock()
+        self.libvirt_version = 11_003_000
 
     def deliver_events_until(self, t_s: float) -> None:
         with self.lock:
@@ -172,10 +173,16 @@ class TraceGuest:
 
     def migrate(self, dest_uri: str, options: MigrationOptions, *, resume: bool = False) -> None:
         self._record("migrate", dest_uri, options, resume)
+        if resume:  # a libvirt whose resume works: post-copy recovers and completes
+            self.world.landed = True
+            return
         assert self.world.ended.wait(timeout=20), "replay stuck: the driver stopped sampling"
         if self.world.aborted or self.world.trace.ends_with == "MigrationAborted":
             msg = "Migration was cancelled: operation aborted"
             raise MigrationAborted(msg, hint="The guest keeps running on the source.")
+        if self.world.trace.ends_with == "HypervisorError":
+            msg = "operation failed: job 'migration out' failed in post-copy phase"
+            raise HypervisorError(msg, hint="")
 
     def watch_migration(
         self, sink: Callable[[MigrationEvent], None], clock: Callable[[], float]
@@ -195,7 +202,8 @@ class TraceHost:
     def __init__(self, world: World, uri: str, hostname: str, *, source: bool) -> None:
         self.uri = uri
         self.guest = TraceGuest(world, uri, source=source)
-        self._identity = HostIdentity(hostname, f"uuid-{hostname}", 11_003_000, 10_000_002)
+        version = world.libvirt_version
+        self._identity = HostIdentity(hostname, f"uuid-{hostname}", version, 10_000_002)
 
     def identity(self) -> HostIdentity:
         return self._identity
@@ -232,9 +240,32 @@ def with_link_cut(trace: Trace, *, after_s: float, for_s: float) -> Trace:
     return trace
 
 
-def replay(name: str | Trace) -> tuple[World, Any, BaseException | None]:
+def with_libvirt_pause(trace: Trace, *, after_s: float) -> Trace:
+    """The trace with libvirt failing the post-copy ``after_s`` into it (a long outage).
+
+    The migrate call fails, the source reports post-copy paused, nothing moves.
+    """
+    started_s = next(e["now_s"] for e in trace.events if e["kind"] == "postcopy-started")
+    cut_s = started_s + after_s
+    before = [s for s in trace.samples if s["now_s"] <= cut_s]
+    trace.samples = before + [
+        {**before[-1], "now_s": round(cut_s + k * 0.25, 3)} for k in range(1, 40)
+    ]
+    trace.events = [e for e in trace.events if e["now_s"] <= cut_s] + [
+        {"kind": "postcopy-paused", "now_s": cut_s + 0.05, "iteration": 0, "detail": ""}
+    ]
+    trace.ends_at_s = cut_s + 0.1
+    trace.ends_with = "HypervisorError"
+    trace.data["policy_overrides"]["postcopy_resume_wait_s"] = 3.0
+    return trace
+
+
+def replay(
+    name: str | Trace, *, libvirt_version: int = 11_003_000
+) -> tuple[World, Any, BaseException | None]:
     trace = name if isinstance(name, Trace) else Trace(name)
     world = World(trace)
+    world.libvirt_version = libvirt_version
     request = trace.request()
     source: HostConnection = TraceHost(world, request.source_uri, "hosta", source=True)
     dest: HostConnection = TraceHost(world, request.dest_uri, "hostb", source=False)
@@ -247,7 +278,7 @@ def replay(name: str | Trace) -> tuple[World, Any, BaseException | None]:
             poll_interval_s=0.0005,
             clock=world.clock,
         )
-    except MigrationAborted as exc:
+    except (MigrationAborted, CutoverFailed) as exc:
         return world, None, exc
     return world, outcome, None
 
@@ -318,6 +349,29 @@ def test_postcopy_link_cut_replay_waits_and_recovers_on_the_same_connection() ->
     (recovery,) = outcome.controller["postcopy_recoveries"]
     assert recovery["how"] == "same-connection"
     assert outcome.controller["state"] == "completed"
+
+
+def test_postcopy_paused_by_libvirt_is_resumed_where_resume_works() -> None:
+    trace = with_libvirt_pause(Trace("busy45-bw30-postcopy.json"), after_s=0.1)
+    world, outcome, error = replay(trace, libvirt_version=11_005_000)
+    assert error is None
+    resumes = [c for c in world.calls if c[1] == "migrate" and c[2][2] is True]
+    assert len(resumes) == 1
+    (recovery,) = outcome.controller["postcopy_recoveries"]
+    assert recovery["how"] == "postcopy-resume"
+    assert outcome.controller["state"] == "completed"
+
+
+def test_postcopy_paused_by_libvirt_11_3_is_not_resumed_and_says_where_the_guest_is() -> None:
+    trace = with_libvirt_pause(Trace("busy45-bw30-postcopy.json"), after_s=0.1)
+    world, outcome, error = replay(trace, libvirt_version=11_003_000)
+    assert outcome is None
+    assert isinstance(error, CutoverFailed)
+    assert not [c for c in world.calls if c[1] == "migrate" and c[2][2] is True]
+    assert "crashes on POSTCOPY_RESUME" in error.message
+    assert "Destination qemu+tcp://10.77.0.2/system: the running guest" in error.message
+    assert "source qemu+tcp://10.77.0.1/system: the memory it has not received" in error.message
+    assert "vmotion status vmo-guest" in error.hint
 
 
 def test_unmeetable_budget_replay_aborts_naming_the_budget_and_stays_on_source() -> None:

@@ -796,6 +796,11 @@ def _lab_pids() -> list[int]:
             pid = _read_pid(pid_file)
             if pid is not None and _is_lab_process(pid, paths.root):
                 pids.add(pid)
+    # Strays whose namespace name and pid file are gone (a daemon a dying holder
+    # started while a failed `up` was tearing down, seen with virtlockd): they
+    # still see the host's /run.
+    roots = [hostconf.host_paths(host).root for host in HOSTS]
+    pids.update(pid for pid in _all_pids() if any(_is_lab_process(pid, r) for r in roots))
     pids.discard(os.getpid())
     return sorted(pids)
 
@@ -811,8 +816,10 @@ def _is_lab_process(pid: int, host_root: Path) -> bool:
         mountinfo = Path(f"/proc/{pid}/mountinfo").read_text()
     except OSError:
         return False
-    needle = f" {host_root / 'run'} /run "
-    return any(needle in line for line in mountinfo.splitlines())
+    run = host_root / "run"
+    # "//deleted": the per-host /run was removed under a process that still has it bound.
+    needles = (f" {run} /run ", f" {run}//deleted /run ")
+    return any(n in line for line in mountinfo.splitlines() for n in needles)
 
 
 def _signal_all(pids: Sequence[int], sig: signal.Signals) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from libvirt_vmotion.errors import DomainNotFound
 from libvirt_vmotion.lab import guestctl
 from libvirt_vmotion.lab.constants import GUEST_NAME, HOST_A, HOST_B
 from libvirt_vmotion.lab.guestdef import LabGuestSpec, build_domain_xml
@@ -46,6 +47,14 @@ def reservations() -> list[Reservation]:
     if not STORE.exists():
         return []
     return ReservationStore(STORE, host="hostb").list(now_s=time.time())
+
+
+def placement() -> list[tuple[object, str]] | None:
+    """Where the guest runs; None while libvirt is mid-way undefining it on the source."""
+    try:
+        return list(guestctl.find_guest())
+    except DomainNotFound:
+        return None
 
 
 def hook_log() -> str:
@@ -139,7 +148,7 @@ def test_killed_controller_mid_migration_leaks_no_reservation(capacity: Path) ->
     # A peer-to-peer migration goes on without its client; the hook commits when
     # the guest runs on hostb, and the commit's lease releases it: no owner is left.
     deadline = time.monotonic() + 90
-    while time.monotonic() < deadline and guestctl.find_guest() != [(HOST_B, "running")]:
+    while time.monotonic() < deadline and placement() != [(HOST_B, "running")]:
         time.sleep(0.2)
     assert guestctl.find_guest() == [(HOST_B, "running")]
     committed = reservations()

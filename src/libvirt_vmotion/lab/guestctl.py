@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from libvirt_vmotion.errors import VmotionError
+from libvirt_vmotion.errors import DomainNotFound, VmotionError
 from libvirt_vmotion.lab import command_name
 from libvirt_vmotion.lab.constants import (
     CLIENT_NETNS,
@@ -90,8 +90,12 @@ def find_guest(name: str = GUEST_NAME) -> list[tuple[LabHost, str]]:
     found: list[tuple[LabHost, str]] = []
     for host in HOSTS:
         with Hypervisor.open(local_uri(host)) as hv:
-            if hv.has_guest(name):
+            try:
+                # One lookup, then its state: a guest being undefined (the tail of a
+                # migration) may vanish between two calls; then it is not there.
                 found.append((host, hv.lookup(name).state_name()))
+            except DomainNotFound:
+                continue
     return found
 
 

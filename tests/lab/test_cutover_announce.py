@@ -401,6 +401,10 @@ def test_learning_only_switch_needs_our_announcement() -> None:
         if max(moved, resumed + 0.05) < at < told.returned_at and seq not in told.pings.replied
     ]
     assert unanswered == []
-    first_seq = min(s for s, at in told.pings.sent.items() if at > moved)
+    # For the log: the first ping answered after the move (one sent between the move
+    # and the resume may be lost, as asserted above).
+    first_seq = min(
+        s for s, at in told.pings.sent.items() if at > moved and s in told.pings.replied
+    )
     first_rtt_ms = (told.pings.replied[first_seq] - told.pings.sent[first_seq]) * 1000
     print(f"pause {pause_ms:.0f} ms, first reply after the move: RTT {first_rtt_ms:.1f} ms")

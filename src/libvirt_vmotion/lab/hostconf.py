@@ -262,7 +262,7 @@ def build_holder_script(host: LabHost, paths: HostPaths) -> str:
     lines.extend(f"mount -n --bind {q(str(src))} {q(str(dst))}" for src, dst in paths.bind_mounts())
     lines += [
         f"hostname {q(host.name)}",
-        "virtlogd -d",
+        'virtlogd -d || { echo "virtlogd -d failed with status $?"; exit 1; }',
         # The lock manager's daemon (lock_manager = "lockd"): libvirtd only spawns it
         # itself when unprivileged, so start it before any guest needs a lock. Daemons
         # log to their own files, not here: say which one failed, or a holder that

@@ -19,7 +19,7 @@ def _lab_unavailable_reason() -> str | None:
         return "the lab tier needs root (namespaces, libvirtd)"
     if not Path("/proc/self/ns/net").exists():
         return "this kernel has no network namespaces"
-    for tool in ("qemu-system-x86_64", "libvirtd", "virsh", "ip", "nsenter", "unshare"):
+    for tool in ("qemu-system-x86_64", "libvirtd", "virsh", "ip", "nsenter", "unshare", "gcc"):
         if shutil.which(tool) is None:
             return f"{tool} is not installed (run scripts/install-system.sh)"
     return None

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -81,8 +80,8 @@ class BootedGuest:
 
 @pytest.fixture(scope="module")
 def image() -> GuestImage:
-    if shutil.which("gcc") is None or shutil.which("qemu-system-x86_64") is None:
-        pytest.skip("gcc or qemu-system-x86_64 missing (run scripts/install-system.sh)")
+    # Missing tools are the lab tier's concern (tests/conftest.py): skipped with the
+    # reason outside CI, a failure under CI.
     return ensure_guest_image()
 
 

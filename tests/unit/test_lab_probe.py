@@ -5,11 +5,11 @@ import pytest
 from libvirt_vmotion.lab.probe import (
     ICMP_ECHO_REQUEST,
     build_echo_request,
-    internet_checksum,
     longest_gap_s,
     parse_echo_reply,
     summarize,
 )
+from libvirt_vmotion.notify import internet_checksum
 
 
 def test_checksum_rfc1071_example() -> None:

@@ -18,6 +18,9 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Self
 
+# One RFC 1071 implementation serves the ICMP probe and the announcement frames.
+from libvirt_vmotion.notify import internet_checksum
+
 if TYPE_CHECKING:
     from collections.abc import Sequence
     from types import TracebackType
@@ -31,16 +34,6 @@ _PAYLOAD: Final = b"libvirt-vmotion ping probe\0\0\0\0\0\0"  # 32 bytes
 
 
 # ---- pure -------------------------------------------------------------------------
-
-
-def internet_checksum(data: bytes) -> int:
-    """Return the RFC 1071 ones'-complement checksum of ``data``."""
-    if len(data) % 2:
-        data += b"\0"
-    total: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
 
 
 def build_echo_request(*, ident: int, seq: int, payload: bytes = _PAYLOAD) -> bytes:

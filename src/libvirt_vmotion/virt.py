@@ -533,31 +533,6 @@ class Guest:
         with self._errors("abort the migration job"):
             self._dom.abortJob()
 
-    def migrate_live_p2p(self, dest_uri: str, *, bandwidth_mib_s: int | None) -> None:
-        """Live-migrate peer-to-peer; blocks until the migration ends.
-
-        The source libvirtd connects to ``dest_uri`` itself. The guest is
-        defined on the destination and undefined here only on success; on any
-        failure libvirt resumes it here.
-
-        Raises:
-            MigrationAborted: the job was cancelled.
-            HypervisorError: libvirt refused or the migration failed.
-
-        """
-        flags = (
-            libvirt.VIR_MIGRATE_LIVE
-            | libvirt.VIR_MIGRATE_PEER2PEER
-            | libvirt.VIR_MIGRATE_PERSIST_DEST
-            | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE
-            | libvirt.VIR_MIGRATE_ABORT_ON_ERROR
-        )
-        params: dict[str, Any] = {}
-        if bandwidth_mib_s is not None:
-            params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH] = bandwidth_mib_s
-        with self._errors(f"migrate to {dest_uri}"):
-            self._dom.migrateToURI3(dest_uri, params, flags)
-
     def is_in_postcopy(self) -> bool:
         """True once this guest's migration has switched to post-copy (here or failed)."""
         postcopy = {

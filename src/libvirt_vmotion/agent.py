@@ -57,6 +57,8 @@ OPERATIONS: Final[dict[str, str]] = {
     "disk-precreate": "libvirt_vmotion.storagehost:op_disk_precreate",
     "disk-remove": "libvirt_vmotion.storagehost:op_disk_remove",
     "share-probe": "libvirt_vmotion.storagehost:op_share_probe",
+    "link-sink": "libvirt_vmotion.linkprobe:op_link_sink",
+    "link-probe": "libvirt_vmotion.linkprobe:op_link_probe",
 }
 """Agent operations: name -> ``module:function`` taking and returning a JSON dict."""
 

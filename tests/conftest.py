@@ -41,3 +41,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def _fail_lab_in_ci() -> None:
     reason = _lab_unavailable_reason()
     pytest.fail(f"lab tier cannot run in CI: {reason}")
+
+
+@pytest.fixture(autouse=True)
+def _private_history(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Keep the migration history (``history.py``) of tests out of /var/lib."""
+    monkeypatch.setenv("VMOTION_HISTORY", str(tmp_path_factory.mktemp("history") / "history.db"))

@@ -194,6 +194,8 @@ class Gate:
     """Disk targets the migration copies (non-shared storage)."""
     undo_precreate: Callable[[], None] | None = field(default=None, repr=False)
     """Removes destination images pre-created for the copy (after a failure)."""
+    host_pair: tuple[str, str] = ("", "")
+    """Source and destination host UUIDs (the migration history's key)."""
 
     def check_section(self) -> dict[str, object]:
         """JSON: checks and forecast."""
@@ -262,13 +264,21 @@ def run_gate(  # noqa: PLR0913  the gate's inputs, keyword-only
         measure_forecast,
         start_measuring,
     )
+    from libvirt_vmotion.history import History  # noqa: PLC0415
+    from libvirt_vmotion.history import default_path as default_history_path  # noqa: PLC0415
 
     bad = unknown_skips(skip)
     if bad:
         msg = f"unknown check name(s) for --skip-check: {', '.join(bad)}"
         raise UsageError(msg, hint="Known checks: " + ", ".join(check_names()))
     agent = RemoteHost.for_uri(dest_uri)
-    measuring = start_measuring(source, domain, window_s=window_s)
+    measuring = start_measuring(
+        source,
+        domain,
+        window_s=window_s,
+        dest_uri=dest_uri,
+        measure_link_too=not bandwidth_mib_s,
+    )
     facts = gather(source, dest, domain, agent=agent)
     storage_facts = storagehost.gather(
         source.lookup(domain),
@@ -281,7 +291,11 @@ def run_gate(  # noqa: PLR0913  the gate's inputs, keyword-only
         storage=storage_facts,
         bridge_checks=_bridge_checks(source, domain, source_uri or source.uri, dest_uri),
     )
-    gate = Gate(results=run_checks(facts, skip=skip), window_s=window_s)
+    gate = Gate(
+        results=run_checks(facts, skip=skip),
+        window_s=window_s,
+        host_pair=(facts.source.host_uuid, facts.dest.host_uuid),
+    )
     gate.copy_disks = tuple(d.target for d in copied_disks(storage_facts))
     if not blockers(gate.results):
         measured = measure_forecast(
@@ -293,6 +307,7 @@ def run_gate(  # noqa: PLR0913  the gate's inputs, keyword-only
             window_s=window_s,
             sleep=time.sleep,
             started=measuring,
+            past=History(default_history_path()).runs(*gate.host_pair),
         )
         gate.forecast, gate.forecast_error = measured.forecast, measured.error
     else:
@@ -465,6 +480,39 @@ class GateContext:
         if self.gate.release is not None:
             self.gate.release()
             self.gate.release = None
+
+
+def record_outcome(
+    gate: Gate, report: Mapping[str, object], *, bandwidth_mib_s: int | None, now_s: float
+) -> None:
+    """Remember what a completed pre-copy migration achieved (the next forecast learns).
+
+    Post-copy runs are left out: their rate is set by page faults, not the sender.
+    """
+    from libvirt_vmotion.history import Completed, History, default_path  # noqa: PLC0415
+
+    convergence = report.get("convergence")
+    strategy = str(convergence.get("strategy", "")) if isinstance(convergence, Mapping) else ""
+    data, elapsed, downtime = (
+        report.get("data_transferred_bytes"),
+        report.get("qemu_elapsed_ms"),
+        report.get("downtime_ms"),
+    )
+    if "post-copy" in strategy or not (
+        isinstance(data, int) and isinstance(elapsed, int) and isinstance(downtime, int)
+    ):
+        return
+    History(default_path()).record(
+        Completed(
+            source_uuid=gate.host_pair[0],
+            dest_uuid=gate.host_pair[1],
+            finished_s=now_s,
+            cap_mib_s=float(bandwidth_mib_s) if bandwidth_mib_s else None,
+            data_bytes=data,
+            elapsed_ms=elapsed,
+            downtime_ms=downtime,
+        )
+    )
 
 
 def migrate_forecast_section(gate: Gate, report: Mapping[str, object]) -> dict[str, object]:

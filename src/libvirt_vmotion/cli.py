@@ -456,9 +456,7 @@ def _add_lab(sub: argparse._SubParsersAction[_Parser]) -> None:
         "own; the workload writes a verified log to it",
     )
     start.add_argument("--disk-mib", type=_positive_int, default=256, help="disk size")
-    start.add_argument(
-        "--disk-kib-s", type=int, default=256, help="disk log write rate (KiB/s)"
-    )
+    start.add_argument("--disk-kib-s", type=int, default=256, help="disk log write rate (KiB/s)")
     stor = lsub.add_parser("storage", help="the lab's shared storage (GlusterFS)")
     stor.add_argument("storage_command", choices=["up", "status"])
     gsub.add_parser("status", help="where the guest runs and what its workload reports")
@@ -569,6 +567,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     printer.finish()
     report = build_report(request, outcome, sections)
     report["forecast"] = checks_cli.migrate_forecast_section(gate, report)
+    checks_cli.record_outcome(gate, report, bandwidth_mib_s=args.bandwidth, now_s=time.time())
     if args.json:
         _emit_json(report, args)
     else:

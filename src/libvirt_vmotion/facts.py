@@ -15,14 +15,17 @@ from __future__ import annotations
 
 import logging
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from libvirt_vmotion import domxml
 from libvirt_vmotion.agent import AgentOperationFailed, AgentUnavailable, RemoteHost
 from libvirt_vmotion.errors import Unsupported, VmotionError
 from libvirt_vmotion.forecast import Forecast, ForecastInputs, forecast
+from libvirt_vmotion.linkprobe import LinkMeasurement, measure_link
+from libvirt_vmotion.linkrate import ASSUMED_MIB_S, PastRun, choose_rate
 from libvirt_vmotion.model import MIB
 from libvirt_vmotion.preflight import (
     AgentFacts,
@@ -43,9 +46,8 @@ from libvirt_vmotion.virt import Guest, Hypervisor
 log = logging.getLogger(__name__)
 
 _TAPS = ("vnet", "tap", "macvtap", "vif")
-ASSUMED_BANDWIDTH_MIB_S = 1000.0
-"""Bandwidth assumed for the forecast when there is no cap (a 10 Gbit/s link); also the
-rate of the unthrottled switchover round."""
+ASSUMED_BANDWIDTH_MIB_S = ASSUMED_MIB_S
+"""Rate of the unthrottled switchover round when nothing faster was measured."""
 QEMU_RSS_OVERHEAD_MIB = {"qemu": 170.0, "kvm": 40.0}
 """QEMU's own share of its resident memory, by virt type: the bulk round sends only the
 guest's touched pages, RSS minus this. TCG keeps a large translation cache resident
@@ -294,17 +296,34 @@ def _bulk_bytes(
 
 @dataclass(frozen=True, slots=True)
 class Measuring:
-    """A dirty-rate measurement under way, and the bulk-size lookup running beside it."""
+    """A dirty-rate measurement under way, and what runs beside it.
+
+    Attributes:
+        bulk: the bulk-size lookup (source agent).
+        link: the link measurement source -> destination (None: not measured, e.g.
+            because a cap was given).
+
+    """
 
     bulk: Future[tuple[int, str]]
+    link: Future[LinkMeasurement] | None = None
 
 
-def start_measuring(source: Hypervisor, domain: str, *, window_s: int) -> Measuring | None:
+def start_measuring(
+    source: Hypervisor,
+    domain: str,
+    *,
+    window_s: int,
+    dest_uri: str = "",
+    measure_link_too: bool = False,
+) -> Measuring | None:
     """Start the dirty-rate measurement now, if no job runs (None if it did not start).
 
-    Measuring takes ``window_s`` of waiting, and asking the source's agent how much
-    guest RAM is resident takes an ssh round trip: both run while the other facts
-    are gathered, so pre-flight delays the migration as little as possible.
+    Measuring takes ``window_s`` of waiting, asking the source's agent how much
+    guest RAM is resident takes an ssh round trip, and (``measure_link_too``)
+    the link source -> ``dest_uri`` is measured for a second by our agents on
+    both hosts: all run while the other facts are gathered, so pre-flight
+    delays the migration as little as possible.
     """
     try:
         guest = source.lookup(domain)
@@ -315,10 +334,15 @@ def start_measuring(source: Hypervisor, domain: str, *, window_s: int) -> Measur
     except VmotionError as exc:
         log.debug("dirty-rate measurement not started: %s", exc.message)
         return None
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bulk-size")
-    bulk = pool.submit(_bulk_bytes, guest, facts, RemoteHost.for_uri(source.uri))
+    source_agent = RemoteHost.for_uri(source.uri)
+    pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="measure")
+    bulk = pool.submit(_bulk_bytes, guest, facts, source_agent)
+    link = None
+    dest_host = urlsplit(dest_uri).hostname
+    if measure_link_too and dest_host:
+        link = pool.submit(measure_link, source_agent, RemoteHost.for_uri(dest_uri), dest_host)
     pool.shutdown(wait=False)
-    return Measuring(bulk=bulk)
+    return Measuring(bulk=bulk, link=link)
 
 
 def measure_forecast(  # noqa: PLR0913  the forecast's inputs, keyword-only
@@ -331,12 +355,15 @@ def measure_forecast(  # noqa: PLR0913  the forecast's inputs, keyword-only
     window_s: int,
     sleep: Callable[[float], None],
     started: Measuring | None = None,
+    past: Sequence[PastRun] = (),
 ) -> Measured:
     """Measure the dirty rate (page sampling) and compute the forecast.
 
     Never measures while a job runs on the guest (it would disturb a migration).
     ``started``: what ``start_measuring`` began (the window overlapped with
-    gathering the other facts); only wait for its results.
+    gathering the other facts); only wait for its results. ``past``: what earlier
+    migrations between the two hosts achieved (``history``); the rate assumed is
+    the slowest of the cap, the measured link and that (``linkrate.choose_rate``).
     """
     guest = source.lookup(domain)
     try:
@@ -353,13 +380,35 @@ def measure_forecast(  # noqa: PLR0913  the forecast's inputs, keyword-only
             bulk, bulk_source = _bulk_bytes(guest, facts, source_agent)
     except VmotionError as exc:
         return Measured(None, window_s, exc.message)
+    link = _link_result(started)
+    chosen = choose_rate(
+        cap_mib_s=float(bandwidth_mib_s) if bandwidth_mib_s else None,
+        link_mib_s=link.mib_s if link else None,
+        link_detail=link.detail if link else "",
+        history=past,
+    )
+    source_text = chosen.source
+    if link is not None and link.mib_s is None:
+        source_text += f"; link not measured: {link.detail}"
     inputs = ForecastInputs(
         memory_mib=bulk / MIB,
         memory_source=bulk_source,
-        switchover_bandwidth_mib_s=max(ASSUMED_BANDWIDTH_MIB_S, float(bandwidth_mib_s or 0)),
+        switchover_bandwidth_mib_s=max(
+            ASSUMED_BANDWIDTH_MIB_S, float(bandwidth_mib_s or 0), (link.mib_s or 0) if link else 0
+        ),
         dirty_rate_mib_s=rate,
-        bandwidth_mib_s=float(bandwidth_mib_s or ASSUMED_BANDWIDTH_MIB_S),
+        bandwidth_mib_s=chosen.mib_s,
         max_downtime_ms=max_downtime_ms or 300,
-        bandwidth_source="cap" if bandwidth_mib_s else "assumed (no cap, not measured)",
+        bandwidth_source=source_text,
     )
     return Measured(forecast(inputs), window_s)
+
+
+def _link_result(started: Measuring | None) -> LinkMeasurement | None:
+    """The link measurement begun beside the dirty-rate window, if any."""
+    if started is None or started.link is None:
+        return None
+    try:
+        return started.link.result(timeout=60)
+    except TimeoutError:
+        return LinkMeasurement(None, "the link measurement did not finish within 60 s")

@@ -544,16 +544,20 @@ def _prepare_client_ssh() -> None:
 
 
 def agent_env() -> dict[str, str]:
-    """``VMOTION_AGENT_*`` settings that reach lab hosts over the lab's ssh (empty if none).
+    """Settings the lab's controller runs with (empty if the lab has no ssh set up).
 
-    ``lab exec`` and the lab tests run the CLI with these, so ``--to
-    qemu+tcp://10.77.0.2/system`` reaches hostb's agent through hostb's sshd, and
-    the agent runs this very venv's interpreter (on the shared file system).
+    ``lab exec`` and the lab tests run the CLI with these: ``VMOTION_AGENT_*`` so
+    ``--to qemu+tcp://10.77.0.2/system`` reaches hostb's agent through hostb's
+    sshd and the agent runs this very venv's interpreter (on the shared file
+    system), and ``VMOTION_HISTORY`` so each lab learns from its own migrations.
     """
     client = hostconf.client_ssh()
     if not client.config.exists():
         return {}
-    return hostconf.build_agent_env(client, sys.executable)
+    return {
+        **hostconf.build_agent_env(client, sys.executable),
+        "VMOTION_HISTORY": str(STATE_DIR / "history.db"),
+    }
 
 
 def _record_run_netns() -> None:

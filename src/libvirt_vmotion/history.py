@@ -1,0 +1,135 @@
+"""What earlier migrations between two hosts achieved (the forecast learns from it).
+
+I/O module: a SQLite file on the controller (the machine that runs
+``vmotion migrate``), one row per completed pre-copy migration, keyed by the
+two hosts' libvirt host UUIDs. Holds no policy: ``linkrate`` decides what the
+rows mean.
+
+Where: ``$VMOTION_HISTORY`` if set (``off`` disables it), else
+``/var/lib/libvirt-vmotion/history.db`` for root, else
+``$XDG_STATE_HOME/libvirt-vmotion/history.db`` (``~/.local/state/...``).
+History is a hint, never a requirement: when the file cannot be read or
+written the forecast goes on without it and says so in its inputs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+from contextlib import closing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from libvirt_vmotion.linkrate import PastRun
+
+log = logging.getLogger(__name__)
+
+ENV: Final = "VMOTION_HISTORY"
+KEEP_PER_PAIR: Final = 50
+_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS migrations (
+    source_uuid TEXT NOT NULL,
+    dest_uuid TEXT NOT NULL,
+    finished_s REAL NOT NULL,
+    cap_mib_s REAL,
+    achieved_mib_s REAL NOT NULL,
+    data_bytes INTEGER NOT NULL,
+    elapsed_ms INTEGER NOT NULL,
+    downtime_ms INTEGER NOT NULL
+)
+"""
+
+
+def default_path() -> Path | None:
+    """The history file for this user (None: disabled)."""
+    configured = os.environ.get(ENV, "")
+    if configured == "off":
+        return None
+    if configured:
+        return Path(configured)
+    if os.geteuid() == 0:
+        return Path("/var/lib/libvirt-vmotion/history.db")
+    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(state) / "libvirt-vmotion" / "history.db"
+
+
+@dataclass(frozen=True, slots=True)
+class Completed:
+    """One completed pre-copy migration, as recorded."""
+
+    source_uuid: str
+    dest_uuid: str
+    finished_s: float
+    cap_mib_s: float | None
+    data_bytes: int
+    elapsed_ms: int
+    downtime_ms: int
+
+    @property
+    def achieved_mib_s(self) -> float:
+        """Memory data over the time spent sending it (the guest ran meanwhile)."""
+        sending_ms = self.elapsed_ms - self.downtime_ms
+        return self.data_bytes / (1 << 20) / (sending_ms / 1000) if sending_ms > 0 else 0.0
+
+
+class History:
+    """The history file; every method swallows storage errors (history is a hint)."""
+
+    def __init__(self, path: Path | None) -> None:
+        """Use ``path`` (None: a history that remembers nothing)."""
+        self.path = path
+
+    def _connect(self) -> sqlite3.Connection:
+        assert self.path is not None  # noqa: S101  callers check
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, timeout=5.0)
+        conn.execute(_SCHEMA)
+        return conn
+
+    def runs(self, source_uuid: str, dest_uuid: str) -> list[PastRun]:
+        """Past runs from ``source_uuid`` to ``dest_uuid``, oldest first."""
+        if self.path is None or not source_uuid or not dest_uuid:
+            return []
+        try:
+            with closing(self._connect()) as conn:
+                rows = conn.execute(
+                    "SELECT achieved_mib_s, cap_mib_s FROM migrations "
+                    "WHERE source_uuid = ? AND dest_uuid = ? ORDER BY finished_s",
+                    (source_uuid, dest_uuid),
+                ).fetchall()
+        except (OSError, sqlite3.Error) as exc:
+            log.warning("migration history %s not read: %s", self.path, exc)
+            return []
+        return [PastRun(float(a), None if c is None else float(c)) for a, c in rows]
+
+    def record(self, run: Completed) -> bool:
+        """Remember ``run`` (keeping the last ``KEEP_PER_PAIR`` per host pair)."""
+        if self.path is None or run.achieved_mib_s <= 0:
+            return False
+        try:
+            with closing(self._connect()) as conn, conn:
+                conn.execute(
+                    "INSERT INTO migrations VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        run.source_uuid,
+                        run.dest_uuid,
+                        run.finished_s,
+                        run.cap_mib_s,
+                        run.achieved_mib_s,
+                        run.data_bytes,
+                        run.elapsed_ms,
+                        run.downtime_ms,
+                    ),
+                )
+                conn.execute(
+                    "DELETE FROM migrations WHERE source_uuid = ? AND dest_uuid = ? AND "
+                    "finished_s NOT IN (SELECT finished_s FROM migrations WHERE source_uuid = ? "
+                    "AND dest_uuid = ? ORDER BY finished_s DESC LIMIT ?)",
+                    (run.source_uuid, run.dest_uuid, run.source_uuid, run.dest_uuid, KEEP_PER_PAIR),
+                )
+        except (OSError, sqlite3.Error) as exc:
+            log.warning("migration history %s not written: %s", self.path, exc)
+            return False
+        return True

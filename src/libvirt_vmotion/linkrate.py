@@ -1,0 +1,106 @@
+"""Which migration rate the forecast should assume.
+
+Pure: no I/O, no clock, no logging.
+
+Three things bound how fast QEMU moves memory, and the slowest wins:
+
+- the bandwidth cap the user set (``--bandwidth``), which QEMU enforces;
+- the link between the two hosts, measured just before (``linkprobe``);
+- the sender itself: one QEMU migration stream is CPU-bound (about 1-2 GiB/s
+  on KVM hosts, ~100 MiB/s for a TCG guest), whatever the link. Nothing
+  measures that before the migration, but every earlier migration between the
+  same two hosts did: ``history`` keeps what they achieved.
+
+A past migration says something about the sender only if its cap did not
+hold it back: runs without a cap, or runs that stayed clearly below theirs.
+The median of the last few such runs is the learned rate.
+
+Worked example (cap none, link measured 1800 MiB/s, last runs achieved 96, 110,
+88 MiB/s uncapped, and 30 MiB/s under a 30 MiB/s cap)::
+
+    candidates: link 1800, learned median(96, 110, 88) = 96  (the capped run is ignored)
+    -> 96 MiB/s, source "learned: ..."
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Final
+
+LEARN_FROM_LAST: Final = 5
+"""How many recent unconstrained migrations the learned rate is the median of."""
+CAP_BOUND_FRACTION: Final = 0.9
+"""A run that achieved at least this share of its cap was held back by the cap."""
+ASSUMED_MIB_S: Final = 1000.0
+"""Used when nothing better is known (a 10 Gbit/s link)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PastRun:
+    """What one earlier migration between the same hosts achieved.
+
+    Attributes:
+        achieved_mib_s: memory data sent / time spent sending it.
+        cap_mib_s: the bandwidth cap it ran under (None: no cap).
+
+    """
+
+    achieved_mib_s: float
+    cap_mib_s: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class RateChoice:
+    """The rate the forecast assumes and where it comes from (printed with it)."""
+
+    mib_s: float
+    source: str
+
+
+def _unconstrained(history: Sequence[PastRun], last: int) -> list[float]:
+    """Achieved rates of the most recent runs the cap did not hold back (oldest first)."""
+    free = [
+        r.achieved_mib_s
+        for r in history
+        if r.achieved_mib_s > 0
+        and (r.cap_mib_s is None or r.achieved_mib_s < CAP_BOUND_FRACTION * r.cap_mib_s)
+    ]
+    return free[-last:]
+
+
+def learned_rate(history: Sequence[PastRun], *, last: int = LEARN_FROM_LAST) -> float | None:
+    """Median achieved rate of the last ``last`` runs the cap did not hold back, or None.
+
+    ``history`` is oldest first.
+    """
+    free = _unconstrained(history, last)
+    return float(statistics.median(free)) if free else None
+
+
+def choose_rate(
+    *,
+    cap_mib_s: float | None,
+    link_mib_s: float | None,
+    history: Sequence[PastRun],
+    link_detail: str = "",
+) -> RateChoice:
+    """The slowest of cap, measured link and learned sender rate (see the module doc)."""
+    candidates: list[RateChoice] = []
+    if cap_mib_s:
+        candidates.append(RateChoice(cap_mib_s, "cap"))
+    if link_mib_s:
+        candidates.append(RateChoice(link_mib_s, f"link {link_detail}".strip()))
+    free = _unconstrained(history, LEARN_FROM_LAST)
+    if free:
+        candidates.append(
+            RateChoice(
+                float(statistics.median(free)),
+                f"learned: median of the last {len(free)} uncapped migration(s) between "
+                "these hosts",
+            )
+        )
+    if not candidates:
+        return RateChoice(ASSUMED_MIB_S, "assumed (no cap, link not measured, no history)")
+    return min(candidates, key=lambda c: c.mib_s)

@@ -1,0 +1,53 @@
+"""The migration history file (real SQLite in a temporary directory)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from libvirt_vmotion.history import KEEP_PER_PAIR, Completed, History, default_path
+from libvirt_vmotion.linkrate import PastRun
+
+
+def _run(
+    at: float, *, data_mib: int = 200, elapsed_ms: int = 2050, cap: float | None = None
+) -> Completed:
+    return Completed("src", "dst", at, cap, data_mib << 20, elapsed_ms, 50)
+
+
+def test_achieved_rate_excludes_the_downtime() -> None:
+    assert _run(1).achieved_mib_s == pytest.approx(100.0)
+
+
+def test_record_and_read_back_per_host_pair(tmp_path: Path) -> None:
+    history = History(tmp_path / "sub" / "history.db")
+    assert history.runs("src", "dst") == []
+    assert history.record(_run(2, cap=50))
+    assert history.record(_run(1))
+    assert history.runs("src", "dst") == [PastRun(100.0, None), PastRun(100.0, 50.0)]
+    assert history.runs("dst", "src") == []
+
+
+def test_keeps_only_the_last_runs_of_a_pair(tmp_path: Path) -> None:
+    history = History(tmp_path / "history.db")
+    for at in range(KEEP_PER_PAIR + 5):
+        history.record(_run(at, elapsed_ms=1050 + at))
+    runs = history.runs("src", "dst")
+    assert len(runs) == KEEP_PER_PAIR
+    assert runs[0].achieved_mib_s == pytest.approx(200 / ((1050 + 5 - 50) / 1000))
+
+
+def test_unusable_file_is_a_warning_not_a_failure(tmp_path: Path) -> None:
+    (tmp_path / "history.db").write_text("not a database")
+    history = History(tmp_path / "history.db")
+    assert history.runs("src", "dst") == []
+    assert history.record(_run(1)) is False
+
+
+def test_disabled_and_configured_paths(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("VMOTION_HISTORY", "off")
+    assert default_path() is None
+    assert History(None).record(_run(1)) is False
+    monkeypatch.setenv("VMOTION_HISTORY", str(tmp_path / "h.db"))
+    assert default_path() == tmp_path / "h.db"

@@ -567,6 +567,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     printer.finish()
     report = build_report(request, outcome, sections)
     report["forecast"] = checks_cli.migrate_forecast_section(gate, report)
+    report["preflight_s"] = round(gate.elapsed_s, 2)
     checks_cli.record_outcome(gate, report, bandwidth_mib_s=args.bandwidth, now_s=time.time())
     if args.json:
         _emit_json(report, args)

@@ -4,13 +4,27 @@ from __future__ import annotations
 
 import json
 
-from libvirt_vmotion.bench.matrix import MIB, QUICK, Cell, RoundPoint, RunResult, Tool
+import pytest
+
+from libvirt_vmotion.bench.matrix import (
+    MIB,
+    QUICK,
+    Cell,
+    RoundPoint,
+    RunResult,
+    Tool,
+    params_from_dict,
+    run_from_dict,
+)
 from libvirt_vmotion.bench.render import build_results_doc, build_summary_md
+from libvirt_vmotion.errors import UsageError
 
 MACHINE = {"cpus": 2, "qemu": "QEMU emulator version 10.0.2", "loadavg": [1.0, 1.0, 1.0]}
 
 
-def run(tool: Tool, fraction: float, total_s: float, *, mismatches: int = 0) -> RunResult:
+def run(
+    tool: Tool, fraction: float, total_s: float, *, mismatches: int = 0, migration_s: float = 0
+) -> RunResult:
     return RunResult(
         tool=tool,
         cell=Cell(ram_mib=512, fraction=fraction),
@@ -28,11 +42,12 @@ def run(tool: Tool, fraction: float, total_s: float, *, mismatches: int = 0) -> 
         workload_rate_mib_s=30,
         achieved_dirty_mib_s=29.5,
         series=(RoundPoint(0.0, 1, 400 * MIB),),
+        tool_report={"total_time_s": migration_s} if migration_s else {},
     )
 
 
 RUNS = [
-    run(Tool.OURS, 0.0, 8.0),
+    run(Tool.OURS, 0.0, 8.0, migration_s=6.0),
     run(Tool.VIRSH, 0.0, 10.0),
     run(Tool.OURS, 1.0, 12.0),
     run(Tool.VIRSH, 1.0, 31.0),
@@ -68,11 +83,12 @@ def test_summary_shows_cells_ratios_and_no_failure_banner() -> None:
         plots=["total_time_by_fraction.png"],
     )
     assert "FAILURE" not in text
-    assert "| 512MiB@0 | 29.5 | ours | 1/1 | 8.0 / 8.0 | 7.2 | 40 / 40 |" in text
-    # ours / virsh: 8/10 s total, 40/200 ms downtime, same gap.
-    assert "| 512MiB@0 | virsh | 1/1 vs 1/1 | 0.80x | 0.20x | 1.00x |" in text
+    # ours: 8 s waited, of which 6 s migration and 2 s pre-flight.
+    assert "| 512MiB@0 | 29.5 | ours | 1/1 | 8.0 / 8.0 | 6.0 / 6.0 | 2.0 | 7.2 | 40 / 40 |" in text
+    # ours / virsh: 8/10 s total, 6/10 s migration, 40/200 ms downtime, same gap.
+    assert "| 512MiB@0 | virsh | 1/1 vs 1/1 | 0.80x | 0.60x | 0.20x | 1.00x |" in text
     assert "| 512MiB@1 | virsh | 1/1 vs 0/1 |" in text
-    assert "| 512MiB@1 | 29.5 | virsh | 0/1 | 31.0 / 31.0 |" in text
+    assert "| 512MiB@1 | 29.5 | virsh | 0/1 | 31.0 / 31.0 | 31.0 / 31.0 | n/a |" in text
     assert "![total_time_by_fraction.png](total_time_by_fraction.png)" in text
 
 
@@ -87,3 +103,32 @@ def test_lost_pages_are_a_loud_failure_at_the_top() -> None:
     banner = text.index("**FAILURE")
     assert banner < text.index("## Per cell")
     assert "virsh 512MiB@1 rep 1: 7" in text
+
+
+def test_runs_and_parameters_come_back_from_the_results_document() -> None:
+    doc = json.loads(
+        json.dumps(
+            build_results_doc(
+                params=QUICK,
+                runs=RUNS,
+                machine=MACHINE,
+                command="x",
+                started="y",
+                duration_s=1.0,
+                calibration={},
+            )
+        )
+    )
+    assert params_from_dict(doc["parameters"]) == QUICK
+    back = [run_from_dict(r) for r in doc["runs"]]
+    assert [r.as_dict() for r in back] == doc["runs"]
+    assert back[0].migration_s == 6.0
+    assert back[0].preflight_s == 2.0
+    assert back[1].preflight_s is None
+
+
+def test_malformed_results_document_is_a_usage_error() -> None:
+    with pytest.raises(UsageError, match="malformed"):
+        run_from_dict({"tool": "ours"})
+    with pytest.raises(UsageError, match="malformed"):
+        params_from_dict({"ram_mib": [512]})

@@ -12,14 +12,15 @@ from __future__ import annotations
 import math
 import re
 import statistics
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Final
+from typing import Any, Final, TypeVar
 
 from libvirt_vmotion.errors import UsageError
 
 MIB: Final = 1024 * 1024
+_T = TypeVar("_T")
 
 
 class Tool(StrEnum):
@@ -264,6 +265,25 @@ class RunResult:
     """The tool's own figures: our JSON report, or virsh's completed job statistics."""
 
     @property
+    def migration_s(self) -> float:
+        """The migration itself: ours without its pre-flight (from our report), virsh its run.
+
+        ``total_time_s`` is what the user waits; ours spends part of it on pre-flight
+        checks, the forecast and the reservation before any memory moves.
+        """
+        inner = self.tool_report.get("total_time_s") if self.tool is Tool.OURS else None
+        if isinstance(inner, int | float) and not isinstance(inner, bool) and inner > 0:
+            return min(float(inner), self.total_time_s)
+        return self.total_time_s
+
+    @property
+    def preflight_s(self) -> float | None:
+        """Ours: time before the migration started (pre-flight etc.); None for virsh."""
+        if self.tool is not Tool.OURS or self.migration_s == self.total_time_s:
+            return None
+        return self.total_time_s - self.migration_s
+
+    @property
     def physical_limit_s(self) -> float | None:
         """RAM touched / bandwidth: the shortest any migration of this guest can take."""
         return physical_limit_s(self.ram_touched_bytes, self.bandwidth_mib_s)
@@ -285,6 +305,8 @@ class RunResult:
             "rep": self.rep,
             "converged": self.converged,
             "total_time_s": round(self.total_time_s, 3),
+            "migration_s": round(self.migration_s, 3),
+            "preflight_s": _round(self.preflight_s, 3),
             "qemu_elapsed_ms": self.qemu_elapsed_ms,
             "downtime_ms": self.downtime_ms,
             "longest_gap_ms": _round(self.longest_gap_ms, 1),
@@ -396,6 +418,8 @@ def remaining_per_round(series: Sequence[RoundPoint]) -> list[tuple[int, int]]:
 
 METRICS: Final = (
     "total_time_s",
+    "migration_s",
+    "preflight_s",
     "qemu_elapsed_ms",
     "downtime_ms",
     "longest_gap_ms",
@@ -528,3 +552,67 @@ def format_duration(seconds: float) -> str:
     hours, rest = divmod(total, 3600)
     minutes, secs = divmod(rest, 60)
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def run_from_dict(doc: Mapping[str, object]) -> RunResult:
+    """A run back from its ``as_dict`` form (to re-render a results folder).
+
+    Raises:
+        UsageError: a field is missing or of the wrong type.
+
+    """
+    try:
+        series = doc.get("series") or []
+        report = doc.get("tool_report") or {}
+        return RunResult(
+            tool=Tool(str(doc["tool"])),
+            cell=Cell(ram_mib=int(doc["ram_mib"]), fraction=float(doc["fraction"])),  # type: ignore[call-overload, arg-type]
+            rep=int(doc["rep"]),  # type: ignore[call-overload]
+            converged=bool(doc["converged"]),
+            total_time_s=float(doc["total_time_s"]),  # type: ignore[arg-type]
+            qemu_elapsed_ms=_opt(doc, "qemu_elapsed_ms", int),
+            downtime_ms=_opt(doc, "downtime_ms", int),
+            longest_gap_ms=_opt(doc, "longest_gap_ms", float),
+            bytes_transferred=_opt(doc, "bytes_transferred", int),
+            rounds=_opt(doc, "rounds", int),
+            mismatches=int(doc["mismatches"]),  # type: ignore[call-overload]
+            ram_touched_bytes=_opt(doc, "ram_touched_bytes", int),
+            bandwidth_mib_s=int(doc["bandwidth_mib_s"]),  # type: ignore[call-overload]
+            workload_rate_mib_s=int(doc["workload_rate_mib_s"]),  # type: ignore[call-overload]
+            achieved_dirty_mib_s=_opt(doc, "achieved_dirty_mib_s", float),
+            stream_longest_gap_ms=_opt(doc, "stream_longest_gap_ms", float),
+            tcp_reset=_opt(doc, "tcp_reset", bool),
+            error=_opt(doc, "error", str),
+            strategy=_opt(doc, "strategy", str),
+            series=tuple(RoundPoint(float(t), int(i), int(b)) for t, i, b in series),  # type: ignore[attr-defined]
+            tool_report=report if isinstance(report, Mapping) else {},
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        msg = f"a run in the results document is malformed: {exc!r}"
+        raise UsageError(msg, hint="Re-render only folders written by 'vmotion bench'.") from exc
+
+
+def _opt(doc: Mapping[str, object], key: str, kind: Callable[[Any], _T]) -> _T | None:
+    value = doc.get(key)
+    return None if value is None else kind(value)
+
+
+def params_from_dict(doc: Mapping[str, object]) -> BenchParams:
+    """The parameters back from ``BenchParams.as_dict`` (to re-render a results folder).
+
+    Raises:
+        UsageError: a field is missing or invalid.
+
+    """
+    try:
+        return BenchParams(
+            ram_mib=tuple(int(r) for r in doc["ram_mib"]),  # type: ignore[attr-defined]
+            fractions=tuple(float(f) for f in doc["fractions"]),  # type: ignore[attr-defined]
+            reps=int(doc["reps"]),  # type: ignore[call-overload]
+            bandwidth_mib_s=int(doc["bandwidth_mib_s"]),  # type: ignore[call-overload]
+            budget_s=float(doc["budget_s"]),  # type: ignore[arg-type]
+            tools=tuple(Tool(str(t)) for t in doc["tools"]),  # type: ignore[attr-defined]
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        msg = f"the results document's parameters are malformed: {exc!r}"
+        raise UsageError(msg, hint="Re-render only folders written by 'vmotion bench'.") from exc

@@ -41,8 +41,10 @@ from libvirt_vmotion.bench.matrix import (
     failed_runs,
     first_guess_run_s,
     format_duration,
+    params_from_dict,
     parse_rawstats,
     ram_touched_bytes,
+    run_from_dict,
     workload_rate_mib_s,
 )
 from libvirt_vmotion.bench.options import params_from_args
@@ -628,6 +630,51 @@ class Bench:
             )
             _write_atomic(self.out_dir / "summary.md", summary)
             self.say(f"wrote results.json, summary.md, {len(plots)} plot(s) to {self.out_dir}")
+
+
+def rerender(out_dir: Path) -> int:
+    """Rewrite summary.md, the plots and results.json's summary of an existing results folder.
+
+    For a folder written by an earlier version (new columns, fixed plots): the
+    measured runs are kept as they are; nothing is run.
+    """
+    from libvirt_vmotion.bench.plots import write_plots  # noqa: PLC0415  matplotlib
+
+    path = out_dir / "results.json"
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        msg = f"Cannot read {path}: {exc}"
+        raise UsageError(msg, hint="Give a folder written by 'vmotion bench' (--out DIR).") from exc
+    if not isinstance(doc, dict) or not isinstance(doc.get("runs"), list):
+        msg = f"{path} is not a benchmark results document (no runs)."
+        raise UsageError(msg, hint="Give a folder written by 'vmotion bench' (--out DIR).")
+    params = params_from_dict(doc.get("parameters") or {})
+    runs = [run_from_dict(r) for r in doc["runs"]]
+    plots = write_plots(runs, out_dir) if runs else []
+    fresh = build_results_doc(
+        params=params,
+        runs=runs,
+        machine=doc.get("machine") or {},
+        command=str(doc.get("command", "")),
+        started=str(doc.get("started", "")),
+        duration_s=float(doc.get("duration_s") or 0),
+        calibration=doc.get("calibration") or {},
+    )
+    fresh["complete"] = doc.get("complete", False)
+    fresh["plots"] = plots
+    _write_atomic(path, json.dumps(fresh, indent=1) + "\n")
+    summary = build_summary_md(
+        params=params,
+        runs=runs,
+        machine=fresh["machine"],  # type: ignore[arg-type]  # a dict, set above
+        command=str(fresh["command"]),
+        started=str(fresh["started"]),
+        plots=plots,
+    )
+    _write_atomic(out_dir / "summary.md", summary)
+    print(out_dir)  # noqa: T201  the folder, as a finished run prints it
+    return 0
 
 
 def _image_from_env() -> GuestImage | None:

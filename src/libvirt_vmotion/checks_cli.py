@@ -199,6 +199,8 @@ class Gate:
     """Source and destination host UUIDs (the migration history's key)."""
     elapsed_s: float = 0.0
     """How long pre-flight, forecast and reservation took (before any transfer)."""
+    switchover_mib_s: float | None = None
+    """Rate of the unthrottled final round, learned from this host pair's history."""
 
     def check_section(self) -> dict[str, object]:
         """JSON: checks and forecast."""
@@ -269,6 +271,7 @@ def run_gate(  # noqa: PLR0913  the gate's inputs, keyword-only
     )
     from libvirt_vmotion.history import History  # noqa: PLC0415
     from libvirt_vmotion.history import default_path as default_history_path  # noqa: PLC0415
+    from libvirt_vmotion.linkrate import learned_switchover  # noqa: PLC0415
 
     bad = unknown_skips(skip)
     if bad:
@@ -307,6 +310,8 @@ def run_gate(  # noqa: PLR0913  the gate's inputs, keyword-only
         host_pair=(facts.source.host_uuid, facts.dest.host_uuid),
     )
     gate.copy_disks = tuple(d.target for d in copied_disks(storage_facts))
+    past = History(default_history_path()).runs(*gate.host_pair)
+    gate.switchover_mib_s = learned_switchover(past)
     if not blockers(gate.results):
         measured = measure_forecast(
             source,
@@ -317,7 +322,7 @@ def run_gate(  # noqa: PLR0913  the gate's inputs, keyword-only
             window_s=window_s,
             sleep=time.sleep,
             started=measuring,
-            past=History(default_history_path()).runs(*gate.host_pair),
+            past=past,
         )
         gate.forecast, gate.forecast_error = measured.forecast, measured.error
     else:
@@ -510,6 +515,11 @@ def record_outcome(
         report.get("qemu_elapsed_ms"),
         report.get("downtime_ms"),
     )
+    sets = convergence.get("bytes_per_round") if isinstance(convergence, Mapping) else None
+    last_set = 0
+    if isinstance(sets, Mapping):
+        nonzero = [(int(k), v) for k, v in sets.items() if isinstance(v, int) and v > 0]
+        last_set = max(nonzero)[1] if nonzero else 0
     if "post-copy" in strategy or not (
         isinstance(data, int) and isinstance(elapsed, int) and isinstance(downtime, int)
     ):
@@ -523,6 +533,7 @@ def record_outcome(
             data_bytes=data,
             elapsed_ms=elapsed,
             downtime_ms=downtime,
+            last_dirty_set_bytes=last_set,
         )
     )
 

@@ -25,7 +25,7 @@ from libvirt_vmotion.agent import AgentOperationFailed, AgentUnavailable, Remote
 from libvirt_vmotion.errors import Unsupported, VmotionError
 from libvirt_vmotion.forecast import Forecast, ForecastInputs, forecast
 from libvirt_vmotion.linkprobe import LinkMeasurement, measure_link
-from libvirt_vmotion.linkrate import ASSUMED_MIB_S, PastRun, choose_rate
+from libvirt_vmotion.linkrate import ASSUMED_MIB_S, PastRun, choose_rate, learned_switchover
 from libvirt_vmotion.model import MIB
 from libvirt_vmotion.preflight import (
     AgentFacts,
@@ -393,7 +393,8 @@ def measure_forecast(  # noqa: PLR0913  the forecast's inputs, keyword-only
     inputs = ForecastInputs(
         memory_mib=bulk / MIB,
         memory_source=bulk_source,
-        switchover_bandwidth_mib_s=max(
+        switchover_bandwidth_mib_s=learned_switchover(past)
+        or max(
             ASSUMED_BANDWIDTH_MIB_S, float(bandwidth_mib_s or 0), (link.mib_s or 0) if link else 0
         ),
         dirty_rate_mib_s=rate,

@@ -37,9 +37,12 @@ CREATE TABLE IF NOT EXISTS migrations (
     achieved_mib_s REAL NOT NULL,
     data_bytes INTEGER NOT NULL,
     elapsed_ms INTEGER NOT NULL,
-    downtime_ms INTEGER NOT NULL
+    downtime_ms INTEGER NOT NULL,
+    switchover_mib_s REAL
 )
 """
+_COLUMNS_ADDED: Final = (("switchover_mib_s", "REAL"),)
+"""Columns newer than the first schema, added to an older file when it is opened."""
 
 
 def default_path() -> Path | None:
@@ -66,12 +69,24 @@ class Completed:
     data_bytes: int
     elapsed_ms: int
     downtime_ms: int
+    last_dirty_set_bytes: int = 0
+    """Dirty set of the last pre-copy round: about what the switchover sent."""
 
     @property
     def achieved_mib_s(self) -> float:
         """Memory data over the time spent sending it (the guest ran meanwhile)."""
         sending_ms = self.elapsed_ms - self.downtime_ms
         return self.data_bytes / (1 << 20) / (sending_ms / 1000) if sending_ms > 0 else 0.0
+
+    @property
+    def switchover_mib_s(self) -> float | None:
+        """Last dirty set / downtime: a lower bound of the unthrottled final round's rate.
+
+        (The downtime also holds the fixed switchover cost, so the true rate is higher.)
+        """
+        if self.last_dirty_set_bytes <= 0 or self.downtime_ms <= 0:
+            return None
+        return self.last_dirty_set_bytes / (1 << 20) / (self.downtime_ms / 1000)
 
 
 class History:
@@ -86,6 +101,10 @@ class History:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(self.path, timeout=5.0)
         conn.execute(_SCHEMA)
+        have = {row[1] for row in conn.execute("PRAGMA table_info(migrations)")}
+        for name, kind in _COLUMNS_ADDED:
+            if name not in have:
+                conn.execute(f"ALTER TABLE migrations ADD COLUMN {name} {kind}")
         return conn
 
     def runs(self, source_uuid: str, dest_uuid: str) -> list[PastRun]:
@@ -95,14 +114,17 @@ class History:
         try:
             with closing(self._connect()) as conn:
                 rows = conn.execute(
-                    "SELECT achieved_mib_s, cap_mib_s FROM migrations "
+                    "SELECT achieved_mib_s, cap_mib_s, switchover_mib_s FROM migrations "
                     "WHERE source_uuid = ? AND dest_uuid = ? ORDER BY finished_s",
                     (source_uuid, dest_uuid),
                 ).fetchall()
         except (OSError, sqlite3.Error) as exc:
             log.warning("migration history %s not read: %s", self.path, exc)
             return []
-        return [PastRun(float(a), None if c is None else float(c)) for a, c in rows]
+        return [
+            PastRun(float(a), None if c is None else float(c), None if w is None else float(w))
+            for a, c, w in rows
+        ]
 
     def record(self, run: Completed) -> bool:
         """Remember ``run`` (keeping the last ``KEEP_PER_PAIR`` per host pair)."""
@@ -111,7 +133,9 @@ class History:
         try:
             with closing(self._connect()) as conn, conn:
                 conn.execute(
-                    "INSERT INTO migrations VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO migrations (source_uuid, dest_uuid, finished_s, cap_mib_s, "
+                    "achieved_mib_s, data_bytes, elapsed_ms, downtime_ms, switchover_mib_s) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         run.source_uuid,
                         run.dest_uuid,
@@ -121,6 +145,7 @@ class History:
                         run.data_bytes,
                         run.elapsed_ms,
                         run.downtime_ms,
+                        run.switchover_mib_s,
                     ),
                 )
                 conn.execute(

@@ -49,6 +49,8 @@ class PastRun:
 
     achieved_mib_s: float
     cap_mib_s: float | None
+    switchover_mib_s: float | None = None
+    """Its last dirty set / its downtime (the final round is sent unthrottled)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +79,17 @@ def learned_rate(history: Sequence[PastRun], *, last: int = LEARN_FROM_LAST) -> 
     """
     free = _unconstrained(history, last)
     return float(statistics.median(free)) if free else None
+
+
+def learned_switchover(history: Sequence[PastRun], *, last: int = LEARN_FROM_LAST) -> float | None:
+    """Median switchover rate of the last ``last`` runs that recorded one, or None.
+
+    QEMU lifts the bandwidth cap for the final stop-and-copy round, so every
+    run counts, capped or not. None until this host pair has such a run: the
+    controller then judges pauses at the capped rate, as QEMU does.
+    """
+    rates = [r.switchover_mib_s for r in history if r.switchover_mib_s][-last:]
+    return float(statistics.median(rates)) if rates else None
 
 
 def choose_rate(

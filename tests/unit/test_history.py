@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -51,3 +53,27 @@ def test_disabled_and_configured_paths(monkeypatch: pytest.MonkeyPatch, tmp_path
     assert History(None).record(_run(1)) is False
     monkeypatch.setenv("VMOTION_HISTORY", str(tmp_path / "h.db"))
     assert default_path() == tmp_path / "h.db"
+
+
+def test_switchover_rate_is_last_dirty_set_over_downtime(tmp_path: Path) -> None:
+    run = Completed("src", "dst", 1, 50, 300 << 20, 6050, 50, last_dirty_set_bytes=25 << 20)
+    assert run.switchover_mib_s == pytest.approx(500.0)
+    assert _run(1).switchover_mib_s is None
+    history = History(tmp_path / "history.db")
+    history.record(run)
+    assert history.runs("src", "dst")[0].switchover_mib_s == pytest.approx(500.0)
+
+
+def test_a_file_of_the_first_schema_gains_the_new_column(tmp_path: Path) -> None:
+    path = tmp_path / "history.db"
+    with closing(sqlite3.connect(path)) as conn, conn:
+        conn.execute(
+            "CREATE TABLE migrations (source_uuid TEXT, dest_uuid TEXT, finished_s REAL, "
+            "cap_mib_s REAL, achieved_mib_s REAL, data_bytes INTEGER, elapsed_ms INTEGER, "
+            "downtime_ms INTEGER)"
+        )
+        conn.execute("INSERT INTO migrations VALUES ('src', 'dst', 1, NULL, 90, 1, 1, 1)")
+    history = History(path)
+    assert history.runs("src", "dst") == [PastRun(90.0, None, None)]
+    assert history.record(_run(2))
+    assert len(history.runs("src", "dst")) == 2

@@ -8,6 +8,7 @@ from libvirt_vmotion.linkrate import (
     PastRun,
     choose_rate,
     learned_rate,
+    learned_switchover,
 )
 
 
@@ -52,3 +53,9 @@ def test_only_the_most_recent_runs_count() -> None:
     recent = [PastRun(100, None)] * LEARN_FROM_LAST
     assert learned_rate([*old, *recent]) == 100
     assert learned_rate([PastRun(0, None)]) is None
+
+
+def test_switchover_rate_learned_from_every_run_capped_or_not() -> None:
+    history = [PastRun(40, 50, 400.0), PastRun(45, 50, None), PastRun(100, None, 600.0)]
+    assert learned_switchover(history) == 500.0
+    assert learned_switchover([PastRun(40, 50)]) is None

@@ -195,6 +195,11 @@ class Gate:
     undo_precreate: Callable[[], None] | None = field(default=None, repr=False)
     """Removes destination images pre-created for the copy (after a failure)."""
 
+    @property
+    def measured_dirty_mib_s(self) -> float | None:
+        """The guest's dirty rate pre-flight measured (libvirt's dirty-rate API), if it did."""
+        return None if self.forecast is None else self.forecast.inputs.dirty_rate_mib_s
+
     def check_section(self) -> dict[str, object]:
         """JSON: checks and forecast."""
         return {

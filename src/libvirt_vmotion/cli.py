@@ -558,6 +558,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
                 cutover=_cutover(args, request, source),  # type: ignore[arg-type]
                 policy=policy,
                 on_progress=printer,
+                preflight_dirty_mib_s=gate.measured_dirty_mib_s,
             )
     except VmotionError as exc:
         printer.finish()
@@ -567,7 +568,9 @@ def cmd_migrate(args: argparse.Namespace) -> int:
             _emit_json(failure, args)
         raise
     printer.finish()
-    report = build_report(request, outcome, sections)
+    report = build_report(
+        request, outcome, sections, preflight_dirty_mib_s=gate.measured_dirty_mib_s
+    )
     report["forecast"] = checks_cli.migrate_forecast_section(gate, report)
     if args.json:
         _emit_json(report, args)

@@ -110,3 +110,41 @@ def test_guest_xml_is_tcg_by_default_with_named_cpu_and_bridge() -> None:
 def test_guest_spec_rejects_bad_sizes(field: str, value: int) -> None:
     with pytest.raises(ValueError, match=field):
         LabGuestSpec(Path("/k"), Path("/i"), "", **{field: value})  # type: ignore[arg-type]
+
+
+def _outcome_with_dirty(*rates: int) -> MigrationOutcome:
+    return MigrationOutcome(
+        domain="g",
+        source_host="a",
+        dest_host="b",
+        wall_time_s=1.5,
+        final=make_sample(type=3, memory_dirty_rate=0),
+        iterations=2,
+        samples=tuple(make_sample(memory_dirty_rate=r) for r in rates),
+    )
+
+
+def test_report_uses_preflight_dirty_rate_when_qemu_reported_none() -> None:
+    request = MigrationRequest("g", "qemu+tcp://a/system", "qemu+tcp://b/system")
+    report = build_report(request, _outcome_with_dirty(0, 0), {}, preflight_dirty_mib_s=18.04)
+    assert report["peak_dirty_rate_mib_s"] == pytest.approx(18.0)
+    assert report["peak_dirty_rate_source"] == "pre-flight"
+    assert report["preflight_dirty_rate_mib_s"] == pytest.approx(18.0)
+    assert "peak dirty rate   18.0 MiB/s (pre-flight measurement" in render_text(report)
+
+
+def test_report_keeps_qemus_peak_and_the_preflight_figure_apart() -> None:
+    request = MigrationRequest("g", "qemu+tcp://a/system", "qemu+tcp://b/system")
+    report = build_report(request, _outcome_with_dirty(0, 10240), {}, preflight_dirty_mib_s=18.0)
+    assert report["peak_dirty_rate_mib_s"] == pytest.approx(40.0)
+    assert report["peak_dirty_rate_source"] == "qemu"
+    assert report["preflight_dirty_rate_mib_s"] == pytest.approx(18.0)
+    assert "pre-flight" not in render_text(report)
+
+
+def test_report_without_preflight_says_qemus_zero_as_before() -> None:
+    request = MigrationRequest("g", "qemu+tcp://a/system", "qemu+tcp://b/system")
+    report = build_report(request, _outcome_with_dirty(0), {})
+    assert report["peak_dirty_rate_mib_s"] == 0.0
+    assert report["peak_dirty_rate_source"] == "qemu"
+    assert report["preflight_dirty_rate_mib_s"] is None

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TextIO
 
 from libvirt_vmotion import __version__, checks_cli
+from libvirt_vmotion.argtypes import positive_number
 from libvirt_vmotion.bench.options import add_bench_parser
 from libvirt_vmotion.errors import (
     AbortRefused,
@@ -38,28 +39,8 @@ log = logging.getLogger(__name__)
 DEFAULT_SOURCE_URI_ENV = "LIBVIRT_DEFAULT_URI"
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        msg = f"expected a whole number, got {text!r}"
-        raise argparse.ArgumentTypeError(msg) from None
-    if value <= 0:
-        msg = f"must be greater than 0, got {value}"
-        raise argparse.ArgumentTypeError(msg)
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        msg = f"expected a number of seconds, got {text!r}"
-        raise argparse.ArgumentTypeError(msg) from None
-    if value <= 0:
-        msg = f"must be greater than 0, got {value:g}"
-        raise argparse.ArgumentTypeError(msg)
-    return value
+_positive_int = positive_number(int)
+_positive_float = positive_number(float, what="a number of seconds")  # every use is a duration
 
 
 def _uri(text: str) -> str:
@@ -456,9 +437,7 @@ def _add_lab(sub: argparse._SubParsersAction[_Parser]) -> None:
         "own; the workload writes a verified log to it",
     )
     start.add_argument("--disk-mib", type=_positive_int, default=256, help="disk size")
-    start.add_argument(
-        "--disk-kib-s", type=int, default=256, help="disk log write rate (KiB/s)"
-    )
+    start.add_argument("--disk-kib-s", type=int, default=256, help="disk log write rate (KiB/s)")
     stor = lsub.add_parser("storage", help="the lab's shared storage (GlusterFS)")
     stor.add_argument("storage_command", choices=["up", "status"])
     gsub.add_parser("status", help="where the guest runs and what its workload reports")

@@ -254,10 +254,11 @@ class ViewPrinter:
             self._last_key = key
 
     def finish(self) -> None:
-        """End the live line."""
+        """End the live line (once; later calls do nothing)."""
         if self._dirty:
             self._stream.write("\n")
             self._stream.flush()
+            self._dirty = False
 
 
 def cmd_cancel_status(args: argparse.Namespace) -> int:
@@ -522,6 +523,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         raise UsageError(msg, hint="Give the destination host's URI with --to.")
     policy = _policy(args)
     printer = ViewPrinter(sys.stderr, json_out=sys.stdout if args.json else None)
+    gate: checks_cli.Gate | None = None
     try:
         with (
             Hypervisor.open(request.source_uri) as source,
@@ -529,21 +531,32 @@ def cmd_migrate(args: argparse.Namespace) -> int:
             checks_cli.GateContext(args, request, source, dest) as gate,
         ):
             request = replace(request, copy_disks=gate.copy_disks)  # pre-flight's copy plan
-            outcome, sections = migrate(
-                request,
-                source=source,
-                dest=dest,
-                observers=_observers(args),
-                cutover=_cutover(args, request, source),  # type: ignore[arg-type]
-                policy=policy,
-                on_progress=printer,
-                preflight_dirty_mib_s=gate.measured_dirty_mib_s,
-            )
+            try:
+                outcome, sections = migrate(
+                    request,
+                    source=source,
+                    dest=dest,
+                    observers=_observers(args),
+                    cutover=_cutover(args, request, source),  # type: ignore[arg-type]
+                    policy=policy,
+                    on_progress=printer,
+                    preflight_dirty_mib_s=gate.measured_dirty_mib_s,
+                )
+            finally:
+                printer.finish()  # end the live line before the gate's release warnings
+
     except VmotionError as exc:
         printer.finish()
         if args.json or args.report_file:
             result = "aborted" if isinstance(exc, MigrationAborted) else "failed"
-            failure = build_failure_report(request, result=result, error=exc.message, hint=exc.hint)
+            unreleased = gate.unreleased if gate is not None else None
+            failure = build_failure_report(
+                request,
+                result=result,
+                error=exc.message,
+                hint=exc.hint,
+                reservation=unreleased.to_dict() if unreleased is not None else None,
+            )
             _emit_json(failure, args)
         raise
     printer.finish()

@@ -102,10 +102,19 @@ def _storage_section(request: MigrationRequest, outcome: MigrationOutcome) -> di
 
 
 def build_failure_report(
-    request: MigrationRequest, *, result: str, error: str, hint: str
+    request: MigrationRequest,
+    *,
+    result: str,
+    error: str,
+    hint: str,
+    reservation: Mapping[str, object] | None = None,
 ) -> dict[str, object]:
-    """The report's last line when the migration did not complete."""
-    return {
+    """The report's last line when the migration did not complete.
+
+    ``reservation``: the destination reservation the failure left behind (who
+    frees it, by when), if it could not be released; the key is absent otherwise.
+    """
+    report: dict[str, object] = {
         "report_version": REPORT_VERSION,
         "result": result,
         "domain": request.domain,
@@ -114,6 +123,9 @@ def build_failure_report(
         "error": error,
         "hint": hint,
     }
+    if reservation is not None:
+        report["reservation"] = dict(reservation)
+    return report
 
 
 def _average_rate(final: JobSample | None) -> float | None:

@@ -8,7 +8,7 @@ import pytest
 
 from libvirt_vmotion.lab.guestdef import LabGuestSpec, VirtType, build_domain_xml
 from libvirt_vmotion.model import MIB, JobSample, MigrationOutcome, MigrationRequest, Phase
-from libvirt_vmotion.report import build_report, progress_line, render_text
+from libvirt_vmotion.report import build_failure_report, build_report, progress_line, render_text
 
 # A jobStats() dict as libvirt 11.3 returned it mid-migration in the lab.
 LIVE_STATS: dict[str, object] = {
@@ -148,3 +148,13 @@ def test_report_without_preflight_says_qemus_zero_as_before() -> None:
     assert report["peak_dirty_rate_mib_s"] == 0.0
     assert report["peak_dirty_rate_source"] == "qemu"
     assert report["preflight_dirty_rate_mib_s"] is None
+
+
+def test_failure_report_names_a_reservation_left_to_its_lease() -> None:
+    request = MigrationRequest("g", "qemu+tcp://a/system", "qemu+tcp://b/system")
+    plain = build_failure_report(request, result="failed", error="e", hint="h")
+    assert "reservation" not in plain
+    left = {"id": "r1", "released": False, "lease_ends_by_utc": "2026-11-25 22:34:10 UTC"}
+    report = build_failure_report(request, result="failed", error="e", hint="h", reservation=left)
+    assert report["reservation"] == left
+    json.dumps(report)

@@ -7,7 +7,10 @@ live in ``preflight`` (checks), ``forecast`` and ``reservation`` (capacity).
 pre-flight (blockers exit 3), the forecast (dirty rate measured while no job
 runs), then a reservation on the destination through its agent (refused:
 exit 4). The reservation is released when the migration ends, however it ends;
-if this process dies, the destination's hook and the lease release it.
+if this process dies, the destination's hook and the lease release it. After a
+failure the link to the destination may be down (a cutover failure), so the
+release waits at most ``RELEASE_AFTER_FAILURE_TIMEOUT_S`` and otherwise says
+when the destination's lease frees the reservation, instead of waiting.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import argparse
 import json
 import os
 import socket
+import subprocess
 import sys
 import time
 import uuid
@@ -23,7 +27,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from types import TracebackType
-from typing import TYPE_CHECKING, TextIO, TypeVar
+from typing import TYPE_CHECKING, Final, TextIO, TypeVar
 
 from libvirt_vmotion import storagehost
 from libvirt_vmotion.errors import (
@@ -44,6 +48,7 @@ from libvirt_vmotion.preflight import (
     run_checks,
     unknown_skips,
 )
+from libvirt_vmotion.reservation import Unreleased, lease_ends_by_s
 from libvirt_vmotion.storage import CopyMode, StorageFacts, copied_disks, needs_precreate
 
 if TYPE_CHECKING:
@@ -53,6 +58,13 @@ if TYPE_CHECKING:
     from libvirt_vmotion.virt import Hypervisor
 
 DEFAULT_WINDOW_S = 1
+RELEASE_AFTER_FAILURE_TIMEOUT_S: Final = 3.0
+"""Longest wait to release the reservation after a failed migration.
+
+Shorter than the agent's ssh ConnectTimeout (5 s): when the link to the
+destination is down, the release gives up here, and the destination's lease
+frees the reservation anyway. A successful migration waits as long as it takes.
+"""
 _P = TypeVar("_P", bound=argparse.ArgumentParser)
 
 
@@ -191,7 +203,12 @@ class Gate:
     forecast_error: str = ""
     window_s: int = DEFAULT_WINDOW_S
     reservation_id: str = ""
-    release: Callable[[], None] | None = field(default=None, repr=False)
+    release: Callable[[float | None], Unreleased | None] | None = field(default=None, repr=False)
+    """Releases the reservation: ``release(None)`` waits as long as the agent
+    takes; ``release(timeout_s)`` gives up after that long and returns what the
+    destination will do about it instead."""
+    unreleased: Unreleased | None = None
+    """The reservation a failed migration could not release (the lease frees it)."""
     copy_disks: tuple[str, ...] = ()
     """Disk targets the migration copies (non-shared storage)."""
     undo_precreate: Callable[[], None] | None = field(default=None, repr=False)
@@ -202,6 +219,11 @@ class Gate:
     """How long pre-flight, forecast and reservation took (before any transfer)."""
     switchover_mib_s: float | None = None
     """Rate of the unthrottled final round, learned from this host pair's history."""
+
+    @property
+    def measured_dirty_mib_s(self) -> float | None:
+        """The guest's dirty rate pre-flight measured (libvirt's dirty-rate API), if it did."""
+        return None if self.forecast is None else self.forecast.inputs.dirty_rate_mib_s
 
     def check_section(self) -> dict[str, object]:
         """JSON: checks and forecast."""
@@ -333,7 +355,7 @@ def run_gate(  # noqa: PLR0913  the gate's inputs, keyword-only
     rid = str(uuid.uuid4())
     need = facts.guest.memory_bytes + facts.qemu_overhead_bytes
     try:
-        agent.call(
+        reserved = agent.call(
             "reserve",
             {
                 "id": rid,
@@ -349,16 +371,44 @@ def run_gate(  # noqa: PLR0913  the gate's inputs, keyword-only
         msg = f"Could not reserve {format_bytes(need)} on {facts.dest.hostname}: {exc.message}"
         raise ReservationError(msg, hint=exc.hint) from exc
     gate.reservation_id = rid
+    host = facts.dest.hostname
 
-    def release() -> None:
+    def release(timeout_s: float | None) -> Unreleased | None:
+        if timeout_s is not None:
+            return _release_bounded(agent, rid, host=host, reserved=reserved, timeout_s=timeout_s)
         try:
             agent.call("release", {"id": rid})
         except VmotionError as exc:  # the lease and the hook release it anyway
             sys.stderr.write(f"warning: could not release reservation {rid}: {exc.message}\n")
+        return None
 
     gate.release = release
     _precreate(gate, agent, storage_facts)
     return gate
+
+
+def _release_bounded(
+    agent: RemoteHost,
+    rid: str,
+    *,
+    host: str,
+    reserved: Mapping[str, object],
+    timeout_s: float,
+) -> Unreleased | None:
+    """Release ``rid``, giving up after ``timeout_s``; then log when its lease frees it."""
+    try:
+        agent.call("release", {"id": rid}, timeout_s=timeout_s)
+    except VmotionError as exc:
+        timed_out = isinstance(exc.__cause__, subprocess.TimeoutExpired)
+        left = Unreleased(
+            reservation_id=rid,
+            host=host,
+            reason=f"no answer within {timeout_s:g} s" if timed_out else exc.message,
+            ends_by_s=lease_ends_by_s(reserved, now_s=time.time()),
+        )
+        sys.stderr.write(f"warning: {left.message()}\n")
+        return left
+    return None
 
 
 def _bridge_checks(
@@ -392,7 +442,7 @@ def _precreate(gate: Gate, agent: RemoteHost, facts: StorageFacts) -> None:
         created = agent.call("disk-precreate", {"disks": todo}).get("created", [])
     except VmotionError as exc:
         if gate.release is not None:
-            gate.release()
+            gate.release(RELEASE_AFTER_FAILURE_TIMEOUT_S)
             gate.release = None
         msg = f"Could not pre-create the destination disk image(s) for the copy: {exc.message}"
         hint = exc.hint or "Check the destination's image directory."
@@ -488,7 +538,11 @@ class GateContext:
         _exc: BaseException | None,
         _tb: TracebackType | None,
     ) -> None:
-        """Release the reservation, whatever happened; undo a pre-create on failure."""
+        """Release the reservation, whatever happened; undo a pre-create on failure.
+
+        After a failure the release is bounded (``RELEASE_AFTER_FAILURE_TIMEOUT_S``);
+        what it could not release is left in ``gate.unreleased`` for the report.
+        """
         # A failed copy leaves an image on the destination we made: remove it, unless
         # the guest may already run there (cutover uncertain).
         failed = _exc is not None and not isinstance(_exc, CutoverFailed)
@@ -496,7 +550,10 @@ class GateContext:
             self.gate.undo_precreate()
             self.gate.undo_precreate = None
         if self.gate.release is not None:
-            self.gate.release()
+            # A cutover failure may have cut the link to the destination: do not hold
+            # the exit on ssh timeouts; the destination's lease frees the reservation.
+            timeout_s = None if _exc is None else RELEASE_AFTER_FAILURE_TIMEOUT_S
+            self.gate.unreleased = self.gate.release(timeout_s)
             self.gate.release = None
 
 

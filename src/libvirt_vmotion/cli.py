@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TextIO
 
 from libvirt_vmotion import __version__, checks_cli
+from libvirt_vmotion.argtypes import positive_number
 from libvirt_vmotion.bench.options import add_bench_parser
 from libvirt_vmotion.errors import (
     AbortRefused,
@@ -38,28 +39,8 @@ log = logging.getLogger(__name__)
 DEFAULT_SOURCE_URI_ENV = "LIBVIRT_DEFAULT_URI"
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        msg = f"expected a whole number, got {text!r}"
-        raise argparse.ArgumentTypeError(msg) from None
-    if value <= 0:
-        msg = f"must be greater than 0, got {value}"
-        raise argparse.ArgumentTypeError(msg)
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        msg = f"expected a number of seconds, got {text!r}"
-        raise argparse.ArgumentTypeError(msg) from None
-    if value <= 0:
-        msg = f"must be greater than 0, got {value:g}"
-        raise argparse.ArgumentTypeError(msg)
-    return value
+_positive_int = positive_number(int)
+_positive_float = positive_number(float, what="a number of seconds")  # every use is a duration
 
 
 def _uri(text: str) -> str:
@@ -273,10 +254,11 @@ class ViewPrinter:
             self._last_key = key
 
     def finish(self) -> None:
-        """End the live line."""
+        """End the live line (once; later calls do nothing)."""
         if self._dirty:
             self._stream.write("\n")
             self._stream.flush()
+            self._dirty = False
 
 
 def cmd_cancel_status(args: argparse.Namespace) -> int:
@@ -541,6 +523,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         raise UsageError(msg, hint="Give the destination host's URI with --to.")
     policy = _policy(args)
     printer = ViewPrinter(sys.stderr, json_out=sys.stdout if args.json else None)
+    gate: checks_cli.Gate | None = None
     try:
         with (
             Hypervisor.open(request.source_uri) as source,
@@ -548,24 +531,38 @@ def cmd_migrate(args: argparse.Namespace) -> int:
             checks_cli.GateContext(args, request, source, dest) as gate,
         ):
             request = replace(request, copy_disks=gate.copy_disks)  # pre-flight's copy plan
-            outcome, sections = migrate(
-                request,
-                source=source,
-                dest=dest,
-                observers=_observers(args),
-                cutover=_cutover(args, request, source),  # type: ignore[arg-type]
-                policy=policy,
-                on_progress=printer,
-            )
+            try:
+                outcome, sections = migrate(
+                    request,
+                    source=source,
+                    dest=dest,
+                    observers=_observers(args),
+                    cutover=_cutover(args, request, source),  # type: ignore[arg-type]
+                    policy=policy,
+                    on_progress=printer,
+                    preflight_dirty_mib_s=gate.measured_dirty_mib_s,
+                )
+            finally:
+                printer.finish()  # end the live line before the gate's release warnings
+
     except VmotionError as exc:
         printer.finish()
         if args.json or args.report_file:
             result = "aborted" if isinstance(exc, MigrationAborted) else "failed"
-            failure = build_failure_report(request, result=result, error=exc.message, hint=exc.hint)
+            unreleased = gate.unreleased if gate is not None else None
+            failure = build_failure_report(
+                request,
+                result=result,
+                error=exc.message,
+                hint=exc.hint,
+                reservation=unreleased.to_dict() if unreleased is not None else None,
+            )
             _emit_json(failure, args)
         raise
     printer.finish()
-    report = build_report(request, outcome, sections)
+    report = build_report(
+        request, outcome, sections, preflight_dirty_mib_s=gate.measured_dirty_mib_s
+    )
     report["forecast"] = checks_cli.migrate_forecast_section(gate, report)
     report["preflight_s"] = round(gate.elapsed_s, 2)
     checks_cli.record_outcome(gate, report, bandwidth_mib_s=args.bandwidth, now_s=time.time())

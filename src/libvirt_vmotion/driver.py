@@ -255,6 +255,7 @@ def migrate(  # noqa: PLR0913  the migration's collaborators, all keyword-only
     cutover: PostSwitchover | None = None,
     policy: MigrationPolicy | None = None,
     on_progress: Callable[[ProgressView], None] | None = None,
+    preflight_dirty_mib_s: float | None = None,
 ) -> tuple[MigrationOutcome, Mapping[str, Mapping[str, object]]]:
     """Live-migrate one guest under the convergence controller; return what happened.
 
@@ -271,6 +272,8 @@ def migrate(  # noqa: PLR0913  the migration's collaborators, all keyword-only
             migration starts, finished after it; its section joins the report.
         policy: the budget and escalations (default: from the request).
         on_progress: called with the phase-aware progress view.
+        preflight_dirty_mib_s: the guest's dirty rate as pre-flight measured it;
+            the progress view shows it (labelled) until QEMU reports one.
 
     Returns:
         The outcome and the observers' sections.
@@ -308,6 +311,7 @@ def migrate(  # noqa: PLR0913  the migration's collaborators, all keyword-only
         worker=worker,
         on_sample=on_sample,
         on_progress=on_progress,
+        preflight_dirty_mib_s=preflight_dirty_mib_s,
         poll_interval_s=poll_interval_s,
         clock=clock,
     )
@@ -385,6 +389,7 @@ class _Controller:
     worker: _Worker
     on_sample: SampleSink | None
     on_progress: Callable[[ProgressView], None] | None
+    preflight_dirty_mib_s: float | None
     poll_interval_s: float
     clock: Callable[[], float]
     state: State = State.SETUP
@@ -489,7 +494,13 @@ class _Controller:
             self._apply(action)
         self.state = decision.next_state
         if self.on_progress is not None and self.history.samples:
-            self.view = build_view(self.state, self.history, self.policy, self.view)
+            self.view = build_view(
+                self.state,
+                self.history,
+                self.policy,
+                self.view,
+                preflight_dirty_mib_s=self.preflight_dirty_mib_s,
+            )
             self.on_progress(self.view)
 
     def _add_event(self, event: MigrationEvent) -> None:

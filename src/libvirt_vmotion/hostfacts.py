@@ -136,7 +136,10 @@ def _int(args: Mapping[str, object], key: str) -> int:
 
 
 def op_reserve(args: Mapping[str, object]) -> dict[str, object]:
-    """Reserve memory, vCPUs and an inbound slot (raises ReservationError if it does not fit)."""
+    """Reserve memory, vCPUs and an inbound slot (raises ReservationError if it does not fit).
+
+    Returns the row and ``longest_lease_s``, this host's longest lease.
+    """
     request = ReservationRequest(
         reservation_id=str(args.get("id", "")),
         domain=str(args.get("domain", "")),
@@ -147,13 +150,15 @@ def op_reserve(args: Mapping[str, object]) -> dict[str, object]:
     if not request.reservation_id or not request.domain:
         msg = "agent reserve needs 'id' and 'domain'"
         raise UsageError(msg)
+    capacity = load_capacity()
     row = _store().reserve(
         request,
-        capacity=load_capacity(),
+        capacity=capacity,
         mem_available_bytes=mem_available_bytes(),
         now_s=time.time(),
     )
-    return row.to_dict()
+    # The owner needs it to say when this host frees a reservation it cannot release.
+    return {**row.to_dict(), "longest_lease_s": capacity.longest_lease_s}
 
 
 def op_release(args: Mapping[str, object]) -> dict[str, object]:

@@ -35,6 +35,48 @@ class Phase(StrEnum):
     DONE = "done"
 
 
+class DirtyRateSource(StrEnum):
+    """Where a dirty rate we show comes from (the progress line and the report say it)."""
+
+    QEMU = "qemu"
+    """libvirt's ``memory_dirty_rate`` job statistic, measured by QEMU during the migration."""
+    PREFLIGHT = "pre-flight"
+    """Pre-flight's measurement with libvirt's dirty-rate API, just before the migration."""
+
+
+def shown_dirty_rate(
+    qemu_mib_s: float, *, qemu_has_reported: bool, preflight_mib_s: float | None
+) -> tuple[float, DirtyRateSource]:
+    """The dirty rate to show, and its source: QEMU's once it has reported one.
+
+    QEMU reports ``memory_dirty_rate`` as 0 until it has completed a full round,
+    so a short migration may never see a figure from it; showing 0 would claim
+    an idle guest. Until then pre-flight's measurement of the same guest, taken
+    seconds earlier, is the best figure we have, labelled as such.
+
+    ===============  =================  ===============  ===================
+    qemu_mib_s       qemu_has_reported  preflight_mib_s  shown
+    ===============  =================  ===============  ===================
+    0.0              False              18.0             18.0, pre-flight
+    0.0              False              None             0.0, qemu
+    25.0             True               18.0             25.0, qemu
+    0.0              True               18.0             0.0, qemu (idle now)
+    ===============  =================  ===============  ===================
+
+    Args:
+        qemu_mib_s: QEMU's current (or peak) dirty rate.
+        qemu_has_reported: QEMU has reported a non-zero rate earlier in this migration.
+        preflight_mib_s: pre-flight's measurement, None if it did not measure.
+
+    Returns:
+        The rate in MiB/s and where it comes from.
+
+    """
+    if qemu_has_reported or qemu_mib_s > 0 or preflight_mib_s is None:
+        return qemu_mib_s, DirtyRateSource.QEMU
+    return preflight_mib_s, DirtyRateSource.PREFLIGHT
+
+
 def _int(stats: Mapping[str, object], key: str) -> int:
     value = stats.get(key, 0)
     return int(value) if isinstance(value, int | float) else 0

@@ -5,6 +5,8 @@ copy and never decreases; once QEMU re-sends dirtied pages, progress is told as
 rounds and remaining data, and a round that adds work says so instead of
 lowering a number. The ETA is given only when the data says the migration
 converges (dirty rate below transfer rate); otherwise it says why not.
+QEMU reports no dirty rate until it has completed a full round: until then the
+dirty rate shown is pre-flight's measurement, passed in and labelled as such.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from libvirt_vmotion.convergence import (
     current_throttle_percent,
     round_dirty_sets,
 )
-from libvirt_vmotion.model import MIB, JobSample
+from libvirt_vmotion.model import MIB, DirtyRateSource, JobSample, shown_dirty_rate
 from libvirt_vmotion.policy import MigrationPolicy
 
 
@@ -34,7 +36,7 @@ class ProgressView:
         elapsed_s: since the migration started.
         bulk_percent: share of RAM sent in the first pass (never decreases).
         remaining_mib: data QEMU still has to send.
-        dirty_mib_s: guest dirty rate.
+        dirty_mib_s: guest dirty rate (see ``dirty_source``).
         transfer_mib_s: migration transfer rate.
         rounds_left: estimated rounds to the switchover, if converging.
         eta_s: estimated seconds to completion, if it can be known.
@@ -55,6 +57,8 @@ class ProgressView:
     disk_total_mib: float = 0.0
     """Disk data to copy (non-shared storage; 0 when disks are shared)."""
     disk_remaining_mib: float = 0.0
+    dirty_source: DirtyRateSource = DirtyRateSource.QEMU
+    """Where ``dirty_mib_s`` comes from: QEMU, or pre-flight until QEMU has reported a rate."""
 
     def to_dict(self) -> dict[str, object]:
         """JSON-serializable form (one JSON line of ``--json`` output)."""
@@ -69,6 +73,7 @@ class ProgressView:
             "disk_remaining_mib",
         ):
             out[key] = round(float(out[key]), 1)
+        out["dirty_source"] = self.dirty_source.value
         if self.eta_s is not None:
             out["eta_s"] = round(self.eta_s, 1)
         return {"event": "progress", **out}
@@ -79,9 +84,12 @@ class ProgressView:
         if self.phase in {State.SETUP.value, State.BULK_COPY.value}:
             body = f"  sent {self.bulk_percent:5.1f}% of RAM  {self.transfer_mib_s:6.1f} MiB/s"
         else:
+            dirty = f"{self.dirty_mib_s:6.1f}"
+            if self.dirty_source is DirtyRateSource.PREFLIGHT:
+                dirty += " (pre-flight)"
             body = (
                 f"  round {self.round:>3}  remaining {self.remaining_mib:7.1f} MiB  "
-                f"dirty {self.dirty_mib_s:6.1f} vs {self.transfer_mib_s:6.1f} MiB/s"
+                f"dirty {dirty} vs {self.transfer_mib_s:6.1f} MiB/s"
             )
         if self.disk_total_mib > 0:
             done = self.disk_total_mib - self.disk_remaining_mib
@@ -98,6 +106,8 @@ def build_view(
     history: History,
     policy: MigrationPolicy,
     previous: ProgressView | None = None,
+    *,
+    preflight_dirty_mib_s: float | None = None,
 ) -> ProgressView:
     """The progress view after the latest sample.
 
@@ -106,6 +116,8 @@ def build_view(
         history: samples, events and decisions so far.
         policy: the policy (downtime target for the rounds-left estimate).
         previous: the last view shown, so the percentage never decreases.
+        preflight_dirty_mib_s: the dirty rate pre-flight measured (None: not
+            measured); shown, labelled, until QEMU reports a rate of its own.
 
     Returns:
         The view to show.
@@ -113,14 +125,31 @@ def build_view(
     """
     sample = history.samples[-1] if history.samples else None
     elapsed_s = history.now_s - history.started_s
+    qemu_has_reported = any(s.memory_dirty_rate_pages_s > 0 for s in history.samples)
+    dirty, dirty_source = shown_dirty_rate(
+        sample.dirty_rate_mib_s if sample is not None else 0.0,
+        qemu_has_reported=qemu_has_reported,
+        preflight_mib_s=preflight_dirty_mib_s,
+    )
     if sample is None:
-        return ProgressView(state.value, 0, elapsed_s, 0.0, 0.0, 0.0, 0.0, None, None, "")
+        return ProgressView(
+            phase=state.value,
+            round=0,
+            elapsed_s=elapsed_s,
+            bulk_percent=0.0,
+            remaining_mib=0.0,
+            dirty_mib_s=dirty,
+            transfer_mib_s=0.0,
+            rounds_left=None,
+            eta_s=None,
+            note="",
+            dirty_source=dirty_source,
+        )
     bulk = _bulk_percent(sample)
     if previous is not None:
         bulk = max(bulk, previous.bulk_percent)
     if state not in {State.SETUP, State.BULK_COPY}:
         bulk = 100.0
-    dirty = sample.dirty_rate_mib_s
     rate = sample.transfer_rate_mib_s
     remaining = sample.data_remaining_bytes / MIB
     rounds_left, eta_s, note = _estimate(state, history, policy, sample)
@@ -144,6 +173,7 @@ def build_view(
         note=note,
         disk_total_mib=sample.disk_total_bytes / MIB,
         disk_remaining_mib=sample.disk_remaining_bytes / MIB,
+        dirty_source=dirty_source,
     )
 
 

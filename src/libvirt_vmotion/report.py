@@ -8,7 +8,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Final
 
-from libvirt_vmotion.model import MIB, JobSample, MigrationOutcome, MigrationRequest, Phase
+from libvirt_vmotion.model import (
+    MIB,
+    DirtyRateSource,
+    JobSample,
+    MigrationOutcome,
+    MigrationRequest,
+    Phase,
+    shown_dirty_rate,
+)
 
 REPORT_VERSION: Final = 1
 
@@ -17,6 +25,8 @@ def build_report(
     request: MigrationRequest,
     outcome: MigrationOutcome,
     sections: Mapping[str, Mapping[str, object]],
+    *,
+    preflight_dirty_mib_s: float | None = None,
 ) -> dict[str, object]:
     """Assemble the JSON-serializable report of a completed migration.
 
@@ -24,13 +34,20 @@ def build_report(
         request: what was asked.
         outcome: what libvirt/QEMU and our clock measured.
         sections: observers' results by name (e.g. ``network``, ``workload``).
+        preflight_dirty_mib_s: the dirty rate pre-flight measured, if it did.
+            ``peak_dirty_rate_mib_s`` is QEMU's peak; when QEMU never reported
+            a rate (a migration shorter than one full round) it is this
+            measurement instead, and ``peak_dirty_rate_source`` says which.
 
     Returns:
         A dict with stable keys; units are in the key names.
 
     """
     final = outcome.final
-    dirty_peak = max((s.dirty_rate_mib_s for s in outcome.samples), default=0.0)
+    qemu_peak = max((s.dirty_rate_mib_s for s in outcome.samples), default=0.0)
+    dirty_peak, dirty_source = shown_dirty_rate(
+        qemu_peak, qemu_has_reported=qemu_peak > 0, preflight_mib_s=preflight_dirty_mib_s
+    )
     report: dict[str, object] = {
         "report_version": REPORT_VERSION,
         "result": "completed",
@@ -51,6 +68,10 @@ def build_report(
         "memory_total_bytes": final.memory_total_bytes if final else None,
         "avg_transfer_mib_s": _average_rate(final),
         "peak_dirty_rate_mib_s": round(dirty_peak, 1),
+        "peak_dirty_rate_source": dirty_source.value,
+        "preflight_dirty_rate_mib_s": (
+            None if preflight_dirty_mib_s is None else round(preflight_dirty_mib_s, 1)
+        ),
         "samples": len(outcome.samples),
     }
     if request.copy_disks or (final is not None and final.disk_total_bytes):
@@ -81,10 +102,19 @@ def _storage_section(request: MigrationRequest, outcome: MigrationOutcome) -> di
 
 
 def build_failure_report(
-    request: MigrationRequest, *, result: str, error: str, hint: str
+    request: MigrationRequest,
+    *,
+    result: str,
+    error: str,
+    hint: str,
+    reservation: Mapping[str, object] | None = None,
 ) -> dict[str, object]:
-    """The report's last line when the migration did not complete."""
-    return {
+    """The report's last line when the migration did not complete.
+
+    ``reservation``: the destination reservation the failure left behind (who
+    frees it, by when), if it could not be released; the key is absent otherwise.
+    """
+    report: dict[str, object] = {
         "report_version": REPORT_VERSION,
         "result": result,
         "domain": request.domain,
@@ -93,6 +123,9 @@ def build_failure_report(
         "error": error,
         "hint": hint,
     }
+    if reservation is not None:
+        report["reservation"] = dict(reservation)
+    return report
 
 
 def _average_rate(final: JobSample | None) -> float | None:
@@ -117,6 +150,9 @@ def render_text(report: Mapping[str, object]) -> str:
     dst_host = dst.get("host", "") if isinstance(dst, Mapping) else ""
     transferred = report.get("data_transferred_bytes")
     mib = f"{transferred / MIB:.1f} MiB" if isinstance(transferred, int) else "n/a"
+    peak_dirty = _fmt(report.get("peak_dirty_rate_mib_s"), " MiB/s")
+    if report.get("peak_dirty_rate_source") == DirtyRateSource.PREFLIGHT:
+        peak_dirty += " (pre-flight measurement; QEMU reported no rate)"
     lines = [
         f"Migration of {report.get('domain')}: {report.get('result')} ({src_host} -> {dst_host})",
         (
@@ -128,7 +164,7 @@ def render_text(report: Mapping[str, object]) -> str:
         f"  setup time        {_fmt(report.get('setup_time_ms'), ' ms')}",
         f"  iterations        {_fmt(report.get('iterations'))}",
         f"  data transferred  {mib} at {_fmt(report.get('avg_transfer_mib_s'), ' MiB/s')}",
-        f"  peak dirty rate   {_fmt(report.get('peak_dirty_rate_mib_s'), ' MiB/s')}",
+        f"  peak dirty rate   {peak_dirty}",
     ]
     for name in ("network", "workload"):
         section = report.get(name)

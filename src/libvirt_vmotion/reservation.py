@@ -4,7 +4,8 @@ Two parts:
 
 - ``plan`` is pure (no I/O, no clock): given what is already reserved, the
   host's capacity and its available memory, grant or refuse one request, and
-  say why in words a user can act on.
+  say why in words a user can act on. So are ``lease_ends_by_s`` and
+  ``Unreleased``: when a reservation its owner could not release is gone.
 - ``ReservationStore`` is the I/O part: a SQLite database per host
   (``/var/lib/libvirt-vmotion/reservations.db``) that survives crashes of our
   process and of libvirtd. Every change is one ``BEGIN IMMEDIATE`` transaction
@@ -36,8 +37,9 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import tomllib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
+from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Final
@@ -84,6 +86,11 @@ class Capacity:
             if getattr(self, name) <= 0:
                 msg = f"{name}={getattr(self, name)}: must be > 0"
                 raise ValueError(msg)
+
+    @property
+    def longest_lease_s(self) -> float:
+        """The longest lease this host gives a reservation, in any state."""
+        return max(self.lease_s, self.incoming_lease_s, self.commit_grace_s)
 
 
 def load_capacity(path: Path = CAPACITY_PATH) -> Capacity:
@@ -225,6 +232,78 @@ def plan(
         reason=f"reserved {_mib(request.memory_bytes)} and {request.vcpus} vCPUs on {host} "
         f"({len(others) + 1} of {capacity.inbound_slots} inbound slots)",
     )
+
+
+def lease_ends_by_s(reserved: Mapping[str, object], *, now_s: float) -> float | None:
+    """When a reservation its owner can no longer reach is gone, at the latest.
+
+    The host only ever sets a lease to "its now + one of its leases": the fresh
+    lease at ``reserve``, the hook's ``incoming_lease_s`` at ``migrate begin``
+    and ``commit_grace_s`` at ``started``; renewing keeps the later end. All of
+    that happened before ``now_s``, so the row has expired by the later of the
+    first lease's end and ``now_s + longest_lease_s``. (Both hosts' clocks are
+    taken to agree, as for every lease.)
+
+    Args:
+        reserved: the agent's reply to ``reserve``: the row (``expires_s``) and
+            the host's ``longest_lease_s``.
+        now_s: wall-clock time (epoch seconds) the release was given up.
+
+    Returns:
+        Epoch seconds; None if the reply lacks those figures (an older agent).
+
+    """
+    expires_s = reserved.get("expires_s")
+    longest_s = reserved.get("longest_lease_s")
+    if not isinstance(expires_s, int | float) or not isinstance(longest_s, int | float):
+        return None
+    return max(float(expires_s), now_s + float(longest_s))
+
+
+def format_utc(epoch_s: float) -> str:
+    """``2026-11-25 21:34:10 UTC``."""
+    return datetime.fromtimestamp(epoch_s, tz=UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+@dataclass(frozen=True, slots=True)
+class Unreleased:
+    """A reservation its owner gave up releasing: the host frees it by itself.
+
+    Attributes:
+        reservation_id: the reservation.
+        host: the host that holds it (for messages).
+        reason: why it was not released ("no answer within 3 s", the agent's error).
+        ends_by_s: epoch seconds by which its lease has ended at the latest
+            (``lease_ends_by_s``); None if unknown.
+
+    """
+
+    reservation_id: str
+    host: str
+    reason: str
+    ends_by_s: float | None
+
+    def message(self) -> str:
+        """One sentence for the log: what was not done, and why nobody needs to."""
+        when = "when its lease ends"
+        if self.ends_by_s is not None:
+            when += f", by {format_utc(self.ends_by_s)} at the latest"
+        return (
+            f"Could not release reservation {self.reservation_id} on {self.host}: "
+            f"{self.reason}. Not waiting for it: {self.host} frees it {when} "
+            "(at once if the guest stops there)."
+        )
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON form, for the failure report."""
+        return {
+            "id": self.reservation_id,
+            "host": self.host,
+            "released": False,
+            "reason": self.reason,
+            "lease_ends_by_epoch_s": None if self.ends_by_s is None else round(self.ends_by_s),
+            "lease_ends_by_utc": None if self.ends_by_s is None else format_utc(self.ends_by_s),
+        }
 
 
 # --------------------------------------------------------------------------- store

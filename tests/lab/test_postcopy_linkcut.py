@@ -181,8 +181,8 @@ def test_link_down_past_the_wait_says_where_the_guest_lives(tmp_path: Path) -> N
     seen: list[str] = []
     try:
         # The controller gives up while the link is still down (streamed as phase
-        # "failed"); the exit comes after the gate released the destination's
-        # reservation, which needs the link.
+        # "failed"); the exit comes after the gate tried to release the destination's
+        # reservation, which needs the link: for at most RELEASE_AFTER_FAILURE_TIMEOUT_S.
         deadline_s = time.monotonic() + 60
         while time.monotonic() < deadline_s:
             line = proc.stdout.readline()

@@ -8,7 +8,7 @@ import pytest
 
 from libvirt_vmotion.lab.guestdef import LabGuestSpec, VirtType, build_domain_xml
 from libvirt_vmotion.model import MIB, JobSample, MigrationOutcome, MigrationRequest, Phase
-from libvirt_vmotion.report import build_report, progress_line, render_text
+from libvirt_vmotion.report import build_failure_report, build_report, progress_line, render_text
 
 # A jobStats() dict as libvirt 11.3 returned it mid-migration in the lab.
 LIVE_STATS: dict[str, object] = {
@@ -110,3 +110,51 @@ def test_guest_xml_is_tcg_by_default_with_named_cpu_and_bridge() -> None:
 def test_guest_spec_rejects_bad_sizes(field: str, value: int) -> None:
     with pytest.raises(ValueError, match=field):
         LabGuestSpec(Path("/k"), Path("/i"), "", **{field: value})  # type: ignore[arg-type]
+
+
+def _outcome_with_dirty(*rates: int) -> MigrationOutcome:
+    return MigrationOutcome(
+        domain="g",
+        source_host="a",
+        dest_host="b",
+        wall_time_s=1.5,
+        final=make_sample(type=3, memory_dirty_rate=0),
+        iterations=2,
+        samples=tuple(make_sample(memory_dirty_rate=r) for r in rates),
+    )
+
+
+def test_report_uses_preflight_dirty_rate_when_qemu_reported_none() -> None:
+    request = MigrationRequest("g", "qemu+tcp://a/system", "qemu+tcp://b/system")
+    report = build_report(request, _outcome_with_dirty(0, 0), {}, preflight_dirty_mib_s=18.04)
+    assert report["peak_dirty_rate_mib_s"] == pytest.approx(18.0)
+    assert report["peak_dirty_rate_source"] == "pre-flight"
+    assert report["preflight_dirty_rate_mib_s"] == pytest.approx(18.0)
+    assert "peak dirty rate   18.0 MiB/s (pre-flight measurement" in render_text(report)
+
+
+def test_report_keeps_qemus_peak_and_the_preflight_figure_apart() -> None:
+    request = MigrationRequest("g", "qemu+tcp://a/system", "qemu+tcp://b/system")
+    report = build_report(request, _outcome_with_dirty(0, 10240), {}, preflight_dirty_mib_s=18.0)
+    assert report["peak_dirty_rate_mib_s"] == pytest.approx(40.0)
+    assert report["peak_dirty_rate_source"] == "qemu"
+    assert report["preflight_dirty_rate_mib_s"] == pytest.approx(18.0)
+    assert "pre-flight" not in render_text(report)
+
+
+def test_report_without_preflight_says_qemus_zero_as_before() -> None:
+    request = MigrationRequest("g", "qemu+tcp://a/system", "qemu+tcp://b/system")
+    report = build_report(request, _outcome_with_dirty(0), {})
+    assert report["peak_dirty_rate_mib_s"] == 0.0
+    assert report["peak_dirty_rate_source"] == "qemu"
+    assert report["preflight_dirty_rate_mib_s"] is None
+
+
+def test_failure_report_names_a_reservation_left_to_its_lease() -> None:
+    request = MigrationRequest("g", "qemu+tcp://a/system", "qemu+tcp://b/system")
+    plain = build_failure_report(request, result="failed", error="e", hint="h")
+    assert "reservation" not in plain
+    left = {"id": "r1", "released": False, "lease_ends_by_utc": "2026-11-25 22:34:10 UTC"}
+    report = build_failure_report(request, result="failed", error="e", hint="h", reservation=left)
+    assert report["reservation"] == left
+    json.dumps(report)

@@ -15,6 +15,8 @@ from libvirt_vmotion.reservation import (
     ReservationRequest,
     ReservationStore,
     State,
+    Unreleased,
+    lease_ends_by_s,
     load_capacity,
     plan,
 )
@@ -117,3 +119,62 @@ def test_processes_racing_for_the_last_capacity_exactly_one_wins(tmp_path: Path)
         p.join(30)
     outcomes = sorted(results.get(timeout=5)[1] for _ in procs)
     assert outcomes == ["granted"] + ["refused"] * 5
+
+
+def test_longest_lease_is_the_longest_of_any_state() -> None:
+    assert Capacity().longest_lease_s == 3600
+    assert Capacity(lease_s=7200, incoming_lease_s=60).longest_lease_s == 7200
+
+
+@pytest.mark.parametrize(
+    "steps",
+    [
+        [],  # failed before the transfer began: the fresh lease
+        [("incoming", 1010)],  # the hook at migrate begin
+        [("incoming", 1010), ("committed", 1050)],  # the guest started there
+        [("committed", 1050)],
+    ],
+)
+def test_lease_end_bound_is_never_before_the_row_expires(
+    tmp_path: Path, steps: list[tuple[str, float]]
+) -> None:
+    """Whatever the hook did to the lease before the owner gave up, the row is gone by then."""
+    store = ReservationStore(tmp_path / "r.db", host="hostb")
+    cap = Capacity(lease_s=120, incoming_lease_s=600, commit_grace_s=30)
+    row = store.reserve(req(), capacity=cap, mem_available_bytes=4096 * MIB, now_s=1000)
+    reply = {**row.to_dict(), "longest_lease_s": cap.longest_lease_s}
+    for state, at_s in steps:
+        lease_s = cap.incoming_lease_s if state == "incoming" else cap.commit_grace_s
+        store.set_state("r1", State(state), lease_s=lease_s, now_s=at_s)
+    gave_up_s = 1060.0
+    ends_by_s = lease_ends_by_s(reply, now_s=gave_up_s)
+    assert ends_by_s is not None
+    (held,) = store.list(now_s=gave_up_s)
+    assert held.expires_s <= ends_by_s
+    assert store.list(now_s=ends_by_s) == []
+
+
+def test_lease_end_bound_needs_the_hosts_lease_terms() -> None:
+    assert lease_ends_by_s({"expires_s": 1120.0, "longest_lease_s": 600}, now_s=1060) == 1660
+    assert lease_ends_by_s({"expires_s": 5000.0, "longest_lease_s": 600}, now_s=1060) == 5000
+    assert lease_ends_by_s({"expires_s": 1120.0}, now_s=1060) is None  # an older agent
+
+
+def test_unreleased_says_who_frees_it_and_by_when() -> None:
+    left = Unreleased("r1", "hostb", "no answer within 3 s", ends_by_s=1_764_106_450.0)
+    assert left.message() == (
+        "Could not release reservation r1 on hostb: no answer within 3 s. Not waiting for "
+        "it: hostb frees it when its lease ends, by 2025-11-25 21:34:10 UTC at the latest "
+        "(at once if the guest stops there)."
+    )
+    assert left.to_dict() == {
+        "id": "r1",
+        "host": "hostb",
+        "released": False,
+        "reason": "no answer within 3 s",
+        "lease_ends_by_epoch_s": 1_764_106_450,
+        "lease_ends_by_utc": "2025-11-25 21:34:10 UTC",
+    }
+    unknown = Unreleased("r1", "hostb", "exit 255", ends_by_s=None)
+    assert "frees it when its lease ends (at once" in unknown.message()
+    assert unknown.to_dict()["lease_ends_by_utc"] is None

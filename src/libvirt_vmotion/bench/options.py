@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 from typing import Any
 
+from libvirt_vmotion.argtypes import NumberT, parse_number
 from libvirt_vmotion.bench.matrix import (
     FULL,
     QUICK,
@@ -49,20 +50,12 @@ def add_bench_parser(sub: argparse._SubParsersAction[Any]) -> None:
     )
 
 
-def _int(text: str, option: str) -> int:
+def _number(text: str, kind: type[NumberT], *, option: str, example: str) -> NumberT:
     try:
-        return int(text)
-    except ValueError:
-        msg = f"{option} expects a whole number, got {text!r}."
-        raise UsageError(msg, hint=f"e.g. {option} 3") from None
-
-
-def _float(text: str, option: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        msg = f"{option} expects a number, got {text!r}."
-        raise UsageError(msg, hint=f"e.g. {option} 60") from None
+        return parse_number(text, kind)
+    except ValueError as exc:
+        msg = f"{option}: {exc}."
+        raise UsageError(msg, hint=f"e.g. {option} {example}") from None
 
 
 def params_from_args(args: argparse.Namespace) -> BenchParams:
@@ -75,15 +68,17 @@ def params_from_args(args: argparse.Namespace) -> BenchParams:
     base = QUICK if args.quick else FULL
     changes: dict[str, object] = {}
     if args.reps is not None:
-        changes["reps"] = _int(args.reps, "--reps")
+        changes["reps"] = _number(args.reps, int, option="--reps", example="3")
     if args.ram_mib is not None:
         changes["ram_mib"] = parse_int_list(args.ram_mib, option="--ram-mib")
     if args.fractions is not None:
         changes["fractions"] = parse_float_list(args.fractions, option="--fractions")
     if args.bandwidth is not None:
-        changes["bandwidth_mib_s"] = _int(args.bandwidth, "--bandwidth")
+        changes["bandwidth_mib_s"] = _number(
+            args.bandwidth, int, option="--bandwidth", example="30"
+        )
     if args.budget_s is not None:
-        changes["budget_s"] = _float(args.budget_s, "--budget-s")
+        changes["budget_s"] = _number(args.budget_s, float, option="--budget-s", example="60")
     if args.tools is not None:
         changes["tools"] = parse_tools(args.tools)
     return dataclasses.replace(base, **changes)  # type: ignore[arg-type]  # values typed above

@@ -157,8 +157,12 @@ def render_text(report: Mapping[str, object]) -> str:
         f"Migration of {report.get('domain')}: {report.get('result')} ({src_host} -> {dst_host})",
         (
             f"  total time        {_fmt(report.get('total_time_s'), ' s')}"
-            f"   (QEMU {_fmt(report.get('qemu_elapsed_ms'), ' ms')};"
-            f" pre-flight before it {_fmt(report.get('preflight_s'), ' s')})"
+            f"   (QEMU {_fmt(report.get('qemu_elapsed_ms'), ' ms')})"
+        ),
+        *(
+            [f"  pre-flight before {_fmt(report.get('preflight_s'), ' s')}"]
+            if report.get("preflight_s") is not None
+            else []
         ),
         f"  downtime (QEMU)   {_fmt(report.get('downtime_ms'), ' ms')}",
         f"  setup time        {_fmt(report.get('setup_time_ms'), ' ms')}",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from pathlib import Path
 from typing import Any
 
 from libvirt_vmotion.argtypes import NumberT, parse_number
@@ -47,6 +48,13 @@ def add_bench_parser(sub: argparse._SubParsersAction[Any]) -> None:
     )
     bench.add_argument(
         "--out", metavar="DIR", help="results folder (default bench-results/<timestamp>)"
+    )
+    bench.add_argument(
+        "--render",
+        metavar="DIR",
+        type=Path,
+        help="run nothing: rewrite summary.md, the plots and the summary in results.json of "
+        "an existing results folder (after an upgrade that changed them)",
     )
 
 

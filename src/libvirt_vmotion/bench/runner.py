@@ -78,6 +78,8 @@ def _err(text: str) -> None:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     """``vmotion bench``: validate, build the lab, run in the client namespace."""
+    if getattr(args, "render", None) is not None:
+        return rerender(args.render)
     params = params_from_args(args)
     out_dir = Path(args.out or f"bench-results/{time.strftime('%Y%m%d-%H%M%S')}").absolute()
     if out_dir.exists() and any(out_dir.iterdir()):

@@ -16,6 +16,20 @@ Strategy (the default policy finishes, like vMotion does):
    throttling (if allowed), else to post-copy (if allowed), else abort with a
    reason naming the budget. Past ``postcopy_after_fraction`` of the time
    budget, post-copy comes next regardless; past the budget, pre-copy aborts.
+
+   QEMU's downtime limit is really a threshold on pending data (it switches
+   over once pending <= capped rate x limit), but it sends that last round
+   with the cap lifted. When the policy knows the rate of that unthrottled
+   round (``switchover_bandwidth_mib_s``, faster than the measured rate), the
+   budget is judged against the *real* pause (dirty set at that rate + the
+   switchover overhead) and QEMU's limit is set to what its threshold needs at
+   the capped rate (with the usual margin), which may exceed the budget, up to
+   ``qemu_limit_bound_ms``. Every rung is below the budget, so a real pause
+   that fits the budget fits a rung; QEMU gets the need rather than the rung.
+   A stall raises QEMU's limit as far as the real pause allows; throttling and
+   post-copy come only once it no longer fits. Without that rate (or when it
+   is no faster than the measured rate) everything above holds as written:
+   the rungs are QEMU's limits and the budget bounds them.
 4. In post-copy, abort is refused (the guest's state is split between the
    hosts). A link that stops moving bytes is waited for (TCP keeps the
    connection through a short outage; libvirt's keepalive gives up after ~30 s)
@@ -33,6 +47,7 @@ from enum import StrEnum
 from typing import Final, Protocol
 
 from libvirt_vmotion.events import EventKind, MigrationEvent
+from libvirt_vmotion.forecast import DEFAULT_SWITCHOVER_OVERHEAD_MS
 from libvirt_vmotion.model import MIB, JobSample
 from libvirt_vmotion.policy import MigrationPolicy
 
@@ -244,6 +259,12 @@ def bandwidth_bytes_s(samples: tuple[JobSample, ...], policy: MigrationPolicy) -
 
 
 _NEVER_MS: Final = 10**9  # no bandwidth measured: nothing fits
+QEMU_LIMIT_MARGIN: Final = 1.25
+"""Headroom on QEMU's limit over what a dirty set needs: the set varies round to round."""
+QEMU_LIMIT_BOUND_FACTOR: Final = 20
+"""QEMU's limit stays within this many times the budget when a switchover rate lifts it."""
+QEMU_LIMIT_BOUND_MS: Final = 10_000
+"""...and within 10 s, whatever the budget (unless the budget itself is larger)."""
 
 
 def downtime_needed_ms(*, dirty_bytes: int, bandwidth_bytes_s: float) -> int:
@@ -251,6 +272,115 @@ def downtime_needed_ms(*, dirty_bytes: int, bandwidth_bytes_s: float) -> int:
     if bandwidth_bytes_s <= 0:
         return _NEVER_MS
     return max(1, math.ceil(dirty_bytes / bandwidth_bytes_s * 1000))
+
+
+def qemu_limit_bound_ms(policy: MigrationPolicy) -> int:
+    """The most the controller ever sets QEMU's downtime limit to.
+
+    QEMU's limit may exceed the budget only on the strength of the switchover
+    rate. If that rate is wrong (the final round runs at the capped rate after
+    all), the pause *is* QEMU's limit, so the limit is bounded: 20 x the budget,
+    at most 10 s, never below the budget itself.
+
+    ===========  =======
+    budget (ms)  bound
+    ===========  =======
+    100          2 000
+    500          10 000
+    2 000        10 000
+    20 000       20 000
+    ===========  =======
+    """
+    budget_ms = policy.max_downtime_ms
+    return max(budget_ms, min(QEMU_LIMIT_BOUND_FACTOR * budget_ms, QEMU_LIMIT_BOUND_MS))
+
+
+@dataclass(frozen=True, slots=True)
+class SwitchoverPlan:
+    """What switching over one dirty set costs when the final round runs unthrottled.
+
+    QEMU decides with the capped rate (pending <= rate x limit) but sends the
+    last round with the cap lifted, so the two numbers differ.
+
+    Attributes:
+        dirty_bytes: the dirty set.
+        transfer_bytes_s: measured (capped) transfer rate; QEMU's threshold uses it.
+        switchover_bytes_s: rate of the final, unthrottled round.
+        real_pause_ms: estimated pause: the dirty set at the switchover rate
+            plus the fixed switchover overhead (``DEFAULT_SWITCHOVER_OVERHEAD_MS``).
+        qemu_needed_ms: the least QEMU limit whose threshold admits the set.
+        qemu_ceiling_ms: the largest QEMU limit whose admitted data, sent at the
+            switchover rate, still pauses within the budget; at most
+            ``qemu_limit_bound_ms`` (may be <= 0 if the overhead alone is over).
+        budget_ms: the user's downtime budget (the ladder's last rung).
+
+    """
+
+    dirty_bytes: int
+    transfer_bytes_s: float
+    switchover_bytes_s: float
+    real_pause_ms: int
+    qemu_needed_ms: int
+    qemu_ceiling_ms: int
+    budget_ms: int
+
+    @property
+    def fits_budget(self) -> bool:
+        """True if the real pause fits the budget and QEMU can be told enough to take it."""
+        return self.real_pause_ms <= self.budget_ms and self.qemu_needed_ms <= self.qemu_ceiling_ms
+
+    @property
+    def qemu_target_ms(self) -> int:
+        """The limit to set: the need plus ``QEMU_LIMIT_MARGIN``, within the ceiling."""
+        with_margin = math.ceil(self.qemu_needed_ms * QEMU_LIMIT_MARGIN)
+        return max(self.qemu_needed_ms, min(with_margin, self.qemu_ceiling_ms))
+
+
+def plan_switchover(
+    *, dirty_bytes: int, transfer_bytes_s: float, policy: MigrationPolicy
+) -> SwitchoverPlan | None:
+    """The real pause and QEMU's limit for ``dirty_bytes``, given the switchover rate.
+
+    Worked example (the benchmark: cap 50 MiB/s, switchover 500 MiB/s, budget
+    500 ms, overhead 50 ms): a 24.4 MiB dirty set needs ~488 ms at 50.1 MiB/s
+    for QEMU's threshold but pauses ~99 ms for real (49 ms + 50 ms); it fits,
+    and QEMU is told 610 ms (488 x 1.25). The ceiling, the largest limit whose
+    admitted data still pauses within the budget, is (500 - 50) x 500 / 50.1
+    = 4 491 ms (well under the 10 s bound).
+
+    Args:
+        dirty_bytes: the dirty set to switch over with.
+        transfer_bytes_s: measured (capped) transfer rate.
+        policy: the budget and ``switchover_bandwidth_mib_s``.
+
+    Returns:
+        The plan, or None when no switchover rate is known or it is no faster
+        than the transfer rate (then dirty set / transfer rate is the pause).
+
+    """
+    if policy.switchover_bandwidth_mib_s is None or transfer_bytes_s <= 0:
+        return None
+    switchover_bytes_s = policy.switchover_bandwidth_mib_s * MIB
+    if switchover_bytes_s <= transfer_bytes_s:
+        return None
+    budget_ms = policy.max_downtime_ms
+    # Admitting pending <= transfer x limit pauses transfer x limit / switchover
+    # + overhead; solve that for the budget.
+    admits_ms = (budget_ms - DEFAULT_SWITCHOVER_OVERHEAD_MS) * switchover_bytes_s / transfer_bytes_s
+    return SwitchoverPlan(
+        dirty_bytes=dirty_bytes,
+        transfer_bytes_s=transfer_bytes_s,
+        switchover_bytes_s=switchover_bytes_s,
+        real_pause_ms=downtime_needed_ms(
+            dirty_bytes=dirty_bytes, bandwidth_bytes_s=switchover_bytes_s
+        )
+        + DEFAULT_SWITCHOVER_OVERHEAD_MS,
+        qemu_needed_ms=downtime_needed_ms(
+            dirty_bytes=dirty_bytes, bandwidth_bytes_s=transfer_bytes_s
+        ),
+        qemu_ceiling_ms=min(qemu_limit_bound_ms(policy), math.floor(admits_ms)),
+        budget_ms=budget_ms,
+    )
 
 
 def current_downtime_ms(history: History, policy: MigrationPolicy) -> int:
@@ -301,6 +431,25 @@ def is_stalled(history: History, policy: MigrationPolicy) -> bool:
 
 def _fmt_mib(n_bytes: float) -> str:
     return f"{n_bytes / MIB:.1f} MiB"
+
+
+def _pause_text(plan: SwitchoverPlan) -> str:
+    """Both numbers: the real pause, and what QEMU's threshold needs."""
+    real = (
+        f"~{plan.real_pause_ms} ms real pause at {_fmt_mib(plan.switchover_bytes_s)}/s unthrottled"
+    )
+    qemu = (
+        f"QEMU's threshold needs ~{plan.qemu_needed_ms} ms at the capped "
+        f"{_fmt_mib(plan.transfer_bytes_s)}/s"
+    )
+    if plan.real_pause_ms > plan.budget_ms:
+        return (
+            f"~{plan.real_pause_ms} ms real pause even at {_fmt_mib(plan.switchover_bytes_s)}/s "
+            f"unthrottled, over the {plan.budget_ms} ms budget"
+        )
+    if not plan.fits_budget:
+        return f"{real}, but {qemu}, above the {plan.qemu_ceiling_ms} ms we let it plan"
+    return f"{real} (within the {plan.budget_ms} ms budget); {qemu}"
 
 
 def _new_events(history: History) -> list[MigrationEvent]:
@@ -402,31 +551,61 @@ def _step_precopy(
         return decide(phase, entered)
     sets = round_dirty_sets(history.samples)
     bw = bandwidth_bytes_s(history.samples, policy)
-    downtime_ms = current_downtime_ms(history, policy)
-    rnd = history.round
     best = min(sets.values())
-    best_needed_ms = downtime_needed_ms(dirty_bytes=best, bandwidth_bytes_s=bw)
-    # Switch over at a local minimum: this round's dirty set is the best so far
-    # and fits the budget, so let QEMU finish now rather than wait for a rung.
-    if rnd in sets and sets[rnd] == best and downtime_ms < best_needed_ms:
-        fit = _smallest_rung_at_least(policy, math.ceil(best_needed_ms * 1.25))
-        if fit is not None and fit > downtime_ms:
-            return decide(
-                phase,
-                f"round {rnd} left {_fmt_mib(best)}, a new minimum that needs "
-                f"~{best_needed_ms} ms at {_fmt_mib(bw)}/s: allow {fit} ms to switch over now",
-                SetMaxDowntime(fit),
-            )
+    at_minimum = _switch_over_at_minimum(phase, history, policy, decide, sets=sets, bw=bw)
+    if at_minimum is not None:
+        return at_minimum
     if not is_stalled(history, policy):
         return decide(phase, entered)
     return _escalate(phase, history, policy, decide, best=best, bw=bw)
+
+
+def _switch_over_at_minimum(  # noqa: PLR0913  all keyword-only context of one rule
+    phase: State,
+    history: History,
+    policy: MigrationPolicy,
+    decide: _Decide,
+    *,
+    sets: dict[int, int],
+    bw: float,
+) -> Decision | None:
+    """Raise QEMU's limit to switch over at a new minimum of the dirty set, if it fits.
+
+    This round's dirty set is the best so far and fits the budget, so let QEMU
+    finish now rather than wait for a rung. With a known switchover rate the
+    budget is judged against the real pause and QEMU gets what its threshold
+    needs; otherwise QEMU gets a rung of the ladder.
+    """
+    rnd = history.round
+    best = min(sets.values())
+    downtime_ms = current_downtime_ms(history, policy)
+    best_needed_ms = downtime_needed_ms(dirty_bytes=best, bandwidth_bytes_s=bw)
+    if rnd not in sets or sets[rnd] != best or downtime_ms >= best_needed_ms:
+        return None
+    plan = plan_switchover(dirty_bytes=best, transfer_bytes_s=bw, policy=policy)
+    if plan is not None and plan.fits_budget:
+        return decide(
+            phase,
+            f"round {rnd} left {_fmt_mib(best)}, a new minimum: {_pause_text(plan)}: "
+            f"set it to {plan.qemu_target_ms} ms to switch over now",
+            SetMaxDowntime(plan.qemu_target_ms),
+        )
+    fit = _smallest_rung_at_least(policy, math.ceil(best_needed_ms * QEMU_LIMIT_MARGIN))
+    if fit is None or fit <= downtime_ms:
+        return None
+    return decide(
+        phase,
+        f"round {rnd} left {_fmt_mib(best)}, a new minimum that needs "
+        f"~{best_needed_ms} ms at {_fmt_mib(bw)}/s: allow {fit} ms to switch over now",
+        SetMaxDowntime(fit),
+    )
 
 
 def _smallest_rung_at_least(policy: MigrationPolicy, needed_ms: int) -> int | None:
     for rung in policy.downtime_schedule:
         if rung.downtime_ms >= needed_ms:
             return rung.downtime_ms
-    if needed_ms <= policy.max_downtime_ms * 1.25:
+    if needed_ms <= policy.max_downtime_ms * QEMU_LIMIT_MARGIN:
         return policy.max_downtime_ms
     return None
 
@@ -440,31 +619,25 @@ def _escalate(  # noqa: PLR0913  all keyword-only context of one escalation
     best: int,
     bw: float,
 ) -> Decision:
+    plan = plan_switchover(dirty_bytes=best, transfer_bytes_s=bw, policy=policy)
+    needed = downtime_needed_ms(dirty_bytes=best, bandwidth_bytes_s=bw)
+    cost = f"needs ~{needed} ms at {_fmt_mib(bw)}/s" if plan is None else _pause_text(plan)
     stall = (
         f"stalled: {policy.stall_rounds} rounds without a new minimum "
-        f"(best dirty set {_fmt_mib(best)}, needs "
-        f"~{downtime_needed_ms(dirty_bytes=best, bandwidth_bytes_s=bw)} ms at {_fmt_mib(bw)}/s)"
+        f"(best dirty set {_fmt_mib(best)}, {cost})"
     )
     downtime_ms = current_downtime_ms(history, policy)
-    needed = downtime_needed_ms(dirty_bytes=best, bandwidth_bytes_s=bw)
+    within = _raise_within_budget(plan, downtime_ms)
+    if within is not None:
+        limit_ms, why = within
+        return decide(phase, f"{stall}: {why}", SetMaxDowntime(limit_ms))
     fit = _smallest_rung_at_least(policy, needed)
     if fit is not None and fit > downtime_ms:
         return decide(phase, f"{stall}: raise the downtime to {fit} ms", SetMaxDowntime(fit))
     throttle = current_throttle_percent(history)
     higher = [p for p in throttle_steps(policy.max_throttle_percent) if p > throttle]
     if higher:
-        raise_downtime: tuple[Action, ...] = (
-            (SetMaxDowntime(policy.max_downtime_ms),)
-            if downtime_ms < policy.max_downtime_ms
-            else ()
-        )
-        return decide(
-            State.THROTTLING,
-            f"{stall}; the downtime budget of {policy.max_downtime_ms} ms cannot cover it: "
-            f"throttle the guest's CPUs up to {higher[0]}%",
-            *raise_downtime,
-            Throttle(higher[0]),
-        )
+        return _throttle(policy, decide, plan, stall=stall, downtime_ms=downtime_ms, to=higher[0])
     if policy.allow_postcopy:
         return decide(
             State.POSTCOPY,
@@ -475,12 +648,73 @@ def _escalate(  # noqa: PLR0913  all keyword-only context of one escalation
     if not policy.allows_throttle:
         limits.append("throttling")
     limits.append("post-copy")
+    pause = f"~{needed} ms at {_fmt_mib(bw)}/s"
+    if plan is not None:
+        pause = (
+            f"~{plan.real_pause_ms} ms real pause at {_fmt_mib(plan.switchover_bytes_s)}/s "
+            f"unthrottled ({pause} capped)"
+        )
     reason = (
         f"cannot meet the {policy.max_downtime_ms} ms downtime budget: the guest "
-        f"re-dirties {_fmt_mib(best)} per round, ~{needed} ms at {_fmt_mib(bw)}/s, "
+        f"re-dirties {_fmt_mib(best)} per round, {pause}, "
         f"and the policy forbids {' and '.join(limits)}"
     )
     return decide(State.ABORTING, reason, Abort(reason))
+
+
+def _raise_within_budget(plan: SwitchoverPlan | None, downtime_ms: int) -> tuple[int, str] | None:
+    """A higher QEMU limit whose real pause still fits the budget, and why; else None.
+
+    First what the best dirty set needs; if QEMU already has that and still did
+    not switch over, the ceiling (all that pauses within the budget unthrottled).
+    """
+    if plan is None or not plan.fits_budget:
+        return None
+    if plan.qemu_target_ms > downtime_ms:
+        return plan.qemu_target_ms, f"set it to {plan.qemu_target_ms} ms"
+    if plan.qemu_ceiling_ms > downtime_ms:
+        admits = plan.qemu_ceiling_ms / 1000 * plan.transfer_bytes_s
+        return plan.qemu_ceiling_ms, (
+            f"QEMU already has {downtime_ms} ms; let it plan up to {plan.qemu_ceiling_ms} ms "
+            f"({_fmt_mib(admits)}, which still pauses within the {plan.budget_ms} ms "
+            "budget unthrottled)"
+        )
+    return None
+
+
+def _throttle(  # noqa: PLR0913  all keyword-only context of one escalation
+    policy: MigrationPolicy,
+    decide: _Decide,
+    plan: SwitchoverPlan | None,
+    *,
+    stall: str,
+    downtime_ms: int,
+    to: int,
+) -> Decision:
+    """Throttle the guest, and let QEMU take all the budget allows while it slows down.
+
+    Without a switchover rate that is the budget itself; with one, the ceiling
+    (QEMU's limit whose admitted data pauses within the budget unthrottled).
+    """
+    budget_ms = policy.max_downtime_ms
+    limit_ms = budget_ms if plan is None else max(budget_ms, plan.qemu_ceiling_ms)
+    raise_downtime: tuple[Action, ...] = (
+        (SetMaxDowntime(limit_ms),) if downtime_ms < limit_ms else ()
+    )
+    if plan is None:
+        why = f"the downtime budget of {budget_ms} ms cannot cover it"
+    elif plan.fits_budget:
+        why = f"QEMU's limit of {downtime_ms} ms already admits all that fits the budget"
+    else:
+        why = f"the {budget_ms} ms budget cannot cover it even unthrottled"
+    if raise_downtime and limit_ms > budget_ms:
+        why += f" (QEMU may plan up to {limit_ms} ms meanwhile: that pauses within it unthrottled)"
+    return decide(
+        State.THROTTLING,
+        f"{stall}; {why}: throttle the guest's CPUs up to {to}%",
+        *raise_downtime,
+        Throttle(to),
+    )
 
 
 def _step_postcopy(  # noqa: PLR0911  one return per post-copy rule

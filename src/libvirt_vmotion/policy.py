@@ -94,6 +94,15 @@ class MigrationPolicy:
         postcopy_bandwidth_mib_s: background transfer cap once in post-copy,
             None for unlimited (QEMU does not apply ``bandwidth_mib_s`` there;
             pages the guest faults on are still sent first).
+        switchover_bandwidth_mib_s: measured rate of the final stop-and-copy
+            round, None when unknown. QEMU lifts the bandwidth cap for that
+            round, so under a cap the real pause is shorter than the capped
+            rate suggests. When set and faster than the measured transfer
+            rate, the controller judges the downtime budget against the real
+            pause (dirty set at this rate + switchover overhead) and sets
+            QEMU's limit to what its threshold needs at the capped rate
+            (see ``convergence``). None keeps the budget a limit on QEMU's
+            threshold, as without a measurement.
 
     """
 
@@ -116,6 +125,7 @@ class MigrationPolicy:
     parallel_connections: int = 0
     postcopy_bandwidth_mib_s: int | None = None
     postcopy_pause_on_stall: bool = False
+    switchover_bandwidth_mib_s: float | None = None
 
     def __post_init__(self) -> None:  # noqa: C901  one check per field, flat
         """Validate every field; the message names the field and the bad value."""
@@ -141,6 +151,9 @@ class MigrationPolicy:
             problems.append(
                 f"postcopy_bandwidth_mib_s must be > 0, got {self.postcopy_bandwidth_mib_s}"
             )
+        sw = self.switchover_bandwidth_mib_s
+        if sw is not None and not (math.isfinite(sw) and sw > 0):
+            problems.append(f"switchover_bandwidth_mib_s must be a finite number > 0, got {sw}")
         if self.postcopy_resume_wait_s < 0 or self.postcopy_stall_s <= 0:
             problems.append("postcopy_resume_wait_s must be >= 0 and postcopy_stall_s > 0")
         if self.parallel_connections < 0:
@@ -184,6 +197,7 @@ _SCALAR_FIELDS: Final = {
     "parallel_connections": int,
     "postcopy_bandwidth_mib_s": int,
     "postcopy_pause_on_stall": bool,
+    "switchover_bandwidth_mib_s": float,
 }
 
 

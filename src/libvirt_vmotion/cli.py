@@ -169,6 +169,13 @@ def _add_policy_flags(mig: argparse.ArgumentParser) -> None:
     )
     pol.add_argument("--xbzrle", action="store_true", help="compress re-sent pages (XBZRLE)")
     pol.add_argument("--parallel", type=_positive_int, metavar="N", help="multifd streams")
+    pol.add_argument(
+        "--switchover-bandwidth",
+        type=positive_number(float, what="a rate in MiB/s"),
+        metavar="MIB_S",
+        help="rate of the final, unthrottled round, to judge real pauses by (default: learned "
+        "from earlier migrations between the same hosts; VMOTION_HISTORY=off: none)",
+    )
 
 
 def _add_cancel_status(sub: argparse._SubParsersAction[_Parser]) -> None:
@@ -212,6 +219,7 @@ def _policy(args: argparse.Namespace) -> MigrationPolicy:
             "postcopy_resume_wait_s": args.postcopy_resume_wait,
             "xbzrle": True if args.xbzrle else None,
             "parallel_connections": args.parallel,
+            "switchover_bandwidth_mib_s": args.switchover_bandwidth,
         },
     )
 
@@ -531,6 +539,9 @@ def cmd_migrate(args: argparse.Namespace) -> int:
             checks_cli.GateContext(args, request, source, dest) as gate,
         ):
             request = replace(request, copy_disks=gate.copy_disks)  # pre-flight's copy plan
+            if policy.switchover_bandwidth_mib_s is None and gate.switchover_mib_s:
+                # Learned from this host pair's earlier runs (a measurement, never a guess).
+                policy = replace(policy, switchover_bandwidth_mib_s=gate.switchover_mib_s)
             try:
                 outcome, sections = migrate(
                     request,

@@ -765,9 +765,6 @@ def check_passthrough(f: PreflightFacts) -> tuple[CheckResult, ...]:
     )
 
 
-_TAP_PREFIXES: Final = ("vnet", "tap", "macvtap")
-
-
 def _nic_bridge(f: PreflightFacts, nic: NicFacts) -> tuple[str, CheckResult | None]:
     """Resolve the bridge a NIC lands on at the destination, or a result saying why not."""
     subject = f"NIC {nic.mac}"

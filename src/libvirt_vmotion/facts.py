@@ -21,10 +21,7 @@ from dataclasses import dataclass
 
 from libvirt_vmotion import domxml
 from libvirt_vmotion.agent import AgentOperationFailed, AgentUnavailable, RemoteHost
-from libvirt_vmotion.errors import Unsupported, VmotionError
-from libvirt_vmotion.forecast import Forecast, ForecastInputs, forecast
-from libvirt_vmotion.model import MIB
-from libvirt_vmotion.preflight import (
+from libvirt_vmotion.checks.facts import (
     AgentFacts,
     BridgeFacts,
     CpuCompat,
@@ -38,6 +35,9 @@ from libvirt_vmotion.preflight import (
     PreflightFacts,
     ReservationView,
 )
+from libvirt_vmotion.errors import Unsupported, VmotionError
+from libvirt_vmotion.forecast import Forecast, ForecastInputs, forecast
+from libvirt_vmotion.model import MIB
 from libvirt_vmotion.virt import Guest, Hypervisor
 
 log = logging.getLogger(__name__)

@@ -16,267 +16,65 @@ observed and what is required, with units, and what to do.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, replace
-from enum import StrEnum
-from typing import TYPE_CHECKING, Final
+from dataclasses import dataclass, replace
+from typing import Final
 
 from libvirt_vmotion import netcheck
-from libvirt_vmotion.model import MIB
+from libvirt_vmotion.checks.facts import (
+    AgentFacts,
+    BridgeFacts,
+    CpuCompat,
+    CpuFacts,
+    DiskFacts,
+    DiskView,
+    DomainCapsFacts,
+    GuestFacts,
+    HostFacts,
+    NetworkFacts,
+    NicFacts,
+    PortFlags,
+    PreflightFacts,
+    ReservationView,
+)
+from libvirt_vmotion.checks.result import (
+    CheckResult,
+    Verdict,
+    bad,
+    format_bytes,
+    ok,
+    skip_hint,
+)
 
-if TYPE_CHECKING:
-    from libvirt_vmotion.storage import StorageFacts
-
-GIB: Final = 1024 * MIB
-
-
-class Verdict(StrEnum):
-    """Outcome of one check, in increasing severity."""
-
-    OK = "ok"
-    WARNING = "warning"
-    BLOCKER = "blocker"
-
-
-@dataclass(frozen=True, slots=True)
-class CheckResult:
-    """One check's finding.
-
-    Attributes:
-        name: stable kebab-case check name (what ``--skip-check`` takes).
-        verdict: ok, warning or blocker.
-        message: what was found, where.
-        observed: what we saw, with units ("3.1 GiB free").
-        required: what it takes, with units ("4.3 GiB").
-        hint: what to do about it (empty when ok).
-        subject: the NIC, disk or feature a per-item check is about.
-        skipped: the user overrode this check; it never blocks.
-
-    """
-
-    name: str
-    verdict: Verdict
-    message: str
-    observed: str = ""
-    required: str = ""
-    hint: str = ""
-    subject: str = ""
-    skipped: bool = False
-
-    @property
-    def blocks(self) -> bool:
-        """True if this result stops the migration."""
-        return self.verdict is Verdict.BLOCKER and not self.skipped
-
-    def to_dict(self) -> dict[str, object]:
-        """JSON form (stable keys)."""
-        return {
-            "name": self.name,
-            "verdict": self.verdict.value,
-            "message": self.message,
-            "observed": self.observed,
-            "required": self.required,
-            "hint": self.hint,
-            "subject": self.subject,
-            "skipped": self.skipped,
-        }
-
-
-# --------------------------------------------------------------------------- facts
-
-
-@dataclass(frozen=True, slots=True)
-class HostFacts:
-    """What libvirt's remote API tells about one host.
-
-    Versions use libvirt's encoding: major * 1,000,000 + minor * 1,000 + micro.
-    """
-
-    uri: str
-    hostname: str
-    host_uuid: str
-    libvirt_version: int
-    qemu_version: int
-    arch: str = "x86_64"
-    cpus: int = 1
-    free_memory_bytes: int = 0
-    machines: tuple[str, ...] = ()
-    """Machine types the host's QEMU offers for ``arch`` (capabilities XML)."""
-    emulators: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class NicFacts:
-    """One guest NIC: how it attaches to the host."""
-
-    mac: str
-    kind: str
-    """libvirt interface type: bridge, network, direct, hostdev, user, ..."""
-    source: str
-    """Bridge or network name (empty for other kinds)."""
-    model: str = ""
-    mtu: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class DiskFacts:
-    """One guest disk."""
-
-    target: str
-    device: str = "disk"
-    kind: str = "file"
-    """libvirt disk type: file, block, network, volume ..."""
-    source: str = ""
-    """Path (file/block) or protocol/name (network); empty for an empty CD-ROM."""
-    bus: str = ""
-    readonly: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class GuestFacts:
-    """What libvirt tells about the guest on the source."""
-
-    name: str
-    state: str
-    job_active: bool
-    memory_bytes: int
-    vcpus: int
-    virt_type: str = "kvm"
-    arch: str = "x86_64"
-    machine: str = ""
-    emulator: str = ""
-    cpu_mode: str = ""
-    cpu_model: str = ""
-    hugepages: bool = False
-    nics: tuple[NicFacts, ...] = ()
-    disks: tuple[DiskFacts, ...] = ()
-    passthrough: tuple[str, ...] = ()
-    """Devices bound to the source host (hostdev, mdev, ...), described for users."""
-    video_models: tuple[str, ...] = ()
-
-
-class CpuCompat(StrEnum):
-    """Result of ``compareHypervisorCPU`` on the destination."""
-
-    IDENTICAL = "identical"
-    SUPERSET = "superset"
-    INCOMPATIBLE = "incompatible"
-    UNKNOWN = "unknown"
-
-
-@dataclass(frozen=True, slots=True)
-class CpuFacts:
-    """The guest CPU against the destination's hypervisor CPU."""
-
-    result: CpuCompat
-    detail: str = ""
-    """libvirt's explanation (names the missing features) or why it is unknown."""
-
-
-@dataclass(frozen=True, slots=True)
-class DomainCapsFacts:
-    """Device models the destination's QEMU offers (domain capabilities)."""
-
-    disk_buses: tuple[str, ...] = ()
-    video_models: tuple[str, ...] = ()
-    available: bool = True
-    detail: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class BridgeFacts:
-    """A host bridge on the destination, as libvirt's interface driver sees it."""
-
-    name: str
-    exists: bool
-    active: bool = False
-    uplinks: tuple[str, ...] = ()
-    """Member ports that are not guest taps (``vnet*``, ``tap*``)."""
-    mtu: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class NetworkFacts:
-    """A libvirt virtual network on the destination."""
-
-    name: str
-    exists: bool
-    active: bool = False
-    bridge: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class DiskView:
-    """Whether the destination sees a disk's source at the same path."""
-
-    source: str
-    visible: bool | None
-    """True/False when known; None when neither libvirt nor the agent could tell."""
-    how: str = ""
-    """How we know (``storage pool X``, ``agent``) or why we do not."""
-
-
-@dataclass(frozen=True, slots=True)
-class PortFlags:
-    """One bridge port's forwarding flags (from the agent, via netlink)."""
-
-    port: str
-    state: str
-    """disabled, listening, learning, forwarding, blocking."""
-    learning: bool
-    flooding: bool
-
-
-@dataclass(frozen=True, slots=True)
-class ReservationView:
-    """What the destination's reservation store holds and allows."""
-
-    reserved_memory_bytes: int = 0
-    reserved_vcpus: int = 0
-    inbound_active: int = 0
-    inbound_limit: int = 2
-    memory_limit_bytes: int | None = None
-    """Configured cap on memory for incoming guests (``capacity.toml``)."""
-    vcpu_limit: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class AgentFacts:
-    """What our agent on the destination reports (absent: ``available`` False)."""
-
-    available: bool
-    error: str = ""
-    mem_available_bytes: int | None = None
-    hugepages_free_bytes: int | None = None
-    bridge_ports: Mapping[str, tuple[PortFlags, ...]] = field(default_factory=dict)
-    reservation: ReservationView | None = None
-    paths_exist: Mapping[str, bool] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class PreflightFacts:
-    """Everything the checks look at."""
-
-    source: HostFacts
-    dest: HostFacts
-    guest: GuestFacts
-    cpu: CpuFacts
-    dest_caps: DomainCapsFacts
-    bridges: Mapping[str, BridgeFacts] = field(default_factory=dict)
-    networks: Mapping[str, NetworkFacts] = field(default_factory=dict)
-    disks: Mapping[str, DiskView] = field(default_factory=dict)
-    agent: AgentFacts = field(default_factory=lambda: AgentFacts(available=False))
-    qemu_overhead_bytes: int = 256 * MIB
-    """Memory QEMU needs beyond guest RAM (page tables, device state, TCG cache)."""
-    exclude_reservation_of: str = ""
-    """Our own reservation's id: capacity checks do not count it against us."""
-    storage: StorageFacts | None = None
-    """Disk handover facts (cache modes, lock managers, destination paths and space,
-    the copy plan); None when not gathered. Checked by ``storage``'s checks."""
-    bridge_checks: tuple[netcheck.NetCheckResult, ...] = ()
-    """Verdicts of ``netcheck`` on both hosts' bridges (from the agents' bridge facts)."""
-
-
-# --------------------------------------------------------------------------- helpers
+__all__ = [
+    "CHECKS",
+    "FEATURES",
+    "NETCHECK_COVERED",
+    "AgentFacts",
+    "BridgeFacts",
+    "CheckResult",
+    "CpuCompat",
+    "CpuFacts",
+    "DiskFacts",
+    "DiskView",
+    "DomainCapsFacts",
+    "GuestFacts",
+    "HostFacts",
+    "NetworkFacts",
+    "NicFacts",
+    "PortFlags",
+    "PreflightFacts",
+    "ReservationView",
+    "Verdict",
+    "blockers",
+    "check_names",
+    "format_bytes",
+    "format_version",
+    "may_proceed",
+    "run_checks",
+    "unknown_skips",
+    "version_number",
+]
+"""What callers import from here: the runner, and (re-exported) the facts and result types."""
 
 
 def format_version(version: int) -> str:
@@ -288,51 +86,6 @@ def version_number(text: str) -> int:
     """``"10.0.2"`` -> ``10000002``."""
     parts = [int(p) for p in text.split(".")] + [0, 0]
     return parts[0] * 1_000_000 + parts[1] * 1000 + parts[2]
-
-
-def format_bytes(size: int) -> str:
-    """Human size with binary units: ``3.1 GiB``, ``640 MiB``."""
-    if abs(size) >= GIB:
-        return f"{size / GIB:.1f} GiB"
-    return f"{size / MIB:.0f} MiB"
-
-
-def _skip_hint(name: str) -> str:
-    return f"(skip: --skip-check {name})"
-
-
-def _ok(
-    name: str, message: str, *, observed: str = "", required: str = "", subject: str = ""
-) -> CheckResult:
-    return CheckResult(
-        name=name,
-        verdict=Verdict.OK,
-        message=message,
-        observed=observed,
-        required=required,
-        subject=subject,
-    )
-
-
-def _bad(  # noqa: PLR0913  a result's fields, keyword-only
-    name: str,
-    verdict: Verdict,
-    message: str,
-    *,
-    hint: str,
-    observed: str = "",
-    required: str = "",
-    subject: str = "",
-) -> CheckResult:
-    return CheckResult(
-        name=name,
-        verdict=verdict,
-        message=message,
-        observed=observed,
-        required=required,
-        hint=f"{hint} {_skip_hint(name)}".strip(),
-        subject=subject,
-    )
 
 
 # --------------------------------------------------------------------------- checks
@@ -347,7 +100,7 @@ def check_same_host(f: PreflightFacts) -> tuple[CheckResult, ...]:
     )
     if same_name or same_uuid:
         return (
-            _bad(
+            bad(
                 "same-host",
                 Verdict.BLOCKER,
                 f"{f.source.uri} and {f.dest.uri} are the same host.",
@@ -357,15 +110,15 @@ def check_same_host(f: PreflightFacts) -> tuple[CheckResult, ...]:
                 "distinct hostnames and host_uuid in libvirtd.conf.",
             ),
         )
-    return (_ok("same-host", f"{f.source.hostname} -> {f.dest.hostname}", observed=observed),)
+    return (ok("same-host", f"{f.source.hostname} -> {f.dest.hostname}", observed=observed),)
 
 
 def check_guest_running(f: PreflightFacts) -> tuple[CheckResult, ...]:
     """Live migration needs a running (or paused) guest."""
     if f.guest.state in {"running", "paused"}:
-        return (_ok("guest-running", f"'{f.guest.name}' is {f.guest.state}"),)
+        return (ok("guest-running", f"'{f.guest.name}' is {f.guest.state}"),)
     return (
-        _bad(
+        bad(
             "guest-running",
             Verdict.BLOCKER,
             f"Guest '{f.guest.name}' is {f.guest.state}; live migration needs it running.",
@@ -379,9 +132,9 @@ def check_guest_running(f: PreflightFacts) -> tuple[CheckResult, ...]:
 def check_no_job(f: PreflightFacts) -> tuple[CheckResult, ...]:
     """Only one job per guest: a running migration, dump or save must finish first."""
     if not f.guest.job_active:
-        return (_ok("no-job-running", "no job in progress"),)
+        return (ok("no-job-running", "no job in progress"),)
     return (
-        _bad(
+        bad(
             "no-job-running",
             Verdict.BLOCKER,
             f"Guest '{f.guest.name}' already has a job in progress (migration, save or dump).",
@@ -403,7 +156,7 @@ def check_libvirt_version(f: PreflightFacts) -> tuple[CheckResult, ...]:
         observed = format_version(host.libvirt_version)
         if host.libvirt_version < MIN_LIBVIRT:
             results.append(
-                _bad(
+                bad(
                     "libvirt-version",
                     Verdict.BLOCKER,
                     f"libvirt {observed} on the {role} {host.hostname} is too old.",
@@ -415,9 +168,7 @@ def check_libvirt_version(f: PreflightFacts) -> tuple[CheckResult, ...]:
             )
         else:
             results.append(
-                _ok(
-                    "libvirt-version", f"{role} libvirt {observed}", observed=observed, subject=role
-                )
+                ok("libvirt-version", f"{role} libvirt {observed}", observed=observed, subject=role)
             )
     return tuple(results)
 
@@ -428,7 +179,7 @@ def check_qemu_version(f: PreflightFacts) -> tuple[CheckResult, ...]:
     observed = f"source {src}, destination {dst}"
     if f.dest.qemu_version < f.source.qemu_version:
         return (
-            _bad(
+            bad(
                 "qemu-version",
                 Verdict.WARNING,
                 f"The destination runs an older QEMU ({dst}) than the source ({src}); "
@@ -438,7 +189,7 @@ def check_qemu_version(f: PreflightFacts) -> tuple[CheckResult, ...]:
                 hint="Upgrade QEMU on the destination, or check the guest's machine type there.",
             ),
         )
-    return (_ok("qemu-version", observed, observed=observed),)
+    return (ok("qemu-version", observed, observed=observed),)
 
 
 TCG_DIRTY_FIX: Final = version_number("9.2.0")
@@ -450,13 +201,13 @@ Debian 12's 7.2 lost 9,200-29,996 pages per migration in our lab (LAB-NOTES)."""
 def check_tcg_dirty_bug(f: PreflightFacts) -> tuple[CheckResult, ...]:
     """Refuse TCG guests on QEMUs that silently lose dirty pages while migrating."""
     if f.guest.virt_type != "qemu":
-        return (_ok("tcg-dirty-tracking", "guest uses KVM; TCG dirty-tracking bug irrelevant"),)
+        return (ok("tcg-dirty-tracking", "guest uses KVM; TCG dirty-tracking bug irrelevant"),)
     old = [h for h in (f.source, f.dest) if h.qemu_version and h.qemu_version < TCG_DIRTY_FIX]
     if not old:
-        return (_ok("tcg-dirty-tracking", "QEMU has the TCG dirty-bitmap fix on both hosts"),)
+        return (ok("tcg-dirty-tracking", "QEMU has the TCG dirty-bitmap fix on both hosts"),)
     names = ", ".join(f"{h.hostname} {format_version(h.qemu_version)}" for h in old)
     return (
-        _bad(
+        bad(
             "tcg-dirty-tracking",
             Verdict.BLOCKER,
             f"QEMU on {names} loses dirty pages when migrating TCG (emulated) guests: the "
@@ -510,11 +261,11 @@ def check_features(f: PreflightFacts) -> tuple[CheckResult, ...]:
         ]
         required = f"libvirt >= {feat.libvirt}, QEMU >= {feat.qemu}"
         if not short:
-            results.append(_ok(name, f"{feat.description}: available", required=required))
+            results.append(ok(name, f"{feat.description}: available", required=required))
             continue
         verdict = Verdict.BLOCKER if feat.required else Verdict.WARNING
         results.append(
-            _bad(
+            bad(
                 name,
                 verdict,
                 f"{feat.description}: not available on {', '.join(short)}"
@@ -531,10 +282,10 @@ def check_cpu(f: PreflightFacts) -> tuple[CheckResult, ...]:
     """The guest CPU must be runnable on the destination (``compareHypervisorCPU``)."""
     model = f.guest.cpu_model or f.guest.cpu_mode or "default"
     if f.cpu.result in {CpuCompat.IDENTICAL, CpuCompat.SUPERSET}:
-        return (_ok("cpu-compat", f"guest CPU {model}: {f.cpu.result.value} on destination"),)
+        return (ok("cpu-compat", f"guest CPU {model}: {f.cpu.result.value} on destination"),)
     if f.cpu.result is CpuCompat.UNKNOWN:
         return (
-            _bad(
+            bad(
                 "cpu-compat",
                 Verdict.WARNING,
                 f"Could not compare the guest CPU ({model}) with {f.dest.hostname}: {f.cpu.detail}",
@@ -545,7 +296,7 @@ def check_cpu(f: PreflightFacts) -> tuple[CheckResult, ...]:
             ),
         )
     return (
-        _bad(
+        bad(
             "cpu-compat",
             Verdict.BLOCKER,
             f"The guest CPU ({model}) cannot run on {f.dest.hostname}: {f.cpu.detail}",
@@ -580,9 +331,9 @@ def check_dest_memory(f: PreflightFacts) -> tuple[CheckResult, ...]:
         f"{format_bytes(f.qemu_overhead_bytes)} QEMU overhead)"
     )
     if available >= need:
-        return (_ok("dest-memory", observed, observed=observed, required=required),)
+        return (ok("dest-memory", observed, observed=observed, required=required),)
     return (
-        _bad(
+        bad(
             "dest-memory",
             Verdict.BLOCKER,
             f"Destination {f.dest.hostname} has {observed}; '{f.guest.name}' needs {required}.",
@@ -606,7 +357,7 @@ def check_dest_vcpus(f: PreflightFacts) -> tuple[CheckResult, ...]:
     required = f"{f.guest.vcpus} vCPUs"
     if f.guest.vcpus > cpus or (budget is not None and f.guest.vcpus > budget):
         return (
-            _bad(
+            bad(
                 "dest-vcpus",
                 Verdict.BLOCKER,
                 f"Destination {f.dest.hostname} has {observed}; '{f.guest.name}' has {required}.",
@@ -615,17 +366,17 @@ def check_dest_vcpus(f: PreflightFacts) -> tuple[CheckResult, ...]:
                 hint="Choose a destination with more CPUs, or reduce the guest's vCPUs.",
             ),
         )
-    return (_ok("dest-vcpus", observed, observed=observed, required=required),)
+    return (ok("dest-vcpus", observed, observed=observed, required=required),)
 
 
 def check_hugepages(f: PreflightFacts) -> tuple[CheckResult, ...]:
     """A guest backed by hugepages needs that many free hugepages on the destination."""
     if not f.guest.hugepages:
-        return (_ok("dest-hugepages", "guest does not use hugepages"),)
+        return (ok("dest-hugepages", "guest does not use hugepages"),)
     required = format_bytes(f.guest.memory_bytes)
     if f.agent.hugepages_free_bytes is None:
         return (
-            _bad(
+            bad(
                 "dest-hugepages",
                 Verdict.WARNING,
                 f"Could not read free hugepages on {f.dest.hostname} (agent: "
@@ -637,7 +388,7 @@ def check_hugepages(f: PreflightFacts) -> tuple[CheckResult, ...]:
     observed = f"{format_bytes(f.agent.hugepages_free_bytes)} of hugepages free"
     if f.agent.hugepages_free_bytes < f.guest.memory_bytes:
         return (
-            _bad(
+            bad(
                 "dest-hugepages",
                 Verdict.BLOCKER,
                 f"Destination {f.dest.hostname} has {observed}; the guest needs {required}.",
@@ -646,7 +397,7 @@ def check_hugepages(f: PreflightFacts) -> tuple[CheckResult, ...]:
                 hint="Allocate more hugepages there (vm.nr_hugepages).",
             ),
         )
-    return (_ok("dest-hugepages", observed, observed=observed, required=required),)
+    return (ok("dest-hugepages", observed, observed=observed, required=required),)
 
 
 def check_inbound_slots(f: PreflightFacts) -> tuple[CheckResult, ...]:
@@ -654,7 +405,7 @@ def check_inbound_slots(f: PreflightFacts) -> tuple[CheckResult, ...]:
     view = f.agent.reservation
     if view is None:
         return (
-            _bad(
+            bad(
                 "inbound-slots",
                 Verdict.WARNING,
                 f"Could not read the reservation store on {f.dest.hostname}: {f.agent.error}",
@@ -665,7 +416,7 @@ def check_inbound_slots(f: PreflightFacts) -> tuple[CheckResult, ...]:
     observed = f"{view.inbound_active} of {view.inbound_limit} inbound slots in use"
     if view.inbound_active >= view.inbound_limit:
         return (
-            _bad(
+            bad(
                 "inbound-slots",
                 Verdict.BLOCKER,
                 f"Destination {f.dest.hostname}: {observed}.",
@@ -675,7 +426,7 @@ def check_inbound_slots(f: PreflightFacts) -> tuple[CheckResult, ...]:
                 "/etc/libvirt-vmotion/capacity.toml there.",
             ),
         )
-    return (_ok("inbound-slots", observed, observed=observed),)
+    return (ok("inbound-slots", observed, observed=observed),)
 
 
 def check_machine_type(f: PreflightFacts) -> tuple[CheckResult, ...]:
@@ -684,7 +435,7 @@ def check_machine_type(f: PreflightFacts) -> tuple[CheckResult, ...]:
     machine = f.guest.machine
     if machine and f.dest.machines and machine not in f.dest.machines:
         results.append(
-            _bad(
+            bad(
                 "machine-type",
                 Verdict.BLOCKER,
                 f"Machine type {machine} is not offered by QEMU on {f.dest.hostname}.",
@@ -694,11 +445,11 @@ def check_machine_type(f: PreflightFacts) -> tuple[CheckResult, ...]:
             )
         )
     else:
-        results.append(_ok("machine-type", f"{machine or 'default'} available"))
+        results.append(ok("machine-type", f"{machine or 'default'} available"))
     emu = f.guest.emulator
     if emu and f.dest.emulators and emu not in f.dest.emulators:
         results.append(
-            _bad(
+            bad(
                 "emulator",
                 Verdict.BLOCKER,
                 f"Emulator {emu} does not exist on {f.dest.hostname}.",
@@ -708,7 +459,7 @@ def check_machine_type(f: PreflightFacts) -> tuple[CheckResult, ...]:
             )
         )
     else:
-        results.append(_ok("emulator", f"{emu or 'default'} present"))
+        results.append(ok("emulator", f"{emu or 'default'} present"))
     return tuple(results)
 
 
@@ -716,7 +467,7 @@ def check_device_models(f: PreflightFacts) -> tuple[CheckResult, ...]:
     """Disk buses and video models the guest uses exist on the destination."""
     if not f.dest_caps.available:
         return (
-            _bad(
+            bad(
                 "device-models",
                 Verdict.WARNING,
                 f"Could not read domain capabilities of {f.dest.hostname}: {f.dest_caps.detail}",
@@ -735,7 +486,7 @@ def check_device_models(f: PreflightFacts) -> tuple[CheckResult, ...]:
     ]
     if missing:
         return (
-            _bad(
+            bad(
                 "device-models",
                 Verdict.BLOCKER,
                 f"{f.dest.hostname} lacks device models the guest uses: {', '.join(missing)}.",
@@ -744,15 +495,15 @@ def check_device_models(f: PreflightFacts) -> tuple[CheckResult, ...]:
                 hint="Change those devices, or choose a destination whose QEMU has them.",
             ),
         )
-    return (_ok("device-models", "all device models available"),)
+    return (ok("device-models", "all device models available"),)
 
 
 def check_passthrough(f: PreflightFacts) -> tuple[CheckResult, ...]:
     """Host-bound devices (PCI/USB/mdev passthrough) cannot migrate."""
     if not f.guest.passthrough:
-        return (_ok("passthrough-devices", "no host-bound devices"),)
+        return (ok("passthrough-devices", "no host-bound devices"),)
     return (
-        _bad(
+        bad(
             "passthrough-devices",
             Verdict.BLOCKER,
             f"'{f.guest.name}' uses devices bound to the source host: "
@@ -771,7 +522,7 @@ def _nic_bridge(f: PreflightFacts, nic: NicFacts) -> tuple[str, CheckResult | No
     if nic.kind == "network":
         net = f.networks.get(nic.source)
         if net is None or not net.exists:
-            return "", _bad(
+            return "", bad(
                 "network",
                 Verdict.BLOCKER,
                 f"libvirt network '{nic.source}' does not exist on {f.dest.hostname}.",
@@ -781,7 +532,7 @@ def _nic_bridge(f: PreflightFacts, nic: NicFacts) -> tuple[str, CheckResult | No
                 subject=subject,
             )
         if not net.active:
-            return "", _bad(
+            return "", bad(
                 "network",
                 Verdict.BLOCKER,
                 f"libvirt network '{nic.source}' on {f.dest.hostname} is not active.",
@@ -801,7 +552,7 @@ def check_networks(f: PreflightFacts) -> tuple[CheckResult, ...]:
         subject = f"NIC {nic.mac}"
         if nic.kind not in {"bridge", "network"}:
             results.append(
-                _bad(
+                bad(
                     "network",
                     Verdict.WARNING,
                     f"NIC {nic.mac} is of type '{nic.kind}'; we cannot verify its attachment "
@@ -821,7 +572,7 @@ def check_networks(f: PreflightFacts) -> tuple[CheckResult, ...]:
         where = f"bridge {bridge_name} on {f.dest.hostname}"
         if br is None:
             results.append(
-                _bad(
+                bad(
                     "network",
                     Verdict.WARNING,
                     f"Could not inspect {where} (libvirt's interface driver did not answer).",
@@ -843,7 +594,7 @@ def check_networks(f: PreflightFacts) -> tuple[CheckResult, ...]:
             hint = "Raise the bridge MTU there, or lower the guest's."
         if fault:
             results.append(
-                _bad(
+                bad(
                     "network",
                     Verdict.BLOCKER,
                     f"Destination {where} {fault}; '{f.guest.name}' {subject} uses it.",
@@ -855,7 +606,7 @@ def check_networks(f: PreflightFacts) -> tuple[CheckResult, ...]:
             )
         else:
             results.append(
-                _ok(
+                ok(
                     "network",
                     f"{where}: up, uplinks {', '.join(br.uplinks)}, MTU {br.mtu}",
                     subject=subject,
@@ -876,7 +627,7 @@ def check_bridge_ports(f: PreflightFacts) -> tuple[CheckResult, ...]:
         return ()
     if not f.agent.available:
         return (
-            _bad(
+            bad(
                 "bridge-ports",
                 Verdict.WARNING,
                 f"Could not check port forwarding/learning/flooding of {', '.join(bridges)} on "
@@ -900,7 +651,7 @@ def check_bridge_ports(f: PreflightFacts) -> tuple[CheckResult, ...]:
             subject = f"{name}/{port.port}"
             if not faults:
                 results.append(
-                    _ok(
+                    ok(
                         "bridge-ports",
                         f"{subject}: forwarding, learning, flooding",
                         subject=subject,
@@ -909,7 +660,7 @@ def check_bridge_ports(f: PreflightFacts) -> tuple[CheckResult, ...]:
                 continue
             verdict = Verdict.BLOCKER if port.state != "forwarding" else Verdict.WARNING
             results.append(
-                _bad(
+                bad(
                     "bridge-ports",
                     verdict,
                     f"Uplink {subject} on {f.dest.hostname}: {', '.join(faults)}.",
@@ -929,21 +680,21 @@ def check_storage(f: PreflightFacts) -> tuple[CheckResult, ...]:
     for disk in f.guest.disks:
         subject = f"disk {disk.target}"
         if not disk.source:
-            results.append(_ok("storage", "no medium", subject=subject))
+            results.append(ok("storage", "no medium", subject=subject))
             continue
         if disk.kind == "network":
-            results.append(_ok("storage", f"network storage {disk.source}", subject=subject))
+            results.append(ok("storage", f"network storage {disk.source}", subject=subject))
             continue
         view = f.disks.get(disk.source)
         if _storage_will_copy(f, disk.source):
             results.append(
-                _ok("storage", f"{disk.source} is copied to {f.dest.hostname}", subject=subject)
+                ok("storage", f"{disk.source} is copied to {f.dest.hostname}", subject=subject)
             )
         elif view is not None and view.visible:
-            results.append(_ok("storage", f"{disk.source} shared ({view.how})", subject=subject))
+            results.append(ok("storage", f"{disk.source} shared ({view.how})", subject=subject))
         elif view is not None and view.visible is False:
             results.append(
-                _bad(
+                bad(
                     "storage",
                     Verdict.BLOCKER,
                     f"{subject} ({disk.source}) is not reachable on {f.dest.hostname} "
@@ -963,7 +714,7 @@ def check_storage(f: PreflightFacts) -> tuple[CheckResult, ...]:
         else:
             why = view.how if view is not None else "no storage pool covers it"
             results.append(
-                _bad(
+                bad(
                     "storage",
                     Verdict.WARNING,
                     f"Could not tell whether {disk.source} is shared with "
@@ -1027,7 +778,7 @@ def check_bridge_setup(f: PreflightFacts) -> tuple[CheckResult, ...]:
             verdict=_SEVERITY[r.severity],
             message=r.message if r.hint else f"{r.host}: {r.message}",
             observed=r.host,
-            hint=f"{r.hint} {_skip_hint(r.name)}" if r.hint else "",
+            hint=f"{r.hint} {skip_hint(r.name)}" if r.hint else "",
             subject=r.subject,
         )
         for r in f.bridge_checks
@@ -1043,9 +794,9 @@ _AGENT_CHECKS: Final = (
 def check_agent(f: PreflightFacts) -> tuple[CheckResult, ...]:
     """Say so when our package on the destination could not be reached."""
     if f.agent.available:
-        return (_ok("dest-agent", f"libvirt-vmotion answers on {f.dest.hostname}"),)
+        return (ok("dest-agent", f"libvirt-vmotion answers on {f.dest.hostname}"),)
     return (
-        _bad(
+        bad(
             "dest-agent",
             Verdict.WARNING,
             f"libvirt-vmotion could not run on {f.dest.hostname}, so these were not checked "

@@ -1,0 +1,5 @@
+"""The pre-flight checks, one family per module; ``preflight`` runs them in order.
+
+- ``result``: pure. ``Verdict``, ``CheckResult`` and the builders every check uses.
+- ``facts``: pure. The frozen facts the checks look at (gathered by ``libvirt_vmotion.facts``).
+"""

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Final
 
-from libvirt_vmotion import netcheck
+from libvirt_vmotion import netcheck, storage
 from libvirt_vmotion.checks.facts import (
     AgentFacts,
     BridgeFacts,
@@ -686,7 +686,7 @@ def check_storage(f: PreflightFacts) -> tuple[CheckResult, ...]:
             results.append(ok("storage", f"network storage {disk.source}", subject=subject))
             continue
         view = f.disks.get(disk.source)
-        if _storage_will_copy(f, disk.source):
+        if storage.will_copy(f, disk.source):
             results.append(
                 ok("storage", f"{disk.source} is copied to {f.dest.hostname}", subject=subject)
             )
@@ -727,30 +727,6 @@ def check_storage(f: PreflightFacts) -> tuple[CheckResult, ...]:
                 )
             )
     return tuple(results)
-
-
-def _storage_will_copy(f: PreflightFacts, source: str) -> bool:
-    from libvirt_vmotion.storage import will_copy  # noqa: PLC0415  storage builds on this module
-
-    return will_copy(f, source)
-
-
-def _disk_cache(f: PreflightFacts) -> tuple[CheckResult, ...]:
-    from libvirt_vmotion.storage import preflight_disk_cache  # noqa: PLC0415  see above
-
-    return preflight_disk_cache(f)
-
-
-def _lock_manager(f: PreflightFacts) -> tuple[CheckResult, ...]:
-    from libvirt_vmotion.storage import preflight_lock_manager  # noqa: PLC0415  see above
-
-    return preflight_lock_manager(f)
-
-
-def _dest_disk_space(f: PreflightFacts) -> tuple[CheckResult, ...]:
-    from libvirt_vmotion.storage import preflight_dest_disk_space  # noqa: PLC0415  see above
-
-    return preflight_dest_disk_space(f)
 
 
 NETCHECK_COVERED: Final = frozenset(
@@ -829,9 +805,9 @@ CHECKS: Final[Mapping[str, Callable[[PreflightFacts], tuple[CheckResult, ...]]]]
     "bridge-ports": check_bridge_ports,
     "bridge-setup": check_bridge_setup,
     "storage": check_storage,
-    "disk-cache": _disk_cache,
-    "lock-manager": _lock_manager,
-    "dest-disk-space": _dest_disk_space,
+    "disk-cache": storage.preflight_disk_cache,
+    "lock-manager": storage.preflight_lock_manager,
+    "dest-disk-space": storage.preflight_dest_disk_space,
     "dest-agent": check_agent,
 }
 """Check functions by group name; result names are listed by ``check_names``."""

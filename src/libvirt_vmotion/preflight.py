@@ -36,6 +36,7 @@ from libvirt_vmotion.checks.facts import (
     PreflightFacts,
     ReservationView,
 )
+from libvirt_vmotion.checks.hosts import check_agent, check_same_host
 from libvirt_vmotion.checks.result import (
     CheckResult,
     Verdict,
@@ -89,28 +90,6 @@ def version_number(text: str) -> int:
 
 
 # --------------------------------------------------------------------------- checks
-
-
-def check_same_host(f: PreflightFacts) -> tuple[CheckResult, ...]:
-    """Source and destination must be different hosts (hostname and host UUID)."""
-    same_name = f.source.hostname == f.dest.hostname
-    same_uuid = bool(f.source.host_uuid) and f.source.host_uuid == f.dest.host_uuid
-    observed = f"hostnames {f.source.hostname}/{f.dest.hostname}, host UUIDs " + (
-        "equal" if same_uuid else "differ"
-    )
-    if same_name or same_uuid:
-        return (
-            bad(
-                "same-host",
-                Verdict.BLOCKER,
-                f"{f.source.uri} and {f.dest.uri} are the same host.",
-                observed=observed,
-                required="distinct hostname and host UUID",
-                hint="Pick another destination; if they really are two hosts, give them "
-                "distinct hostnames and host_uuid in libvirtd.conf.",
-            ),
-        )
-    return (ok("same-host", f"{f.source.hostname} -> {f.dest.hostname}", observed=observed),)
 
 
 def check_guest_running(f: PreflightFacts) -> tuple[CheckResult, ...]:
@@ -759,29 +738,6 @@ def check_bridge_setup(f: PreflightFacts) -> tuple[CheckResult, ...]:
         )
         for r in f.bridge_checks
         if r.name not in NETCHECK_COVERED
-    )
-
-
-_AGENT_CHECKS: Final = (
-    "bridge-ports, inbound-slots, reservation, hugepages, MemAvailable, disk paths"
-)
-
-
-def check_agent(f: PreflightFacts) -> tuple[CheckResult, ...]:
-    """Say so when our package on the destination could not be reached."""
-    if f.agent.available:
-        return (ok("dest-agent", f"libvirt-vmotion answers on {f.dest.hostname}"),)
-    return (
-        bad(
-            "dest-agent",
-            Verdict.WARNING,
-            f"libvirt-vmotion could not run on {f.dest.hostname}, so these were not checked "
-            f"there: {_AGENT_CHECKS}. Reason: {f.agent.error}",
-            observed="agent unavailable",
-            required="libvirt-vmotion installed on the destination, reachable over ssh",
-            hint="Install libvirt-vmotion there (and its hook: python -m libvirt_vmotion hooks "
-            "install) and allow key-based ssh as root from here.",
-        ),
     )
 
 

@@ -2,4 +2,6 @@
 
 - ``result``: pure. ``Verdict``, ``CheckResult`` and the builders every check uses.
 - ``facts``: pure. The frozen facts the checks look at (gathered by ``libvirt_vmotion.facts``).
+- ``hosts``: pure. The pair of hosts: distinct machines (``same-host``), our agent
+  answering on the destination (``dest-agent``).
 """

@@ -36,6 +36,7 @@ from libvirt_vmotion.checks.facts import (
     PreflightFacts,
     ReservationView,
 )
+from libvirt_vmotion.checks.guest import check_guest_running, check_no_job
 from libvirt_vmotion.checks.hosts import check_agent, check_same_host
 from libvirt_vmotion.checks.result import (
     CheckResult,
@@ -90,38 +91,6 @@ def version_number(text: str) -> int:
 
 
 # --------------------------------------------------------------------------- checks
-
-
-def check_guest_running(f: PreflightFacts) -> tuple[CheckResult, ...]:
-    """Live migration needs a running (or paused) guest."""
-    if f.guest.state in {"running", "paused"}:
-        return (ok("guest-running", f"'{f.guest.name}' is {f.guest.state}"),)
-    return (
-        bad(
-            "guest-running",
-            Verdict.BLOCKER,
-            f"Guest '{f.guest.name}' is {f.guest.state}; live migration needs it running.",
-            observed=f.guest.state,
-            required="running",
-            hint=f"Start it first (virsh -c {f.source.uri} start {f.guest.name}).",
-        ),
-    )
-
-
-def check_no_job(f: PreflightFacts) -> tuple[CheckResult, ...]:
-    """Only one job per guest: a running migration, dump or save must finish first."""
-    if not f.guest.job_active:
-        return (ok("no-job-running", "no job in progress"),)
-    return (
-        bad(
-            "no-job-running",
-            Verdict.BLOCKER,
-            f"Guest '{f.guest.name}' already has a job in progress (migration, save or dump).",
-            observed="job active",
-            required="no job",
-            hint=f"Wait for it, or abort it: virsh -c {f.source.uri} domjobabort {f.guest.name}.",
-        ),
-    )
 
 
 MIN_LIBVIRT: Final = version_number("8.0.0")

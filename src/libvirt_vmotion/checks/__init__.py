@@ -4,4 +4,6 @@
 - ``facts``: pure. The frozen facts the checks look at (gathered by ``libvirt_vmotion.facts``).
 - ``hosts``: pure. The pair of hosts: distinct machines (``same-host``), our agent
   answering on the destination (``dest-agent``).
+- ``guest``: pure. The guest's state: running (``guest-running``), no job in progress
+  (``no-job-running``).
 """

@@ -6,4 +6,6 @@
   answering on the destination (``dest-agent``).
 - ``guest``: pure. The guest's state: running (``guest-running``), no job in progress
   (``no-job-running``).
+- ``versions``: pure. libvirt and QEMU versions (``libvirt-version``, ``qemu-version``,
+  ``tcg-dirty-tracking``) and ``FEATURES``, the one table of what each feature needs.
 """

@@ -8,4 +8,6 @@
   (``no-job-running``).
 - ``versions``: pure. libvirt and QEMU versions (``libvirt-version``, ``qemu-version``,
   ``tcg-dirty-tracking``) and ``FEATURES``, the one table of what each feature needs.
+- ``hardware``: pure. The guest's virtual hardware on the destination's QEMU (``cpu-compat``,
+  ``machine-type``, ``emulator``, ``device-models``, ``passthrough-devices``).
 """

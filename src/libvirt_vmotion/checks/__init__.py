@@ -10,4 +10,6 @@
   ``tcg-dirty-tracking``) and ``FEATURES``, the one table of what each feature needs.
 - ``hardware``: pure. The guest's virtual hardware on the destination's QEMU (``cpu-compat``,
   ``machine-type``, ``emulator``, ``device-models``, ``passthrough-devices``).
+- ``capacity``: pure. Room on the destination (``dest-memory``, ``dest-vcpus``,
+  ``dest-hugepages``, ``inbound-slots``).
 """

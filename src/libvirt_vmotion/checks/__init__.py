@@ -12,4 +12,6 @@
   ``machine-type``, ``emulator``, ``device-models``, ``passthrough-devices``).
 - ``capacity``: pure. Room on the destination (``dest-memory``, ``dest-vcpus``,
   ``dest-hugepages``, ``inbound-slots``).
+- ``network``: pure. NIC attachments (``network``), uplink port flags (``bridge-ports``),
+  and ``netcheck``'s bridge verdicts under their own names.
 """

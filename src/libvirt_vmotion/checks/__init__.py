@@ -14,4 +14,6 @@
   ``dest-hugepages``, ``inbound-slots``).
 - ``network``: pure. NIC attachments (``network``), uplink port flags (``bridge-ports``),
   and ``netcheck``'s bridge verdicts under their own names.
+- ``disks``: pure. Each disk reachable on the destination or copied (``storage``); the disk
+  handover's own checks live in ``libvirt_vmotion.storage``.
 """

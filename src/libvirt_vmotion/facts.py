@@ -2,7 +2,7 @@
 
 I/O: talks to both hosts' libvirtd through ``virt`` (which alone imports
 libvirt) and to the destination's agent over ssh through ``agent``. Holds no
-policy: it only fills the fact dataclasses of ``preflight``.
+policy: it only fills the fact dataclasses of ``checks.facts``.
 
 Everything libvirt's remote API can answer works against a destination
 without our package. What only the host knows (bridge port flags, MemAvailable,

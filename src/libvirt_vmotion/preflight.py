@@ -1,12 +1,14 @@
 """Pre-flight checks: may this guest move to that host, now.
 
 Pure: no I/O, no clock, no logging. The facts come in as plain frozen
-dataclasses (gathered at the edge by ``facts.py`` from libvirt's remote API and
-from our agent on the destination); every check is a function
-``PreflightFacts -> tuple[CheckResult, ...]`` registered by a stable kebab-case
-name in ``CHECKS``. ``run_checks`` runs them all, and marks the ones the user
-skipped (``--skip-check NAME``): a skipped blocker is still reported, it just
-does not stop the migration.
+dataclasses (``checks.facts``, gathered at the edge by ``facts.py`` from
+libvirt's remote API and from our agent on the destination); every check is a
+function ``PreflightFacts -> tuple[CheckResult, ...]`` registered by a stable
+kebab-case name in ``CHECKS``. The checks live with their family in
+``checks/`` (hosts, guest, versions, hardware, capacity, network, disks) and in
+``storage`` (the disk handover's). ``run_checks`` runs them all in ``CHECKS``
+order, and marks the ones the user skipped (``--skip-check NAME``): a skipped
+blocker is still reported, it just does not stop the migration.
 
 Verdicts: ``ok``; ``warning`` (it may work, or we could not tell: says why);
 ``blocker`` (it cannot work; nothing is started). Every result says what was
@@ -101,10 +103,7 @@ __all__ = [
     "unknown_skips",
     "version_number",
 ]
-"""What callers import from here: the runner, and (re-exported) the facts and result types."""
-
-
-# --------------------------------------------------------------------------- checks
+"""The runner, and (re-exported from ``checks/``) the types and helpers its callers use."""
 
 
 CHECKS: Final[Mapping[str, Callable[[PreflightFacts], tuple[CheckResult, ...]]]] = {

@@ -11,7 +11,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from typing import Final
 
-from libvirt_vmotion.preflight import DiskFacts, DomainCapsFacts, GuestFacts, NicFacts
+from libvirt_vmotion.checks.facts import DiskFacts, DomainCapsFacts, GuestFacts, NicFacts
 
 _UNIT_BYTES: Final = {
     "b": 1,

@@ -2,7 +2,7 @@
 
 I/O: talks to both hosts' libvirtd through ``virt`` (which alone imports
 libvirt) and to the destination's agent over ssh through ``agent``. Holds no
-policy: it only fills the fact dataclasses of ``preflight``.
+policy: it only fills the fact dataclasses of ``checks.facts``.
 
 Everything libvirt's remote API can answer works against a destination
 without our package. What only the host knows (bridge port flags, MemAvailable,
@@ -22,12 +22,7 @@ from urllib.parse import urlsplit
 
 from libvirt_vmotion import domxml
 from libvirt_vmotion.agent import AgentOperationFailed, AgentUnavailable, RemoteHost
-from libvirt_vmotion.errors import Unsupported, VmotionError
-from libvirt_vmotion.forecast import Forecast, ForecastInputs, forecast
-from libvirt_vmotion.linkprobe import LinkMeasurement, measure_link
-from libvirt_vmotion.linkrate import ASSUMED_MIB_S, PastRun, choose_rate, learned_switchover
-from libvirt_vmotion.model import MIB
-from libvirt_vmotion.preflight import (
+from libvirt_vmotion.checks.facts import (
     AgentFacts,
     BridgeFacts,
     CpuCompat,
@@ -41,6 +36,11 @@ from libvirt_vmotion.preflight import (
     PreflightFacts,
     ReservationView,
 )
+from libvirt_vmotion.errors import Unsupported, VmotionError
+from libvirt_vmotion.forecast import Forecast, ForecastInputs, forecast
+from libvirt_vmotion.linkprobe import LinkMeasurement, measure_link
+from libvirt_vmotion.linkrate import ASSUMED_MIB_S, PastRun, choose_rate, learned_switchover
+from libvirt_vmotion.model import MIB
 from libvirt_vmotion.virt import Guest, Hypervisor
 
 log = logging.getLogger(__name__)

@@ -2,7 +2,7 @@
 
 I/O: reads /proc/meminfo, netlink (bridge port flags via pyroute2), the file
 system and the host's reservation store. Holds no policy: the checks live in
-``preflight``, the capacity decision in ``reservation.plan``.
+``preflight`` (``checks/``), the capacity decision in ``reservation.plan``.
 
 Operations (registered in ``agent.OPERATIONS``):
 

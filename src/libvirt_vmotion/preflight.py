@@ -1,12 +1,14 @@
 """Pre-flight checks: may this guest move to that host, now.
 
 Pure: no I/O, no clock, no logging. The facts come in as plain frozen
-dataclasses (gathered at the edge by ``facts.py`` from libvirt's remote API and
-from our agent on the destination); every check is a function
-``PreflightFacts -> tuple[CheckResult, ...]`` registered by a stable kebab-case
-name in ``CHECKS``. ``run_checks`` runs them all, and marks the ones the user
-skipped (``--skip-check NAME``): a skipped blocker is still reported, it just
-does not stop the migration.
+dataclasses (``checks.facts``, gathered at the edge by ``facts.py`` from
+libvirt's remote API and from our agent on the destination); every check is a
+function ``PreflightFacts -> tuple[CheckResult, ...]`` registered by a stable
+kebab-case name in ``CHECKS``. The checks live with their family in
+``checks/`` (hosts, guest, versions, hardware, capacity, network, disks) and in
+``storage`` (the disk handover's). ``run_checks`` runs them all in ``CHECKS``
+order, and marks the ones the user skipped (``--skip-check NAME``): a skipped
+blocker is still reported, it just does not stop the migration.
 
 Verdicts: ``ok``; ``warning`` (it may work, or we could not tell: says why);
 ``blocker`` (it cannot work; nothing is started). Every result says what was
@@ -16,1049 +18,92 @@ observed and what is required, with units, and what to do.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, replace
-from enum import StrEnum
-from typing import TYPE_CHECKING, Final
-
-from libvirt_vmotion import netcheck
-from libvirt_vmotion.model import MIB
-
-if TYPE_CHECKING:
-    from libvirt_vmotion.storage import StorageFacts
-
-GIB: Final = 1024 * MIB
-
-
-class Verdict(StrEnum):
-    """Outcome of one check, in increasing severity."""
-
-    OK = "ok"
-    WARNING = "warning"
-    BLOCKER = "blocker"
-
-
-@dataclass(frozen=True, slots=True)
-class CheckResult:
-    """One check's finding.
-
-    Attributes:
-        name: stable kebab-case check name (what ``--skip-check`` takes).
-        verdict: ok, warning or blocker.
-        message: what was found, where.
-        observed: what we saw, with units ("3.1 GiB free").
-        required: what it takes, with units ("4.3 GiB").
-        hint: what to do about it (empty when ok).
-        subject: the NIC, disk or feature a per-item check is about.
-        skipped: the user overrode this check; it never blocks.
-
-    """
-
-    name: str
-    verdict: Verdict
-    message: str
-    observed: str = ""
-    required: str = ""
-    hint: str = ""
-    subject: str = ""
-    skipped: bool = False
-
-    @property
-    def blocks(self) -> bool:
-        """True if this result stops the migration."""
-        return self.verdict is Verdict.BLOCKER and not self.skipped
-
-    def to_dict(self) -> dict[str, object]:
-        """JSON form (stable keys)."""
-        return {
-            "name": self.name,
-            "verdict": self.verdict.value,
-            "message": self.message,
-            "observed": self.observed,
-            "required": self.required,
-            "hint": self.hint,
-            "subject": self.subject,
-            "skipped": self.skipped,
-        }
-
-
-# --------------------------------------------------------------------------- facts
-
-
-@dataclass(frozen=True, slots=True)
-class HostFacts:
-    """What libvirt's remote API tells about one host.
-
-    Versions use libvirt's encoding: major * 1,000,000 + minor * 1,000 + micro.
-    """
-
-    uri: str
-    hostname: str
-    host_uuid: str
-    libvirt_version: int
-    qemu_version: int
-    arch: str = "x86_64"
-    cpus: int = 1
-    free_memory_bytes: int = 0
-    machines: tuple[str, ...] = ()
-    """Machine types the host's QEMU offers for ``arch`` (capabilities XML)."""
-    emulators: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class NicFacts:
-    """One guest NIC: how it attaches to the host."""
-
-    mac: str
-    kind: str
-    """libvirt interface type: bridge, network, direct, hostdev, user, ..."""
-    source: str
-    """Bridge or network name (empty for other kinds)."""
-    model: str = ""
-    mtu: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class DiskFacts:
-    """One guest disk."""
-
-    target: str
-    device: str = "disk"
-    kind: str = "file"
-    """libvirt disk type: file, block, network, volume ..."""
-    source: str = ""
-    """Path (file/block) or protocol/name (network); empty for an empty CD-ROM."""
-    bus: str = ""
-    readonly: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class GuestFacts:
-    """What libvirt tells about the guest on the source."""
-
-    name: str
-    state: str
-    job_active: bool
-    memory_bytes: int
-    vcpus: int
-    virt_type: str = "kvm"
-    arch: str = "x86_64"
-    machine: str = ""
-    emulator: str = ""
-    cpu_mode: str = ""
-    cpu_model: str = ""
-    hugepages: bool = False
-    nics: tuple[NicFacts, ...] = ()
-    disks: tuple[DiskFacts, ...] = ()
-    passthrough: tuple[str, ...] = ()
-    """Devices bound to the source host (hostdev, mdev, ...), described for users."""
-    video_models: tuple[str, ...] = ()
-
-
-class CpuCompat(StrEnum):
-    """Result of ``compareHypervisorCPU`` on the destination."""
-
-    IDENTICAL = "identical"
-    SUPERSET = "superset"
-    INCOMPATIBLE = "incompatible"
-    UNKNOWN = "unknown"
-
-
-@dataclass(frozen=True, slots=True)
-class CpuFacts:
-    """The guest CPU against the destination's hypervisor CPU."""
-
-    result: CpuCompat
-    detail: str = ""
-    """libvirt's explanation (names the missing features) or why it is unknown."""
-
-
-@dataclass(frozen=True, slots=True)
-class DomainCapsFacts:
-    """Device models the destination's QEMU offers (domain capabilities)."""
-
-    disk_buses: tuple[str, ...] = ()
-    video_models: tuple[str, ...] = ()
-    available: bool = True
-    detail: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class BridgeFacts:
-    """A host bridge on the destination, as libvirt's interface driver sees it."""
-
-    name: str
-    exists: bool
-    active: bool = False
-    uplinks: tuple[str, ...] = ()
-    """Member ports that are not guest taps (``vnet*``, ``tap*``)."""
-    mtu: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class NetworkFacts:
-    """A libvirt virtual network on the destination."""
-
-    name: str
-    exists: bool
-    active: bool = False
-    bridge: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class DiskView:
-    """Whether the destination sees a disk's source at the same path."""
-
-    source: str
-    visible: bool | None
-    """True/False when known; None when neither libvirt nor the agent could tell."""
-    how: str = ""
-    """How we know (``storage pool X``, ``agent``) or why we do not."""
-
-
-@dataclass(frozen=True, slots=True)
-class PortFlags:
-    """One bridge port's forwarding flags (from the agent, via netlink)."""
-
-    port: str
-    state: str
-    """disabled, listening, learning, forwarding, blocking."""
-    learning: bool
-    flooding: bool
-
-
-@dataclass(frozen=True, slots=True)
-class ReservationView:
-    """What the destination's reservation store holds and allows."""
-
-    reserved_memory_bytes: int = 0
-    reserved_vcpus: int = 0
-    inbound_active: int = 0
-    inbound_limit: int = 2
-    memory_limit_bytes: int | None = None
-    """Configured cap on memory for incoming guests (``capacity.toml``)."""
-    vcpu_limit: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class AgentFacts:
-    """What our agent on the destination reports (absent: ``available`` False)."""
-
-    available: bool
-    error: str = ""
-    mem_available_bytes: int | None = None
-    hugepages_free_bytes: int | None = None
-    bridge_ports: Mapping[str, tuple[PortFlags, ...]] = field(default_factory=dict)
-    reservation: ReservationView | None = None
-    paths_exist: Mapping[str, bool] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class PreflightFacts:
-    """Everything the checks look at."""
-
-    source: HostFacts
-    dest: HostFacts
-    guest: GuestFacts
-    cpu: CpuFacts
-    dest_caps: DomainCapsFacts
-    bridges: Mapping[str, BridgeFacts] = field(default_factory=dict)
-    networks: Mapping[str, NetworkFacts] = field(default_factory=dict)
-    disks: Mapping[str, DiskView] = field(default_factory=dict)
-    agent: AgentFacts = field(default_factory=lambda: AgentFacts(available=False))
-    qemu_overhead_bytes: int = 256 * MIB
-    """Memory QEMU needs beyond guest RAM (page tables, device state, TCG cache)."""
-    exclude_reservation_of: str = ""
-    """Our own reservation's id: capacity checks do not count it against us."""
-    storage: StorageFacts | None = None
-    """Disk handover facts (cache modes, lock managers, destination paths and space,
-    the copy plan); None when not gathered. Checked by ``storage``'s checks."""
-    bridge_checks: tuple[netcheck.NetCheckResult, ...] = ()
-    """Verdicts of ``netcheck`` on both hosts' bridges (from the agents' bridge facts)."""
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def format_version(version: int) -> str:
-    """``10000002`` -> ``"10.0.2"`` (libvirt's version encoding)."""
-    return f"{version // 1_000_000}.{version // 1000 % 1000}.{version % 1000}"
-
-
-def version_number(text: str) -> int:
-    """``"10.0.2"`` -> ``10000002``."""
-    parts = [int(p) for p in text.split(".")] + [0, 0]
-    return parts[0] * 1_000_000 + parts[1] * 1000 + parts[2]
-
-
-def format_bytes(size: int) -> str:
-    """Human size with binary units: ``3.1 GiB``, ``640 MiB``."""
-    if abs(size) >= GIB:
-        return f"{size / GIB:.1f} GiB"
-    return f"{size / MIB:.0f} MiB"
-
-
-def _skip_hint(name: str) -> str:
-    return f"(skip: --skip-check {name})"
-
-
-def _ok(
-    name: str, message: str, *, observed: str = "", required: str = "", subject: str = ""
-) -> CheckResult:
-    return CheckResult(
-        name=name,
-        verdict=Verdict.OK,
-        message=message,
-        observed=observed,
-        required=required,
-        subject=subject,
-    )
-
-
-def _bad(  # noqa: PLR0913  a result's fields, keyword-only
-    name: str,
-    verdict: Verdict,
-    message: str,
-    *,
-    hint: str,
-    observed: str = "",
-    required: str = "",
-    subject: str = "",
-) -> CheckResult:
-    return CheckResult(
-        name=name,
-        verdict=verdict,
-        message=message,
-        observed=observed,
-        required=required,
-        hint=f"{hint} {_skip_hint(name)}".strip(),
-        subject=subject,
-    )
-
-
-# --------------------------------------------------------------------------- checks
-
-
-def check_same_host(f: PreflightFacts) -> tuple[CheckResult, ...]:
-    """Source and destination must be different hosts (hostname and host UUID)."""
-    same_name = f.source.hostname == f.dest.hostname
-    same_uuid = bool(f.source.host_uuid) and f.source.host_uuid == f.dest.host_uuid
-    observed = f"hostnames {f.source.hostname}/{f.dest.hostname}, host UUIDs " + (
-        "equal" if same_uuid else "differ"
-    )
-    if same_name or same_uuid:
-        return (
-            _bad(
-                "same-host",
-                Verdict.BLOCKER,
-                f"{f.source.uri} and {f.dest.uri} are the same host.",
-                observed=observed,
-                required="distinct hostname and host UUID",
-                hint="Pick another destination; if they really are two hosts, give them "
-                "distinct hostnames and host_uuid in libvirtd.conf.",
-            ),
-        )
-    return (_ok("same-host", f"{f.source.hostname} -> {f.dest.hostname}", observed=observed),)
-
-
-def check_guest_running(f: PreflightFacts) -> tuple[CheckResult, ...]:
-    """Live migration needs a running (or paused) guest."""
-    if f.guest.state in {"running", "paused"}:
-        return (_ok("guest-running", f"'{f.guest.name}' is {f.guest.state}"),)
-    return (
-        _bad(
-            "guest-running",
-            Verdict.BLOCKER,
-            f"Guest '{f.guest.name}' is {f.guest.state}; live migration needs it running.",
-            observed=f.guest.state,
-            required="running",
-            hint=f"Start it first (virsh -c {f.source.uri} start {f.guest.name}).",
-        ),
-    )
-
-
-def check_no_job(f: PreflightFacts) -> tuple[CheckResult, ...]:
-    """Only one job per guest: a running migration, dump or save must finish first."""
-    if not f.guest.job_active:
-        return (_ok("no-job-running", "no job in progress"),)
-    return (
-        _bad(
-            "no-job-running",
-            Verdict.BLOCKER,
-            f"Guest '{f.guest.name}' already has a job in progress (migration, save or dump).",
-            observed="job active",
-            required="no job",
-            hint=f"Wait for it, or abort it: virsh -c {f.source.uri} domjobabort {f.guest.name}.",
-        ),
-    )
-
-
-MIN_LIBVIRT: Final = version_number("8.0.0")
-"""Oldest libvirt we drive (migrateToURI3 with typed parameters, jobStats keys)."""
-
-
-def check_libvirt_version(f: PreflightFacts) -> tuple[CheckResult, ...]:
-    """Both libvirts must be new enough for what we drive."""
-    results = []
-    for role, host in (("source", f.source), ("destination", f.dest)):
-        observed = format_version(host.libvirt_version)
-        if host.libvirt_version < MIN_LIBVIRT:
-            results.append(
-                _bad(
-                    "libvirt-version",
-                    Verdict.BLOCKER,
-                    f"libvirt {observed} on the {role} {host.hostname} is too old.",
-                    observed=observed,
-                    required=f">= {format_version(MIN_LIBVIRT)}",
-                    hint=f"Upgrade libvirt on {host.hostname}.",
-                    subject=role,
-                )
-            )
-        else:
-            results.append(
-                _ok(
-                    "libvirt-version", f"{role} libvirt {observed}", observed=observed, subject=role
-                )
-            )
-    return tuple(results)
-
-
-def check_qemu_version(f: PreflightFacts) -> tuple[CheckResult, ...]:
-    """An older QEMU on the destination may not load a newer source's machine state."""
-    src, dst = format_version(f.source.qemu_version), format_version(f.dest.qemu_version)
-    observed = f"source {src}, destination {dst}"
-    if f.dest.qemu_version < f.source.qemu_version:
-        return (
-            _bad(
-                "qemu-version",
-                Verdict.WARNING,
-                f"The destination runs an older QEMU ({dst}) than the source ({src}); "
-                "QEMU supports migrating to older versions only for machine types both know.",
-                observed=observed,
-                required="destination QEMU >= source QEMU",
-                hint="Upgrade QEMU on the destination, or check the guest's machine type there.",
-            ),
-        )
-    return (_ok("qemu-version", observed, observed=observed),)
-
-
-TCG_DIRTY_FIX: Final = version_number("9.2.0")
-"""First QEMU release with "system/physmem: Fix migration dirty bitmap coherency with
-TCG memory access" (2024). Older QEMUs lose dirty pages when migrating TCG guests:
-Debian 12's 7.2 lost 9,200-29,996 pages per migration in our lab (LAB-NOTES)."""
-
-
-def check_tcg_dirty_bug(f: PreflightFacts) -> tuple[CheckResult, ...]:
-    """Refuse TCG guests on QEMUs that silently lose dirty pages while migrating."""
-    if f.guest.virt_type != "qemu":
-        return (_ok("tcg-dirty-tracking", "guest uses KVM; TCG dirty-tracking bug irrelevant"),)
-    old = [h for h in (f.source, f.dest) if h.qemu_version and h.qemu_version < TCG_DIRTY_FIX]
-    if not old:
-        return (_ok("tcg-dirty-tracking", "QEMU has the TCG dirty-bitmap fix on both hosts"),)
-    names = ", ".join(f"{h.hostname} {format_version(h.qemu_version)}" for h in old)
-    return (
-        _bad(
-            "tcg-dirty-tracking",
-            Verdict.BLOCKER,
-            f"QEMU on {names} loses dirty pages when migrating TCG (emulated) guests: the "
-            "guest's memory would arrive corrupted.",
-            observed=names,
-            required=f"QEMU >= {format_version(TCG_DIRTY_FIX)} for TCG guests",
-            hint="Upgrade QEMU (Debian 12: bookworm-backports has 10.0), or run the guest "
-            "under KVM.",
-        ),
-    )
-
-
-@dataclass(frozen=True, slots=True)
-class Feature:
-    """One libvirt/QEMU feature we use, and the versions it needs."""
-
-    name: str
-    description: str
-    libvirt: str
-    qemu: str
-    required: bool = False
-
-
-FEATURES: Final[tuple[Feature, ...]] = (
-    Feature("p2p-live", "peer-to-peer live migration with typed parameters",
-            "1.1.0", "2.0.0", required=True),
-    Feature("dirty-rate", "dirty-rate measurement before migrating (forecast)", "7.2.0", "5.2.0"),
-    Feature("post-copy", "post-copy switchover for guests that do not converge",
-            "1.3.3", "2.5.0"),
-    Feature("post-copy-resume", "resuming a post-copy migration after a network blip",
-            "8.5.0", "3.0.0"),
-    Feature("multifd", "parallel migration streams", "6.0.0", "4.0.0"),
-    Feature("tls", "encrypted migration stream", "3.2.0", "2.9.0"),
-    Feature("avail-switchover-bandwidth", "bandwidth hint for the switchover estimate",
-            "11.1.0", "8.2.0"),
-)  # fmt: skip
-"""The single table of features we use with the versions each needs (both hosts)."""
-
-
-def check_features(f: PreflightFacts) -> tuple[CheckResult, ...]:
-    """Report each feature of ``FEATURES``: available on both hosts or not."""
-    results = []
-    for feat in FEATURES:
-        name = f"feature-{feat.name}"
-        need_lv, need_q = version_number(feat.libvirt), version_number(feat.qemu)
-        short = [
-            f"{h.hostname} (libvirt {format_version(h.libvirt_version)}, "
-            f"QEMU {format_version(h.qemu_version)})"
-            for h in (f.source, f.dest)
-            if h.libvirt_version < need_lv or h.qemu_version < need_q
-        ]
-        required = f"libvirt >= {feat.libvirt}, QEMU >= {feat.qemu}"
-        if not short:
-            results.append(_ok(name, f"{feat.description}: available", required=required))
-            continue
-        verdict = Verdict.BLOCKER if feat.required else Verdict.WARNING
-        results.append(
-            _bad(
-                name,
-                verdict,
-                f"{feat.description}: not available on {', '.join(short)}"
-                + ("" if feat.required else "; migrate works without it"),
-                observed=", ".join(short),
-                required=required,
-                hint="Upgrade libvirt/QEMU on the host(s) named.",
-            )
-        )
-    return tuple(results)
-
-
-def check_cpu(f: PreflightFacts) -> tuple[CheckResult, ...]:
-    """The guest CPU must be runnable on the destination (``compareHypervisorCPU``)."""
-    model = f.guest.cpu_model or f.guest.cpu_mode or "default"
-    if f.cpu.result in {CpuCompat.IDENTICAL, CpuCompat.SUPERSET}:
-        return (_ok("cpu-compat", f"guest CPU {model}: {f.cpu.result.value} on destination"),)
-    if f.cpu.result is CpuCompat.UNKNOWN:
-        return (
-            _bad(
-                "cpu-compat",
-                Verdict.WARNING,
-                f"Could not compare the guest CPU ({model}) with {f.dest.hostname}: {f.cpu.detail}",
-                observed="unknown",
-                required="compatible",
-                hint="Check the guest's <cpu> against the destination by hand "
-                "(virsh hypervisor-cpu-compare).",
-            ),
-        )
-    return (
-        _bad(
-            "cpu-compat",
-            Verdict.BLOCKER,
-            f"The guest CPU ({model}) cannot run on {f.dest.hostname}: {f.cpu.detail}",
-            observed="incompatible",
-            required="identical or superset",
-            hint="Use a CPU model both hosts support (a baseline: virsh hypervisor-cpu-baseline), "
-            "or choose a destination with those CPU features.",
-        ),
-    )
-
-
-def check_dest_memory(f: PreflightFacts) -> tuple[CheckResult, ...]:
-    """Destination free memory >= guest RAM + QEMU overhead, minus other reservations."""
-    need = f.guest.memory_bytes + f.qemu_overhead_bytes
-    free = f.dest.free_memory_bytes
-    if f.agent.mem_available_bytes is not None:
-        free = f.agent.mem_available_bytes  # MemAvailable counts reclaimable cache too
-    reserved = 0
-    limit_note = ""
-    view = f.agent.reservation
-    if view is not None:
-        reserved = view.reserved_memory_bytes
-        if view.memory_limit_bytes is not None and view.memory_limit_bytes < free:
-            free = view.memory_limit_bytes
-            limit_note = " (configured limit for incoming guests)"
-    available = free - reserved
-    observed = f"{format_bytes(available)} available{limit_note}" + (
-        f" after {format_bytes(reserved)} reserved by other migrations" if reserved else ""
-    )
-    required = (
-        f"{format_bytes(need)} ({format_bytes(f.guest.memory_bytes)} RAM + "
-        f"{format_bytes(f.qemu_overhead_bytes)} QEMU overhead)"
-    )
-    if available >= need:
-        return (_ok("dest-memory", observed, observed=observed, required=required),)
-    return (
-        _bad(
-            "dest-memory",
-            Verdict.BLOCKER,
-            f"Destination {f.dest.hostname} has {observed}; '{f.guest.name}' needs {required}.",
-            observed=observed,
-            required=required,
-            hint=f"Free memory on {f.dest.hostname} or choose another host.",
-        ),
-    )
-
-
-def check_dest_vcpus(f: PreflightFacts) -> tuple[CheckResult, ...]:
-    """Guest vCPUs must not exceed host CPUs (or the configured vCPU budget)."""
-    cpus = f.dest.cpus
-    view = f.agent.reservation
-    budget = None
-    if view is not None and view.vcpu_limit is not None:
-        budget = view.vcpu_limit - view.reserved_vcpus
-    observed = f"{cpus} host CPUs" + (
-        f", {budget} vCPUs left in budget" if budget is not None else ""
-    )
-    required = f"{f.guest.vcpus} vCPUs"
-    if f.guest.vcpus > cpus or (budget is not None and f.guest.vcpus > budget):
-        return (
-            _bad(
-                "dest-vcpus",
-                Verdict.BLOCKER,
-                f"Destination {f.dest.hostname} has {observed}; '{f.guest.name}' has {required}.",
-                observed=observed,
-                required=required,
-                hint="Choose a destination with more CPUs, or reduce the guest's vCPUs.",
-            ),
-        )
-    return (_ok("dest-vcpus", observed, observed=observed, required=required),)
-
-
-def check_hugepages(f: PreflightFacts) -> tuple[CheckResult, ...]:
-    """A guest backed by hugepages needs that many free hugepages on the destination."""
-    if not f.guest.hugepages:
-        return (_ok("dest-hugepages", "guest does not use hugepages"),)
-    required = format_bytes(f.guest.memory_bytes)
-    if f.agent.hugepages_free_bytes is None:
-        return (
-            _bad(
-                "dest-hugepages",
-                Verdict.WARNING,
-                f"Could not read free hugepages on {f.dest.hostname} (agent: "
-                f"{f.agent.error or 'no data'}).",
-                required=required,
-                hint="Install libvirt-vmotion on the destination so it can check.",
-            ),
-        )
-    observed = f"{format_bytes(f.agent.hugepages_free_bytes)} of hugepages free"
-    if f.agent.hugepages_free_bytes < f.guest.memory_bytes:
-        return (
-            _bad(
-                "dest-hugepages",
-                Verdict.BLOCKER,
-                f"Destination {f.dest.hostname} has {observed}; the guest needs {required}.",
-                observed=observed,
-                required=required,
-                hint="Allocate more hugepages there (vm.nr_hugepages).",
-            ),
-        )
-    return (_ok("dest-hugepages", observed, observed=observed, required=required),)
-
-
-def check_inbound_slots(f: PreflightFacts) -> tuple[CheckResult, ...]:
-    """The destination limits concurrent incoming migrations."""
-    view = f.agent.reservation
-    if view is None:
-        return (
-            _bad(
-                "inbound-slots",
-                Verdict.WARNING,
-                f"Could not read the reservation store on {f.dest.hostname}: {f.agent.error}",
-                hint="Install libvirt-vmotion on the destination (and its hook) so "
-                "incoming migrations are counted and reserved.",
-            ),
-        )
-    observed = f"{view.inbound_active} of {view.inbound_limit} inbound slots in use"
-    if view.inbound_active >= view.inbound_limit:
-        return (
-            _bad(
-                "inbound-slots",
-                Verdict.BLOCKER,
-                f"Destination {f.dest.hostname}: {observed}.",
-                observed=observed,
-                required="one free slot",
-                hint="Wait for the running migrations to finish, or raise inbound_slots in "
-                "/etc/libvirt-vmotion/capacity.toml there.",
-            ),
-        )
-    return (_ok("inbound-slots", observed, observed=observed),)
-
-
-def check_machine_type(f: PreflightFacts) -> tuple[CheckResult, ...]:
-    """The guest's machine type and emulator must exist on the destination."""
-    results = []
-    machine = f.guest.machine
-    if machine and f.dest.machines and machine not in f.dest.machines:
-        results.append(
-            _bad(
-                "machine-type",
-                Verdict.BLOCKER,
-                f"Machine type {machine} is not offered by QEMU on {f.dest.hostname}.",
-                observed="offered: " + ", ".join(sorted(f.dest.machines)[-4:]) + " ...",
-                required=machine,
-                hint="Upgrade QEMU on the destination, or choose a host with that machine type.",
-            )
-        )
-    else:
-        results.append(_ok("machine-type", f"{machine or 'default'} available"))
-    emu = f.guest.emulator
-    if emu and f.dest.emulators and emu not in f.dest.emulators:
-        results.append(
-            _bad(
-                "emulator",
-                Verdict.BLOCKER,
-                f"Emulator {emu} does not exist on {f.dest.hostname}.",
-                observed=", ".join(f.dest.emulators),
-                required=emu,
-                hint="Install QEMU at the same path on the destination.",
-            )
-        )
-    else:
-        results.append(_ok("emulator", f"{emu or 'default'} present"))
-    return tuple(results)
-
-
-def check_device_models(f: PreflightFacts) -> tuple[CheckResult, ...]:
-    """Disk buses and video models the guest uses exist on the destination."""
-    if not f.dest_caps.available:
-        return (
-            _bad(
-                "device-models",
-                Verdict.WARNING,
-                f"Could not read domain capabilities of {f.dest.hostname}: {f.dest_caps.detail}",
-                hint="Check the guest's devices against the destination by hand "
-                "(virsh domcapabilities).",
-            ),
-        )
-    missing = [
-        f"disk bus {d.bus} ({d.target})"
-        for d in f.guest.disks
-        if d.bus and f.dest_caps.disk_buses and d.bus not in f.dest_caps.disk_buses
-    ] + [
-        f"video {m}"
-        for m in f.guest.video_models
-        if f.dest_caps.video_models and m not in f.dest_caps.video_models
-    ]
-    if missing:
-        return (
-            _bad(
-                "device-models",
-                Verdict.BLOCKER,
-                f"{f.dest.hostname} lacks device models the guest uses: {', '.join(missing)}.",
-                observed=", ".join(missing) + " missing",
-                required="every device model the guest uses",
-                hint="Change those devices, or choose a destination whose QEMU has them.",
-            ),
-        )
-    return (_ok("device-models", "all device models available"),)
-
-
-def check_passthrough(f: PreflightFacts) -> tuple[CheckResult, ...]:
-    """Host-bound devices (PCI/USB/mdev passthrough) cannot migrate."""
-    if not f.guest.passthrough:
-        return (_ok("passthrough-devices", "no host-bound devices"),)
-    return (
-        _bad(
-            "passthrough-devices",
-            Verdict.BLOCKER,
-            f"'{f.guest.name}' uses devices bound to the source host: "
-            f"{', '.join(f.guest.passthrough)}; QEMU cannot migrate their state.",
-            observed=", ".join(f.guest.passthrough),
-            required="no host-bound devices",
-            hint="Hot-unplug them before migrating (virsh detach-device) and re-attach "
-            "equivalents on the destination.",
-        ),
-    )
-
-
-_TAP_PREFIXES: Final = ("vnet", "tap", "macvtap")
-
-
-def _nic_bridge(f: PreflightFacts, nic: NicFacts) -> tuple[str, CheckResult | None]:
-    """Resolve the bridge a NIC lands on at the destination, or a result saying why not."""
-    subject = f"NIC {nic.mac}"
-    if nic.kind == "network":
-        net = f.networks.get(nic.source)
-        if net is None or not net.exists:
-            return "", _bad(
-                "network",
-                Verdict.BLOCKER,
-                f"libvirt network '{nic.source}' does not exist on {f.dest.hostname}.",
-                observed="missing",
-                required=f"network {nic.source}, active",
-                hint=f"Define and start it there (virsh -c {f.dest.uri} net-define/net-start).",
-                subject=subject,
-            )
-        if not net.active:
-            return "", _bad(
-                "network",
-                Verdict.BLOCKER,
-                f"libvirt network '{nic.source}' on {f.dest.hostname} is not active.",
-                observed="inactive",
-                required="active",
-                hint=f"virsh -c {f.dest.uri} net-start {nic.source}",
-                subject=subject,
-            )
-        return net.bridge, None
-    return nic.source, None
-
-
-def check_networks(f: PreflightFacts) -> tuple[CheckResult, ...]:
-    """Every NIC's bridge/network exists on the destination, is up, has an uplink and MTU."""
-    results: list[CheckResult] = []
-    for nic in f.guest.nics:
-        subject = f"NIC {nic.mac}"
-        if nic.kind not in {"bridge", "network"}:
-            results.append(
-                _bad(
-                    "network",
-                    Verdict.WARNING,
-                    f"NIC {nic.mac} is of type '{nic.kind}'; we cannot verify its attachment "
-                    f"on {f.dest.hostname}.",
-                    observed=nic.kind,
-                    required="bridge or network",
-                    hint="Make sure the destination has the same attachment.",
-                    subject=subject,
-                )
-            )
-            continue
-        bridge_name, problem = _nic_bridge(f, nic)
-        if problem is not None:
-            results.append(problem)
-            continue
-        br = f.bridges.get(bridge_name)
-        where = f"bridge {bridge_name} on {f.dest.hostname}"
-        if br is None:
-            results.append(
-                _bad(
-                    "network",
-                    Verdict.WARNING,
-                    f"Could not inspect {where} (libvirt's interface driver did not answer).",
-                    hint="Check by hand that the bridge exists there.",
-                    subject=subject,
-                )
-            )
-            continue
-        fault = ""
-        if not br.exists:
-            fault, hint = "does not exist", "Create the bridge there with the same name."
-        elif not br.active:
-            fault, hint = "is down", f"Bring it up: ip link set {bridge_name} up."
-        elif not br.uplinks:
-            fault = "has no uplink port (guests there could not reach the network)"
-            hint = "Attach the host's uplink NIC to the bridge."
-        elif br.mtu is not None and br.mtu < (nic.mtu or 1500):
-            fault = f"has MTU {br.mtu}, below the guest NIC's {nic.mtu or 1500}"
-            hint = "Raise the bridge MTU there, or lower the guest's."
-        if fault:
-            results.append(
-                _bad(
-                    "network",
-                    Verdict.BLOCKER,
-                    f"Destination {where} {fault}; '{f.guest.name}' {subject} uses it.",
-                    observed=fault,
-                    required=f"bridge {bridge_name} up with an uplink, MTU >= {nic.mtu or 1500}",
-                    hint=hint,
-                    subject=subject,
-                )
-            )
-        else:
-            results.append(
-                _ok(
-                    "network",
-                    f"{where}: up, uplinks {', '.join(br.uplinks)}, MTU {br.mtu}",
-                    subject=subject,
-                )
-            )
-    return tuple(results)
-
-
-def check_bridge_ports(f: PreflightFacts) -> tuple[CheckResult, ...]:
-    """Uplink ports must forward, learn and flood (bridge port flags, from the agent)."""
-    bridges = sorted(
-        {b.name for b in f.bridges.values() if b.exists}
-        & ({n.source for n in f.guest.nics if n.kind == "bridge"}
-           | {f.networks[n.source].bridge for n in f.guest.nics
-              if n.kind == "network" and n.source in f.networks})
-    )  # fmt: skip
-    if not bridges:
-        return ()
-    if not f.agent.available:
-        return (
-            _bad(
-                "bridge-ports",
-                Verdict.WARNING,
-                f"Could not check port forwarding/learning/flooding of {', '.join(bridges)} on "
-                f"{f.dest.hostname}: {f.agent.error}",
-                hint="Install libvirt-vmotion on the destination so it can check.",
-            ),
-        )
-    results = []
-    for name in bridges:
-        uplinks = set(f.bridges[name].uplinks)
-        for port in f.agent.bridge_ports.get(name, ()):
-            if port.port not in uplinks:
-                continue
-            faults = []
-            if port.state != "forwarding":
-                faults.append(f"state {port.state}")
-            if not port.learning:
-                faults.append("learning off")
-            if not port.flooding:
-                faults.append("unicast flooding off")
-            subject = f"{name}/{port.port}"
-            if not faults:
-                results.append(
-                    _ok(
-                        "bridge-ports",
-                        f"{subject}: forwarding, learning, flooding",
-                        subject=subject,
-                    )
-                )
-                continue
-            verdict = Verdict.BLOCKER if port.state != "forwarding" else Verdict.WARNING
-            results.append(
-                _bad(
-                    "bridge-ports",
-                    verdict,
-                    f"Uplink {subject} on {f.dest.hostname}: {', '.join(faults)}.",
-                    observed=", ".join(faults),
-                    required="forwarding, learning on, unicast flooding on",
-                    hint=f"Fix the port: bridge link set dev {port.port} learning on flood on "
-                    "(state follows STP).",
-                    subject=subject,
-                )
-            )
-    return tuple(results)
-
-
-def check_storage(f: PreflightFacts) -> tuple[CheckResult, ...]:
-    """Each disk is on storage the destination sees at the same path, or is network storage."""
-    results = []
-    for disk in f.guest.disks:
-        subject = f"disk {disk.target}"
-        if not disk.source:
-            results.append(_ok("storage", "no medium", subject=subject))
-            continue
-        if disk.kind == "network":
-            results.append(_ok("storage", f"network storage {disk.source}", subject=subject))
-            continue
-        view = f.disks.get(disk.source)
-        if _storage_will_copy(f, disk.source):
-            results.append(
-                _ok("storage", f"{disk.source} is copied to {f.dest.hostname}", subject=subject)
-            )
-        elif view is not None and view.visible:
-            results.append(_ok("storage", f"{disk.source} shared ({view.how})", subject=subject))
-        elif view is not None and view.visible is False:
-            results.append(
-                _bad(
-                    "storage",
-                    Verdict.BLOCKER,
-                    f"{subject} ({disk.source}) is not reachable on {f.dest.hostname} "
-                    f"({view.how})"
-                    + (
-                        " and copying was turned off (--no-copy-storage)."
-                        if f.storage is not None
-                        else "; it would have to be copied (--copy-storage)."
-                    ),
-                    observed="not present on the destination",
-                    required="same path on shared storage, or a copy",
-                    hint="Put the disk on storage both hosts share (same path), or let it be "
-                    "copied (drop --no-copy-storage, or pass --copy-storage).",
-                    subject=subject,
-                )
-            )
-        else:
-            why = view.how if view is not None else "no storage pool covers it"
-            results.append(
-                _bad(
-                    "storage",
-                    Verdict.WARNING,
-                    f"Could not tell whether {disk.source} is shared with "
-                    f"{f.dest.hostname}: {why}.",
-                    observed="unknown",
-                    required="same path on shared storage",
-                    hint="Define a storage pool over it on the destination, or install "
-                    "libvirt-vmotion there so it can check.",
-                    subject=subject,
-                )
-            )
-    return tuple(results)
-
-
-def _storage_will_copy(f: PreflightFacts, source: str) -> bool:
-    from libvirt_vmotion.storage import will_copy  # noqa: PLC0415  storage builds on this module
-
-    return will_copy(f, source)
-
-
-def _disk_cache(f: PreflightFacts) -> tuple[CheckResult, ...]:
-    from libvirt_vmotion.storage import preflight_disk_cache  # noqa: PLC0415  see above
-
-    return preflight_disk_cache(f)
-
-
-def _lock_manager(f: PreflightFacts) -> tuple[CheckResult, ...]:
-    from libvirt_vmotion.storage import preflight_lock_manager  # noqa: PLC0415  see above
-
-    return preflight_lock_manager(f)
-
-
-def _dest_disk_space(f: PreflightFacts) -> tuple[CheckResult, ...]:
-    from libvirt_vmotion.storage import preflight_dest_disk_space  # noqa: PLC0415  see above
-
-    return preflight_dest_disk_space(f)
-
-
-NETCHECK_COVERED: Final = frozenset(
-    {"bridge-exists", "bridge-up", "bridge-uplink", "bridge-mtu", "uplink-learning"}
+from dataclasses import replace
+from typing import Final
+
+from libvirt_vmotion import netcheck, storage
+from libvirt_vmotion.checks.capacity import (
+    check_dest_memory,
+    check_dest_vcpus,
+    check_hugepages,
+    check_inbound_slots,
 )
-"""``netcheck`` results that ``network`` and ``bridge-ports`` already report."""
-_SEVERITY: Final = {
-    netcheck.Severity.OK: Verdict.OK,
-    netcheck.Severity.WARNING: Verdict.WARNING,
-    netcheck.Severity.BLOCKER: Verdict.BLOCKER,
-}
-
-
-def check_bridge_setup(f: PreflightFacts) -> tuple[CheckResult, ...]:
-    """The network pre-flight's bridge verdicts (``netcheck``), each under its own name.
-
-    Can the destination's switch learn the move (STP delay, flooding of
-    broadcasts, ageing), is the bridge consistent with the source (VLAN
-    filtering), is the bridge's MAC pinned on both hosts, will we notify the
-    switches. Those ``network``/``bridge-ports`` already cover are left out.
-    """
-    return tuple(
-        CheckResult(
-            name=r.name,
-            verdict=_SEVERITY[r.severity],
-            message=r.message if r.hint else f"{r.host}: {r.message}",
-            observed=r.host,
-            hint=f"{r.hint} {_skip_hint(r.name)}" if r.hint else "",
-            subject=r.subject,
-        )
-        for r in f.bridge_checks
-        if r.name not in NETCHECK_COVERED
-    )
-
-
-_AGENT_CHECKS: Final = (
-    "bridge-ports, inbound-slots, reservation, hugepages, MemAvailable, disk paths"
+from libvirt_vmotion.checks.disks import check_storage
+from libvirt_vmotion.checks.facts import (
+    AgentFacts,
+    BridgeFacts,
+    CpuCompat,
+    CpuFacts,
+    DiskFacts,
+    DiskView,
+    DomainCapsFacts,
+    GuestFacts,
+    HostFacts,
+    NetworkFacts,
+    NicFacts,
+    PortFlags,
+    PreflightFacts,
+    ReservationView,
+)
+from libvirt_vmotion.checks.guest import check_guest_running, check_no_job
+from libvirt_vmotion.checks.hardware import (
+    check_cpu,
+    check_device_models,
+    check_machine_type,
+    check_passthrough,
+)
+from libvirt_vmotion.checks.hosts import check_agent, check_same_host
+from libvirt_vmotion.checks.network import (
+    NETCHECK_COVERED,
+    check_bridge_ports,
+    check_bridge_setup,
+    check_networks,
+)
+from libvirt_vmotion.checks.result import (
+    CheckResult,
+    Verdict,
+    format_bytes,
+)
+from libvirt_vmotion.checks.versions import (
+    FEATURES,
+    check_features,
+    check_libvirt_version,
+    check_qemu_version,
+    check_tcg_dirty_bug,
+    format_version,
+    version_number,
 )
 
-
-def check_agent(f: PreflightFacts) -> tuple[CheckResult, ...]:
-    """Say so when our package on the destination could not be reached."""
-    if f.agent.available:
-        return (_ok("dest-agent", f"libvirt-vmotion answers on {f.dest.hostname}"),)
-    return (
-        _bad(
-            "dest-agent",
-            Verdict.WARNING,
-            f"libvirt-vmotion could not run on {f.dest.hostname}, so these were not checked "
-            f"there: {_AGENT_CHECKS}. Reason: {f.agent.error}",
-            observed="agent unavailable",
-            required="libvirt-vmotion installed on the destination, reachable over ssh",
-            hint="Install libvirt-vmotion there (and its hook: python -m libvirt_vmotion hooks "
-            "install) and allow key-based ssh as root from here.",
-        ),
-    )
+__all__ = [
+    "CHECKS",
+    "FEATURES",
+    "NETCHECK_COVERED",
+    "AgentFacts",
+    "BridgeFacts",
+    "CheckResult",
+    "CpuCompat",
+    "CpuFacts",
+    "DiskFacts",
+    "DiskView",
+    "DomainCapsFacts",
+    "GuestFacts",
+    "HostFacts",
+    "NetworkFacts",
+    "NicFacts",
+    "PortFlags",
+    "PreflightFacts",
+    "ReservationView",
+    "Verdict",
+    "blockers",
+    "check_names",
+    "format_bytes",
+    "format_version",
+    "may_proceed",
+    "run_checks",
+    "unknown_skips",
+    "version_number",
+]
+"""The runner, and (re-exported from ``checks/``) the types and helpers its callers use."""
 
 
 CHECKS: Final[Mapping[str, Callable[[PreflightFacts], tuple[CheckResult, ...]]]] = {
@@ -1081,9 +126,9 @@ CHECKS: Final[Mapping[str, Callable[[PreflightFacts], tuple[CheckResult, ...]]]]
     "bridge-ports": check_bridge_ports,
     "bridge-setup": check_bridge_setup,
     "storage": check_storage,
-    "disk-cache": _disk_cache,
-    "lock-manager": _lock_manager,
-    "dest-disk-space": _dest_disk_space,
+    "disk-cache": storage.preflight_disk_cache,
+    "lock-manager": storage.preflight_lock_manager,
+    "dest-disk-space": storage.preflight_dest_disk_space,
     "dest-agent": check_agent,
 }
 """Check functions by group name; result names are listed by ``check_names``."""

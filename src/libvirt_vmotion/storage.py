@@ -32,12 +32,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Final
 
-from libvirt_vmotion.preflight import (
-    CheckResult,
-    PreflightFacts,
-    Verdict,
-    format_bytes,
-)
+from libvirt_vmotion.checks.facts import PreflightFacts
+from libvirt_vmotion.checks.result import CheckResult, Verdict, format_bytes
 
 SAFE_SHARED_CACHE: Final = frozenset({"none", "directsync"})
 """Cache modes that bypass the host page cache (O_DIRECT): safe on any shared storage."""

@@ -202,8 +202,6 @@ class PreflightFacts:
     agent: AgentFacts = field(default_factory=lambda: AgentFacts(available=False))
     qemu_overhead_bytes: int = 256 * MIB
     """Memory QEMU needs beyond guest RAM (page tables, device state, TCG cache)."""
-    exclude_reservation_of: str = ""
-    """Our own reservation's id: capacity checks do not count it against us."""
     storage: StorageFacts | None = None
     """Disk handover facts (cache modes, lock managers, destination paths and space,
     the copy plan); None when not gathered. Checked by ``storage``'s checks."""

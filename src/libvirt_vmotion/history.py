@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 
 ENV: Final = "VMOTION_HISTORY"
 KEEP_PER_PAIR: Final = 50
+MIN_SWITCHOVER_SAMPLE_BYTES: Final = 4 << 20
+"""A final round smaller than this does not tell the switchover rate (see Completed)."""
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS migrations (
     source_uuid TEXT NOT NULL,
@@ -83,8 +85,10 @@ class Completed:
         """Last dirty set / downtime: a lower bound of the unthrottled final round's rate.
 
         (The downtime also holds the fixed switchover cost, so the true rate is higher.)
+        None when the last set was too small for its transfer to dominate the pause:
+        0.3 MiB in 26 ms says nothing about the link, only about the fixed cost.
         """
-        if self.last_dirty_set_bytes <= 0 or self.downtime_ms <= 0:
+        if self.last_dirty_set_bytes < MIN_SWITCHOVER_SAMPLE_BYTES or self.downtime_ms <= 0:
             return None
         return self.last_dirty_set_bytes / (1 << 20) / (self.downtime_ms / 1000)
 

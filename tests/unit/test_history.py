@@ -59,6 +59,8 @@ def test_switchover_rate_is_last_dirty_set_over_downtime(tmp_path: Path) -> None
     run = Completed("src", "dst", 1, 50, 300 << 20, 6050, 50, last_dirty_set_bytes=25 << 20)
     assert run.switchover_mib_s == pytest.approx(500.0)
     assert _run(1).switchover_mib_s is None
+    small = Completed("src", "dst", 1, 50, 200 << 20, 5000, 26, last_dirty_set_bytes=311296)
+    assert small.switchover_mib_s is None  # the fixed cost dominates a 0.3 MiB round
     history = History(tmp_path / "history.db")
     history.record(run)
     assert history.runs("src", "dst")[0].switchover_mib_s == pytest.approx(500.0)

@@ -28,6 +28,7 @@ from libvirt_vmotion.errors import (
     UsageError,
     VmotionError,
 )
+from libvirt_vmotion.forecast import Strategy
 from libvirt_vmotion.model import JobSample, MigrationRequest
 from libvirt_vmotion.policy import MigrationPolicy, build_policy, load_policy_toml
 from libvirt_vmotion.ports import Observer
@@ -542,6 +543,9 @@ def cmd_migrate(args: argparse.Namespace) -> int:
             if policy.switchover_bandwidth_mib_s is None and gate.switchover_mib_s:
                 # Learned from this host pair's earlier runs (a measurement, never a guess).
                 policy = replace(policy, switchover_bandwidth_mib_s=gate.switchover_mib_s)
+            if gate.forecast is not None and gate.forecast.strategy is Strategy.POSTCOPY:
+                # The forecast's starting strategy: rounds cannot shrink at this dirty rate.
+                policy = replace(policy, postcopy_after_first_pass=True)
             try:
                 outcome, sections = migrate(
                     request,

@@ -552,7 +552,9 @@ def _step_precopy(
     sets = round_dirty_sets(history.samples)
     bw = bandwidth_bytes_s(history.samples, policy)
     best = min(sets.values())
-    at_minimum = _switch_over_at_minimum(phase, history, policy, decide, sets=sets, bw=bw)
+    at_minimum = _switch_over_at_minimum(
+        phase, history, policy, decide, sets=sets, bw=bw
+    ) or _postcopy_after_first_pass(history, policy, decide, best=best, bw=bw)
     if at_minimum is not None:
         return at_minimum
     if not is_stalled(history, policy):
@@ -598,6 +600,28 @@ def _switch_over_at_minimum(  # noqa: PLR0913  all keyword-only context of one r
         f"round {rnd} left {_fmt_mib(best)}, a new minimum that needs "
         f"~{best_needed_ms} ms at {_fmt_mib(bw)}/s: allow {fit} ms to switch over now",
         SetMaxDowntime(fit),
+    )
+
+
+def _postcopy_after_first_pass(
+    history: History, policy: MigrationPolicy, decide: _Decide, *, best: int, bw: float
+) -> Decision | None:
+    """Post-copy right after the first pass when the forecast said rounds cannot shrink.
+
+    Only while QEMU's limit does not admit the best dirty set yet (if it does, QEMU
+    switches over by itself): the ladder would only spend the budget finding out.
+    """
+    if not (policy.allow_postcopy and policy.postcopy_after_first_pass):
+        return None
+    if current_downtime_ms(history, policy) >= downtime_needed_ms(
+        dirty_bytes=best, bandwidth_bytes_s=bw
+    ):
+        return None
+    return decide(
+        State.POSTCOPY,
+        f"first pass done, {_fmt_mib(best)} dirty at {_fmt_mib(bw)}/s, and the forecast "
+        "measured a dirty rate at or above the bandwidth: switch to post-copy now",
+        StartPostCopy(),
     )
 
 

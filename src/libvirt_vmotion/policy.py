@@ -103,6 +103,11 @@ class MigrationPolicy:
             QEMU's limit to what its threshold needs at the capped rate
             (see ``convergence``). None keeps the budget a limit on QEMU's
             threshold, as without a measurement.
+        postcopy_after_first_pass: go to post-copy (if allowed) as soon as the
+            first pass is done, unless the dirty set already fits the budget.
+            ``migrate`` sets it when the forecast measured a dirty rate at or
+            above the bandwidth (pre-copy rounds cannot shrink): waiting for the
+            ladder to stall only costs time (virsh's --postcopy-after-precopy).
 
     """
 
@@ -126,6 +131,7 @@ class MigrationPolicy:
     postcopy_bandwidth_mib_s: int | None = None
     postcopy_pause_on_stall: bool = False
     switchover_bandwidth_mib_s: float | None = None
+    postcopy_after_first_pass: bool = False
 
     def __post_init__(self) -> None:  # noqa: C901  one check per field, flat
         """Validate every field; the message names the field and the bad value."""
@@ -198,6 +204,7 @@ _SCALAR_FIELDS: Final = {
     "postcopy_bandwidth_mib_s": int,
     "postcopy_pause_on_stall": bool,
     "switchover_bandwidth_mib_s": float,
+    "postcopy_after_first_pass": bool,
 }
 
 

@@ -338,3 +338,30 @@ def test_replay_invariants_with_a_switchover_rate(name: str, switchover_mib_s: f
         assert all(p <= policy.max_throttle_percent for p in throttles)
         if not policy.allow_postcopy:
             assert not any(isinstance(a, StartPostCopy) for a in actions_of(history))
+
+
+# ---- post-copy after the first pass (the forecast said rounds cannot shrink) --------
+
+
+def test_forecast_postcopy_starts_after_the_first_pass() -> None:
+    policy = benchmark_policy(None, postcopy_after_first_pass=True)
+    state, history = run(benchmark_trace(1), policy)
+    assert state is State.POSTCOPY
+    assert any(isinstance(a, StartPostCopy) for a in actions_of(history))
+    assert "forecast" in history.decisions[-1].reason
+    assert history.decisions[-1].round == 2  # not during the bulk pass
+
+
+def test_forecast_postcopy_waits_when_the_set_already_fits() -> None:
+    """With a known switchover rate the first dirty set fits the real budget: no post-copy."""
+    policy = benchmark_policy(500, postcopy_after_first_pass=True)
+    _state, history = run(benchmark_trace(1), policy)
+    assert not any(isinstance(a, StartPostCopy) for a in actions_of(history))
+    assert downtimes_of(history)[-1] > 500  # QEMU's threshold admits it: it switches over
+
+
+def test_forecast_postcopy_needs_postcopy_allowed() -> None:
+    policy = benchmark_policy(None, postcopy_after_first_pass=True, allow_postcopy=False)
+    state, history = run(benchmark_trace(5), policy)
+    assert state is State.THROTTLING
+    assert not any(isinstance(a, StartPostCopy) for a in actions_of(history))

@@ -110,8 +110,8 @@ def choose_rate(
         candidates.append(
             RateChoice(
                 float(statistics.median(free)),
-                f"learned: median of the last {len(free)} uncapped migration(s) between "
-                "these hosts",
+                f"learned: median of the last {len(free)} migration(s) between these hosts "
+                "that the cap did not hold back",
             )
         )
     if not candidates:

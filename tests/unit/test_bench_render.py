@@ -125,6 +125,10 @@ def test_runs_and_parameters_come_back_from_the_results_document() -> None:
     assert back[0].migration_s == 6.0
     assert back[0].preflight_s == 2.0
     assert back[1].preflight_s is None
+    reported = run_from_dict(
+        {**doc["runs"][0], "tool_report": {"total_time_s": 6.0, "preflight_s": 1.2}}
+    )
+    assert reported.preflight_s == 1.2  # the report's own figure, not the remainder
 
 
 def test_malformed_results_document_is_a_usage_error() -> None:

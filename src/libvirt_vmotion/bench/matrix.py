@@ -278,8 +278,18 @@ class RunResult:
 
     @property
     def preflight_s(self) -> float | None:
-        """Ours: time before the migration started (pre-flight etc.); None for virsh."""
-        if self.tool is not Tool.OURS or self.migration_s == self.total_time_s:
+        """Ours: pre-flight, forecast and reservation before the transfer; None for virsh.
+
+        From our report's ``preflight_s``; reports without it (older versions) give
+        the whole of ``total_time_s - migration_s``, which also holds process start-up,
+        connections and the observers' last reads.
+        """
+        if self.tool is not Tool.OURS:
+            return None
+        reported = self.tool_report.get("preflight_s")
+        if isinstance(reported, int | float) and not isinstance(reported, bool):
+            return float(reported)
+        if self.migration_s == self.total_time_s:
             return None
         return self.total_time_s - self.migration_s
 

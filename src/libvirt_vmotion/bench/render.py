@@ -163,8 +163,8 @@ def build_summary_md(  # noqa: PLR0913  keyword-only parts of one document
         ),
         (
             "- migration s: ours without its pre-flight (checks, dirty-rate and link "
-            "measurement, forecast, reservation: pre-flight s, median), from our report; for "
-            "virsh the same as total s."
+            "measurement, forecast, reservation: pre-flight s, median, from our report), "
+            "process start-up and the observers; for virsh the same as total s."
         ),
         (
             "- QEMU s: the migration job's own elapsed time (median); migration s minus this is "

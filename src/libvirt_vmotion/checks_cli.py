@@ -30,6 +30,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Final, TextIO, TypeVar
 
 from libvirt_vmotion import storagehost
+from libvirt_vmotion.argtypes import positive_number
 from libvirt_vmotion.errors import (
     CutoverFailed,
     ExitCode,
@@ -125,7 +126,12 @@ def add_subcommands(
     chk.add_argument("--to", dest="dest_uri", required=True, type=uri, metavar="URI")
     chk.add_argument("--from", dest="source_uri", type=uri, metavar="URI")
     chk.add_argument("--bandwidth", type=int, metavar="MIB_PER_S", help="bandwidth cap to plan")
-    chk.add_argument("--max-downtime", type=int, metavar="MS", help="downtime budget (300)")
+    chk.add_argument(
+        "--max-downtime",
+        type=positive_number(int),
+        metavar="MS",
+        help="downtime budget the forecast is judged by (default 500, as migrate's)",
+    )
     chk.add_argument("--json", action="store_true", help="machine output")
     add_skip_check(chk)
     add_copy_storage(chk)

@@ -116,7 +116,8 @@ def _add_migrate(sub: argparse._SubParsersAction[_Parser]) -> None:
         "--max-downtime",
         type=_positive_int,
         metavar="MS",
-        help="longest pause the guest may see at switchover (QEMU default 300)",
+        help="longest pause the guest may see at switchover (default 500; the controller "
+        "starts tighter, see --initial-downtime)",
     )
     mig.add_argument(
         "--timeout",

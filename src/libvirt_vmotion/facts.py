@@ -41,6 +41,7 @@ from libvirt_vmotion.forecast import Forecast, ForecastInputs, forecast
 from libvirt_vmotion.linkprobe import LinkMeasurement, measure_link
 from libvirt_vmotion.linkrate import ASSUMED_MIB_S, PastRun, choose_rate, learned_switchover
 from libvirt_vmotion.model import MIB
+from libvirt_vmotion.policy import DEFAULT_MAX_DOWNTIME_MS
 from libvirt_vmotion.virt import Guest, Hypervisor
 
 log = logging.getLogger(__name__)
@@ -399,7 +400,7 @@ def measure_forecast(  # noqa: PLR0913  the forecast's inputs, keyword-only
         ),
         dirty_rate_mib_s=rate,
         bandwidth_mib_s=chosen.mib_s,
-        max_downtime_ms=max_downtime_ms or 300,
+        max_downtime_ms=max_downtime_ms or DEFAULT_MAX_DOWNTIME_MS,  # the controller's budget
         bandwidth_source=source_text,
     )
     return Measured(forecast(inputs), window_s)

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from libvirt_vmotion.lab import guestctl, topology
-from libvirt_vmotion.lab.constants import HOST_A
+from libvirt_vmotion.lab.constants import HOST_A, STATE_DIR
 from libvirt_vmotion.lab.image import GuestImage, ensure_guest_image
 
 
@@ -36,3 +36,14 @@ def guest_on_a(lab: None, guest_image: GuestImage) -> Iterator[None]:
     guestctl.wait_for_workload()
     yield
     guestctl.remove_guest()
+
+
+@pytest.fixture(autouse=True)
+def _empty_migration_history() -> None:
+    """Every lab test starts with an empty migration history (``history.py``).
+
+    What earlier tests taught the lab (achieved rates, the unthrottled switchover
+    rate) changes the forecast and the controller's decisions; a test that wants
+    learning migrates within itself (``test_preflight_forecast``).
+    """
+    (STATE_DIR / "history.db").unlink(missing_ok=True)

@@ -2,8 +2,9 @@
 
 Bandwidth is capped low (30 MiB/s) and the working set small (64 MiB) so that
 each run takes seconds; the guest's dirty rate is set relative to that cap.
-Every test starts with an empty migration history, so the controller knows no
-switchover rate unless the test gives one (``--switchover-bandwidth``).
+Every test starts with an empty migration history (tests/lab/conftest.py), so the
+controller knows no switchover rate unless the test gives one
+(``--switchover-bandwidth``).
 """
 
 from __future__ import annotations
@@ -17,18 +18,12 @@ import pytest
 
 from libvirt_vmotion.errors import DomainNotFound
 from libvirt_vmotion.lab import guestctl
-from libvirt_vmotion.lab.constants import GUEST_ADDR, GUEST_NAME, HOST_A, HOST_B, STATE_DIR
+from libvirt_vmotion.lab.constants import GUEST_ADDR, GUEST_NAME, HOST_A, HOST_B
 
 pytestmark = pytest.mark.lab
 
 BANDWIDTH_MIB_S = 30
 BUDGET_S = 60
-
-
-@pytest.fixture(autouse=True)
-def _no_history() -> None:
-    """What earlier tests taught the lab's history must not change this test's decisions."""
-    (STATE_DIR / "history.db").unlink(missing_ok=True)
 
 
 def vmotion_in_client(*args: str, timeout_s: float = 300) -> subprocess.CompletedProcess[str]:

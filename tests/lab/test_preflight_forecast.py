@@ -60,7 +60,10 @@ def migrate(src: LabHost, dst: LabHost, *cap: str) -> dict[str, object]:
 def test_forecast_vs_measured_at_three_dirty_rates() -> None:
     HISTORY.unlink(missing_ok=True)
     rows = []
-    hops = [(5, HOST_A, HOST_B), (25, HOST_B, HOST_A), (50, HOST_A, HOST_B)]
+    # The third hop's forecast uses the rate the first A->B hop achieved (~60 MiB/s
+    # for a TCG guest under a 100 MiB/s cap), so its dirty rate stays clearly below
+    # that: at 50 MiB/s the forecast is, rightly, sometimes "post-copy".
+    hops = [(5, HOST_A, HOST_B), (25, HOST_B, HOST_A), (35, HOST_A, HOST_B)]
     for hop, (rate, src, dst) in enumerate(hops):
         guestctl.run_in_client(guestctl.self_command("lab", "guest", "set", "rate", str(rate)))
         time.sleep(1.5)  # let the writer reach its rate before measuring

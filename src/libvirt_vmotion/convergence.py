@@ -42,6 +42,7 @@ Strategy (the default policy finishes, like vMotion does):
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Final, Protocol
@@ -458,6 +459,49 @@ def _new_events(history: History) -> list[MigrationEvent]:
 
 
 # ---- the step ----------------------------------------------------------------
+
+
+def advance(state: State, history: History, policy: MigrationPolicy) -> tuple[Decision, History]:
+    """One controller step: decide, check the transition, record the decision.
+
+    The decision joins the history when it acts, explains or moves; the driver
+    and trace replays both step through here.
+
+    Raises:
+        AssertionError: ``step`` chose a transition ``TRANSITIONS`` forbids (a bug).
+
+    """
+    decision = step(state, history, policy)
+    if decision.next_state not in TRANSITIONS[state]:
+        msg = f"controller bug: {state} -> {decision.next_state} is not allowed"
+        raise AssertionError(msg)
+    if decision.actions or decision.reason or decision.next_state is not state:
+        history = history.with_decision(decision)
+    return decision, history
+
+
+def replay(
+    samples: Sequence[JobSample],
+    policy: MigrationPolicy,
+    events: Sequence[MigrationEvent] = (),
+    *,
+    started_s: float = 0.0,
+) -> tuple[State, History]:
+    """Feed recorded samples through ``advance`` as the driver would; return where it ended.
+
+    One step per sample, events added by time, until a terminal state.
+    """
+    state = State.SETUP
+    history = History(started_s=started_s)
+    pending = sorted(events, key=lambda e: e.now_s)
+    for sample in samples:
+        while pending and pending[0].now_s <= sample.now_s:
+            history = history.with_event(pending.pop(0))
+        decision, history = advance(state, history.with_sample(sample), policy)
+        state = decision.next_state
+        if state in TERMINAL:
+            break
+    return state, history
 
 
 def step(state: State, history: History, policy: MigrationPolicy) -> Decision:  # noqa: PLR0911  one return per rule, in priority order

@@ -23,7 +23,6 @@ from typing import Final, NoReturn, Protocol, TypeVar
 
 from libvirt_vmotion.convergence import (
     TERMINAL,
-    TRANSITIONS,
     Abort,
     Action,
     History,
@@ -34,8 +33,8 @@ from libvirt_vmotion.convergence import (
     StartPostCopy,
     State,
     Throttle,
+    advance,
     is_abortable,
-    step,
 )
 from libvirt_vmotion.errors import (
     CutoverFailed,
@@ -480,12 +479,7 @@ class _Controller:
         self._check_worker()
         self._sample()
         self.history = self.history.with_time(self.clock())
-        decision = step(self.state, self.history, self.policy)
-        if decision.next_state not in TRANSITIONS[self.state]:
-            msg = f"controller bug: {self.state} -> {decision.next_state} is not allowed"
-            raise AssertionError(msg)
-        if decision.actions or decision.reason or decision.next_state is not self.state:
-            self.history = self.history.with_decision(decision)
+        decision, self.history = advance(self.state, self.history, self.policy)
         if decision.next_state is not self.state:
             log.info("%s -> %s: %s", self.state, decision.next_state, decision.reason)
         elif decision.reason:

@@ -21,6 +21,7 @@ from libvirt_vmotion.convergence import (
     Throttle,
     downtime_needed_ms,
     is_stalled,
+    replay,
     round_dirty_sets,
     step,
     throttle_steps,
@@ -70,22 +71,8 @@ def make_sample(
 def run(
     samples: list[JobSample], policy: MigrationPolicy, events: tuple[MigrationEvent, ...] = ()
 ) -> tuple[State, History]:
-    """Drive step() the way the driver does: one step per sample, transitions checked."""
-    state = State.SETUP
-    history = History(started_s=samples[0].now_s if samples else 0.0)
-    pending = sorted(events, key=lambda e: e.now_s)
-    for sample in samples:
-        while pending and pending[0].now_s <= sample.now_s:
-            history = history.with_event(pending.pop(0))
-        history = history.with_sample(sample)
-        decision = step(state, history, policy)
-        assert decision.next_state in TRANSITIONS[state], (state, decision)
-        if decision.actions or decision.reason or decision.next_state is not state:
-            history = history.with_decision(decision)
-        state = decision.next_state
-        if state in TERMINAL:
-            break
-    return state, history
+    """Drive step() the way the driver does (``convergence.replay``)."""
+    return replay(samples, policy, events, started_s=samples[0].now_s if samples else 0.0)
 
 
 def actions_of(history: History) -> list[object]:

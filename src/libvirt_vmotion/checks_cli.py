@@ -352,6 +352,7 @@ def run_gate(  # noqa: PLR0913  the gate's inputs, keyword-only
             sleep=time.sleep,
             started=measuring,
             past=past,
+            switchover_mib_s=gate.switchover_mib_s,
         )
         gate.forecast, gate.forecast_error = measured.forecast, measured.error
     else:

@@ -39,7 +39,7 @@ from libvirt_vmotion.checks.facts import (
 from libvirt_vmotion.errors import Unsupported, VmotionError
 from libvirt_vmotion.forecast import Forecast, ForecastInputs, forecast
 from libvirt_vmotion.linkprobe import LinkMeasurement, measure_link
-from libvirt_vmotion.linkrate import ASSUMED_MIB_S, PastRun, choose_rate, learned_switchover
+from libvirt_vmotion.linkrate import ASSUMED_MIB_S, PastRun, choose_rate
 from libvirt_vmotion.model import MIB
 from libvirt_vmotion.policy import DEFAULT_MAX_DOWNTIME_MS
 from libvirt_vmotion.virt import Guest, Hypervisor
@@ -47,8 +47,6 @@ from libvirt_vmotion.virt import Guest, Hypervisor
 log = logging.getLogger(__name__)
 
 _TAPS = ("vnet", "tap", "macvtap", "vif")
-ASSUMED_BANDWIDTH_MIB_S = ASSUMED_MIB_S
-"""Rate of the unthrottled switchover round when nothing faster was measured."""
 QEMU_RSS_OVERHEAD_MIB = {"qemu": 170.0, "kvm": 40.0}
 """QEMU's own share of its resident memory, by virt type: the bulk round sends only the
 guest's touched pages, RSS minus this. TCG keeps a large translation cache resident
@@ -357,6 +355,7 @@ def measure_forecast(  # noqa: PLR0913  the forecast's inputs, keyword-only
     sleep: Callable[[float], None],
     started: Measuring | None = None,
     past: Sequence[PastRun] = (),
+    switchover_mib_s: float | None = None,
 ) -> Measured:
     """Measure the dirty rate (page sampling) and compute the forecast.
 
@@ -365,6 +364,7 @@ def measure_forecast(  # noqa: PLR0913  the forecast's inputs, keyword-only
     gathering the other facts); only wait for its results. ``past``: what earlier
     migrations between the two hosts achieved (``history``); the rate assumed is
     the slowest of the cap, the measured link and that (``linkrate.choose_rate``).
+    ``switchover_mib_s``: the learned rate of the unthrottled final round, if any.
     """
     guest = source.lookup(domain)
     try:
@@ -394,10 +394,8 @@ def measure_forecast(  # noqa: PLR0913  the forecast's inputs, keyword-only
     inputs = ForecastInputs(
         memory_mib=bulk / MIB,
         memory_source=bulk_source,
-        switchover_bandwidth_mib_s=learned_switchover(past)
-        or max(
-            ASSUMED_BANDWIDTH_MIB_S, float(bandwidth_mib_s or 0), (link.mib_s or 0) if link else 0
-        ),
+        switchover_bandwidth_mib_s=switchover_mib_s
+        or max(ASSUMED_MIB_S, float(bandwidth_mib_s or 0), (link.mib_s or 0) if link else 0),
         dirty_rate_mib_s=rate,
         bandwidth_mib_s=chosen.mib_s,
         max_downtime_ms=max_downtime_ms or DEFAULT_MAX_DOWNTIME_MS,  # the controller's budget

@@ -105,12 +105,13 @@ def choose_rate(
         candidates.append(RateChoice(cap_mib_s, "cap"))
     if link_mib_s:
         candidates.append(RateChoice(link_mib_s, f"link {link_detail}".strip()))
-    free = _unconstrained(history, LEARN_FROM_LAST)
-    if free:
+    learned = learned_rate(history)
+    if learned is not None:
         candidates.append(
             RateChoice(
-                float(statistics.median(free)),
-                f"learned: median of the last {len(free)} migration(s) between these hosts "
+                learned,
+                f"learned: median of the last {len(_unconstrained(history, LEARN_FROM_LAST))} "
+                "migration(s) between these hosts "
                 "that the cap did not hold back",
             )
         )

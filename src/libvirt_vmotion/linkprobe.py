@@ -65,16 +65,21 @@ def op_link_sink(args: Mapping[str, object]) -> dict[str, object]:
     token = _token(args)
     accept_timeout_s = _number(args, "accept_timeout_s", 10.0)
     max_s = _number(args, "max_s", 5.0)
-    with socket.socket(
-        socket.AF_INET6 if ":" in str(args.get("bind", "")) else socket.AF_INET
-    ) as srv:
-        srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            srv.bind((str(args.get("bind", "")), port))
-        except OSError as exc:
-            msg = f"cannot listen on port {port} for the link probe: {exc.strerror}"
-            raise UsageError(msg, hint="Another process uses that port; try again.") from exc
-        srv.listen(1)
+    # Every address of this host, IPv4 and IPv6 alike: the source dials whatever
+    # the destination URI names.
+    dual = socket.has_dualstack_ipv6()
+    try:
+        srv = socket.create_server(
+            ("", port),
+            family=socket.AF_INET6 if dual else socket.AF_INET,
+            backlog=1,
+            reuse_port=False,
+            dualstack_ipv6=dual,
+        )
+    except OSError as exc:
+        msg = f"cannot listen on port {port} for the link probe: {exc.strerror}"
+        raise UsageError(msg, hint="Another process uses that port; try again.") from exc
+    with srv:
         srv.settimeout(accept_timeout_s)
         try:
             conn, _peer = srv.accept()

@@ -564,45 +564,6 @@ class GateContext:
             self.gate.release = None
 
 
-def record_outcome(
-    gate: Gate, report: Mapping[str, object], *, bandwidth_mib_s: int | None, now_s: float
-) -> None:
-    """Remember what a completed pre-copy migration achieved (the next forecast learns).
-
-    Post-copy runs are left out: their rate is set by page faults, not the sender.
-    """
-    from libvirt_vmotion.history import Completed, History, default_path  # noqa: PLC0415
-
-    convergence = report.get("convergence")
-    strategy = str(convergence.get("strategy", "")) if isinstance(convergence, Mapping) else ""
-    data, elapsed, downtime = (
-        report.get("data_transferred_bytes"),
-        report.get("qemu_elapsed_ms"),
-        report.get("downtime_ms"),
-    )
-    sets = convergence.get("bytes_per_round") if isinstance(convergence, Mapping) else None
-    last_set = 0
-    if isinstance(sets, Mapping):
-        nonzero = [(int(k), v) for k, v in sets.items() if isinstance(v, int) and v > 0]
-        last_set = max(nonzero)[1] if nonzero else 0
-    if "post-copy" in strategy or not (
-        isinstance(data, int) and isinstance(elapsed, int) and isinstance(downtime, int)
-    ):
-        return
-    History(default_path()).record(
-        Completed(
-            source_uuid=gate.host_pair[0],
-            dest_uuid=gate.host_pair[1],
-            finished_s=now_s,
-            cap_mib_s=float(bandwidth_mib_s) if bandwidth_mib_s else None,
-            data_bytes=data,
-            elapsed_ms=elapsed,
-            downtime_ms=downtime,
-            last_dirty_set_bytes=last_set,
-        )
-    )
-
-
 def migrate_forecast_section(gate: Gate, report: Mapping[str, object]) -> dict[str, object]:
     """The ``forecast`` section of a migrate report: prediction vs outcome."""
     elapsed_ms = report.get("qemu_elapsed_ms")

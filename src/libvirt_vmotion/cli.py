@@ -581,7 +581,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     )
     report["forecast"] = checks_cli.migrate_forecast_section(gate, report)
     report["preflight_s"] = round(gate.elapsed_s, 2)
-    checks_cli.record_outcome(gate, report, bandwidth_mib_s=args.bandwidth, now_s=time.time())
+    _remember(gate, report, cap_mib_s=args.bandwidth)
     if args.json:
         _emit_json(report, args)
     else:
@@ -589,6 +589,20 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         if args.report_file:
             _write_report(report, args.report_file)
     return ExitCode.OK
+
+
+def _remember(gate: checks_cli.Gate, report: dict[str, object], *, cap_mib_s: int | None) -> None:
+    """Record what this migration achieved, so the next forecast between these hosts learns."""
+    from libvirt_vmotion.history import Completed, History, default_path  # noqa: PLC0415
+
+    run = Completed.from_report(
+        report,
+        host_pair=gate.host_pair,
+        cap_mib_s=float(cap_mib_s) if cap_mib_s else None,
+        finished_s=time.time(),
+    )
+    if run is not None:
+        History(default_path()).record(run)
 
 
 def _emit_json(report: dict[str, object], args: argparse.Namespace) -> None:

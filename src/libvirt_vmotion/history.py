@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
+from collections.abc import Mapping
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,6 +74,46 @@ class Completed:
     downtime_ms: int
     last_dirty_set_bytes: int = 0
     """Dirty set of the last pre-copy round: about what the switchover sent."""
+
+    @classmethod
+    def from_report(
+        cls,
+        report: Mapping[str, object],
+        *,
+        host_pair: tuple[str, str],
+        cap_mib_s: float | None,
+        finished_s: float,
+    ) -> Completed | None:
+        """The run a ``migrate`` report describes, or None when it is not one to learn from.
+
+        Post-copy runs are left out (their rate is set by page faults, not the
+        sender), and so are reports missing a figure.
+        """
+        convergence = report.get("convergence")
+        conv = convergence if isinstance(convergence, Mapping) else {}
+        data = report.get("data_transferred_bytes")
+        elapsed = report.get("qemu_elapsed_ms")
+        downtime = report.get("downtime_ms")
+        if "post-copy" in str(conv.get("strategy", "")) or not (
+            isinstance(data, int) and isinstance(elapsed, int) and isinstance(downtime, int)
+        ):
+            return None
+        sets = conv.get("bytes_per_round")
+        nonzero = (
+            [(int(k), v) for k, v in sets.items() if isinstance(v, int) and v > 0]
+            if isinstance(sets, Mapping)
+            else []
+        )
+        return cls(
+            source_uuid=host_pair[0],
+            dest_uuid=host_pair[1],
+            finished_s=finished_s,
+            cap_mib_s=cap_mib_s,
+            data_bytes=data,
+            elapsed_ms=elapsed,
+            downtime_ms=downtime,
+            last_dirty_set_bytes=max(nonzero)[1] if nonzero else 0,
+        )
 
     @property
     def achieved_mib_s(self) -> float:

@@ -79,3 +79,27 @@ def test_a_file_of_the_first_schema_gains_the_new_column(tmp_path: Path) -> None
     assert history.runs("src", "dst") == [PastRun(90.0, None, None)]
     assert history.record(_run(2))
     assert len(history.runs("src", "dst")) == 2
+
+
+def test_a_migrate_report_becomes_a_run_to_learn_from() -> None:
+    report: dict[str, object] = {
+        "data_transferred_bytes": 300 << 20,
+        "qemu_elapsed_ms": 6050,
+        "downtime_ms": 50,
+        "convergence": {
+            "strategy": "pre-copy",
+            "bytes_per_round": {"2": 40 << 20, "3": 25 << 20, "4": 0},
+        },
+    }
+    run = Completed.from_report(report, host_pair=("src", "dst"), cap_mib_s=50.0, finished_s=1.0)
+    assert run is not None
+    assert run.last_dirty_set_bytes == 25 << 20  # the last round that had data
+    assert run.switchover_mib_s == pytest.approx(500.0)
+    postcopy = {**report, "convergence": {"strategy": "post-copy"}}
+    assert (
+        Completed.from_report(postcopy, host_pair=("s", "d"), cap_mib_s=None, finished_s=1) is None
+    )
+    partial = {**report, "downtime_ms": None}
+    assert (
+        Completed.from_report(partial, host_pair=("s", "d"), cap_mib_s=None, finished_s=1) is None
+    )

@@ -604,12 +604,8 @@ class Bench:
 
     def write_results(self, *, final: bool = False) -> None:
         """Write results.json (after every run) and, at the end, summary.md and plots."""
-        plots: list[str] = []
-        if final and self.runs:
-            from libvirt_vmotion.bench.plots import write_plots  # noqa: PLC0415  matplotlib
-
-            plots = write_plots(self.runs, self.out_dir)
-        doc = build_results_doc(
+        plots = write_folder(
+            self.out_dir,
             params=self.params,
             runs=self.runs,
             machine=self.machine,
@@ -617,21 +613,55 @@ class Bench:
             started=self.started,
             duration_s=self.clock() - self.t0,
             calibration=self.calibration,
+            complete=final and len(self.runs) == self.params.total_runs(),
+            final=final,
         )
-        doc["complete"] = final and len(self.runs) == self.params.total_runs()
-        doc["plots"] = plots
-        _write_atomic(self.out_dir / "results.json", json.dumps(doc, indent=1) + "\n")
         if final:
-            summary = build_summary_md(
-                params=self.params,
-                runs=self.runs,
-                machine=self.machine,
-                command=self.command,
-                started=self.started,
-                plots=plots,
-            )
-            _write_atomic(self.out_dir / "summary.md", summary)
             self.say(f"wrote results.json, summary.md, {len(plots)} plot(s) to {self.out_dir}")
+
+
+def write_folder(  # noqa: PLR0913  keyword-only parts of one results folder
+    out_dir: Path,
+    *,
+    params: BenchParams,
+    runs: Sequence[RunResult],
+    machine: Mapping[str, object],
+    command: str,
+    started: str,
+    duration_s: float,
+    calibration: Mapping[str, object],
+    complete: bool,
+    final: bool,
+) -> list[str]:
+    """Write results.json and (``final``) the plots and summary.md; return the plot names."""
+    plots: list[str] = []
+    if final and runs:
+        from libvirt_vmotion.bench.plots import write_plots  # noqa: PLC0415  matplotlib
+
+        plots = write_plots(runs, out_dir)
+    doc = build_results_doc(
+        params=params,
+        runs=runs,
+        machine=machine,
+        command=command,
+        started=started,
+        duration_s=duration_s,
+        calibration=calibration,
+    )
+    doc["complete"] = complete
+    doc["plots"] = plots
+    _write_atomic(out_dir / "results.json", json.dumps(doc, indent=1) + "\n")
+    if final:
+        summary = build_summary_md(
+            params=params,
+            runs=runs,
+            machine=machine,
+            command=command,
+            started=started,
+            plots=plots,
+        )
+        _write_atomic(out_dir / "summary.md", summary)
+    return plots
 
 
 def rerender(out_dir: Path) -> int:
@@ -640,8 +670,6 @@ def rerender(out_dir: Path) -> int:
     For a folder written by an earlier version (new columns, fixed plots): the
     measured runs are kept as they are; nothing is run.
     """
-    from libvirt_vmotion.bench.plots import write_plots  # noqa: PLC0415  matplotlib
-
     path = out_dir / "results.json"
     try:
         doc = json.loads(path.read_text())
@@ -651,30 +679,18 @@ def rerender(out_dir: Path) -> int:
     if not isinstance(doc, dict) or not isinstance(doc.get("runs"), list):
         msg = f"{path} is not a benchmark results document (no runs)."
         raise UsageError(msg, hint="Give a folder written by 'vmotion bench' (--out DIR).")
-    params = params_from_dict(doc.get("parameters") or {})
-    runs = [run_from_dict(r) for r in doc["runs"]]
-    plots = write_plots(runs, out_dir) if runs else []
-    fresh = build_results_doc(
-        params=params,
-        runs=runs,
+    write_folder(
+        out_dir,
+        params=params_from_dict(doc.get("parameters") or {}),
+        runs=[run_from_dict(r) for r in doc["runs"]],
         machine=doc.get("machine") or {},
         command=str(doc.get("command", "")),
         started=str(doc.get("started", "")),
         duration_s=float(doc.get("duration_s") or 0),
         calibration=doc.get("calibration") or {},
+        complete=bool(doc.get("complete", False)),
+        final=True,
     )
-    fresh["complete"] = doc.get("complete", False)
-    fresh["plots"] = plots
-    _write_atomic(path, json.dumps(fresh, indent=1) + "\n")
-    summary = build_summary_md(
-        params=params,
-        runs=runs,
-        machine=fresh["machine"],  # type: ignore[arg-type]  # a dict, set above
-        command=str(fresh["command"]),
-        started=str(fresh["started"]),
-        plots=plots,
-    )
-    _write_atomic(out_dir / "summary.md", summary)
     print(out_dir)  # noqa: T201  the folder, as a finished run prints it
     return 0
 

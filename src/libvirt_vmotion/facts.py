@@ -39,7 +39,7 @@ from libvirt_vmotion.checks.facts import (
 from libvirt_vmotion.errors import Unsupported, VmotionError
 from libvirt_vmotion.forecast import Forecast, ForecastInputs, forecast
 from libvirt_vmotion.linkprobe import LinkMeasurement, measure_link
-from libvirt_vmotion.linkrate import ASSUMED_MIB_S, PastRun, choose_rate
+from libvirt_vmotion.linkrate import PastRun, choose_rate, final_round_rate
 from libvirt_vmotion.model import MIB
 from libvirt_vmotion.policy import DEFAULT_MAX_DOWNTIME_MS
 from libvirt_vmotion.virt import Guest, Hypervisor
@@ -394,8 +394,11 @@ def measure_forecast(  # noqa: PLR0913  the forecast's inputs, keyword-only
     inputs = ForecastInputs(
         memory_mib=bulk / MIB,
         memory_source=bulk_source,
-        switchover_bandwidth_mib_s=switchover_mib_s
-        or max(ASSUMED_MIB_S, float(bandwidth_mib_s or 0), (link.mib_s or 0) if link else 0),
+        switchover_bandwidth_mib_s=final_round_rate(
+            learned_mib_s=switchover_mib_s,
+            cap_mib_s=float(bandwidth_mib_s) if bandwidth_mib_s else None,
+            link_mib_s=link.mib_s if link else None,
+        ),
         dirty_rate_mib_s=rate,
         bandwidth_mib_s=chosen.mib_s,
         max_downtime_ms=max_downtime_ms or DEFAULT_MAX_DOWNTIME_MS,  # the controller's budget

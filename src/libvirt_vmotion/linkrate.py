@@ -92,6 +92,20 @@ def learned_switchover(history: Sequence[PastRun], *, last: int = LEARN_FROM_LAS
     return float(statistics.median(rates)) if rates else None
 
 
+def final_round_rate(
+    *, learned_mib_s: float | None, cap_mib_s: float | None, link_mib_s: float | None
+) -> float:
+    """Rate the forecast assumes for the unthrottled final round.
+
+    What this host pair's history measured, else the fastest known bound (QEMU
+    lifts the cap for that round): the measured link, the cap, or the assumed
+    10 Gbit/s.
+    """
+    if learned_mib_s:
+        return learned_mib_s
+    return max(ASSUMED_MIB_S, cap_mib_s or 0.0, link_mib_s or 0.0)
+
+
 def choose_rate(
     *,
     cap_mib_s: float | None,

@@ -7,6 +7,7 @@ from libvirt_vmotion.linkrate import (
     LEARN_FROM_LAST,
     PastRun,
     choose_rate,
+    final_round_rate,
     learned_rate,
     learned_switchover,
 )
@@ -59,3 +60,9 @@ def test_switchover_rate_learned_from_every_run_capped_or_not() -> None:
     history = [PastRun(40, 50, 400.0), PastRun(45, 50, None), PastRun(100, None, 600.0)]
     assert learned_switchover(history) == 500.0
     assert learned_switchover([PastRun(40, 50)]) is None
+
+
+def test_final_round_rate_prefers_what_was_learned() -> None:
+    assert final_round_rate(learned_mib_s=455.0, cap_mib_s=50.0, link_mib_s=990.0) == 455.0
+    assert final_round_rate(learned_mib_s=None, cap_mib_s=50.0, link_mib_s=None) == ASSUMED_MIB_S
+    assert final_round_rate(learned_mib_s=None, cap_mib_s=None, link_mib_s=2400.0) == 2400.0

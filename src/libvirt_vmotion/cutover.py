@@ -39,7 +39,7 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from libvirt_vmotion.agent import RemoteHost
-from libvirt_vmotion.bridge import FdbWatcher, fdb_claim, fdb_entries
+from libvirt_vmotion.bridge import FdbClaims, FdbWatcher, fdb_entries
 from libvirt_vmotion.errors import DomainNotFound, VmotionError
 from libvirt_vmotion.netcheck import (
     BridgeFacts,
@@ -86,12 +86,19 @@ class _Resume:
     """The guest's tap per MAC, read while the incoming guest was still paused."""
 
 
-def _wait_running(uri: str, domain: str, *, timeout_s: float, poll_s: float) -> _Resume:
+def _wait_running(
+    uri: str,
+    domain: str,
+    *,
+    timeout_s: float,
+    poll_s: float,
+    on_taps: Callable[[Mapping[str, str]], None] = lambda _taps: None,
+) -> _Resume:
     """Poll the local libvirtd until ``domain`` runs.
 
     The guest's taps are read from its live XML as soon as the incoming guest
-    shows up (libvirt creates them before QEMU starts), so nothing is left to
-    read at the resume.
+    shows up (libvirt creates them before QEMU starts) and handed to
+    ``on_taps`` then, so nothing is left to look up at the resume.
     """
     deadline = time.monotonic() + timeout_s
     seen = False
@@ -105,6 +112,8 @@ def _wait_running(uri: str, domain: str, *, timeout_s: float, poll_s: float) -> 
                     seen = True
                 if not taps:
                     taps = {n.mac: n.tap for n in guest_nics_from_xml(guest.xml()) if n.tap}
+                    if taps:
+                        on_taps(taps)
                 if guest.state_name() == "running":
                     return _Resume(resumed=True, wall_s=time.time(), taps=taps)
             except DomainNotFound:
@@ -117,11 +126,10 @@ def _wait_running(uri: str, domain: str, *, timeout_s: float, poll_s: float) -> 
     return _Resume(resumed=False, why_not=why)
 
 
-def _claim_taps(
-    nics: Sequence[Mapping[str, Any]], taps: Mapping[str, str], start: float
-) -> tuple[list[dict[str, object]], list[str]]:
-    """Point each bridge's entry for each guest MAC at the guest's tap (``bridge.fdb_claim``)."""
-    claimed: list[dict[str, object]] = []
+def _prepare_claims(
+    claims: FdbClaims, nics: Sequence[Mapping[str, Any]], taps: Mapping[str, str]
+) -> list[str]:
+    """Prepare pointing each bridge's entry for each guest MAC at the guest's tap."""
     errors: list[str] = []
     for nic in nics:
         bridge, mac = str(nic["bridge"]), str(nic["mac"]).lower()
@@ -130,16 +138,10 @@ def _claim_taps(
             errors.append(f"no tap known for {mac}: {bridge}'s entry for it not set")
             continue
         try:
-            stale = fdb_claim(bridge, mac, tap)
+            claims.prepare(bridge, mac, tap)
         except OSError as exc:
             errors.append(f"cannot point {bridge}'s entry for {mac} at {tap}: {exc}")
-            continue
-        claimed.append({
-            "bridge": bridge, "mac": mac, "tap": tap,
-            "replaced_ports": [e.port for e in stale],
-            "at_ms": round((time.monotonic() - start) * 1000, 1),
-        })  # fmt: skip
-    return claimed, errors
+    return errors
 
 
 def _taps_by_mac(uri: str, domain: str) -> dict[str, str]:
@@ -184,39 +186,10 @@ def _verify_fdb(
     return list(found.values())
 
 
-def op_announce(args: Mapping[str, Any]) -> dict[str, object]:
-    """Agent op ``announce``: wait for the guest to resume here, announce it, verify.
-
-    Args (JSON): ``domain``; ``nics`` [{mac, bridge, ips}]; ``count``,
-    ``interval_ms`` (schedule); ``libvirt_uri`` (default ``qemu:///system``);
-    ``wait_for_resume`` (default true); ``timeout_s``; ``poll_ms``;
-    ``verify_timeout_ms``; ``claim_fdb`` (default true: point the local
-    bridge's entry for each MAC at the guest's tap first, ``bridge.fdb_claim``).
-
-    Returns:
-        ``resumed``, ``resumed_at_wall_s``, ``fdb_claimed`` (bridge, mac, tap, the
-        ports the entry pointed at before, at_ms), ``sent`` (kind, mac, ip, round,
-        at_ms after resume), ``fdb`` (per bridge and MAC: verified, port,
-        after_resume_ms).
-
-    """
-    uri = str(args.get("libvirt_uri") or "qemu:///system")
-    domain = str(args["domain"])
-    nics: list[Mapping[str, Any]] = list(args.get("nics") or [])
-    schedule = AnnounceSchedule(
-        count=int(args.get("count", 3)), interval_ms=int(args.get("interval_ms", 50))
-    )
-    poll_s = int(args.get("poll_ms", 5)) / 1000
-    if args.get("wait_for_resume", True):
-        resume = _wait_running(
-            uri, domain, timeout_s=float(args.get("timeout_s", 600)), poll_s=poll_s
-        )
-        if not resume.resumed:
-            return {"resumed": False, "detail": resume.why_not}
-    else:
-        resume = _Resume(resumed=True, wall_s=time.time(), taps=_taps_by_mac(uri, domain))
-    start = time.monotonic()
-    taps = resume.taps
+def _announce_all(
+    nics: Sequence[Mapping[str, Any]], schedule: AnnounceSchedule, start: float
+) -> tuple[list[dict[str, object]], list[str]]:
+    """Send each NIC's announcements out of its bridge, one thread per bridge."""
     sent: list[dict[str, object]] = []
     errors: list[str] = []
     by_bridge: dict[str, list[Mapping[str, Any]]] = {}
@@ -243,14 +216,68 @@ def op_announce(args: Mapping[str, Any]) -> dict[str, object]:
     ]
     for thread in threads:
         thread.start()
-    # Meanwhile the local bridge: frames for the guest that reach this host must go
-    # to its tap, not back to the uplink where the bridge last saw the guest.
-    claimed: list[dict[str, object]] = []
-    if args.get("claim_fdb", True):
-        claimed, claim_errors = _claim_taps(nics, taps, start)
-        errors.extend(claim_errors)
     for thread in threads:
         thread.join()
+    return sent, errors
+
+
+def op_announce(args: Mapping[str, Any]) -> dict[str, object]:
+    """Agent op ``announce``: wait for the guest to resume here, announce it, verify.
+
+    Args (JSON): ``domain``; ``nics`` [{mac, bridge, ips}]; ``count``,
+    ``interval_ms`` (schedule); ``libvirt_uri`` (default ``qemu:///system``);
+    ``wait_for_resume`` (default true); ``timeout_s``; ``poll_ms``;
+    ``verify_timeout_ms``; ``claim_fdb`` (default true: point the local
+    bridge's entry for each MAC at the guest's tap first, ``bridge.FdbClaims``).
+
+    Returns:
+        ``resumed``, ``resumed_at_wall_s``, ``fdb_claimed`` (bridge, mac, tap, the
+        ports the entry pointed at before, at_ms), ``sent`` (kind, mac, ip, round,
+        at_ms after resume), ``fdb`` (per bridge and MAC: verified, port,
+        after_resume_ms).
+
+    """
+    uri = str(args.get("libvirt_uri") or "qemu:///system")
+    domain = str(args["domain"])
+    nics: list[Mapping[str, Any]] = list(args.get("nics") or [])
+    schedule = AnnounceSchedule(
+        count=int(args.get("count", 3)), interval_ms=int(args.get("interval_ms", 50))
+    )
+    poll_s = int(args.get("poll_ms", 5)) / 1000
+    errors: list[str] = []
+    claims = FdbClaims() if args.get("claim_fdb", True) else None
+
+    def prepare(taps: Mapping[str, str]) -> None:
+        if claims is not None:
+            errors.extend(_prepare_claims(claims, nics, taps))
+
+    try:
+        if args.get("wait_for_resume", True):
+            resume = _wait_running(
+                uri, domain, timeout_s=float(args.get("timeout_s", 600)), poll_s=poll_s,
+                on_taps=prepare,
+            )  # fmt: skip
+            if not resume.resumed:
+                return {"resumed": False, "detail": resume.why_not}
+        else:
+            resume = _Resume(resumed=True, wall_s=time.time(), taps=_taps_by_mac(uri, domain))
+            prepare(resume.taps)
+        start = time.monotonic()
+        # First the local bridge: frames for the guest that reach this host must go
+        # to its tap, not back to the uplink where the bridge last saw the guest.
+        set_entries, claim_errors = claims.apply() if claims is not None else ([], [])
+    finally:
+        if claims is not None:
+            claims.close()
+    errors.extend(claim_errors)
+    claimed = [
+        {"bridge": c.bridge, "mac": c.mac, "tap": c.port,
+         "replaced_ports": list(c.replaced_ports), "at_ms": round((c.at_s - start) * 1000, 1)}
+        for c in set_entries
+    ]  # fmt: skip
+    taps = resume.taps
+    sent, send_errors = _announce_all(nics, schedule, start)
+    errors.extend(send_errors)
     fdb = _verify_fdb(
         nics, taps, timeout_s=int(args.get("verify_timeout_ms", 2000)) / 1000, start=start
     )

@@ -266,6 +266,9 @@ QEMU_LIMIT_BOUND_FACTOR: Final = 20
 """QEMU's limit stays within this many times the budget when a switchover rate lifts it."""
 QEMU_LIMIT_BOUND_MS: Final = 10_000
 """...and within 10 s, whatever the budget (unless the budget itself is larger)."""
+WAIT_WHILE_SHRINK_AT_MOST: Final = 0.5
+"""A new minimum that fits the budget waits for one more round while the next round is
+expected to leave at most this share of it (``expected_shrink``)."""
 
 
 def downtime_needed_ms(*, dirty_bytes: int, bandwidth_bytes_s: float) -> int:
@@ -629,6 +632,14 @@ def _switch_over_at_minimum(  # noqa: PLR0913  all keyword-only context of one r
     if rnd not in sets or sets[rnd] != best or downtime_ms >= best_needed_ms:
         return None
     plan = plan_switchover(dirty_bytes=best, transfer_bytes_s=bw, policy=policy)
+    fit = _smallest_rung_at_least(policy, math.ceil(best_needed_ms * QEMU_LIMIT_MARGIN))
+    rung_fits = fit is not None and fit > downtime_ms
+    if not ((plan is not None and plan.fits_budget) or rung_fits):
+        return None
+    waiting = _worth_another_round(history, policy, sets=sets, bw=bw, plan=plan)
+    if waiting is not None:
+        already = any(d.round == rnd and not d.actions for d in history.decisions[-3:])
+        return decide(phase, "" if already else f"round {rnd} left {_fmt_mib(best)}: {waiting}")
     if plan is not None and plan.fits_budget:
         return decide(
             phase,
@@ -636,14 +647,67 @@ def _switch_over_at_minimum(  # noqa: PLR0913  all keyword-only context of one r
             f"set it to {plan.qemu_target_ms} ms to switch over now",
             SetMaxDowntime(plan.qemu_target_ms),
         )
-    fit = _smallest_rung_at_least(policy, math.ceil(best_needed_ms * QEMU_LIMIT_MARGIN))
-    if fit is None or fit <= downtime_ms:
-        return None
+    assert fit is not None  # noqa: S101  ``fits`` without a fitting plan means a rung fits
     return decide(
         phase,
         f"round {rnd} left {_fmt_mib(best)}, a new minimum that needs "
         f"~{best_needed_ms} ms at {_fmt_mib(bw)}/s: allow {fit} ms to switch over now",
         SetMaxDowntime(fit),
+    )
+
+
+def expected_shrink(history: History, sets: dict[int, int], bw: float) -> float | None:
+    """The share of this round's dirty set the next round is expected to leave.
+
+    The larger (the more cautious) of two readings: the guest's dirty rate over
+    the transfer rate (the next round lasts set / bw and the guest dirties at
+    its rate meanwhile), and this round's set over the previous round's. None
+    when neither is known.
+    """
+    readings = []
+    last = history.samples[-1] if history.samples else None
+    if last is not None and last.memory_dirty_rate_pages_s > 0 and bw > 0:
+        readings.append(last.memory_dirty_rate_pages_s * last.memory_page_size / bw)
+    rnd = history.round
+    if rnd in sets and sets.get(rnd - 1, 0) > 0:
+        readings.append(sets[rnd] / sets[rnd - 1])
+    return max(readings) if readings else None
+
+
+def _worth_another_round(
+    history: History,
+    policy: MigrationPolicy,
+    *,
+    sets: dict[int, int],
+    bw: float,
+    plan: SwitchoverPlan | None,
+) -> str | None:
+    """Why one more pre-copy round is worth waiting for, or None to switch over now.
+
+    The budget is a ceiling, not a target. While the rounds still shrink fast
+    (the next is expected to leave at most ``WAIT_WHILE_SHRINK_AT_MOST`` of
+    this one), another round costs less time than this one did and should at
+    least halve the pause; so wait, unless the pause already fits the tightest
+    rung or the round would run into the time budget's escalation point.
+    """
+    if policy.postcopy_after_first_pass:
+        return None  # the forecast measured rounds that cannot shrink: no reason to wait
+    best = min(sets.values())
+    shrink = expected_shrink(history, sets, bw)
+    if shrink is None or shrink > WAIT_WHILE_SHRINK_AT_MOST:
+        return None
+    rate = plan.switchover_bytes_s if plan is not None else bw
+    data_ms = downtime_needed_ms(dirty_bytes=best, bandwidth_bytes_s=rate)
+    if data_ms <= policy.initial_downtime_ms:
+        return None
+    deadline_s = policy.max_duration_s * (
+        policy.postcopy_after_fraction if policy.allow_postcopy else 1.0
+    )
+    if history.now_s - history.started_s + best / bw >= deadline_s:
+        return None
+    return (
+        f"~{data_ms} ms to send at {_fmt_mib(rate)}/s, and the rounds still shrink "
+        f"(the next should leave ~{shrink:.0%} of it): one more round for a shorter pause"
     )
 
 

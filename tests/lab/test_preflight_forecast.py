@@ -109,7 +109,7 @@ def _print_rows(rows: list[tuple[int, Any, Any, Any]]) -> None:
 def test_forecast_without_cap_measures_the_link_then_learns() -> None:
     """No cap: the first run per host pair measures the link; later runs use what QEMU did."""
     HISTORY.unlink(missing_ok=True)
-    rows = []
+    rows: list[tuple[int, Any, Any, Any]] = []
     hops = [(5, HOST_A, HOST_B), (25, HOST_B, HOST_A), (50, HOST_A, HOST_B), (25, HOST_B, HOST_A)]
     for hop, (rate, src, dst) in enumerate(hops):
         guestctl.run_in_client(guestctl.self_command("lab", "guest", "set", "rate", str(rate)))

@@ -223,12 +223,54 @@ def test_light_load_converges_on_the_tight_downtime_without_escalation() -> None
 
 
 def test_new_minimum_that_fits_the_budget_switches_over_there() -> None:
-    # 6 MiB at 30 MiB/s needs ~200 ms: the controller allows the rung covering it now.
-    samples = [*steady(1, 20), make_sample(now_s=4, iteration=3, remaining_mib=6)]
+    # 12 MiB at 30 MiB/s needs ~400 ms (500 with the margin): the rounds have stopped
+    # shrinking fast (20 -> 12 MiB), so the controller allows the rung covering it now.
+    samples = [*steady(1, 20), make_sample(now_s=4, iteration=3, remaining_mib=12)]
     _, history = run(samples, MigrationPolicy())
     last = history.decisions[-1]
     assert last.actions == (SetMaxDowntime(500),)
     assert "new minimum" in last.reason
+
+
+def test_rounds_still_shrinking_fast_wait_for_a_shorter_pause() -> None:
+    # 20 -> 6 MiB: the next round should leave ~30 % of 6 MiB, in a round shorter than
+    # this one; so no switchover at 6 MiB (~200 ms) yet. At 2.5 MiB (~84 ms) the rounds
+    # shrink more slowly (42 %)... still waiting; 2.4 MiB stops shrinking: switch there.
+    samples = [
+        *steady(1, 20),
+        make_sample(now_s=4, iteration=3, remaining_mib=6),
+        make_sample(now_s=4.1, iteration=3, remaining_mib=5),  # same round: said once
+        make_sample(now_s=4.3, iteration=4, remaining_mib=2.5),
+        make_sample(now_s=4.4, iteration=5, remaining_mib=2.4),
+    ]
+    _, history = run(samples, MigrationPolicy())
+    waits = [d for d in history.decisions if "one more round" in d.reason]
+    assert [d.round for d in waits] == [3, 4]
+    assert all(d.actions == () for d in waits)
+    assert "round 3 left 6.0 MiB: ~200 ms to send at 30.0 MiB/s" in waits[0].reason
+    assert "the next should leave ~30% of it" in waits[0].reason
+    last = history.decisions[-1]
+    assert last.round == 5
+    assert last.actions == (SetMaxDowntime(122),)  # ~80 ms x 1.25 -> the 122 ms rung
+
+
+def test_a_set_within_the_tightest_rung_does_not_wait() -> None:
+    # 0.6 MiB at 30 MiB/s is ~20 ms, inside the 30 ms the ladder starts with: QEMU
+    # switches over by itself; nothing to wait for, nothing to raise.
+    samples = [*steady(1, 20), make_sample(now_s=4, iteration=3, remaining_mib=0.6)]
+    _, history = run(samples, MigrationPolicy())
+    assert not any("one more round" in d.reason for d in history.decisions)
+
+
+def test_no_wait_when_the_next_round_would_reach_the_time_budget() -> None:
+    # 6 MiB at 30 MiB/s is a 0.2 s round; 3.5 s into a 7.2 s budget, with post-copy due
+    # at half of it (3.6 s), there is no time for it: switch over now (~200 ms x 1.25
+    # -> the 500 ms rung). With a longer budget the same round waits.
+    samples = [*steady(1, 20), make_sample(now_s=4, iteration=3, remaining_mib=6)]
+    _, history = run(samples, MigrationPolicy(max_duration_s=7.2))
+    assert history.decisions[-1].actions == (SetMaxDowntime(500),)
+    _, history = run(samples, MigrationPolicy(max_duration_s=7.6))
+    assert "one more round" in history.decisions[-1].reason
 
 
 def test_dirty_rate_above_bandwidth_escalates_downtime_throttle_then_postcopy() -> None:

@@ -305,7 +305,7 @@ def test_light_load_replay_completes_in_precopy_with_the_events_downtime() -> No
     assert section["state"] == "completed"
     assert section["strategy"] in {"pre-copy", "pre-copy, downtime raised"}
     assert section["budget"]["met"] is True
-    assert outcome.final.downtime_ms == completed_event_downtime_ms(world.trace) == 63
+    assert outcome.final.downtime_ms == completed_event_downtime_ms(world.trace) == 23
 
 
 def test_busy_load_replay_escalates_to_postcopy_and_reports_its_downtime() -> None:

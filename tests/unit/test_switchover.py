@@ -174,7 +174,9 @@ def test_benchmark_without_switchover_rate_still_throttles() -> None:
 
 
 def test_benchmark_with_switchover_rate_switches_over_without_throttling() -> None:
-    # QEMU takes the 649 ms limit at the next round (25.3 MiB <= 649 ms x 50.1 MiB/s).
+    # Round 2 (26.0 MiB) fits the budget, but QEMU reads a dirty rate of 25 MiB/s, half
+    # the rate it sends at: the next round should halve the pause, so it waits. Round 3
+    # (25.3 MiB) did not shrink: switch over there; QEMU takes the 632 ms limit at once.
     completed = (MigrationEvent(EventKind.JOB_COMPLETED, now_s=11.2),)
     samples = [
         *benchmark_trace(2),
@@ -182,14 +184,17 @@ def test_benchmark_with_switchover_rate_switches_over_without_throttling() -> No
     ]
     state, history = run(samples, benchmark_policy(500), completed)
     assert state is State.COMPLETED
-    assert downtimes_of(history) == [30, 649]
+    assert downtimes_of(history) == [30, 632]
     assert throttles_of(history) == []
     assert not any(isinstance(a, StartPostCopy | Abort) for a in actions_of(history))
-    reason = history.decisions[1].reason
-    assert reason == (
-        "round 2 left 26.0 MiB, a new minimum: ~102 ms real pause at 500.0 MiB/s unthrottled "
-        "(within the 500 ms budget); QEMU's threshold needs ~519 ms at the capped 50.1 MiB/s: "
-        "set it to 649 ms to switch over now"
+    assert history.decisions[1].reason == (
+        "round 2 left 26.0 MiB: ~52 ms to send at 500.0 MiB/s, and the rounds still shrink "
+        "(the next should leave ~50% of it): one more round for a shorter pause"
+    )
+    assert history.decisions[2].reason == (
+        "round 3 left 25.3 MiB, a new minimum: ~101 ms real pause at 500.0 MiB/s unthrottled "
+        "(within the 500 ms budget); QEMU's threshold needs ~505 ms at the capped 50.1 MiB/s: "
+        "set it to 632 ms to switch over now"
     )
 
 
@@ -199,8 +204,8 @@ def test_benchmark_plateau_uses_the_real_budget_before_throttling() -> None:
     # there throttles, and QEMU's limits never admit more than the budget allows.
     policy = benchmark_policy(500)
     state, history = run(benchmark_trace(7), policy)
-    assert downtimes_of(history) == [30, 649, 4491]
-    assert "let it plan up to 4491 ms" in history.decisions[2].reason
+    assert downtimes_of(history) == [30, 632, 4491]  # round 2 waits (see above)
+    assert "let it plan up to 4491 ms" in history.decisions[3].reason
     assert state is State.THROTTLING
     assert throttles_of(history) == [40]
     assert "already admits all that fits the budget" in history.decisions[-1].reason

@@ -157,8 +157,11 @@ def build_view(
         sets = round_dirty_sets(history.samples)
         if len(sets) >= 2 and sets.get(sample.iteration, 0) > sets.get(sample.iteration - 1, 0):
             note = f"round {sample.iteration} added work: the guest re-dirtied pages"
+    # A decision's reason is shown once, on the first view after it was taken: the
+    # report keeps every reason; repeating one on later lines reads as a new decision.
+    shown_up_to_s = history.started_s + previous.elapsed_s if previous is not None else -math.inf
     decision = history.decisions[-1] if history.decisions else None
-    if decision is not None and decision.actions and decision.at_s >= sample.now_s - 1:
+    if decision is not None and decision.reason and decision.at_s > shown_up_to_s:
         note = decision.reason
     return ProgressView(
         phase=state.value,

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from libvirt_vmotion.convergence import History, State
+from libvirt_vmotion.convergence import Decision, History, SetMaxDowntime, State
 from libvirt_vmotion.model import MIB, DirtyRateSource, JobSample, shown_dirty_rate
 from libvirt_vmotion.policy import MigrationPolicy
 from libvirt_vmotion.progress import ProgressView, build_view
@@ -102,3 +102,22 @@ def test_view_before_any_sample_carries_the_preflight_rate() -> None:
         State.SETUP, History(started_s=0.0), MigrationPolicy(), preflight_dirty_mib_s=18.0
     )
     assert (view.dirty_mib_s, view.dirty_source) == (18.0, DirtyRateSource.PREFLIGHT)
+
+
+def test_a_decisions_reason_is_shown_once_on_the_line_after_it() -> None:
+    history = History(started_s=0.0)
+    shown: list[str] = []
+    previous: ProgressView | None = None
+    for i in range(1, 5):
+        history = history.with_sample(make_sample(now_s=i, iteration=3))
+        if i == 2:
+            history = history.with_decision(
+                Decision(State.CONVERGING, (SetMaxDowntime(122),), "raise it", at_s=2.0, round=3)
+            )
+        if i == 3:  # a decision without actions that explains (a wait) is shown too
+            history = history.with_decision(
+                Decision(State.CONVERGING, (), "one more round", at_s=3.0, round=3)
+            )
+        previous = build_view(State.CONVERGING, history, MigrationPolicy(), previous)
+        shown.append(previous.note)
+    assert shown == ["", "raise it", "one more round", ""]

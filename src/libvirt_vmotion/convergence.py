@@ -48,7 +48,7 @@ from enum import StrEnum
 from typing import Final, Protocol
 
 from libvirt_vmotion.events import EventKind, MigrationEvent
-from libvirt_vmotion.forecast import DEFAULT_SWITCHOVER_OVERHEAD_MS
+from libvirt_vmotion.forecast import DEFAULT_SWITCHOVER_OVERHEAD_MS, WAIT_WHILE_SHRINK_AT_MOST
 from libvirt_vmotion.model import MIB, JobSample
 from libvirt_vmotion.policy import MigrationPolicy
 
@@ -266,9 +266,6 @@ QEMU_LIMIT_BOUND_FACTOR: Final = 20
 """QEMU's limit stays within this many times the budget when a switchover rate lifts it."""
 QEMU_LIMIT_BOUND_MS: Final = 10_000
 """...and within 10 s, whatever the budget (unless the budget itself is larger)."""
-WAIT_WHILE_SHRINK_AT_MOST: Final = 0.5
-"""A new minimum that fits the budget waits for one more round while the next round is
-expected to leave at most this share of it (``expected_shrink``)."""
 
 
 def downtime_needed_ms(*, dirty_bytes: int, bandwidth_bytes_s: float) -> int:

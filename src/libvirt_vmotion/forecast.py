@@ -8,7 +8,9 @@ The model is the classic pre-copy recurrence (Clark et al., NSDI 2005; the
 the bulk pass is what the guest has touched, not its RAM size). While a round
 of ``P`` MiB takes ``P/B`` seconds, the guest dirties ``R*P/B`` MiB (at most
 its working set ``W``): that is the next round. QEMU stops the guest and sends
-the rest once the pending data fits in the downtime budget, ``P <= B * d``.
+the rest once the pending data fits in the downtime budget, ``P <= B * d``,
+unless the rounds still shrink fast: like the controller, a fitting round is let
+pass while the next should leave at most half of it (``_waits``).
 
 ``rho = R/B`` decides: below 1 the rounds shrink geometrically; at or above 1
 they never do, and only throttling the guest or post-copy finishes the move.
@@ -16,11 +18,11 @@ they never do, and only throttling the guest or post-copy finishes the move.
 Worked table (M = 100 MiB, B = 100 MiB/s, d = 300 ms so the last round may
 hold 30 MiB, switchover overhead 50 ms, no working-set cap)::
 
-    R MiB/s  rho   round data (MiB)               rounds  total s  downtime ms  strategy
-    ------   ----  -----------------------------  ------  -------  -----------  ----------------
-      10     0.1   100, then 10 <= 30 -> stop        3     1.15       150       pre-copy
-      50     0.5   100, 50, then 25 <= 30 -> stop    4     1.80       300       pre-copy
-      90     0.9   100, 90, 81, 72.9, ... 28.2       14    7.51       332       pre-copy
+    R MiB/s  rho   round data (MiB)                rounds  total s  downtime ms  strategy
+    ------   ----  ------------------------------  ------  -------  -----------  ----------------
+      10     0.1   100, 10 (wait), 1 -> stop          4     1.16        60       pre-copy
+      50     0.5   100, 50, 25 (wait) ... 1.6         8     2.03        66       pre-copy
+      90     0.9   100, 90, 81, 72.9, ... 28.2       14     7.51       332       pre-copy
 
 ("rounds" counts as QEMU's ``memory_iteration`` does: the setup sync plus one
 per pass, the final stop-and-copy included.)
@@ -38,6 +40,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final
 
+from libvirt_vmotion.policy import DEFAULT_INITIAL_DOWNTIME_MS
+
 DEFAULT_MAX_DOWNTIME_MS: Final = 300
 """QEMU's default downtime limit."""
 DEFAULT_SWITCHOVER_OVERHEAD_MS: Final = 50
@@ -45,6 +49,9 @@ DEFAULT_SWITCHOVER_OVERHEAD_MS: Final = 50
 handshakes); 50-140 ms measured for a small TCG guest in the lab (LAB-NOTES)."""
 DEFAULT_MAX_ROUNDS: Final = 30
 """QEMU keeps iterating forever; beyond this many rounds we call it not converging."""
+WAIT_WHILE_SHRINK_AT_MOST: Final = 0.5
+"""The controller lets a fitting round pass while the next is expected to leave at most
+this share of it (``convergence``): one more, shorter round for a shorter pause."""
 
 
 class Strategy(StrEnum):
@@ -86,6 +93,8 @@ class ForecastInputs:
     switchover_bandwidth_mib_s: float | None = None
     memory_source: str = ""
     """How ``memory_mib`` was obtained (for the printout)."""
+    initial_downtime_ms: int = DEFAULT_INITIAL_DOWNTIME_MS
+    """The controller's tightest rung (see ``_waits``)."""
 
     def __post_init__(self) -> None:
         """Validate: sizes and rates must be usable numbers."""
@@ -171,14 +180,19 @@ def forecast(inputs: ForecastInputs, *, max_rounds: int = DEFAULT_MAX_ROUNDS) ->
     rate = inputs.dirty_rate_mib_s
     rho = rate / bw
     budget_mib = bw * inputs.max_downtime_ms / 1000
+    # QEMU decides with the capped rate but sends the last round unthrottled.
+    switch_bw = max(bw, inputs.switchover_bandwidth_mib_s or bw)
     pending = inputs.memory_mib
+    previous: float | None = None
+    waited = 0
     sent = 0.0
     elapsed_s = 0.0
     for round_no in range(1, max_rounds + 1):
-        if round_no > 1 and pending <= budget_mib:
+        fits = round_no > 1 and pending <= budget_mib
+        if fits and _waits(inputs, pending, previous, rho):
+            waited += 1
+        elif fits:
             # Stop-and-copy: this round is sent with the guest paused.
-            # QEMU decides with the capped rate but sends the last round unthrottled.
-            switch_bw = max(bw, inputs.switchover_bandwidth_mib_s or bw)
             downtime_ms = pending / switch_bw * 1000 + inputs.switchover_overhead_ms
             total_s = elapsed_s + downtime_ms / 1000
             return Forecast(
@@ -192,7 +206,13 @@ def forecast(inputs: ForecastInputs, *, max_rounds: int = DEFAULT_MAX_ROUNDS) ->
                 strategy=Strategy.PRECOPY,
                 reason=f"dirty rate is {rho:.0%} of bandwidth; round {round_no} "
                 f"({pending:.1f} MiB) fits the {inputs.max_downtime_ms} ms budget "
-                f"({budget_mib:.1f} MiB)",
+                f"({budget_mib:.1f} MiB)"
+                + (
+                    f", after {waited} fitting round(s) let pass while the rounds still "
+                    "shrank fast (for a shorter pause)"
+                    if waited
+                    else ""
+                ),
             )
         round_s = pending / bw
         sent += pending
@@ -200,6 +220,7 @@ def forecast(inputs: ForecastInputs, *, max_rounds: int = DEFAULT_MAX_ROUNDS) ->
         dirtied = rate * round_s
         if inputs.working_set_mib is not None:
             dirtied = min(dirtied, inputs.working_set_mib)
+        previous = pending if round_no > 1 else None
         pending = dirtied
     if rho >= 1:
         strategy = Strategy.POSTCOPY
@@ -225,6 +246,19 @@ def forecast(inputs: ForecastInputs, *, max_rounds: int = DEFAULT_MAX_ROUNDS) ->
         strategy=strategy,
         reason=reason,
     )
+
+
+def _waits(inputs: ForecastInputs, pending: float, previous: float | None, rho: float) -> bool:
+    """The controller's rule: a fitting round waits while rounds still shrink fast.
+
+    As ``convergence.expected_shrink``: the larger of rho and this round / the last
+    is at most ``WAIT_WHILE_SHRINK_AT_MOST``, and the round's data would take longer
+    than the tightest rung at the final round's rate.
+    """
+    shrink = max(rho, pending / previous if previous else 0.0)
+    switch_bw = max(inputs.bandwidth_mib_s, inputs.switchover_bandwidth_mib_s or 0.0)
+    data_ms = pending / switch_bw * 1000
+    return shrink <= WAIT_WHILE_SHRINK_AT_MOST and data_ms > inputs.initial_downtime_ms
 
 
 def relative_error(predicted: float, measured: float) -> float:

@@ -10,8 +10,8 @@ from libvirt_vmotion.forecast import ForecastInputs, Strategy, forecast, relativ
 @pytest.mark.parametrize(
     ("rate", "rounds", "total_s", "downtime_ms", "strategy"),
     [
-        (10, 3, 1.15, 150, Strategy.PRECOPY),
-        (50, 4, 1.80, 300, Strategy.PRECOPY),
+        (10, 4, 1.16, 60, Strategy.PRECOPY),
+        (50, 8, 2.03, 66, Strategy.PRECOPY),
         (90, 14, 7.51, 332, Strategy.PRECOPY),
         (97, 0, None, None, Strategy.THROTTLE),
         (120, 0, None, None, Strategy.POSTCOPY),
@@ -87,7 +87,7 @@ def test_invalid_inputs_name_the_field(bad: dict[str, float]) -> None:
 
 def test_to_dict_has_prediction_and_inputs() -> None:
     d = forecast(ForecastInputs(memory_mib=100, dirty_rate_mib_s=10, bandwidth_mib_s=100)).to_dict()
-    assert d["rounds"] == 3
+    assert d["rounds"] == 4
     assert d["strategy"] == "pre-copy"
     inputs = d["inputs"]
     assert isinstance(inputs, dict)
@@ -100,13 +100,33 @@ def test_relative_error() -> None:
 
 
 def test_switchover_is_not_rate_limited() -> None:
-    capped = ForecastInputs(memory_mib=100, dirty_rate_mib_s=10, bandwidth_mib_s=100)
+    # rho 0.6: no round is let pass; 100, 60, 36, then 21.6 MiB fits 300 ms x 100 MiB/s.
+    capped = ForecastInputs(memory_mib=100, dirty_rate_mib_s=60, bandwidth_mib_s=100)
     fast_switch = ForecastInputs(
-        memory_mib=100, dirty_rate_mib_s=10, bandwidth_mib_s=100, switchover_bandwidth_mib_s=1000
+        memory_mib=100, dirty_rate_mib_s=60, bandwidth_mib_s=100, switchover_bandwidth_mib_s=1000
     )
-    assert forecast(capped).expected_downtime_ms == pytest.approx(150)
-    assert forecast(fast_switch).expected_downtime_ms == pytest.approx(60)
-    assert forecast(fast_switch).rounds == forecast(capped).rounds
+    assert forecast(capped).expected_downtime_ms == pytest.approx(216 + 50)
+    assert forecast(fast_switch).expected_downtime_ms == pytest.approx(21.6 + 50)
+    assert forecast(fast_switch).rounds == forecast(capped).rounds == 5
+
+
+def test_a_fitting_round_waits_while_rounds_shrink_fast_as_the_controller_does() -> None:
+    # rho 0.1: round 2 (10 MiB) fits the budget but takes 100 ms at 100 MiB/s, more than
+    # the 30 ms tightest rung, and the next round should leave a tenth of it: let it pass.
+    capped = forecast(ForecastInputs(memory_mib=100, dirty_rate_mib_s=10, bandwidth_mib_s=100))
+    assert capped.rounds == 4
+    assert "after 1 fitting round(s) let pass" in capped.reason
+    # At 1000 MiB/s the same 10 MiB takes 10 ms, within the tightest rung: no wait.
+    fast = forecast(
+        ForecastInputs(
+            memory_mib=100,
+            dirty_rate_mib_s=10,
+            bandwidth_mib_s=100,
+            switchover_bandwidth_mib_s=1000,
+        )
+    )
+    assert fast.rounds == 3
+    assert "let pass" not in fast.reason
 
 
 def test_guest_ram_resident_bytes_reads_the_mapping_the_size_of_guest_ram() -> None:

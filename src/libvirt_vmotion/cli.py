@@ -33,7 +33,13 @@ from libvirt_vmotion.model import JobSample, MigrationRequest
 from libvirt_vmotion.policy import MigrationPolicy, build_policy, load_policy_toml
 from libvirt_vmotion.ports import Observer
 from libvirt_vmotion.progress import ProgressView
-from libvirt_vmotion.report import build_failure_report, build_report, progress_line, render_text
+from libvirt_vmotion.report import (
+    build_failure_report,
+    build_report,
+    progress_line,
+    render_text,
+    timeline_section,
+)
 
 log = logging.getLogger(__name__)
 
@@ -534,12 +540,15 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     policy = _policy(args)
     printer = ViewPrinter(sys.stderr, json_out=sys.stdout if args.json else None)
     gate: checks_cli.Gate | None = None
+    t0 = time.monotonic()
+    gate_at = migrate_at = t0
     try:
         with (
             Hypervisor.open(request.source_uri) as source,
             Hypervisor.open(request.dest_uri) as dest,
             checks_cli.GateContext(args, request, source, dest) as gate,
         ):
+            gate_at = time.monotonic()
             request = replace(request, copy_disks=gate.copy_disks)  # pre-flight's copy plan
             if policy.switchover_bandwidth_mib_s is None and gate.switchover_mib_s:
                 # Learned from this host pair's earlier runs (a measurement, never a guess).
@@ -560,6 +569,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
                 )
             finally:
                 printer.finish()  # end the live line before the gate's release warnings
+            migrate_at = time.monotonic()
 
     except VmotionError as exc:
         printer.finish()
@@ -581,6 +591,14 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     )
     report["forecast"] = checks_cli.migrate_forecast_section(gate, report)
     report["preflight_s"] = round(gate.elapsed_s, 2)
+    report["timeline_s"] = timeline_section(
+        startup_s=_process_age_s() - (time.monotonic() - t0),
+        gate_done_s=gate_at - t0,
+        gate_s=gate.elapsed_s,
+        migrate_done_s=migrate_at - t0,
+        migration_s=outcome.wall_time_s,
+        released_s=time.monotonic() - t0,
+    )
     _remember(gate, report, cap_mib_s=args.bandwidth)
     if args.json:
         _emit_json(report, args)
@@ -589,6 +607,13 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         if args.report_file:
             _write_report(report, args.report_file)
     return ExitCode.OK
+
+
+def _process_age_s() -> float:
+    """Seconds since this process started (interpreter and imports included)."""
+    import psutil  # noqa: PLC0415  only for the report's timeline
+
+    return max(0.0, time.time() - psutil.Process().create_time())
 
 
 def _remember(gate: checks_cli.Gate, report: dict[str, object], *, cap_mib_s: int | None) -> None:

@@ -142,6 +142,61 @@ def _fmt(value: object, unit: str = "") -> str:
     return f"{value}{unit}"
 
 
+def timeline_section(  # noqa: PLR0913  one figure per phase, all keyword-only
+    *,
+    startup_s: float,
+    gate_done_s: float,
+    gate_s: float,
+    migrate_done_s: float,
+    migration_s: float,
+    released_s: float,
+) -> dict[str, float]:
+    """Where the command's time went, phase by phase (the ``timeline_s`` section).
+
+    Args:
+        startup_s: process start to the command's first step (interpreter, imports).
+        gate_done_s: first step to pre-flight and reservation done.
+        gate_s: pre-flight and reservation themselves (the rest of ``gate_done_s``
+            is connecting to both hosts).
+        migrate_done_s: first step to the migration call's return.
+        migration_s: the migration job itself (``total_time_s``); the rest of the
+            call is starting the observers, the network cutover and the landing check.
+        released_s: first step to the reservation committed and the hosts closed.
+
+    Returns:
+        Seconds per phase, and ``total_s`` (their sum: process start to release).
+
+    """
+    phases = {
+        "startup_s": startup_s,
+        "connect_s": gate_done_s - gate_s,
+        "preflight_and_reserve_s": gate_s,
+        "migration_s": migration_s,
+        "cutover_and_checks_s": migrate_done_s - gate_done_s - migration_s,
+        "release_s": released_s - migrate_done_s,
+    }
+    out = {k: round(max(0.0, v), 2) for k, v in phases.items()}
+    out["total_s"] = round(startup_s + released_s, 2)
+    return out
+
+
+_TIMELINE_LABELS: Final = (
+    ("startup_s", "start-up"),
+    ("connect_s", "connect"),
+    ("preflight_and_reserve_s", "pre-flight+reserve"),
+    ("migration_s", "migration"),
+    ("cutover_and_checks_s", "cutover+checks"),
+    ("release_s", "release"),
+)
+
+
+def _timeline_line(timeline: object) -> list[str]:
+    if not isinstance(timeline, Mapping):
+        return []
+    parts = [f"{label} {timeline[key]:.1f} s" for key, label in _TIMELINE_LABELS if key in timeline]
+    return [f"  time went to      {', '.join(parts)} (all {timeline.get('total_s', 0):.1f} s)"]
+
+
 def render_text(report: Mapping[str, object]) -> str:
     """Human-readable report, one figure per line."""
     src = report.get("source")
@@ -164,6 +219,7 @@ def render_text(report: Mapping[str, object]) -> str:
             if report.get("preflight_s") is not None
             else []
         ),
+        *_timeline_line(report.get("timeline_s")),
         f"  downtime (QEMU)   {_fmt(report.get('downtime_ms'), ' ms')}",
         f"  setup time        {_fmt(report.get('setup_time_ms'), ' ms')}",
         f"  iterations        {_fmt(report.get('iterations'))}",

@@ -8,7 +8,13 @@ import pytest
 
 from libvirt_vmotion.lab.guestdef import LabGuestSpec, VirtType, build_domain_xml
 from libvirt_vmotion.model import MIB, JobSample, MigrationOutcome, MigrationRequest, Phase
-from libvirt_vmotion.report import build_failure_report, build_report, progress_line, render_text
+from libvirt_vmotion.report import (
+    build_failure_report,
+    build_report,
+    progress_line,
+    render_text,
+    timeline_section,
+)
 
 # A jobStats() dict as libvirt 11.3 returned it mid-migration in the lab.
 LIVE_STATS: dict[str, object] = {
@@ -158,3 +164,31 @@ def test_failure_report_names_a_reservation_left_to_its_lease() -> None:
     report = build_failure_report(request, result="failed", error="e", hint="h", reservation=left)
     assert report["reservation"] == left
     json.dumps(report)
+
+
+def test_timeline_splits_the_command_into_phases_that_add_up() -> None:
+    timeline = timeline_section(
+        startup_s=0.4,
+        gate_done_s=2.6,  # connect 0.3 + pre-flight and reservation 2.3
+        gate_s=2.3,
+        migrate_done_s=10.9,  # migration 7.6 + cutover and checks 0.7
+        migration_s=7.6,
+        released_s=11.2,
+    )
+    assert timeline == {
+        "startup_s": 0.4,
+        "connect_s": 0.3,
+        "preflight_and_reserve_s": 2.3,
+        "migration_s": 7.6,
+        "cutover_and_checks_s": 0.7,
+        "release_s": 0.3,
+        "total_s": 11.6,
+    }
+    parts = sum(v for k, v in timeline.items() if k != "total_s")
+    assert parts == pytest.approx(timeline["total_s"])
+    text = render_text({"domain": "g", "result": "completed", "timeline_s": timeline})
+    assert (
+        "time went to      start-up 0.4 s, connect 0.3 s, pre-flight+reserve 2.3 s, "
+        "migration 7.6 s, cutover+checks 0.7 s, release 0.3 s (all 11.6 s)"
+    ) in text
+    assert "time went to" not in render_text({"domain": "g", "result": "completed"})

@@ -279,6 +279,7 @@ def run_gate(  # noqa: PLR0913  the gate's inputs, keyword-only
     reserve: bool,
     copy: CopyMode = CopyMode.AUTO,
     source_uri: str = "",
+    initial_downtime_ms: int | None = None,
 ) -> Gate:
     """Gather facts, run checks, forecast, and (``reserve``) reserve on the destination.
 
@@ -353,6 +354,7 @@ def run_gate(  # noqa: PLR0913  the gate's inputs, keyword-only
             started=measuring,
             past=past,
             switchover_mib_s=gate.switchover_mib_s,
+            initial_downtime_ms=initial_downtime_ms,
         )
         gate.forecast, gate.forecast_error = measured.forecast, measured.error
     else:
@@ -533,6 +535,7 @@ class GateContext:
             reserve=True,
             copy=getattr(self._args, "copy_storage", CopyMode.AUTO),
             source_uri=req.source_uri,
+            initial_downtime_ms=getattr(self._args, "initial_downtime", None),
         )
         self.gate.elapsed_s = time.monotonic() - started
         raise_if_blocked(self.gate)  # the error lists the blockers; no table before it

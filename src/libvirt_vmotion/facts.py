@@ -41,7 +41,7 @@ from libvirt_vmotion.forecast import Forecast, ForecastInputs, forecast
 from libvirt_vmotion.linkprobe import LinkMeasurement, measure_link
 from libvirt_vmotion.linkrate import PastRun, choose_rate, final_round_rate
 from libvirt_vmotion.model import MIB
-from libvirt_vmotion.policy import DEFAULT_MAX_DOWNTIME_MS
+from libvirt_vmotion.policy import DEFAULT_INITIAL_DOWNTIME_MS, DEFAULT_MAX_DOWNTIME_MS
 from libvirt_vmotion.virt import Guest, Hypervisor
 
 log = logging.getLogger(__name__)
@@ -356,6 +356,7 @@ def measure_forecast(  # noqa: PLR0913  the forecast's inputs, keyword-only
     started: Measuring | None = None,
     past: Sequence[PastRun] = (),
     switchover_mib_s: float | None = None,
+    initial_downtime_ms: int | None = None,
 ) -> Measured:
     """Measure the dirty rate (page sampling) and compute the forecast.
 
@@ -402,6 +403,7 @@ def measure_forecast(  # noqa: PLR0913  the forecast's inputs, keyword-only
         dirty_rate_mib_s=rate,
         bandwidth_mib_s=chosen.mib_s,
         max_downtime_ms=max_downtime_ms or DEFAULT_MAX_DOWNTIME_MS,  # the controller's budget
+        initial_downtime_ms=initial_downtime_ms or DEFAULT_INITIAL_DOWNTIME_MS,  # its first rung
         bandwidth_source=source_text,
     )
     return Measured(forecast(inputs), window_s)

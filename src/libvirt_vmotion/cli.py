@@ -156,8 +156,10 @@ def _add_migrate(sub: argparse._SubParsersAction[_Parser]) -> None:
 def _add_policy_flags(mig: argparse.ArgumentParser) -> None:
     pol = mig.add_argument_group(
         "convergence policy",
-        "The budget and how to meet it: the downtime ladder rises from --initial-downtime "
-        "to --max-downtime as rounds stall, then the guest is throttled, then post-copy, "
+        "The budget and how to meet it: the guest switches over at the smallest dirty set "
+        "that fits --max-downtime, once the rounds stop shrinking fast (the budget is a "
+        "ceiling, not a target). If they stall above it the downtime ladder rises from "
+        "--initial-downtime to --max-downtime, then the guest is throttled, then post-copy, "
         "then abort. --max-downtime and --timeout are the budget.",
     )
     pol.add_argument("--policy", type=Path, metavar="TOML", help="policy file (flags override)")

@@ -305,8 +305,10 @@ class SwitchoverPlan:
 
     Attributes:
         dirty_bytes: the dirty set.
-        transfer_bytes_s: measured (capped) transfer rate; QEMU's threshold uses it.
+        transfer_bytes_s: measured (capped) transfer rate.
         switchover_bytes_s: rate of the final, unthrottled round.
+        qemu_rate_bytes_s: the rate QEMU's threshold uses: the transfer rate, or
+            the switchover rate once QEMU was told it (``qemu_knows_switchover_rate``).
         real_pause_ms: estimated pause: the dirty set at the switchover rate
             plus the fixed switchover overhead (``DEFAULT_SWITCHOVER_OVERHEAD_MS``).
         qemu_needed_ms: the least QEMU limit whose threshold admits the set.
@@ -320,6 +322,7 @@ class SwitchoverPlan:
     dirty_bytes: int
     transfer_bytes_s: float
     switchover_bytes_s: float
+    qemu_rate_bytes_s: float
     real_pause_ms: int
     qemu_needed_ms: int
     qemu_ceiling_ms: int
@@ -329,6 +332,11 @@ class SwitchoverPlan:
     def fits_budget(self) -> bool:
         """True if the real pause fits the budget and QEMU can be told enough to take it."""
         return self.real_pause_ms <= self.budget_ms and self.qemu_needed_ms <= self.qemu_ceiling_ms
+
+    @property
+    def qemu_told_rate(self) -> bool:
+        """True if QEMU's threshold uses the switchover rate: its limit is in real-pause terms."""
+        return self.qemu_rate_bytes_s == self.switchover_bytes_s
 
     @property
     def qemu_target_ms(self) -> int:
@@ -365,20 +373,20 @@ def plan_switchover(
     if switchover_bytes_s <= transfer_bytes_s:
         return None
     budget_ms = policy.max_downtime_ms
-    # Admitting pending <= transfer x limit pauses transfer x limit / switchover
+    qemu_rate = switchover_bytes_s if policy.qemu_knows_switchover_rate else transfer_bytes_s
+    # Admitting pending <= qemu rate x limit pauses qemu rate x limit / switchover
     # + overhead; solve that for the budget.
-    admits_ms = (budget_ms - DEFAULT_SWITCHOVER_OVERHEAD_MS) * switchover_bytes_s / transfer_bytes_s
+    admits_ms = (budget_ms - DEFAULT_SWITCHOVER_OVERHEAD_MS) * switchover_bytes_s / qemu_rate
     return SwitchoverPlan(
         dirty_bytes=dirty_bytes,
         transfer_bytes_s=transfer_bytes_s,
         switchover_bytes_s=switchover_bytes_s,
+        qemu_rate_bytes_s=qemu_rate,
         real_pause_ms=downtime_needed_ms(
             dirty_bytes=dirty_bytes, bandwidth_bytes_s=switchover_bytes_s
         )
         + DEFAULT_SWITCHOVER_OVERHEAD_MS,
-        qemu_needed_ms=downtime_needed_ms(
-            dirty_bytes=dirty_bytes, bandwidth_bytes_s=transfer_bytes_s
-        ),
+        qemu_needed_ms=downtime_needed_ms(dirty_bytes=dirty_bytes, bandwidth_bytes_s=qemu_rate),
         qemu_ceiling_ms=min(qemu_limit_bound_ms(policy), math.floor(admits_ms)),
         budget_ms=budget_ms,
     )
@@ -442,6 +450,8 @@ def _pause_text(plan: SwitchoverPlan) -> str:
     qemu = (
         f"QEMU's threshold needs ~{plan.qemu_needed_ms} ms at the capped "
         f"{_fmt_mib(plan.transfer_bytes_s)}/s"
+        if not plan.qemu_told_rate
+        else f"QEMU, told that rate, needs a limit of ~{plan.qemu_needed_ms} ms"
     )
     if plan.real_pause_ms > plan.budget_ms:
         return (
@@ -606,6 +616,14 @@ def _step_precopy(
     return _escalate(phase, history, policy, decide, best=best, bw=bw)
 
 
+def _qemu_admits(history: History, policy: MigrationPolicy, *, best: int, bw: float) -> bool:
+    """True if QEMU's current limit already admits ``best``: it switches over by itself."""
+    plan = plan_switchover(dirty_bytes=best, transfer_bytes_s=bw, policy=policy)
+    rate = plan.qemu_rate_bytes_s if plan is not None else bw
+    needed_ms = downtime_needed_ms(dirty_bytes=best, bandwidth_bytes_s=rate)
+    return current_downtime_ms(history, policy) >= needed_ms
+
+
 def _switch_over_at_minimum(  # noqa: PLR0913  all keyword-only context of one rule
     phase: State,
     history: History,
@@ -626,7 +644,7 @@ def _switch_over_at_minimum(  # noqa: PLR0913  all keyword-only context of one r
     best = min(sets.values())
     downtime_ms = current_downtime_ms(history, policy)
     best_needed_ms = downtime_needed_ms(dirty_bytes=best, bandwidth_bytes_s=bw)
-    if rnd not in sets or sets[rnd] != best or downtime_ms >= best_needed_ms:
+    if rnd not in sets or sets[rnd] != best or _qemu_admits(history, policy, best=best, bw=bw):
         return None
     plan = plan_switchover(dirty_bytes=best, transfer_bytes_s=bw, policy=policy)
     fit = _smallest_rung_at_least(policy, math.ceil(best_needed_ms * QEMU_LIMIT_MARGIN))
@@ -718,9 +736,7 @@ def _postcopy_after_first_pass(
     """
     if not (policy.allow_postcopy and policy.postcopy_after_first_pass):
         return None
-    if current_downtime_ms(history, policy) >= downtime_needed_ms(
-        dirty_bytes=best, bandwidth_bytes_s=bw
-    ):
+    if _qemu_admits(history, policy, best=best, bw=bw):
         return None
     return decide(
         State.POSTCOPY,
@@ -760,7 +776,12 @@ def _escalate(  # noqa: PLR0913  all keyword-only context of one escalation
     if within is not None:
         limit_ms, why = within
         return decide(phase, f"{stall}: {why}", SetMaxDowntime(limit_ms))
-    fit = _smallest_rung_at_least(policy, needed)
+    # The ladder's rungs are limits at the capped rate: not for a QEMU told the real rate.
+    fit = (
+        None
+        if plan is not None and plan.qemu_told_rate
+        else _smallest_rung_at_least(policy, needed)
+    )
     if fit is not None and fit > downtime_ms:
         return decide(phase, f"{stall}: raise the downtime to {fit} ms", SetMaxDowntime(fit))
     throttle = current_throttle_percent(history)
@@ -802,7 +823,7 @@ def _raise_within_budget(plan: SwitchoverPlan | None, downtime_ms: int) -> tuple
     if plan.qemu_target_ms > downtime_ms:
         return plan.qemu_target_ms, f"set it to {plan.qemu_target_ms} ms"
     if plan.qemu_ceiling_ms > downtime_ms:
-        admits = plan.qemu_ceiling_ms / 1000 * plan.transfer_bytes_s
+        admits = plan.qemu_ceiling_ms / 1000 * plan.qemu_rate_bytes_s
         return plan.qemu_ceiling_ms, (
             f"QEMU already has {downtime_ms} ms; let it plan up to {plan.qemu_ceiling_ms} ms "
             f"({_fmt_mib(admits)}, which still pauses within the {plan.budget_ms} ms "
@@ -826,7 +847,12 @@ def _throttle(  # noqa: PLR0913  all keyword-only context of one escalation
     (QEMU's limit whose admitted data pauses within the budget unthrottled).
     """
     budget_ms = policy.max_downtime_ms
-    limit_ms = budget_ms if plan is None else max(budget_ms, plan.qemu_ceiling_ms)
+    if plan is None:
+        limit_ms = budget_ms
+    elif plan.qemu_told_rate:
+        limit_ms = max(1, plan.qemu_ceiling_ms)  # QEMU's limit is in real-pause terms
+    else:
+        limit_ms = max(budget_ms, plan.qemu_ceiling_ms)
     raise_downtime: tuple[Action, ...] = (
         (SetMaxDowntime(limit_ms),) if downtime_ms < limit_ms else ()
     )

@@ -18,9 +18,10 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Final, NoReturn, Protocol, TypeVar
 
+from libvirt_vmotion.checks.versions import feature_since
 from libvirt_vmotion.convergence import (
     TERMINAL,
     Abort,
@@ -177,6 +178,22 @@ class _Worker:
         self.thread.join(timeout_s)
 
 
+def switchover_hint_mib_s(policy: MigrationPolicy, source: HostIdentity | None) -> int | None:
+    """The switchover rate to give QEMU as its ``avail-switchover-bandwidth``, or None.
+
+    Given when the policy knows the rate of the final, unthrottled round and the
+    source's libvirt and QEMU can pass it on: QEMU then decides when to switch
+    over by the pause the guest will really see.
+    """
+    rate = policy.switchover_bandwidth_mib_s
+    if not rate or source is None:
+        return None
+    libvirt_since, qemu_since = feature_since("avail-switchover-bandwidth")
+    if source.libvirt_version < libvirt_since or source.hypervisor_version < qemu_since:
+        return None
+    return max(1, int(rate))
+
+
 def check_distinct_hosts(source: HostConnection, dest: HostConnection) -> tuple[str, str]:
     """Refuse a migration whose source and destination are the same host.
 
@@ -290,6 +307,8 @@ def migrate(  # noqa: PLR0913  the migration's collaborators, all keyword-only
     source_host, dest_host = check_distinct_hosts(source, dest)
     _check_dest_free(dest, guest.name)
     guest.set_max_downtime(policy.initial_downtime_ms)
+    hint_mib_s = switchover_hint_mib_s(policy, _best_effort_value(source.identity))
+    policy = replace(policy, qemu_knows_switchover_rate=hint_mib_s is not None)
     options = MigrationOptions(
         bandwidth_mib_s=policy.bandwidth_mib_s,
         auto_converge=policy.allows_throttle,
@@ -298,6 +317,7 @@ def migrate(  # noqa: PLR0913  the migration's collaborators, all keyword-only
         parallel_connections=policy.parallel_connections,
         postcopy_bandwidth_mib_s=policy.postcopy_bandwidth_mib_s,
         copy_disks=request.copy_disks,
+        avail_switchover_mib_s=hint_mib_s,
     )
     worker = _Worker(lambda: guest.migrate(request.dest_uri, options))
     dest_libvirt = _best_effort_value(lambda: dest.identity().libvirt_version)

@@ -103,6 +103,11 @@ class MigrationPolicy:
             QEMU's limit to what its threshold needs at the capped rate
             (see ``convergence``). None keeps the budget a limit on QEMU's
             threshold, as without a measurement.
+        qemu_knows_switchover_rate: QEMU was given ``switchover_bandwidth_mib_s``
+            as its ``avail-switchover-bandwidth`` (the driver does so when the
+            source has libvirt >= 11.1 and QEMU >= 8.2). Its switchover threshold
+            then uses that rate, so its downtime limit reads as the real pause
+            (less the fixed overhead) instead of a figure at the capped rate.
         postcopy_after_first_pass: go to post-copy (if allowed) as soon as the
             first pass is done, unless the dirty set already fits the budget.
             ``migrate`` sets it when the forecast measured a dirty rate at or
@@ -132,6 +137,7 @@ class MigrationPolicy:
     postcopy_pause_on_stall: bool = False
     switchover_bandwidth_mib_s: float | None = None
     postcopy_after_first_pass: bool = False
+    qemu_knows_switchover_rate: bool = False
 
     def __post_init__(self) -> None:  # noqa: C901  one check per field, flat
         """Validate every field; the message names the field and the bad value."""
@@ -205,6 +211,7 @@ _SCALAR_FIELDS: Final = {
     "postcopy_pause_on_stall": bool,
     "switchover_bandwidth_mib_s": float,
     "postcopy_after_first_pass": bool,
+    "qemu_knows_switchover_rate": bool,
 }
 
 

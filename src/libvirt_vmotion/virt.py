@@ -178,6 +178,9 @@ class MigrationOptions:
     postcopy_bandwidth_mib_s: int | None = None
     copy_disks: tuple[str, ...] = ()
     """Disk targets (``vda``) to copy to the destination over NBD (non-shared storage)."""
+    avail_switchover_mib_s: int | None = None
+    """QEMU's ``avail-switchover-bandwidth`` (libvirt >= 11.1, QEMU >= 8.2): the rate its
+    switchover decision assumes for the final, unthrottled round; None: QEMU's estimate."""
 
 
 _LIFECYCLE_POSTCOPY: Final = {
@@ -616,6 +619,10 @@ class Guest:
                 )
         if resume:
             flags |= libvirt.VIR_MIGRATE_POSTCOPY_RESUME
+        if options.avail_switchover_mib_s:
+            params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH_AVAIL_SWITCHOVER] = (
+                options.avail_switchover_mib_s
+            )
         if options.xbzrle:
             flags |= libvirt.VIR_MIGRATE_COMPRESSED
             params[libvirt.VIR_MIGRATE_PARAM_COMPRESSION] = "xbzrle"

@@ -24,11 +24,13 @@ from libvirt_vmotion.convergence import (
     qemu_limit_bound_ms,
     replay,
 )
+from libvirt_vmotion.driver import switchover_hint_mib_s
 from libvirt_vmotion.errors import UsageError
 from libvirt_vmotion.events import EventKind, MigrationEvent
 from libvirt_vmotion.forecast import DEFAULT_SWITCHOVER_OVERHEAD_MS
 from libvirt_vmotion.model import MIB, JobSample
 from libvirt_vmotion.policy import MigrationPolicy, build_policy, load_policy_toml
+from libvirt_vmotion.virt import HostIdentity
 
 # ---- policy -------------------------------------------------------------------
 
@@ -308,7 +310,10 @@ def load_trace(name: str) -> list[JobSample]:
 
 @pytest.mark.parametrize("name", sorted(p.name for p in TRACES.glob("*.json")))
 @pytest.mark.parametrize("switchover_mib_s", [60.0, 500.0, 100_000.0])
-def test_replay_invariants_with_a_switchover_rate(name: str, switchover_mib_s: float) -> None:
+@pytest.mark.parametrize("told", [False, True], ids=["qemu-estimates", "qemu-told-rate"])
+def test_replay_invariants_with_a_switchover_rate(
+    name: str, switchover_mib_s: float, told: bool
+) -> None:
     samples = load_trace(name)
     for overrides in (
         {"bandwidth_mib_s": 30},
@@ -316,11 +321,17 @@ def test_replay_invariants_with_a_switchover_rate(name: str, switchover_mib_s: f
         {"allow_postcopy": False},
     ):
         policy = build_policy(
-            overrides={**overrides, "switchover_bandwidth_mib_s": switchover_mib_s}
+            overrides={
+                **overrides,
+                "switchover_bandwidth_mib_s": switchover_mib_s,
+                "qemu_knows_switchover_rate": told,
+            }
         )
         _, history = run(samples, policy)
         downtimes = downtimes_of(history)
         assert downtimes == sorted(downtimes)
+        if told:  # QEMU's limit is the real pause less the overhead: never past the budget
+            assert all(d <= policy.max_downtime_ms for d in downtimes)
         assert all(0 < d <= qemu_limit_bound_ms(policy) for d in downtimes)
         throttles = throttles_of(history)
         assert throttles == sorted(throttles)
@@ -354,3 +365,41 @@ def test_forecast_postcopy_needs_postcopy_allowed() -> None:
     state, history = run(benchmark_trace(5), policy)
     assert state is State.THROTTLING
     assert not any(isinstance(a, StartPostCopy) for a in actions_of(history))
+
+
+# ---- QEMU told the switchover rate (avail-switchover-bandwidth) ----------------------
+
+
+def test_plan_when_qemu_knows_the_rate_is_in_real_pause_terms() -> None:
+    # The worked example again, QEMU given 500 MiB/s: its limit is the real pause less the
+    # overhead (~49 ms for 24.4 MiB), and it may plan at most the budget less the overhead.
+    plan = plan_switchover(
+        dirty_bytes=int(24.4 * MIB),
+        transfer_bytes_s=MEASURED_MIB_S * MIB,
+        policy=benchmark_policy(500, qemu_knows_switchover_rate=True),
+    )
+    assert plan is not None
+    assert (plan.real_pause_ms, plan.qemu_needed_ms, plan.qemu_ceiling_ms) == (99, 49, 450)
+    assert plan.qemu_target_ms == 62  # 49 x 1.25
+    assert plan.fits_budget
+
+
+def test_controller_with_qemu_told_the_rate_never_sets_a_limit_above_the_budget() -> None:
+    policy = benchmark_policy(500, qemu_knows_switchover_rate=True)
+    state, history = run(benchmark_trace(7), policy)
+    assert downtimes_of(history) == [30, 64, 450]  # round 3 (25.3 MiB), then the ceiling
+    assert all(d <= policy.max_downtime_ms for d in downtimes_of(history))
+    assert "QEMU, told that rate, needs a limit of ~51 ms" in history.decisions[2].reason
+    assert state is State.THROTTLING  # the replay cannot switch over: a stall at 450 throttles
+
+
+def test_switchover_hint_needs_a_rate_and_libvirt_11_1_with_qemu_8_2_on_the_source() -> None:
+    def host(libvirt: int, qemu: int) -> HostIdentity:
+        return HostIdentity("a", "u", libvirt_version=libvirt, hypervisor_version=qemu)
+
+    with_rate = benchmark_policy(455.7)
+    assert switchover_hint_mib_s(with_rate, host(11_003_000, 10_000_002)) == 455
+    assert switchover_hint_mib_s(with_rate, host(11_000_000, 10_000_002)) is None
+    assert switchover_hint_mib_s(with_rate, host(11_003_000, 8_001_000)) is None
+    assert switchover_hint_mib_s(with_rate, None) is None
+    assert switchover_hint_mib_s(benchmark_policy(None), host(11_003_000, 10_000_002)) is None

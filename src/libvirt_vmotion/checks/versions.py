@@ -121,10 +121,17 @@ FEATURES: Final[tuple[Feature, ...]] = (
             "8.5.0", "3.0.0"),
     Feature("multifd", "parallel migration streams", "6.0.0", "4.0.0"),
     Feature("tls", "encrypted migration stream", "3.2.0", "2.9.0"),
-    Feature("avail-switchover-bandwidth", "bandwidth hint for the switchover estimate",
+    Feature("avail-switchover-bandwidth",
+            "telling QEMU the unthrottled switchover rate, so it switches over by the real pause",
             "11.1.0", "8.2.0"),
 )  # fmt: skip
 """The single table of features we use with the versions each needs (both hosts)."""
+
+
+def feature_since(name: str) -> tuple[int, int]:
+    """The libvirt and QEMU version numbers ``FEATURES`` says feature ``name`` needs."""
+    feat = next(f for f in FEATURES if f.name == name)
+    return version_number(feat.libvirt), version_number(feat.qemu)
 
 
 def check_features(f: PreflightFacts) -> tuple[CheckResult, ...]:

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -192,3 +194,15 @@ def test_timeline_splits_the_command_into_phases_that_add_up() -> None:
         "migration 7.6 s, cutover+checks 0.7 s, release 0.3 s (all 11.6 s)"
     ) in text
     assert "time went to" not in render_text({"domain": "g", "result": "completed"})
+
+
+def test_process_age_counts_from_the_process_start() -> None:
+    # A fresh interpreter that sleeps 0.5 s before asking: its age includes the sleep and
+    # its start-up, measured to 10 ms (no whole-second boot-time rounding).
+    code = (
+        "import time; time.sleep(0.5)\n"
+        "from libvirt_vmotion.cli import _process_age_s\n"
+        "print(_process_age_s())"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert 0.5 <= float(out.stdout) < 5.0

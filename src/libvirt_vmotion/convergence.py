@@ -671,18 +671,24 @@ def _switch_over_at_minimum(  # noqa: PLR0913  all keyword-only context of one r
     )
 
 
-def expected_shrink(history: History, sets: dict[int, int], bw: float) -> float | None:
+def expected_shrink(
+    history: History, sets: dict[int, int], bw: float, *, preflight_dirty_bytes_s: float = 0.0
+) -> float | None:
     """The share of this round's dirty set the next round is expected to leave.
 
     The larger (the more cautious) of two readings: the guest's dirty rate over
     the transfer rate (the next round lasts set / bw and the guest dirties at
-    its rate meanwhile), and this round's set over the previous round's. None
-    when neither is known.
+    its rate meanwhile), and this round's set over the previous round's. The
+    dirty rate is QEMU's once it has reported one, else pre-flight's
+    measurement (``preflight_dirty_bytes_s``, 0: none). None when nothing is known.
     """
     readings = []
     last = history.samples[-1] if history.samples else None
-    if last is not None and last.memory_dirty_rate_pages_s > 0 and bw > 0:
+    qemu_reported = any(s.memory_dirty_rate_pages_s > 0 for s in history.samples)
+    if last is not None and qemu_reported and bw > 0:
         readings.append(last.memory_dirty_rate_pages_s * last.memory_page_size / bw)
+    elif preflight_dirty_bytes_s > 0 and bw > 0:
+        readings.append(preflight_dirty_bytes_s / bw)
     rnd = history.round
     if rnd in sets and sets.get(rnd - 1, 0) > 0:
         readings.append(sets[rnd] / sets[rnd - 1])
@@ -708,7 +714,8 @@ def _worth_another_round(
     if policy.postcopy_after_first_pass:
         return None  # the forecast measured rounds that cannot shrink: no reason to wait
     best = min(sets.values())
-    shrink = expected_shrink(history, sets, bw)
+    preflight = (policy.preflight_dirty_mib_s or 0.0) * MIB
+    shrink = expected_shrink(history, sets, bw, preflight_dirty_bytes_s=preflight)
     if shrink is None or shrink > WAIT_WHILE_SHRINK_AT_MOST:
         return None
     rate = plan.switchover_bytes_s if plan is not None else bw

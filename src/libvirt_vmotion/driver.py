@@ -308,7 +308,11 @@ def migrate(  # noqa: PLR0913  the migration's collaborators, all keyword-only
     _check_dest_free(dest, guest.name)
     guest.set_max_downtime(policy.initial_downtime_ms)
     hint_mib_s = switchover_hint_mib_s(policy, _best_effort_value(source.identity))
-    policy = replace(policy, qemu_knows_switchover_rate=hint_mib_s is not None)
+    policy = replace(
+        policy,
+        qemu_knows_switchover_rate=hint_mib_s is not None,
+        preflight_dirty_mib_s=policy.preflight_dirty_mib_s or preflight_dirty_mib_s,
+    )
     options = MigrationOptions(
         bandwidth_mib_s=policy.bandwidth_mib_s,
         auto_converge=policy.allows_throttle,

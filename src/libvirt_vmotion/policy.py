@@ -108,6 +108,10 @@ class MigrationPolicy:
             source has libvirt >= 11.1 and QEMU >= 8.2). Its switchover threshold
             then uses that rate, so its downtime limit reads as the real pause
             (less the fixed overhead) instead of a figure at the capped rate.
+        preflight_dirty_mib_s: the guest's dirty rate as pre-flight measured it
+            (``migrate`` passes it on). The wait rule reads it until QEMU reports
+            a rate of its own (QEMU has none before its first full pass, and a
+            short migration may never report one).
         postcopy_after_first_pass: go to post-copy (if allowed) as soon as the
             first pass is done, unless the dirty set already fits the budget.
             ``migrate`` sets it when the forecast measured a dirty rate at or
@@ -138,6 +142,7 @@ class MigrationPolicy:
     switchover_bandwidth_mib_s: float | None = None
     postcopy_after_first_pass: bool = False
     qemu_knows_switchover_rate: bool = False
+    preflight_dirty_mib_s: float | None = None
 
     def __post_init__(self) -> None:  # noqa: C901  one check per field, flat
         """Validate every field; the message names the field and the bad value."""
@@ -212,6 +217,7 @@ _SCALAR_FIELDS: Final = {
     "switchover_bandwidth_mib_s": float,
     "postcopy_after_first_pass": bool,
     "qemu_knows_switchover_rate": bool,
+    "preflight_dirty_mib_s": float,
 }
 
 

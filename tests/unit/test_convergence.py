@@ -412,3 +412,22 @@ def test_replay_busy_writer_above_bandwidth_goes_to_postcopy_by_default() -> Non
     reasons = [d.reason for d in history.decisions]
     assert any("throttle" in r for r in reasons)
     assert "post-copy" in reasons[-1]
+
+
+def test_before_qemu_reports_a_dirty_rate_the_preflight_measurement_decides_the_wait() -> None:
+    # Round 2 leaves 12 MiB (~400 ms at 30 MiB/s, fits the budget) and QEMU has no dirty
+    # rate yet (a short migration may never have one), nor a previous round to compare.
+    samples = [
+        make_sample(now_s=0.5, iteration=1, remaining_mib=500),
+        make_sample(now_s=5, iteration=2, remaining_mib=12),
+    ]
+    _, unknown = run(samples, MigrationPolicy())
+    assert unknown.decisions[-1].actions == (SetMaxDowntime(500),)  # nothing says wait
+    # Pre-flight measured 5 MiB/s: the next round should leave ~17 % of it: wait.
+    _, measured = run(samples, MigrationPolicy(preflight_dirty_mib_s=5.0))
+    assert measured.decisions[-1].actions == ()
+    assert "the next should leave ~17% of it" in measured.decisions[-1].reason
+    # Once QEMU reports its own rate, that one counts (here 20 MiB/s: ~67 %, no wait).
+    busy = [*samples[:1], make_sample(now_s=5, iteration=2, remaining_mib=12, dirty_mib_s=20)]
+    _, qemu = run(busy, MigrationPolicy(preflight_dirty_mib_s=5.0))
+    assert qemu.decisions[-1].actions == (SetMaxDowntime(500),)

@@ -606,19 +606,21 @@ def _step_precopy(
     sets = round_dirty_sets(history.samples)
     bw = bandwidth_bytes_s(history.samples, policy)
     best = min(sets.values())
+    plan = plan_switchover(dirty_bytes=best, transfer_bytes_s=bw, policy=policy)
     at_minimum = _switch_over_at_minimum(
-        phase, history, policy, decide, sets=sets, bw=bw
-    ) or _postcopy_after_first_pass(history, policy, decide, best=best, bw=bw)
+        phase, history, policy, decide, sets=sets, bw=bw, plan=plan
+    ) or _postcopy_after_first_pass(history, policy, decide, plan, best=best, bw=bw)
     if at_minimum is not None:
         return at_minimum
     if not is_stalled(history, policy):
         return decide(phase, entered)
-    return _escalate(phase, history, policy, decide, best=best, bw=bw)
+    return _escalate(phase, history, policy, decide, plan, best=best, bw=bw)
 
 
-def _qemu_admits(history: History, policy: MigrationPolicy, *, best: int, bw: float) -> bool:
+def _qemu_admits(
+    history: History, policy: MigrationPolicy, plan: SwitchoverPlan | None, *, best: int, bw: float
+) -> bool:
     """True if QEMU's current limit already admits ``best``: it switches over by itself."""
-    plan = plan_switchover(dirty_bytes=best, transfer_bytes_s=bw, policy=policy)
     rate = plan.qemu_rate_bytes_s if plan is not None else bw
     needed_ms = downtime_needed_ms(dirty_bytes=best, bandwidth_bytes_s=rate)
     return current_downtime_ms(history, policy) >= needed_ms
@@ -632,6 +634,7 @@ def _switch_over_at_minimum(  # noqa: PLR0913  all keyword-only context of one r
     *,
     sets: dict[int, int],
     bw: float,
+    plan: SwitchoverPlan | None,
 ) -> Decision | None:
     """Raise QEMU's limit to switch over at a new minimum of the dirty set, if it fits.
 
@@ -644,16 +647,19 @@ def _switch_over_at_minimum(  # noqa: PLR0913  all keyword-only context of one r
     best = min(sets.values())
     downtime_ms = current_downtime_ms(history, policy)
     best_needed_ms = downtime_needed_ms(dirty_bytes=best, bandwidth_bytes_s=bw)
-    if rnd not in sets or sets[rnd] != best or _qemu_admits(history, policy, best=best, bw=bw):
+    if (
+        rnd not in sets
+        or sets[rnd] != best
+        or _qemu_admits(history, policy, plan, best=best, bw=bw)
+    ):
         return None
-    plan = plan_switchover(dirty_bytes=best, transfer_bytes_s=bw, policy=policy)
     fit = _smallest_rung_at_least(policy, math.ceil(best_needed_ms * QEMU_LIMIT_MARGIN))
     rung_fits = fit is not None and fit > downtime_ms
     if not ((plan is not None and plan.fits_budget) or rung_fits):
         return None
     waiting = _worth_another_round(history, policy, sets=sets, bw=bw, plan=plan)
     if waiting is not None:
-        already = any(d.round == rnd and not d.actions for d in history.decisions[-3:])
+        already = any(d.round == rnd and d.reason.endswith(_WAIT_NOTE) for d in history.decisions)
         return decide(phase, "" if already else f"round {rnd} left {_fmt_mib(best)}: {waiting}")
     if plan is not None and plan.fits_budget:
         return decide(
@@ -695,6 +701,10 @@ def expected_shrink(
     return max(readings) if readings else None
 
 
+_WAIT_NOTE: Final = "one more round for a shorter pause"
+"""How a wait's reason ends: said once per round."""
+
+
 def _worth_another_round(
     history: History,
     policy: MigrationPolicy,
@@ -729,12 +739,18 @@ def _worth_another_round(
         return None
     return (
         f"~{data_ms} ms to send at {_fmt_mib(rate)}/s, and the rounds still shrink "
-        f"(the next should leave ~{shrink:.0%} of it): one more round for a shorter pause"
+        f"(the next should leave ~{shrink:.0%} of it): {_WAIT_NOTE}"
     )
 
 
-def _postcopy_after_first_pass(
-    history: History, policy: MigrationPolicy, decide: _Decide, *, best: int, bw: float
+def _postcopy_after_first_pass(  # noqa: PLR0913  all context of one rule
+    history: History,
+    policy: MigrationPolicy,
+    decide: _Decide,
+    plan: SwitchoverPlan | None,
+    *,
+    best: int,
+    bw: float,
 ) -> Decision | None:
     """Post-copy right after the first pass when the forecast said rounds cannot shrink.
 
@@ -743,7 +759,7 @@ def _postcopy_after_first_pass(
     """
     if not (policy.allow_postcopy and policy.postcopy_after_first_pass):
         return None
-    if _qemu_admits(history, policy, best=best, bw=bw):
+    if _qemu_admits(history, policy, plan, best=best, bw=bw):
         return None
     return decide(
         State.POSTCOPY,
@@ -767,11 +783,11 @@ def _escalate(  # noqa: PLR0913  all keyword-only context of one escalation
     history: History,
     policy: MigrationPolicy,
     decide: _Decide,
+    plan: SwitchoverPlan | None,
     *,
     best: int,
     bw: float,
 ) -> Decision:
-    plan = plan_switchover(dirty_bytes=best, transfer_bytes_s=bw, policy=policy)
     needed = downtime_needed_ms(dirty_bytes=best, bandwidth_bytes_s=bw)
     cost = f"needs ~{needed} ms at {_fmt_mib(bw)}/s" if plan is None else _pause_text(plan)
     stall = (

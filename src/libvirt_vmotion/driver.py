@@ -288,8 +288,9 @@ def migrate(  # noqa: PLR0913  the migration's collaborators, all keyword-only
             migration starts, finished after it; its section joins the report.
         policy: the budget and escalations (default: from the request).
         on_progress: called with the phase-aware progress view.
-        preflight_dirty_mib_s: the guest's dirty rate as pre-flight measured it;
-            the progress view shows it (labelled) until QEMU reports one.
+        preflight_dirty_mib_s: the guest's dirty rate as pre-flight measured it
+            (kept in the policy: the wait rule and the progress view read it
+            until QEMU reports one).
 
     Returns:
         The outcome and the observers' sections.
@@ -334,7 +335,6 @@ def migrate(  # noqa: PLR0913  the migration's collaborators, all keyword-only
         worker=worker,
         on_sample=on_sample,
         on_progress=on_progress,
-        preflight_dirty_mib_s=preflight_dirty_mib_s,
         poll_interval_s=poll_interval_s,
         clock=clock,
     )
@@ -412,7 +412,6 @@ class _Controller:
     worker: _Worker
     on_sample: SampleSink | None
     on_progress: Callable[[ProgressView], None] | None
-    preflight_dirty_mib_s: float | None
     poll_interval_s: float
     clock: Callable[[], float]
     state: State = State.SETUP
@@ -517,7 +516,7 @@ class _Controller:
                 self.history,
                 self.policy,
                 self.view,
-                preflight_dirty_mib_s=self.preflight_dirty_mib_s,
+                preflight_dirty_mib_s=self.policy.preflight_dirty_mib_s,
             )
             self.on_progress(self.view)
 

@@ -189,7 +189,7 @@ def forecast(inputs: ForecastInputs, *, max_rounds: int = DEFAULT_MAX_ROUNDS) ->
     elapsed_s = 0.0
     for round_no in range(1, max_rounds + 1):
         fits = round_no > 1 and pending <= budget_mib
-        if fits and _waits(inputs, pending, previous, rho):
+        if fits and _waits(inputs, pending, previous, rho=rho, switch_bw=switch_bw):
             waited += 1
         elif fits:
             # Stop-and-copy: this round is sent with the guest paused.
@@ -248,7 +248,9 @@ def forecast(inputs: ForecastInputs, *, max_rounds: int = DEFAULT_MAX_ROUNDS) ->
     )
 
 
-def _waits(inputs: ForecastInputs, pending: float, previous: float | None, rho: float) -> bool:
+def _waits(
+    inputs: ForecastInputs, pending: float, previous: float | None, *, rho: float, switch_bw: float
+) -> bool:
     """The controller's rule: a fitting round waits while rounds still shrink fast.
 
     As ``convergence.expected_shrink``: the larger of rho and this round / the last
@@ -256,7 +258,6 @@ def _waits(inputs: ForecastInputs, pending: float, previous: float | None, rho: 
     than the tightest rung at the final round's rate.
     """
     shrink = max(rho, pending / previous if previous else 0.0)
-    switch_bw = max(inputs.bandwidth_mib_s, inputs.switchover_bandwidth_mib_s or 0.0)
     data_ms = pending / switch_bw * 1000
     return shrink <= WAIT_WHILE_SHRINK_AT_MOST and data_ms > inputs.initial_downtime_ms
 

@@ -44,7 +44,7 @@ def test_render_rewrites_an_existing_results_folder(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from libvirt_vmotion.bench.matrix import QUICK, Cell, RunResult, Tool  # noqa: PLC0415
-    from libvirt_vmotion.bench.render import build_results_doc  # noqa: PLC0415
+    from libvirt_vmotion.bench.render import BenchRecord, build_results_doc  # noqa: PLC0415
 
     run = RunResult(
         tool=Tool.OURS, cell=Cell(512, 0.0), rep=1, converged=True, total_time_s=9.0,
@@ -52,10 +52,10 @@ def test_render_rewrites_an_existing_results_folder(
         rounds=4, mismatches=0, ram_touched_bytes=1 << 27, bandwidth_mib_s=30,
         workload_rate_mib_s=1, tool_report={"total_time_s": 6.5},
     )  # fmt: skip
-    doc = build_results_doc(
+    doc = build_results_doc(BenchRecord(
         params=QUICK, runs=[run], machine={"cpus": 2}, command="vmotion bench --quick",
         started="2026-11-25T20:00:00Z", duration_s=60.0, calibration={},
-    )  # fmt: skip
+    ))  # fmt: skip
     (tmp_path / "results.json").write_text(json.dumps(doc))
     assert main(["bench", "--render", str(tmp_path)]) == 0
     assert capsys.readouterr().out.strip() == str(tmp_path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -16,7 +17,7 @@ from libvirt_vmotion.bench.matrix import (
     params_from_dict,
     run_from_dict,
 )
-from libvirt_vmotion.bench.render import build_results_doc, build_summary_md
+from libvirt_vmotion.bench.render import BenchRecord, build_results_doc, build_summary_md
 from libvirt_vmotion.errors import UsageError
 
 MACHINE = {"cpus": 2, "qemu": "QEMU emulator version 10.0.2", "loadavg": [1.0, 1.0, 1.0]}
@@ -54,15 +55,21 @@ RUNS = [
 ]
 
 
-def test_results_doc_round_trips_through_json() -> None:
-    doc = build_results_doc(
+def record(**changes: object) -> BenchRecord:
+    """The quick matrix's record of ``RUNS``, with ``changes``."""
+    base = BenchRecord(
         params=QUICK,
         runs=RUNS,
         machine=MACHINE,
         command="vmotion bench --quick",
         started="2026-11-25T18:00:00Z",
-        duration_s=123.456,
-        calibration={"512": {"ram_touched_bytes": 150 * MIB}},
+    )
+    return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
+
+
+def test_results_doc_round_trips_through_json() -> None:
+    doc = build_results_doc(
+        record(duration_s=123.456, calibration={"512": {"ram_touched_bytes": 150 * MIB}})
     )
     back = json.loads(json.dumps(doc))
     assert back["failures"] == 0
@@ -75,11 +82,7 @@ def test_results_doc_round_trips_through_json() -> None:
 
 def test_summary_shows_cells_ratios_and_no_failure_banner() -> None:
     text = build_summary_md(
-        params=QUICK,
-        runs=RUNS,
-        machine=MACHINE,
-        command="vmotion bench --quick",
-        started="2026-11-25T18:00:00Z",
+        record(),
         plots=["total_time_by_fraction.png"],
     )
     assert "FAILURE" not in text
@@ -93,32 +96,14 @@ def test_summary_shows_cells_ratios_and_no_failure_banner() -> None:
 
 
 def test_lost_pages_are_a_loud_failure_at_the_top() -> None:
-    text = build_summary_md(
-        params=QUICK,
-        runs=[*RUNS, run(Tool.VIRSH, 1.0, 9.0, mismatches=7)],
-        machine=MACHINE,
-        command="x",
-        started="y",
-    )
+    text = build_summary_md(record(runs=[*RUNS, run(Tool.VIRSH, 1.0, 9.0, mismatches=7)]))
     banner = text.index("**FAILURE")
     assert banner < text.index("## Per cell")
     assert "virsh 512MiB@1 rep 1: 7" in text
 
 
 def test_runs_and_parameters_come_back_from_the_results_document() -> None:
-    doc = json.loads(
-        json.dumps(
-            build_results_doc(
-                params=QUICK,
-                runs=RUNS,
-                machine=MACHINE,
-                command="x",
-                started="y",
-                duration_s=1.0,
-                calibration={},
-            )
-        )
-    )
+    doc = json.loads(json.dumps(build_results_doc(record(duration_s=1.0))))
     assert params_from_dict(doc["parameters"]) == QUICK
     back = [run_from_dict(r) for r in doc["runs"]]
     assert [r.as_dict() for r in back] == doc["runs"]

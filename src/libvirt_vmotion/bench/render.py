@@ -6,6 +6,7 @@ Pure: no I/O, no clock. The runner writes what these functions return.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Final
 
 from libvirt_vmotion.bench.matrix import (
@@ -22,19 +23,11 @@ from libvirt_vmotion.bench.matrix import (
 RESULTS_VERSION: Final = 1
 
 
-def build_results_doc(  # noqa: PLR0913  keyword-only parts of one document
-    *,
-    params: BenchParams,
-    runs: Sequence[RunResult],
-    machine: Mapping[str, object],
-    command: str,
-    started: str,
-    duration_s: float,
-    calibration: Mapping[str, object],
-) -> dict[str, object]:
-    """Everything the benchmark measured, JSON-ready.
+@dataclass(frozen=True, slots=True)
+class BenchRecord:
+    """What one benchmark ran and measured: results.json and summary.md are made of it.
 
-    Args:
+    Attributes:
         params: the matrix that was run.
         runs: every measured migration.
         machine: host facts (CPU, memory, kernel, QEMU and libvirt versions, load).
@@ -44,6 +37,21 @@ def build_results_doc(  # noqa: PLR0913  keyword-only parts of one document
         calibration: per RAM size, how RAM touched was measured.
 
     """
+
+    params: BenchParams
+    runs: Sequence[RunResult]
+    machine: Mapping[str, object]
+    command: str
+    started: str
+    duration_s: float = 0.0
+    calibration: Mapping[str, object] = field(default_factory=dict)
+
+
+def build_results_doc(record: BenchRecord) -> dict[str, object]:
+    """Everything the benchmark measured, JSON-ready."""
+    params, runs = record.params, record.runs
+    command, started, duration_s = record.command, record.started, record.duration_s
+    machine, calibration = record.machine, record.calibration
     return {
         "results_version": RESULTS_VERSION,
         "command": command,
@@ -94,16 +102,10 @@ def _ratio_text(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f}x"
 
 
-def build_summary_md(  # noqa: PLR0913  keyword-only parts of one document
-    *,
-    params: BenchParams,
-    runs: Sequence[RunResult],
-    machine: Mapping[str, object],
-    command: str,
-    started: str,
-    plots: Sequence[str] = (),
-) -> str:
+def build_summary_md(record: BenchRecord, plots: Sequence[str] = ()) -> str:
     """The Markdown summary: medians and worst per cell, ours vs each baseline as ratios."""
+    params, runs, machine = record.params, record.runs, record.machine
+    command, started = record.command, record.started
     summaries = summarize(runs)
     lines = [
         "# Live migration benchmark",

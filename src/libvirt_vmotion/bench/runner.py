@@ -48,7 +48,7 @@ from libvirt_vmotion.bench.matrix import (
     workload_rate_mib_s,
 )
 from libvirt_vmotion.bench.options import params_from_args
-from libvirt_vmotion.bench.render import build_results_doc, build_summary_md
+from libvirt_vmotion.bench.render import BenchRecord, build_results_doc, build_summary_md
 from libvirt_vmotion.errors import DomainNotFound, ExitCode, UsageError, VmotionError
 from libvirt_vmotion.lab import command_name, guestctl, topology
 from libvirt_vmotion.lab.constants import GUEST_ADDR, GUEST_NAME, HOST_A, HOST_B, LAB_ID, LabHost
@@ -604,8 +604,7 @@ class Bench:
 
     def write_results(self, *, final: bool = False) -> None:
         """Write results.json (after every run) and, at the end, summary.md and plots."""
-        plots = write_folder(
-            self.out_dir,
+        record = BenchRecord(
             params=self.params,
             runs=self.runs,
             machine=self.machine,
@@ -613,54 +612,26 @@ class Bench:
             started=self.started,
             duration_s=self.clock() - self.t0,
             calibration=self.calibration,
-            complete=final and len(self.runs) == self.params.total_runs(),
-            final=final,
         )
+        complete = final and len(self.runs) == self.params.total_runs()
+        plots = write_folder(self.out_dir, record, complete=complete, final=final)
         if final:
             self.say(f"wrote results.json, summary.md, {len(plots)} plot(s) to {self.out_dir}")
 
 
-def write_folder(  # noqa: PLR0913  keyword-only parts of one results folder
-    out_dir: Path,
-    *,
-    params: BenchParams,
-    runs: Sequence[RunResult],
-    machine: Mapping[str, object],
-    command: str,
-    started: str,
-    duration_s: float,
-    calibration: Mapping[str, object],
-    complete: bool,
-    final: bool,
-) -> list[str]:
+def write_folder(out_dir: Path, record: BenchRecord, *, complete: bool, final: bool) -> list[str]:
     """Write results.json and (``final``) the plots and summary.md; return the plot names."""
     plots: list[str] = []
-    if final and runs:
+    if final and record.runs:
         from libvirt_vmotion.bench.plots import write_plots  # noqa: PLC0415  matplotlib
 
-        plots = write_plots(runs, out_dir)
-    doc = build_results_doc(
-        params=params,
-        runs=runs,
-        machine=machine,
-        command=command,
-        started=started,
-        duration_s=duration_s,
-        calibration=calibration,
-    )
+        plots = write_plots(record.runs, out_dir)
+    doc = build_results_doc(record)
     doc["complete"] = complete
     doc["plots"] = plots
     _write_atomic(out_dir / "results.json", json.dumps(doc, indent=1) + "\n")
     if final:
-        summary = build_summary_md(
-            params=params,
-            runs=runs,
-            machine=machine,
-            command=command,
-            started=started,
-            plots=plots,
-        )
-        _write_atomic(out_dir / "summary.md", summary)
+        _write_atomic(out_dir / "summary.md", build_summary_md(record, plots))
     return plots
 
 
@@ -679,8 +650,7 @@ def rerender(out_dir: Path) -> int:
     if not isinstance(doc, dict) or not isinstance(doc.get("runs"), list):
         msg = f"{path} is not a benchmark results document (no runs)."
         raise UsageError(msg, hint="Give a folder written by 'vmotion bench' (--out DIR).")
-    write_folder(
-        out_dir,
+    record = BenchRecord(
         params=params_from_dict(doc.get("parameters") or {}),
         runs=[run_from_dict(r) for r in doc["runs"]],
         machine=doc.get("machine") or {},
@@ -688,9 +658,8 @@ def rerender(out_dir: Path) -> int:
         started=str(doc.get("started", "")),
         duration_s=float(doc.get("duration_s") or 0),
         calibration=doc.get("calibration") or {},
-        complete=bool(doc.get("complete", False)),
-        final=True,
     )
+    write_folder(out_dir, record, complete=bool(doc.get("complete", False)), final=True)
     print(out_dir)  # noqa: T201  the folder, as a finished run prints it
     return 0
 

@@ -265,7 +265,7 @@ EOF
 # `vmotion hooks install` writes the shim with this venv's interpreter; libvirtd
 # reads hooks when it starts, so a changed hook counts as a reason to restart it.
 hook=$("$venv/bin/python" -c \
-  'from pathlib import Path; from libvirt_vmotion.hooks import installed_path; print(installed_path(Path("/etc/libvirt")))')
+  'from pathlib import Path; from libvirt_vmotion.reserve.hook import installed_path; print(installed_path(Path("/etc/libvirt")))')
 hook_before=$(cat "$hook" 2>/dev/null || true)
 "$venv/bin/vmotion" hooks install
 if [ "$(cat "$hook")" != "$hook_before" ]; then

@@ -1,6 +1,6 @@
 """libvirt-vmotion: vMotion-style live migration for libvirt/QEMU-KVM hosts.
 
-Nothing runs at import. The command line is :mod:`libvirt_vmotion.cli`
+Nothing runs at import. The command line is :mod:`libvirt_vmotion.cli.app`
 (``python -m libvirt_vmotion`` or ``vmotion``).
 """
 

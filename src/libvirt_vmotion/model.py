@@ -230,3 +230,19 @@ class MigrationOutcome:
     iterations: int
     samples: tuple[JobSample, ...] = field(default=(), repr=False)
     controller: Mapping[str, object] | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class PastRun:
+    """What one earlier migration between the same hosts achieved.
+
+    Attributes:
+        achieved_mib_s: memory data sent / time spent sending it.
+        cap_mib_s: the bandwidth cap it ran under (None: no cap).
+
+    """
+
+    achieved_mib_s: float
+    cap_mib_s: float | None
+    switchover_mib_s: float | None = None
+    """Its last dirty set / its downtime (the final round is sent unthrottled)."""

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from libvirt_vmotion.bridge import FdbClaims, fdb_entries
+from libvirt_vmotion.cutover.bridge import FdbClaims, fdb_entries
 
 pytestmark = pytest.mark.lab
 

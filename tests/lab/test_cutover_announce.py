@@ -47,7 +47,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from libvirt_vmotion.bridge import FdbWatcher, fdb_entries
+from libvirt_vmotion.adapters.virt import Hypervisor
+from libvirt_vmotion.cutover.bridge import FdbWatcher, fdb_entries
 from libvirt_vmotion.lab import guestctl
 from libvirt_vmotion.lab.constants import (
     CLIENT_NETNS,
@@ -63,9 +64,8 @@ from libvirt_vmotion.lab.constants import (
 )
 from libvirt_vmotion.lab.guestdef import LabGuestSpec, build_domain_xml
 from libvirt_vmotion.lab.image import GuestImage, kernel_cmdline
-from libvirt_vmotion.lab.probe import build_echo_request, parse_echo_reply
-from libvirt_vmotion.lab.workload import query_status
-from libvirt_vmotion.virt import Hypervisor
+from libvirt_vmotion.observe.ping import build_echo_request, parse_echo_reply
+from libvirt_vmotion.observe.workload import query_status
 
 pytestmark = pytest.mark.lab
 

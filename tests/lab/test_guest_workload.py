@@ -18,8 +18,8 @@ import pytest
 
 from libvirt_vmotion.lab.constants import GUEST_ADDR, GUEST_MAC, LAB_ID, PREFIX_LEN
 from libvirt_vmotion.lab.image import GuestImage, ensure_guest_image, kernel_cmdline
-from libvirt_vmotion.lab.probe import PingProbe
-from libvirt_vmotion.lab.workload import (
+from libvirt_vmotion.observe.ping import PingProbe
+from libvirt_vmotion.observe.workload import (
     StreamProbe,
     WorkloadStatus,
     query_status,

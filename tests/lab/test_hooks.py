@@ -17,7 +17,7 @@ import pytest
 from libvirt_vmotion.lab import guestctl, topology
 from libvirt_vmotion.lab.constants import GUEST_NAME, HOST_A, HOST_B, HOSTS
 from libvirt_vmotion.lab.hostconf import host_paths
-from libvirt_vmotion.reservation import ReservationStore
+from libvirt_vmotion.reserve.store import ReservationStore
 
 pytestmark = pytest.mark.lab
 
@@ -55,7 +55,7 @@ def test_hook_is_installed_on_both_hosts() -> None:
         ).stdout
         assert out.startswith("installed: /etc/libvirt/hooks/qemu.d/50-libvirt-vmotion"), out
         assert f"exec {Path(sys.executable).parent}/python" in out  # this venv, absolute
-        assert "-m libvirt_vmotion.hooks" in out
+        assert "-m libvirt_vmotion.reserve.hook" in out
 
 
 @pytest.mark.usefixtures("guest_on_a", "hostb_small")
@@ -94,7 +94,7 @@ def test_hooks_command_installs_and_uninstalls(tmp_path: Path) -> None:
     assert hooks("status").returncode == 1
     assert hooks("install").returncode == 0
     shim = tmp_path / "hooks" / "qemu.d" / "50-libvirt-vmotion"
-    assert f"exec {sys.executable} -m libvirt_vmotion.hooks" in shim.read_text()
+    assert f"exec {sys.executable} -m libvirt_vmotion.reserve.hook" in shim.read_text()
     assert hooks("status").returncode == 0
     assert hooks("uninstall").returncode == 0
     assert not shim.exists()

@@ -28,7 +28,7 @@ from libvirt_vmotion.lab.constants import (
     LabHost,
 )
 from libvirt_vmotion.lab.hostconf import host_paths
-from libvirt_vmotion.reservation import ReservationStore
+from libvirt_vmotion.reserve.store import ReservationStore
 
 pytestmark = pytest.mark.lab
 

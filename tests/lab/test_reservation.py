@@ -18,14 +18,14 @@ from pathlib import Path
 
 import pytest
 
+from libvirt_vmotion.adapters.virt import Hypervisor
 from libvirt_vmotion.errors import DomainNotFound
 from libvirt_vmotion.lab import guestctl
 from libvirt_vmotion.lab.constants import GUEST_NAME, HOST_A, HOST_B
 from libvirt_vmotion.lab.guestdef import LabGuestSpec, build_domain_xml
 from libvirt_vmotion.lab.hostconf import host_paths
 from libvirt_vmotion.lab.image import GuestImage, kernel_cmdline
-from libvirt_vmotion.reservation import Reservation, ReservationStore, State
-from libvirt_vmotion.virt import Hypervisor
+from libvirt_vmotion.reserve.store import Reservation, ReservationStore, State
 
 pytestmark = pytest.mark.lab
 

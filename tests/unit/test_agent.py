@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from libvirt_vmotion.agent import AgentOperationFailed, RemoteHost, serve
+from libvirt_vmotion.adapters.agent import AgentOperationFailed, RemoteHost, serve
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ import re
 import pytest
 
 from libvirt_vmotion.argtypes import parse_number, positive_number
-from libvirt_vmotion.cli import main
+from libvirt_vmotion.cli.app import main
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from libvirt_vmotion.cli import main
+from libvirt_vmotion.cli.app import main
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from libvirt_vmotion.netcheck import (
+from libvirt_vmotion.preflight.netcheck import (
     CHECK_NAMES,
     BridgeFacts,
     GuestNic,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from libvirt_vmotion import preflight as pf
-from libvirt_vmotion.netcheck import (
+from libvirt_vmotion.preflight import registry as pf
+from libvirt_vmotion.preflight.netcheck import (
     BridgeFacts,
     GuestNic,
     PortFacts,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from libvirt_vmotion.convergence import (
+from libvirt_vmotion.converge.machine import (
     TERMINAL,
     TRANSITIONS,
     Abort,

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from libvirt_vmotion import domxml
+from libvirt_vmotion.preflight import domxml
 
 DOMAIN = """<domain type='kvm'>
   <name>web01</name><memory unit='KiB'>1048576</memory><vcpu>2</vcpu>

@@ -18,12 +18,12 @@ from typing import Any
 
 import pytest
 
-from libvirt_vmotion.driver import HostConnection, MigratingGuest, migrate
+from libvirt_vmotion.adapters.virt import HostIdentity, MigrationOptions
+from libvirt_vmotion.converge.loop import HostConnection, MigratingGuest, migrate
 from libvirt_vmotion.errors import CutoverFailed, DomainNotFound, HypervisorError, MigrationAborted
 from libvirt_vmotion.events import EventKind, MigrationEvent
 from libvirt_vmotion.model import JobSample, MigrationRequest
 from libvirt_vmotion.policy import MigrationPolicy, build_policy
-from libvirt_vmotion.virt import HostIdentity, MigrationOptions
 
 TRACES = Path(__file__).parent.parent / "data" / "traces" / "driver"
 _TICK_S = 0.001  # every clock read moves virtual time on, so no wait can spin forever

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from libvirt_vmotion.forecast import ForecastInputs, Strategy, forecast, relative_error
+from libvirt_vmotion.preflight.forecast import ForecastInputs, Strategy, forecast, relative_error
 
 
 @pytest.mark.parametrize(
@@ -130,7 +130,7 @@ def test_a_fitting_round_waits_while_rounds_shrink_fast_as_the_controller_does()
 
 
 def test_guest_ram_resident_bytes_reads_the_mapping_the_size_of_guest_ram() -> None:
-    from libvirt_vmotion.hostfacts import guest_ram_resident_bytes  # noqa: PLC0415
+    from libvirt_vmotion.reserve.hostops import guest_ram_resident_bytes  # noqa: PLC0415
 
     smaps = (
         "7f7a17e00000-7f7a37e00000 rw-p 00000000 00:00 0\nSize: 524288 kB\nRss: 157696 kB\n"

@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, cast
 
 import pytest
 
-from libvirt_vmotion.agent import RemoteHost
-from libvirt_vmotion.checks_cli import (
+from libvirt_vmotion.adapters.agent import RemoteHost
+from libvirt_vmotion.cli.checks import (
     RELEASE_AFTER_FAILURE_TIMEOUT_S,
     Gate,
     GateContext,
@@ -17,10 +17,10 @@ from libvirt_vmotion.checks_cli import (
 )
 from libvirt_vmotion.errors import CutoverFailed, MigrationAborted
 from libvirt_vmotion.model import MigrationRequest
-from libvirt_vmotion.reservation import Unreleased
+from libvirt_vmotion.reserve.store import Unreleased
 
 if TYPE_CHECKING:
-    from libvirt_vmotion.virt import Hypervisor
+    from libvirt_vmotion.adapters.virt import Hypervisor
 
 REPLY: dict[str, object] = {"id": "r1", "expires_s": 1000.0, "longest_lease_s": 600.0}
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from libvirt_vmotion.history import KEEP_PER_PAIR, Completed, History, default_path
-from libvirt_vmotion.linkrate import PastRun
+from libvirt_vmotion.adapters.history import KEEP_PER_PAIR, Completed, History, default_path
+from libvirt_vmotion.model import PastRun
 
 
 def _run(

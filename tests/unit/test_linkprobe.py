@@ -7,9 +7,9 @@ import threading
 
 import pytest
 
-from libvirt_vmotion.agent import RemoteHost
+from libvirt_vmotion.adapters.agent import RemoteHost
+from libvirt_vmotion.adapters.linkprobe import measure_link, op_link_probe
 from libvirt_vmotion.errors import UsageError
-from libvirt_vmotion.linkprobe import measure_link, op_link_probe
 
 
 def test_measures_loopback_through_local_agents() -> None:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from libvirt_vmotion.linkrate import (
+from libvirt_vmotion.model import PastRun
+from libvirt_vmotion.preflight.linkrate import (
     ASSUMED_MIB_S,
     LEARN_FROM_LAST,
-    PastRun,
     choose_rate,
     final_round_rate,
     learned_rate,

@@ -8,15 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from libvirt_vmotion.lab.guestdef import LabGuestSpec, VirtType, build_domain_xml
-from libvirt_vmotion.model import MIB, JobSample, MigrationOutcome, MigrationRequest, Phase
-from libvirt_vmotion.report import (
+from libvirt_vmotion.cli.report import (
     build_failure_report,
     build_report,
     progress_line,
     render_text,
     timeline_section,
 )
+from libvirt_vmotion.lab.guestdef import LabGuestSpec, VirtType, build_domain_xml
+from libvirt_vmotion.model import MIB, JobSample, MigrationOutcome, MigrationRequest, Phase
 
 # A jobStats() dict as libvirt 11.3 returned it mid-migration in the lab.
 LIVE_STATS: dict[str, object] = {
@@ -201,7 +201,7 @@ def test_process_age_counts_from_the_process_start() -> None:
     # its start-up, measured to 10 ms (no whole-second boot-time rounding).
     code = (
         "import time; time.sleep(0.5)\n"
-        "from libvirt_vmotion.cli import _process_age_s\n"
+        "from libvirt_vmotion.cli.app import _process_age_s\n"
         "print(_process_age_s())"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

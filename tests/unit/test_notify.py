@@ -8,7 +8,7 @@ import struct
 
 import pytest
 
-from libvirt_vmotion.notify import (
+from libvirt_vmotion.cutover.frames import (
     AnnounceSchedule,
     FrameKind,
     build_announcements,
@@ -16,8 +16,8 @@ from libvirt_vmotion.notify import (
     build_rarp,
     build_unsolicited_na,
     internet_checksum,
-    send_announcements,
 )
+from libvirt_vmotion.cutover.send import send_announcements
 
 MAC = "52:54:00:77:00:50"
 

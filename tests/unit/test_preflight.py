@@ -7,9 +7,9 @@ from dataclasses import replace
 
 import pytest
 
-from libvirt_vmotion import preflight as pf
 from libvirt_vmotion.model import MIB
-from libvirt_vmotion.preflight import (
+from libvirt_vmotion.preflight import registry as pf
+from libvirt_vmotion.preflight.registry import (
     AgentFacts,
     BridgeFacts,
     CheckResult,

@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from libvirt_vmotion.convergence import Decision, History, SetMaxDowntime, State
+from libvirt_vmotion.converge.machine import Decision, History, SetMaxDowntime, State
+from libvirt_vmotion.converge.progress import ProgressView, build_view
 from libvirt_vmotion.model import MIB, DirtyRateSource, JobSample, shown_dirty_rate
 from libvirt_vmotion.policy import MigrationPolicy
-from libvirt_vmotion.progress import ProgressView, build_view
 
 
 def make_sample(*, now_s: float, iteration: int, dirty_mib_s: float = 0) -> JobSample:

@@ -9,7 +9,7 @@ import pytest
 
 from libvirt_vmotion.errors import ReservationError, UsageError
 from libvirt_vmotion.model import MIB
-from libvirt_vmotion.reservation import (
+from libvirt_vmotion.reserve.store import (
     Capacity,
     Reservation,
     ReservationRequest,

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from libvirt_vmotion.preflight import (
+from libvirt_vmotion.preflight.disks import (
+    check_dest_disk_space,
+    check_disk_cache,
+    check_lock_manager,
+)
+from libvirt_vmotion.preflight.registry import (
     CpuCompat,
     CpuFacts,
     DiskFacts,
@@ -16,14 +21,11 @@ from libvirt_vmotion.preflight import (
     Verdict,
     run_checks,
 )
-from libvirt_vmotion.storage import (
+from libvirt_vmotion.storage.plan import (
     CopyMode,
     DiskSpec,
     PathInfo,
     StorageFacts,
-    check_dest_disk_space,
-    check_disk_cache,
-    check_lock_manager,
     copied_disks,
     copy_bytes_needed,
     disk_specs,

@@ -11,8 +11,8 @@ from libvirt_vmotion.lab import hostconf
 from libvirt_vmotion.lab.constants import HOST_A
 from libvirt_vmotion.lab.guestdef import CacheMode, LabDiskSpec, LabGuestSpec, build_domain_xml
 from libvirt_vmotion.lab.storage import StoragePaths, build_server_script
-from libvirt_vmotion.storage import parse_lock_manager
-from libvirt_vmotion.storagehost import _fs_type
+from libvirt_vmotion.storage.host import _fs_type
+from libvirt_vmotion.storage.plan import parse_lock_manager
 
 MOUNTINFO = """\
 22 1 254:0 / / rw,relatime - ext4 /dev/vda rw

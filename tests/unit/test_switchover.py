@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from libvirt_vmotion.convergence import (
+from libvirt_vmotion.adapters.virt import HostIdentity
+from libvirt_vmotion.converge.loop import switchover_hint_mib_s
+from libvirt_vmotion.converge.machine import (
     Abort,
     History,
     SetMaxDowntime,
@@ -24,13 +26,11 @@ from libvirt_vmotion.convergence import (
     qemu_limit_bound_ms,
     replay,
 )
-from libvirt_vmotion.driver import switchover_hint_mib_s
 from libvirt_vmotion.errors import UsageError
 from libvirt_vmotion.events import EventKind, MigrationEvent
-from libvirt_vmotion.forecast import DEFAULT_SWITCHOVER_OVERHEAD_MS
 from libvirt_vmotion.model import MIB, JobSample
 from libvirt_vmotion.policy import MigrationPolicy, build_policy, load_policy_toml
-from libvirt_vmotion.virt import HostIdentity
+from libvirt_vmotion.preflight.forecast import DEFAULT_SWITCHOVER_OVERHEAD_MS
 
 # ---- policy -------------------------------------------------------------------
 

@@ -155,7 +155,7 @@ class JobSampler:
         self._thread.start()
 
     def _run(self) -> None:
-        from libvirt_vmotion.virt import Hypervisor  # noqa: PLC0415  libvirt only when running
+        from libvirt_vmotion.adapters.virt import Hypervisor  # noqa: PLC0415  libvirt only when running
 
         first_s: float | None = None
         try:
@@ -254,8 +254,8 @@ def run_virsh(tool: Tool, *, bandwidth_mib_s: int, budget_s: float) -> ToolOutco
     Over budget, the job is aborted with ``virsh domjobabort`` (refused once in
     post-copy: then it runs to its end and counts as over budget).
     """
-    from libvirt_vmotion.lab.probe import PingProbe  # noqa: PLC0415  lab network only
-    from libvirt_vmotion.lab.workload import StreamProbe  # noqa: PLC0415
+    from libvirt_vmotion.observe.ping import PingProbe  # noqa: PLC0415  lab network only
+    from libvirt_vmotion.observe.workload import StreamProbe  # noqa: PLC0415
 
     argv = [
         "virsh", "-q", "-c", HOST_A.uri, "migrate", "--live", "--p2p", "--persistent",
@@ -469,7 +469,7 @@ class Bench:
 
     def set_rate(self, rate_mib_s: int) -> None:
         """Set the workload's rewrite rate (what ``lab guest set rate`` sends)."""
-        from libvirt_vmotion.lab.workload import send_command  # noqa: PLC0415
+        from libvirt_vmotion.observe.workload import send_command  # noqa: PLC0415
 
         if rate_mib_s != self.rate_mib_s:
             send_command(GUEST_ADDR, f"set rate {rate_mib_s}")
@@ -519,7 +519,7 @@ class Bench:
 
     def one_run(self, cell: Cell, rep: int, tool: Tool, touched: int | None) -> RunResult:
         """Measure one migration of ``tool`` in ``cell``."""
-        from libvirt_vmotion.lab.workload import (  # noqa: PLC0415  lab network only
+        from libvirt_vmotion.observe.workload import (  # noqa: PLC0415  lab network only
             WorkloadError,
             query_status,
             wait_until_ready,

@@ -155,7 +155,7 @@ def _guest(args: argparse.Namespace) -> int:
         elif command == "set":
             argv += [args.setting, args.value]
         return guestctl.run_in_client(guestctl.self_command(*argv))
-    from libvirt_vmotion.lab.workload import (  # noqa: PLC0415  lab network only
+    from libvirt_vmotion.observe.workload import (  # noqa: PLC0415  lab network only
         query_status,
         send_command,
         wait_until_ready,

@@ -86,10 +86,6 @@ HOSTS: Final = (HOST_A, HOST_B)
 GUEST_NAME: Final = "vmo-guest"
 GUEST_ADDR: Final = "10.77.0.50"
 GUEST_MAC: Final = "52:54:00:77:00:50"
-WORKLOAD_CONTROL_PORT: Final = 7000
-"""TCP port of the guest workload's control/status server (one command per connection)."""
-WORKLOAD_STREAM_PORT: Final = 7001
-"""TCP port where the guest streams a numbered line every few ms to each client."""
 
 STATE_DIR: Final = Path("/var/lib/vmotion-lab" + ("" if LAB_ID == "vmo" else f"-{LAB_ID}"))
 """Per-host libvirt state (etc, run, lib, log, cache) and lab bookkeeping."""

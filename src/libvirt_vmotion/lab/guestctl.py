@@ -15,6 +15,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from libvirt_vmotion.adapters.virt import Hypervisor
 from libvirt_vmotion.errors import DomainNotFound, VmotionError
 from libvirt_vmotion.lab import command_name
 from libvirt_vmotion.lab.constants import (
@@ -35,8 +36,7 @@ from libvirt_vmotion.lab.guestdef import (
 )
 from libvirt_vmotion.lab.hostconf import host_paths
 from libvirt_vmotion.lab.image import GuestImage, kernel_cmdline
-from libvirt_vmotion.lab.workload import wait_until_ready
-from libvirt_vmotion.virt import Hypervisor
+from libvirt_vmotion.observe.workload import wait_until_ready
 
 log = logging.getLogger(__name__)
 

@@ -38,7 +38,6 @@ from typing import TYPE_CHECKING, Final
 
 from pyroute2 import IPRoute, netns
 
-from libvirt_vmotion import hooks
 from libvirt_vmotion.lab import command_name, hostconf
 from libvirt_vmotion.lab.constants import (
     CLIENT_ADDR,
@@ -55,6 +54,7 @@ from libvirt_vmotion.lab.constants import (
     SWITCH_NETNS,
     LabHost,
 )
+from libvirt_vmotion.reserve import hook as hooks
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence

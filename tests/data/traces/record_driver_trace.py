@@ -24,13 +24,13 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from libvirt_vmotion.driver import HostConnection, MigratingGuest, migrate
+from libvirt_vmotion.adapters.virt import HostIdentity, Hypervisor, MigrationOptions
+from libvirt_vmotion.converge.loop import HostConnection, MigratingGuest, migrate
 from libvirt_vmotion.events import MigrationEvent
 from libvirt_vmotion.lab import guestctl
 from libvirt_vmotion.lab.constants import GUEST_NAME, HOST_A, HOST_B
 from libvirt_vmotion.model import JobSample, MigrationRequest
 from libvirt_vmotion.policy import build_policy
-from libvirt_vmotion.virt import HostIdentity, Hypervisor, MigrationOptions
 
 OUT = Path(__file__).parent / "driver"
 _TYPES = {"none": 0, "bounded": 1, "unbounded": 2, "completed": 3, "failed": 4, "cancelled": 5}

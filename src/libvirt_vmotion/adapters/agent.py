@@ -1,0 +1,190 @@
+"""Our package on another host, reached the way libvirt reaches that host.
+
+Some facts and actions exist only on a host itself: bridge port flags,
+reservations, host memory detail, sending announcements on the destination's
+bridge, reading its forwarding database. libvirt's remote API cannot give or do
+them, so this package runs *on* that host as a one-shot agent::
+
+    python3 -m libvirt_vmotion agent OP      # JSON arguments on stdin
+    -> {"ok": true, "result": {...}}          # one JSON object on stdout
+    -> {"ok": false, "error": "...", "hint": "..."}
+
+The client derives the transport from the host's libvirt URI:
+
+- ``qemu+ssh://[user@]host[:port]/...`` -> ``ssh [-p port] user@host``
+- ``qemu+tcp://host/...``, ``qemu+tls://host/...`` -> ``ssh root@host``
+- a local URI (``qemu:///system``, ``qemu+unix://...``) -> a local subprocess
+
+Two environment variables adapt it to a site: ``VMOTION_AGENT_SSH`` (the ssh
+command, default ``ssh -o BatchMode=yes -o ConnectTimeout=5``) and
+``VMOTION_AGENT_PYTHON`` (the remote interpreter, default ``python3``). The
+namespace lab sets both for commands run through ``vmotion lab exec``, and
+runs a real sshd in each lab host: the lab uses the production path.
+
+Operations are registered as data in ``OPERATIONS`` (name -> "module:function");
+each function takes and returns a JSON-serializable dict. I/O module.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import shlex
+import socket
+import subprocess
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Final
+from urllib.parse import urlsplit
+
+from libvirt_vmotion import __version__
+from libvirt_vmotion.errors import VmotionError
+
+OPERATIONS: Final[dict[str, str]] = {
+    "hello": "libvirt_vmotion.adapters.agent:hello",
+    "bridge_facts": "libvirt_vmotion.cutover.bridge:op_bridge_facts",
+    "fdb_query": "libvirt_vmotion.cutover.bridge:op_fdb_query",
+    "fdb_flush": "libvirt_vmotion.cutover.bridge:op_fdb_flush",
+    "announce": "libvirt_vmotion.cutover.announce:op_announce",
+    "host-facts": "libvirt_vmotion.reserve.hostops:op_host_facts",
+    "reserve": "libvirt_vmotion.reserve.hostops:op_reserve",
+    "release": "libvirt_vmotion.reserve.hostops:op_release",
+    "reservations": "libvirt_vmotion.reserve.hostops:op_reservations",
+    "guest-memory": "libvirt_vmotion.reserve.hostops:op_guest_memory",
+    "storage-facts": "libvirt_vmotion.storage.host:op_storage_facts",
+    "disk-precreate": "libvirt_vmotion.storage.host:op_disk_precreate",
+    "disk-remove": "libvirt_vmotion.storage.host:op_disk_remove",
+    "share-probe": "libvirt_vmotion.storage.host:op_share_probe",
+    "link-sink": "libvirt_vmotion.adapters.linkprobe:op_link_sink",
+    "link-probe": "libvirt_vmotion.adapters.linkprobe:op_link_probe",
+}
+"""Agent operations: name -> ``module:function`` taking and returning a JSON dict."""
+
+DEFAULT_SSH: Final = "ssh -o BatchMode=yes -o ConnectTimeout=5"
+DEFAULT_PYTHON: Final = "python3"
+
+
+class AgentUnavailable(VmotionError):
+    """Our package could not be run on that host (not installed, no ssh ...)."""
+
+
+class AgentOperationFailed(VmotionError):
+    """The agent ran but the operation failed there; message and hint come from it."""
+
+
+def hello(_args: Mapping[str, object]) -> dict[str, object]:
+    """Identify the agent: version and hostname (a connectivity check)."""
+    return {"version": __version__, "hostname": socket.gethostname()}
+
+
+def _resolve(op: str) -> Callable[[Mapping[str, object]], dict[str, object]]:
+    target = OPERATIONS.get(op)
+    if target is None:
+        msg = f"unknown agent operation {op!r}"
+        raise AgentOperationFailed(msg, hint=f"known: {', '.join(sorted(OPERATIONS))}")
+    module_name, _, func_name = target.partition(":")
+    func: Callable[[Mapping[str, object]], dict[str, object]] = getattr(
+        importlib.import_module(module_name), func_name
+    )
+    return func
+
+
+def serve(op: str, stdin_text: str) -> dict[str, object]:
+    """Run one operation on this host; never raises (errors become the reply)."""
+    try:
+        args = json.loads(stdin_text) if stdin_text.strip() else {}
+        if not isinstance(args, dict):
+            return {"ok": False, "error": "agent arguments must be a JSON object", "hint": ""}
+        return {"ok": True, "result": _resolve(op)(args)}
+    except VmotionError as exc:
+        return {"ok": False, "error": exc.message, "hint": exc.hint}
+    except Exception as exc:  # noqa: BLE001  the reply must carry any failure back
+        return {"ok": False, "error": f"{type(exc).__name__}: {exc}", "hint": ""}
+
+
+def main(argv: list[str]) -> int:
+    """Entry of ``python -m libvirt_vmotion agent OP``."""
+    if len(argv) != 1:
+        sys.stderr.write("usage: python -m libvirt_vmotion agent OP < args.json\n")
+        return 2
+    reply = serve(argv[0], sys.stdin.read())
+    sys.stdout.write(json.dumps(reply, sort_keys=True) + "\n")
+    return 0 if reply.get("ok") else 1
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteHost:
+    """How to run the agent on one host.
+
+    Attributes:
+        label: the host as users name it (for messages).
+        prefix: the command that reaches it (``ssh root@kvm2``), empty for local.
+        python: the interpreter there.
+
+    """
+
+    label: str
+    prefix: tuple[str, ...]
+    python: str
+
+    @classmethod
+    def for_uri(cls, uri: str) -> RemoteHost:
+        """Derive the transport from a libvirt URI (see the module docstring)."""
+        parts = urlsplit(uri)
+        if not parts.hostname:
+            # Local: this very interpreter has the package.
+            return cls(label="localhost", prefix=(), python=sys.executable)
+        python = os.environ.get("VMOTION_AGENT_PYTHON", DEFAULT_PYTHON)
+        ssh = shlex.split(os.environ.get("VMOTION_AGENT_SSH", DEFAULT_SSH))
+        user = parts.username or "root"
+        scheme = parts.scheme.partition("+")[2]
+        port = ["-p", str(parts.port)] if scheme == "ssh" and parts.port else []
+        return cls(
+            label=parts.hostname, prefix=(*ssh, *port, f"{user}@{parts.hostname}"), python=python
+        )
+
+    def call(
+        self, op: str, args: Mapping[str, object] | None = None, *, timeout_s: float = 30.0
+    ) -> dict[str, object]:
+        """Run ``op`` on the host and return its result.
+
+        Raises:
+            AgentUnavailable: the agent could not be run there.
+            AgentOperationFailed: it ran and reported a failure.
+
+        """
+        remote = [self.python, "-m", "libvirt_vmotion", "agent", op]
+        argv = [*self.prefix, shlex.join(remote)] if self.prefix else remote
+        try:
+            proc = subprocess.run(
+                argv,
+                input=json.dumps(dict(args or {})),
+                capture_output=True,
+                text=True,
+                timeout=timeout_s,
+                check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise self._unavailable(str(exc)) from exc
+        try:
+            reply = json.loads(proc.stdout.strip().splitlines()[-1])
+        except (IndexError, ValueError):
+            raise self._unavailable(
+                proc.stderr.strip()[-400:] or f"exit {proc.returncode}"
+            ) from None
+        if not reply.get("ok"):
+            msg = f"on {self.label}: {reply.get('error')}"
+            raise AgentOperationFailed(msg, hint=str(reply.get("hint") or ""))
+        result = reply.get("result")
+        return result if isinstance(result, dict) else {}
+
+    def _unavailable(self, detail: str) -> AgentUnavailable:
+        how = shlex.join(self.prefix) if self.prefix else "a local subprocess"
+        msg = f"Could not run libvirt-vmotion on {self.label} (via {how}): {detail}"
+        return AgentUnavailable(
+            msg,
+            hint=f"Install libvirt-vmotion on {self.label} and allow key-based ssh from here "
+            "(or set VMOTION_AGENT_SSH / VMOTION_AGENT_PYTHON).",
+        )

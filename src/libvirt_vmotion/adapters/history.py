@@ -1,0 +1,205 @@
+"""What earlier migrations between two hosts achieved (the forecast learns from it).
+
+I/O module: a SQLite file on the controller (the machine that runs
+``vmotion migrate``), one row per completed pre-copy migration, keyed by the
+two hosts' libvirt host UUIDs. Holds no policy: ``linkrate`` decides what the
+rows mean.
+
+Where: ``$VMOTION_HISTORY`` if set (``off`` disables it), else
+``/var/lib/libvirt-vmotion/history.db`` for root, else
+``$XDG_STATE_HOME/libvirt-vmotion/history.db`` (``~/.local/state/...``).
+History is a hint, never a requirement: when the file cannot be read or
+written the forecast goes on without it and says so in its inputs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+from collections.abc import Mapping
+from contextlib import closing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from libvirt_vmotion.model import PastRun
+
+log = logging.getLogger(__name__)
+
+ENV: Final = "VMOTION_HISTORY"
+KEEP_PER_PAIR: Final = 50
+MIN_SWITCHOVER_SAMPLE_BYTES: Final = 4 << 20
+"""A final round smaller than this does not tell the switchover rate (see Completed)."""
+_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS migrations (
+    source_uuid TEXT NOT NULL,
+    dest_uuid TEXT NOT NULL,
+    finished_s REAL NOT NULL,
+    cap_mib_s REAL,
+    achieved_mib_s REAL NOT NULL,
+    data_bytes INTEGER NOT NULL,
+    elapsed_ms INTEGER NOT NULL,
+    downtime_ms INTEGER NOT NULL,
+    switchover_mib_s REAL
+)
+"""
+_COLUMNS_ADDED: Final = (("switchover_mib_s", "REAL"),)
+"""Columns newer than the first schema, added to an older file when it is opened."""
+
+
+def default_path() -> Path | None:
+    """The history file for this user (None: disabled)."""
+    configured = os.environ.get(ENV, "")
+    if configured == "off":
+        return None
+    if configured:
+        return Path(configured)
+    if os.geteuid() == 0:
+        return Path("/var/lib/libvirt-vmotion/history.db")
+    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(state) / "libvirt-vmotion" / "history.db"
+
+
+@dataclass(frozen=True, slots=True)
+class Completed:
+    """One completed pre-copy migration, as recorded."""
+
+    source_uuid: str
+    dest_uuid: str
+    finished_s: float
+    cap_mib_s: float | None
+    data_bytes: int
+    elapsed_ms: int
+    downtime_ms: int
+    last_dirty_set_bytes: int = 0
+    """Dirty set of the last pre-copy round: about what the switchover sent."""
+
+    @classmethod
+    def from_report(
+        cls,
+        report: Mapping[str, object],
+        *,
+        host_pair: tuple[str, str],
+        cap_mib_s: float | None,
+        finished_s: float,
+    ) -> Completed | None:
+        """The run a ``migrate`` report describes, or None when it is not one to learn from.
+
+        Post-copy runs are left out (their rate is set by page faults, not the
+        sender), and so are reports missing a figure.
+        """
+        convergence = report.get("convergence")
+        conv = convergence if isinstance(convergence, Mapping) else {}
+        data = report.get("data_transferred_bytes")
+        elapsed = report.get("qemu_elapsed_ms")
+        downtime = report.get("downtime_ms")
+        if "post-copy" in str(conv.get("strategy", "")) or not (
+            isinstance(data, int) and isinstance(elapsed, int) and isinstance(downtime, int)
+        ):
+            return None
+        sets = conv.get("bytes_per_round")
+        nonzero = (
+            [(int(k), v) for k, v in sets.items() if isinstance(v, int) and v > 0]
+            if isinstance(sets, Mapping)
+            else []
+        )
+        return cls(
+            source_uuid=host_pair[0],
+            dest_uuid=host_pair[1],
+            finished_s=finished_s,
+            cap_mib_s=cap_mib_s,
+            data_bytes=data,
+            elapsed_ms=elapsed,
+            downtime_ms=downtime,
+            last_dirty_set_bytes=max(nonzero)[1] if nonzero else 0,
+        )
+
+    @property
+    def achieved_mib_s(self) -> float:
+        """Memory data over the time spent sending it (the guest ran meanwhile)."""
+        sending_ms = self.elapsed_ms - self.downtime_ms
+        return self.data_bytes / (1 << 20) / (sending_ms / 1000) if sending_ms > 0 else 0.0
+
+    @property
+    def switchover_mib_s(self) -> float | None:
+        """Last dirty set / downtime: a lower bound of the unthrottled final round's rate.
+
+        (The downtime also holds the fixed switchover cost, so the true rate is higher.)
+        None when the last set was too small for its transfer to dominate the pause:
+        0.3 MiB in 26 ms says nothing about the link, only about the fixed cost.
+        """
+        if self.last_dirty_set_bytes < MIN_SWITCHOVER_SAMPLE_BYTES or self.downtime_ms <= 0:
+            return None
+        return self.last_dirty_set_bytes / (1 << 20) / (self.downtime_ms / 1000)
+
+
+class History:
+    """The history file; every method swallows storage errors (history is a hint)."""
+
+    def __init__(self, path: Path | None) -> None:
+        """Use ``path`` (None: a history that remembers nothing)."""
+        self.path = path
+
+    def _connect(self) -> sqlite3.Connection:
+        assert self.path is not None  # noqa: S101  callers check
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, timeout=5.0)
+        conn.execute(_SCHEMA)
+        have = {row[1] for row in conn.execute("PRAGMA table_info(migrations)")}
+        for name, kind in _COLUMNS_ADDED:
+            if name not in have:
+                conn.execute(f"ALTER TABLE migrations ADD COLUMN {name} {kind}")
+        return conn
+
+    def runs(self, source_uuid: str, dest_uuid: str) -> list[PastRun]:
+        """Past runs from ``source_uuid`` to ``dest_uuid``, oldest first."""
+        if self.path is None or not source_uuid or not dest_uuid:
+            return []
+        try:
+            with closing(self._connect()) as conn:
+                rows = conn.execute(
+                    "SELECT achieved_mib_s, cap_mib_s, switchover_mib_s FROM migrations "
+                    "WHERE source_uuid = ? AND dest_uuid = ? ORDER BY finished_s",
+                    (source_uuid, dest_uuid),
+                ).fetchall()
+        except (OSError, sqlite3.Error) as exc:
+            log.warning("migration history %s not read: %s", self.path, exc)
+            return []
+        return [
+            PastRun(float(a), None if c is None else float(c), None if w is None else float(w))
+            for a, c, w in rows
+        ]
+
+    def record(self, run: Completed) -> bool:
+        """Remember ``run`` (keeping the last ``KEEP_PER_PAIR`` per host pair)."""
+        if self.path is None or run.achieved_mib_s <= 0:
+            return False
+        try:
+            with closing(self._connect()) as conn, conn:
+                conn.execute(
+                    "INSERT INTO migrations (source_uuid, dest_uuid, finished_s, cap_mib_s, "
+                    "achieved_mib_s, data_bytes, elapsed_ms, downtime_ms, switchover_mib_s) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        run.source_uuid,
+                        run.dest_uuid,
+                        run.finished_s,
+                        run.cap_mib_s,
+                        run.achieved_mib_s,
+                        run.data_bytes,
+                        run.elapsed_ms,
+                        run.downtime_ms,
+                        run.switchover_mib_s,
+                    ),
+                )
+                conn.execute(
+                    "DELETE FROM migrations WHERE source_uuid = ? AND dest_uuid = ? AND "
+                    "finished_s NOT IN (SELECT finished_s FROM migrations WHERE source_uuid = ? "
+                    "AND dest_uuid = ? ORDER BY finished_s DESC LIMIT ?)",
+                    (run.source_uuid, run.dest_uuid, run.source_uuid, run.dest_uuid, KEEP_PER_PAIR),
+                )
+        except (OSError, sqlite3.Error) as exc:
+            log.warning("migration history %s not written: %s", self.path, exc)
+            return False
+        return True

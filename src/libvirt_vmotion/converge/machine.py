@@ -1,0 +1,1025 @@
+"""The convergence controller: an explicit state machine over job samples.
+
+Pure: no I/O, no clock, no logging. ``step(state, history, policy)`` returns a
+``Decision`` (next state, actions as data, reason); only the driver acts on it.
+Time arrives on the samples and events (``now_s``), never from a clock.
+
+Strategy (the default policy finishes, like vMotion does):
+
+1. Start with the tightest downtime of the ladder (tens of ms).
+2. Per round, record the dirty set (remaining data when the round began).
+   When a round reaches a new minimum that fits the downtime budget at the
+   measured bandwidth, set the downtime to just cover it: QEMU switches over
+   at that local minimum instead of waiting on a timer.
+3. A stall (``stall_rounds`` rounds without a new minimum) escalates: to the
+   smallest ladder rung that fits the best dirty set seen, else to CPU
+   throttling (if allowed), else to post-copy (if allowed), else abort with a
+   reason naming the budget. Past ``postcopy_after_fraction`` of the time
+   budget, post-copy comes next regardless; past the budget, pre-copy aborts.
+
+   QEMU's downtime limit is really a threshold on pending data (it switches
+   over once pending <= capped rate x limit), but it sends that last round
+   with the cap lifted. When the policy knows the rate of that unthrottled
+   round (``switchover_bandwidth_mib_s``, faster than the measured rate), the
+   budget is judged against the *real* pause (dirty set at that rate + the
+   switchover overhead) and QEMU's limit is set to what its threshold needs at
+   the capped rate (with the usual margin), which may exceed the budget, up to
+   ``qemu_limit_bound_ms``. Every rung is below the budget, so a real pause
+   that fits the budget fits a rung; QEMU gets the need rather than the rung.
+   A stall raises QEMU's limit as far as the real pause allows; throttling and
+   post-copy come only once it no longer fits. Without that rate (or when it
+   is no faster than the measured rate) everything above holds as written:
+   the rungs are QEMU's limits and the budget bounds them.
+4. In post-copy, abort is refused (the guest's state is split between the
+   hosts). A link that stops moving bytes is waited for (TCP keeps the
+   connection through a short outage; libvirt's keepalive gives up after ~30 s)
+   or, with ``postcopy_pause_on_stall``, paused. When libvirt reports the
+   post-copy paused, it is resumed (POSTCOPY_RESUME) once the link is back.
+   Either way for up to ``postcopy_resume_wait_s``; then the controller stops,
+   saying where the guest's state lives.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from typing import Final, Protocol
+
+from libvirt_vmotion.events import EventKind, MigrationEvent
+from libvirt_vmotion.model import MIB, JobSample
+from libvirt_vmotion.policy import MigrationPolicy
+from libvirt_vmotion.preflight.forecast import (
+    DEFAULT_SWITCHOVER_OVERHEAD_MS,
+    WAIT_WHILE_SHRINK_AT_MOST,
+)
+
+
+class State(StrEnum):
+    """States of one migration under the controller."""
+
+    SETUP = "setup"
+    BULK_COPY = "bulk-copy"
+    CONVERGING = "converging"
+    THROTTLING = "throttling"
+    POSTCOPY = "postcopy"
+    POSTCOPY_PAUSED = "postcopy-paused"
+    ABORTING = "aborting"
+    COMPLETED = "completed"
+    ABORTED = "aborted"
+    FAILED = "failed"
+
+
+_PRECOPY: Final = frozenset({State.SETUP, State.BULK_COPY, State.CONVERGING, State.THROTTLING})
+_POSTCOPY: Final = frozenset({State.POSTCOPY, State.POSTCOPY_PAUSED})
+TERMINAL: Final = frozenset({State.COMPLETED, State.ABORTED, State.FAILED})
+
+TRANSITIONS: Final[dict[State, frozenset[State]]] = {
+    State.SETUP: frozenset(
+        {State.SETUP, State.BULK_COPY, State.CONVERGING, State.POSTCOPY, State.ABORTING}
+        | {State.COMPLETED, State.ABORTED}
+    ),
+    State.BULK_COPY: frozenset(
+        {State.BULK_COPY, State.CONVERGING, State.POSTCOPY, State.ABORTING}
+        | {State.COMPLETED, State.ABORTED}
+    ),
+    State.CONVERGING: frozenset(
+        {State.CONVERGING, State.THROTTLING, State.POSTCOPY, State.ABORTING}
+        | {State.COMPLETED, State.ABORTED}
+    ),
+    State.THROTTLING: frozenset(
+        {State.THROTTLING, State.POSTCOPY, State.ABORTING, State.COMPLETED, State.ABORTED}
+    ),
+    State.POSTCOPY: frozenset(
+        {State.POSTCOPY, State.POSTCOPY_PAUSED, State.COMPLETED, State.FAILED}
+    ),
+    State.POSTCOPY_PAUSED: frozenset(
+        {State.POSTCOPY_PAUSED, State.POSTCOPY, State.COMPLETED, State.FAILED}
+    ),
+    State.ABORTING: frozenset({State.ABORTING, State.ABORTED, State.COMPLETED, State.FAILED}),
+    State.COMPLETED: frozenset({State.COMPLETED}),
+    State.ABORTED: frozenset({State.ABORTED}),
+    State.FAILED: frozenset({State.FAILED}),
+}
+
+
+# ---- actions ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SetMaxDowntime:
+    """Let QEMU switch over once the rest fits in ``downtime_ms``."""
+
+    downtime_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class SetMaxBandwidth:
+    """Cap the migration bandwidth."""
+
+    bandwidth_mib_s: int
+
+
+@dataclass(frozen=True, slots=True)
+class Throttle:
+    """Cap the auto-converge CPU throttle at ``percent`` (0: hold it off)."""
+
+    percent: int
+
+
+@dataclass(frozen=True, slots=True)
+class StartPostCopy:
+    """Switch the running migration to post-copy."""
+
+
+@dataclass(frozen=True, slots=True)
+class PausePostCopy:
+    """Interrupt a post-copy whose link stopped moving bytes, so it can resume."""
+
+
+@dataclass(frozen=True, slots=True)
+class ResumePostCopy:
+    """Resume a paused post-copy (libvirt's POSTCOPY_RESUME)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Abort:
+    """Abort the pre-copy migration; the guest keeps running on the source."""
+
+    reason: str
+
+
+Action = (
+    SetMaxDowntime
+    | SetMaxBandwidth
+    | Throttle
+    | StartPostCopy
+    | PausePostCopy
+    | ResumePostCopy
+    | Abort
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What the controller decided at one step, and why.
+
+    Attributes:
+        next_state: the state to move to (checked against ``TRANSITIONS``).
+        actions: what the driver must apply, in order.
+        reason: why, in words, for the log and the report.
+        at_s: time of the newest input the decision was based on.
+        round: the memory iteration it was taken in.
+
+    """
+
+    next_state: State
+    actions: tuple[Action, ...] = ()
+    reason: str = ""
+    at_s: float = 0.0
+    round: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class History:
+    """Everything the controller has seen and decided, oldest first.
+
+    Attributes:
+        started_s: when the migration started (monotonic).
+        samples: job samples while the job was active.
+        events: migration events.
+        decisions: decisions taken so far (those with actions or a transition).
+        observed_s: the latest time the driver looked, sample or not.
+
+    """
+
+    started_s: float
+    samples: tuple[JobSample, ...] = ()
+    events: tuple[MigrationEvent, ...] = ()
+    decisions: tuple[Decision, ...] = field(default=())
+    observed_s: float = 0.0
+
+    def with_sample(self, sample: JobSample) -> History:
+        """A copy with one more sample."""
+        return replace(self, samples=(*self.samples, sample))
+
+    def with_event(self, event: MigrationEvent) -> History:
+        """A copy with one more event."""
+        return replace(self, events=(*self.events, event))
+
+    def with_decision(self, decision: Decision) -> History:
+        """A copy with one more decision."""
+        return replace(self, decisions=(*self.decisions, decision))
+
+    def with_time(self, now_s: float) -> History:
+        """A copy that knows time has reached ``now_s`` (no sample or event needed).
+
+        A paused post-copy may yield neither (libvirt reports no active job), yet
+        its wait must still run out.
+        """
+        return replace(self, observed_s=max(self.observed_s, now_s))
+
+    @property
+    def now_s(self) -> float:
+        """Time of the newest input."""
+        times = [self.started_s, self.observed_s]
+        if self.samples:
+            times.append(self.samples[-1].now_s)
+        if self.events:
+            times.append(self.events[-1].now_s)
+        return max(times)
+
+    @property
+    def round(self) -> int:
+        """Current memory iteration (from samples and iteration events)."""
+        rounds = [s.iteration for s in self.samples[-1:]]
+        rounds += [e.iteration for e in self.events if e.kind is EventKind.ITERATION]
+        return max(rounds, default=0)
+
+
+# ---- pure predicates ---------------------------------------------------------
+
+
+def round_dirty_sets(samples: tuple[JobSample, ...]) -> dict[int, int]:
+    """Dirty set per round: the most data remaining seen in each round >= 2.
+
+    A round begins right after QEMU synced the dirty bitmap, so its largest
+    remaining figure is what the previous round left dirty.
+    """
+    sets: dict[int, int] = {}
+    for s in samples:
+        if s.iteration >= 2 and s.is_active:
+            sets[s.iteration] = max(sets.get(s.iteration, 0), s.data_remaining_bytes)
+    return sets
+
+
+def bandwidth_bytes_s(samples: tuple[JobSample, ...], policy: MigrationPolicy) -> float:
+    """Measured transfer rate (median of recent non-zero readings), else the cap."""
+    rates = sorted(s.memory_bps for s in samples[-10:] if s.memory_bps > 0)
+    if rates:
+        return float(rates[len(rates) // 2])
+    return float((policy.bandwidth_mib_s or 100) * MIB)
+
+
+_NEVER_MS: Final = 10**9  # no bandwidth measured: nothing fits
+QEMU_LIMIT_MARGIN: Final = 1.25
+"""Headroom on QEMU's limit over what a dirty set needs: the set varies round to round."""
+QEMU_LIMIT_BOUND_FACTOR: Final = 20
+"""QEMU's limit stays within this many times the budget when a switchover rate lifts it."""
+QEMU_LIMIT_BOUND_MS: Final = 10_000
+"""...and within 10 s, whatever the budget (unless the budget itself is larger)."""
+
+
+def downtime_needed_ms(*, dirty_bytes: int, bandwidth_bytes_s: float) -> int:
+    """Pause needed to send ``dirty_bytes`` at ``bandwidth_bytes_s`` (at least 1 ms)."""
+    if bandwidth_bytes_s <= 0:
+        return _NEVER_MS
+    return max(1, math.ceil(dirty_bytes / bandwidth_bytes_s * 1000))
+
+
+def qemu_limit_bound_ms(policy: MigrationPolicy) -> int:
+    """The most the controller ever sets QEMU's downtime limit to.
+
+    QEMU's limit may exceed the budget only on the strength of the switchover
+    rate. If that rate is wrong (the final round runs at the capped rate after
+    all), the pause *is* QEMU's limit, so the limit is bounded: 20 x the budget,
+    at most 10 s, never below the budget itself.
+
+    ===========  =======
+    budget (ms)  bound
+    ===========  =======
+    100          2 000
+    500          10 000
+    2 000        10 000
+    20 000       20 000
+    ===========  =======
+    """
+    budget_ms = policy.max_downtime_ms
+    return max(budget_ms, min(QEMU_LIMIT_BOUND_FACTOR * budget_ms, QEMU_LIMIT_BOUND_MS))
+
+
+@dataclass(frozen=True, slots=True)
+class SwitchoverPlan:
+    """What switching over one dirty set costs when the final round runs unthrottled.
+
+    QEMU decides with the capped rate (pending <= rate x limit) but sends the
+    last round with the cap lifted, so the two numbers differ.
+
+    Attributes:
+        dirty_bytes: the dirty set.
+        transfer_bytes_s: measured (capped) transfer rate.
+        switchover_bytes_s: rate of the final, unthrottled round.
+        qemu_rate_bytes_s: the rate QEMU's threshold uses: the transfer rate, or
+            the switchover rate once QEMU was told it (``qemu_knows_switchover_rate``).
+        real_pause_ms: estimated pause: the dirty set at the switchover rate
+            plus the fixed switchover overhead (``DEFAULT_SWITCHOVER_OVERHEAD_MS``).
+        qemu_needed_ms: the least QEMU limit whose threshold admits the set.
+        qemu_ceiling_ms: the largest QEMU limit whose admitted data, sent at the
+            switchover rate, still pauses within the budget; at most
+            ``qemu_limit_bound_ms`` (may be <= 0 if the overhead alone is over).
+        budget_ms: the user's downtime budget (the ladder's last rung).
+
+    """
+
+    dirty_bytes: int
+    transfer_bytes_s: float
+    switchover_bytes_s: float
+    qemu_rate_bytes_s: float
+    real_pause_ms: int
+    qemu_needed_ms: int
+    qemu_ceiling_ms: int
+    budget_ms: int
+
+    @property
+    def fits_budget(self) -> bool:
+        """True if the real pause fits the budget and QEMU can be told enough to take it."""
+        return self.real_pause_ms <= self.budget_ms and self.qemu_needed_ms <= self.qemu_ceiling_ms
+
+    @property
+    def qemu_told_rate(self) -> bool:
+        """True if QEMU's threshold uses the switchover rate: its limit is in real-pause terms."""
+        return self.qemu_rate_bytes_s == self.switchover_bytes_s
+
+    @property
+    def qemu_target_ms(self) -> int:
+        """The limit to set: the need plus ``QEMU_LIMIT_MARGIN``, within the ceiling."""
+        with_margin = math.ceil(self.qemu_needed_ms * QEMU_LIMIT_MARGIN)
+        return max(self.qemu_needed_ms, min(with_margin, self.qemu_ceiling_ms))
+
+
+def plan_switchover(
+    *, dirty_bytes: int, transfer_bytes_s: float, policy: MigrationPolicy
+) -> SwitchoverPlan | None:
+    """The real pause and QEMU's limit for ``dirty_bytes``, given the switchover rate.
+
+    Worked example (the benchmark: cap 50 MiB/s, switchover 500 MiB/s, budget
+    500 ms, overhead 50 ms): a 24.4 MiB dirty set needs ~488 ms at 50.1 MiB/s
+    for QEMU's threshold but pauses ~99 ms for real (49 ms + 50 ms); it fits,
+    and QEMU is told 610 ms (488 x 1.25). The ceiling, the largest limit whose
+    admitted data still pauses within the budget, is (500 - 50) x 500 / 50.1
+    = 4 491 ms (well under the 10 s bound).
+
+    Args:
+        dirty_bytes: the dirty set to switch over with.
+        transfer_bytes_s: measured (capped) transfer rate.
+        policy: the budget and ``switchover_bandwidth_mib_s``.
+
+    Returns:
+        The plan, or None when no switchover rate is known or it is no faster
+        than the transfer rate (then dirty set / transfer rate is the pause).
+
+    """
+    if policy.switchover_bandwidth_mib_s is None or transfer_bytes_s <= 0:
+        return None
+    switchover_bytes_s = policy.switchover_bandwidth_mib_s * MIB
+    if switchover_bytes_s <= transfer_bytes_s:
+        return None
+    budget_ms = policy.max_downtime_ms
+    qemu_rate = switchover_bytes_s if policy.qemu_knows_switchover_rate else transfer_bytes_s
+    # Admitting pending <= qemu rate x limit pauses qemu rate x limit / switchover
+    # + overhead; solve that for the budget.
+    admits_ms = (budget_ms - DEFAULT_SWITCHOVER_OVERHEAD_MS) * switchover_bytes_s / qemu_rate
+    return SwitchoverPlan(
+        dirty_bytes=dirty_bytes,
+        transfer_bytes_s=transfer_bytes_s,
+        switchover_bytes_s=switchover_bytes_s,
+        qemu_rate_bytes_s=qemu_rate,
+        real_pause_ms=downtime_needed_ms(
+            dirty_bytes=dirty_bytes, bandwidth_bytes_s=switchover_bytes_s
+        )
+        + DEFAULT_SWITCHOVER_OVERHEAD_MS,
+        qemu_needed_ms=downtime_needed_ms(dirty_bytes=dirty_bytes, bandwidth_bytes_s=qemu_rate),
+        qemu_ceiling_ms=min(qemu_limit_bound_ms(policy), math.floor(admits_ms)),
+        budget_ms=budget_ms,
+    )
+
+
+def current_downtime_ms(history: History, policy: MigrationPolicy) -> int:
+    """The downtime limit last set (the ladder's first rung before any)."""
+    for decision in reversed(history.decisions):
+        for action in reversed(decision.actions):
+            if isinstance(action, SetMaxDowntime):
+                return action.downtime_ms
+    return policy.initial_downtime_ms
+
+
+def current_throttle_percent(history: History) -> int:
+    """The throttle cap last set (0: none)."""
+    for decision in reversed(history.decisions):
+        for action in reversed(decision.actions):
+            if isinstance(action, Throttle):
+                return action.percent
+    return 0
+
+
+def throttle_steps(max_percent: int) -> tuple[int, ...]:
+    """Throttle caps to try, gentlest first: half the allowance, then all of it."""
+    if max_percent <= 0:
+        return ()
+    half = max(1, max_percent // 2)
+    return (half, max_percent) if half < max_percent else (max_percent,)
+
+
+def _last_escalation_round(history: History) -> int:
+    for decision in reversed(history.decisions):
+        if decision.actions:
+            return decision.round
+    return 0
+
+
+def is_stalled(history: History, policy: MigrationPolicy) -> bool:
+    """True when ``stall_rounds`` rounds since the last escalation found no new minimum."""
+    sets = round_dirty_sets(history.samples)
+    since = _last_escalation_round(history)
+    recent = [r for r in sorted(sets) if r > since][-policy.stall_rounds :]
+    if len(recent) < policy.stall_rounds:
+        return False
+    before = [v for r, v in sets.items() if r < recent[0]]
+    if not before:
+        return False
+    return min(sets[r] for r in recent) >= min(before)
+
+
+def _fmt_mib(n_bytes: float) -> str:
+    return f"{n_bytes / MIB:.1f} MiB"
+
+
+def _pause_text(plan: SwitchoverPlan) -> str:
+    """Both numbers: the real pause, and what QEMU's threshold needs."""
+    real = (
+        f"~{plan.real_pause_ms} ms real pause at {_fmt_mib(plan.switchover_bytes_s)}/s unthrottled"
+    )
+    qemu = (
+        f"QEMU's threshold needs ~{plan.qemu_needed_ms} ms at the capped "
+        f"{_fmt_mib(plan.transfer_bytes_s)}/s"
+        if not plan.qemu_told_rate
+        else f"QEMU, told that rate, needs a limit of ~{plan.qemu_needed_ms} ms"
+    )
+    if plan.real_pause_ms > plan.budget_ms:
+        return (
+            f"~{plan.real_pause_ms} ms real pause even at {_fmt_mib(plan.switchover_bytes_s)}/s "
+            f"unthrottled, over the {plan.budget_ms} ms budget"
+        )
+    if not plan.fits_budget:
+        return f"{real}, but {qemu}, above the {plan.qemu_ceiling_ms} ms we let it plan"
+    return f"{real} (within the {plan.budget_ms} ms budget); {qemu}"
+
+
+def _new_events(history: History) -> list[MigrationEvent]:
+    last_s = history.decisions[-1].at_s if history.decisions else -math.inf
+    return [e for e in history.events if e.now_s > last_s]
+
+
+# ---- the step ----------------------------------------------------------------
+
+
+def advance(state: State, history: History, policy: MigrationPolicy) -> tuple[Decision, History]:
+    """One controller step: decide, check the transition, record the decision.
+
+    The decision joins the history when it acts, explains or moves; the driver
+    and trace replays both step through here.
+
+    Raises:
+        AssertionError: ``step`` chose a transition ``TRANSITIONS`` forbids (a bug).
+
+    """
+    decision = step(state, history, policy)
+    if decision.next_state not in TRANSITIONS[state]:
+        msg = f"controller bug: {state} -> {decision.next_state} is not allowed"
+        raise AssertionError(msg)
+    if decision.actions or decision.reason or decision.next_state is not state:
+        history = history.with_decision(decision)
+    return decision, history
+
+
+def replay(
+    samples: Sequence[JobSample],
+    policy: MigrationPolicy,
+    events: Sequence[MigrationEvent] = (),
+    *,
+    started_s: float = 0.0,
+) -> tuple[State, History]:
+    """Feed recorded samples through ``advance`` as the driver would; return where it ended.
+
+    One step per sample, events added by time, until a terminal state.
+    """
+    state = State.SETUP
+    history = History(started_s=started_s)
+    pending = sorted(events, key=lambda e: e.now_s)
+    for sample in samples:
+        while pending and pending[0].now_s <= sample.now_s:
+            history = history.with_event(pending.pop(0))
+        decision, history = advance(state, history.with_sample(sample), policy)
+        state = decision.next_state
+        if state in TERMINAL:
+            break
+    return state, history
+
+
+def step(state: State, history: History, policy: MigrationPolicy) -> Decision:  # noqa: PLR0911  one return per rule, in priority order
+    """Decide what to do next.
+
+    Args:
+        state: the current state.
+        history: samples, events and past decisions.
+        policy: the user's budget and allowed escalations.
+
+    Returns:
+        The decision; ``next_state`` is always allowed by ``TRANSITIONS``.
+
+    """
+    now_s = history.now_s
+    rnd = history.round
+
+    def decide(nxt: State, reason: str, *actions: Action) -> Decision:
+        return Decision(next_state=nxt, actions=actions, reason=reason, at_s=now_s, round=rnd)
+
+    if state in TERMINAL:
+        return decide(state, "")
+    new = _new_events(history)
+    kinds = {e.kind for e in new}
+    if EventKind.JOB_COMPLETED in kinds:
+        return decide(State.COMPLETED, "the migration job completed")
+    if state in _POSTCOPY:
+        return _step_postcopy(state, history, policy, new, decide)
+    if EventKind.JOB_FAILED in kinds:
+        detail = next(e.detail for e in new if e.kind is EventKind.JOB_FAILED)
+        return decide(State.ABORTED, f"the migration job ended without completing: {detail}")
+    if state is State.ABORTING:
+        return decide(State.ABORTING, "")
+    if EventKind.CANCEL_REQUESTED in kinds:
+        return decide(
+            State.ABORTING,
+            "cancelled by the user",
+            Abort("cancelled by the user"),
+        )
+    if not history.decisions:
+        actions: list[Action] = [SetMaxDowntime(policy.initial_downtime_ms)]
+        if policy.allows_throttle:
+            actions.append(Throttle(0))
+        return decide(
+            state,
+            f"start with the tightest downtime, {policy.initial_downtime_ms} ms",
+            *actions,
+        )
+    return _step_precopy(state, history, policy, decide)
+
+
+class _Decide(Protocol):
+    def __call__(self, nxt: State, reason: str, *actions: Action) -> Decision: ...
+
+
+def _phase_state(state: State, history: History) -> State:
+    if state is State.THROTTLING or not history.samples:
+        return state
+    last = history.samples[-1]
+    if last.iteration >= 2:
+        return State.CONVERGING
+    if last.memory_total_bytes > 0:
+        return State.BULK_COPY
+    return state
+
+
+def _step_precopy(
+    state: State, history: History, policy: MigrationPolicy, decide: _Decide
+) -> Decision:
+    elapsed_s = history.now_s - history.started_s
+    phase = _phase_state(state, history)
+    if elapsed_s >= policy.max_duration_s:
+        reason = (
+            f"did not converge within the {policy.max_duration_s:g} s time budget "
+            f"(max_duration_s) at a downtime of up to {policy.max_downtime_ms} ms"
+        )
+        return decide(State.ABORTING, reason, Abort(reason))
+    if (
+        policy.allow_postcopy
+        and phase is not State.SETUP
+        and elapsed_s >= policy.max_duration_s * policy.postcopy_after_fraction
+    ):
+        return decide(
+            State.POSTCOPY,
+            f"{elapsed_s:.0f} s spent, past {policy.postcopy_after_fraction:.0%} of the "
+            f"{policy.max_duration_s:g} s budget: switch to post-copy so it can finish",
+            StartPostCopy(),
+        )
+    entered = "" if phase is state else f"entered {phase.value} (round {history.round})"
+    if phase not in {State.CONVERGING, State.THROTTLING}:
+        return decide(phase, entered)
+    sets = round_dirty_sets(history.samples)
+    bw = bandwidth_bytes_s(history.samples, policy)
+    best = min(sets.values())
+    plan = plan_switchover(dirty_bytes=best, transfer_bytes_s=bw, policy=policy)
+    at_minimum = _switch_over_at_minimum(
+        phase, history, policy, decide, sets=sets, bw=bw, plan=plan
+    ) or _postcopy_after_first_pass(history, policy, decide, plan, best=best, bw=bw)
+    if at_minimum is not None:
+        return at_minimum
+    if not is_stalled(history, policy):
+        return decide(phase, entered)
+    return _escalate(phase, history, policy, decide, plan, best=best, bw=bw)
+
+
+def _qemu_admits(
+    history: History, policy: MigrationPolicy, plan: SwitchoverPlan | None, *, best: int, bw: float
+) -> bool:
+    """True if QEMU's current limit already admits ``best``: it switches over by itself."""
+    rate = plan.qemu_rate_bytes_s if plan is not None else bw
+    needed_ms = downtime_needed_ms(dirty_bytes=best, bandwidth_bytes_s=rate)
+    return current_downtime_ms(history, policy) >= needed_ms
+
+
+def _switch_over_at_minimum(  # noqa: PLR0913  all keyword-only context of one rule
+    phase: State,
+    history: History,
+    policy: MigrationPolicy,
+    decide: _Decide,
+    *,
+    sets: dict[int, int],
+    bw: float,
+    plan: SwitchoverPlan | None,
+) -> Decision | None:
+    """Raise QEMU's limit to switch over at a new minimum of the dirty set, if it fits.
+
+    This round's dirty set is the best so far and fits the budget, so let QEMU
+    finish now rather than wait for a rung. With a known switchover rate the
+    budget is judged against the real pause and QEMU gets what its threshold
+    needs; otherwise QEMU gets a rung of the ladder.
+    """
+    rnd = history.round
+    best = min(sets.values())
+    downtime_ms = current_downtime_ms(history, policy)
+    best_needed_ms = downtime_needed_ms(dirty_bytes=best, bandwidth_bytes_s=bw)
+    if (
+        rnd not in sets
+        or sets[rnd] != best
+        or _qemu_admits(history, policy, plan, best=best, bw=bw)
+    ):
+        return None
+    fit = _smallest_rung_at_least(policy, math.ceil(best_needed_ms * QEMU_LIMIT_MARGIN))
+    rung_fits = fit is not None and fit > downtime_ms
+    if not ((plan is not None and plan.fits_budget) or rung_fits):
+        return None
+    waiting = _worth_another_round(history, policy, sets=sets, bw=bw, plan=plan)
+    if waiting is not None:
+        already = any(d.round == rnd and d.reason.endswith(_WAIT_NOTE) for d in history.decisions)
+        return decide(phase, "" if already else f"round {rnd} left {_fmt_mib(best)}: {waiting}")
+    if plan is not None and plan.fits_budget:
+        return decide(
+            phase,
+            f"round {rnd} left {_fmt_mib(best)}, a new minimum: {_pause_text(plan)}: "
+            f"set it to {plan.qemu_target_ms} ms to switch over now",
+            SetMaxDowntime(plan.qemu_target_ms),
+        )
+    assert fit is not None  # noqa: S101  ``fits`` without a fitting plan means a rung fits
+    return decide(
+        phase,
+        f"round {rnd} left {_fmt_mib(best)}, a new minimum that needs "
+        f"~{best_needed_ms} ms at {_fmt_mib(bw)}/s: allow {fit} ms to switch over now",
+        SetMaxDowntime(fit),
+    )
+
+
+def expected_shrink(
+    history: History, sets: dict[int, int], bw: float, *, preflight_dirty_bytes_s: float = 0.0
+) -> float | None:
+    """The share of this round's dirty set the next round is expected to leave.
+
+    The larger (the more cautious) of two readings: the guest's dirty rate over
+    the transfer rate (the next round lasts set / bw and the guest dirties at
+    its rate meanwhile), and this round's set over the previous round's. The
+    dirty rate is QEMU's once it has reported one, else pre-flight's
+    measurement (``preflight_dirty_bytes_s``, 0: none). None when nothing is known.
+    """
+    readings = []
+    last = history.samples[-1] if history.samples else None
+    qemu_reported = any(s.memory_dirty_rate_pages_s > 0 for s in history.samples)
+    if last is not None and qemu_reported and bw > 0:
+        readings.append(last.memory_dirty_rate_pages_s * last.memory_page_size / bw)
+    elif preflight_dirty_bytes_s > 0 and bw > 0:
+        readings.append(preflight_dirty_bytes_s / bw)
+    rnd = history.round
+    if rnd in sets and sets.get(rnd - 1, 0) > 0:
+        readings.append(sets[rnd] / sets[rnd - 1])
+    return max(readings) if readings else None
+
+
+_WAIT_NOTE: Final = "one more round for a shorter pause"
+"""How a wait's reason ends: said once per round."""
+
+
+def _worth_another_round(
+    history: History,
+    policy: MigrationPolicy,
+    *,
+    sets: dict[int, int],
+    bw: float,
+    plan: SwitchoverPlan | None,
+) -> str | None:
+    """Why one more pre-copy round is worth waiting for, or None to switch over now.
+
+    The budget is a ceiling, not a target. While the rounds still shrink fast
+    (the next is expected to leave at most ``WAIT_WHILE_SHRINK_AT_MOST`` of
+    this one), another round costs less time than this one did and should at
+    least halve the pause; so wait, unless the pause already fits the tightest
+    rung or the round would run into the time budget's escalation point.
+    """
+    if policy.postcopy_after_first_pass:
+        return None  # the forecast measured rounds that cannot shrink: no reason to wait
+    best = min(sets.values())
+    preflight = (policy.preflight_dirty_mib_s or 0.0) * MIB
+    shrink = expected_shrink(history, sets, bw, preflight_dirty_bytes_s=preflight)
+    if shrink is None or shrink > WAIT_WHILE_SHRINK_AT_MOST:
+        return None
+    rate = plan.switchover_bytes_s if plan is not None else bw
+    data_ms = downtime_needed_ms(dirty_bytes=best, bandwidth_bytes_s=rate)
+    if data_ms <= policy.initial_downtime_ms:
+        return None
+    deadline_s = policy.max_duration_s * (
+        policy.postcopy_after_fraction if policy.allow_postcopy else 1.0
+    )
+    if history.now_s - history.started_s + best / bw >= deadline_s:
+        return None
+    return (
+        f"~{data_ms} ms to send at {_fmt_mib(rate)}/s, and the rounds still shrink "
+        f"(the next should leave ~{shrink:.0%} of it): {_WAIT_NOTE}"
+    )
+
+
+def _postcopy_after_first_pass(  # noqa: PLR0913  all context of one rule
+    history: History,
+    policy: MigrationPolicy,
+    decide: _Decide,
+    plan: SwitchoverPlan | None,
+    *,
+    best: int,
+    bw: float,
+) -> Decision | None:
+    """Post-copy right after the first pass when the forecast said rounds cannot shrink.
+
+    Only while QEMU's limit does not admit the best dirty set yet (if it does, QEMU
+    switches over by itself): the ladder would only spend the budget finding out.
+    """
+    if not (policy.allow_postcopy and policy.postcopy_after_first_pass):
+        return None
+    if _qemu_admits(history, policy, plan, best=best, bw=bw):
+        return None
+    return decide(
+        State.POSTCOPY,
+        f"first pass done, {_fmt_mib(best)} dirty at {_fmt_mib(bw)}/s, and the forecast "
+        "measured a dirty rate at or above the bandwidth: switch to post-copy now",
+        StartPostCopy(),
+    )
+
+
+def _smallest_rung_at_least(policy: MigrationPolicy, needed_ms: int) -> int | None:
+    for rung in policy.downtime_schedule:
+        if rung.downtime_ms >= needed_ms:
+            return rung.downtime_ms
+    if needed_ms <= policy.max_downtime_ms * QEMU_LIMIT_MARGIN:
+        return policy.max_downtime_ms
+    return None
+
+
+def _escalate(  # noqa: PLR0913  all keyword-only context of one escalation
+    phase: State,
+    history: History,
+    policy: MigrationPolicy,
+    decide: _Decide,
+    plan: SwitchoverPlan | None,
+    *,
+    best: int,
+    bw: float,
+) -> Decision:
+    needed = downtime_needed_ms(dirty_bytes=best, bandwidth_bytes_s=bw)
+    cost = f"needs ~{needed} ms at {_fmt_mib(bw)}/s" if plan is None else _pause_text(plan)
+    stall = (
+        f"stalled: {policy.stall_rounds} rounds without a new minimum "
+        f"(best dirty set {_fmt_mib(best)}, {cost})"
+    )
+    downtime_ms = current_downtime_ms(history, policy)
+    within = _raise_within_budget(plan, downtime_ms)
+    if within is not None:
+        limit_ms, why = within
+        return decide(phase, f"{stall}: {why}", SetMaxDowntime(limit_ms))
+    # The ladder's rungs are limits at the capped rate: not for a QEMU told the real rate.
+    fit = (
+        None
+        if plan is not None and plan.qemu_told_rate
+        else _smallest_rung_at_least(policy, needed)
+    )
+    if fit is not None and fit > downtime_ms:
+        return decide(phase, f"{stall}: raise the downtime to {fit} ms", SetMaxDowntime(fit))
+    throttle = current_throttle_percent(history)
+    higher = [p for p in throttle_steps(policy.max_throttle_percent) if p > throttle]
+    if higher:
+        return _throttle(policy, decide, plan, stall=stall, downtime_ms=downtime_ms, to=higher[0])
+    if policy.allow_postcopy:
+        return decide(
+            State.POSTCOPY,
+            f"{stall}; downtime ladder and throttling exhausted: switch to post-copy",
+            StartPostCopy(),
+        )
+    limits = []
+    if not policy.allows_throttle:
+        limits.append("throttling")
+    limits.append("post-copy")
+    pause = f"~{needed} ms at {_fmt_mib(bw)}/s"
+    if plan is not None:
+        pause = (
+            f"~{plan.real_pause_ms} ms real pause at {_fmt_mib(plan.switchover_bytes_s)}/s "
+            f"unthrottled ({pause} capped)"
+        )
+    reason = (
+        f"cannot meet the {policy.max_downtime_ms} ms downtime budget: the guest "
+        f"re-dirties {_fmt_mib(best)} per round, {pause}, "
+        f"and the policy forbids {' and '.join(limits)}"
+    )
+    return decide(State.ABORTING, reason, Abort(reason))
+
+
+def _raise_within_budget(plan: SwitchoverPlan | None, downtime_ms: int) -> tuple[int, str] | None:
+    """A higher QEMU limit whose real pause still fits the budget, and why; else None.
+
+    First what the best dirty set needs; if QEMU already has that and still did
+    not switch over, the ceiling (all that pauses within the budget unthrottled).
+    """
+    if plan is None or not plan.fits_budget:
+        return None
+    if plan.qemu_target_ms > downtime_ms:
+        return plan.qemu_target_ms, f"set it to {plan.qemu_target_ms} ms"
+    if plan.qemu_ceiling_ms > downtime_ms:
+        admits = plan.qemu_ceiling_ms / 1000 * plan.qemu_rate_bytes_s
+        return plan.qemu_ceiling_ms, (
+            f"QEMU already has {downtime_ms} ms; let it plan up to {plan.qemu_ceiling_ms} ms "
+            f"({_fmt_mib(admits)}, which still pauses within the {plan.budget_ms} ms "
+            "budget unthrottled)"
+        )
+    return None
+
+
+def _throttle(  # noqa: PLR0913  all keyword-only context of one escalation
+    policy: MigrationPolicy,
+    decide: _Decide,
+    plan: SwitchoverPlan | None,
+    *,
+    stall: str,
+    downtime_ms: int,
+    to: int,
+) -> Decision:
+    """Throttle the guest, and let QEMU take all the budget allows while it slows down.
+
+    Without a switchover rate that is the budget itself; with one, the ceiling
+    (QEMU's limit whose admitted data pauses within the budget unthrottled).
+    """
+    budget_ms = policy.max_downtime_ms
+    if plan is None:
+        limit_ms = budget_ms
+    elif plan.qemu_told_rate:
+        limit_ms = max(1, plan.qemu_ceiling_ms)  # QEMU's limit is in real-pause terms
+    else:
+        limit_ms = max(budget_ms, plan.qemu_ceiling_ms)
+    raise_downtime: tuple[Action, ...] = (
+        (SetMaxDowntime(limit_ms),) if downtime_ms < limit_ms else ()
+    )
+    if plan is None:
+        why = f"the downtime budget of {budget_ms} ms cannot cover it"
+    elif plan.fits_budget:
+        why = f"QEMU's limit of {downtime_ms} ms already admits all that fits the budget"
+    else:
+        why = f"the {budget_ms} ms budget cannot cover it even unthrottled"
+    if raise_downtime and limit_ms > budget_ms:
+        why += f" (QEMU may plan up to {limit_ms} ms meanwhile: that pauses within it unthrottled)"
+    return decide(
+        State.THROTTLING,
+        f"{stall}; {why}: throttle the guest's CPUs up to {to}%",
+        *raise_downtime,
+        Throttle(to),
+    )
+
+
+def _step_postcopy(  # noqa: PLR0911  one return per post-copy rule
+    state: State,
+    history: History,
+    policy: MigrationPolicy,
+    new: list[MigrationEvent],
+    decide: _Decide,
+) -> Decision:
+    kinds = {e.kind for e in new}
+    if EventKind.CANCEL_REQUESTED in kinds:
+        return decide(
+            state,
+            "cancel refused: post-copy has started, the guest already runs on the "
+            "destination and part of its memory is only there; it must finish",
+        )
+    broken = bool(kinds & {EventKind.POSTCOPY_PAUSED, EventKind.JOB_FAILED})
+    if state is State.POSTCOPY:
+        if broken:
+            return _libvirt_paused(decide)
+        if not _postcopy_stuck(history, policy):
+            return decide(state, "")
+        if policy.postcopy_pause_on_stall:
+            return decide(
+                State.POSTCOPY,
+                f"post-copy moved no data for {policy.postcopy_stall_s:g} s: pause it so "
+                "it can be resumed over a fresh connection",
+                PausePostCopy(),
+            )
+        return decide(
+            State.POSTCOPY_PAUSED,
+            f"post-copy link stalled: no data moved for {policy.postcopy_stall_s:g} s; the "
+            "guest waits on the destination for pages still on the source; waiting up to "
+            f"{policy.postcopy_resume_wait_s:g} s for the link (the connection stays open, "
+            "nothing to resume)",
+        )
+    # POSTCOPY_PAUSED: stalled (waiting for the link) or paused by libvirt (resuming)
+    since_s = _paused_since(history)
+    resuming = _is_resuming(history)
+    if EventKind.POSTCOPY_RESUMED in kinds or _moved_since(history, since_s):
+        how = "POSTCOPY_RESUME" if resuming else "the link came back, same connection"
+        return decide(
+            State.POSTCOPY,
+            f"post-copy recovered after {history.now_s - since_s:.1f} s ({how})",
+        )
+    if broken and not resuming:
+        return _libvirt_paused(decide)
+    if history.now_s - since_s > policy.postcopy_resume_wait_s:
+        return decide(State.FAILED, _gave_up_reason(policy, resuming=resuming))
+    if resuming:
+        return decide(State.POSTCOPY_PAUSED, "", ResumePostCopy())
+    return decide(State.POSTCOPY_PAUSED, "")
+
+
+def _libvirt_paused(decide: _Decide) -> Decision:
+    return decide(
+        State.POSTCOPY_PAUSED,
+        "post-copy link broken: libvirt paused the migration (the guest waits on the "
+        "destination); resume it (POSTCOPY_RESUME) when the link is back",
+        ResumePostCopy(),
+    )
+
+
+def _gave_up_reason(policy: MigrationPolicy, *, resuming: bool) -> str:
+    head = (
+        f"post-copy did not recover within {policy.postcopy_resume_wait_s:g} s "
+        "(postcopy_resume_wait_s): the guest runs on the destination, paused on the "
+        "pages it still needs, and those pages exist only on the source; keep both "
+        "hosts up and do not destroy either copy"
+    )
+    if resuming:
+        return (
+            f"{head}; once the link is back, resume with: virsh migrate --live --p2p "
+            "--postcopy --postcopy-resume (same destination URI and flags)"
+        )
+    return f"{head}; libvirt carries on by itself once the link between the hosts is back"
+
+
+def _episode(history: History) -> list[Decision]:
+    """Decisions of the current paused episode (the latest run of POSTCOPY_PAUSED)."""
+    out: list[Decision] = []
+    for decision in reversed(history.decisions):
+        if decision.next_state is not State.POSTCOPY_PAUSED:
+            break
+        out.append(decision)
+    return out[::-1]
+
+
+def _paused_since(history: History) -> float:
+    episode = _episode(history)
+    return episode[0].at_s if episode else history.now_s
+
+
+def _is_resuming(history: History) -> bool:
+    return any(isinstance(a, ResumePostCopy) for d in _episode(history) for a in d.actions)
+
+
+def _moved_since(history: History, since_s: float) -> bool:
+    """True once a sample after ``since_s`` shows more data sent than the last one before."""
+    before = [s.data_processed_bytes for s in history.samples if s.now_s <= since_s]
+    after = [s.data_processed_bytes for s in history.samples if s.now_s > since_s]
+    return bool(before and after and after[-1] > before[-1])
+
+
+def _postcopy_stuck(history: History, policy: MigrationPolicy) -> bool:
+    started = next(
+        (d.at_s for d in reversed(history.decisions) if d.next_state is State.POSTCOPY), None
+    )
+    if started is None:
+        return False
+    for d in reversed(history.decisions):
+        if d.at_s <= started:
+            break
+        if any(isinstance(a, PausePostCopy | ResumePostCopy) for a in d.actions):
+            started = d.at_s
+            break
+    window = [s for s in history.samples if s.now_s >= started]
+    if not window or history.now_s - started < policy.postcopy_stall_s:
+        return False
+    last = window[-1].data_processed_bytes
+    moved_at = max((s.now_s for s in window if s.data_processed_bytes != last), default=started)
+    return history.now_s - moved_at >= policy.postcopy_stall_s
+
+
+def is_abortable(state: State) -> bool:
+    """True while aborting leaves the guest whole on the source (pre-copy)."""
+    return state in _PRECOPY or state is State.ABORTING

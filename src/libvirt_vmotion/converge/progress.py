@@ -1,0 +1,304 @@
+"""Honest, phase-aware progress and the controller's part of the report.
+
+Pure: no I/O, no clock, no logging. The percentage only ever covers the bulk
+copy and never decreases; once QEMU re-sends dirtied pages, progress is told as
+rounds and remaining data, and a round that adds work says so instead of
+lowering a number. The ETA is given only when the data says the migration
+converges (dirty rate below transfer rate); otherwise it says why not.
+QEMU reports no dirty rate until it has completed a full round: until then the
+dirty rate shown is pre-flight's measurement, passed in and labelled as such.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+from libvirt_vmotion.converge.machine import (
+    History,
+    ResumePostCopy,
+    State,
+    current_downtime_ms,
+    current_throttle_percent,
+    round_dirty_sets,
+)
+from libvirt_vmotion.model import MIB, DirtyRateSource, JobSample, shown_dirty_rate
+from libvirt_vmotion.policy import MigrationPolicy
+
+
+@dataclass(frozen=True, slots=True)
+class ProgressView:
+    """What the user sees at one moment.
+
+    Attributes:
+        phase: setup, bulk-copy, converging, throttling, postcopy, ... done.
+        round: QEMU's memory iteration.
+        elapsed_s: since the migration started.
+        bulk_percent: share of RAM sent in the first pass (never decreases).
+        remaining_mib: data QEMU still has to send.
+        dirty_mib_s: guest dirty rate (see ``dirty_source``).
+        transfer_mib_s: migration transfer rate.
+        rounds_left: estimated rounds to the switchover, if converging.
+        eta_s: estimated seconds to completion, if it can be known.
+        note: what is happening, in words (added work, escalation, why no ETA).
+
+    """
+
+    phase: str
+    round: int
+    elapsed_s: float
+    bulk_percent: float
+    remaining_mib: float
+    dirty_mib_s: float
+    transfer_mib_s: float
+    rounds_left: int | None
+    eta_s: float | None
+    note: str
+    disk_total_mib: float = 0.0
+    """Disk data to copy (non-shared storage; 0 when disks are shared)."""
+    disk_remaining_mib: float = 0.0
+    dirty_source: DirtyRateSource = DirtyRateSource.QEMU
+    """Where ``dirty_mib_s`` comes from: QEMU, or pre-flight until QEMU has reported a rate."""
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-serializable form (one JSON line of ``--json`` output)."""
+        out = asdict(self)
+        for key in (
+            "elapsed_s",
+            "bulk_percent",
+            "remaining_mib",
+            "dirty_mib_s",
+            "transfer_mib_s",
+            "disk_total_mib",
+            "disk_remaining_mib",
+        ):
+            out[key] = round(float(out[key]), 1)
+        out["dirty_source"] = self.dirty_source.value
+        if self.eta_s is not None:
+            out["eta_s"] = round(self.eta_s, 1)
+        return {"event": "progress", **out}
+
+    def line(self) -> str:
+        """One human line."""
+        head = f"{self.phase:<15} {self.elapsed_s:6.1f} s"
+        if self.phase in {State.SETUP.value, State.BULK_COPY.value}:
+            body = f"  sent {self.bulk_percent:5.1f}% of RAM  {self.transfer_mib_s:6.1f} MiB/s"
+        else:
+            dirty = f"{self.dirty_mib_s:6.1f}"
+            if self.dirty_source is DirtyRateSource.PREFLIGHT:
+                dirty += " (pre-flight)"
+            body = (
+                f"  round {self.round:>3}  remaining {self.remaining_mib:7.1f} MiB  "
+                f"dirty {dirty} vs {self.transfer_mib_s:6.1f} MiB/s"
+            )
+        if self.disk_total_mib > 0:
+            done = self.disk_total_mib - self.disk_remaining_mib
+            body += f"  disk {done:.0f}/{self.disk_total_mib:.0f} MiB"
+        if self.rounds_left is not None:
+            body += f"  ~{self.rounds_left} rounds left"
+        if self.eta_s is not None:
+            body += f"  ETA {self.eta_s:.0f} s"
+        return head + body + (f"  ({self.note})" if self.note else "")
+
+
+def build_view(
+    state: State,
+    history: History,
+    policy: MigrationPolicy,
+    previous: ProgressView | None = None,
+    *,
+    preflight_dirty_mib_s: float | None = None,
+) -> ProgressView:
+    """The progress view after the latest sample.
+
+    Args:
+        state: the controller's state.
+        history: samples, events and decisions so far.
+        policy: the policy (downtime target for the rounds-left estimate).
+        previous: the last view shown, so the percentage never decreases.
+        preflight_dirty_mib_s: the dirty rate pre-flight measured (None: not
+            measured); shown, labelled, until QEMU reports a rate of its own.
+
+    Returns:
+        The view to show.
+
+    """
+    sample = history.samples[-1] if history.samples else None
+    elapsed_s = history.now_s - history.started_s
+    qemu_has_reported = any(s.memory_dirty_rate_pages_s > 0 for s in history.samples)
+    dirty, dirty_source = shown_dirty_rate(
+        sample.dirty_rate_mib_s if sample is not None else 0.0,
+        qemu_has_reported=qemu_has_reported,
+        preflight_mib_s=preflight_dirty_mib_s,
+    )
+    if sample is None:
+        return ProgressView(
+            phase=state.value,
+            round=0,
+            elapsed_s=elapsed_s,
+            bulk_percent=0.0,
+            remaining_mib=0.0,
+            dirty_mib_s=dirty,
+            transfer_mib_s=0.0,
+            rounds_left=None,
+            eta_s=None,
+            note="",
+            dirty_source=dirty_source,
+        )
+    bulk = _bulk_percent(sample)
+    if previous is not None:
+        bulk = max(bulk, previous.bulk_percent)
+    if state not in {State.SETUP, State.BULK_COPY}:
+        bulk = 100.0
+    rate = sample.transfer_rate_mib_s
+    remaining = sample.data_remaining_bytes / MIB
+    rounds_left, eta_s, note = _estimate(state, history, policy, sample)
+    if previous is not None and previous.round == sample.iteration - 1 and note == "":
+        sets = round_dirty_sets(history.samples)
+        if len(sets) >= 2 and sets.get(sample.iteration, 0) > sets.get(sample.iteration - 1, 0):
+            note = f"round {sample.iteration} added work: the guest re-dirtied pages"
+    # A decision's reason is shown once, on the first view after it was taken: the
+    # report keeps every reason; repeating one on later lines reads as a new decision.
+    shown_up_to_s = history.started_s + previous.elapsed_s if previous is not None else -math.inf
+    decision = history.decisions[-1] if history.decisions else None
+    if decision is not None and decision.reason and decision.at_s > shown_up_to_s:
+        note = decision.reason
+    return ProgressView(
+        phase=state.value,
+        round=sample.iteration,
+        elapsed_s=elapsed_s,
+        bulk_percent=bulk,
+        remaining_mib=remaining,
+        dirty_mib_s=dirty,
+        transfer_mib_s=rate,
+        rounds_left=rounds_left,
+        eta_s=eta_s,
+        note=note,
+        disk_total_mib=sample.disk_total_bytes / MIB,
+        disk_remaining_mib=sample.disk_remaining_bytes / MIB,
+        dirty_source=dirty_source,
+    )
+
+
+def _bulk_percent(sample: JobSample) -> float:
+    if sample.memory_total_bytes <= 0:
+        return 0.0
+    if sample.iteration >= 2:
+        return 100.0
+    return min(100.0, 100.0 * sample.data_processed_bytes / sample.memory_total_bytes)
+
+
+def _estimate(
+    state: State, history: History, policy: MigrationPolicy, sample: JobSample
+) -> tuple[int | None, float | None, str]:
+    bw = float(sample.memory_bps)
+    remaining = float(sample.data_remaining_bytes)
+    if bw <= 0:
+        return None, None, ""
+    if state in {State.SETUP, State.BULK_COPY}:
+        return None, remaining / bw, ""
+    if state in {State.POSTCOPY, State.POSTCOPY_PAUSED}:
+        note = "" if state is State.POSTCOPY else "link broken: waiting to resume post-copy"
+        return None, remaining / bw, note
+    dirty = float(sample.memory_dirty_rate_pages_s * sample.memory_page_size)
+    target = current_downtime_ms(history, policy) / 1000 * bw
+    if dirty >= bw:
+        return None, None, "no ETA: the guest dirties memory as fast as it is sent"
+    rho = dirty / bw
+    if remaining <= target or rho <= 0:
+        return 0, remaining / bw, ""
+    rounds = math.ceil(math.log(target / remaining) / math.log(rho)) if rho < 1 else None
+    return rounds, remaining / (bw - dirty), ""
+
+
+def build_controller_section(
+    state: State, history: History, policy: MigrationPolicy, *, downtime_ms: int | None
+) -> dict[str, object]:
+    """The controller's part of the final report.
+
+    Args:
+        state: the final state.
+        history: everything seen and decided.
+        policy: the budget.
+        downtime_ms: the measured downtime, if known.
+
+    Returns:
+        JSON-serializable figures: decisions with reasons, rounds, bytes per
+        round, final dirty set, strategy, whether the budget was met.
+
+    """
+    sets = round_dirty_sets(history.samples)
+    elapsed_s = history.now_s - history.started_s
+    strategy = "pre-copy"
+    if any(d.next_state is State.POSTCOPY for d in history.decisions):
+        strategy = "post-copy"
+    elif current_throttle_percent(history) > 0:
+        strategy = "throttle"
+    elif any(d.next_state is not State.ABORTING and d.actions for d in history.decisions[1:]):
+        strategy = "pre-copy, downtime raised"
+    met = (
+        state is State.COMPLETED
+        and elapsed_s <= policy.max_duration_s
+        and (downtime_ms is None or downtime_ms <= policy.max_downtime_ms)
+    )
+    return {
+        "state": state.value,
+        "strategy": strategy,
+        "rounds": max(sets, default=history.round),
+        "bytes_per_round": {str(r): b for r, b in sorted(sets.items())},
+        "final_dirty_set_bytes": sets[max(sets)] if sets else 0,
+        "downtime_limit_ms": current_downtime_ms(history, policy),
+        "throttle_percent": current_throttle_percent(history),
+        "budget": {
+            "max_downtime_ms": policy.max_downtime_ms,
+            "max_duration_s": policy.max_duration_s,
+            "met": met,
+        },
+        "postcopy_recoveries": postcopy_recoveries(history),
+        "decisions": [
+            {
+                "at_s": round(d.at_s - history.started_s, 2),
+                "round": d.round,
+                "state": d.next_state.value,
+                "actions": [_action_text(a) for a in d.actions],
+                "reason": d.reason,
+            }
+            for d in history.decisions
+            if d.reason
+        ],
+        "policy": policy.to_dict(),
+    }
+
+
+def postcopy_recoveries(history: History) -> list[dict[str, object]]:
+    """Each time the post-copy link broke: when, when it recovered (None: never), and how.
+
+    Returns:
+        ``{"broken_at_s", "recovered_at_s", "how", "reason"}`` per episode, times
+        relative to the start of the migration.
+
+    """
+    out: list[dict[str, object]] = []
+    episode: dict[str, object] | None = None
+    resumed = False
+    for d in history.decisions:
+        at_s = round(d.at_s - history.started_s, 2)
+        if d.next_state is State.POSTCOPY_PAUSED:
+            resumed = resumed or any(isinstance(a, ResumePostCopy) for a in d.actions)
+            if episode is None:
+                episode = {"broken_at_s": at_s, "recovered_at_s": None, "how": None}
+                episode["reason"] = d.reason
+                out.append(episode)
+        elif episode is not None:
+            # Back to post-copy, or straight to completion: either way the link came back.
+            if d.next_state in {State.POSTCOPY, State.COMPLETED}:
+                episode["recovered_at_s"] = at_s
+                episode["how"] = "postcopy-resume" if resumed else "same-connection"
+            episode, resumed = None, False
+    return out
+
+
+def _action_text(action: object) -> str:
+    fields = getattr(action, "__slots__", ())
+    args = ", ".join(f"{f}={getattr(action, f)!r}" for f in fields)
+    return f"{type(action).__name__}({args})"

@@ -1,0 +1,599 @@
+"""Network cutover (vMotion step 8): announce the guest from the destination, verify.
+
+I/O: orchestration across hosts; the frame building and the verdicts are pure
+(``notify``, ``netcheck``). Two halves:
+
+**On the destination host** (agent operation ``announce``, started *before* the
+migration so that nothing is left to start at switchover): wait until the
+local libvirtd reports the incoming guest running, then at once point the
+local bridge's entry for each NIC's MAC at the guest's tap (it has usually
+learned the MAC on its uplink while the guest ran elsewhere, and would drop the
+guest's incoming traffic until the guest sends a frame itself), send RARP for
+each NIC's MAC, gratuitous ARP for each IPv4 and an unsolicited neighbour
+advertisement for each IPv6 address, on the schedule, out of the NIC's bridge;
+then wait until that bridge's forwarding database has the MAC on the guest's
+tap. Times are measured from the moment the resume was seen (polled every
+``poll_ms``; that poll interval bounds the delay).
+
+**On the client** (``NetworkCutover``, the driver's post-switchover hook):
+``arm`` reads the guest's NICs and addresses (libvirt's domifaddr sources
+agent/lease/arp, then ``--guest-ip``; the report says which) and starts the
+destination's announcer; ``finish`` collects its result, removes stale entries
+for the guest's MACs from the source host's bridge, and (lab) reads when the
+switch learned the MAC at its new port. The result is the report section
+``network_cutover``.
+
+Clocks: the destination reports wall-clock times; "resume to switch learned"
+compares them with this machine's clock, so it assumes synchronized clocks (one
+machine in the lab).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+from libvirt_vmotion.adapters.agent import RemoteHost
+from libvirt_vmotion.adapters.virt import Guest, Hypervisor
+from libvirt_vmotion.cutover.bridge import FdbClaims, FdbWatcher, fdb_entries
+from libvirt_vmotion.cutover.frames import (
+    AnnounceSchedule,
+    NotifyConfig,
+    build_announcements,
+)
+from libvirt_vmotion.cutover.send import send_announcements
+from libvirt_vmotion.errors import DomainNotFound, VmotionError
+from libvirt_vmotion.preflight.netcheck import (
+    BridgeFacts,
+    GuestNic,
+    NetCheckResult,
+    Severity,
+    check_networks,
+    guest_nics_from_xml,
+)
+
+log = logging.getLogger(__name__)
+
+SECTION = "network_cutover"
+
+
+class AgentClient(Protocol):
+    """What the cutover needs of a host's agent (``agent.RemoteHost``)."""
+
+    def call(
+        self, op: str, args: Mapping[str, object] | None = None, *, timeout_s: float = 30.0
+    ) -> dict[str, object]:
+        """Run ``op`` on the host."""
+        ...
+
+
+# ---- destination host: agent operation ------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Resume:
+    """What the destination's wait for the resume found."""
+
+    resumed: bool
+    why_not: str = ""
+    wall_s: float = 0.0
+    taps: Mapping[str, str] = field(default_factory=dict)
+    """The guest's tap per MAC, read while the incoming guest was still paused."""
+
+
+def _wait_running(
+    uri: str,
+    domain: str,
+    *,
+    timeout_s: float,
+    poll_s: float,
+    on_taps: Callable[[Mapping[str, str]], None] = lambda _taps: None,
+) -> _Resume:
+    """Poll the local libvirtd until ``domain`` runs.
+
+    The guest's taps are read from its live XML as soon as the incoming guest
+    shows up (libvirt creates them before QEMU starts) and handed to
+    ``on_taps`` then, so nothing is left to look up at the resume.
+    """
+    deadline = time.monotonic() + timeout_s
+    seen = False
+    taps: dict[str, str] = {}
+    with Hypervisor.open(uri) as hv:
+        guest: Guest | None = None
+        while time.monotonic() < deadline:
+            try:
+                if guest is None:
+                    guest = hv.lookup(domain)
+                    seen = True
+                if not taps:
+                    taps = {n.mac: n.tap for n in guest_nics_from_xml(guest.xml()) if n.tap}
+                    if taps:
+                        on_taps(taps)
+                if guest.state_name() == "running":
+                    return _Resume(resumed=True, wall_s=time.time(), taps=taps)
+            except DomainNotFound:
+                if seen:
+                    why = "the guest left this host (the migration failed)"
+                    return _Resume(resumed=False, why_not=why)
+                guest = None
+            time.sleep(poll_s)
+    why = f"the guest did not start running here within {timeout_s:g} s"
+    return _Resume(resumed=False, why_not=why)
+
+
+def _prepare_claims(
+    claims: FdbClaims, nics: Sequence[Mapping[str, Any]], taps: Mapping[str, str]
+) -> list[str]:
+    """Prepare pointing each bridge's entry for each guest MAC at the guest's tap."""
+    errors: list[str] = []
+    for nic in nics:
+        bridge, mac = str(nic["bridge"]), str(nic["mac"]).lower()
+        tap = taps.get(mac, "")
+        if not tap:
+            errors.append(f"no tap known for {mac}: {bridge}'s entry for it not set")
+            continue
+        try:
+            claims.prepare(bridge, mac, tap)
+        except OSError as exc:
+            errors.append(f"cannot point {bridge}'s entry for {mac} at {tap}: {exc}")
+    return errors
+
+
+def _taps_by_mac(uri: str, domain: str) -> dict[str, str]:
+    try:
+        with Hypervisor.open(uri) as hv:
+            return {n.mac: n.tap for n in guest_nics_from_xml(hv.lookup(domain).xml())}
+    except VmotionError as exc:
+        log.warning("cannot read the guest's taps: %s", exc)
+        return {}
+
+
+def _verify_fdb(
+    nics: Sequence[Mapping[str, Any]], taps: Mapping[str, str], *, timeout_s: float, start: float
+) -> list[dict[str, object]]:
+    """Wait until each bridge has each MAC on the guest's tap; report where and when."""
+    pending = {(str(n["bridge"]), str(n["mac"]).lower()) for n in nics}
+    found: dict[tuple[str, str], dict[str, object]] = {}
+    deadline = start + timeout_s
+    while pending:
+        for bridge, mac in sorted(pending):
+            entries = fdb_entries(bridge, [mac])
+            tap = taps.get(mac, "")
+            ports = [e.port for e in entries]
+            if (tap and tap in ports) or (not tap and ports):
+                after_ms = round((time.monotonic() - start) * 1000, 1)
+                found[bridge, mac] = {
+                    "bridge": bridge, "mac": mac, "port": tap or ports[0], "tap": tap,
+                    "verified": True, "after_resume_ms": after_ms,
+                }  # fmt: skip
+        pending -= found.keys()
+        if not pending or time.monotonic() > deadline:
+            break
+        time.sleep(0.005)
+    for bridge, mac in sorted(pending):
+        entries = fdb_entries(bridge, [mac])
+        found[bridge, mac] = {
+            "bridge": bridge, "mac": mac, "tap": taps.get(mac, ""), "verified": False,
+            "ports_seen": [e.port for e in entries],
+            "detail": f"{bridge} had not learned {mac} on the guest's tap after "
+            f"{timeout_s * 1000:.0f} ms (the guest has not sent a frame yet)",
+        }  # fmt: skip
+    return list(found.values())
+
+
+def _announce_all(
+    nics: Sequence[Mapping[str, Any]], schedule: AnnounceSchedule, start: float
+) -> tuple[list[dict[str, object]], list[str]]:
+    """Send each NIC's announcements out of its bridge, one thread per bridge."""
+    sent: list[dict[str, object]] = []
+    errors: list[str] = []
+    by_bridge: dict[str, list[Mapping[str, Any]]] = {}
+    for nic in nics:
+        by_bridge.setdefault(str(nic["bridge"]), []).append(nic)
+
+    def announce(bridge: str, members: Sequence[Mapping[str, Any]]) -> None:
+        frames = [a for n in members for a in build_announcements(str(n["mac"]), n.get("ips", []))]
+        lead_ms = (time.monotonic() - start) * 1000
+        try:
+            records = send_announcements(bridge, frames, schedule)
+        except OSError as exc:
+            errors.append(f"cannot send on {bridge}: {exc}")
+            return
+        for record in records:
+            item = record.as_dict()
+            item["bridge"] = bridge
+            item["at_ms"] = round(lead_ms + record.at_ms, 1)
+            sent.append(item)
+
+    threads = [
+        threading.Thread(target=announce, args=(bridge, members), daemon=True)
+        for bridge, members in by_bridge.items()
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return sent, errors
+
+
+def op_announce(args: Mapping[str, Any]) -> dict[str, object]:
+    """Agent op ``announce``: wait for the guest to resume here, announce it, verify.
+
+    Args (JSON): ``domain``; ``nics`` [{mac, bridge, ips}]; ``count``,
+    ``interval_ms`` (schedule); ``libvirt_uri`` (default ``qemu:///system``);
+    ``wait_for_resume`` (default true); ``timeout_s``; ``poll_ms``;
+    ``verify_timeout_ms``; ``claim_fdb`` (default true: point the local
+    bridge's entry for each MAC at the guest's tap first, ``bridge.FdbClaims``).
+
+    Returns:
+        ``resumed``, ``resumed_at_wall_s``, ``fdb_claimed`` (bridge, mac, tap, the
+        ports the entry pointed at before, at_ms), ``sent`` (kind, mac, ip, round,
+        at_ms after resume), ``fdb`` (per bridge and MAC: verified, port,
+        after_resume_ms).
+
+    """
+    uri = str(args.get("libvirt_uri") or "qemu:///system")
+    domain = str(args["domain"])
+    nics: list[Mapping[str, Any]] = list(args.get("nics") or [])
+    schedule = AnnounceSchedule(
+        count=int(args.get("count", 3)), interval_ms=int(args.get("interval_ms", 50))
+    )
+    poll_s = int(args.get("poll_ms", 5)) / 1000
+    errors: list[str] = []
+    claims = FdbClaims() if args.get("claim_fdb", True) else None
+
+    def prepare(taps: Mapping[str, str]) -> None:
+        if claims is not None:
+            errors.extend(_prepare_claims(claims, nics, taps))
+
+    try:
+        if args.get("wait_for_resume", True):
+            resume = _wait_running(
+                uri, domain, timeout_s=float(args.get("timeout_s", 600)), poll_s=poll_s,
+                on_taps=prepare,
+            )  # fmt: skip
+            if not resume.resumed:
+                return {"resumed": False, "detail": resume.why_not}
+        else:
+            resume = _Resume(resumed=True, wall_s=time.time(), taps=_taps_by_mac(uri, domain))
+            prepare(resume.taps)
+        start = time.monotonic()
+        # First the local bridge: frames for the guest that reach this host must go
+        # to its tap, not back to the uplink where the bridge last saw the guest.
+        set_entries, claim_errors = claims.apply() if claims is not None else ([], [])
+    finally:
+        if claims is not None:
+            claims.close()
+    errors.extend(claim_errors)
+    claimed = [
+        {"bridge": c.bridge, "mac": c.mac, "tap": c.port,
+         "replaced_ports": list(c.replaced_ports), "at_ms": round((c.at_s - start) * 1000, 1)}
+        for c in set_entries
+    ]  # fmt: skip
+    taps = resume.taps
+    sent, send_errors = _announce_all(nics, schedule, start)
+    errors.extend(send_errors)
+    fdb = _verify_fdb(
+        nics, taps, timeout_s=int(args.get("verify_timeout_ms", 2000)) / 1000, start=start
+    )
+    return {
+        "resumed": True,
+        "resumed_at_wall_s": resume.wall_s,
+        "resume_poll_ms": poll_s * 1000,
+        "fdb_claimed": claimed,
+        "sent": sorted(sent, key=lambda s: (float(str(s["at_ms"])), str(s["kind"]))),
+        "fdb": fdb,
+        "errors": errors,
+    }
+
+
+# ---- client: the driver's post-switchover hook ----------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SwitchWatch:
+    """A Linux bridge standing for the physical switch (the lab's ``sw0``)."""
+
+    netns: str
+    bridge: str
+
+    @classmethod
+    def parse(cls, text: str) -> SwitchWatch:
+        """From ``NETNS/BRIDGE``.
+
+        Raises:
+            ValueError: not of that form.
+
+        """
+        netns, _, bridge = text.partition("/")
+        if not netns or not bridge:
+            msg = f"switch {text!r}: write NETNS/BRIDGE (e.g. net-switch/sw0)"
+            raise ValueError(msg)
+        return cls(netns, bridge)
+
+
+def discover_addresses(
+    guest: Guest, nics: Sequence[GuestNic], config: NotifyConfig
+) -> tuple[dict[str, tuple[str, ...]], str]:
+    """The guest's addresses by MAC, and which source they came from.
+
+    Asks libvirt's sources in order (the first that knows anything wins), then
+    adds the addresses declared with ``--guest-ip``.
+    """
+    found: dict[str, tuple[str, ...]] = {}
+    source = "none"
+    for name in config.address_sources:
+        try:
+            found = guest.interface_addresses(name)
+        except VmotionError as exc:
+            log.debug("address source %s: %s", name, exc.message)
+            continue
+        if found:
+            source = name
+            break
+    declared = False
+    for index, nic in enumerate(nics):
+        extra = config.declared_for(nic.mac, first_nic=index == 0)
+        if extra:
+            declared = True
+            found[nic.mac] = tuple(dict.fromkeys((*found.get(nic.mac, ()), *extra)))
+    if declared:
+        source = "config" if source == "none" else f"{source}+config"
+    return found, source
+
+
+@dataclass
+class NetworkCutover:
+    """The driver's post-switchover step: announce, verify, clean up, report.
+
+    Args:
+        domain: the guest.
+        source: open connection to the source host.
+        source_uri: the source's URI (its agent is reached the same way).
+        dest_uri: the destination's URI.
+        config: notify settings.
+        switch: a bridge to watch for the guest's MAC (lab), optional.
+        agent_for: URI -> agent client (tests and the lab replace it).
+        timeout_s: how long the destination's announcer waits for the resume.
+
+    """
+
+    domain: str
+    source: Hypervisor
+    source_uri: str
+    dest_uri: str
+    config: NotifyConfig = field(default_factory=NotifyConfig)
+    switch: SwitchWatch | None = None
+    agent_for: Callable[[str], AgentClient] = RemoteHost.for_uri
+    timeout_s: float = 3600.0
+    name: str = SECTION
+    _nics: tuple[GuestNic, ...] = ()
+    _addresses: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    _address_source: str = "none"
+    _thread: threading.Thread | None = None
+    _reply: dict[str, object] | None = None
+    _error: str = ""
+    _watcher: FdbWatcher | None = None
+    _errors: list[str] = field(default_factory=list)
+
+    def arm(self) -> None:
+        """Read the guest's NICs and addresses; start the destination's announcer."""
+        try:
+            guest = self.source.lookup(self.domain)
+            self._nics = guest_nics_from_xml(guest.xml())
+            self._addresses, self._address_source = discover_addresses(
+                guest, self._nics, self.config
+            )
+        except VmotionError as exc:
+            self._errors.append(f"cannot read the guest's NICs: {exc.message}")
+            return
+        notified = [n for n in self._nics if self.config.notify_on(n.bridge)]
+        if self.switch is not None and self._nics:
+            try:
+                self._watcher = FdbWatcher(
+                    self.switch.bridge, [n.mac for n in self._nics], netns=self.switch.netns
+                )
+                self._watcher.start()
+            except OSError as exc:
+                self._errors.append(f"cannot watch switch {self.switch}: {exc}")
+        if not notified:
+            return
+        args = {
+            "domain": self.domain,
+            "nics": [
+                {"mac": n.mac, "bridge": n.bridge, "ips": list(self._addresses.get(n.mac, ()))}
+                for n in notified
+            ],
+            "count": self.config.schedule.count,
+            "interval_ms": self.config.schedule.interval_ms,
+            "verify_timeout_ms": self.config.verify_timeout_ms,
+            "timeout_s": self.timeout_s,
+        }
+        self._thread = threading.Thread(
+            target=self._announce, args=(args,), name="cutover-announce", daemon=True
+        )
+        self._thread.start()
+
+    def _announce(self, args: Mapping[str, object]) -> None:
+        try:
+            self._reply = self.agent_for(self.dest_uri).call(
+                "announce", args, timeout_s=self.timeout_s + 30
+            )
+        except VmotionError as exc:
+            self._error = exc.message + (f" ({exc.hint})" if exc.hint else "")
+
+    def finish(self, *, landed: bool) -> Mapping[str, object]:
+        """Collect the announcer's result, flush the source's FDB, read the switch."""
+        if not landed:
+            if self._watcher is not None:
+                self._watcher.stop()
+            return {"result": "skipped: the migration did not complete"}
+        if self._thread is not None:
+            self._thread.join(timeout=self.config.verify_timeout_ms / 1000 + 30)
+        section: dict[str, object] = {
+            "notify": {n.bridge: self.config.notify_on(n.bridge) for n in self._nics},
+            "nics": [{"mac": n.mac, "bridge": n.bridge} for n in self._nics],
+            "addresses": {mac: list(ips) for mac, ips in self._addresses.items()},
+            "address_source": self._address_source,
+            "schedule": {
+                "count": self.config.schedule.count,
+                "interval_ms": self.config.schedule.interval_ms,
+            },
+        }
+        reply = self._reply or {}
+        if self._error:
+            self._errors.append(f"announcer on the destination: {self._error}")
+        elif self._thread is not None and self._reply is None:
+            self._errors.append("the destination's announcer did not answer in time")
+        resumed_wall = reply.get("resumed_at_wall_s")
+        if reply:
+            section.update(_summarize_reply(reply))
+        if self.config.flush_source_fdb and self._nics:
+            section["source_fdb_removed"] = self._flush_source()
+        if self._watcher is not None:
+            section["switch"] = _switch_section(self._watcher.stop(), self.switch, resumed_wall)
+        section["errors"] = list(self._errors)
+        section["result"] = "ok" if not self._errors else "degraded"
+        return section
+
+    def _flush_source(self) -> list[object]:
+        removed: list[object] = []
+        agent = self.agent_for(self.source_uri)
+        for bridge in sorted({n.bridge for n in self._nics}):
+            macs = [n.mac for n in self._nics if n.bridge == bridge]
+            try:
+                reply = agent.call("fdb_flush", {"bridge": bridge, "macs": macs})
+            except VmotionError as exc:
+                self._errors.append(f"stale FDB entries on the source not removed: {exc.message}")
+                continue
+            entries = reply.get("removed")
+            removed.extend(
+                {"bridge": bridge, **entry} if isinstance(entry, dict) else entry
+                for entry in (entries if isinstance(entries, list) else [])
+            )
+        return removed
+
+
+def _summarize_reply(reply: Mapping[str, object]) -> dict[str, object]:
+    out: dict[str, object] = {"resumed_seen": bool(reply.get("resumed"))}
+    if not reply.get("resumed"):
+        out["detail"] = reply.get("detail", "")
+        return out
+    sent = reply.get("sent")
+    sent_list = sent if isinstance(sent, list) else []
+    counts: dict[str, int] = {}
+    for item in sent_list:
+        if isinstance(item, dict) and not item.get("error"):
+            kind = str(item.get("kind"))
+            counts[kind] = counts.get(kind, 0) + 1
+    out.update(
+        {
+            "resumed_at_wall_s": reply.get("resumed_at_wall_s"),
+            "resume_poll_ms": reply.get("resume_poll_ms"),
+            "announcements_sent": counts,
+            "announcements": sent_list,
+            "first_announcement_after_resume_ms": next(
+                (i.get("at_ms") for i in sent_list if isinstance(i, dict)), None
+            ),
+            "dest_fdb": reply.get("fdb", []),
+            "dest_fdb_claimed": reply.get("fdb_claimed", []),
+        }
+    )
+    errors = reply.get("errors")
+    if errors:
+        out["announce_errors"] = errors
+    return out
+
+
+def _switch_section(
+    changes: Sequence[tuple[float, str, str]], switch: SwitchWatch | None, resumed_wall: object
+) -> dict[str, object]:
+    """When the watched switch moved the guest's MAC, relative to the resume."""
+    section: dict[str, object] = {"bridge": f"{switch.netns}/{switch.bridge}" if switch else ""}
+    if not changes:
+        section["learned"] = False
+        return section
+    first_port = changes[0][2]
+    moves = [c for c in changes if c[2] != first_port]
+    _, mac, final_port = changes[-1]
+    section.update({"mac": mac, "port_before": first_port, "port_after": final_port})
+    learned_wall = moves[0][0] if moves else None
+    section["learned"] = learned_wall is not None
+    if learned_wall is not None and isinstance(resumed_wall, float):
+        section["learned_after_resume_ms"] = round((learned_wall - resumed_wall) * 1000, 1)
+    return section
+
+
+# ---- pre-flight: the network checks, gathered ------------------------------------------
+
+
+def network_checks(  # noqa: PLR0913  the hosts, the guest and the seams, keyword-only
+    *,
+    source: Hypervisor,
+    domain: str,
+    source_uri: str,
+    dest_uri: str,
+    config: NotifyConfig | None = None,
+    agent_for: Callable[[str], AgentClient] = RemoteHost.for_uri,
+) -> tuple[NetCheckResult, ...]:
+    """Network pre-flight results for moving ``domain`` to ``dest_uri``.
+
+    Reads the guest's bridges from its XML, the bridges' facts on both hosts
+    through the agent, and judges them (``netcheck.check_networks``). A host
+    whose agent cannot be reached yields a warning result, not an exception.
+
+    Returns:
+        Neutral ``NetCheckResult`` values (the pre-flight report folds them in).
+
+    Raises:
+        VmotionError: the guest cannot be read on the source.
+
+    """
+    config = config or NotifyConfig()
+    nics = guest_nics_from_xml(source.lookup(domain).xml())
+    bridges = sorted({n.bridge for n in nics})
+    results: list[NetCheckResult] = []
+    facts: dict[str, dict[str, BridgeFacts]] = {}
+    dest_host = urlsplit(dest_uri).hostname or "destination"
+    for role, uri in (("dest", dest_uri), ("source", source_uri)):
+        try:
+            reply = agent_for(uri).call("bridge_facts", {"bridges": bridges})
+        except VmotionError as exc:
+            results.append(
+                NetCheckResult(
+                    "network-facts",
+                    Severity.WARNING,
+                    urlsplit(uri).hostname or uri,
+                    "",
+                    f"Could not read the {role} host's bridges: {exc.message}",
+                    exc.hint or "Install libvirt-vmotion there (the agent reads bridge facts).",
+                )
+            )
+            continue
+        listed = reply.get("bridges")
+        found = (
+            [BridgeFacts.from_dict(b) for b in listed if isinstance(b, dict)]
+            if isinstance(listed, list)
+            else []
+        )
+        facts[role] = {b.name: b for b in found}
+        if role == "dest" and found:
+            dest_host = found[0].host
+    if "dest" not in facts:
+        return tuple(results)
+    off = frozenset({"*"}) if not config.enabled else config.off_bridges
+    results.extend(
+        check_networks(
+            nics,
+            dest=facts["dest"],
+            source=facts.get("source", {}),
+            notify_off=off,
+            dest_host=dest_host,
+        )
+    )
+    return tuple(results)

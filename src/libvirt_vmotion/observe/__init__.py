@@ -1,0 +1,1 @@
+"""Observers that watch the guest from outside while it migrates (``--ping``, ``--workload``)."""

@@ -1,0 +1,419 @@
+"""Gather pre-flight facts at the edge: libvirt's remote API, then our agent.
+
+I/O: talks to both hosts' libvirtd through ``virt`` (which alone imports
+libvirt) and to the destination's agent over ssh through ``agent``. Holds no
+policy: it only fills the fact dataclasses of ``checks.facts``.
+
+Everything libvirt's remote API can answer works against a destination
+without our package. What only the host knows (bridge port flags, MemAvailable,
+hugepages, reservations, whether a disk path exists there) comes from the
+agent; when the agent cannot run, ``AgentFacts.available`` is False and carries
+the reason, and the checks that needed it say so.
+"""
+
+from __future__ import annotations
+
+import logging
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from libvirt_vmotion.adapters.agent import AgentOperationFailed, AgentUnavailable, RemoteHost
+from libvirt_vmotion.adapters.linkprobe import LinkMeasurement, measure_link
+from libvirt_vmotion.adapters.virt import Guest, Hypervisor
+from libvirt_vmotion.errors import Unsupported, VmotionError
+from libvirt_vmotion.model import MIB, PastRun
+from libvirt_vmotion.policy import DEFAULT_INITIAL_DOWNTIME_MS, DEFAULT_MAX_DOWNTIME_MS
+from libvirt_vmotion.preflight import domxml
+from libvirt_vmotion.preflight.facts import (
+    AgentFacts,
+    BridgeFacts,
+    CpuCompat,
+    CpuFacts,
+    DiskView,
+    DomainCapsFacts,
+    GuestFacts,
+    HostFacts,
+    NetworkFacts,
+    PortFlags,
+    PreflightFacts,
+    ReservationView,
+)
+from libvirt_vmotion.preflight.forecast import Forecast, ForecastInputs, forecast
+from libvirt_vmotion.preflight.linkrate import choose_rate, final_round_rate
+
+log = logging.getLogger(__name__)
+
+_TAPS = ("vnet", "tap", "macvtap", "vif")
+QEMU_RSS_OVERHEAD_MIB = {"qemu": 170.0, "kvm": 40.0}
+"""QEMU's own share of its resident memory, by virt type: the bulk round sends only the
+guest's touched pages, RSS minus this. TCG keeps a large translation cache resident
+(~170 MiB measured for the 512 MiB lab guest: RSS 282 MiB, bulk round ~113 MiB)."""
+
+
+def host_facts(hv: Hypervisor, *, arch: str, virt_type: str) -> HostFacts:
+    """Identity, versions, CPUs, memory and machine types of one host."""
+    ident = hv.identity()
+    machines, emulators = domxml.capabilities_machines(
+        hv.capabilities_xml(), arch=arch, virt_type=virt_type
+    )
+    return HostFacts(
+        uri=hv.uri,
+        hostname=ident.hostname,
+        host_uuid=ident.host_uuid,
+        libvirt_version=ident.libvirt_version,
+        qemu_version=ident.hypervisor_version,
+        arch=arch,
+        cpus=hv.host_cpus(),
+        free_memory_bytes=_free_memory(hv),
+        machines=machines,
+        emulators=emulators,
+    )
+
+
+def _free_memory(hv: Hypervisor) -> int:
+    try:
+        return hv.free_memory_bytes()
+    except Unsupported:
+        log.debug("%s cannot report free memory", hv.uri)
+        return 0
+
+
+def _bridge(dest: Hypervisor, name: str) -> BridgeFacts | None:
+    try:
+        exists, active, xml = dest.bridge_interface(name)
+    except VmotionError as exc:
+        log.debug("cannot inspect bridge %s on %s: %s", name, dest.uri, exc.message)
+        return None
+    if not exists:
+        return BridgeFacts(name=name, exists=False)
+    root = ET.fromstring(xml)  # noqa: S314  our own libvirtd's XML
+    members = [i.get("name", "") for i in root.findall("bridge/interface")]
+    mtu = root.find("mtu")
+    return BridgeFacts(
+        name=name,
+        exists=True,
+        active=active,
+        uplinks=tuple(m for m in members if m and not m.startswith(_TAPS)),
+        mtu=int(mtu.get("size", "0")) if mtu is not None else None,
+    )
+
+
+def _cpu(dest: Hypervisor, guest: GuestFacts, xml: str) -> CpuFacts:
+    cpu = domxml.cpu_xml(xml)
+    if not cpu or guest.cpu_mode in {"host-passthrough", "host-model", "maximum"}:
+        detail = f"guest CPU mode {guest.cpu_mode or 'default'} follows the host"
+        return CpuFacts(CpuCompat.SUPERSET, detail)
+    try:
+        result, detail = dest.compare_guest_cpu(
+            cpu,
+            emulator=guest.emulator or None,
+            arch=guest.arch,
+            machine=guest.machine or None,
+            virt_type=guest.virt_type,
+        )
+    except VmotionError as exc:
+        return CpuFacts(CpuCompat.UNKNOWN, exc.message)
+    return CpuFacts(CpuCompat(result), detail)
+
+
+def _domain_caps(dest: Hypervisor, guest: GuestFacts) -> DomainCapsFacts:
+    try:
+        xml = dest.domain_capabilities_xml(
+            emulator=guest.emulator or None,
+            arch=guest.arch,
+            machine=guest.machine or None,
+            virt_type=guest.virt_type,
+        )
+    except VmotionError as exc:
+        return DomainCapsFacts(available=False, detail=exc.message)
+    return domxml.domain_caps(xml)
+
+
+def _agent_facts(agent: RemoteHost | None, bridges: list[str], paths: list[str]) -> AgentFacts:
+    if agent is None:
+        return AgentFacts(available=False, error="agent not used (--no-agent)")
+    try:
+        got = agent.call("host-facts", {"bridges": bridges, "paths": paths})
+    except (AgentUnavailable, AgentOperationFailed) as exc:
+        return AgentFacts(available=False, error=exc.message)
+    ports_raw = got.get("bridge_ports", {})
+    ports = {
+        str(br): tuple(
+            PortFlags(
+                port=str(p["port"]),
+                state=str(p["state"]),
+                learning=bool(p["learning"]),
+                flooding=bool(p["flooding"]),
+            )
+            for p in plist
+        )
+        for br, plist in (ports_raw.items() if isinstance(ports_raw, dict) else [])
+    }
+    view_raw = got.get("reservation")
+    view = None
+    if isinstance(view_raw, dict):
+        view = ReservationView(
+            reserved_memory_bytes=int(view_raw.get("reserved_memory_bytes", 0)),
+            reserved_vcpus=int(view_raw.get("reserved_vcpus", 0)),
+            inbound_active=int(view_raw.get("inbound_active", 0)),
+            inbound_limit=int(view_raw.get("inbound_limit", 2)),
+            memory_limit_bytes=view_raw.get("memory_limit_bytes"),
+            vcpu_limit=view_raw.get("vcpu_limit"),
+        )
+    paths_raw = got.get("paths_exist", {})
+    mem = got.get("mem_available_bytes")
+    huge = got.get("hugepages_free_bytes")
+    return AgentFacts(
+        available=True,
+        mem_available_bytes=int(mem) if isinstance(mem, int) else None,
+        hugepages_free_bytes=int(huge) if isinstance(huge, int) else None,
+        bridge_ports=ports,
+        reservation=view,
+        paths_exist={str(k): bool(v) for k, v in paths_raw.items()}
+        if isinstance(paths_raw, dict)
+        else {},
+    )
+
+
+def _disk_views(dest: Hypervisor, guest: GuestFacts, agent: AgentFacts) -> Mapping[str, DiskView]:
+    views: dict[str, DiskView] = {}
+    for disk in guest.disks:
+        if not disk.source or disk.kind not in {"file", "block"}:
+            continue
+        pool: str | None = None
+        why = "no storage pool on the destination holds it"
+        try:
+            pool = dest.volume_pool_for_path(disk.source)
+        except Unsupported as exc:
+            why = f"destination has no storage driver ({exc.message})"
+        except VmotionError as exc:
+            why = exc.message
+        if pool is not None:
+            views[disk.source] = DiskView(disk.source, visible=True, how=f"storage pool {pool}")
+        elif disk.source in agent.paths_exist:
+            seen = agent.paths_exist[disk.source]
+            how = "the path exists there (agent)" if seen else "no such file there (agent)"
+            views[disk.source] = DiskView(disk.source, visible=seen, how=how)
+        else:
+            views[disk.source] = DiskView(disk.source, visible=None, how=why)
+    return views
+
+
+def guest_facts(guest: Guest) -> tuple[GuestFacts, str]:
+    """The guest's facts and its live XML."""
+    xml = guest.xml()
+    try:
+        job = guest.has_job()
+    except Unsupported:  # a driver without job info has no jobs either
+        job = False
+    return domxml.guest_facts(xml, state=guest.state_name(), job_active=job), xml
+
+
+def gather(
+    source: Hypervisor,
+    dest: Hypervisor,
+    domain: str,
+    *,
+    agent: RemoteHost | None,
+    qemu_overhead_bytes: int = 256 * MIB,
+) -> PreflightFacts:
+    """Collect every fact the checks need.
+
+    Raises:
+        DomainNotFound: no such guest on the source.
+        ConnectionFailed: a host stopped answering.
+
+    """
+    guest = source.lookup(domain)
+    gfacts, xml = guest_facts(guest)
+    src = host_facts(source, arch=gfacts.arch, virt_type=gfacts.virt_type)
+    dst = host_facts(dest, arch=gfacts.arch, virt_type=gfacts.virt_type)
+    networks: dict[str, NetworkFacts] = {}
+    bridge_names: list[str] = []
+    for nic in gfacts.nics:
+        if nic.kind == "network" and nic.source not in networks:
+            try:
+                exists, active, bridge = dest.virtual_network(nic.source)
+            except VmotionError as exc:
+                log.debug("cannot inspect network %s: %s", nic.source, exc.message)
+                continue
+            networks[nic.source] = NetworkFacts(nic.source, exists, active, bridge)
+            if bridge:
+                bridge_names.append(bridge)
+        elif nic.kind == "bridge":
+            bridge_names.append(nic.source)
+    bridge_names = sorted(set(bridge_names))
+    bridges = {b: facts for b in bridge_names if (facts := _bridge(dest, b)) is not None}
+    paths = [d.source for d in gfacts.disks if d.source and d.kind in {"file", "block"}]
+    agent_facts = _agent_facts(agent, bridge_names, paths)
+    return PreflightFacts(
+        source=src,
+        dest=dst,
+        guest=gfacts,
+        cpu=_cpu(dest, gfacts, xml),
+        dest_caps=_domain_caps(dest, gfacts),
+        bridges=bridges,
+        networks=networks,
+        disks=_disk_views(dest, gfacts, agent_facts),
+        agent=agent_facts,
+        qemu_overhead_bytes=qemu_overhead_bytes,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Measured:
+    """The forecast and how its dirty rate was measured."""
+
+    forecast: Forecast | None
+    window_s: int
+    error: str = ""
+
+
+def _bulk_bytes(
+    guest: Guest, facts: GuestFacts, source_agent: RemoteHost | None
+) -> tuple[int, str]:
+    """Data of the bulk round: guest RAM resident on the source (agent), else an RSS guess."""
+    if source_agent is not None:
+        try:
+            got = source_agent.call(
+                "guest-memory", {"domain": facts.name, "memory_bytes": facts.memory_bytes}
+            )
+            resident = got.get("resident_bytes")
+            if isinstance(resident, int) and resident > 0:
+                return min(resident, facts.memory_bytes), "guest RAM resident on the source"
+        except (AgentUnavailable, AgentOperationFailed) as exc:
+            log.debug("no guest memory detail from the source agent: %s", exc.message)
+    resident = guest.resident_bytes()
+    if not resident:
+        return facts.memory_bytes, "guest RAM size"
+    overhead = QEMU_RSS_OVERHEAD_MIB.get(facts.virt_type, 40.0) * MIB
+    return int(min(max(resident - overhead, 0), facts.memory_bytes)), "QEMU RSS less its share"
+
+
+@dataclass(frozen=True, slots=True)
+class Measuring:
+    """A dirty-rate measurement under way, and what runs beside it.
+
+    Attributes:
+        bulk: the bulk-size lookup (source agent).
+        link: the link measurement source -> destination (None: not measured, e.g.
+            because a cap was given).
+
+    """
+
+    bulk: Future[tuple[int, str]]
+    link: Future[LinkMeasurement] | None = None
+
+
+def start_measuring(
+    source: Hypervisor,
+    domain: str,
+    *,
+    window_s: int,
+    dest_uri: str = "",
+    measure_link_too: bool = False,
+) -> Measuring | None:
+    """Start the dirty-rate measurement now, if no job runs (None if it did not start).
+
+    Measuring takes ``window_s`` of waiting, asking the source's agent how much
+    guest RAM is resident takes an ssh round trip, and (``measure_link_too``)
+    the link source -> ``dest_uri`` is measured for a second by our agents on
+    both hosts: all run while the other facts are gathered, so pre-flight
+    delays the migration as little as possible.
+    """
+    try:
+        guest = source.lookup(domain)
+        if guest.has_job() or not guest.is_running():
+            return None
+        facts = domxml.guest_facts(guest.xml())
+        guest.start_dirty_rate_calc(seconds=window_s)
+    except VmotionError as exc:
+        log.debug("dirty-rate measurement not started: %s", exc.message)
+        return None
+    source_agent = RemoteHost.for_uri(source.uri)
+    pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="measure")
+    bulk = pool.submit(_bulk_bytes, guest, facts, source_agent)
+    link = None
+    dest_host = urlsplit(dest_uri).hostname
+    if measure_link_too and dest_host:
+        link = pool.submit(measure_link, source_agent, RemoteHost.for_uri(dest_uri), dest_host)
+    pool.shutdown(wait=False)
+    return Measuring(bulk=bulk, link=link)
+
+
+def measure_forecast(  # noqa: PLR0913  the forecast's inputs, keyword-only
+    source: Hypervisor,
+    domain: str,
+    *,
+    source_agent: RemoteHost | None = None,
+    bandwidth_mib_s: int | None,
+    max_downtime_ms: int | None,
+    window_s: int,
+    sleep: Callable[[float], None],
+    started: Measuring | None = None,
+    past: Sequence[PastRun] = (),
+    switchover_mib_s: float | None = None,
+    initial_downtime_ms: int | None = None,
+) -> Measured:
+    """Measure the dirty rate (page sampling) and compute the forecast.
+
+    Never measures while a job runs on the guest (it would disturb a migration).
+    ``started``: what ``start_measuring`` began (the window overlapped with
+    gathering the other facts); only wait for its results. ``past``: what earlier
+    migrations between the two hosts achieved (``history``); the rate assumed is
+    the slowest of the cap, the measured link and that (``linkrate.choose_rate``).
+    ``switchover_mib_s``: the learned rate of the unthrottled final round, if any.
+    """
+    guest = source.lookup(domain)
+    try:
+        if started:
+            rate = guest.wait_dirty_rate_mib_s(sleep=sleep)
+        elif guest.has_job():
+            return Measured(None, window_s, "a job runs on the guest; not measuring")
+        else:
+            rate = guest.measure_dirty_rate_mib_s(seconds=window_s, sleep=sleep)
+        if started:
+            bulk, bulk_source = started.bulk.result(timeout=120)
+        else:
+            facts = domxml.guest_facts(guest.xml())
+            bulk, bulk_source = _bulk_bytes(guest, facts, source_agent)
+    except VmotionError as exc:
+        return Measured(None, window_s, exc.message)
+    link = _link_result(started)
+    chosen = choose_rate(
+        cap_mib_s=float(bandwidth_mib_s) if bandwidth_mib_s else None,
+        link_mib_s=link.mib_s if link else None,
+        link_detail=link.detail if link else "",
+        history=past,
+    )
+    source_text = chosen.source
+    if link is not None and link.mib_s is None:
+        source_text += f"; link not measured: {link.detail}"
+    inputs = ForecastInputs(
+        memory_mib=bulk / MIB,
+        memory_source=bulk_source,
+        switchover_bandwidth_mib_s=final_round_rate(
+            learned_mib_s=switchover_mib_s,
+            cap_mib_s=float(bandwidth_mib_s) if bandwidth_mib_s else None,
+            link_mib_s=link.mib_s if link else None,
+        ),
+        dirty_rate_mib_s=rate,
+        bandwidth_mib_s=chosen.mib_s,
+        max_downtime_ms=max_downtime_ms or DEFAULT_MAX_DOWNTIME_MS,  # the controller's budget
+        initial_downtime_ms=initial_downtime_ms or DEFAULT_INITIAL_DOWNTIME_MS,  # its first rung
+        bandwidth_source=source_text,
+    )
+    return Measured(forecast(inputs), window_s)
+
+
+def _link_result(started: Measuring | None) -> LinkMeasurement | None:
+    """The link measurement begun beside the dirty-rate window, if any."""
+    if started is None or started.link is None:
+        return None
+    try:
+        return started.link.result(timeout=60)
+    except TimeoutError:
+        return LinkMeasurement(None, "the link measurement did not finish within 60 s")

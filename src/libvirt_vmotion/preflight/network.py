@@ -1,0 +1,209 @@
+"""Pre-flight checks on the guest's network attachments at the destination.
+
+Pure: no I/O, no clock, no logging. Checks ``network`` (each NIC's bridge or
+libvirt network exists there, is up, has an uplink and a large enough MTU),
+``bridge-ports`` (uplink ports forward, learn and flood) and folds in
+``netcheck``'s bridge verdicts under their own names, leaving out those the
+first two already report (``NETCHECK_COVERED``).
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from libvirt_vmotion.preflight import netcheck
+from libvirt_vmotion.preflight.facts import NicFacts, PreflightFacts
+from libvirt_vmotion.preflight.result import CheckResult, Verdict, bad, ok, skip_hint
+
+
+def _nic_bridge(f: PreflightFacts, nic: NicFacts) -> tuple[str, CheckResult | None]:
+    """Resolve the bridge a NIC lands on at the destination, or a result saying why not."""
+    subject = f"NIC {nic.mac}"
+    if nic.kind == "network":
+        net = f.networks.get(nic.source)
+        if net is None or not net.exists:
+            return "", bad(
+                "network",
+                Verdict.BLOCKER,
+                f"libvirt network '{nic.source}' does not exist on {f.dest.hostname}.",
+                observed="missing",
+                required=f"network {nic.source}, active",
+                hint=f"Define and start it there (virsh -c {f.dest.uri} net-define/net-start).",
+                subject=subject,
+            )
+        if not net.active:
+            return "", bad(
+                "network",
+                Verdict.BLOCKER,
+                f"libvirt network '{nic.source}' on {f.dest.hostname} is not active.",
+                observed="inactive",
+                required="active",
+                hint=f"virsh -c {f.dest.uri} net-start {nic.source}",
+                subject=subject,
+            )
+        return net.bridge, None
+    return nic.source, None
+
+
+def check_networks(f: PreflightFacts) -> tuple[CheckResult, ...]:
+    """Every NIC's bridge/network exists on the destination, is up, has an uplink and MTU."""
+    results: list[CheckResult] = []
+    for nic in f.guest.nics:
+        subject = f"NIC {nic.mac}"
+        if nic.kind not in {"bridge", "network"}:
+            results.append(
+                bad(
+                    "network",
+                    Verdict.WARNING,
+                    f"NIC {nic.mac} is of type '{nic.kind}'; we cannot verify its attachment "
+                    f"on {f.dest.hostname}.",
+                    observed=nic.kind,
+                    required="bridge or network",
+                    hint="Make sure the destination has the same attachment.",
+                    subject=subject,
+                )
+            )
+            continue
+        bridge_name, problem = _nic_bridge(f, nic)
+        if problem is not None:
+            results.append(problem)
+            continue
+        br = f.bridges.get(bridge_name)
+        where = f"bridge {bridge_name} on {f.dest.hostname}"
+        if br is None:
+            results.append(
+                bad(
+                    "network",
+                    Verdict.WARNING,
+                    f"Could not inspect {where} (libvirt's interface driver did not answer).",
+                    hint="Check by hand that the bridge exists there.",
+                    subject=subject,
+                )
+            )
+            continue
+        fault = ""
+        if not br.exists:
+            fault, hint = "does not exist", "Create the bridge there with the same name."
+        elif not br.active:
+            fault, hint = "is down", f"Bring it up: ip link set {bridge_name} up."
+        elif not br.uplinks:
+            fault = "has no uplink port (guests there could not reach the network)"
+            hint = "Attach the host's uplink NIC to the bridge."
+        elif br.mtu is not None and br.mtu < (nic.mtu or 1500):
+            fault = f"has MTU {br.mtu}, below the guest NIC's {nic.mtu or 1500}"
+            hint = "Raise the bridge MTU there, or lower the guest's."
+        if fault:
+            results.append(
+                bad(
+                    "network",
+                    Verdict.BLOCKER,
+                    f"Destination {where} {fault}; '{f.guest.name}' {subject} uses it.",
+                    observed=fault,
+                    required=f"bridge {bridge_name} up with an uplink, MTU >= {nic.mtu or 1500}",
+                    hint=hint,
+                    subject=subject,
+                )
+            )
+        else:
+            results.append(
+                ok(
+                    "network",
+                    f"{where}: up, uplinks {', '.join(br.uplinks)}, MTU {br.mtu}",
+                    subject=subject,
+                )
+            )
+    return tuple(results)
+
+
+def check_bridge_ports(f: PreflightFacts) -> tuple[CheckResult, ...]:
+    """Uplink ports must forward, learn and flood (bridge port flags, from the agent)."""
+    bridges = sorted(
+        {b.name for b in f.bridges.values() if b.exists}
+        & ({n.source for n in f.guest.nics if n.kind == "bridge"}
+           | {f.networks[n.source].bridge for n in f.guest.nics
+              if n.kind == "network" and n.source in f.networks})
+    )  # fmt: skip
+    if not bridges:
+        return ()
+    if not f.agent.available:
+        return (
+            bad(
+                "bridge-ports",
+                Verdict.WARNING,
+                f"Could not check port forwarding/learning/flooding of {', '.join(bridges)} on "
+                f"{f.dest.hostname}: {f.agent.error}",
+                hint="Install libvirt-vmotion on the destination so it can check.",
+            ),
+        )
+    results = []
+    for name in bridges:
+        uplinks = set(f.bridges[name].uplinks)
+        for port in f.agent.bridge_ports.get(name, ()):
+            if port.port not in uplinks:
+                continue
+            faults = []
+            if port.state != "forwarding":
+                faults.append(f"state {port.state}")
+            if not port.learning:
+                faults.append("learning off")
+            if not port.flooding:
+                faults.append("unicast flooding off")
+            subject = f"{name}/{port.port}"
+            if not faults:
+                results.append(
+                    ok(
+                        "bridge-ports",
+                        f"{subject}: forwarding, learning, flooding",
+                        subject=subject,
+                    )
+                )
+                continue
+            verdict = Verdict.BLOCKER if port.state != "forwarding" else Verdict.WARNING
+            results.append(
+                bad(
+                    "bridge-ports",
+                    verdict,
+                    f"Uplink {subject} on {f.dest.hostname}: {', '.join(faults)}.",
+                    observed=", ".join(faults),
+                    required="forwarding, learning on, unicast flooding on",
+                    hint=f"Fix the port: bridge link set dev {port.port} learning on flood on "
+                    "(state follows STP).",
+                    subject=subject,
+                )
+            )
+    return tuple(results)
+
+
+NETCHECK_COVERED: Final = frozenset(
+    {"bridge-exists", "bridge-up", "bridge-uplink", "bridge-mtu", "uplink-learning"}
+)
+"""``netcheck`` results that ``network`` and ``bridge-ports`` already report."""
+
+
+_SEVERITY: Final = {
+    netcheck.Severity.OK: Verdict.OK,
+    netcheck.Severity.WARNING: Verdict.WARNING,
+    netcheck.Severity.BLOCKER: Verdict.BLOCKER,
+}
+
+
+def check_bridge_setup(f: PreflightFacts) -> tuple[CheckResult, ...]:
+    """The network pre-flight's bridge verdicts (``netcheck``), each under its own name.
+
+    Can the destination's switch learn the move (STP delay, flooding of
+    broadcasts, ageing), is the bridge consistent with the source (VLAN
+    filtering), is the bridge's MAC pinned on both hosts, will we notify the
+    switches. Those ``network``/``bridge-ports`` already cover are left out.
+    """
+    return tuple(
+        CheckResult(
+            name=r.name,
+            verdict=_SEVERITY[r.severity],
+            message=r.message if r.hint else f"{r.host}: {r.message}",
+            observed=r.host,
+            hint=f"{r.hint} {skip_hint(r.name)}" if r.hint else "",
+            subject=r.subject,
+        )
+        for r in f.bridge_checks
+        if r.name not in NETCHECK_COVERED
+    )

@@ -1,0 +1,272 @@
+"""Disk handover, at the edge: agent operations on a host, and gathering the facts.
+
+I/O. Host side (run by the agent, registered in ``agent.OPERATIONS``):
+
+- ``storage-facts``  {paths: [...]} -> per path: exists, file system type, free
+                     bytes where it is (or would be created); the host's
+                     ``lock_manager`` from qemu.conf
+- ``disk-precreate`` {disks: [{path, format, capacity_bytes}]} -> {created: [...]}:
+                     an empty image of the source's format and size, only where
+                     none exists (libvirt's NBD copy needs a target to write to)
+- ``disk-remove``    {paths: [...]} -> {removed: [...]}: undo a pre-create after a
+                     failed copy (only called with paths ``disk-precreate`` made)
+- ``share-probe``    {paths: [...], token, remove: bool} -> {placed: {path: probe}}:
+                     put (or take away) an empty marker file next to each disk;
+                     ``storage-facts`` with ``probes`` then tells whether the
+                     other host sees the marker, i.e. really shares the directory
+                     (a same-path local file, e.g. a stale earlier copy, is not
+                     shared storage and must not be treated as such)
+
+Client side: ``gather`` builds ``storage.StorageFacts`` from libvirt (the
+domain XML, block sizes) and both hosts' agents. The decisions are in ``storage``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Final
+
+from libvirt_vmotion.errors import UsageError, VmotionError
+from libvirt_vmotion.storage.plan import (
+    CopyMode,
+    DiskSpec,
+    PathInfo,
+    StorageFacts,
+    disk_specs,
+    parse_lock_manager,
+)
+
+if TYPE_CHECKING:
+    from libvirt_vmotion.adapters.agent import RemoteHost
+    from libvirt_vmotion.adapters.virt import Guest
+
+log = logging.getLogger(__name__)
+
+QEMU_CONF: Final = Path("/etc/libvirt/qemu.conf")
+_FORMATS: Final = frozenset({"raw", "qcow2"})
+
+
+def _strings(args: Mapping[str, object], key: str) -> list[str]:
+    value = args.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        msg = f"agent argument {key!r} must be a list of strings"
+        raise UsageError(msg)
+    return [str(v) for v in value]
+
+
+def _fs_type(path: Path, mountinfo: str) -> str:
+    """File system type of the mount holding ``path`` (longest mount-point prefix)."""
+    best, fs = "", ""
+    target = str(path)
+    for line in mountinfo.splitlines():
+        left, sep, right = line.partition(" - ")
+        fields = left.split()
+        if not sep or len(fields) < 5:
+            continue
+        mount = fields[4]
+        inside = target == mount or target.startswith(mount.rstrip("/") + "/")
+        if inside and len(mount) >= len(best):
+            best, fs = mount, (right.split() or [""])[0]
+    return fs
+
+
+def _existing_ancestor(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def probe_path(disk: str, token: str) -> Path:
+    """The marker file for ``disk`` (same directory, so it lives on the same storage)."""
+    return Path(disk).parent / f".vmotion-share-probe-{token}"
+
+
+def op_share_probe(args: Mapping[str, object]) -> dict[str, object]:
+    """Place (or remove) share markers next to disks; report where one could be placed."""
+    token = str(args.get("token", ""))
+    if not token.isalnum():
+        msg = "agent share-probe needs an alphanumeric 'token'"
+        raise UsageError(msg)
+    placed: dict[str, str] = {}
+    for raw in _strings(args, "paths"):
+        marker = probe_path(raw, token)
+        try:
+            if args.get("remove"):
+                marker.unlink(missing_ok=True)
+            else:
+                marker.touch(exist_ok=True)
+                placed[raw] = str(marker)
+        except OSError:
+            continue  # read-only or not a directory we may write: no probe
+    return {"placed": placed}
+
+
+def op_storage_facts(args: Mapping[str, object]) -> dict[str, object]:
+    """What this host knows about disk paths, and its lock manager."""
+    mountinfo = Path("/proc/self/mountinfo").read_text()
+    token = str(args.get("token", ""))
+    probed = set(_strings(args, "probed"))
+    paths: dict[str, dict[str, object]] = {}
+    for raw in _strings(args, "paths"):
+        path = Path(raw)
+        where = _existing_ancestor(path if path.exists() else path.parent)
+        st = os.statvfs(where)
+        paths[raw] = {
+            "exists": path.exists(),
+            "fs_type": _fs_type(where, mountinfo),
+            "free_bytes": st.f_bavail * st.f_frsize,
+            "shared": probe_path(raw, token).exists() if raw in probed and token else None,
+        }
+    try:
+        lock_manager = parse_lock_manager(QEMU_CONF.read_text())
+    except OSError:
+        lock_manager = ""
+    return {"paths": paths, "lock_manager": lock_manager}
+
+
+def op_disk_precreate(args: Mapping[str, object]) -> dict[str, object]:
+    """Create empty target images for a copy where none exist."""
+    disks = args.get("disks", [])
+    if not isinstance(disks, list):
+        msg = "agent argument 'disks' must be a list"
+        raise UsageError(msg)
+    created: list[str] = []
+    for disk in disks:
+        if not isinstance(disk, dict):
+            continue
+        path, fmt, size = disk.get("path"), disk.get("format"), disk.get("capacity_bytes")
+        if not isinstance(path, str) or fmt not in _FORMATS or not isinstance(size, int):
+            msg = f"bad disk to pre-create: {disk!r}"
+            raise UsageError(msg, hint="path, format (raw|qcow2) and capacity_bytes")
+        if Path(path).exists():
+            continue
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        proc = subprocess.run(
+            ["qemu-img", "create", "-q", "-f", str(fmt), path, str(size)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if proc.returncode != 0:
+            msg = f"could not create {path}: {proc.stderr.strip()}"
+            raise VmotionError(msg, hint="Check free space and permissions there.")
+        created.append(path)
+    return {"created": created}
+
+
+def op_disk_remove(args: Mapping[str, object]) -> dict[str, object]:
+    """Remove images a failed copy left behind (regular files only)."""
+    removed = []
+    for raw in _strings(args, "paths"):
+        path = Path(raw)
+        if path.is_file():
+            path.unlink()
+            removed.append(raw)
+    return {"removed": removed}
+
+
+# --------------------------------------------------------------------------- client side
+
+
+def _path_infos(reply: Mapping[str, object]) -> dict[str, PathInfo]:
+    raw = reply.get("paths", {})
+    infos: dict[str, PathInfo] = {}
+    if isinstance(raw, dict):
+        for path, info in raw.items():
+            if isinstance(info, dict):
+                free = info.get("free_bytes")
+                shared = info.get("shared")
+                infos[str(path)] = PathInfo(
+                    exists=bool(info.get("exists")),
+                    fs_type=str(info.get("fs_type", "")),
+                    free_bytes=free if isinstance(free, int) else None,
+                    shared=shared if isinstance(shared, bool) else None,
+                )
+    return infos
+
+
+def _ask(
+    agent: RemoteHost | None, paths: list[str], probe: Mapping[str, object] | None = None
+) -> tuple[dict[str, PathInfo], str, bool]:
+    if agent is None:
+        return {}, "", False
+    try:
+        reply = agent.call("storage-facts", {"paths": paths, **(probe or {})})
+    except VmotionError as exc:
+        log.debug("storage facts from %s: %s", agent.label, exc.message)
+        return {}, "", False
+    return _path_infos(reply), str(reply.get("lock_manager", "")), True
+
+
+_NO: Final = PathInfo(exists=False)
+
+
+def _place_probes(agent: RemoteHost | None, paths: list[str]) -> dict[str, object]:
+    """Marker files next to the source's disks: {token, probed: [paths]} or {}."""
+    if agent is None or not paths:
+        return {}
+    token = uuid.uuid4().hex
+    try:
+        placed = agent.call("share-probe", {"paths": paths, "token": token}).get("placed", {})
+    except VmotionError as exc:
+        log.debug("share probe on %s: %s", agent.label, exc.message)
+        return {}
+    probed = [str(p) for p in placed] if isinstance(placed, dict) else []
+    return {"token": token, "probed": probed} if probed else {}
+
+
+def gather(
+    guest: Guest,
+    *,
+    source_agent: RemoteHost | None,
+    dest_agent: RemoteHost | None,
+    copy: CopyMode,
+) -> StorageFacts:
+    """Build the storage facts of ``guest`` (sizes from libvirt, the rest from the agents)."""
+    disks = []
+    for disk in disk_specs(guest.xml()):
+        if disk.is_local_kind:
+            try:
+                capacity, allocation = guest.block_size(disk.target)
+            except VmotionError as exc:
+                log.debug("block info of %s: %s", disk.target, exc.message)
+                capacity, allocation = 0, 0
+            disk = DiskSpec(  # noqa: PLW2901  the same disk with its sizes
+                target=disk.target,
+                source=disk.source,
+                kind=disk.kind,
+                format=disk.format,
+                cache=disk.cache,
+                readonly=disk.readonly,
+                shareable=disk.shareable,
+                capacity_bytes=capacity,
+                allocation_bytes=allocation,
+            )
+        disks.append(disk)
+    paths = [d.source for d in disks if d.is_local_kind]
+    src_paths, src_lock, _ = _ask(source_agent, paths)
+    probe = _place_probes(source_agent, [p for p in paths if src_paths.get(p, _NO).exists])
+    try:
+        dst_paths, dst_lock, dst_known = _ask(dest_agent, paths, probe)
+    finally:
+        if probe and source_agent is not None:
+            try:
+                source_agent.call(
+                    "share-probe", {**probe, "paths": probe["probed"], "remove": True}
+                )
+            except VmotionError as exc:
+                log.warning("could not remove share probes: %s", exc.message)
+    return StorageFacts(
+        disks=tuple(disks),
+        copy=copy,
+        source_paths=src_paths,
+        dest_paths=dst_paths,
+        source_lock_manager=src_lock,
+        dest_lock_manager=dst_lock,
+        dest_known=dst_known,
+    )

@@ -128,7 +128,7 @@ class TraceGuest:
     def state_name(self) -> str:
         return "running" if self.is_running() else "shut off"
 
-    def job_sample(self, *, now_s: float) -> JobSample:  # noqa: ARG002  the trace has the time
+    def job_sample(self, *, now_s: float) -> JobSample:
         world, trace = self.world, self.world.trace
         if world.landed:
             msg = "undefined on the source after the migration"
@@ -146,7 +146,7 @@ class TraceGuest:
             world.end_migration(aborted=False)
         return JobSample.from_job_stats(raw, now_s=t_s)
 
-    def completed_job_sample(self, *, now_s: float) -> JobSample | None:  # noqa: ARG002
+    def completed_job_sample(self, *, now_s: float) -> JobSample | None:
         return None  # as libvirt after post-copy: {"type": 0}
 
     def set_max_downtime(self, downtime_ms: int) -> None:

@@ -14,9 +14,8 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from libvirt_vmotion import __version__
 from libvirt_vmotion.argtypes import positive_number
@@ -40,7 +39,11 @@ from libvirt_vmotion.errors import (
 )
 from libvirt_vmotion.model import JobSample, MigrationRequest
 from libvirt_vmotion.policy import MigrationPolicy, build_policy, load_policy_toml
-from libvirt_vmotion.preflight.forecast import Strategy
+
+if TYPE_CHECKING:
+    from libvirt_vmotion.adapters.virt import Hypervisor
+    from libvirt_vmotion.converge.loop import PostSwitchover
+    from libvirt_vmotion.session.core import SessionResult
 
 log = logging.getLogger(__name__)
 
@@ -368,21 +371,29 @@ def _notify_config(args: argparse.Namespace) -> object:
         raise UsageError(str(exc), hint="see 'vmotion migrate --help'") from exc
 
 
-def _cutover(args: argparse.Namespace, request: MigrationRequest, source: object) -> object:
+def _cutover_factory(
+    args: argparse.Namespace, request: MigrationRequest
+) -> Callable[[Hypervisor], PostSwitchover]:
+    """Validate the cutover flags now (before any host); build the cutover on the source."""
     from libvirt_vmotion.cutover.announce import NetworkCutover, SwitchWatch  # noqa: PLC0415
 
     try:
         switch = SwitchWatch.parse(args.watch_switch) if args.watch_switch else None
     except ValueError as exc:
         raise UsageError(str(exc), hint="e.g. --watch-switch net-switch/sw0") from exc
-    return NetworkCutover(
-        domain=request.domain,
-        source=source,  # type: ignore[arg-type]  # a virt.Hypervisor
-        source_uri=request.source_uri,
-        dest_uri=request.dest_uri,
-        config=_notify_config(args),  # type: ignore[arg-type]  # a notify.NotifyConfig
-        switch=switch,
-    )
+    config = _notify_config(args)
+
+    def build(source: Hypervisor) -> PostSwitchover:
+        return NetworkCutover(
+            domain=request.domain,
+            source=source,
+            source_uri=request.source_uri,
+            dest_uri=request.dest_uri,
+            config=config,  # type: ignore[arg-type]  # a frames.NotifyConfig
+            switch=switch,
+        )
+
+    return build
 
 
 def _add_netcheck(sub: argparse._SubParsersAction[_Parser]) -> None:
@@ -524,9 +535,8 @@ def _observers(args: argparse.Namespace) -> list[Observer]:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    """Run one live migration and print its report."""
-    from libvirt_vmotion.adapters.virt import Hypervisor  # noqa: PLC0415
-    from libvirt_vmotion.converge.loop import migrate  # noqa: PLC0415  keeps --help free of libvirt
+    """Run one live migration (a Session) and print its report."""
+    from libvirt_vmotion.session.wiring import Around, open_session  # noqa: PLC0415  libvirt on use
 
     source_uri = args.source_uri or os.environ.get(DEFAULT_SOURCE_URI_ENV) or "qemu:///system"
     request = MigrationRequest(
@@ -541,68 +551,42 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         msg = f"--from and --to are the same URI ({request.dest_uri})."
         raise UsageError(msg, hint="Give the destination host's URI with --to.")
     policy = _policy(args)
+    settings = checks_cli.preflight_settings(args)
     printer = ViewPrinter(sys.stderr, json_out=sys.stdout if args.json else None)
-    gate: checks_cli.Gate | None = None
+    around = Around(
+        observers=_observers(args),
+        cutover=_cutover_factory(args, request),
+        on_progress=printer,
+    )
     t0 = time.monotonic()
-    gate_at = migrate_at = t0
+    session = None
     try:
-        with (
-            Hypervisor.open(request.source_uri) as source,
-            Hypervisor.open(request.dest_uri) as dest,
-            checks_cli.GateContext(args, request, source, dest) as gate,
-        ):
-            gate_at = time.monotonic()
-            request = replace(request, copy_disks=gate.copy_disks)  # pre-flight's copy plan
-            if policy.switchover_bandwidth_mib_s is None and gate.switchover_mib_s:
-                # Learned from this host pair's earlier runs (a measurement, never a guess).
-                policy = replace(policy, switchover_bandwidth_mib_s=gate.switchover_mib_s)
-            if gate.forecast is not None and gate.forecast.strategy is Strategy.POSTCOPY:
-                # The forecast's starting strategy: rounds cannot shrink at this dirty rate.
-                policy = replace(policy, postcopy_after_first_pass=True)
+        with open_session(
+            request,
+            policy=policy,
+            settings=settings,
+            events=checks_cli.StderrEvents(),
+            around=around,
+        ) as session:
             try:
-                outcome, sections = migrate(
-                    request,
-                    source=source,
-                    dest=dest,
-                    observers=_observers(args),
-                    cutover=_cutover(args, request, source),  # type: ignore[arg-type]
-                    policy=policy,
-                    on_progress=printer,
-                    preflight_dirty_mib_s=gate.measured_dirty_mib_s,
-                )
+                result = session.run()
             finally:
-                printer.finish()  # end the live line before the gate's release warnings
-            migrate_at = time.monotonic()
-
+                printer.finish()  # end the live line before the release's warnings
+            report = _landed_report(result, startup_s=_process_age_s() - (time.monotonic() - t0))
+            session.remember(result, report)
     except VmotionError as exc:
         printer.finish()
         if args.json or args.report_file:
-            result = "aborted" if isinstance(exc, MigrationAborted) else "failed"
-            unreleased = gate.unreleased if gate is not None else None
+            unreleased = session.unreleased if session is not None else None
             failure = build_failure_report(
                 request,
-                result=result,
+                result="aborted" if isinstance(exc, MigrationAborted) else "failed",
                 error=exc.message,
                 hint=exc.hint,
                 reservation=unreleased.to_dict() if unreleased is not None else None,
             )
             _emit_json(failure, args)
         raise
-    printer.finish()
-    report = build_report(
-        request, outcome, sections, preflight_dirty_mib_s=gate.measured_dirty_mib_s
-    )
-    report["forecast"] = checks_cli.migrate_forecast_section(gate, report)
-    report["preflight_s"] = round(gate.elapsed_s, 2)
-    report["timeline_s"] = timeline_section(
-        startup_s=_process_age_s() - (time.monotonic() - t0),
-        gate_done_s=gate_at - t0,
-        gate_s=gate.elapsed_s,
-        migrate_done_s=migrate_at - t0,
-        migration_s=outcome.wall_time_s,
-        released_s=time.monotonic() - t0,
-    )
-    _remember(gate, report, cap_mib_s=args.bandwidth)
     if args.json:
         _emit_json(report, args)
     else:
@@ -610,6 +594,28 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         if args.report_file:
             _write_report(report, args.report_file)
     return ExitCode.OK
+
+
+def _landed_report(result: SessionResult, *, startup_s: float) -> dict[str, object]:
+    """The migrate report of a Session that landed."""
+    pre, marks = result.preflight, result.timeline
+    report = build_report(
+        result.request,
+        result.outcome,
+        result.sections,
+        preflight_dirty_mib_s=pre.measured_dirty_mib_s,
+    )
+    report["forecast"] = pre.forecast_section(report)
+    report["preflight_s"] = round(pre.elapsed_s, 2)
+    report["timeline_s"] = timeline_section(
+        startup_s=startup_s,
+        gate_done_s=marks.preflight_done_s,
+        gate_s=pre.elapsed_s,
+        migrate_done_s=marks.migrate_done_s,
+        migration_s=result.outcome.wall_time_s,
+        released_s=marks.released_s,
+    )
+    return report
 
 
 def _process_age_s() -> float:
@@ -626,20 +632,6 @@ def _process_age_s() -> float:
     except (OSError, ValueError, IndexError):
         return 0.0
     return max(0.0, uptime_s - start_s)
-
-
-def _remember(gate: checks_cli.Gate, report: dict[str, object], *, cap_mib_s: int | None) -> None:
-    """Record what this migration achieved, so the next forecast between these hosts learns."""
-    from libvirt_vmotion.adapters.history import Completed, History, default_path  # noqa: PLC0415
-
-    run = Completed.from_report(
-        report,
-        host_pair=gate.host_pair,
-        cap_mib_s=float(cap_mib_s) if cap_mib_s else None,
-        finished_s=time.time(),
-    )
-    if run is not None:
-        History(default_path()).record(run)
 
 
 def _emit_json(report: dict[str, object], args: argparse.Namespace) -> None:

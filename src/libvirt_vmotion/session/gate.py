@@ -1,0 +1,192 @@
+"""Pre-flight at the edge: gather the facts, run the checks, measure the forecast.
+
+I/O: libvirt's remote API on both hosts, our agent on both hosts, the history
+store. It changes nothing on any host: reserving and pre-creating disks are
+``Session`` steps with their own undo. ``HostPreflight`` is the ``Preflight``
+port of ``session.core``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
+
+from libvirt_vmotion.errors import UsageError, VmotionError
+from libvirt_vmotion.preflight.registry import blockers, check_names, run_checks, unknown_skips
+from libvirt_vmotion.session.core import (
+    DEFAULT_WINDOW_S,
+    Claim,
+    DiskToCreate,
+    PreflightOutcome,
+)
+from libvirt_vmotion.storage.plan import CopyMode, StorageFacts, copied_disks, needs_precreate
+
+if TYPE_CHECKING:
+    from libvirt_vmotion.adapters.agent import RemoteHost
+    from libvirt_vmotion.adapters.history import History
+    from libvirt_vmotion.adapters.virt import Hypervisor
+    from libvirt_vmotion.preflight.facts import PreflightFacts
+    from libvirt_vmotion.preflight.netcheck import NetCheckResult
+
+
+@dataclass(frozen=True, slots=True)
+class PreflightSettings:
+    """The user's pre-flight choices (``--skip-check``, the window, the copy mode ...)."""
+
+    skip: tuple[str, ...] = ()
+    window_s: int = DEFAULT_WINDOW_S
+    copy: CopyMode = CopyMode.AUTO
+    bandwidth_mib_s: int | None = None
+    max_downtime_ms: int | None = None
+    initial_downtime_ms: int | None = None
+
+    def __post_init__(self) -> None:
+        """Refuse an unknown ``--skip-check`` name before any host is asked anything."""
+        bad = unknown_skips(self.skip)
+        if bad:
+            msg = f"unknown check name(s) for --skip-check: {', '.join(bad)}"
+            raise UsageError(msg, hint="Known checks: " + ", ".join(check_names()))
+
+
+@dataclass(slots=True)
+class HostPreflight:
+    """Pre-flight for one guest between two open hosts (the ``Preflight`` port).
+
+    Attributes:
+        source: the source host's libvirt connection.
+        dest: the destination host's libvirt connection.
+        domain: the guest.
+        source_uri: the URI the source was opened with (agent reached by it).
+        dest_uri: the destination URI (agent reached by it; the p2p target).
+        settings: the user's pre-flight choices.
+        source_agent: our agent on the source host.
+        dest_agent: our agent on the destination host.
+        history: this controller's migration history (learned rates).
+        clock: monotonic seconds.
+        sleep: waits seconds (the dirty-rate window).
+
+    """
+
+    source: Hypervisor
+    dest: Hypervisor
+    domain: str
+    source_uri: str
+    dest_uri: str
+    settings: PreflightSettings
+    source_agent: RemoteHost
+    dest_agent: RemoteHost
+    history: History
+    clock: Callable[[], float] = time.monotonic
+    sleep: Callable[[float], None] = field(default=time.sleep)
+
+    def run(self) -> PreflightOutcome:
+        """Facts, checks, forecast; nothing changed on any host."""
+        from libvirt_vmotion.preflight.gather import measure_forecast, start_measuring  # noqa: PLC0415
+        from libvirt_vmotion.preflight.linkrate import learned_switchover  # noqa: PLC0415
+
+        started = self.clock()
+        s = self.settings
+        measuring = start_measuring(
+            self.source,
+            self.domain,
+            window_s=s.window_s,
+            dest_uri=self.dest_uri,
+            measure_link_too=not s.bandwidth_mib_s,
+        )
+        facts, storage = self._gather()
+        results = run_checks(facts, skip=s.skip)
+        host_pair = (facts.source.host_uuid, facts.dest.host_uuid)
+        past = self.history.runs(*host_pair)
+        switchover = learned_switchover(past)
+        forecast, error = None, "not measured: a check blocks the migration"
+        if not blockers(results):
+            measured = measure_forecast(
+                self.source,
+                self.domain,
+                source_agent=self.source_agent,
+                bandwidth_mib_s=s.bandwidth_mib_s,
+                max_downtime_ms=s.max_downtime_ms,
+                window_s=s.window_s,
+                sleep=self.sleep,
+                started=measuring,
+                past=past,
+                switchover_mib_s=switchover,
+                initial_downtime_ms=s.initial_downtime_ms,
+            )
+            forecast, error = measured.forecast, measured.error
+        claim = None
+        if facts.agent.available:
+            claim = Claim(
+                domain=facts.guest.name,
+                memory_bytes=facts.guest.memory_bytes + facts.qemu_overhead_bytes,
+                vcpus=facts.guest.vcpus,
+                dest_host=facts.dest.hostname,
+            )
+        return PreflightOutcome(
+            results=results,
+            forecast=forecast,
+            forecast_error=error,
+            window_s=s.window_s,
+            host_pair=host_pair,
+            copy_disks=tuple(d.target for d in copied_disks(storage)),
+            to_create=_to_create(storage),
+            claim=claim,
+            switchover_mib_s=switchover,
+            elapsed_s=self.clock() - started,
+        )
+
+    def _gather(self) -> tuple[PreflightFacts, StorageFacts]:
+        """Gather three independent fact families side by side.
+
+        libvirt connections are thread-safe, so pre-flight costs the slowest family,
+        not the sum. The first failure is the host facts' (as before).
+        """
+        from libvirt_vmotion.preflight.gather import gather  # noqa: PLC0415
+        from libvirt_vmotion.storage import host as storagehost  # noqa: PLC0415
+
+        with ThreadPoolExecutor(max_workers=3, thread_name_prefix="preflight") as pool:
+            host_side = pool.submit(
+                gather, self.source, self.dest, self.domain, agent=self.dest_agent
+            )
+            storage_side = pool.submit(
+                lambda: storagehost.gather(
+                    self.source.lookup(self.domain),
+                    source_agent=self.source_agent,
+                    dest_agent=self.dest_agent,
+                    copy=self.settings.copy,
+                )
+            )
+            network_side = pool.submit(self._bridge_checks)
+            facts = host_side.result()
+            storage = storage_side.result()
+            facts = replace(facts, storage=storage, bridge_checks=network_side.result())
+        return facts, storage
+
+    def _bridge_checks(self) -> tuple[NetCheckResult, ...]:
+        """The network pre-flight on both hosts' bridges.
+
+        A host whose agent cannot be reached gives a ``network-facts`` warning there;
+        a guest that cannot be read gives nothing (``guest-running`` says why).
+        """
+        from libvirt_vmotion.cutover.announce import network_checks  # noqa: PLC0415
+
+        try:
+            return network_checks(
+                source=self.source,
+                domain=self.domain,
+                source_uri=self.source_uri,
+                dest_uri=self.dest_uri,
+            )
+        except VmotionError:
+            return ()
+
+
+def _to_create(storage: StorageFacts) -> tuple[DiskToCreate, ...]:
+    return tuple(
+        DiskToCreate(path=d.source, format=d.format, capacity_bytes=d.capacity_bytes)
+        for d in copied_disks(storage)
+        if needs_precreate(d, storage.dest_paths.get(d.source))
+    )

@@ -1,0 +1,250 @@
+"""The real collaborators of a Session: libvirt on both hosts, our agent, the history.
+
+I/O: this is where a Session meets the world. ``open_session`` opens both hosts'
+libvirt connections and builds every port ``session.core`` asks for; the CLI
+(and ``evacuate``, for many guests at once) only calls it.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from libvirt_vmotion.errors import ReservationError, VmotionError
+from libvirt_vmotion.preflight.result import format_bytes
+from libvirt_vmotion.reserve.store import Unreleased, lease_ends_by_s
+from libvirt_vmotion.session.core import (
+    Claim,
+    DiskToCreate,
+    Events,
+    PreflightOutcome,
+    Session,
+    SessionResult,
+    Whereabouts,
+)
+from libvirt_vmotion.session.gate import HostPreflight, PreflightSettings
+
+if TYPE_CHECKING:
+    from libvirt_vmotion.adapters.agent import RemoteHost
+    from libvirt_vmotion.adapters.virt import Hypervisor
+    from libvirt_vmotion.converge.loop import HostConnection, PostSwitchover
+    from libvirt_vmotion.converge.ports import Observer
+    from libvirt_vmotion.converge.progress import ProgressView
+    from libvirt_vmotion.model import MigrationOutcome, MigrationRequest
+    from libvirt_vmotion.policy import MigrationPolicy
+
+
+@dataclass(frozen=True, slots=True)
+class AgentDestination:
+    """The ``Destination`` port over our agent on the destination host."""
+
+    agent: RemoteHost
+    warn: Callable[[str], None]
+
+    def reserve(self, reservation_id: str, claim: Claim) -> Mapping[str, object]:
+        """Reserve memory + overhead, vCPUs and an inbound slot (raises ReservationError)."""
+        from libvirt_vmotion.adapters.agent import (  # noqa: PLC0415
+            AgentOperationFailed,
+            AgentUnavailable,
+        )
+
+        try:
+            return self.agent.call(
+                "reserve",
+                {
+                    "id": reservation_id,
+                    "domain": claim.domain,
+                    "owner": f"vmotion pid {os.getpid()} on {socket.gethostname()}",
+                    "memory_bytes": claim.memory_bytes,
+                    "vcpus": claim.vcpus,
+                },
+            )
+        except AgentOperationFailed as exc:
+            raise ReservationError(exc.message, hint=exc.hint) from exc
+        except AgentUnavailable as exc:
+            msg = (
+                f"Could not reserve {format_bytes(claim.memory_bytes)} on {claim.dest_host}: "
+                f"{exc.message}"
+            )
+            raise ReservationError(msg, hint=exc.hint) from exc
+
+    def release(
+        self,
+        reservation_id: str,
+        reply: Mapping[str, object],
+        *,
+        host: str,
+        timeout_s: float | None,
+    ) -> Unreleased | None:
+        """Release; bounded by ``timeout_s`` after a failure (the lease frees it anyway)."""
+        if timeout_s is None:
+            try:
+                self.agent.call("release", {"id": reservation_id})
+            except VmotionError as exc:  # the lease and the hook release it anyway
+                self.warn(f"could not release reservation {reservation_id}: {exc.message}")
+            return None
+        try:
+            self.agent.call("release", {"id": reservation_id}, timeout_s=timeout_s)
+        except VmotionError as exc:
+            timed_out = isinstance(exc.__cause__, subprocess.TimeoutExpired)
+            return Unreleased(
+                reservation_id=reservation_id,
+                host=host,
+                reason=f"no answer within {timeout_s:g} s" if timed_out else exc.message,
+                ends_by_s=lease_ends_by_s(reply, now_s=time.time()),
+            )
+        return None
+
+    def precreate(self, disks: Sequence[DiskToCreate]) -> tuple[str, ...]:
+        """Create the copy's destination images; the paths created."""
+        created = self.agent.call("disk-precreate", {"disks": [d.to_dict() for d in disks]})
+        paths = created.get("created", [])
+        return tuple(str(p) for p in paths) if isinstance(paths, list) else ()
+
+    def remove(self, paths: Sequence[str]) -> None:
+        """Remove images this Session created."""
+        self.agent.call("disk-remove", {"paths": list(paths)})
+
+
+@dataclass(frozen=True, slots=True)
+class HostLocator:
+    """The ``Locator`` port over both hosts' libvirt connections."""
+
+    source: HostConnection
+    dest: HostConnection
+
+    def where(self, domain: str) -> Whereabouts:
+        """Running on the source, a job left there, present on the destination."""
+        running: bool | None = None
+        job: bool | None = None
+        try:
+            guest = self.source.lookup(domain)
+            running = guest.is_running()
+            job = guest.job_sample(now_s=time.monotonic()).is_active
+        except VmotionError:
+            pass
+        try:
+            present: bool | None = self.dest.has_guest(domain)
+        except VmotionError:
+            present = None
+        return Whereabouts(running, job, present)
+
+
+@dataclass(slots=True)
+class LoopMover:
+    """The ``Mover`` port: ``converge.loop.migrate`` between the two open hosts."""
+
+    source: HostConnection
+    dest: HostConnection
+    observers: Sequence[Observer]
+    cutover: PostSwitchover | None
+    on_progress: Callable[[ProgressView], None] | None
+
+    def __call__(
+        self, request: MigrationRequest, *, policy: MigrationPolicy, preflight: PreflightOutcome
+    ) -> tuple[MigrationOutcome, Mapping[str, Mapping[str, object]]]:
+        """Run the controller loop (raises MigrationAborted / CutoverFailed)."""
+        from libvirt_vmotion.converge.loop import migrate  # noqa: PLC0415
+
+        return migrate(
+            request,
+            source=self.source,
+            dest=self.dest,
+            observers=self.observers,
+            cutover=self.cutover,
+            policy=policy,
+            on_progress=self.on_progress,
+            preflight_dirty_mib_s=preflight.measured_dirty_mib_s,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryRunLog:
+    """The ``RunLog`` port over the SQLite history (``adapters.history``)."""
+
+    cap_mib_s: int | None
+
+    def record(self, result: SessionResult, report: Mapping[str, object]) -> None:
+        """Remember a landed pre-copy run (post-copy runs teach nothing about the sender)."""
+        from libvirt_vmotion.adapters.history import Completed, History, default_path  # noqa: PLC0415
+
+        run = Completed.from_report(
+            report,
+            host_pair=result.preflight.host_pair,
+            cap_mib_s=float(self.cap_mib_s) if self.cap_mib_s else None,
+            finished_s=time.time(),
+        )
+        if run is not None:
+            History(default_path()).record(run)
+
+
+@dataclass(frozen=True, slots=True)
+class Around:
+    """What the CLI puts around the migration itself (watchers, the cutover, progress)."""
+
+    observers: Sequence[Observer] = ()
+    cutover: Callable[[Hypervisor], PostSwitchover] | None = None
+    on_progress: Callable[[ProgressView], None] | None = None
+
+
+@contextmanager
+def open_session(
+    request: MigrationRequest,
+    *,
+    policy: MigrationPolicy,
+    settings: PreflightSettings,
+    events: Events,
+    around: Around | None = None,
+) -> Iterator[Session]:
+    """Open both hosts and build a Session over the real ports; close them after.
+
+    Raises:
+        ConnectionFailed: a host's libvirt does not answer (exit 7).
+
+    """
+    from libvirt_vmotion.adapters.agent import RemoteHost  # noqa: PLC0415
+    from libvirt_vmotion.adapters.history import History, default_path  # noqa: PLC0415
+    from libvirt_vmotion.adapters.virt import Hypervisor  # noqa: PLC0415
+
+    around = around or Around()
+    with (
+        Hypervisor.open(request.source_uri) as source,
+        Hypervisor.open(request.dest_uri) as dest,
+    ):
+        dest_agent = RemoteHost.for_uri(request.dest_uri)
+        preflight = HostPreflight(
+            source=source,
+            dest=dest,
+            domain=request.domain,
+            source_uri=request.source_uri or source.uri,
+            dest_uri=request.dest_uri,
+            settings=settings,
+            source_agent=RemoteHost.for_uri(request.source_uri or source.uri),
+            dest_agent=dest_agent,
+            history=History(default_path()),
+        )
+        yield Session(
+            request=request,
+            policy=policy,
+            preflight=preflight,
+            destination=AgentDestination(dest_agent, warn=events.warning),
+            locator=HostLocator(source, dest),
+            mover=LoopMover(
+                source,
+                dest,
+                around.observers,
+                around.cutover(source) if around.cutover else None,
+                around.on_progress,
+            ),
+            runlog=HistoryRunLog(cap_mib_s=request.bandwidth_mib_s),
+            clock=time.monotonic,
+            new_id=lambda: str(uuid.uuid4()),
+            events=events,
+        )

@@ -27,6 +27,7 @@ each function takes and returns a JSON-serializable dict. I/O module.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import os
@@ -59,9 +60,12 @@ OPERATIONS: Final[dict[str, str]] = {
     "share-probe": "libvirt_vmotion.storage.host:op_share_probe",
     "link-sink": "libvirt_vmotion.adapters.linkprobe:op_link_sink",
     "link-probe": "libvirt_vmotion.adapters.linkprobe:op_link_probe",
+    "guard-state": "libvirt_vmotion.converge.guard:op_guard_state",
 }
 """Agent operations: name -> ``module:function`` taking and returning a JSON dict."""
 
+GUARD_OP: Final = "guard"
+"""The one operation that streams: the controller's guard (``converge.guard``)."""
 DEFAULT_SSH: Final = "ssh -o BatchMode=yes -o ConnectTimeout=5"
 DEFAULT_PYTHON: Final = "python3"
 
@@ -109,6 +113,9 @@ def main(argv: list[str]) -> int:
     if len(argv) != 1:
         sys.stderr.write("usage: python -m libvirt_vmotion agent OP < args.json\n")
         return 2
+    if argv[0] == GUARD_OP:  # streams its standard input: see converge.guard
+        run_guard = importlib.import_module("libvirt_vmotion.converge.guard").run_guard
+        return int(run_guard(sys.stdin))
     reply = serve(argv[0], sys.stdin.read())
     sys.stdout.write(json.dumps(reply, sort_keys=True) + "\n")
     return 0 if reply.get("ok") else 1
@@ -180,6 +187,27 @@ class RemoteHost:
         result = reply.get("result")
         return result if isinstance(result, dict) else {}
 
+    def start_guard(self, args: Mapping[str, object]) -> Guard:
+        """Start the controller's guard on the host; it acts if this process dies.
+
+        It runs in a session of its own, so a Ctrl-C at the terminal reaches only
+        us; its input is a pipe from this process, which the kernel closes when we
+        die, however we die. Best effort: a guard that cannot start is a warning.
+        """
+        remote = [self.python, "-m", "libvirt_vmotion", "agent", GUARD_OP]
+        argv = [*self.prefix, shlex.join(remote)] if self.prefix else remote
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            start_new_session=True,
+        )
+        guard = Guard(proc)
+        guard.send(json.dumps(dict(args), sort_keys=True))
+        return guard
+
     def _unavailable(self, detail: str) -> AgentUnavailable:
         how = shlex.join(self.prefix) if self.prefix else "a local subprocess"
         msg = f"Could not run libvirt-vmotion on {self.label} (via {how}): {detail}"
@@ -188,3 +216,35 @@ class RemoteHost:
             hint=f"Install libvirt-vmotion on {self.label} and allow key-based ssh from here "
             "(or set VMOTION_AGENT_SSH / VMOTION_AGENT_PYTHON).",
         )
+
+
+@dataclass(slots=True)
+class Guard:
+    """Our end of a running guard: its input pipe (see ``RemoteHost.start_guard``)."""
+
+    proc: subprocess.Popen[str]
+
+    def send(self, line: str) -> None:
+        """One line to the guard (ignored once it is gone)."""
+        if self.proc.stdin is None:
+            return
+        try:
+            self.proc.stdin.write(line + "\n")
+            self.proc.stdin.flush()
+        except OSError:
+            pass
+
+    def close(self, *, ok: bool, timeout_s: float = 10.0) -> None:
+        """Tell the guard how the migration ended, and let it go.
+
+        After a failure (``ok`` false) the guard makes sure no pre-copy job is left.
+        """
+        self.send("done" if ok else "failed")
+        if self.proc.stdin is not None:
+            with contextlib.suppress(OSError):
+                self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()

@@ -13,7 +13,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
@@ -32,6 +32,7 @@ from libvirt_vmotion.converge.ports import Observer
 from libvirt_vmotion.converge.progress import ProgressView
 from libvirt_vmotion.errors import (
     AbortRefused,
+    DomainNotFound,
     ExitCode,
     MigrationAborted,
     UsageError,
@@ -41,7 +42,7 @@ from libvirt_vmotion.model import JobSample, MigrationRequest
 from libvirt_vmotion.policy import MigrationPolicy, build_policy, load_policy_toml
 
 if TYPE_CHECKING:
-    from libvirt_vmotion.adapters.virt import Hypervisor
+    from libvirt_vmotion.adapters.virt import Guest, Hypervisor
     from libvirt_vmotion.converge.loop import PostSwitchover
     from libvirt_vmotion.session.core import SessionResult
 
@@ -285,18 +286,36 @@ class ViewPrinter:
 
 def cmd_cancel_status(args: argparse.Namespace) -> int:
     """``vmotion cancel DOMAIN`` / ``vmotion status DOMAIN``."""
+    source_uri = args.source_uri or os.environ.get(DEFAULT_SOURCE_URI_ENV) or "qemu:///system"
+    guard = _guard_record(source_uri, args.domain) if args.command == "status" else {}
+    try:
+        return _cancel_or_status(args, source_uri, guard)
+    except DomainNotFound:
+        if not guard:
+            raise
+        # Gone from here (maybe mid-way through), but its guard saw how: e.g. an
+        # orphaned post-copy that finished on the destination.
+        _say_status({"event": "status", "domain": args.domain, "phase": "left", **guard}, args)
+        return ExitCode.OK
+
+
+def _cancel_or_status(
+    args: argparse.Namespace, source_uri: str, guard: Mapping[str, object]
+) -> int:
     from libvirt_vmotion.adapters.virt import Hypervisor  # noqa: PLC0415
     from libvirt_vmotion.converge.machine import History, State  # noqa: PLC0415
     from libvirt_vmotion.converge.progress import build_view  # noqa: PLC0415
 
-    source_uri = args.source_uri or os.environ.get(DEFAULT_SOURCE_URI_ENV) or "qemu:///system"
     with Hypervisor.open(source_uri) as source:
         guest = source.lookup(args.domain)
-        sample = guest.job_sample(now_s=time.monotonic())
-        postcopy = guest.is_in_postcopy()
-        if not sample.is_active:
+        sample, postcopy = _job_if_running(guest)
+        running = sample is not None
+        if sample is None or not sample.is_active:
             if args.command == "status":
-                _say_status({"event": "status", "domain": guest.name, "phase": "idle"}, args)
+                idle: dict[str, object] = {"event": "status", "domain": guest.name}
+                if not running:
+                    idle["state"] = guest.state_name()
+                _say_status({**idle, "phase": "idle", **guard}, args)
                 return ExitCode.OK
             msg = f"No migration of '{guest.name}' is running on {source_uri}."
             raise VmotionError(msg, hint=f"Check where it runs: vmotion status {args.domain}")
@@ -317,8 +336,47 @@ def cmd_cancel_status(args: argparse.Namespace) -> int:
         state = State.POSTCOPY if postcopy else phases.get(sample.phase.value, State.CONVERGING)
         history = History(started_s=sample.now_s - sample.elapsed_ms / 1000, samples=(sample,))
         view = build_view(state, history, MigrationPolicy())
-        _say_status({**view.to_dict(), "event": "status", "domain": guest.name}, args)
+        _say_status({**view.to_dict(), "event": "status", "domain": guest.name, **guard}, args)
         return ExitCode.OK
+
+
+def _job_if_running(guest: Guest) -> tuple[JobSample | None, bool]:
+    """The job's sample and whether it is in post-copy; None for a guest that left.
+
+    A guest at the tail of a migration may stop between two calls: then it has no job.
+    """
+    try:
+        if not guest.is_running():
+            return None, False
+        return guest.job_sample(now_s=time.monotonic()), guest.is_in_postcopy()
+    except VmotionError:
+        try:
+            still_here = guest.is_running()
+        except VmotionError:  # undefined meanwhile: it left
+            still_here = False
+        if still_here:
+            raise
+        return None, False
+
+
+def _guard_record(source_uri: str, domain: str) -> dict[str, object]:
+    """What the source host's guard knows: who steers the job, or that nobody does."""
+    from libvirt_vmotion.adapters.agent import RemoteHost  # noqa: PLC0415
+
+    try:
+        record = RemoteHost.for_uri(source_uri).call(
+            "guard-state", {"domain": domain}, timeout_s=10.0
+        )
+    except VmotionError:
+        return {}
+    state = str(record.get("state", ""))
+    if not state:
+        return {}
+    return {
+        "guard": state,
+        "orphaned": state.startswith("orphan"),
+        "controller": record.get("controller", ""),
+    }
 
 
 def _say_status(data: dict[str, object], args: argparse.Namespace) -> None:

@@ -293,6 +293,21 @@ class Mover(Protocol):
         ...
 
 
+class GuardHandle(Protocol):
+    """A running guard on the source host (``converge.guard``)."""
+
+    def close(self, *, ok: bool) -> None:
+        """The migration ended (``ok``: as the controller meant); the guard may go."""
+
+
+class Guard(Protocol):
+    """Starts the guard that ends the job at once if this controller dies."""
+
+    def start(self, domain: str, *, budget_s: float) -> GuardHandle | None:
+        """Start it; None when it could not be started (the Session goes on)."""
+        ...
+
+
 class RunLog(Protocol):
     """Where a landed migration is remembered (the history the forecast learns from)."""
 
@@ -353,6 +368,7 @@ class Session:
     clock: Callable[[], float]
     new_id: Callable[[], str]
     events: Events = field(default_factory=_QuietEvents)
+    guard: Guard | None = None
     step: Step = Step.NEW
     unreleased: Unreleased | None = None
     kept: tuple[str, ...] = ()
@@ -383,6 +399,7 @@ class Session:
         with ExitStack() as undo:
             self._reserve(pre, undo)
             self._precreate(pre, undo)
+            self._start_guard(undo)
             self.step = Step.MIGRATE
             request = replace(self.request, copy_disks=pre.copy_disks)
             policy = effective_policy(self.policy, pre)
@@ -443,6 +460,24 @@ class Session:
                 self._remove_if_safe(paths)
 
         undo.push(remove)
+
+    def _start_guard(self, undo: ExitStack) -> None:
+        if self.guard is None:
+            return
+        handle = self.guard.start(self.request.domain, budget_s=self.policy.max_duration_s)
+        if handle is None:
+            self.events.warning(
+                "the source host's guard did not start: if this process dies mid-migration, "
+                "libvirt's keepalive ends the job (60-75 s) instead of the guard (at once)"
+            )
+            return
+
+        def dismiss(
+            typ: type[BaseException] | None, _exc: BaseException | None, _tb: TracebackType | None
+        ) -> None:
+            handle.close(ok=typ is None)
+
+        undo.push(dismiss)
 
     def _remove_if_safe(self, paths: Sequence[str]) -> None:
         """After a failure: remove our images only where the guest verifiably is not."""

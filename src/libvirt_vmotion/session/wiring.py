@@ -32,7 +32,7 @@ from libvirt_vmotion.session.core import (
 from libvirt_vmotion.session.gate import HostPreflight, PreflightSettings
 
 if TYPE_CHECKING:
-    from libvirt_vmotion.adapters.agent import RemoteHost
+    from libvirt_vmotion.adapters.agent import Guard, RemoteHost
     from libvirt_vmotion.adapters.virt import Hypervisor
     from libvirt_vmotion.converge.loop import HostConnection, PostSwitchover
     from libvirt_vmotion.converge.ports import Observer
@@ -111,6 +111,41 @@ class AgentDestination:
     def remove(self, paths: Sequence[str]) -> None:
         """Remove images this Session created."""
         self.agent.call("disk-remove", {"paths": list(paths)})
+
+
+@dataclass(frozen=True, slots=True)
+class SourceGuard:
+    """The ``Guard`` port: the guard runs on the source host, through our agent there."""
+
+    agent: RemoteHost
+    libvirt_uri: str
+
+    def start(self, domain: str, *, budget_s: float) -> Guard | None:
+        """Start it (None, and the Session warns, when it cannot be started)."""
+        try:
+            return self.agent.start_guard(
+                {
+                    "domain": domain,
+                    "controller": f"pid {os.getpid()} on {socket.gethostname()}",
+                    "libvirt_uri": self.libvirt_uri,
+                    "budget_s": budget_s,
+                }
+            )
+        except OSError:
+            return None
+
+
+def host_local_uri(uri: str) -> str:
+    """The URI a host's own agent opens its libvirt with (the remote part dropped).
+
+    >>> host_local_uri("qemu+tcp://hosta/system")
+    'qemu:///system'
+    >>> host_local_uri("qemu:///session")
+    'qemu:///session'
+    """
+    scheme, _, rest = uri.partition("://")
+    path = rest.partition("/")[2]
+    return f"{scheme.partition('+')[0]}:///{path}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,6 +254,7 @@ def open_session(
         Hypervisor.open(request.dest_uri) as dest,
     ):
         dest_agent = RemoteHost.for_uri(request.dest_uri)
+        source_agent = RemoteHost.for_uri(request.source_uri or source.uri)
         preflight = HostPreflight(
             source=source,
             dest=dest,
@@ -226,7 +262,7 @@ def open_session(
             source_uri=request.source_uri or source.uri,
             dest_uri=request.dest_uri,
             settings=settings,
-            source_agent=RemoteHost.for_uri(request.source_uri or source.uri),
+            source_agent=source_agent,
             dest_agent=dest_agent,
             history=History(default_path()),
         )
@@ -247,4 +283,5 @@ def open_session(
             clock=time.monotonic,
             new_id=lambda: str(uuid.uuid4()),
             events=events,
+            guard=SourceGuard(source_agent, host_local_uri(request.source_uri or source.uri)),
         )

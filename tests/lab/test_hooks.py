@@ -94,7 +94,7 @@ def test_hooks_command_installs_and_uninstalls(tmp_path: Path) -> None:
     assert hooks("status").returncode == 1
     assert hooks("install").returncode == 0
     shim = tmp_path / "hooks" / "qemu.d" / "50-libvirt-vmotion"
-    assert f"exec {sys.executable} -m libvirt_vmotion.reserve.hook" in shim.read_text()
+    assert f"exec {sys.executable} -I -m libvirt_vmotion.reserve.hook" in shim.read_text()
     assert hooks("status").returncode == 0
     assert hooks("uninstall").returncode == 0
     assert not shim.exists()

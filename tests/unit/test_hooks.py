@@ -90,7 +90,7 @@ def test_install_status_uninstall(tmp_path: Path) -> None:
     path = hooks.install(etc=tmp_path, python="/opt/venv/bin/python")
     assert path == tmp_path / "hooks" / "qemu.d" / hooks.HOOK_NAME
     assert path.stat().st_mode & 0o111
-    assert "/opt/venv/bin/python -m libvirt_vmotion.reserve.hook" in hooks.status(etc=tmp_path)
+    assert "/opt/venv/bin/python -I -m libvirt_vmotion.reserve.hook" in hooks.status(etc=tmp_path)
     assert hooks.uninstall(etc=tmp_path) == path
     assert hooks.uninstall(etc=tmp_path) is None
     assert hooks.status(etc=tmp_path).startswith("not installed")

@@ -64,6 +64,14 @@ OPERATIONS: Final[dict[str, str]] = {
 
 DEFAULT_SSH: Final = "ssh -o BatchMode=yes -o ConnectTimeout=5"
 DEFAULT_PYTHON: Final = "python3"
+ISOLATED: Final = ("-I",)
+"""How every child Python of ours starts: isolated from the caller's directory and env.
+
+``-m`` alone puts the working directory first on ``sys.path``: a
+``libvirt_vmotion/`` someone planted in a shared directory root ran ``vmotion``
+from would run as root. ``-I`` leaves out the working directory, ``PYTHON*``
+variables and the user's site-packages; the child also runs in ``/``.
+"""
 
 
 class AgentUnavailable(VmotionError):
@@ -155,11 +163,13 @@ class RemoteHost:
             AgentOperationFailed: it ran and reported a failure.
 
         """
-        remote = [self.python, "-m", "libvirt_vmotion", "agent", op]
-        argv = [*self.prefix, shlex.join(remote)] if self.prefix else remote
+        remote = [self.python, *ISOLATED, "-m", "libvirt_vmotion", "agent", op]
+        # Remotely too: ssh starts the command in the login's home directory.
+        argv = [*self.prefix, f"cd / && exec {shlex.join(remote)}"] if self.prefix else remote
         try:
             proc = subprocess.run(
                 argv,
+                cwd="/",
                 input=json.dumps(dict(args or {})),
                 capture_output=True,
                 text=True,

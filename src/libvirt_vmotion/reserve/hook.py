@@ -50,14 +50,16 @@ def build_shim(python: str) -> str:
     """Text of the hook script: exec ``python -m libvirt_vmotion.reserve.hook`` with the arguments.
 
     libvirt runs hooks with an almost empty environment, so the interpreter is
-    written in as an absolute path at install time.
+    written in as an absolute path at install time. It runs isolated (``-I``)
+    in ``/``, like every child Python of ours (``agent.ISOLATED``).
     """
     return (
         "#!/bin/sh\n"
         "# libvirt qemu hook of libvirt-vmotion: enforces pre-flight and reservations on a\n"
         "# migration destination. Never calls back into libvirt. Installed by\n"
         "# `python -m libvirt_vmotion hooks install`.\n"
-        f'exec {python} -m libvirt_vmotion.reserve.hook "$@"\n'
+        "cd / || exit 0\n"
+        f'exec {python} -I -m libvirt_vmotion.reserve.hook "$@"\n'
     )
 
 

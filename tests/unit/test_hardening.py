@@ -13,9 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from libvirt_vmotion import __version__
 from libvirt_vmotion.adapters.agent import RemoteHost
 from libvirt_vmotion.lab import guestctl
 from libvirt_vmotion.reserve import hook as hooks
+from libvirt_vmotion.reserve.store import ReservationStore
 
 
 @pytest.fixture
@@ -80,3 +82,126 @@ def test_lab_and_bench_children_ignore_a_package_planted_in_the_working_director
     assert result.returncode == 0, result.stderr
     assert "migrate" in result.stdout
     assert not planted.exists()
+
+
+HOOK_OPERATIONS = [
+    ("migrate", "begin"),
+    ("prepare", "begin"),
+    ("start", "begin"),
+    ("started", "begin"),
+    ("stopped", "end"),
+    ("release", "end"),
+]
+
+
+def shim_with(tmp_path: Path, python: str) -> tuple[Path, Path]:
+    """A shim as ``hooks install`` writes it, pointing at ``python``, logging into tmp_path."""
+    log = tmp_path / "hook.log"
+    shim = tmp_path / "50-libvirt-vmotion"
+    shim.write_text(hooks.build_shim(python, log=log))
+    shim.chmod(0o755)
+    return shim, log
+
+
+@pytest.mark.parametrize(("op", "subop"), HOOK_OPERATIONS)
+def test_shim_fails_open_when_its_interpreter_is_gone(tmp_path: Path, op: str, subop: str) -> None:
+    shim, log = shim_with(tmp_path, str(tmp_path / "removed-venv" / "bin" / "python"))
+    result = run_shim(shim, "web01", op, subop, "-", stdin="<domain/>")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == ""  # libvirt keeps the XML unchanged
+    (line,) = log.read_text().splitlines()
+    assert f"hook skipped (web01 {op} {subop})" in line
+    assert "removed-venv/bin/python is missing; reinstall: vmotion hooks install" in line
+
+
+@pytest.mark.parametrize(("op", "subop"), HOOK_OPERATIONS)
+def test_shim_fails_open_when_its_interpreter_lacks_the_package(
+    tmp_path: Path, op: str, subop: str
+) -> None:
+    bare = tmp_path / "bare-python"
+    bare.write_text(f'#!/bin/sh\nexec {sys.executable} -I -S "$@"\n')  # no site-packages
+    bare.chmod(0o755)
+    shim, log = shim_with(tmp_path, str(bare))
+    result = run_shim(shim, "web01", op, subop, "-", stdin="<domain/>")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == ""
+    (line,) = log.read_text().splitlines()
+    assert f"hook skipped (web01 {op} {subop})" in line
+    assert "cannot import libvirt_vmotion.reserve.hook" in line
+
+
+def test_shim_quotes_its_interpreter_path(tmp_path: Path) -> None:
+    odd = tmp_path / "it's a venv; touch PWNED" / "bin"
+    odd.mkdir(parents=True)
+    python = odd / "python"
+    python.write_text(f'#!/bin/sh\nexec {sys.executable} "$@"\n')
+    python.chmod(0o755)
+    shim, log = shim_with(tmp_path, str(python))
+    assert hooks.shim_python(shim.read_text()) == str(python)
+    result = run_shim(shim, "web01", "prepare", "begin", "-", stdin="<domain/>")
+    assert result.returncode == 0, result.stderr
+    assert not log.exists()  # it ran our hook: nothing skipped
+    assert not Path("/PWNED").exists()
+
+
+def test_hooks_status_says_where_the_shim_points_and_whether_it_imports_us(
+    tmp_path: Path,
+) -> None:
+    etc = tmp_path / "etc"
+    hooks.install(etc=etc, python=sys.executable)
+    good = hooks.status(etc=etc)
+    assert good.healthy
+    assert (
+        f"-> {sys.executable} -I (imports libvirt_vmotion.reserve.hook, {__version__})" in good.line
+    )
+    hooks.install(etc=etc, python=str(tmp_path / "gone" / "python"))
+    gone = hooks.status(etc=etc)
+    assert not gone.healthy
+    assert "gone/python, which is missing" in gone.line
+    assert "fails open" in gone.line
+    assert "reinstall: vmotion hooks install" in gone.line
+    hooks.install(etc=etc, python="/bin/true")
+    not_python = hooks.status(etc=etc)
+    assert not not_python.healthy
+    assert "/bin/true, which cannot import libvirt_vmotion.reserve.hook" in not_python.line
+
+
+def vmotion(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-I", "-m", "libvirt_vmotion", *args],
+        capture_output=True, text=True, check=False, timeout=60,
+    )  # fmt: skip
+
+
+def test_hooks_install_where_it_cannot_write_is_an_error_with_a_hint(tmp_path: Path) -> None:
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("")
+    result = vmotion("hooks", "install", "--etc", str(not_a_dir))
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert f"error: cannot install the hook at {not_a_dir}/hooks/qemu.d/" in result.stderr
+    assert "hint: Run it as root" in result.stderr
+
+
+def test_install_tells_to_restart_the_daemon_that_reads_hooks(tmp_path: Path) -> None:
+    result = vmotion("hooks", "install", "--etc", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert "libvirtd (virtqemud with modular daemons)" in result.stdout
+
+
+def test_veto_for_a_missing_disk_names_our_copy_flag(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    xml = (
+        "<domain type='qemu'><name>web01</name><memory unit='MiB'>256</memory><vcpu>1</vcpu>"
+        "<devices><disk type='file' device='disk'>"
+        f"<source file='{tmp_path}/nowhere.qcow2'/><target dev='vda'/></disk></devices></domain>"
+    )
+    store = ReservationStore(tmp_path / "r.db", host="hostb")
+    assert hooks.on_migrate_begin("web01", xml, store=store, now_s=1.0) == 1
+    vetoed = capsys.readouterr().err
+    assert (
+        "Hint: put it on storage both hosts share, or migrate with vmotion migrate --copy-storage"
+        in vetoed
+    )
+    assert "--copy-storage-all" not in vetoed

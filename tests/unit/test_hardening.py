@@ -15,6 +15,7 @@ import pytest
 
 from libvirt_vmotion import __version__
 from libvirt_vmotion.adapters.agent import RemoteHost
+from libvirt_vmotion.errors import UsageError
 from libvirt_vmotion.lab import guestctl
 from libvirt_vmotion.reserve import hook as hooks
 from libvirt_vmotion.reserve.store import ReservationStore
@@ -205,3 +206,26 @@ def test_veto_for_a_missing_disk_names_our_copy_flag(
         in vetoed
     )
     assert "--copy-storage-all" not in vetoed
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "qemu+ssh://-oProxyCommand=touch%20/tmp/PWNED@kvm2/system",  # an option as the user
+        "qemu+ssh://root@-oProxyCommand=x/system",  # an option as the host
+        "qemu+tcp://-oProxyCommand=x/system",
+        "qemu+ssh://a%20b@kvm2/system",
+        "qemu+ssh://root@kvm2%3Btouch/system",
+    ],
+)
+def test_ssh_options_cannot_come_in_through_the_uri(uri: str) -> None:
+    with pytest.raises(UsageError, match=r"is not a (user|host) name"):
+        RemoteHost.for_uri(uri)
+
+
+def test_ssh_gets_user_and_host_where_it_cannot_read_them_as_options(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("VMOTION_AGENT_SSH", raising=False)
+    host = RemoteHost.for_uri("qemu+ssh://ops-1@kvm2.example/system")
+    assert host.prefix[-4:] == ("-l", "ops-1", "--", "kvm2.example")

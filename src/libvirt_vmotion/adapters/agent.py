@@ -11,8 +11,12 @@ them, so this package runs *on* that host as a one-shot agent::
 
 The client derives the transport from the host's libvirt URI:
 
-- ``qemu+ssh://[user@]host[:port]/...`` -> ``ssh [-p port] user@host``
-- ``qemu+tcp://host/...``, ``qemu+tls://host/...`` -> ``ssh root@host``
+- ``qemu+ssh://[user@]host[:port]/...`` -> ``ssh [-p port] -l user -- host``
+- ``qemu+tcp://host/...``, ``qemu+tls://host/...`` -> ``ssh -l root -- host``
+
+User and host come from a URI someone typed or a script built: both are
+checked (``ssh_target``) and passed so that ssh never reads them as options
+(``-oProxyCommand=...@host`` would otherwise run a command here).
 - a local URI (``qemu:///system``, ``qemu+unix://...``) -> a local subprocess
 
 Two environment variables adapt it to a site: ``VMOTION_AGENT_SSH`` (the ssh
@@ -28,8 +32,10 @@ each function takes and returns a JSON-serializable dict. I/O module.
 from __future__ import annotations
 
 import importlib
+import ipaddress
 import json
 import os
+import re
 import shlex
 import socket
 import subprocess
@@ -40,7 +46,7 @@ from typing import Final
 from urllib.parse import urlsplit
 
 from libvirt_vmotion import __version__
-from libvirt_vmotion.errors import VmotionError
+from libvirt_vmotion.errors import UsageError, VmotionError
 
 OPERATIONS: Final[dict[str, str]] = {
     "hello": "libvirt_vmotion.adapters.agent:hello",
@@ -63,6 +69,10 @@ OPERATIONS: Final[dict[str, str]] = {
 """Agent operations: name -> ``module:function`` taking and returning a JSON dict."""
 
 DEFAULT_SSH: Final = "ssh -o BatchMode=yes -o ConnectTimeout=5"
+_SSH_USER: Final = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,31}")
+_HOSTNAME: Final = re.compile(
+    r"(?=.{1,253}$)[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,62})(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,62}))*\.?"
+)
 DEFAULT_PYTHON: Final = "python3"
 ISOLATED: Final = ("-I",)
 """How every child Python of ours starts: isolated from the caller's directory and env.
@@ -122,6 +132,27 @@ def main(argv: list[str]) -> int:
     return 0 if reply.get("ok") else 1
 
 
+def ssh_target(*, user: str, host: str, uri: str) -> tuple[str, ...]:
+    """``-l USER -- HOST`` for ssh, after checking both are a user and a host name.
+
+    Raises:
+        UsageError: either could be read as something else (an option, a command).
+
+    """
+    is_ip = True
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        is_ip = False
+    if not is_ip and not _HOSTNAME.fullmatch(host):
+        msg = f"the host {host!r} in {uri} is not a host name or an IP address"
+        raise UsageError(msg, hint="Give the URI as qemu+ssh://[user@]HOST[:port]/system.")
+    if not _SSH_USER.fullmatch(user):
+        msg = f"the user {user!r} in {uri} is not a user name"
+        raise UsageError(msg, hint="A user name has letters, digits, '.', '_' or '-' (not first).")
+    return ("-l", user, "--", host)
+
+
 @dataclass(frozen=True, slots=True)
 class RemoteHost:
     """How to run the agent on one host.
@@ -139,7 +170,12 @@ class RemoteHost:
 
     @classmethod
     def for_uri(cls, uri: str) -> RemoteHost:
-        """Derive the transport from a libvirt URI (see the module docstring)."""
+        """Derive the transport from a libvirt URI (see the module docstring).
+
+        Raises:
+            UsageError: the URI's user or host is not one (``ssh_target``).
+
+        """
         parts = urlsplit(uri)
         if not parts.hostname:
             # Local: this very interpreter has the package.
@@ -149,9 +185,8 @@ class RemoteHost:
         user = parts.username or "root"
         scheme = parts.scheme.partition("+")[2]
         port = ["-p", str(parts.port)] if scheme == "ssh" and parts.port else []
-        return cls(
-            label=parts.hostname, prefix=(*ssh, *port, f"{user}@{parts.hostname}"), python=python
-        )
+        target = ssh_target(user=user, host=parts.hostname, uri=uri)
+        return cls(label=parts.hostname, prefix=(*ssh, *port, *target), python=python)
 
     def call(
         self, op: str, args: Mapping[str, object] | None = None, *, timeout_s: float = 30.0

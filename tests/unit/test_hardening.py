@@ -9,16 +9,20 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import pytest
 
 from libvirt_vmotion import __version__
 from libvirt_vmotion.adapters.agent import RemoteHost
+from libvirt_vmotion.cutover.bridge import op_bridge_facts, op_fdb_flush, op_fdb_query
 from libvirt_vmotion.errors import UsageError
 from libvirt_vmotion.lab import guestctl
 from libvirt_vmotion.reserve import hook as hooks
 from libvirt_vmotion.reserve.store import ReservationStore
+
+AgentOp = Callable[[Mapping[str, object]], dict[str, object]]
 
 
 @pytest.fixture
@@ -229,3 +233,16 @@ def test_ssh_gets_user_and_host_where_it_cannot_read_them_as_options(
     monkeypatch.delenv("VMOTION_AGENT_SSH", raising=False)
     host = RemoteHost.for_uri("qemu+ssh://ops-1@kvm2.example/system")
     assert host.prefix[-4:] == ("-l", "ops-1", "--", "kvm2.example")
+
+
+@pytest.mark.parametrize(
+    ("op", "args"),
+    [
+        (op_bridge_facts, {"bridges": ["br0"], "netns": "evil"}),
+        (op_fdb_query, {"bridge": "br0", "macs": [], "netns": "evil"}),
+        (op_fdb_flush, {"bridge": "br0", "macs": [], "netns": "evil"}),
+    ],
+)
+def test_the_agent_refuses_a_network_namespace(op: AgentOp, args: dict[str, object]) -> None:
+    with pytest.raises(UsageError, match="does not take 'netns'"):
+        op(args)

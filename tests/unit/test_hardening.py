@@ -19,7 +19,9 @@ from libvirt_vmotion.adapters.agent import RemoteHost
 from libvirt_vmotion.cutover.bridge import op_bridge_facts, op_fdb_flush, op_fdb_query
 from libvirt_vmotion.errors import UsageError
 from libvirt_vmotion.lab import guestctl
+from libvirt_vmotion.preflight.domxml import interface_name_problem
 from libvirt_vmotion.reserve import hook as hooks
+from libvirt_vmotion.reserve.hostops import op_host_facts
 from libvirt_vmotion.reserve.store import ReservationStore
 
 AgentOp = Callable[[Mapping[str, object]], dict[str, object]]
@@ -245,4 +247,54 @@ def test_ssh_gets_user_and_host_where_it_cannot_read_them_as_options(
 )
 def test_the_agent_refuses_a_network_namespace(op: AgentOp, args: dict[str, object]) -> None:
     with pytest.raises(UsageError, match="does not take 'netns'"):
+        op(args)
+
+
+@pytest.mark.parametrize(
+    ("name", "ok"),
+    [
+        ("br0", True),
+        ("virbr-lab_1.2", True),
+        ("a" * 15, True),
+        ("a" * 16, False),  # IFNAMSIZ is 16 with the NUL
+        ("", False),
+        (".", False),
+        ("..", False),
+        ("../../tmp", False),
+        ("br0:1", False),
+        ("br 0", False),
+        ("br\n0", False),
+    ],
+)
+def test_interface_names_follow_the_kernels_rules(name: str, *, ok: bool) -> None:
+    assert (interface_name_problem(name) is None) is ok
+
+
+def test_hook_vetoes_a_bridge_name_that_walks_out_of_sysfs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "bridge").mkdir()  # what /sys/class/net/<name>/bridge would find
+    sneaky = f"../../..{tmp_path}"
+    xml = (
+        "<domain type='qemu'><name>web01</name><memory unit='MiB'>256</memory><vcpu>1</vcpu>"
+        "<devices><interface type='bridge'><mac address='52:54:00:00:00:01'/>"
+        f"<source bridge='{sneaky}'/></interface></devices></domain>"
+    )
+    store = ReservationStore(tmp_path / "r.db", host="hostb")
+    assert hooks.on_migrate_begin("web01", xml, store=store, now_s=1.0) == 1
+    assert "is not an interface name" in capsys.readouterr().err
+    assert store.list(now_s=2.0) == []
+
+
+@pytest.mark.parametrize(
+    ("op", "args"),
+    [
+        (op_bridge_facts, {"bridges": ["../../etc"]}),
+        (op_fdb_query, {"bridge": "../x", "macs": []}),
+        (op_fdb_flush, {"bridge": "br0/..", "macs": []}),
+        (op_host_facts, {"bridges": ["a/b"], "paths": []}),
+    ],
+)
+def test_the_agent_refuses_a_path_as_a_bridge_name(op: AgentOp, args: dict[str, object]) -> None:
+    with pytest.raises(UsageError, match="interface name"):
         op(args)

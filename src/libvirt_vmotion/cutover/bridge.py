@@ -29,6 +29,7 @@ from typing import Any, Final
 from pyroute2 import IPRoute
 
 from libvirt_vmotion.errors import UsageError
+from libvirt_vmotion.preflight.domxml import interface_name_problem
 from libvirt_vmotion.preflight.netcheck import BridgeFacts, PortFacts, StpState
 
 NUD_REACHABLE: Final = 0x02
@@ -351,6 +352,16 @@ def _str_list(value: object) -> list[str]:
     return [str(v) for v in value] if isinstance(value, list) else []
 
 
+def _ifnames(value: object) -> list[str]:
+    """Interface names from an agent argument (each checked: they become sysfs paths)."""
+    names = _str_list(value)
+    for name in names:
+        problem = interface_name_problem(name)
+        if problem is not None:
+            raise UsageError(problem, hint="Name a bridge as 'ip link' shows it.")
+    return names
+
+
 def _no_netns(args: Mapping[str, object]) -> None:
     """The agent reads this host's own bridges only (see the module docstring)."""
     if "netns" in args:
@@ -362,22 +373,24 @@ def op_bridge_facts(args: Mapping[str, object]) -> dict[str, object]:
     """Agent op ``bridge_facts``: facts for each named bridge."""
     _no_netns(args)
     host = socket.gethostname()
-    facts = [read_bridge(name, host=host) for name in _str_list(args.get("bridges"))]
+    facts = [read_bridge(name, host=host) for name in _ifnames(args.get("bridges"))]
     return {"host": host, "bridges": [f.as_dict() for f in facts]}
 
 
 def op_fdb_query(args: Mapping[str, object]) -> dict[str, object]:
     """Agent op ``fdb_query``: FDB entries of a bridge for some MACs."""
     _no_netns(args)
-    entries = fdb_entries(str(args["bridge"]), _str_list(args.get("macs")))
+    (bridge,) = _ifnames([args.get("bridge")])
+    entries = fdb_entries(bridge, _str_list(args.get("macs")))
     return {"host": socket.gethostname(), "entries": [e.as_dict() for e in entries]}
 
 
 def op_fdb_flush(args: Mapping[str, object]) -> dict[str, object]:
     """Agent op ``fdb_flush``: remove stale learned entries for some MACs."""
     _no_netns(args)
+    (bridge,) = _ifnames([args.get("bridge")])
     removed = fdb_remove(
-        str(args["bridge"]),
+        bridge,
         _str_list(args.get("macs")),
         keep_port=str(args.get("keep_port") or ""),
     )

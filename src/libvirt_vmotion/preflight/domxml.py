@@ -30,6 +30,26 @@ _UNIT_BYTES: Final = {
 }
 
 
+IFNAMSIZ: Final = 16
+"""The kernel's interface name buffer, NUL included: names are at most 15 bytes."""
+
+
+def interface_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a Linux interface name, or None when it can.
+
+    The kernel's rules (``dev_valid_name``): 1 to ``IFNAMSIZ - 1`` bytes, not
+    ``.`` or ``..``, no ``/``, ``:`` or white space. A name from a domain XML is
+    also a path component under ``/sys/class/net``: ``../`` must not reach it.
+    """
+    if not name:
+        return "an interface name is empty"
+    if name in {".", ".."} or any(c in "/:" or c.isspace() for c in name):
+        return f"{name!r} is not an interface name ('.', '..', '/', ':' or white space)"
+    if len(name.encode()) >= IFNAMSIZ:
+        return f"interface name {name!r} is longer than {IFNAMSIZ - 1} bytes"
+    return None
+
+
 def _parse(xml: str) -> ET.Element:
     # Our own libvirtd's output or the XML libvirt hands its hook: trusted input.
     return ET.fromstring(xml)  # noqa: S314

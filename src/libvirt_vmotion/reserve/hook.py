@@ -230,10 +230,16 @@ def _veto(domain: str, message: str, hint: str) -> int:
 
 def _local_problems(xml: str) -> tuple[str, str] | None:
     """Destination-local checks: bridges and disk paths the guest needs exist here."""
-    from libvirt_vmotion.preflight.domxml import guest_facts  # noqa: PLC0415  only at migrate begin
+    from libvirt_vmotion.preflight.domxml import (  # noqa: PLC0415  only at migrate begin
+        guest_facts,
+        interface_name_problem,
+    )
 
     facts = guest_facts(xml)
     for nic in facts.nics:
+        bad_name = interface_name_problem(nic.source) if nic.kind == "bridge" else None
+        if bad_name is not None:
+            return f"NIC {nic.mac}: {bad_name}.", "fix the guest's <source bridge=...>."
         if nic.kind == "bridge" and not Path(f"/sys/class/net/{nic.source}/bridge").exists():
             hint = (
                 f"create bridge {nic.source} on {socket.gethostname()} or choose another host "

@@ -17,9 +17,9 @@ import pytest
 from libvirt_vmotion import __version__
 from libvirt_vmotion.adapters.agent import RemoteHost
 from libvirt_vmotion.cutover.bridge import op_bridge_facts, op_fdb_flush, op_fdb_query
-from libvirt_vmotion.errors import UsageError
+from libvirt_vmotion.errors import UsageError, VmotionError
 from libvirt_vmotion.lab import guestctl
-from libvirt_vmotion.preflight.domxml import interface_name_problem
+from libvirt_vmotion.preflight.domxml import guest_facts, interface_name_problem
 from libvirt_vmotion.reserve import hook as hooks
 from libvirt_vmotion.reserve.hostops import op_host_facts
 from libvirt_vmotion.reserve.store import ReservationStore
@@ -298,3 +298,29 @@ def test_hook_vetoes_a_bridge_name_that_walks_out_of_sysfs(
 def test_the_agent_refuses_a_path_as_a_bridge_name(op: AgentOp, args: dict[str, object]) -> None:
     with pytest.raises(UsageError, match="interface name"):
         op(args)
+
+
+def guest_with_memory(memory: str) -> str:
+    return f"<domain type='qemu'><name>web01</name>{memory}<vcpu>1</vcpu><devices/></domain>"
+
+
+@pytest.mark.parametrize(
+    ("memory", "expected_bytes"),
+    [
+        ("<memory>1048576</memory>", 1 << 30),  # KiB by default
+        ("<memory unit='KiB'>1048576</memory>", 1 << 30),
+        ("<memory unit='GiB'>2</memory>", 2 << 30),
+        ("<memory unit='G'>2</memory>", 2 << 30),
+        ("<memory unit='GB'>2</memory>", 2 * 10**9),
+        ("<memory unit='TiB'>1</memory>", 1 << 40),
+        ("<memory unit='PiB'>1</memory>", 1 << 50),
+        ("<memory unit='bytes'>4096</memory>", 4096),
+    ],
+)
+def test_memory_units_are_libvirts(memory: str, expected_bytes: int) -> None:
+    assert guest_facts(guest_with_memory(memory)).memory_bytes == expected_bytes
+
+
+def test_an_unknown_memory_unit_is_an_error_not_kib() -> None:
+    with pytest.raises(VmotionError, match=r"<memory unit='furlongs'> is not a unit libvirt knows"):
+        guest_facts(guest_with_memory("<memory unit='furlongs'>4</memory>"))

@@ -7,6 +7,8 @@ a history file is validated before it is used.
 
 from __future__ import annotations
 
+import os
+import stat
 import subprocess
 import sys
 from collections.abc import Callable, Mapping
@@ -16,6 +18,7 @@ import pytest
 
 from libvirt_vmotion import __version__
 from libvirt_vmotion.adapters.agent import RemoteHost
+from libvirt_vmotion.adapters.history import Completed, History
 from libvirt_vmotion.cutover.bridge import op_bridge_facts, op_fdb_flush, op_fdb_query
 from libvirt_vmotion.errors import UsageError, VmotionError
 from libvirt_vmotion.lab import guestctl
@@ -324,3 +327,33 @@ def test_memory_units_are_libvirts(memory: str, expected_bytes: int) -> None:
 def test_an_unknown_memory_unit_is_an_error_not_kib() -> None:
     with pytest.raises(VmotionError, match=r"<memory unit='furlongs'> is not a unit libvirt knows"):
         guest_facts(guest_with_memory("<memory unit='furlongs'>4</memory>"))
+
+
+def test_what_the_agent_creates_is_private_to_root(tmp_path: Path) -> None:
+    disk = tmp_path / "web01.qcow2"
+    placed = RemoteHost.for_uri("qemu:///system").call(
+        "share-probe", {"token": "abc123", "paths": [str(disk)]}
+    )["placed"]
+    assert isinstance(placed, dict)
+    marker = Path(placed[str(disk)])
+    assert stat.S_IMODE(marker.stat().st_mode) == 0o600
+
+
+def test_the_migration_history_is_private(tmp_path: Path) -> None:
+    path = tmp_path / "state" / "libvirt-vmotion" / "history.db"
+    run = Completed(
+        source_uuid="a",
+        dest_uuid="b",
+        finished_s=1.0,
+        cap_mib_s=None,
+        data_bytes=100 << 20,
+        elapsed_ms=2000,
+        downtime_ms=50,
+    )
+    old = os.umask(0o022)
+    try:
+        assert History(path).record(run)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600

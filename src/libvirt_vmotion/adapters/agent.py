@@ -124,6 +124,8 @@ def serve(op: str, stdin_text: str) -> dict[str, object]:
 
 def main(argv: list[str]) -> int:
     """Entry of ``python -m libvirt_vmotion agent OP``."""
+    # What the agent creates (the reservation store, share markers ...) is root's alone.
+    os.umask(0o077)
     if len(argv) != 1:
         sys.stderr.write("usage: python -m libvirt_vmotion agent OP < args.json\n")
         return 2

@@ -26,6 +26,7 @@ from libvirt_vmotion.preflight.domxml import guest_facts, interface_name_problem
 from libvirt_vmotion.reserve import hook as hooks
 from libvirt_vmotion.reserve.hostops import op_host_facts
 from libvirt_vmotion.reserve.store import ReservationStore
+from libvirt_vmotion.storage import host as storage_host
 
 AgentOp = Callable[[Mapping[str, object]], dict[str, object]]
 
@@ -357,3 +358,18 @@ def test_the_migration_history_is_private(tmp_path: Path) -> None:
         os.umask(old)
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_qemu_img_that_hangs_is_an_error_not_a_hung_agent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    hung = bin_dir / "qemu-img"
+    hung.write_text("#!/bin/sh\nexec sleep 3600\n")  # storage that never answers
+    hung.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.setattr(storage_host, "QEMU_IMG_TIMEOUT_S", 0.5)
+    disk = {"path": str(tmp_path / "web01.qcow2"), "format": "qcow2", "capacity_bytes": 1 << 20}
+    with pytest.raises(VmotionError, match=r"qemu-img did not create .*web01.qcow2 within 0.5 s"):
+        storage_host.op_disk_precreate({"disks": [disk]})

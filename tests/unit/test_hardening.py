@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from libvirt_vmotion import __version__
-from libvirt_vmotion.adapters.agent import RemoteHost
+from libvirt_vmotion.adapters.agent import AgentUnavailable, RemoteHost
 from libvirt_vmotion.adapters.history import Completed, History
 from libvirt_vmotion.cutover.bridge import op_bridge_facts, op_fdb_flush, op_fdb_query
 from libvirt_vmotion.errors import UsageError, VmotionError
@@ -373,3 +373,42 @@ def test_qemu_img_that_hangs_is_an_error_not_a_hung_agent(
     disk = {"path": str(tmp_path / "web01.qcow2"), "format": "qcow2", "capacity_bytes": 1 << 20}
     with pytest.raises(VmotionError, match=r"qemu-img did not create .*web01.qcow2 within 0.5 s"):
         storage_host.op_disk_precreate({"disks": [disk]})
+
+
+def agent_answering(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, script: str) -> RemoteHost:
+    """A remote agent whose 'ssh' runs ``script`` instead (the far end is not ours)."""
+    far_end = tmp_path / "far-end"
+    far_end.write_text(f"#!/bin/sh\n{script}\n")
+    far_end.chmod(0o755)
+    monkeypatch.setenv("VMOTION_AGENT_SSH", str(far_end))
+    return RemoteHost.for_uri("qemu+tcp://kvm2/system")
+
+
+def test_an_endless_agent_reply_is_cut_off_not_read_into_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    host = agent_answering(tmp_path, monkeypatch, "exec yes")
+    with pytest.raises(AgentUnavailable, match=r"its reply passed 1 MiB; refused"):
+        host.call("hello", timeout_s=60)
+
+
+@pytest.mark.parametrize(
+    ("reply", "what"),
+    [
+        ("[1, 2]", "its reply is a JSON list, not an object"),
+        ('"ok"', "its reply is a JSON str, not an object"),
+        ('{"ok": true, "result": [1]}', "its result is a JSON list, not an object"),
+    ],
+)
+def test_an_agent_reply_that_is_not_an_object_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, reply: str, what: str
+) -> None:
+    host = agent_answering(tmp_path, monkeypatch, f"echo '{reply}'")
+    with pytest.raises(AgentUnavailable, match=what):
+        host.call("hello")
+
+
+def test_a_silent_agent_still_times_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    host = agent_answering(tmp_path, monkeypatch, "exec sleep 30")
+    with pytest.raises(AgentUnavailable, match=r"timed out after 0\.5 seconds"):
+        host.call("hello", timeout_s=0.5)

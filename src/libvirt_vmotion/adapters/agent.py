@@ -36,13 +36,16 @@ import ipaddress
 import json
 import os
 import re
+import selectors
 import shlex
 import socket
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Final
+from typing import IO, Final
 from urllib.parse import urlsplit
 
 from libvirt_vmotion import __version__
@@ -74,6 +77,8 @@ _HOSTNAME: Final = re.compile(
     r"(?=.{1,253}$)[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,62})(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,62}))*\.?"
 )
 DEFAULT_PYTHON: Final = "python3"
+MAX_REPLY_BYTES: Final = 1 << 20
+"""The largest agent reply read (the largest real one, host-facts, is a few KiB)."""
 ISOLATED: Final = ("-I",)
 """How every child Python of ours starts: isolated from the caller's directory and env.
 
@@ -155,6 +160,69 @@ def ssh_target(*, user: str, host: str, uri: str) -> tuple[str, ...]:
     return ("-l", user, "--", host)
 
 
+class ReplyTooLarge(Exception):
+    """The agent's output passed ``MAX_REPLY_BYTES``."""
+
+
+def _run_capped(argv: list[str], stdin: bytes, *, timeout_s: float) -> tuple[int, bytes, bytes]:
+    """Run ``argv`` in ``/``; return (exit code, stdout, the tail of stderr).
+
+    Like ``subprocess.run(capture_output=True, timeout=...)``, but a reply
+    larger than ``MAX_REPLY_BYTES`` kills the child instead of filling our
+    memory: the other end of the ssh is not ours to trust.
+
+    Raises:
+        OSError: it could not be started.
+        subprocess.TimeoutExpired: it did not finish within ``timeout_s``.
+        ReplyTooLarge: it wrote more than ``MAX_REPLY_BYTES`` to stdout.
+
+    """
+    deadline = time.monotonic() + timeout_s
+    with subprocess.Popen(
+        argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd="/"
+    ) as proc:
+        if proc.stdin is None or proc.stdout is None or proc.stderr is None:  # all three PIPE
+            msg = "no pipes to the agent"
+            raise OSError(msg)
+        feeder = threading.Thread(target=_feed, args=(proc.stdin, stdin), daemon=True)
+        feeder.start()
+        out, err = bytearray(), bytearray()
+        with selectors.DefaultSelector() as sel:
+            sel.register(proc.stdout, selectors.EVENT_READ, out)
+            sel.register(proc.stderr, selectors.EVENT_READ, err)
+            while sel.get_map():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    proc.kill()
+                    raise subprocess.TimeoutExpired(argv, timeout_s)
+                for key, _ in sel.select(remaining):
+                    chunk = os.read(key.fd, 65536)
+                    if not chunk:
+                        sel.unregister(key.fileobj)
+                        continue
+                    key.data.extend(chunk)
+                    if len(out) > MAX_REPLY_BYTES:
+                        proc.kill()
+                        msg = f"its reply passed {MAX_REPLY_BYTES >> 20} MiB; refused"
+                        raise ReplyTooLarge(msg)
+                    del err[: max(0, len(err) - 4096)]  # only the tail is ever shown
+        try:
+            returncode = proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+    return returncode, bytes(out), bytes(err)
+
+
+def _feed(pipe: IO[bytes], data: bytes) -> None:
+    """Write the arguments and close (a thread: a child that never reads must not block us)."""
+    try:
+        pipe.write(data)
+        pipe.close()
+    except OSError:
+        pass  # it exited without reading; its reply (or none) says why
+
+
 @dataclass(frozen=True, slots=True)
 class RemoteHost:
     """How to run the agent on one host.
@@ -204,28 +272,27 @@ class RemoteHost:
         # Remotely too: ssh starts the command in the login's home directory.
         argv = [*self.prefix, f"cd / && exec {shlex.join(remote)}"] if self.prefix else remote
         try:
-            proc = subprocess.run(
-                argv,
-                cwd="/",
-                input=json.dumps(dict(args or {})),
-                capture_output=True,
-                text=True,
-                timeout=timeout_s,
-                check=False,
+            returncode, out, err = _run_capped(
+                argv, json.dumps(dict(args or {})).encode(), timeout_s=timeout_s
             )
-        except (OSError, subprocess.TimeoutExpired) as exc:
+        except (OSError, subprocess.TimeoutExpired, ReplyTooLarge) as exc:
             raise self._unavailable(str(exc)) from exc
         try:
-            reply = json.loads(proc.stdout.strip().splitlines()[-1])
+            reply = json.loads(out.decode(errors="replace").strip().splitlines()[-1])
         except (IndexError, ValueError):
-            raise self._unavailable(
-                proc.stderr.strip()[-400:] or f"exit {proc.returncode}"
-            ) from None
+            detail = err.decode(errors="replace").strip()[-400:]
+            raise self._unavailable(detail or f"exit {returncode}") from None
+        if not isinstance(reply, dict):
+            detail = f"its reply is a JSON {type(reply).__name__}, not an object"
+            raise self._unavailable(detail)
         if not reply.get("ok"):
             msg = f"on {self.label}: {reply.get('error')}"
             raise AgentOperationFailed(msg, hint=str(reply.get("hint") or ""))
-        result = reply.get("result")
-        return result if isinstance(result, dict) else {}
+        result = reply.get("result", {})
+        if not isinstance(result, dict):
+            detail = f"its result is a JSON {type(result).__name__}, not an object"
+            raise self._unavailable(detail)
+        return result
 
     def _unavailable(self, detail: str) -> AgentUnavailable:
         how = shlex.join(self.prefix) if self.prefix else "a local subprocess"

@@ -8,10 +8,11 @@ from __future__ import annotations
 import os
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from libvirt_vmotion.cutover.bridge import FdbClaims, fdb_entries
+from libvirt_vmotion.cutover.bridge import FdbClaims, fdb_entries, read_bridge
 
 pytestmark = pytest.mark.lab
 
@@ -67,3 +68,15 @@ def test_preparing_a_claim_for_a_missing_port_says_which(bridge_netns: str) -> N
         assert claims.apply() == ([], [])
     finally:
         claims.close()
+
+
+def test_a_missing_namespace_is_refused_never_created() -> None:
+    netns = f"vmo-absent-{os.getpid()}"
+    try:
+        with pytest.raises(OSError, match="does not exist on this host"):
+            read_bridge("br0", netns=netns)
+        with pytest.raises(OSError, match="does not exist on this host"):
+            FdbClaims(netns=netns)
+        assert not (Path("/run/netns") / netns).exists()
+    finally:
+        subprocess.run(["ip", "netns", "del", netns], check=False, capture_output=True)

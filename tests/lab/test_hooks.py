@@ -17,6 +17,9 @@ import pytest
 from libvirt_vmotion.lab import guestctl, topology
 from libvirt_vmotion.lab.constants import GUEST_NAME, HOST_A, HOST_B, HOSTS
 from libvirt_vmotion.lab.hostconf import host_paths
+from libvirt_vmotion.lab.image import GuestImage
+from libvirt_vmotion.reserve import hook as hook_module
+from libvirt_vmotion.reserve.hook import shim_python as hooks_shim_python
 from libvirt_vmotion.reserve.store import ReservationStore
 
 pytestmark = pytest.mark.lab
@@ -54,8 +57,8 @@ def test_hook_is_installed_on_both_hosts() -> None:
             host, [sys.executable, "-m", "libvirt_vmotion", "hooks", "status"]
         ).stdout
         assert out.startswith("installed: /etc/libvirt/hooks/qemu.d/50-libvirt-vmotion"), out
-        assert f"exec {Path(sys.executable).parent}/python" in out  # this venv, absolute
-        assert "-m libvirt_vmotion.reserve.hook" in out
+        assert f"-> {Path(sys.executable).parent}/python" in out  # this venv, absolute
+        assert "-I (imports libvirt_vmotion.reserve.hook, " in out  # and it has the package
 
 
 @pytest.mark.usefixtures("guest_on_a", "hostb_small")
@@ -94,7 +97,51 @@ def test_hooks_command_installs_and_uninstalls(tmp_path: Path) -> None:
     assert hooks("status").returncode == 1
     assert hooks("install").returncode == 0
     shim = tmp_path / "hooks" / "qemu.d" / "50-libvirt-vmotion"
-    assert f"exec {sys.executable} -m libvirt_vmotion.reserve.hook" in shim.read_text()
+    assert hooks_shim_python(shim.read_text()) == sys.executable
     assert hooks("status").returncode == 0
     assert hooks("uninstall").returncode == 0
     assert not shim.exists()
+
+
+@pytest.fixture
+def hostb_shim_on_a_removable_interpreter(tmp_path: Path) -> Iterator[Path]:
+    """hostb's hook shim pointing at an interpreter of its own (a venv that can go away).
+
+    Yields that interpreter's path; hostb's real shim is put back afterwards.
+    """
+    shim = hook_module.installed_path(host_paths(HOST_B).etc)
+    original = shim.read_text()
+    python = tmp_path / "venv" / "bin" / "python"
+    python.parent.mkdir(parents=True)
+    python.write_text(f'#!/bin/sh\nexec {sys.executable} "$@"\n')
+    python.chmod(0o755)
+    shim.write_text(hook_module.build_shim(str(python)))
+    try:
+        yield python
+    finally:
+        guestctl.remove_guest()
+        shim.write_text(original)
+
+
+@pytest.mark.usefixtures("lab")
+@pytest.mark.parametrize("how", ["interpreter removed", "package removed"])
+def test_a_guest_starts_when_the_hook_lost_its_interpreter(
+    hostb_shim_on_a_removable_interpreter: Path, guest_image: GuestImage, how: str
+) -> None:
+    python = hostb_shim_on_a_removable_interpreter
+    status = topology.run_on_host(
+        HOST_B, [sys.executable, "-m", "libvirt_vmotion", "hooks", "status"]
+    ).stdout
+    assert f"-> {python} -I (imports libvirt_vmotion.reserve.hook, " in status
+    if how == "interpreter removed":
+        python.rename(python.with_name("python.removed"))
+    else:  # an interpreter without site-packages: the venv's package is gone
+        python.write_text(f'#!/bin/sh\nexec {sys.executable} -S "$@"\n')
+    before = len(hook_log())
+    guestctl.start_guest(HOST_B, guest_image, memory_mib=256, wss_mib=16, rate_mib_s=5)
+    assert guestctl.find_guest() == [(HOST_B, "running")]
+    skipped = [line for line in hook_log()[before:].splitlines() if "hook skipped" in line]
+    assert any("(vmo-guest prepare begin)" in line for line in skipped), skipped
+    assert any("(vmo-guest started begin)" in line for line in skipped), skipped
+    reason = "is missing" if how == "interpreter removed" else "cannot import"
+    assert all(reason in line for line in skipped), skipped

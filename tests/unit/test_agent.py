@@ -10,10 +10,11 @@ from libvirt_vmotion.adapters.agent import AgentOperationFailed, RemoteHost, ser
 @pytest.mark.parametrize(
     ("uri", "prefix_tail"),
     [
-        ("qemu+ssh://admin@kvm2:2222/system", ("-p", "2222", "admin@kvm2")),
-        ("qemu+ssh://kvm2/system", ("root@kvm2",)),
-        ("qemu+tcp://10.77.0.2/system", ("root@10.77.0.2",)),
-        ("qemu+tls://kvm3.example/system", ("root@kvm3.example",)),
+        ("qemu+ssh://admin@kvm2:2222/system", ("-p", "2222", "-l", "admin", "--", "kvm2")),
+        ("qemu+ssh://kvm2/system", ("-l", "root", "--", "kvm2")),
+        ("qemu+tcp://10.77.0.2/system", ("-l", "root", "--", "10.77.0.2")),
+        ("qemu+tls://kvm3.example/system", ("-l", "root", "--", "kvm3.example")),
+        ("qemu+ssh://[fd00::2]/system", ("-l", "root", "--", "fd00::2")),
     ],
 )
 def test_transport_follows_the_libvirt_uri(
@@ -30,7 +31,7 @@ def test_site_overrides_ssh_and_python(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("VMOTION_AGENT_SSH", "ssh -F /lab/ssh_config")
     monkeypatch.setenv("VMOTION_AGENT_PYTHON", "/opt/venv/bin/python")
     host = RemoteHost.for_uri("qemu+tcp://10.77.0.1/system")
-    assert host.prefix == ("ssh", "-F", "/lab/ssh_config", "root@10.77.0.1")
+    assert host.prefix == ("ssh", "-F", "/lab/ssh_config", "-l", "root", "--", "10.77.0.1")
     assert host.python == "/opt/venv/bin/python"
 
 

@@ -11,8 +11,12 @@ them, so this package runs *on* that host as a one-shot agent::
 
 The client derives the transport from the host's libvirt URI:
 
-- ``qemu+ssh://[user@]host[:port]/...`` -> ``ssh [-p port] user@host``
-- ``qemu+tcp://host/...``, ``qemu+tls://host/...`` -> ``ssh root@host``
+- ``qemu+ssh://[user@]host[:port]/...`` -> ``ssh [-p port] -l user -- host``
+- ``qemu+tcp://host/...``, ``qemu+tls://host/...`` -> ``ssh -l root -- host``
+
+User and host come from a URI someone typed or a script built: both are
+checked (``ssh_target``) and passed so that ssh never reads them as options
+(``-oProxyCommand=...@host`` would otherwise run a command here).
 - a local URI (``qemu:///system``, ``qemu+unix://...``) -> a local subprocess
 
 Two environment variables adapt it to a site: ``VMOTION_AGENT_SSH`` (the ssh
@@ -29,19 +33,24 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import ipaddress
 import json
 import os
+import re
+import selectors
 import shlex
 import socket
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Final
+from typing import IO, Final
 from urllib.parse import urlsplit
 
 from libvirt_vmotion import __version__
-from libvirt_vmotion.errors import VmotionError
+from libvirt_vmotion.errors import UsageError, VmotionError
 
 OPERATIONS: Final[dict[str, str]] = {
     "hello": "libvirt_vmotion.adapters.agent:hello",
@@ -67,7 +76,21 @@ OPERATIONS: Final[dict[str, str]] = {
 GUARD_OP: Final = "guard"
 """The one operation that streams: the controller's guard (``converge.guard``)."""
 DEFAULT_SSH: Final = "ssh -o BatchMode=yes -o ConnectTimeout=5"
+_SSH_USER: Final = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,31}")
+_HOSTNAME: Final = re.compile(
+    r"(?=.{1,253}$)[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,62})(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,62}))*\.?"
+)
 DEFAULT_PYTHON: Final = "python3"
+MAX_REPLY_BYTES: Final = 1 << 20
+"""The largest agent reply read (the largest real one, host-facts, is a few KiB)."""
+ISOLATED: Final = ("-I",)
+"""How every child Python of ours starts: isolated from the caller's directory and env.
+
+``-m`` alone puts the working directory first on ``sys.path``: a
+``libvirt_vmotion/`` someone planted in a shared directory root ran ``vmotion``
+from would run as root. ``-I`` leaves out the working directory, ``PYTHON*``
+variables and the user's site-packages; the child also runs in ``/``.
+"""
 
 
 class AgentUnavailable(VmotionError):
@@ -110,6 +133,8 @@ def serve(op: str, stdin_text: str) -> dict[str, object]:
 
 def main(argv: list[str]) -> int:
     """Entry of ``python -m libvirt_vmotion agent OP``."""
+    # What the agent creates (the reservation store, share markers ...) is root's alone.
+    os.umask(0o077)
     if len(argv) != 1:
         sys.stderr.write("usage: python -m libvirt_vmotion agent OP < args.json\n")
         return 2
@@ -119,6 +144,90 @@ def main(argv: list[str]) -> int:
     reply = serve(argv[0], sys.stdin.read())
     sys.stdout.write(json.dumps(reply, sort_keys=True) + "\n")
     return 0 if reply.get("ok") else 1
+
+
+def ssh_target(*, user: str, host: str, uri: str) -> tuple[str, ...]:
+    """``-l USER -- HOST`` for ssh, after checking both are a user and a host name.
+
+    Raises:
+        UsageError: either could be read as something else (an option, a command).
+
+    """
+    is_ip = True
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        is_ip = False
+    if not is_ip and not _HOSTNAME.fullmatch(host):
+        msg = f"the host {host!r} in {uri} is not a host name or an IP address"
+        raise UsageError(msg, hint="Give the URI as qemu+ssh://[user@]HOST[:port]/system.")
+    if not _SSH_USER.fullmatch(user):
+        msg = f"the user {user!r} in {uri} is not a user name"
+        raise UsageError(msg, hint="A user name has letters, digits, '.', '_' or '-' (not first).")
+    return ("-l", user, "--", host)
+
+
+class ReplyTooLarge(Exception):
+    """The agent's output passed ``MAX_REPLY_BYTES``."""
+
+
+def _run_capped(argv: list[str], stdin: bytes, *, timeout_s: float) -> tuple[int, bytes, bytes]:
+    """Run ``argv`` in ``/``; return (exit code, stdout, the tail of stderr).
+
+    Like ``subprocess.run(capture_output=True, timeout=...)``, but a reply
+    larger than ``MAX_REPLY_BYTES`` kills the child instead of filling our
+    memory: the other end of the ssh is not ours to trust.
+
+    Raises:
+        OSError: it could not be started.
+        subprocess.TimeoutExpired: it did not finish within ``timeout_s``.
+        ReplyTooLarge: it wrote more than ``MAX_REPLY_BYTES`` to stdout.
+
+    """
+    deadline = time.monotonic() + timeout_s
+    with subprocess.Popen(
+        argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd="/"
+    ) as proc:
+        if proc.stdin is None or proc.stdout is None or proc.stderr is None:  # all three PIPE
+            msg = "no pipes to the agent"
+            raise OSError(msg)
+        feeder = threading.Thread(target=_feed, args=(proc.stdin, stdin), daemon=True)
+        feeder.start()
+        out, err = bytearray(), bytearray()
+        with selectors.DefaultSelector() as sel:
+            sel.register(proc.stdout, selectors.EVENT_READ, out)
+            sel.register(proc.stderr, selectors.EVENT_READ, err)
+            while sel.get_map():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    proc.kill()
+                    raise subprocess.TimeoutExpired(argv, timeout_s)
+                for key, _ in sel.select(remaining):
+                    chunk = os.read(key.fd, 65536)
+                    if not chunk:
+                        sel.unregister(key.fileobj)
+                        continue
+                    key.data.extend(chunk)
+                    if len(out) > MAX_REPLY_BYTES:
+                        proc.kill()
+                        msg = f"its reply passed {MAX_REPLY_BYTES >> 20} MiB; refused"
+                        raise ReplyTooLarge(msg)
+                    del err[: max(0, len(err) - 4096)]  # only the tail is ever shown
+        try:
+            returncode = proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+    return returncode, bytes(out), bytes(err)
+
+
+def _feed(pipe: IO[bytes], data: bytes) -> None:
+    """Write the arguments and close (a thread: a child that never reads must not block us)."""
+    try:
+        pipe.write(data)
+        pipe.close()
+    except OSError:
+        pass  # it exited without reading; its reply (or none) says why
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,7 +247,12 @@ class RemoteHost:
 
     @classmethod
     def for_uri(cls, uri: str) -> RemoteHost:
-        """Derive the transport from a libvirt URI (see the module docstring)."""
+        """Derive the transport from a libvirt URI (see the module docstring).
+
+        Raises:
+            UsageError: the URI's user or host is not one (``ssh_target``).
+
+        """
         parts = urlsplit(uri)
         if not parts.hostname:
             # Local: this very interpreter has the package.
@@ -148,9 +262,8 @@ class RemoteHost:
         user = parts.username or "root"
         scheme = parts.scheme.partition("+")[2]
         port = ["-p", str(parts.port)] if scheme == "ssh" and parts.port else []
-        return cls(
-            label=parts.hostname, prefix=(*ssh, *port, f"{user}@{parts.hostname}"), python=python
-        )
+        target = ssh_target(user=user, host=parts.hostname, uri=uri)
+        return cls(label=parts.hostname, prefix=(*ssh, *port, *target), python=python)
 
     def call(
         self, op: str, args: Mapping[str, object] | None = None, *, timeout_s: float = 30.0
@@ -162,30 +275,31 @@ class RemoteHost:
             AgentOperationFailed: it ran and reported a failure.
 
         """
-        remote = [self.python, "-m", "libvirt_vmotion", "agent", op]
-        argv = [*self.prefix, shlex.join(remote)] if self.prefix else remote
+        remote = [self.python, *ISOLATED, "-m", "libvirt_vmotion", "agent", op]
+        # Remotely too: ssh starts the command in the login's home directory.
+        argv = [*self.prefix, f"cd / && exec {shlex.join(remote)}"] if self.prefix else remote
         try:
-            proc = subprocess.run(
-                argv,
-                input=json.dumps(dict(args or {})),
-                capture_output=True,
-                text=True,
-                timeout=timeout_s,
-                check=False,
+            returncode, out, err = _run_capped(
+                argv, json.dumps(dict(args or {})).encode(), timeout_s=timeout_s
             )
-        except (OSError, subprocess.TimeoutExpired) as exc:
+        except (OSError, subprocess.TimeoutExpired, ReplyTooLarge) as exc:
             raise self._unavailable(str(exc)) from exc
         try:
-            reply = json.loads(proc.stdout.strip().splitlines()[-1])
+            reply = json.loads(out.decode(errors="replace").strip().splitlines()[-1])
         except (IndexError, ValueError):
-            raise self._unavailable(
-                proc.stderr.strip()[-400:] or f"exit {proc.returncode}"
-            ) from None
+            detail = err.decode(errors="replace").strip()[-400:]
+            raise self._unavailable(detail or f"exit {returncode}") from None
+        if not isinstance(reply, dict):
+            detail = f"its reply is a JSON {type(reply).__name__}, not an object"
+            raise self._unavailable(detail)
         if not reply.get("ok"):
             msg = f"on {self.label}: {reply.get('error')}"
             raise AgentOperationFailed(msg, hint=str(reply.get("hint") or ""))
-        result = reply.get("result")
-        return result if isinstance(result, dict) else {}
+        result = reply.get("result", {})
+        if not isinstance(result, dict):
+            detail = f"its result is a JSON {type(result).__name__}, not an object"
+            raise self._unavailable(detail)
+        return result
 
     def start_guard(self, args: Mapping[str, object]) -> Guard:
         """Start the controller's guard on the host; it acts if this process dies.

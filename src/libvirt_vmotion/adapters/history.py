@@ -143,7 +143,9 @@ class History:
 
     def _connect(self) -> sqlite3.Connection:
         assert self.path is not None  # noqa: S101  callers check
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # Private to whoever runs migrations: it steers the controller's pause arithmetic.
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600))
         conn = sqlite3.connect(self.path, timeout=5.0)
         conn.execute(_SCHEMA)
         have = {row[1] for row in conn.execute("PRAGMA table_info(migrations)")}

@@ -104,7 +104,7 @@ def add_subcommands(
     for name, text in (
         ("install", "install the hook into /etc/libvirt/hooks/qemu.d/"),
         ("uninstall", "remove it"),
-        ("status", "show whether it is installed and what it runs"),
+        ("status", "show whether it is installed, its interpreter, and that it imports us"),
     ):
         p = hsub.add_parser(name, help=text)
         p.add_argument("--etc", default="/etc/libvirt", metavar="DIR", help=argparse.SUPPRESS)
@@ -237,18 +237,20 @@ def cmd_hooks(args: argparse.Namespace) -> int:
     etc = Path(args.etc)
     if args.hooks_command == "install":
         path = hooks.install(etc=etc, python=sys.executable)
-        print(f"installed {path} (runs {sys.executable} -m libvirt_vmotion.reserve.hook)")  # noqa: T201
+        print(f"installed {path} (runs {sys.executable} -I; fails open without it)")  # noqa: T201
         print(  # noqa: T201
-            "note: libvirtd looks for hook scripts when it starts; restart it if it ran "
-            "without any qemu hook before."
+            "note: libvirtd (virtqemud with modular daemons) looks for hook scripts when it "
+            "starts; restart it if it ran without any qemu hook before "
+            "(systemctl restart libvirtd, or virtqemud)."
         )
         return ExitCode.OK
     if args.hooks_command == "uninstall":
         removed = hooks.uninstall(etc=etc)
         print("removed " + str(removed) if removed else "not installed")  # noqa: T201
         return ExitCode.OK
-    print(hooks.status(etc=etc))  # noqa: T201
-    return ExitCode.OK if hooks.installed_path(etc).exists() else ExitCode.ERROR
+    state = hooks.status(etc=etc)
+    print(state.line)  # noqa: T201
+    return ExitCode.OK if state.healthy else ExitCode.ERROR
 
 
 def run(args: argparse.Namespace) -> int:

@@ -7,12 +7,16 @@ on a hypervisor host, normally as agent operations (``agent.OPERATIONS``):
 - ``fdb_query``     {"bridge", "macs": [..]}            -> {"host", "entries": [..]}
 - ``fdb_flush``     {"bridge", "macs": [..], "keep_port"} -> {"host", "removed": [..]}
 
-``netns`` in the arguments (optional) reads a bridge in a named network
-namespace of this machine: the lab's switch is one.
+The functions' ``netns`` keyword reads a bridge in a named network namespace
+of this machine, for the namespace lab (its switch is one; ``--watch-switch``).
+It opens only a namespace that exists (pyroute2 would create a missing one), and
+the agent operations refuse it: a production host's agent never enters or makes
+a namespace.
 """
 
 from __future__ import annotations
 
+import errno
 import socket
 import threading
 import time
@@ -24,17 +28,40 @@ from typing import Any, Final
 
 from pyroute2 import IPRoute
 
+from libvirt_vmotion.errors import UsageError
+from libvirt_vmotion.preflight.domxml import interface_name_problem
 from libvirt_vmotion.preflight.netcheck import BridgeFacts, PortFacts, StpState
 
 NUD_REACHABLE: Final = 0x02
 NUD_PERMANENT: Final = 0x80
 NTF_SELF: Final = 0x02
 NTF_MASTER: Final = 0x04
+_NETNS_DIR: Final = Path("/run/netns")
+_NETNS_HINT: Final = (
+    "A network namespace is only for the namespace lab (--watch-switch NETNS/BRIDGE names "
+    "one of its namespaces); nothing here creates one."
+)
+
+
+def _open(netns: str = "") -> Any:  # noqa: ANN401  pyroute2 is untyped
+    """A netlink socket here, or in the existing lab namespace ``netns`` (never made).
+
+    Raises:
+        FileNotFoundError: ``netns`` does not exist here (or is not a name).
+
+    """
+    if not netns:
+        return IPRoute()
+    if "/" in netns or netns in {".", ".."} or not (_NETNS_DIR / netns).exists():
+        msg = f"network namespace {netns!r} does not exist on this host ({_NETNS_HINT})"
+        raise FileNotFoundError(errno.ENOENT, msg)
+    # flags=0: pyroute2's default (O_CREAT) would create a missing namespace.
+    return IPRoute(netns=netns, flags=0)
 
 
 @contextmanager
 def _ipr(netns: str = "") -> Iterator[Any]:
-    ipr = IPRoute(netns=netns) if netns else IPRoute()
+    ipr = _open(netns)
     try:
         yield ipr
     finally:
@@ -230,7 +257,7 @@ class FdbClaims:
 
     def __init__(self, *, netns: str = "") -> None:
         """Open the netlink socket (raises OSError if the netns is missing)."""
-        self._ipr = IPRoute(netns=netns) if netns else IPRoute()
+        self._ipr = _open(netns)
         self._pending: list[tuple[str, str, str, int, tuple[str, ...]]] = []
 
     def prepare(self, bridge: str, mac: str, port: str) -> None:
@@ -285,7 +312,7 @@ class FdbWatcher:
         self._bridge = bridge
         self._macs = [m.lower() for m in macs]
         self._interval_s = interval_s
-        self._ipr = IPRoute(netns=netns) if netns else IPRoute()
+        self._ipr = _open(netns)
         self._stop = threading.Event()
         self._changes: list[tuple[float, str, str]] = []
         self._thread = threading.Thread(target=self._run, name="fdb-watch", daemon=True)
@@ -325,28 +352,46 @@ def _str_list(value: object) -> list[str]:
     return [str(v) for v in value] if isinstance(value, list) else []
 
 
+def _ifnames(value: object) -> list[str]:
+    """Interface names from an agent argument (each checked: they become sysfs paths)."""
+    names = _str_list(value)
+    for name in names:
+        problem = interface_name_problem(name)
+        if problem is not None:
+            raise UsageError(problem, hint="Name a bridge as 'ip link' shows it.")
+    return names
+
+
+def _no_netns(args: Mapping[str, object]) -> None:
+    """The agent reads this host's own bridges only (see the module docstring)."""
+    if "netns" in args:
+        msg = "the agent does not take 'netns': it reads this host's own bridges"
+        raise UsageError(msg, hint=_NETNS_HINT)
+
+
 def op_bridge_facts(args: Mapping[str, object]) -> dict[str, object]:
     """Agent op ``bridge_facts``: facts for each named bridge."""
+    _no_netns(args)
     host = socket.gethostname()
-    netns = str(args.get("netns") or "")
-    facts = [read_bridge(name, host=host, netns=netns) for name in _str_list(args.get("bridges"))]
+    facts = [read_bridge(name, host=host) for name in _ifnames(args.get("bridges"))]
     return {"host": host, "bridges": [f.as_dict() for f in facts]}
 
 
 def op_fdb_query(args: Mapping[str, object]) -> dict[str, object]:
     """Agent op ``fdb_query``: FDB entries of a bridge for some MACs."""
-    entries = fdb_entries(
-        str(args["bridge"]), _str_list(args.get("macs")), netns=str(args.get("netns") or "")
-    )
+    _no_netns(args)
+    (bridge,) = _ifnames([args.get("bridge")])
+    entries = fdb_entries(bridge, _str_list(args.get("macs")))
     return {"host": socket.gethostname(), "entries": [e.as_dict() for e in entries]}
 
 
 def op_fdb_flush(args: Mapping[str, object]) -> dict[str, object]:
     """Agent op ``fdb_flush``: remove stale learned entries for some MACs."""
+    _no_netns(args)
+    (bridge,) = _ifnames([args.get("bridge")])
     removed = fdb_remove(
-        str(args["bridge"]),
+        bridge,
         _str_list(args.get("macs")),
         keep_port=str(args.get("keep_port") or ""),
-        netns=str(args.get("netns") or ""),
     )
     return {"host": socket.gethostname(), "removed": [e.as_dict() for e in removed]}

@@ -15,6 +15,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from libvirt_vmotion.adapters.agent import ISOLATED
 from libvirt_vmotion.adapters.virt import Hypervisor
 from libvirt_vmotion.errors import DomainNotFound, VmotionError
 from libvirt_vmotion.lab import command_name
@@ -70,8 +71,11 @@ def client_command(argv: Sequence[str]) -> list[str]:
 
 
 def self_command(*args: str) -> list[str]:
-    """Command line of this package's CLI with ``args``, as a command line for a subprocess."""
-    return [sys.executable, "-m", "libvirt_vmotion", *args]
+    """Command line of this package's CLI with ``args``, as a command line for a subprocess.
+
+    Isolated (``agent.ISOLATED``): root runs the lab and the bench from any directory.
+    """
+    return [sys.executable, *ISOLATED, "-m", "libvirt_vmotion", *args]
 
 
 def run_in_client(argv: Sequence[str]) -> int:

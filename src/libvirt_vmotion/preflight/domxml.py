@@ -11,23 +11,37 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from typing import Final
 
+from libvirt_vmotion.errors import VmotionError
 from libvirt_vmotion.preflight.facts import DiskFacts, DomainCapsFacts, GuestFacts, NicFacts
 
-_UNIT_BYTES: Final = {
+_UNIT_BYTES: Final[dict[str, int]] = {
     "b": 1,
     "bytes": 1,
-    "k": 1024,
-    "kib": 1024,
-    "kb": 1000,
-    "m": 1024**2,
-    "mib": 1024**2,
-    "mb": 1000**2,
-    "g": 1024**3,
-    "gib": 1024**3,
-    "gb": 1000**3,
-    "t": 1024**4,
-    "tib": 1024**4,
+    **{p: 1000**n for n, p in enumerate(("kb", "mb", "gb", "tb", "pb", "eb"), 1)},
+    **{p: 1024**n for n, p in enumerate(("k", "m", "g", "t", "p", "e"), 1)},
+    **{p: 1024**n for n, p in enumerate(("kib", "mib", "gib", "tib", "pib", "eib"), 1)},
 }
+"""libvirt's memory units (``virScaleInteger``), lower-cased: KB is 1000, K and KiB 1024."""
+
+
+IFNAMSIZ: Final = 16
+"""The kernel's interface name buffer, NUL included: names are at most 15 bytes."""
+
+
+def interface_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a Linux interface name, or None when it can.
+
+    The kernel's rules (``dev_valid_name``): 1 to ``IFNAMSIZ - 1`` bytes, not
+    ``.`` or ``..``, no ``/``, ``:`` or white space. A name from a domain XML is
+    also a path component under ``/sys/class/net``: ``../`` must not reach it.
+    """
+    if not name:
+        return "an interface name is empty"
+    if name in {".", ".."} or any(c in "/:" or c.isspace() for c in name):
+        return f"{name!r} is not an interface name ('.', '..', '/', ':' or white space)"
+    if len(name.encode()) >= IFNAMSIZ:
+        return f"interface name {name!r} is longer than {IFNAMSIZ - 1} bytes"
+    return None
 
 
 def _parse(xml: str) -> ET.Element:
@@ -36,12 +50,24 @@ def _parse(xml: str) -> ET.Element:
 
 
 def memory_bytes(dom: ET.Element) -> int:
-    """Guest RAM from ``<memory unit=...>`` (libvirt's default unit is KiB)."""
+    """Guest RAM from ``<memory unit=...>`` (libvirt's default unit is KiB).
+
+    Raises:
+        VmotionError: the unit is not one of libvirt's.
+
+    """
     node = dom.find("memory")
     if node is None or not (node.text or "").strip():
         return 0
-    unit = node.get("unit", "KiB").lower()
-    return int(node.text or "0") * _UNIT_BYTES.get(unit, 1024)
+    unit = node.get("unit", "KiB")
+    scale = _UNIT_BYTES.get(unit.lower())
+    if scale is None:
+        # Counting it as KiB would reserve (and admit) a guest at the wrong size.
+        msg = f"the guest's <memory unit='{unit}'> is not a unit libvirt knows"
+        raise VmotionError(
+            msg, hint="Use b, KB, KiB, MB, MiB, GB, GiB, TB, TiB ... (see virsh dumpxml)."
+        )
+    return int(node.text or "0") * scale
 
 
 def _passthrough(devices: ET.Element | None) -> tuple[str, ...]:

@@ -17,16 +17,20 @@ libvirt calls ``/etc/libvirt/hooks/qemu.d/*`` with ``GUEST OP SUBOP EXTRA``:
 - ``stopped end`` / ``release end``: the guest stopped here (an incoming
   migration failed, or it was shut down): release its reservation.
 
-Install with ``python -m libvirt_vmotion hooks install`` (see ``install``).
+Install with ``vmotion hooks install`` (see ``install``; the shim is ``build_shim``).
 """
 
 from __future__ import annotations
 
+import json
 import os
+import shlex
 import socket
+import subprocess
 import sys
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, TextIO
 
@@ -46,19 +50,63 @@ QEMU_OVERHEAD_BYTES: Final = 256 * 1024 * 1024
 """Same QEMU overhead the controller reserves (preflight's default)."""
 
 
-def build_shim(python: str) -> str:
-    """Text of the hook script: exec ``python -m libvirt_vmotion.reserve.hook`` with the arguments.
+_MODULE: Final = __name__
+"""The module the shim imports (``run``); follows the package layout."""
+_REINSTALL: Final = "reinstall: vmotion hooks install"
+_BOOTSTRAP: Final = """import sys, time
+try:
+    from {module} import run
+except ImportError as exc:
+    try:
+        with open({log}, "a") as fh:
+            fh.write(time.strftime("%Y-%m-%dT%H:%M:%S") + " hook skipped ("
+                     + " ".join(sys.argv[1:4]) + "): " + sys.executable
+                     + " cannot import {module}: " + str(exc) + "; {reinstall}\\n")
+    except OSError:
+        pass
+    sys.exit(0)
+sys.exit(run(sys.argv[1:]))
+"""
+"""The interpreter's first lines: an interpreter without the package lets libvirt go on."""
+
+
+def build_shim(python: str, *, log: Path = AUDIT_LOG) -> str:
+    """Text of the hook script: run ``python`` isolated on our hook module, failing open.
 
     libvirt runs hooks with an almost empty environment, so the interpreter is
-    written in as an absolute path at install time.
+    written in as an absolute path at install time (quoted: any path works). It
+    runs isolated (``-I``) in ``/``, like every child Python of ours
+    (``agent.ISOLATED``). A hook exiting non-zero stops libvirt from starting
+    the guest, so the shim fails open: when that interpreter is gone, or no
+    longer imports the package (uninstalled, upgraded away), it appends one line
+    to ``log`` and exits 0, for every operation; only the hook's own decision
+    (a veto at ``migrate begin``) exits non-zero.
     """
+    bootstrap = _BOOTSTRAP.format(module=_MODULE, log=json.dumps(str(log)), reinstall=_REINSTALL)
     return (
         "#!/bin/sh\n"
-        "# libvirt qemu hook of libvirt-vmotion: enforces pre-flight and reservations on a\n"
-        "# migration destination. Never calls back into libvirt. Installed by\n"
-        "# `python -m libvirt_vmotion hooks install`.\n"
-        f'exec {python} -m libvirt_vmotion.reserve.hook "$@"\n'
+        "# libvirt qemu hook of libvirt-vmotion: enforces reservations on a migration\n"
+        "# destination; never calls back into libvirt. Written by `vmotion hooks install`;\n"
+        "# fails open: without its interpreter or package it logs one line and exits 0.\n"
+        f"PYTHON={shlex.quote(python)}\n"
+        f"LOG={shlex.quote(str(log))}\n"
+        "cd / || exit 0\n"
+        'if [ ! -x "$PYTHON" ]; then\n'
+        f"    printf '%s hook skipped (%s %s %s): interpreter %s is missing; {_REINSTALL}\\n' \\\n"
+        '        "$(date +%Y-%m-%dT%H:%M:%S)" "$1" "$2" "$3" "$PYTHON" >>"$LOG" 2>/dev/null\n'
+        "    exit 0\n"
+        "fi\n"
+        f'exec "$PYTHON" -I -c {shlex.quote(bootstrap)} "$@"\n'
     )
+
+
+def shim_python(text: str) -> str | None:
+    """The interpreter a shim ``build_shim`` wrote points at (None: not one of ours)."""
+    for line in text.splitlines():
+        if line.startswith("PYTHON="):
+            words = shlex.split(line.removeprefix("PYTHON="))
+            return words[0] if len(words) == 1 else None
+    return None
 
 
 def installed_path(etc: Path) -> Path:
@@ -66,33 +114,98 @@ def installed_path(etc: Path) -> Path:
     return etc / "hooks" / "qemu.d" / HOOK_NAME
 
 
+def _cannot(*, action: str, path: Path, exc: OSError) -> VmotionError:
+    msg = f"cannot {action} the hook at {path}: {exc.strerror or exc}"
+    return VmotionError(
+        msg,
+        hint="Run it as root on the host that receives guests (sudo vmotion hooks "
+        f"{action}), or give a directory you can write with --etc DIR.",
+    )
+
+
 def install(*, etc: Path, python: str) -> Path:
-    """Install the hook (idempotent); return its path."""
+    """Install the hook (idempotent); return its path.
+
+    Raises:
+        VmotionError: the directory cannot be written (not root, read-only ...).
+
+    """
     path = installed_path(etc)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(build_shim(python))
-    tmp.chmod(0o755)
-    tmp.replace(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(build_shim(python))
+        tmp.chmod(0o755)
+        tmp.replace(path)
+    except OSError as exc:
+        raise _cannot(action="install", path=path, exc=exc) from exc
     return path
 
 
 def uninstall(*, etc: Path) -> Path | None:
-    """Remove the hook; return the path removed, or None if it was not there."""
+    """Remove the hook; return the path removed, or None if it was not there.
+
+    Raises:
+        VmotionError: it cannot be removed (not root ...).
+
+    """
     path = installed_path(etc)
     if not path.exists():
         return None
-    path.unlink()
+    try:
+        path.unlink()
+    except OSError as exc:
+        raise _cannot(action="uninstall", path=path, exc=exc) from exc
     return path
 
 
-def status(*, etc: Path) -> str:
-    """One line saying whether the hook is installed and what it runs."""
+@dataclass(frozen=True, slots=True)
+class HookStatus:
+    """What ``hooks status`` says: one line, and whether the hook would run."""
+
+    line: str
+    healthy: bool
+
+
+def status(*, etc: Path) -> HookStatus:
+    """Whether the hook is installed, where its shim points, and whether that imports us."""
     path = installed_path(etc)
     if not path.exists():
-        return f"not installed ({path} missing); install: python -m libvirt_vmotion hooks install"
-    runs = next((line for line in path.read_text().splitlines() if line.startswith("exec ")), "")
-    return f"installed: {path} ({runs})"
+        return HookStatus(
+            f"not installed ({path} missing); install: vmotion hooks install", healthy=False
+        )
+    python = shim_python(path.read_text())
+    if python is None:
+        return HookStatus(
+            f"installed: {path}, but not a shim this version wrote; {_REINSTALL}", healthy=False
+        )
+    broken = f"installed: {path} -> {python}, which"
+    unchecked = f"the hook lets every guest through unchecked (it fails open); {_REINSTALL}"
+    if not os.access(python, os.X_OK):
+        return HookStatus(f"{broken} is missing: {unchecked}", healthy=False)
+    try:
+        probe = subprocess.run(
+            [
+                python,
+                "-I",
+                "-c",
+                f"import {_MODULE}, libvirt_vmotion; print(libvirt_vmotion.__version__)",
+            ],
+            capture_output=True,
+            text=True,
+            cwd="/",
+            timeout=60,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return HookStatus(f"{broken} cannot run ({exc}): {unchecked}", healthy=False)
+    version = probe.stdout.strip()
+    if probe.returncode != 0 or not version:
+        why = (probe.stderr.strip().splitlines() or [f"exit {probe.returncode}, no version"])[-1]
+        return HookStatus(f"{broken} cannot import {_MODULE} ({why}): {unchecked}", healthy=False)
+    return HookStatus(
+        f"installed: {path} -> {python} -I (imports {_MODULE}, {version})", healthy=True
+    )
 
 
 # --------------------------------------------------------------------------- hook actions
@@ -117,10 +230,16 @@ def _veto(domain: str, message: str, hint: str) -> int:
 
 def _local_problems(xml: str) -> tuple[str, str] | None:
     """Destination-local checks: bridges and disk paths the guest needs exist here."""
-    from libvirt_vmotion.preflight.domxml import guest_facts  # noqa: PLC0415  only at migrate begin
+    from libvirt_vmotion.preflight.domxml import (  # noqa: PLC0415  only at migrate begin
+        guest_facts,
+        interface_name_problem,
+    )
 
     facts = guest_facts(xml)
     for nic in facts.nics:
+        bad_name = interface_name_problem(nic.source) if nic.kind == "bridge" else None
+        if bad_name is not None:
+            return f"NIC {nic.mac}: {bad_name}.", "fix the guest's <source bridge=...>."
         if nic.kind == "bridge" and not Path(f"/sys/class/net/{nic.source}/bridge").exists():
             hint = (
                 f"create bridge {nic.source} on {socket.gethostname()} or choose another host "
@@ -131,7 +250,10 @@ def _local_problems(xml: str) -> tuple[str, str] | None:
         if disk.source and disk.kind in {"file", "block"} and not Path(disk.source).exists():
             return (
                 f"disk {disk.target} ({disk.source}) is not reachable here.",
-                "put it on storage both hosts share, or copy it (--copy-storage-all).",
+                (
+                    "put it on storage both hosts share, or migrate with "
+                    "vmotion migrate --copy-storage (copies the disk)."
+                ),
             )
     return None
 
@@ -215,6 +337,11 @@ def main(argv: list[str], stdin: TextIO) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def run(argv: list[str]) -> int:
+    """Entry of the shim (``build_shim``): ``main`` on stdin, files private to root."""
     os.umask(0o077)
-    raise SystemExit(main(sys.argv[1:], sys.stdin))
+    return main(argv, sys.stdin)
+
+
+if __name__ == "__main__":
+    raise SystemExit(run(sys.argv[1:]))

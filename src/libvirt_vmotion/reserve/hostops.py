@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Final
 
 from libvirt_vmotion.errors import UsageError
+from libvirt_vmotion.preflight.domxml import interface_name_problem
 from libvirt_vmotion.reserve.store import (
     ReservationRequest,
     ReservationStore,
@@ -92,6 +93,16 @@ def _strings(args: Mapping[str, object], key: str) -> list[str]:
     return [str(v) for v in value]
 
 
+def _interface_names(args: Mapping[str, object], key: str) -> list[str]:
+    names = _strings(args, key)
+    for name in names:
+        problem = interface_name_problem(name)
+        if problem is not None:
+            msg = f"agent argument {key!r}: {problem}"
+            raise UsageError(msg)
+    return names
+
+
 def _store() -> ReservationStore:
     return ReservationStore(host=socket.gethostname())
 
@@ -121,7 +132,7 @@ def op_host_facts(args: Mapping[str, object]) -> dict[str, object]:
         "hostname": socket.gethostname(),
         "mem_available_bytes": info.get("MemAvailable", 0),
         "hugepages_free_bytes": huge_free,
-        "bridge_ports": _bridge_ports(_strings(args, "bridges")),
+        "bridge_ports": _bridge_ports(_interface_names(args, "bridges")),
         "paths_exist": {p: os.path.exists(p) for p in _strings(args, "paths")},  # noqa: PTH110  plain existence
         "reservation": reservation_view(),
     }

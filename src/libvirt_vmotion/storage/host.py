@@ -49,6 +49,8 @@ log = logging.getLogger(__name__)
 
 QEMU_CONF: Final = Path("/etc/libvirt/qemu.conf")
 _FORMATS: Final = frozenset({"raw", "qcow2"})
+QEMU_IMG_TIMEOUT_S: Final = 60.0
+"""Creating an empty image takes milliseconds; storage that hangs must not hang the agent."""
 
 
 def _strings(args: Mapping[str, object], key: str) -> list[str]:
@@ -146,12 +148,17 @@ def op_disk_precreate(args: Mapping[str, object]) -> dict[str, object]:
         if Path(path).exists():
             continue
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        proc = subprocess.run(
-            ["qemu-img", "create", "-q", "-f", str(fmt), path, str(size)],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
+        try:
+            proc = subprocess.run(
+                ["qemu-img", "create", "-q", "-f", str(fmt), path, str(size)],
+                capture_output=True,
+                text=True,
+                check=False,
+                timeout=QEMU_IMG_TIMEOUT_S,
+            )
+        except subprocess.TimeoutExpired as exc:
+            msg = f"qemu-img did not create {path} within {QEMU_IMG_TIMEOUT_S:g} s"
+            raise VmotionError(msg, hint="Check the storage there (a hung mount?).") from exc
         if proc.returncode != 0:
             msg = f"could not create {path}: {proc.stderr.strip()}"
             raise VmotionError(msg, hint="Check free space and permissions there.")

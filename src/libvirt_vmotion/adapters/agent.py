@@ -308,10 +308,11 @@ class RemoteHost:
         us; its input is a pipe from this process, which the kernel closes when we
         die, however we die. Best effort: a guard that cannot start is a warning.
         """
-        remote = [self.python, "-m", "libvirt_vmotion", "agent", GUARD_OP]
-        argv = [*self.prefix, shlex.join(remote)] if self.prefix else remote
+        remote = [self.python, *ISOLATED, "-m", "libvirt_vmotion", "agent", GUARD_OP]
+        argv = [*self.prefix, f"cd / && exec {shlex.join(remote)}"] if self.prefix else remote
         proc = subprocess.Popen(
             argv,
+            cwd="/",
             stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

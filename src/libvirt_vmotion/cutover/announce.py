@@ -42,9 +42,15 @@ from libvirt_vmotion.adapters.agent import RemoteHost
 from libvirt_vmotion.adapters.virt import Guest, Hypervisor
 from libvirt_vmotion.cutover.bridge import FdbClaims, FdbWatcher, fdb_entries
 from libvirt_vmotion.cutover.frames import (
+    MAX_ANNOUNCED_PER_NIC,
+    AddressSource,
+    Announcement,
     AnnounceSchedule,
+    GuestAddress,
     NotifyConfig,
-    build_announcements,
+    SentFrame,
+    announcements_for,
+    choose_announced,
 )
 from libvirt_vmotion.cutover.send import send_announcements
 from libvirt_vmotion.errors import DomainNotFound, VmotionError
@@ -187,22 +193,48 @@ def _verify_fdb(
 
 
 def _announce_all(
-    nics: Sequence[Mapping[str, Any]], schedule: AnnounceSchedule, start: float
+    nics: Sequence[Mapping[str, Any]],
+    schedule: AnnounceSchedule,
+    start: float,
+    *,
+    send: Callable[[str, Sequence[Announcement], AnnounceSchedule], Sequence[SentFrame]] = (
+        send_announcements
+    ),
 ) -> tuple[list[dict[str, object]], list[str]]:
-    """Send each NIC's announcements out of its bridge, one thread per bridge."""
+    """Send each NIC's announcements out of its bridge, one thread per bridge.
+
+    A malformed MAC or address, or more addresses than ``MAX_ANNOUNCED_PER_NIC``,
+    is reported and left out; the rest still goes out. Nothing a thread meets
+    ends it silently: what it could not do is in the errors.
+    """
     sent: list[dict[str, object]] = []
     errors: list[str] = []
     by_bridge: dict[str, list[Mapping[str, Any]]] = {}
     for nic in nics:
         by_bridge.setdefault(str(nic["bridge"]), []).append(nic)
 
+    def frames_of(members: Sequence[Mapping[str, Any]]) -> list[Announcement]:
+        frames: list[Announcement] = []
+        for nic in members:
+            mac, ips = str(nic.get("mac", "")), nic.get("ips") or []
+            ips = [str(ip) for ip in ips] if isinstance(ips, list) else []
+            if len(ips) > MAX_ANNOUNCED_PER_NIC:
+                errors.append(
+                    f"{len(ips)} addresses for {mac}: only the first {MAX_ANNOUNCED_PER_NIC} "
+                    "announced"
+                )
+            found, problems = announcements_for(mac, ips[:MAX_ANNOUNCED_PER_NIC])
+            frames += found
+            errors.extend(problems)
+        return frames
+
     def announce(bridge: str, members: Sequence[Mapping[str, Any]]) -> None:
-        frames = [a for n in members for a in build_announcements(str(n["mac"]), n.get("ips", []))]
-        lead_ms = (time.monotonic() - start) * 1000
         try:
-            records = send_announcements(bridge, frames, schedule)
-        except OSError as exc:
-            errors.append(f"cannot send on {bridge}: {exc}")
+            frames = frames_of(members)
+            lead_ms = (time.monotonic() - start) * 1000
+            records = send(bridge, frames, schedule) if frames else ()
+        except Exception as exc:  # noqa: BLE001  a dead thread would report nothing at all
+            errors.append(f"cannot send on {bridge}: {type(exc).__name__}: {exc}")
             return
         for record in records:
             item = record.as_dict()
@@ -317,34 +349,50 @@ class SwitchWatch:
         return cls(netns, bridge)
 
 
-def discover_addresses(
-    guest: Guest, nics: Sequence[GuestNic], config: NotifyConfig
-) -> tuple[dict[str, tuple[str, ...]], str]:
-    """The guest's addresses by MAC, and which source they came from.
+class AddressReader(Protocol):
+    """What address discovery reads of the guest (``virt.Guest`` has it)."""
 
-    Asks libvirt's sources in order (the first that knows anything wins), then
-    adds the addresses declared with ``--guest-ip``.
+    def interface_addresses(self, source: str) -> dict[str, tuple[str, ...]]:
+        """The guest's addresses by MAC, as libvirt's ``source`` knows them."""
+        ...
+
+
+def discover_addresses(
+    guest: AddressReader, nics: Sequence[GuestNic], config: NotifyConfig
+) -> tuple[GuestAddress, ...]:
+    """Every address found for the guest's NICs, each with its source and the verdict.
+
+    Declared (``--guest-ip``) and nwfilter ``IP`` addresses first, then each of
+    libvirt's sources in ``config.address_sources``; ``notify.choose_announced``
+    decides which are announced (only the host-vouched ones, capped per NIC).
     """
-    found: dict[str, tuple[str, ...]] = {}
-    source = "none"
+    found: list[GuestAddress] = []
+    for index, nic in enumerate(nics):
+        found += [
+            GuestAddress(nic.mac, ip, AddressSource.GUEST_IP)
+            for ip in config.declared_for(nic.mac, first_nic=index == 0)
+        ]
+        found += [GuestAddress(nic.mac, ip, AddressSource.NWFILTER) for ip in nic.filter_ips]
+    macs = {n.mac for n in nics}
     for name in config.address_sources:
         try:
-            found = guest.interface_addresses(name)
-        except VmotionError as exc:
-            log.debug("address source %s: %s", name, exc.message)
+            source = AddressSource(name)
+            by_mac = guest.interface_addresses(name)
+        except (ValueError, VmotionError) as exc:
+            log.debug("address source %s: %s", name, exc)
             continue
-        if found:
-            source = name
-            break
-    declared = False
-    for index, nic in enumerate(nics):
-        extra = config.declared_for(nic.mac, first_nic=index == 0)
-        if extra:
-            declared = True
-            found[nic.mac] = tuple(dict.fromkeys((*found.get(nic.mac, ()), *extra)))
-    if declared:
-        source = "config" if source == "none" else f"{source}+config"
-    return found, source
+        found += [
+            GuestAddress(mac, ip, source)
+            for mac, ips in by_mac.items()
+            if mac in macs
+            for ip in ips
+        ]
+    return choose_announced(found)
+
+
+def _sources_summary(addresses: Sequence[GuestAddress]) -> str:
+    used = dict.fromkeys(a.source.value for a in addresses if a.announced)
+    return "+".join(used) or "none"
 
 
 @dataclass
@@ -373,8 +421,7 @@ class NetworkCutover:
     timeout_s: float = 3600.0
     name: str = SECTION
     _nics: tuple[GuestNic, ...] = ()
-    _addresses: dict[str, tuple[str, ...]] = field(default_factory=dict)
-    _address_source: str = "none"
+    _addresses: tuple[GuestAddress, ...] = ()
     _thread: threading.Thread | None = None
     _reply: dict[str, object] | None = None
     _error: str = ""
@@ -386,9 +433,7 @@ class NetworkCutover:
         try:
             guest = self.source.lookup(self.domain)
             self._nics = guest_nics_from_xml(guest.xml())
-            self._addresses, self._address_source = discover_addresses(
-                guest, self._nics, self.config
-            )
+            self._addresses = discover_addresses(guest, self._nics, self.config)
         except VmotionError as exc:
             self._errors.append(f"cannot read the guest's NICs: {exc.message}")
             return
@@ -406,7 +451,7 @@ class NetworkCutover:
         args = {
             "domain": self.domain,
             "nics": [
-                {"mac": n.mac, "bridge": n.bridge, "ips": list(self._addresses.get(n.mac, ()))}
+                {"mac": n.mac, "bridge": n.bridge, "ips": self._announced_ips(n.mac)}
                 for n in notified
             ],
             "count": self.config.schedule.count,
@@ -418,6 +463,9 @@ class NetworkCutover:
             target=self._announce, args=(args,), name="cutover-announce", daemon=True
         )
         self._thread.start()
+
+    def _announced_ips(self, mac: str) -> list[str]:
+        return [a.ip for a in self._addresses if a.announced and a.mac == mac]
 
     def _announce(self, args: Mapping[str, object]) -> None:
         try:
@@ -438,8 +486,8 @@ class NetworkCutover:
         section: dict[str, object] = {
             "notify": {n.bridge: self.config.notify_on(n.bridge) for n in self._nics},
             "nics": [{"mac": n.mac, "bridge": n.bridge} for n in self._nics],
-            "addresses": {mac: list(ips) for mac, ips in self._addresses.items()},
-            "address_source": self._address_source,
+            "addresses": [a.as_dict() for a in self._addresses],
+            "address_source": _sources_summary(self._addresses),
             "schedule": {
                 "count": self.config.schedule.count,
                 "interval_ms": self.config.schedule.interval_ms,

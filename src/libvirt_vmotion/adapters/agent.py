@@ -27,16 +27,20 @@ each function takes and returns a JSON-serializable dict. I/O module.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import os
 import shlex
+import signal
 import socket
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Final
+from dataclasses import dataclass, field
+from typing import IO, Final
 from urllib.parse import urlsplit
 
 from libvirt_vmotion import __version__
@@ -64,6 +68,11 @@ OPERATIONS: Final[dict[str, str]] = {
 
 DEFAULT_SSH: Final = "ssh -o BatchMode=yes -o ConnectTimeout=5"
 DEFAULT_PYTHON: Final = "python3"
+CANCEL_ON_EOF: Final = "_cancel_on_eof"
+"""Argument of a call started with ``RemoteHost.start``: the agent ends the operation
+when its stdin closes (the client cancelled, or died), instead of running on."""
+CANCEL_GRACE_S: Final = 2.0
+"""How long a cancelled call's agent gets to end on its own before it is killed."""
 
 
 class AgentUnavailable(VmotionError):
@@ -104,13 +113,44 @@ def serve(op: str, stdin_text: str) -> dict[str, object]:
         return {"ok": False, "error": f"{type(exc).__name__}: {exc}", "hint": ""}
 
 
+def _end_on_eof(done: threading.Event) -> None:
+    """Interrupt the operation once the client closes our stdin (cancel, or its death)."""
+    sys.stdin.read()
+    if not done.is_set():
+        os.kill(os.getpid(), signal.SIGINT)
+
+
 def main(argv: list[str]) -> int:
-    """Entry of ``python -m libvirt_vmotion agent OP``."""
+    """Entry of ``python -m libvirt_vmotion agent OP``.
+
+    The arguments are one line of JSON on stdin. If they ask for it
+    (``CANCEL_ON_EOF``), the client keeps stdin open while it waits, and the
+    operation is interrupted when stdin closes: a cancelled or dead client
+    leaves nothing running here.
+    """
     if len(argv) != 1:
         sys.stderr.write("usage: python -m libvirt_vmotion agent OP < args.json\n")
         return 2
-    reply = serve(argv[0], sys.stdin.read())
-    sys.stdout.write(json.dumps(reply, sort_keys=True) + "\n")
+    text = sys.stdin.readline()
+    done = threading.Event()
+    try:
+        wants_cancel = bool(json.loads(text).get(CANCEL_ON_EOF)) if text.strip() else False
+    except (ValueError, AttributeError):
+        wants_cancel = False
+    if wants_cancel:
+        threading.Thread(target=_end_on_eof, args=(done,), daemon=True).start()
+    else:
+        text += sys.stdin.read()
+    try:
+        reply = serve(argv[0], text)
+    except KeyboardInterrupt:
+        reply = {"ok": False, "error": "cancelled: the client closed the call", "hint": ""}
+    done.set()
+    try:
+        sys.stdout.write(json.dumps(reply, sort_keys=True) + "\n")
+        sys.stdout.flush()
+    except BrokenPipeError:
+        return 1  # the client is gone; nobody to tell
     return 0 if reply.get("ok") else 1
 
 
@@ -155,11 +195,9 @@ class RemoteHost:
             AgentOperationFailed: it ran and reported a failure.
 
         """
-        remote = [self.python, "-m", "libvirt_vmotion", "agent", op]
-        argv = [*self.prefix, shlex.join(remote)] if self.prefix else remote
         try:
             proc = subprocess.run(
-                argv,
+                self._argv(op),
                 input=json.dumps(dict(args or {})),
                 capture_output=True,
                 text=True,
@@ -168,12 +206,53 @@ class RemoteHost:
             )
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise self._unavailable(str(exc)) from exc
+        return self._result(proc.stdout, proc.stderr, proc.returncode)
+
+    def start(
+        self, op: str, args: Mapping[str, object] | None = None, *, timeout_s: float = 30.0
+    ) -> AgentCall:
+        """Start ``op`` on the host without waiting; ``AgentCall.cancel`` ends it there.
+
+        The agent's stdin stays open while the call runs: closing it (a cancel, or
+        this process dying) ends the operation on the host, so nothing outlives
+        the migration it was for.
+
+        Raises:
+            AgentUnavailable: the agent could not be started.
+
+        """
         try:
-            reply = json.loads(proc.stdout.strip().splitlines()[-1])
+            proc = subprocess.Popen(
+                self._argv(op),
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                start_new_session=True,  # a Ctrl-C meant for us is not ssh's
+            )
+        except OSError as exc:
+            raise self._unavailable(str(exc)) from exc
+        call = AgentCall(self, proc, deadline_s=time.monotonic() + timeout_s)
+        try:
+            assert proc.stdin is not None  # noqa: S101  PIPE above
+            proc.stdin.write(json.dumps({**dict(args or {}), CANCEL_ON_EOF: True}) + "\n")
+            proc.stdin.flush()
+        except OSError:
+            pass  # it died at once: result() says why
+        return call
+
+    def _argv(self, op: str) -> list[str]:
+        remote = [self.python, "-m", "libvirt_vmotion", "agent", op]
+        return [*self.prefix, shlex.join(remote)] if self.prefix else remote
+
+    def _result(self, stdout: str, stderr: str, returncode: int | None) -> dict[str, object]:
+        try:
+            reply = json.loads(stdout.strip().splitlines()[-1])
         except (IndexError, ValueError):
-            raise self._unavailable(
-                proc.stderr.strip()[-400:] or f"exit {proc.returncode}"
-            ) from None
+            raise self._unavailable(stderr.strip()[-400:] or f"exit {returncode}") from None
+        if not isinstance(reply, dict):
+            msg = f"a reply that is not an object: {stdout.strip()[-200:]}"
+            raise self._unavailable(msg)
         if not reply.get("ok"):
             msg = f"on {self.label}: {reply.get('error')}"
             raise AgentOperationFailed(msg, hint=str(reply.get("hint") or ""))
@@ -188,3 +267,76 @@ class RemoteHost:
             hint=f"Install libvirt-vmotion on {self.label} and allow key-based ssh from here "
             "(or set VMOTION_AGENT_SSH / VMOTION_AGENT_PYTHON).",
         )
+
+
+@dataclass(slots=True)
+class AgentCall:
+    """An operation started with ``RemoteHost.start``: wait for it, or cancel it."""
+
+    host: RemoteHost
+    proc: subprocess.Popen[str]
+    deadline_s: float
+    """Monotonic time after which ``result`` cancels the call."""
+    _out: list[str] = field(default_factory=list)
+    _err: list[str] = field(default_factory=list)
+    _readers: tuple[threading.Thread, ...] = ()
+    cancelled: bool = False
+
+    def __post_init__(self) -> None:
+        """Read the agent's stdout and stderr as they come (a full pipe would stall it)."""
+
+        def drain(stream: IO[str] | None, into: list[str]) -> None:
+            into.append(stream.read() if stream is not None else "")
+
+        self._readers = (
+            threading.Thread(target=drain, args=(self.proc.stdout, self._out), daemon=True),
+            threading.Thread(target=drain, args=(self.proc.stderr, self._err), daemon=True),
+        )
+        for reader in self._readers:
+            reader.start()
+
+    def result(self) -> dict[str, object]:
+        """Wait for the reply until the deadline (then cancel); return its result.
+
+        Raises:
+            AgentUnavailable: no reply (cancelled, timed out, or the agent died).
+            AgentOperationFailed: the operation reported a failure.
+
+        """
+        try:
+            self.proc.wait(timeout=max(0.0, self.deadline_s - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            self.cancel()
+            msg = "no answer before the call's deadline"
+            raise self.host._unavailable(msg) from None  # noqa: SLF001  same module
+        for reader in self._readers:
+            reader.join()
+        self._close_stdin()
+        if self.cancelled:
+            msg = "the call was cancelled"
+            raise self.host._unavailable(msg)  # noqa: SLF001  same module
+        return self.host._result("".join(self._out), "".join(self._err), self.proc.returncode)  # noqa: SLF001  same module
+
+    def cancel(self, grace_s: float = CANCEL_GRACE_S) -> None:
+        """End the call: close the agent's stdin (it stops there), kill what lingers, reap."""
+        if self.proc.returncode is None:
+            self.cancelled = True
+        self._close_stdin()
+        try:
+            self.proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            for sig in (signal.SIGTERM, signal.SIGKILL):
+                try:
+                    os.killpg(self.proc.pid, sig)
+                    self.proc.wait(timeout=grace_s)
+                    break
+                except ProcessLookupError:
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+        self.proc.wait()
+
+    def _close_stdin(self) -> None:
+        if self.proc.stdin is not None and not self.proc.stdin.closed:
+            with contextlib.suppress(OSError):
+                self.proc.stdin.close()

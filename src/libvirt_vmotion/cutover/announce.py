@@ -35,7 +35,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 from urllib.parse import urlsplit
 
 from libvirt_vmotion.adapters.agent import RemoteHost
@@ -68,6 +68,23 @@ log = logging.getLogger(__name__)
 SECTION = "network_cutover"
 
 
+ANNOUNCE_MARGIN_S: Final = 30.0
+"""The announcer waits for the resume the migration's budget plus this long."""
+ANSWER_GRACE_S: Final = 30.0
+"""After the landing, how long the announcer gets to answer (past its verify timeout)."""
+
+
+class StartedCall(Protocol):
+    """An agent operation under way (``agent.AgentCall``)."""
+
+    def result(self) -> dict[str, object]:
+        """Wait for its reply (raises VmotionError)."""
+        ...
+
+    def cancel(self) -> None:
+        """End it on the host and reap it."""
+
+
 class AgentClient(Protocol):
     """What the cutover needs of a host's agent (``agent.RemoteHost``)."""
 
@@ -75,6 +92,12 @@ class AgentClient(Protocol):
         self, op: str, args: Mapping[str, object] | None = None, *, timeout_s: float = 30.0
     ) -> dict[str, object]:
         """Run ``op`` on the host."""
+        ...
+
+    def start(
+        self, op: str, args: Mapping[str, object] | None = None, *, timeout_s: float = 30.0
+    ) -> StartedCall:
+        """Start ``op`` on the host; it ends there when cancelled or when we die."""
         ...
 
 
@@ -407,7 +430,15 @@ class NetworkCutover:
         config: notify settings.
         switch: a bridge to watch for the guest's MAC (lab), optional.
         agent_for: URI -> agent client (tests and the lab replace it).
-        timeout_s: how long the destination's announcer waits for the resume.
+        timeout_s: how long the destination's announcer waits for the resume: the
+            migration's budget (``max_duration_s``) plus ``ANNOUNCE_MARGIN_S``.
+        answer_grace_s: after the landing, how long the announcer may take to answer
+            beyond its verify timeout before it is cancelled.
+
+    The announcer is cancelled (ended on the destination and reaped) when the
+    migration fails, when it does not answer in time, and when this process
+    dies (the agent ends its operation when its stdin closes): it never fires
+    stale claims and announcements on a later retry.
 
     """
 
@@ -418,11 +449,13 @@ class NetworkCutover:
     config: NotifyConfig = field(default_factory=NotifyConfig)
     switch: SwitchWatch | None = None
     agent_for: Callable[[str], AgentClient] = RemoteHost.for_uri
-    timeout_s: float = 3600.0
+    timeout_s: float = 300.0 + ANNOUNCE_MARGIN_S
+    answer_grace_s: float = ANSWER_GRACE_S
     name: str = SECTION
     _nics: tuple[GuestNic, ...] = ()
     _addresses: tuple[GuestAddress, ...] = ()
     _thread: threading.Thread | None = None
+    _call: StartedCall | None = None
     _reply: dict[str, object] | None = None
     _error: str = ""
     _watcher: FdbWatcher | None = None
@@ -459,30 +492,59 @@ class NetworkCutover:
             "verify_timeout_ms": self.config.verify_timeout_ms,
             "timeout_s": self.timeout_s,
         }
+        try:
+            self._call = self.agent_for(self.dest_uri).start(
+                "announce", args, timeout_s=self.timeout_s + ANNOUNCE_MARGIN_S
+            )
+        except VmotionError as exc:
+            self._error = exc.message + (f" ({exc.hint})" if exc.hint else "")
+            return
         self._thread = threading.Thread(
-            target=self._announce, args=(args,), name="cutover-announce", daemon=True
+            target=self._announce, args=(self._call,), name="cutover-announce", daemon=True
         )
         self._thread.start()
 
     def _announced_ips(self, mac: str) -> list[str]:
         return [a.ip for a in self._addresses if a.announced and a.mac == mac]
 
-    def _announce(self, args: Mapping[str, object]) -> None:
+    def _announce(self, call: StartedCall) -> None:
         try:
-            self._reply = self.agent_for(self.dest_uri).call(
-                "announce", args, timeout_s=self.timeout_s + 30
-            )
+            self._reply = call.result()
         except VmotionError as exc:
             self._error = exc.message + (f" ({exc.hint})" if exc.hint else "")
 
+    def _cancel(self) -> bool:
+        """End the destination's announcer if it still runs; True if it had to be ended."""
+        if self._call is None or self._thread is None or not self._thread.is_alive():
+            return False
+        self._call.cancel()
+        self._thread.join()
+        return True
+
+    def _await_announcer(self) -> None:
+        """Wait for the announcer's answer; past the grace (or on Ctrl-C) end it there."""
+        if self._thread is None:
+            return
+        try:
+            self._thread.join(timeout=self.config.verify_timeout_ms / 1000 + self.answer_grace_s)
+        finally:
+            if self._cancel():
+                self._error = "it did not answer in time (ended it there)"
+
     def finish(self, *, landed: bool) -> Mapping[str, object]:
-        """Collect the announcer's result, flush the source's FDB, read the switch."""
+        """Collect the announcer's result, flush the source's FDB, read the switch.
+
+        Not landed: cancel the announcer (nothing is left waiting on the destination).
+        """
         if not landed:
+            cancelled = self._cancel()
             if self._watcher is not None:
                 self._watcher.stop()
-            return {"result": "skipped: the migration did not complete"}
-        if self._thread is not None:
-            self._thread.join(timeout=self.config.verify_timeout_ms / 1000 + 30)
+            skipped: dict[str, object] = {"result": "skipped: the migration did not complete"}
+            if cancelled:
+                skipped["announcer"] = "cancelled on the destination"
+            return skipped
+        self._await_announcer()
         section: dict[str, object] = {
             "notify": {n.bridge: self.config.notify_on(n.bridge) for n in self._nics},
             "nics": [{"mac": n.mac, "bridge": n.bridge} for n in self._nics],
@@ -496,8 +558,6 @@ class NetworkCutover:
         reply = self._reply or {}
         if self._error:
             self._errors.append(f"announcer on the destination: {self._error}")
-        elif self._thread is not None and self._reply is None:
-            self._errors.append("the destination's announcer did not answer in time")
         resumed_wall = reply.get("resumed_at_wall_s")
         if reply:
             section.update(_summarize_reply(reply))

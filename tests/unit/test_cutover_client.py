@@ -1,10 +1,17 @@
-"""Which addresses the destination announces: only the host's word, capped, each failure reported.
+"""The cutover's client half: which addresses are announced, and the announcer's lifetime.
+
+Addresses: only the host's word, capped, each failure reported.
 
 The guest controls its agent's answers and the frames the host's ARP cache
 learns from; a GARP for an address it picked (the gateway's, a neighbour's)
 would pull their traffic to it. These tests run the client half
 (``NetworkCutover``) against fakes of our own seams and the destination's sender
 loop with a fake send.
+
+Lifetime: the destination's announcer is an agent call; a failed migration, a
+late answer or Ctrl-C cancels it (before: it waited up to an hour, then fired
+stale FDB claims and GARPs on a later retry), and its wait is the migration's
+budget.
 """
 
 from __future__ import annotations
@@ -16,7 +23,13 @@ from typing import TYPE_CHECKING, cast
 
 import pytest
 
-from libvirt_vmotion.cutover.announce import NetworkCutover, _announce_all, discover_addresses
+from libvirt_vmotion.adapters.agent import AgentUnavailable
+from libvirt_vmotion.cutover.announce import (
+    ANNOUNCE_MARGIN_S,
+    NetworkCutover,
+    _announce_all,
+    discover_addresses,
+)
 from libvirt_vmotion.cutover.frames import (
     MAX_ANNOUNCED_PER_NIC,
     AddressSource,
@@ -73,6 +86,8 @@ class FakeAgent:
 
     calls: list[tuple[str, Mapping[str, object]]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    answers: bool = True
+    started: list[FakeCall] = field(default_factory=list)
 
     def call(
         self, op: str, args: Mapping[str, object] | None = None, *, timeout_s: float = 30.0
@@ -81,8 +96,40 @@ class FakeAgent:
         with self.lock:
             self.calls.append((op, dict(args or {})))
         if op == "announce":
-            return {"resumed": True, "resumed_at_wall_s": 1.0, "sent": [], "fdb": [], "errors": []}
+            return dict(ANSWER)
         return {"removed": []}
+
+    def start(
+        self, op: str, args: Mapping[str, object] | None = None, *, timeout_s: float = 30.0
+    ) -> FakeCall:
+        with self.lock:
+            self.calls.append((op, dict(args or {})))
+            self.started.append(FakeCall(answers=self.answers, timeout_s=timeout_s))
+        return self.started[-1]
+
+
+ANSWER: Mapping[str, object] = {
+    "resumed": True, "resumed_at_wall_s": 1.0, "sent": [], "fdb": [], "errors": [],
+}  # fmt: skip
+
+
+@dataclass
+class FakeCall:
+    """A started announcer: answers at once, or waits until it is cancelled."""
+
+    answers: bool
+    timeout_s: float
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+    def result(self) -> dict[str, object]:
+        if self.answers:
+            return dict(ANSWER)
+        self.cancelled.wait()
+        msg = "Could not run libvirt-vmotion on hostb: the call was cancelled"
+        raise AgentUnavailable(msg)
+
+    def cancel(self) -> None:
+        self.cancelled.set()
 
 
 GATEWAY = "10.77.0.1"
@@ -220,3 +267,44 @@ def test_a_failing_sender_is_reported_not_silent() -> None:
     )
     assert sent == []
     assert errors == ["cannot send on br0: OSError: no such device"]
+
+
+GUEST_ON_BR0 = FakeGuest({"lease": {MAC: ("10.77.0.52",)}})
+
+
+def test_a_failed_migration_cancels_the_destinations_announcer() -> None:
+    agent = FakeAgent(answers=False)  # it waits for a resume that never comes
+    cut = cutover(GUEST_ON_BR0, agent)
+    cut.arm()
+    (call,) = agent.started
+    section = cut.finish(landed=False)
+    assert call.cancelled.is_set()
+    assert section == {
+        "result": "skipped: the migration did not complete",
+        "announcer": "cancelled on the destination",
+    }
+
+
+def test_an_announcer_that_does_not_answer_after_the_landing_is_ended_not_left() -> None:
+    agent = FakeAgent(answers=False)
+    cut = cutover(GUEST_ON_BR0, agent)
+    cut.answer_grace_s = 0.05
+    cut.config = NotifyConfig(verify_timeout_ms=1)
+    cut.arm()
+    section = cut.finish(landed=True)
+    assert agent.started[0].cancelled.is_set()
+    assert section["result"] == "degraded"
+    assert section["errors"] == [
+        "announcer on the destination: it did not answer in time (ended it there)"
+    ]
+
+
+def test_the_announcers_wait_is_the_migrations_budget() -> None:
+    agent = FakeAgent()
+    cut = cutover(GUEST_ON_BR0, agent)
+    cut.timeout_s = 120 + ANNOUNCE_MARGIN_S  # what the CLI gives: max_duration_s + margin
+    cut.arm()
+    cut.finish(landed=True)
+    ((_, args),) = [c for c in agent.calls if c[0] == "announce"]
+    assert args["timeout_s"] == 120 + ANNOUNCE_MARGIN_S  # the destination's own wait
+    assert agent.started[0].timeout_s == 120 + 2 * ANNOUNCE_MARGIN_S  # the call's deadline

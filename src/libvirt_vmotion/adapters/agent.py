@@ -31,6 +31,7 @@ import contextlib
 import importlib
 import json
 import os
+import queue
 import shlex
 import signal
 import socket
@@ -63,6 +64,7 @@ OPERATIONS: Final[dict[str, str]] = {
     "share-probe": "libvirt_vmotion.storage.host:op_share_probe",
     "link-sink": "libvirt_vmotion.adapters.linkprobe:op_link_sink",
     "link-probe": "libvirt_vmotion.adapters.linkprobe:op_link_probe",
+    "link-route": "libvirt_vmotion.adapters.linkprobe:op_link_route",
 }
 """Agent operations: name -> ``module:function`` taking and returning a JSON dict."""
 
@@ -86,6 +88,16 @@ class AgentOperationFailed(VmotionError):
 def hello(_args: Mapping[str, object]) -> dict[str, object]:
     """Identify the agent: version and hostname (a connectivity check)."""
     return {"version": __version__, "hostname": socket.gethostname()}
+
+
+def report_progress(item: Mapping[str, object]) -> None:
+    """From inside an operation: tell a client that started it (``AgentCall.next_progress``).
+
+    One JSON line ``{"progress": item}`` on stdout, before the reply (always the
+    last line).
+    """
+    sys.stdout.write(json.dumps({"progress": dict(item)}, sort_keys=True) + "\n")
+    sys.stdout.flush()
 
 
 def _resolve(op: str) -> Callable[[Mapping[str, object]], dict[str, object]]:
@@ -279,18 +291,26 @@ class AgentCall:
     """Monotonic time after which ``result`` cancels the call."""
     _out: list[str] = field(default_factory=list)
     _err: list[str] = field(default_factory=list)
+    _lines: queue.Queue[str] = field(default_factory=queue.Queue)
     _readers: tuple[threading.Thread, ...] = ()
     cancelled: bool = False
 
     def __post_init__(self) -> None:
         """Read the agent's stdout and stderr as they come (a full pipe would stall it)."""
 
-        def drain(stream: IO[str] | None, into: list[str]) -> None:
-            into.append(stream.read() if stream is not None else "")
+        def drain(stream: IO[str] | None, into: list[str], lines: queue.Queue[str] | None) -> None:
+            for line in stream if stream is not None else ():
+                into.append(line)
+                if lines is not None:
+                    lines.put(line)
+            if lines is not None:
+                lines.put("")  # the end: no more progress
 
         self._readers = (
-            threading.Thread(target=drain, args=(self.proc.stdout, self._out), daemon=True),
-            threading.Thread(target=drain, args=(self.proc.stderr, self._err), daemon=True),
+            threading.Thread(
+                target=drain, args=(self.proc.stdout, self._out, self._lines), daemon=True
+            ),
+            threading.Thread(target=drain, args=(self.proc.stderr, self._err, None), daemon=True),
         )
         for reader in self._readers:
             reader.start()
@@ -316,6 +336,25 @@ class AgentCall:
             msg = "the call was cancelled"
             raise self.host._unavailable(msg)  # noqa: SLF001  same module
         return self.host._result("".join(self._out), "".join(self._err), self.proc.returncode)  # noqa: SLF001  same module
+
+    def next_progress(self, timeout_s: float) -> dict[str, object] | None:
+        """The next ``report_progress`` item; None at the end of output or after ``timeout_s``."""
+        end = time.monotonic() + timeout_s
+        while (left := end - time.monotonic()) > 0:
+            try:
+                line = self._lines.get(timeout=left)
+            except queue.Empty:
+                return None
+            if not line:
+                self._lines.put("")  # later calls see the end too
+                return None
+            try:
+                item = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(item, dict) and isinstance(item.get("progress"), dict):
+                return dict(item["progress"])
+        return None
 
     def cancel(self, grace_s: float = CANCEL_GRACE_S) -> None:
         """End the call: close the agent's stdin (it stops there), kill what lingers, reap."""

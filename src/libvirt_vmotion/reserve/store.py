@@ -473,33 +473,57 @@ class ReservationStore:
                     (max(mine.expires_s, now_s + capacity.lease_s), mine.reservation_id),
                 )
                 return mine
-            grant = plan(
-                request,
-                active=active,
-                capacity=capacity,
-                mem_available_bytes=mem_available_bytes,
-                host=self.host,
-            )
-            if not grant.granted:
-                raise ReservationError(grant.reason, hint=grant.hint)
-            row = Reservation(
-                reservation_id=request.reservation_id,
-                domain=request.domain,
-                owner=request.owner,
-                memory_bytes=request.memory_bytes,
-                vcpus=request.vcpus,
-                state=State.RESERVED,
-                created_s=now_s,
-                expires_s=now_s + capacity.lease_s,
-            )
-            conn.execute(
-                f"INSERT INTO reservations ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",  # noqa: S608  constant
-                (
-                    row.reservation_id, row.domain, row.owner, row.memory_bytes, row.vcpus,
-                    row.state.value, row.created_s, row.expires_s,
-                ),
+            return self._grant(
+                conn, request, active=active, capacity=capacity,
+                mem_available_bytes=mem_available_bytes, state=State.RESERVED,
+                now_s=now_s, lease_s=capacity.lease_s,
             )  # fmt: skip
-            return row
+
+    def _grant(  # noqa: PLR0913  one request and the decision's inputs, keyword-only
+        self,
+        conn: sqlite3.Connection,
+        request: ReservationRequest,
+        *,
+        active: Sequence[Reservation],
+        capacity: Capacity,
+        mem_available_bytes: int,
+        state: State,
+        now_s: float,
+        lease_s: float,
+    ) -> Reservation:
+        """Plan ``request`` against ``active`` and insert it (inside a transaction).
+
+        Raises:
+            ReservationError: it does not fit; the message says why.
+
+        """
+        grant = plan(
+            request,
+            active=active,
+            capacity=capacity,
+            mem_available_bytes=mem_available_bytes,
+            host=self.host,
+        )
+        if not grant.granted:
+            raise ReservationError(grant.reason, hint=grant.hint)
+        row = Reservation(
+            reservation_id=request.reservation_id,
+            domain=request.domain,
+            owner=request.owner,
+            memory_bytes=request.memory_bytes,
+            vcpus=request.vcpus,
+            state=state,
+            created_s=now_s,
+            expires_s=now_s + lease_s,
+        )
+        conn.execute(
+            f"INSERT INTO reservations ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",  # noqa: S608  constant
+            (
+                row.reservation_id, row.domain, row.owner, row.memory_bytes, row.vcpus,
+                row.state.value, row.created_s, row.expires_s,
+            ),
+        )  # fmt: skip
+        return row
 
     def take_incoming(
         self,
@@ -525,33 +549,11 @@ class ReservationStore:
             active = self._all(conn)
             mine = next((r for r in active if r.domain == request.domain), None)
             if mine is None:
-                grant = plan(
-                    request,
-                    active=active,
-                    capacity=capacity,
-                    mem_available_bytes=mem_available_bytes,
-                    host=self.host,
-                )
-                if not grant.granted:
-                    raise ReservationError(grant.reason, hint=grant.hint)
-                mine = Reservation(
-                    reservation_id=request.reservation_id,
-                    domain=request.domain,
-                    owner=request.owner,
-                    memory_bytes=request.memory_bytes,
-                    vcpus=request.vcpus,
-                    state=State.INCOMING,
-                    created_s=now_s,
-                    expires_s=now_s + lease_s,
-                )
-                conn.execute(
-                    f"INSERT INTO reservations ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",  # noqa: S608  constant
-                    (
-                        mine.reservation_id, mine.domain, mine.owner, mine.memory_bytes,
-                        mine.vcpus, mine.state.value, mine.created_s, mine.expires_s,
-                    ),
+                return self._grant(
+                    conn, request, active=active, capacity=capacity,
+                    mem_available_bytes=mem_available_bytes, state=State.INCOMING,
+                    now_s=now_s, lease_s=lease_s,
                 )  # fmt: skip
-                return mine
             conn.execute(
                 "UPDATE reservations SET state = ?, expires_s = ? WHERE id = ?",
                 (State.INCOMING.value, now_s + lease_s, mine.reservation_id),

@@ -61,7 +61,11 @@ def test_cutover_announces_from_destination_and_the_switch_follows() -> None:
     cut = report["network_cutover"]
     assert isinstance(cut, dict)
     assert cut["result"] == "ok", cut["errors"]
-    assert cut["address_source"] == "config"
+    assert cut["address_source"] == "guest-ip"
+    announced = [a for a in cut["addresses"] if a["announced"]]
+    assert announced == [
+        {"mac": announced[0]["mac"], "ip": GUEST_ADDR, "source": "guest-ip", "announced": True}
+    ]
     assert cut["resumed_seen"] is True
     # RARP and gratuitous ARP, three rounds each, the first within a poll of the resume.
     assert cut["announcements_sent"] == {"rarp": 3, "garp": 3}

@@ -207,8 +207,15 @@ def test_local_disk_is_copied_source_copy_left_intact(local_guest: str) -> None:
     assert result.bad_count == 0, result.bad
     time.sleep(1)
     assert hashlib.sha256(_image_bytes(HOST_A, path, written)).hexdigest() == first
-    # Back again: hosta's same-path file is a stale copy, not shared storage: copied over.
-    back = migrate(HOST_B, HOST_A)
+    # Back again: hosta's same-path file is a stale copy, not shared storage. The
+    # automatic mode neither writes over it nor uses it: a named blocker ...
+    refused = vmotion("migrate", GUEST_NAME, "--from", HOST_B.uri, "--to", HOST_A.uri)
+    assert refused.returncode == 3, refused.stderr
+    assert "[storage]" in refused.stderr
+    assert "a different file" in refused.stderr
+    assert guestctl.find_guest() == [(HOST_B, "running")]
+    # ... and --copy-storage, asked for, writes the copy over it.
+    back = migrate(HOST_B, HOST_A, "--copy-storage")
     assert back["storage"]["mode"] == "copied"
     assert lock_owners(path) == [HOST_A.name]
 

@@ -392,3 +392,54 @@ def test_every_driver_trace_is_complete(name: str) -> None:
     assert trace.samples
     assert trace.samples == sorted(trace.samples, key=lambda s: s["now_s"])
     assert trace.data["outcome"]["result"] in {"completed", "MigrationAborted"}
+
+
+class RecordingCutover:
+    """A post-switchover step that records how the driver ended it."""
+
+    name = "network_cutover"
+
+    def __init__(self) -> None:
+        self.finished: list[bool] = []
+
+    def arm(self) -> None:
+        """Nothing to get ready."""
+
+    def finish(self, *, landed: bool) -> dict[str, object]:
+        self.finished.append(landed)
+        return {}
+
+
+@pytest.mark.parametrize(
+    ("error", "raised"),
+    [(KeyboardInterrupt, MigrationAborted), (RuntimeError, RuntimeError)],
+    ids=["ctrl-c", "bug"],
+)
+def test_an_exception_out_of_the_loop_ends_the_cutover_first(
+    error: type[BaseException], raised: type[BaseException]
+) -> None:
+    # Before: the exception went past cutover.finish, and the destination's
+    # announcer kept waiting for a resume (an hour), to fire on a later retry.
+    trace = Trace("light5-bw30-precopy.json")
+    world = World(trace)
+    request = trace.request()
+    cutover = RecordingCutover()
+    seen: list[object] = []
+
+    def progress(view: object) -> None:
+        seen.append(view)
+        if len(seen) == 3:
+            raise error
+
+    with pytest.raises(raised):
+        migrate(
+            request,
+            source=TraceHost(world, request.source_uri, "hosta", source=True),
+            dest=TraceHost(world, request.dest_uri, "hostb", source=False),
+            policy=trace.policy(),
+            poll_interval_s=0.0005,
+            clock=world.clock,
+            cutover=cutover,
+            on_progress=progress,
+        )
+    assert cutover.finished == [False]

@@ -372,7 +372,7 @@ def test_qemu_img_that_hangs_is_an_error_not_a_hung_agent(
     monkeypatch.setattr(storage_host, "QEMU_IMG_TIMEOUT_S", 0.5)
     disk = {"path": str(tmp_path / "web01.qcow2"), "format": "qcow2", "capacity_bytes": 1 << 20}
     with pytest.raises(VmotionError, match=r"qemu-img did not create .*web01.qcow2 within 0.5 s"):
-        storage_host.op_disk_precreate({"disks": [disk]})
+        storage_host.precreate([disk], allowed=[str(tmp_path)])
 
 
 def agent_answering(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, script: str) -> RemoteHost:

@@ -27,6 +27,7 @@ from libvirt_vmotion.preflight.registry import (
     ReservationView,
     Verdict,
 )
+from libvirt_vmotion.storage.plan import DiskSpec, PathInfo, StorageFacts
 
 V10 = pf.version_number("10.0.2")
 V11 = pf.version_number("11.3.0")
@@ -75,6 +76,16 @@ def test_a_healthy_pair_has_no_blocker_or_warning() -> None:
 GOOD = make_facts()
 
 
+def same_path(*, shared: bool | None) -> StorageFacts:
+    """The destination has a file at the guest disk's path; the share marker says ``shared``."""
+    path = "/srv/shared/web01.qcow2"
+    return StorageFacts(
+        disks=(DiskSpec("vda", path, format="qcow2"),),
+        dest_paths={path: PathInfo(exists=True, shared=shared)},
+        dest_known=True,
+    )
+
+
 @pytest.mark.parametrize(
     ("name", "facts", "verdict", "words"),
     [
@@ -111,6 +122,9 @@ GOOD = make_facts()
         ("bridge-ports", replace(GOOD, agent=AgentFacts(available=False, error="ssh: connection refused")), "warning", "connection refused"),
         ("storage", replace(GOOD, disks={"/srv/shared/web01.qcow2": DiskView("/srv/shared/web01.qcow2", False, "agent: no such file")}), "blocker", "not reachable"),
         ("storage", replace(GOOD, disks={}), "warning", "Could not tell"),
+        ("storage", replace(GOOD, storage=same_path(shared=False)), "blocker", "a different file (it does not see the source's share marker)"),
+        ("storage", replace(GOOD, storage=same_path(shared=None)), "blocker", "no share marker could be placed"),
+        ("storage", replace(GOOD, storage=same_path(shared=True)), "ok", "shared (pool shared)"),
         ("dest-agent", replace(GOOD, agent=AgentFacts(available=False, error="not installed")), "warning", "were not checked"),
         ("inbound-slots", replace(GOOD, agent=AgentFacts(available=False, error="not installed")), "warning", "not installed"),
     ],

@@ -31,6 +31,7 @@ from libvirt_vmotion.storage.plan import (
     disk_specs,
     needs_precreate,
     parse_lock_manager,
+    same_path_conflict,
 )
 
 GIB = 1024**3
@@ -79,7 +80,12 @@ def make_facts(
         disks=(d,),
         copy=copy,
         source_paths={d.source: PathInfo(exists=True, fs_type=fs)},
-        dest_paths={d.source: PathInfo(exists=dest_exists, fs_type=fs, free_bytes=dest_free)},
+        dest_paths={
+            # A destination file at the same path that sees the source's share marker.
+            d.source: PathInfo(
+                exists=dest_exists, fs_type=fs, free_bytes=dest_free, shared=dest_exists or None
+            )
+        },
         source_lock_manager=locks[0],
         dest_lock_manager=locks[1],
         dest_known=True,
@@ -131,17 +137,29 @@ def test_copy_plan(copy: CopyMode, dest_exists: bool, copied: list[str]) -> None
     assert [d.target for d in copied_disks(facts)] == copied
 
 
-def test_same_path_without_the_share_marker_is_copied_not_trusted() -> None:
-    facts = make_facts()
+@pytest.mark.parametrize(
+    ("copy", "shared", "copied", "conflict"),
+    [
+        (CopyMode.AUTO, False, [], "a different file"),  # before: copied over it
+        (CopyMode.AUTO, None, [], "no share marker could be placed"),  # before: "shared"
+        (CopyMode.AUTO, True, [], ""),
+        (CopyMode.ALWAYS, False, ["vda"], ""),  # the user asked to write over it
+        (CopyMode.NEVER, None, [], ""),  # the user says it is shared
+    ],
+)
+def test_a_same_path_file_not_shown_shared_is_neither_overwritten_nor_trusted(
+    copy: CopyMode, shared: bool | None, copied: list[str], conflict: str
+) -> None:
+    facts = make_facts(copy=copy)
     stale = StorageFacts(
         disks=facts.disks,
-        dest_paths={PATH: PathInfo(exists=True, shared=False, free_bytes=100 * GIB)},
-        source_lock_manager="lockd",
-        dest_lock_manager="lockd",
+        copy=copy,
+        dest_paths={PATH: PathInfo(exists=True, shared=shared, free_bytes=100 * GIB)},
     )
-    assert [d.target for d in copied_disks(stale)] == ["vda"]
-    shared = StorageFacts(disks=facts.disks, dest_paths={PATH: PathInfo(exists=True, shared=True)})
-    assert copied_disks(shared) == ()
+    assert [d.target for d in copied_disks(stale)] == copied
+    found = same_path_conflict(stale, PATH)
+    assert (conflict in found) if conflict else found == ""
+    assert stale.dest_paths[PATH].is_same_storage is (shared is True)
 
 
 def test_readonly_and_shareable_disks_are_never_copied() -> None:

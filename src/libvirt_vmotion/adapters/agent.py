@@ -36,16 +36,18 @@ import importlib
 import ipaddress
 import json
 import os
+import queue
 import re
 import selectors
 import shlex
+import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import IO, Final
 from urllib.parse import urlsplit
 
@@ -70,6 +72,7 @@ OPERATIONS: Final[dict[str, str]] = {
     "link-sink": "libvirt_vmotion.adapters.linkprobe:op_link_sink",
     "link-probe": "libvirt_vmotion.adapters.linkprobe:op_link_probe",
     "guard-state": "libvirt_vmotion.converge.guard:op_guard_state",
+    "link-route": "libvirt_vmotion.adapters.linkprobe:op_link_route",
 }
 """Agent operations: name -> ``module:function`` taking and returning a JSON dict."""
 
@@ -91,6 +94,11 @@ ISOLATED: Final = ("-I",)
 from would run as root. ``-I`` leaves out the working directory, ``PYTHON*``
 variables and the user's site-packages; the child also runs in ``/``.
 """
+CANCEL_ON_EOF: Final = "_cancel_on_eof"
+"""Argument of a call started with ``RemoteHost.start``: the agent ends the operation
+when its stdin closes (the client cancelled, or died), instead of running on."""
+CANCEL_GRACE_S: Final = 2.0
+"""How long a cancelled call's agent gets to end on its own before it is killed."""
 
 
 class AgentUnavailable(VmotionError):
@@ -104,6 +112,16 @@ class AgentOperationFailed(VmotionError):
 def hello(_args: Mapping[str, object]) -> dict[str, object]:
     """Identify the agent: version and hostname (a connectivity check)."""
     return {"version": __version__, "hostname": socket.gethostname()}
+
+
+def report_progress(item: Mapping[str, object]) -> None:
+    """From inside an operation: tell a client that started it (``AgentCall.next_progress``).
+
+    One JSON line ``{"progress": item}`` on stdout, before the reply (always the
+    last line).
+    """
+    sys.stdout.write(json.dumps({"progress": dict(item)}, sort_keys=True) + "\n")
+    sys.stdout.flush()
 
 
 def _resolve(op: str) -> Callable[[Mapping[str, object]], dict[str, object]]:
@@ -131,8 +149,21 @@ def serve(op: str, stdin_text: str) -> dict[str, object]:
         return {"ok": False, "error": f"{type(exc).__name__}: {exc}", "hint": ""}
 
 
+def _end_on_eof(done: threading.Event) -> None:
+    """Interrupt the operation once the client closes our stdin (cancel, or its death)."""
+    sys.stdin.read()
+    if not done.is_set():
+        os.kill(os.getpid(), signal.SIGINT)
+
+
 def main(argv: list[str]) -> int:
-    """Entry of ``python -m libvirt_vmotion agent OP``."""
+    """Entry of ``python -m libvirt_vmotion agent OP``.
+
+    The arguments are one line of JSON on stdin. If they ask for it
+    (``CANCEL_ON_EOF``), the client keeps stdin open while it waits, and the
+    operation is interrupted when stdin closes: a cancelled or dead client
+    leaves nothing running here.
+    """
     # What the agent creates (the reservation store, share markers ...) is root's alone.
     os.umask(0o077)
     if len(argv) != 1:
@@ -141,8 +172,26 @@ def main(argv: list[str]) -> int:
     if argv[0] == GUARD_OP:  # streams its standard input: see converge.guard
         run_guard = importlib.import_module("libvirt_vmotion.converge.guard").run_guard
         return int(run_guard(sys.stdin))
-    reply = serve(argv[0], sys.stdin.read())
-    sys.stdout.write(json.dumps(reply, sort_keys=True) + "\n")
+    text = sys.stdin.readline()
+    done = threading.Event()
+    try:
+        wants_cancel = bool(json.loads(text).get(CANCEL_ON_EOF)) if text.strip() else False
+    except (ValueError, AttributeError):
+        wants_cancel = False
+    if wants_cancel:
+        threading.Thread(target=_end_on_eof, args=(done,), daemon=True).start()
+    else:
+        text += sys.stdin.read()
+    try:
+        reply = serve(argv[0], text)
+    except KeyboardInterrupt:
+        reply = {"ok": False, "error": "cancelled: the client closed the call", "hint": ""}
+    done.set()
+    try:
+        sys.stdout.write(json.dumps(reply, sort_keys=True) + "\n")
+        sys.stdout.flush()
+    except BrokenPipeError:
+        return 1  # the client is gone; nobody to tell
     return 0 if reply.get("ok") else 1
 
 
@@ -275,20 +324,58 @@ class RemoteHost:
             AgentOperationFailed: it ran and reported a failure.
 
         """
-        remote = [self.python, *ISOLATED, "-m", "libvirt_vmotion", "agent", op]
-        # Remotely too: ssh starts the command in the login's home directory.
-        argv = [*self.prefix, f"cd / && exec {shlex.join(remote)}"] if self.prefix else remote
         try:
             returncode, out, err = _run_capped(
-                argv, json.dumps(dict(args or {})).encode(), timeout_s=timeout_s
+                self._argv(op), json.dumps(dict(args or {})).encode(), timeout_s=timeout_s
             )
         except (OSError, subprocess.TimeoutExpired, ReplyTooLarge) as exc:
             raise self._unavailable(str(exc)) from exc
+        return self._result(out.decode(errors="replace"), err.decode(errors="replace"), returncode)
+
+    def start(
+        self, op: str, args: Mapping[str, object] | None = None, *, timeout_s: float = 30.0
+    ) -> AgentCall:
+        """Start ``op`` on the host without waiting; ``AgentCall.cancel`` ends it there.
+
+        The agent's stdin stays open while the call runs: closing it (a cancel, or
+        this process dying) ends the operation on the host, so nothing outlives
+        the migration it was for.
+
+        Raises:
+            AgentUnavailable: the agent could not be started.
+
+        """
         try:
-            reply = json.loads(out.decode(errors="replace").strip().splitlines()[-1])
+            proc = subprocess.Popen(
+                self._argv(op),
+                cwd="/",
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                start_new_session=True,  # a Ctrl-C meant for us is not ssh's
+            )
+        except OSError as exc:
+            raise self._unavailable(str(exc)) from exc
+        call = AgentCall(self, proc, deadline_s=time.monotonic() + timeout_s)
+        try:
+            assert proc.stdin is not None  # noqa: S101  PIPE above
+            proc.stdin.write(json.dumps({**dict(args or {}), CANCEL_ON_EOF: True}) + "\n")
+            proc.stdin.flush()
+        except OSError:
+            pass  # it died at once: result() says why
+        return call
+
+    def _argv(self, op: str) -> list[str]:
+        """The agent's command line: isolated, in ``/`` (ssh starts in the login's home)."""
+        remote = [self.python, *ISOLATED, "-m", "libvirt_vmotion", "agent", op]
+        return [*self.prefix, f"cd / && exec {shlex.join(remote)}"] if self.prefix else remote
+
+    def _result(self, stdout: str, stderr: str, returncode: int | None) -> dict[str, object]:
+        try:
+            reply = json.loads(stdout.strip().splitlines()[-1])
         except (IndexError, ValueError):
-            detail = err.decode(errors="replace").strip()[-400:]
-            raise self._unavailable(detail or f"exit {returncode}") from None
+            raise self._unavailable(stderr.strip()[-400:] or f"exit {returncode}") from None
         if not isinstance(reply, dict):
             detail = f"its reply is a JSON {type(reply).__name__}, not an object"
             raise self._unavailable(detail)
@@ -308,10 +395,8 @@ class RemoteHost:
         us; its input is a pipe from this process, which the kernel closes when we
         die, however we die. Best effort: a guard that cannot start is a warning.
         """
-        remote = [self.python, *ISOLATED, "-m", "libvirt_vmotion", "agent", GUARD_OP]
-        argv = [*self.prefix, f"cd / && exec {shlex.join(remote)}"] if self.prefix else remote
         proc = subprocess.Popen(
-            argv,
+            self._argv(GUARD_OP),
             cwd="/",
             stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
@@ -363,3 +448,103 @@ class Guard:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+
+
+@dataclass(slots=True)
+class AgentCall:
+    """An operation started with ``RemoteHost.start``: wait for it, or cancel it."""
+
+    host: RemoteHost
+    proc: subprocess.Popen[str]
+    deadline_s: float
+    """Monotonic time after which ``result`` cancels the call."""
+    _out: list[str] = field(default_factory=list)
+    _err: list[str] = field(default_factory=list)
+    _lines: queue.Queue[str] = field(default_factory=queue.Queue)
+    _readers: tuple[threading.Thread, ...] = ()
+    cancelled: bool = False
+
+    def __post_init__(self) -> None:
+        """Read the agent's stdout and stderr as they come (a full pipe would stall it)."""
+
+        def drain(stream: IO[str] | None, into: list[str], lines: queue.Queue[str] | None) -> None:
+            for line in stream if stream is not None else ():
+                into.append(line)
+                if lines is not None:
+                    lines.put(line)
+            if lines is not None:
+                lines.put("")  # the end: no more progress
+
+        self._readers = (
+            threading.Thread(
+                target=drain, args=(self.proc.stdout, self._out, self._lines), daemon=True
+            ),
+            threading.Thread(target=drain, args=(self.proc.stderr, self._err, None), daemon=True),
+        )
+        for reader in self._readers:
+            reader.start()
+
+    def result(self) -> dict[str, object]:
+        """Wait for the reply until the deadline (then cancel); return its result.
+
+        Raises:
+            AgentUnavailable: no reply (cancelled, timed out, or the agent died).
+            AgentOperationFailed: the operation reported a failure.
+
+        """
+        try:
+            self.proc.wait(timeout=max(0.0, self.deadline_s - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            self.cancel()
+            msg = "no answer before the call's deadline"
+            raise self.host._unavailable(msg) from None  # noqa: SLF001  same module
+        for reader in self._readers:
+            reader.join()
+        self._close_stdin()
+        if self.cancelled:
+            msg = "the call was cancelled"
+            raise self.host._unavailable(msg)  # noqa: SLF001  same module
+        return self.host._result("".join(self._out), "".join(self._err), self.proc.returncode)  # noqa: SLF001  same module
+
+    def next_progress(self, timeout_s: float) -> dict[str, object] | None:
+        """The next ``report_progress`` item; None at the end of output or after ``timeout_s``."""
+        end = time.monotonic() + timeout_s
+        while (left := end - time.monotonic()) > 0:
+            try:
+                line = self._lines.get(timeout=left)
+            except queue.Empty:
+                return None
+            if not line:
+                self._lines.put("")  # later calls see the end too
+                return None
+            try:
+                item = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(item, dict) and isinstance(item.get("progress"), dict):
+                return dict(item["progress"])
+        return None
+
+    def cancel(self, grace_s: float = CANCEL_GRACE_S) -> None:
+        """End the call: close the agent's stdin (it stops there), kill what lingers, reap."""
+        if self.proc.returncode is None:
+            self.cancelled = True
+        self._close_stdin()
+        try:
+            self.proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            for sig in (signal.SIGTERM, signal.SIGKILL):
+                try:
+                    os.killpg(self.proc.pid, sig)
+                    self.proc.wait(timeout=grace_s)
+                    break
+                except ProcessLookupError:
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+        self.proc.wait()
+
+    def _close_stdin(self) -> None:
+        if self.proc.stdin is not None and not self.proc.stdin.closed:
+            with contextlib.suppress(OSError):
+                self.proc.stdin.close()

@@ -2,42 +2,45 @@
 
 I/O module. Without a bandwidth cap the forecast needs the speed of the path
 the migration stream will take, which is neither the controller's path nor
-anything libvirt reports. Two agent operations measure it where it is:
+anything libvirt reports. Three agent operations measure it where it is:
 
-- ``link-sink`` (on the destination): listens on the given port, greets the
-  one connection it accepts with ``VMOTION-LINK <token>``, counts what arrives
-  until end of stream (or ``max_s``), and answers with the count.
-- ``link-probe`` (on the source): connects (retrying while the sink starts),
-  checks the greeting before it sends a byte, streams zeros for ``seconds``,
-  closes its side and reads the sink's count.
+- ``link-route`` (on the source): the address the source sends from toward the
+  destination (a UDP ``connect`` asks the kernel's routing; nothing is sent).
+- ``link-sink`` (on the destination): binds the address the source dials (the
+  migration address), on a port of its own choosing outside libvirt's migration
+  range (so it can never take a port an incoming QEMU listens on), says so
+  (``agent.report_progress``: ``{address, port}``), then accepts only a
+  connection from the source's address, greets it with ``VMOTION-LINK <token>``,
+  counts what arrives until end of stream (or ``max_s``), and answers with the
+  count. Any other peer is closed unanswered and the sink keeps waiting.
+- ``link-probe`` (on the source): connects to the address and port the sink
+  reported, checks the greeting before it sends a byte, streams zeros for
+  ``seconds``, closes its side and reads the sink's count.
 
-The greeting guards against talking to the wrong listener: a QEMU waiting for
-an incoming migration on that port sends nothing first, so the probe gives up
-without writing into it. The port is one of libvirt's migration ports
-(49152-49215), which firewalls between hypervisors already let through.
-
-``measure_link`` (controller side) runs both through the agents and returns
-the receiver's rate.
+``measure_link`` (controller side) starts the probe only once the sink says it
+listens, and returns the receiver's rate.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import secrets
 import socket
-import threading
 import time
-from collections.abc import Mapping
-from concurrent.futures import Future
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Protocol
 
-from libvirt_vmotion.adapters.agent import AgentOperationFailed, AgentUnavailable, RemoteHost
-from libvirt_vmotion.errors import UsageError
+from libvirt_vmotion.adapters.agent import report_progress
+from libvirt_vmotion.errors import UsageError, VmotionError
 from libvirt_vmotion.model import MIB
 
 MIGRATION_PORTS: Final = range(49152, 49216)
-"""libvirt's default migration port range (qemu.conf migration_port_min/max)."""
+"""libvirt's default migration port range (qemu.conf migration_port_min/max): the
+sink never listens there, where an incoming QEMU may be waiting."""
+_BIND_TRIES: Final = 20
+SINK_READY_TIMEOUT_S: Final = 15.0
 GREETING: Final = b"VMOTION-LINK "
 CHUNK: Final = 1 << 20
 DEFAULT_SECONDS: Final = 1.0
@@ -59,41 +62,107 @@ def _token(args: Mapping[str, object]) -> bytes:
     return token.encode()
 
 
-def op_link_sink(args: Mapping[str, object]) -> dict[str, object]:
-    """Agent op (destination): receive one probe stream on ``port`` and count it."""
-    port = int(_number(args, "port", 0))
+def _bind_outside_migration_ports(host: str) -> socket.socket:
+    """A listening socket on ``host``'s address, on a port outside ``MIGRATION_PORTS``.
+
+    Raises:
+        UsageError: ``host`` does not resolve to an address here, or cannot be bound.
+
+    """
+    try:
+        family, _, _, _, sockaddr = socket.getaddrinfo(host, 0, type=socket.SOCK_STREAM)[0]
+    except (OSError, IndexError) as exc:
+        msg = f"cannot resolve {host!r} to an address of this host for the link probe: {exc}"
+        raise UsageError(msg, hint="The destination URI should name this host's address.") from exc
+    for _ in range(_BIND_TRIES):
+        srv = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            srv.bind((sockaddr[0], 0))
+        except OSError as exc:
+            srv.close()
+            msg = f"cannot listen on {sockaddr[0]} for the link probe: {exc.strerror}"
+            raise UsageError(msg, hint="Is that an address of this host?") from exc
+        if srv.getsockname()[1] not in MIGRATION_PORTS:
+            srv.listen(4)
+            return srv
+        srv.close()  # the kernel's pick fell into libvirt's range: pick again
+    msg = f"no free port outside {MIGRATION_PORTS.start}-{MIGRATION_PORTS.stop - 1} on {host}"
+    raise UsageError(msg, hint="Try again.")
+
+
+def _allowed_peers(
+    args: Mapping[str, object],
+) -> frozenset[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    raw = args.get("allow_from")
+    if not isinstance(raw, list) or not raw:
+        msg = "allow_from: the source's address(es) are required"
+        raise UsageError(msg, hint="This is an internal call; report it as a bug.")
+    try:
+        return frozenset(ipaddress.ip_address(str(a)) for a in raw)
+    except ValueError as exc:
+        msg = f"allow_from={raw!r}: {exc}"
+        raise UsageError(msg, hint="This is an internal call; report it as a bug.") from exc
+
+
+def _peer_address(peer: tuple[object, ...]) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    addr = ipaddress.ip_address(str(peer[0]))
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped
+    return addr
+
+
+def link_sink(
+    args: Mapping[str, object], *, on_listening: Callable[[Mapping[str, object]], None]
+) -> dict[str, object]:
+    """Receive one probe stream from an allowed peer and count it (see the module docstring).
+
+    Args:
+        args: ``bind_host`` (the destination as the source dials it), ``allow_from``
+            (the source's addresses), ``token``, ``accept_timeout_s``, ``max_s``.
+        on_listening: told ``{address, port}`` once the socket listens.
+
+    Returns:
+        ``bytes``, ``seconds``, ``mib_s``, and ``refused`` (peers closed unanswered).
+
+    Raises:
+        UsageError: cannot listen, or no allowed peer came within the timeout.
+
+    """
+    host = str(args.get("bind_host") or "")
+    if not host:
+        msg = "bind_host: missing"
+        raise UsageError(msg, hint="This is an internal call; report it as a bug.")
+    allowed = _allowed_peers(args)
     token = _token(args)
     accept_timeout_s = _number(args, "accept_timeout_s", 10.0)
     max_s = _number(args, "max_s", 5.0)
-    # Every address of this host, IPv4 and IPv6 alike: the source dials whatever
-    # the destination URI names.
-    dual = socket.has_dualstack_ipv6()
-    try:
-        srv = socket.create_server(
-            ("", port),
-            family=socket.AF_INET6 if dual else socket.AF_INET,
-            backlog=1,
-            reuse_port=False,
-            dualstack_ipv6=dual,
-        )
-    except OSError as exc:
-        msg = f"cannot listen on port {port} for the link probe: {exc.strerror}"
-        raise UsageError(msg, hint="Another process uses that port; try again.") from exc
-    with srv:
-        srv.settimeout(accept_timeout_s)
-        try:
-            conn, _peer = srv.accept()
-        except TimeoutError as exc:
-            msg = f"no link probe arrived on port {port} within {accept_timeout_s:g} s"
-            raise UsageError(msg, hint="A firewall may block the migration ports.") from exc
+    refused: list[str] = []
+    with _bind_outside_migration_ports(host) as srv:
+        address, port = srv.getsockname()[:2]
+        on_listening({"address": address, "port": port})
+        deadline = time.monotonic() + accept_timeout_s
+        while True:
+            srv.settimeout(max(0.01, deadline - time.monotonic()))
+            try:
+                conn, peer = srv.accept()
+            except TimeoutError as exc:
+                msg = f"no link probe from {', '.join(map(str, sorted(allowed, key=str)))} "
+                msg += f"arrived on {address} port {port} within {accept_timeout_s:g} s"
+                if refused:
+                    msg += f" (refused: {', '.join(refused)})"
+                raise UsageError(msg, hint="A firewall may block the port.") from exc
+            if _peer_address(peer) in allowed:
+                break
+            refused.append(str(peer[0]))
+            conn.close()  # not the source: no token, no count
     with conn:
         conn.sendall(GREETING + token + b"\n")
         conn.settimeout(max_s)
         received = 0
         first = last = 0.0
-        deadline = time.monotonic() + max_s
+        end = time.monotonic() + max_s
         try:
-            while time.monotonic() < deadline:
+            while time.monotonic() < end:
                 data = conn.recv(CHUNK)
                 if not data:
                     break
@@ -106,7 +175,25 @@ def op_link_sink(args: Mapping[str, object]) -> dict[str, object]:
         seconds = max(last - first, 1e-6)
         reply = {"bytes": received, "seconds": round(seconds, 4)}
         conn.sendall(json.dumps(reply).encode() + b"\n")
-    return {**reply, "mib_s": round(received / MIB / seconds, 1)}
+    return {**reply, "mib_s": round(received / MIB / seconds, 1), "refused": refused}
+
+
+def op_link_sink(args: Mapping[str, object]) -> dict[str, object]:
+    """Agent op (destination): ``link_sink``, telling the client when it listens."""
+    return link_sink(args, on_listening=report_progress)
+
+
+def op_link_route(args: Mapping[str, object]) -> dict[str, object]:
+    """Agent op (source): the address this host sends from toward ``host``."""
+    host = str(args.get("host") or "")
+    try:
+        family, _, _, _, sockaddr = socket.getaddrinfo(host, 9, type=socket.SOCK_DGRAM)[0]
+        with socket.socket(family, socket.SOCK_DGRAM) as udp:
+            udp.connect(sockaddr)  # routing only: a UDP connect sends nothing
+            return {"address": str(udp.getsockname()[0])}
+    except (OSError, IndexError) as exc:
+        msg = f"no route from here to {host!r}: {exc}"
+        raise UsageError(msg, hint="Check the destination's address.") from exc
 
 
 def _connect(host: str, port: int, timeout_s: float) -> socket.socket:
@@ -180,36 +267,86 @@ class LinkMeasurement:
     detail: str
 
 
+class SinkCall(Protocol):
+    """The sink's agent call under way (``agent.AgentCall``)."""
+
+    def next_progress(self, timeout_s: float) -> dict[str, object] | None:
+        """What the sink reported, or None."""
+        ...
+
+    def result(self) -> dict[str, object]:
+        """Its reply."""
+        ...
+
+    def cancel(self) -> None:
+        """End it there."""
+
+
+class LinkAgent(Protocol):
+    """What the measurement needs of a host's agent (``agent.RemoteHost``)."""
+
+    @property
+    def label(self) -> str:
+        """The host as users name it."""
+        ...
+
+    def call(
+        self, op: str, args: Mapping[str, object] | None = None, *, timeout_s: float = 30.0
+    ) -> dict[str, object]:
+        """Run ``op`` there."""
+        ...
+
+    def start(
+        self, op: str, args: Mapping[str, object] | None = None, *, timeout_s: float = 30.0
+    ) -> SinkCall:
+        """Start ``op`` there."""
+        ...
+
+
 def measure_link(
-    source: RemoteHost, dest: RemoteHost, dest_host: str, *, seconds: float = DEFAULT_SECONDS
+    source: LinkAgent, dest: LinkAgent, dest_host: str, *, seconds: float = DEFAULT_SECONDS
 ) -> LinkMeasurement:
-    """Stream from the source's agent to a sink on the destination's agent for ``seconds``."""
-    port = MIGRATION_PORTS[secrets.randbelow(len(MIGRATION_PORTS))]
+    """Stream from the source's agent to a sink on the destination's agent for ``seconds``.
+
+    The probe starts only once the sink reported its address and port, and the
+    sink answers only the source's address.
+    """
     token = secrets.token_hex(8)
-    sink_args = {"port": port, "token": token, "accept_timeout_s": 15, "max_s": seconds + 5}
-    probe_args = {"host": dest_host, "port": port, "token": token, "seconds": seconds}
-    sink: Future[dict[str, object]] = Future()
+    try:
+        source_address = str(source.call("link-route", {"host": dest_host}).get("address") or "")
+    except VmotionError as exc:
+        return LinkMeasurement(None, exc.message)
+    sink_args = {
+        "bind_host": dest_host, "allow_from": [source_address], "token": token,
+        "accept_timeout_s": SINK_READY_TIMEOUT_S, "max_s": seconds + 5,
+    }  # fmt: skip
+    try:
+        sink = dest.start("link-sink", sink_args, timeout_s=seconds + 25 + SINK_READY_TIMEOUT_S)
+    except VmotionError as exc:
+        return LinkMeasurement(None, exc.message)
+    try:
+        return _probe_when_listening(source, sink, token=token, seconds=seconds)
+    finally:
+        sink.cancel()  # done already, or nothing must stay listening
 
-    def run_sink() -> None:
+
+def _probe_when_listening(
+    source: LinkAgent, sink: SinkCall, *, token: str, seconds: float
+) -> LinkMeasurement:
+    ready = sink.next_progress(SINK_READY_TIMEOUT_S)
+    if ready is None or not isinstance(ready.get("port"), int):
         try:
-            sink.set_result(dest.call("link-sink", sink_args, timeout_s=seconds + 25))
-        except (AgentUnavailable, AgentOperationFailed) as exc:
-            sink.set_exception(exc)
-
-    # A daemon thread: when the probe fails, we do not wait for the sink's own timeout.
-    threading.Thread(target=run_sink, name="link-sink", daemon=True).start()
+            sink.result()  # it ended without listening: its error says why
+        except VmotionError as exc:
+            return LinkMeasurement(None, exc.message)
+        return LinkMeasurement(None, "the link sink did not say where it listens")
+    address, port = str(ready.get("address")), int(str(ready["port"]))
+    probe_args = {"host": address, "port": port, "token": token, "seconds": seconds}
     try:
         source.call("link-probe", probe_args, timeout_s=seconds + 20)
-    except (AgentUnavailable, AgentOperationFailed) as exc:
-        if sink.done() and sink.exception() is not None:
-            return LinkMeasurement(None, str(getattr(sink.exception(), "message", exc.message)))
+        got = sink.result()
+    except VmotionError as exc:
         return LinkMeasurement(None, exc.message)
-    try:
-        got = sink.result(timeout=15)
-    except (AgentUnavailable, AgentOperationFailed) as exc:
-        return LinkMeasurement(None, exc.message)
-    except TimeoutError:
-        return LinkMeasurement(None, "the link sink did not answer")
     rate = got.get("mib_s")
     if not isinstance(rate, int | float) or rate <= 0:
         return LinkMeasurement(None, "the link probe received nothing")
@@ -217,5 +354,5 @@ def measure_link(
     mib = received / MIB if isinstance(received, int) else 0.0
     return LinkMeasurement(
         float(rate),
-        f"measured {source.label} -> {dest_host}:{port}, {mib:.0f} MiB in {got.get('seconds')} s",
+        f"measured {source.label} -> {address}:{port}, {mib:.0f} MiB in {got.get('seconds')} s",
     )

@@ -430,10 +430,18 @@ def _notify_config(args: argparse.Namespace) -> object:
 
 
 def _cutover_factory(
-    args: argparse.Namespace, request: MigrationRequest
+    args: argparse.Namespace, request: MigrationRequest, *, budget_s: float
 ) -> Callable[[Hypervisor], PostSwitchover]:
-    """Validate the cutover flags now (before any host); build the cutover on the source."""
-    from libvirt_vmotion.cutover.announce import NetworkCutover, SwitchWatch  # noqa: PLC0415
+    """Validate the cutover flags now (before any host); build the cutover on the source.
+
+    The destination's announcer waits for the resume no longer than the
+    migration's budget (``budget_s``, the policy's ``max_duration_s``) and a margin.
+    """
+    from libvirt_vmotion.cutover.announce import (  # noqa: PLC0415
+        ANNOUNCE_MARGIN_S,
+        NetworkCutover,
+        SwitchWatch,
+    )
 
     try:
         switch = SwitchWatch.parse(args.watch_switch) if args.watch_switch else None
@@ -449,6 +457,7 @@ def _cutover_factory(
             dest_uri=request.dest_uri,
             config=config,  # type: ignore[arg-type]  # a frames.NotifyConfig
             switch=switch,
+            timeout_s=budget_s + ANNOUNCE_MARGIN_S,
         )
 
     return build
@@ -613,7 +622,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     printer = ViewPrinter(sys.stderr, json_out=sys.stdout if args.json else None)
     around = Around(
         observers=_observers(args),
-        cutover=_cutover_factory(args, request),
+        cutover=_cutover_factory(args, request, budget_s=policy.max_duration_s),
         on_progress=printer,
     )
     t0 = time.monotonic()

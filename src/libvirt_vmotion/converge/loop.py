@@ -12,12 +12,13 @@ killing the client of a peer-to-peer migration does not cancel it (LAB-NOTES).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Final, NoReturn, Protocol, TypeVar
 
@@ -345,10 +346,11 @@ def migrate(  # noqa: PLR0913  the migration's collaborators, all keyword-only
         for observer in observers:
             observer.start()
             started.append(observer)
-        if cutover is not None:
-            cutover.arm()
-        started_s = clock()
-        controller.run(started_s)
+        with _ends_cutover_on_failure(cutover):
+            if cutover is not None:
+                cutover.arm()
+            started_s = clock()
+            controller.run(started_s)
         wall_s = clock() - started_s
     finally:
         for observer in started:
@@ -367,7 +369,8 @@ def migrate(  # noqa: PLR0913  the migration's collaborators, all keyword-only
     # alike; the destination's completed stats are empty after post-copy.
     final = controller.completed_from_event or _completed_stats(dest, guest.name, clock)
     final = final or (samples[-1] if samples else None)
-    _verify_landed(source, dest, guest.name)
+    with _ends_cutover_on_failure(cutover):
+        _verify_landed(source, dest, guest.name)
     if cutover is not None:
         sections[cutover.name] = cutover.finish(landed=True)
     outcome = MigrationOutcome(
@@ -386,6 +389,21 @@ def migrate(  # noqa: PLR0913  the migration's collaborators, all keyword-only
         ),
     )
     return outcome, sections
+
+
+@contextlib.contextmanager
+def _ends_cutover_on_failure(cutover: PostSwitchover | None) -> Iterator[None]:
+    """On any exception inside (Ctrl-C, a bug, a failed landing), end the cutover first.
+
+    ``finish(landed=False)`` cancels the destination's announcer: it must not stay
+    behind, waiting, to fire stale claims and announcements on a later retry.
+    """
+    try:
+        yield
+    except BaseException:
+        if cutover is not None:
+            cutover.finish(landed=False)
+        raise
 
 
 _RESUME_RETRY_S: Final = 2.0

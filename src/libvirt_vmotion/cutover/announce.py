@@ -35,16 +35,22 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 from urllib.parse import urlsplit
 
 from libvirt_vmotion.adapters.agent import RemoteHost
 from libvirt_vmotion.adapters.virt import Guest, Hypervisor
 from libvirt_vmotion.cutover.bridge import FdbClaims, FdbWatcher, fdb_entries
 from libvirt_vmotion.cutover.frames import (
+    MAX_ANNOUNCED_PER_NIC,
+    AddressSource,
+    Announcement,
     AnnounceSchedule,
+    GuestAddress,
     NotifyConfig,
-    build_announcements,
+    SentFrame,
+    announcements_for,
+    choose_announced,
 )
 from libvirt_vmotion.cutover.send import send_announcements
 from libvirt_vmotion.errors import DomainNotFound, VmotionError
@@ -62,6 +68,23 @@ log = logging.getLogger(__name__)
 SECTION = "network_cutover"
 
 
+ANNOUNCE_MARGIN_S: Final = 30.0
+"""The announcer waits for the resume the migration's budget plus this long."""
+ANSWER_GRACE_S: Final = 30.0
+"""After the landing, how long the announcer gets to answer (past its verify timeout)."""
+
+
+class StartedCall(Protocol):
+    """An agent operation under way (``agent.AgentCall``)."""
+
+    def result(self) -> dict[str, object]:
+        """Wait for its reply (raises VmotionError)."""
+        ...
+
+    def cancel(self) -> None:
+        """End it on the host and reap it."""
+
+
 class AgentClient(Protocol):
     """What the cutover needs of a host's agent (``agent.RemoteHost``)."""
 
@@ -69,6 +92,12 @@ class AgentClient(Protocol):
         self, op: str, args: Mapping[str, object] | None = None, *, timeout_s: float = 30.0
     ) -> dict[str, object]:
         """Run ``op`` on the host."""
+        ...
+
+    def start(
+        self, op: str, args: Mapping[str, object] | None = None, *, timeout_s: float = 30.0
+    ) -> StartedCall:
+        """Start ``op`` on the host; it ends there when cancelled or when we die."""
         ...
 
 
@@ -187,22 +216,48 @@ def _verify_fdb(
 
 
 def _announce_all(
-    nics: Sequence[Mapping[str, Any]], schedule: AnnounceSchedule, start: float
+    nics: Sequence[Mapping[str, Any]],
+    schedule: AnnounceSchedule,
+    start: float,
+    *,
+    send: Callable[[str, Sequence[Announcement], AnnounceSchedule], Sequence[SentFrame]] = (
+        send_announcements
+    ),
 ) -> tuple[list[dict[str, object]], list[str]]:
-    """Send each NIC's announcements out of its bridge, one thread per bridge."""
+    """Send each NIC's announcements out of its bridge, one thread per bridge.
+
+    A malformed MAC or address, or more addresses than ``MAX_ANNOUNCED_PER_NIC``,
+    is reported and left out; the rest still goes out. Nothing a thread meets
+    ends it silently: what it could not do is in the errors.
+    """
     sent: list[dict[str, object]] = []
     errors: list[str] = []
     by_bridge: dict[str, list[Mapping[str, Any]]] = {}
     for nic in nics:
         by_bridge.setdefault(str(nic["bridge"]), []).append(nic)
 
+    def frames_of(members: Sequence[Mapping[str, Any]]) -> list[Announcement]:
+        frames: list[Announcement] = []
+        for nic in members:
+            mac, ips = str(nic.get("mac", "")), nic.get("ips") or []
+            ips = [str(ip) for ip in ips] if isinstance(ips, list) else []
+            if len(ips) > MAX_ANNOUNCED_PER_NIC:
+                errors.append(
+                    f"{len(ips)} addresses for {mac}: only the first {MAX_ANNOUNCED_PER_NIC} "
+                    "announced"
+                )
+            found, problems = announcements_for(mac, ips[:MAX_ANNOUNCED_PER_NIC])
+            frames += found
+            errors.extend(problems)
+        return frames
+
     def announce(bridge: str, members: Sequence[Mapping[str, Any]]) -> None:
-        frames = [a for n in members for a in build_announcements(str(n["mac"]), n.get("ips", []))]
-        lead_ms = (time.monotonic() - start) * 1000
         try:
-            records = send_announcements(bridge, frames, schedule)
-        except OSError as exc:
-            errors.append(f"cannot send on {bridge}: {exc}")
+            frames = frames_of(members)
+            lead_ms = (time.monotonic() - start) * 1000
+            records = send(bridge, frames, schedule) if frames else ()
+        except Exception as exc:  # noqa: BLE001  a dead thread would report nothing at all
+            errors.append(f"cannot send on {bridge}: {type(exc).__name__}: {exc}")
             return
         for record in records:
             item = record.as_dict()
@@ -317,34 +372,50 @@ class SwitchWatch:
         return cls(netns, bridge)
 
 
-def discover_addresses(
-    guest: Guest, nics: Sequence[GuestNic], config: NotifyConfig
-) -> tuple[dict[str, tuple[str, ...]], str]:
-    """The guest's addresses by MAC, and which source they came from.
+class AddressReader(Protocol):
+    """What address discovery reads of the guest (``virt.Guest`` has it)."""
 
-    Asks libvirt's sources in order (the first that knows anything wins), then
-    adds the addresses declared with ``--guest-ip``.
+    def interface_addresses(self, source: str) -> dict[str, tuple[str, ...]]:
+        """The guest's addresses by MAC, as libvirt's ``source`` knows them."""
+        ...
+
+
+def discover_addresses(
+    guest: AddressReader, nics: Sequence[GuestNic], config: NotifyConfig
+) -> tuple[GuestAddress, ...]:
+    """Every address found for the guest's NICs, each with its source and the verdict.
+
+    Declared (``--guest-ip``) and nwfilter ``IP`` addresses first, then each of
+    libvirt's sources in ``config.address_sources``; ``notify.choose_announced``
+    decides which are announced (only the host-vouched ones, capped per NIC).
     """
-    found: dict[str, tuple[str, ...]] = {}
-    source = "none"
+    found: list[GuestAddress] = []
+    for index, nic in enumerate(nics):
+        found += [
+            GuestAddress(nic.mac, ip, AddressSource.GUEST_IP)
+            for ip in config.declared_for(nic.mac, first_nic=index == 0)
+        ]
+        found += [GuestAddress(nic.mac, ip, AddressSource.NWFILTER) for ip in nic.filter_ips]
+    macs = {n.mac for n in nics}
     for name in config.address_sources:
         try:
-            found = guest.interface_addresses(name)
-        except VmotionError as exc:
-            log.debug("address source %s: %s", name, exc.message)
+            source = AddressSource(name)
+            by_mac = guest.interface_addresses(name)
+        except (ValueError, VmotionError) as exc:
+            log.debug("address source %s: %s", name, exc)
             continue
-        if found:
-            source = name
-            break
-    declared = False
-    for index, nic in enumerate(nics):
-        extra = config.declared_for(nic.mac, first_nic=index == 0)
-        if extra:
-            declared = True
-            found[nic.mac] = tuple(dict.fromkeys((*found.get(nic.mac, ()), *extra)))
-    if declared:
-        source = "config" if source == "none" else f"{source}+config"
-    return found, source
+        found += [
+            GuestAddress(mac, ip, source)
+            for mac, ips in by_mac.items()
+            if mac in macs
+            for ip in ips
+        ]
+    return choose_announced(found)
+
+
+def _sources_summary(addresses: Sequence[GuestAddress]) -> str:
+    used = dict.fromkeys(a.source.value for a in addresses if a.announced)
+    return "+".join(used) or "none"
 
 
 @dataclass
@@ -359,7 +430,15 @@ class NetworkCutover:
         config: notify settings.
         switch: a bridge to watch for the guest's MAC (lab), optional.
         agent_for: URI -> agent client (tests and the lab replace it).
-        timeout_s: how long the destination's announcer waits for the resume.
+        timeout_s: how long the destination's announcer waits for the resume: the
+            migration's budget (``max_duration_s``) plus ``ANNOUNCE_MARGIN_S``.
+        answer_grace_s: after the landing, how long the announcer may take to answer
+            beyond its verify timeout before it is cancelled.
+
+    The announcer is cancelled (ended on the destination and reaped) when the
+    migration fails, when it does not answer in time, and when this process
+    dies (the agent ends its operation when its stdin closes): it never fires
+    stale claims and announcements on a later retry.
 
     """
 
@@ -370,12 +449,13 @@ class NetworkCutover:
     config: NotifyConfig = field(default_factory=NotifyConfig)
     switch: SwitchWatch | None = None
     agent_for: Callable[[str], AgentClient] = RemoteHost.for_uri
-    timeout_s: float = 3600.0
+    timeout_s: float = 300.0 + ANNOUNCE_MARGIN_S
+    answer_grace_s: float = ANSWER_GRACE_S
     name: str = SECTION
     _nics: tuple[GuestNic, ...] = ()
-    _addresses: dict[str, tuple[str, ...]] = field(default_factory=dict)
-    _address_source: str = "none"
+    _addresses: tuple[GuestAddress, ...] = ()
     _thread: threading.Thread | None = None
+    _call: StartedCall | None = None
     _reply: dict[str, object] | None = None
     _error: str = ""
     _watcher: FdbWatcher | None = None
@@ -386,9 +466,7 @@ class NetworkCutover:
         try:
             guest = self.source.lookup(self.domain)
             self._nics = guest_nics_from_xml(guest.xml())
-            self._addresses, self._address_source = discover_addresses(
-                guest, self._nics, self.config
-            )
+            self._addresses = discover_addresses(guest, self._nics, self.config)
         except VmotionError as exc:
             self._errors.append(f"cannot read the guest's NICs: {exc.message}")
             return
@@ -406,7 +484,7 @@ class NetworkCutover:
         args = {
             "domain": self.domain,
             "nics": [
-                {"mac": n.mac, "bridge": n.bridge, "ips": list(self._addresses.get(n.mac, ()))}
+                {"mac": n.mac, "bridge": n.bridge, "ips": self._announced_ips(n.mac)}
                 for n in notified
             ],
             "count": self.config.schedule.count,
@@ -414,32 +492,64 @@ class NetworkCutover:
             "verify_timeout_ms": self.config.verify_timeout_ms,
             "timeout_s": self.timeout_s,
         }
-        self._thread = threading.Thread(
-            target=self._announce, args=(args,), name="cutover-announce", daemon=True
-        )
-        self._thread.start()
-
-    def _announce(self, args: Mapping[str, object]) -> None:
         try:
-            self._reply = self.agent_for(self.dest_uri).call(
-                "announce", args, timeout_s=self.timeout_s + 30
+            self._call = self.agent_for(self.dest_uri).start(
+                "announce", args, timeout_s=self.timeout_s + ANNOUNCE_MARGIN_S
             )
         except VmotionError as exc:
             self._error = exc.message + (f" ({exc.hint})" if exc.hint else "")
+            return
+        self._thread = threading.Thread(
+            target=self._announce, args=(self._call,), name="cutover-announce", daemon=True
+        )
+        self._thread.start()
+
+    def _announced_ips(self, mac: str) -> list[str]:
+        return [a.ip for a in self._addresses if a.announced and a.mac == mac]
+
+    def _announce(self, call: StartedCall) -> None:
+        try:
+            self._reply = call.result()
+        except VmotionError as exc:
+            self._error = exc.message + (f" ({exc.hint})" if exc.hint else "")
+
+    def _cancel(self) -> bool:
+        """End the destination's announcer if it still runs; True if it had to be ended."""
+        if self._call is None or self._thread is None or not self._thread.is_alive():
+            return False
+        self._call.cancel()
+        self._thread.join()
+        return True
+
+    def _await_announcer(self) -> None:
+        """Wait for the announcer's answer; past the grace (or on Ctrl-C) end it there."""
+        if self._thread is None:
+            return
+        try:
+            self._thread.join(timeout=self.config.verify_timeout_ms / 1000 + self.answer_grace_s)
+        finally:
+            if self._cancel():
+                self._error = "it did not answer in time (ended it there)"
 
     def finish(self, *, landed: bool) -> Mapping[str, object]:
-        """Collect the announcer's result, flush the source's FDB, read the switch."""
+        """Collect the announcer's result, flush the source's FDB, read the switch.
+
+        Not landed: cancel the announcer (nothing is left waiting on the destination).
+        """
         if not landed:
+            cancelled = self._cancel()
             if self._watcher is not None:
                 self._watcher.stop()
-            return {"result": "skipped: the migration did not complete"}
-        if self._thread is not None:
-            self._thread.join(timeout=self.config.verify_timeout_ms / 1000 + 30)
+            skipped: dict[str, object] = {"result": "skipped: the migration did not complete"}
+            if cancelled:
+                skipped["announcer"] = "cancelled on the destination"
+            return skipped
+        self._await_announcer()
         section: dict[str, object] = {
             "notify": {n.bridge: self.config.notify_on(n.bridge) for n in self._nics},
             "nics": [{"mac": n.mac, "bridge": n.bridge} for n in self._nics],
-            "addresses": {mac: list(ips) for mac, ips in self._addresses.items()},
-            "address_source": self._address_source,
+            "addresses": [a.as_dict() for a in self._addresses],
+            "address_source": _sources_summary(self._addresses),
             "schedule": {
                 "count": self.config.schedule.count,
                 "interval_ms": self.config.schedule.interval_ms,
@@ -448,8 +558,6 @@ class NetworkCutover:
         reply = self._reply or {}
         if self._error:
             self._errors.append(f"announcer on the destination: {self._error}")
-        elif self._thread is not None and self._reply is None:
-            self._errors.append("the destination's announcer did not answer in time")
         resumed_wall = reply.get("resumed_at_wall_s")
         if reply:
             section.update(_summarize_reply(reply))

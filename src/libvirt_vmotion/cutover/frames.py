@@ -194,6 +194,127 @@ def build_announcements(mac: str, ips: Sequence[str]) -> tuple[Announcement, ...
     return tuple(found)
 
 
+def announcements_for(
+    mac: str, ips: Sequence[str]
+) -> tuple[tuple[Announcement, ...], tuple[str, ...]]:
+    """Frames announcing ``mac`` like ``build_announcements``, skipping what is malformed.
+
+    Returns:
+        The frames (RARP first), and one problem per MAC or address that could
+        not be announced (a malformed MAC gives no frames at all).
+
+    """
+    try:
+        frames = [Announcement(FrameKind.RARP, mac, "", build_rarp(mac))]
+    except ValueError as exc:
+        return (), (str(exc),)
+    problems: list[str] = []
+    for ip in ips:
+        try:
+            frames.extend(build_announcements(mac, [ip])[1:])
+        except ValueError as exc:
+            problems.append(f"{ip!r} for {mac} not announced: {exc}")
+    return tuple(frames), tuple(problems)
+
+
+class AddressSource(StrEnum):
+    """Where a guest address came from; only the host's own word is announced."""
+
+    GUEST_IP = "guest-ip"
+    """Declared by the operator (``--guest-ip``)."""
+    NWFILTER = "nwfilter"
+    """The ``IP`` parameter of the NIC's nwfilter (what the host lets the guest use)."""
+    LEASE = "lease"
+    """A DHCP lease the host's libvirt network handed out."""
+    AGENT = "agent"
+    """The guest agent: the guest says so (never announced)."""
+    ARP = "arp"
+    """The host's ARP/neighbour cache, learned from the guest's own frames (never announced)."""
+
+
+HOST_VOUCHED: Final = frozenset(
+    {AddressSource.GUEST_IP, AddressSource.NWFILTER, AddressSource.LEASE}
+)
+"""Sources whose addresses the destination announces. A GARP/NA for an address the
+guest picked would let it take over the gateway's or a neighbour's traffic."""
+MAX_ANNOUNCED_PER_NIC: Final = 8
+"""At most this many addresses per NIC are announced (each costs a frame per round)."""
+
+
+@dataclass(frozen=True, slots=True)
+class GuestAddress:
+    """One address found for a guest NIC, and whether it is announced.
+
+    Attributes:
+        mac: the NIC's MAC.
+        ip: the address as found.
+        source: where it came from.
+        announced: the destination announces it (GARP or NA).
+        why_not: why it is not announced ("" if it is).
+
+    """
+
+    mac: str
+    ip: str
+    source: AddressSource
+    announced: bool = False
+    why_not: str = ""
+
+    def as_dict(self) -> dict[str, object]:
+        """JSON form for the report."""
+        found: dict[str, object] = {
+            "mac": self.mac, "ip": self.ip, "source": self.source.value,
+            "announced": self.announced,
+        }  # fmt: skip
+        if self.why_not:
+            found["why_not"] = self.why_not
+        return found
+
+
+def _unicast_problem(ip: str) -> str:
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        return "not an IP address"
+    if addr.is_multicast or addr.is_unspecified or addr.is_loopback:
+        return "not a unicast address"
+    if isinstance(addr, ipaddress.IPv4Address) and addr == ipaddress.IPv4Address("255.255.255.255"):
+        return "not a unicast address"
+    return ""
+
+
+def choose_announced(
+    found: Sequence[GuestAddress], *, limit: int = MAX_ANNOUNCED_PER_NIC
+) -> tuple[GuestAddress, ...]:
+    """Decide which found addresses the destination announces, and say why not for the rest.
+
+    An address found by several sources counts once, under its most trusted one
+    (the order of ``AddressSource``). Announced: host-vouched (``HOST_VOUCHED``),
+    well-formed unicast addresses, at most ``limit`` per NIC in the order found.
+    """
+    rank = {source: i for i, source in enumerate(AddressSource)}
+    best: dict[tuple[str, str], GuestAddress] = {}
+    for item in found:
+        key = (item.mac.lower(), item.ip)
+        if key not in best or rank[item.source] < rank[best[key].source]:
+            best[key] = item
+    per_nic: dict[str, int] = {}
+    out: list[GuestAddress] = []
+    for (mac, ip), item in best.items():
+        if item.source not in HOST_VOUCHED:
+            why = "guest-reported"
+        elif problem := _unicast_problem(ip):
+            why = problem
+        elif per_nic.get(mac, 0) >= limit:
+            why = f"over the cap of {limit} announced addresses per NIC"
+        else:
+            per_nic[mac] = per_nic.get(mac, 0) + 1
+            out.append(GuestAddress(mac, ip, item.source, announced=True))
+            continue
+        out.append(GuestAddress(mac, ip, item.source, announced=False, why_not=why))
+    return tuple(out)
+
+
 @dataclass(frozen=True, slots=True)
 class AnnounceSchedule:
     """When to send the announcement rounds, relative to the guest's resume.
@@ -238,8 +359,9 @@ class NotifyConfig:
         off_bridges: bridges (networks) where we do not announce.
         schedule: rounds and spacing of the announcements.
         guest_ips: addresses declared by the user, ``ADDR`` (the guest's first
-            NIC) or ``MAC=ADDR``; used with whatever libvirt reports.
-        address_sources: libvirt sources to ask, in order (agent, lease, arp).
+            NIC) or ``MAC=ADDR``; announced with the host-vouched ones libvirt knows.
+        address_sources: libvirt sources to ask (lease, agent, arp); only
+            ``HOST_VOUCHED`` ones are announced, the others are reported.
         verify_timeout_ms: how long to wait for the destination bridge to show
             the guest's MAC on its tap.
         flush_source_fdb: remove stale entries for the guest's MACs on the source.
@@ -250,7 +372,7 @@ class NotifyConfig:
     off_bridges: frozenset[str] = frozenset()
     schedule: AnnounceSchedule = AnnounceSchedule()
     guest_ips: tuple[str, ...] = ()
-    address_sources: tuple[str, ...] = ("agent", "lease", "arp")
+    address_sources: tuple[str, ...] = ("lease", "agent", "arp")
     verify_timeout_ms: int = 2000
     flush_source_fdb: bool = True
 

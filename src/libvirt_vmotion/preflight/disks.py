@@ -18,6 +18,7 @@ from libvirt_vmotion.storage.plan import (
     StorageFacts,
     copied_disks,
     copy_bytes_needed,
+    same_path_conflict,
 )
 
 
@@ -33,6 +34,23 @@ def check_storage(f: PreflightFacts) -> tuple[CheckResult, ...]:
             results.append(ok("storage", f"network storage {disk.source}", subject=subject))
             continue
         view = f.disks.get(disk.source)
+        conflict = same_path_conflict(f.storage, disk.source) if f.storage else ""
+        if conflict:
+            results.append(
+                bad(
+                    "storage",
+                    Verdict.BLOCKER,
+                    f"{subject} ({disk.source}): {f.dest.hostname} has {conflict} at that path; "
+                    "the automatic copy neither writes over it nor uses it.",
+                    observed=f"same-path file on {f.dest.hostname}, not shown to be shared",
+                    required="no file at that path, or the source's own storage",
+                    hint=f"If it is stale, remove it on {f.dest.hostname} (or pass "
+                    "--copy-storage to write the copy over it); if it is storage both hosts "
+                    "share but the source cannot write next to it, pass --no-copy-storage.",
+                    subject=subject,
+                )
+            )
+            continue
         if will_copy(f, disk.source):
             results.append(
                 ok("storage", f"{disk.source} is copied to {f.dest.hostname}", subject=subject)

@@ -214,6 +214,8 @@ class GuestNic:
     bridge: str
     tap: str = ""
     """The tap device on the host it currently runs on ("" if unknown)."""
+    filter_ips: tuple[str, ...] = ()
+    """``IP`` parameters of the NIC's nwfilter reference: addresses the host lets it use."""
 
 
 def guest_nics_from_xml(domain_xml: str) -> tuple[GuestNic, ...]:
@@ -234,11 +236,17 @@ def guest_nics_from_xml(domain_xml: str) -> tuple[GuestNic, ...]:
         if mac is None or not bridge:
             continue
         target = iface.find("target")
+        filter_ips = tuple(
+            value
+            for param in iface.iterfind("filterref/parameter")
+            if param.get("name") == "IP" and (value := param.get("value", ""))
+        )
         nics.append(
             GuestNic(
                 mac=mac.get("address", "").lower(),
                 bridge=bridge,
                 tap=target.get("dev", "") if target is not None else "",
+                filter_ips=filter_ips,
             )
         )
     return tuple(nics)

@@ -37,9 +37,10 @@ from typing import Final, TextIO
 from libvirt_vmotion.errors import ReservationError, VmotionError
 from libvirt_vmotion.reserve.store import (
     HOOK_OWNER,
+    STORE_PATH,
     ReservationRequest,
     ReservationStore,
-    State,
+    StoreBusy,
     load_capacity,
 )
 
@@ -48,6 +49,16 @@ AUDIT_LOG: Final = Path("/var/log/libvirt/vmotion-hook.log")
 """One line per decision the hook takes (libvirt itself logs only failures)."""
 QEMU_OVERHEAD_BYTES: Final = 256 * 1024 * 1024
 """Same QEMU overhead the controller reserves (preflight's default)."""
+HOOK_BUSY_TIMEOUT_S: Final = 2.0
+"""Longest wait for the reservation store's lock inside libvirt's synchronous hook.
+
+libvirtd waits for the hook (the caller's migration with it), so a store another
+process keeps locked costs at most this long: each hook call is one transaction."""
+
+
+def hook_store(path: Path = STORE_PATH) -> ReservationStore:
+    """The reservation store as the hook opens it (short busy timeout)."""
+    return ReservationStore(path, host=socket.gethostname(), busy_timeout_s=HOOK_BUSY_TIMEOUT_S)
 
 
 _MODULE: Final = __name__
@@ -263,64 +274,66 @@ def on_migrate_begin(domain: str, xml: str, *, store: ReservationStore, now_s: f
     problem = _local_problems(xml)
     if problem is not None:
         return _veto(domain, *problem)
-    capacity = load_capacity()
-    mine = store.for_domain(domain, now_s=now_s)
-    if mine is None:
-        from libvirt_vmotion.preflight.domxml import guest_facts  # noqa: PLC0415
-        from libvirt_vmotion.reserve.hostops import mem_available_bytes  # noqa: PLC0415
+    from libvirt_vmotion.preflight.domxml import guest_facts  # noqa: PLC0415  only at migrate begin
+    from libvirt_vmotion.reserve.hostops import mem_available_bytes  # noqa: PLC0415
 
-        facts = guest_facts(xml)
-        request = ReservationRequest(
-            reservation_id=f"hook-{uuid.uuid4()}",
-            domain=domain,
-            owner=HOOK_OWNER,
-            memory_bytes=facts.memory_bytes + QEMU_OVERHEAD_BYTES,
-            vcpus=facts.vcpus,
-        )
-        try:
-            mine = store.reserve(
-                request,
-                capacity=capacity,
-                mem_available_bytes=mem_available_bytes(),
-                now_s=now_s,
-            )
-        except ReservationError as exc:
-            return _veto(domain, exc.message, exc.hint)
-    store.set_state(
-        mine.reservation_id, State.INCOMING, lease_s=capacity.incoming_lease_s, now_s=now_s
+    capacity = load_capacity()
+    facts = guest_facts(xml)
+    request = ReservationRequest(
+        reservation_id=f"hook-{uuid.uuid4()}",
+        domain=domain,
+        owner=HOOK_OWNER,
+        memory_bytes=facts.memory_bytes + QEMU_OVERHEAD_BYTES,
+        vcpus=facts.vcpus,
     )
+    try:
+        mine = store.take_incoming(
+            request, capacity=capacity, mem_available_bytes=mem_available_bytes(), now_s=now_s
+        )
+    except ReservationError as exc:  # StoreBusy too: the veto says the store was locked
+        return _veto(domain, exc.message, exc.hint)
     _audit(f"incoming migrate {domain}: reservation {mine.reservation_id} ({mine.owner})")
     return 0
 
 
 def on_started(domain: str, *, store: ReservationStore, now_s: float) -> None:
     """The guest runs here: commit (and release what nobody else will)."""
-    mine = store.for_domain(domain, now_s=now_s)
-    if mine is None or mine.state is not State.INCOMING:
+    done = store.commit_started(domain, commit_grace_s=load_capacity().commit_grace_s, now_s=now_s)
+    if done is None:
         return
-    if mine.owner == HOOK_OWNER:
-        store.release(now_s=now_s, reservation_id=mine.reservation_id)
+    mine, released = done
+    if released:
         _audit(f"started {domain}: committed and released {mine.reservation_id}")
-        return
-    capacity = load_capacity()
-    store.set_state(
-        mine.reservation_id, State.COMMITTED, lease_s=capacity.commit_grace_s, now_s=now_s
-    )
-    _audit(f"started {domain}: committed {mine.reservation_id} for its owner to release")
+    else:
+        _audit(f"started {domain}: committed {mine.reservation_id} for its owner to release")
 
 
 def on_stopped(domain: str, *, store: ReservationStore, now_s: float) -> None:
-    """The guest stopped here (a failed incoming migration, or shut down): release."""
-    if store.release(now_s=now_s, domain=domain):
+    """The guest stopped here (a failed incoming migration, or shut down): release.
+
+    A locked store does not hold libvirt up and does not leak the reservation:
+    the release is deferred to the store's next transaction.
+    """
+    try:
+        released = store.release(now_s=now_s, domain=domain)
+    except StoreBusy as exc:
+        marker = store.defer_release(domain=domain, now_s=now_s)
+        _audit(f"gave up releasing {domain} now ({exc.message}); deferred as {marker}")
+        sys.stderr.write(
+            f"libvirt-vmotion hook: {exc.message}; the release of '{domain}' is deferred to "
+            "the store's next use\n"
+        )
+        return
+    if released:
         _audit(f"stopped {domain}: released its reservation")
 
 
-def main(argv: list[str], stdin: TextIO) -> int:
+def main(argv: list[str], stdin: TextIO, *, store: ReservationStore | None = None) -> int:
     """Hook entry: ``GUEST OP SUBOP EXTRA`` with the domain XML on stdin."""
     if len(argv) < 3:  # libvirt always passes four arguments
         return 0
     domain, op, subop = argv[0], argv[1], argv[2]
-    store = ReservationStore(host=socket.gethostname())
+    store = store or hook_store()
     now_s = time.time()
     try:
         if op == "migrate" and subop == "begin":
@@ -332,6 +345,7 @@ def main(argv: list[str], stdin: TextIO) -> int:
     except Exception as exc:  # noqa: BLE001  a hook must report, never crash with a traceback
         detail = exc.message if isinstance(exc, VmotionError) else f"{type(exc).__name__}: {exc}"
         sys.stderr.write(f"libvirt-vmotion hook {op} {subop} for '{domain}': {detail}\n")
+        _audit(f"gave up on {op} {subop} for {domain}: {detail}")
         # Veto only at the veto point; elsewhere never block libvirt on our own failure.
         return 1 if op == "migrate" else 0
     return 0

@@ -35,8 +35,10 @@ expired rows. Capacity comes from ``/etc/libvirt-vmotion/capacity.toml``::
 from __future__ import annotations
 
 import contextlib
+import json
 import sqlite3
 import tomllib
+import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
@@ -51,6 +53,8 @@ STORE_PATH: Final = Path("/var/lib/libvirt-vmotion/reservations.db")
 CAPACITY_PATH: Final = Path("/etc/libvirt-vmotion/capacity.toml")
 HOOK_OWNER: Final = "libvirt-hook"
 """Owner of reservations the hook takes itself (a migration we did not start)."""
+DEFAULT_BUSY_TIMEOUT_S: Final = 30.0
+"""How long the agent and the controller wait for the store's write lock."""
 
 
 class State(StrEnum):
@@ -328,36 +332,111 @@ def _row(row: tuple[str, str, str, int, int, str, float, float]) -> Reservation:
     return Reservation(rid, domain, owner, mem, vcpus, State(state), created, expires)
 
 
+class StoreBusy(ReservationError):
+    """The store's write lock was not free within the busy timeout."""
+
+
 class ReservationStore:
     """The per-host reservation database (I/O).
+
+    The database runs in WAL mode: readers never wait for a writer, and a
+    writer waits at most ``busy_timeout_s`` for another (then ``StoreBusy``).
+    A release that cannot wait (the hook at ``stopped end``) is left as a
+    pending release next to the database (``defer_release``); the next
+    transaction, whoever runs it, carries it out first.
 
     Args:
         path: the SQLite file (its directory is created, mode 0700).
         host: the host's name, for messages.
+        busy_timeout_s: longest wait for the write lock.
 
     """
 
-    def __init__(self, path: Path = STORE_PATH, *, host: str = "this host") -> None:
+    def __init__(
+        self,
+        path: Path = STORE_PATH,
+        *,
+        host: str = "this host",
+        busy_timeout_s: float = DEFAULT_BUSY_TIMEOUT_S,
+    ) -> None:
         self.path = path
         self.host = host
+        self.busy_timeout_s = busy_timeout_s
+
+    @property
+    def pending_dir(self) -> Path:
+        """Where deferred releases wait for the next transaction."""
+        return self.path.with_name(self.path.name + ".pending")
 
     @contextlib.contextmanager
     def _transaction(self, now_s: float) -> Iterator[sqlite3.Connection]:
-        """One write transaction; expired rows are deleted first."""
+        """One write transaction; expired rows and deferred releases go first.
+
+        Raises:
+            StoreBusy: another process held the write lock for ``busy_timeout_s``.
+
+        """
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+        conn = sqlite3.connect(self.path, timeout=self.busy_timeout_s, isolation_level=None)
         try:
-            conn.execute(_SCHEMA)
-            conn.execute("BEGIN IMMEDIATE")
+            try:
+                if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                    conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute(_SCHEMA)
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                raise self._busy(exc) from exc
             try:
                 conn.execute("DELETE FROM reservations WHERE expires_s <= ?", (now_s,))
+                done = self._apply_pending(conn)
                 yield conn
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
+            for marker in done:
+                marker.unlink(missing_ok=True)
         finally:
             conn.close()
+
+    def _busy(self, exc: sqlite3.OperationalError) -> StoreBusy:
+        msg = (
+            f"the reservation store {self.path} on {self.host} stayed locked for "
+            f"{self.busy_timeout_s:g} s ({exc})"
+        )
+        hint = (
+            "Another process holds its write lock: find it with `fuser "
+            f"{self.path}`; vmotion's own holders finish within seconds."
+        )
+        return StoreBusy(msg, hint=hint)
+
+    def _apply_pending(self, conn: sqlite3.Connection) -> list[Path]:
+        """Carry out deferred releases; return their markers (removed after the commit)."""
+        done: list[Path] = []
+        for marker in sorted(self.pending_dir.glob("*.json")):
+            try:
+                item = json.loads(marker.read_text())
+                domain, before_s = str(item["domain"]), float(item["before_s"])
+            except (OSError, ValueError, KeyError, TypeError):
+                continue  # half-written or foreign: leave it for its writer
+            conn.execute(
+                "DELETE FROM reservations WHERE domain = ? AND created_s <= ?", (domain, before_s)
+            )
+            done.append(marker)
+        return done
+
+    def defer_release(self, *, domain: str, now_s: float) -> Path:
+        """Leave a release of ``domain``'s reservations made until ``now_s`` for later.
+
+        For when the lock cannot be waited for: the next transaction on this
+        store carries it out (a reservation made after ``now_s`` is kept).
+        """
+        self.pending_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        marker = self.pending_dir / f"{uuid.uuid4().hex}.json"
+        tmp = marker.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"domain": domain, "before_s": now_s}))
+        tmp.replace(marker)
+        return marker
 
     @staticmethod
     def _all(conn: sqlite3.Connection) -> list[Reservation]:
@@ -394,33 +473,127 @@ class ReservationStore:
                     (max(mine.expires_s, now_s + capacity.lease_s), mine.reservation_id),
                 )
                 return mine
-            grant = plan(
-                request,
-                active=active,
-                capacity=capacity,
-                mem_available_bytes=mem_available_bytes,
-                host=self.host,
-            )
-            if not grant.granted:
-                raise ReservationError(grant.reason, hint=grant.hint)
-            row = Reservation(
-                reservation_id=request.reservation_id,
-                domain=request.domain,
-                owner=request.owner,
-                memory_bytes=request.memory_bytes,
-                vcpus=request.vcpus,
-                state=State.RESERVED,
-                created_s=now_s,
-                expires_s=now_s + capacity.lease_s,
-            )
-            conn.execute(
-                f"INSERT INTO reservations ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",  # noqa: S608  constant
-                (
-                    row.reservation_id, row.domain, row.owner, row.memory_bytes, row.vcpus,
-                    row.state.value, row.created_s, row.expires_s,
-                ),
+            return self._grant(
+                conn, request, active=active, capacity=capacity,
+                mem_available_bytes=mem_available_bytes, state=State.RESERVED,
+                now_s=now_s, lease_s=capacity.lease_s,
             )  # fmt: skip
-            return row
+
+    def _grant(  # noqa: PLR0913  one request and the decision's inputs, keyword-only
+        self,
+        conn: sqlite3.Connection,
+        request: ReservationRequest,
+        *,
+        active: Sequence[Reservation],
+        capacity: Capacity,
+        mem_available_bytes: int,
+        state: State,
+        now_s: float,
+        lease_s: float,
+    ) -> Reservation:
+        """Plan ``request`` against ``active`` and insert it (inside a transaction).
+
+        Raises:
+            ReservationError: it does not fit; the message says why.
+
+        """
+        grant = plan(
+            request,
+            active=active,
+            capacity=capacity,
+            mem_available_bytes=mem_available_bytes,
+            host=self.host,
+        )
+        if not grant.granted:
+            raise ReservationError(grant.reason, hint=grant.hint)
+        row = Reservation(
+            reservation_id=request.reservation_id,
+            domain=request.domain,
+            owner=request.owner,
+            memory_bytes=request.memory_bytes,
+            vcpus=request.vcpus,
+            state=state,
+            created_s=now_s,
+            expires_s=now_s + lease_s,
+        )
+        conn.execute(
+            f"INSERT INTO reservations ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",  # noqa: S608  constant
+            (
+                row.reservation_id, row.domain, row.owner, row.memory_bytes, row.vcpus,
+                row.state.value, row.created_s, row.expires_s,
+            ),
+        )  # fmt: skip
+        return row
+
+    def take_incoming(
+        self,
+        request: ReservationRequest,
+        *,
+        capacity: Capacity,
+        mem_available_bytes: int,
+        now_s: float,
+    ) -> Reservation:
+        """``migrate begin`` in one transaction: verify or take the domain's reservation.
+
+        The domain's unexpired reservation (a controller's) is moved to
+        ``incoming``; without one, ``request`` is planned and, if granted,
+        inserted as ``incoming``. Either way with the incoming lease.
+
+        Raises:
+            ReservationError: it does not fit; the message says why.
+            StoreBusy: the store stayed locked.
+
+        """
+        lease_s = capacity.incoming_lease_s
+        with self._transaction(now_s) as conn:
+            active = self._all(conn)
+            mine = next((r for r in active if r.domain == request.domain), None)
+            if mine is None:
+                return self._grant(
+                    conn, request, active=active, capacity=capacity,
+                    mem_available_bytes=mem_available_bytes, state=State.INCOMING,
+                    now_s=now_s, lease_s=lease_s,
+                )  # fmt: skip
+            conn.execute(
+                "UPDATE reservations SET state = ?, expires_s = ? WHERE id = ?",
+                (State.INCOMING.value, now_s + lease_s, mine.reservation_id),
+            )
+            return Reservation(
+                mine.reservation_id, mine.domain, mine.owner, mine.memory_bytes, mine.vcpus,
+                State.INCOMING, mine.created_s, now_s + lease_s,
+            )  # fmt: skip
+
+    def commit_started(
+        self, domain: str, *, commit_grace_s: float, now_s: float
+    ) -> tuple[Reservation, bool] | None:
+        """``started begin`` in one transaction: commit the domain's incoming reservation.
+
+        One the hook took itself (``HOOK_OWNER``: nobody else will release it)
+        is released at once; a controller's is kept ``commit_grace_s`` for it.
+
+        Returns:
+            The reservation and whether it was released, or None if the domain
+            had no incoming reservation.
+
+        Raises:
+            StoreBusy: the store stayed locked.
+
+        """
+        with self._transaction(now_s) as conn:
+            mine = next(
+                (r for r in self._all(conn) if r.domain == domain and r.state is State.INCOMING),
+                None,
+            )
+            if mine is None:
+                return None
+            if mine.owner == HOOK_OWNER:
+                conn.execute("DELETE FROM reservations WHERE id = ?", (mine.reservation_id,))
+                return mine, True
+            conn.execute(
+                "UPDATE reservations SET state = ?, expires_s = ? WHERE id = ?",
+                (State.COMMITTED.value, now_s + commit_grace_s, mine.reservation_id),
+            )
+            return mine, False
 
     def for_domain(self, domain: str, *, now_s: float) -> Reservation | None:
         """The unexpired reservation of ``domain``, if any."""

@@ -7,7 +7,9 @@ I/O. Host side (run by the agent, registered in ``agent.OPERATIONS``):
                      ``lock_manager`` from qemu.conf
 - ``disk-precreate`` {disks: [{path, format, capacity_bytes}]} -> {created: [...]}:
                      an empty image of the source's format and size, only where
-                     none exists (libvirt's NBD copy needs a target to write to)
+                     none exists (libvirt's NBD copy needs a target to write to),
+                     only in an allowed image directory (``allowed_image_dirs``),
+                     created exclusively and never through a symlink
 - ``disk-remove``    {paths: [...]} -> {removed: [...]}: undo a pre-create after a
                      failed copy (only called with paths ``disk-precreate`` made)
 - ``share-probe``    {paths: [...], token, remove: bool} -> {placed: {path: probe}}:
@@ -25,9 +27,12 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import subprocess
+import tomllib
 import uuid
-from collections.abc import Mapping
+import xml.etree.ElementTree as ET
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
@@ -51,6 +56,12 @@ QEMU_CONF: Final = Path("/etc/libvirt/qemu.conf")
 _FORMATS: Final = frozenset({"raw", "qcow2"})
 QEMU_IMG_TIMEOUT_S: Final = 60.0
 """Creating an empty image takes milliseconds; storage that hangs must not hang the agent."""
+STORAGE_CONF: Final = Path("/etc/libvirt-vmotion/storage.toml")
+"""``image_dirs = ["/srv/images", ...]``: where ``disk-precreate`` may create images."""
+DEFAULT_IMAGE_DIR: Final = "/var/lib/libvirt/images"
+POOL_XML_DIRS: Final = (Path("/etc/libvirt/storage"), Path("/run/libvirt/storage"))
+"""libvirt's persistent and running storage pool definitions on this host."""
+_FILE_POOL_TYPES: Final = frozenset({"dir", "fs", "netfs"})
 
 
 def _strings(args: Mapping[str, object], key: str) -> list[str]:
@@ -131,9 +142,127 @@ def op_storage_facts(args: Mapping[str, object]) -> dict[str, object]:
     return {"paths": paths, "lock_manager": lock_manager}
 
 
-def op_disk_precreate(args: Mapping[str, object]) -> dict[str, object]:
-    """Create empty target images for a copy where none exist."""
-    disks = args.get("disks", [])
+def pool_dirs(pool_xmls: Iterable[str]) -> tuple[str, ...]:
+    """Target directories of file-backed storage pools (``dir``, ``fs``, ``netfs``)."""
+    found: list[str] = []
+    for text in pool_xmls:
+        try:
+            root = ET.fromstring(text)  # noqa: S314  libvirt's own pool XML, root-owned
+        except ET.ParseError:
+            continue
+        target = root.findtext("target/path", default="").strip()
+        if root.get("type") in _FILE_POOL_TYPES and target.startswith("/"):
+            found.append(target)
+    return tuple(dict.fromkeys(found))
+
+
+def allowed_image_dirs(
+    conf: Path = STORAGE_CONF, pool_xml_dirs: Sequence[Path] = POOL_XML_DIRS
+) -> tuple[str, ...]:
+    """Where this host lets ``disk-precreate`` create images.
+
+    ``image_dirs`` in ``conf`` when set; else ``/var/lib/libvirt/images`` and the
+    directories of this host's file-backed libvirt storage pools.
+
+    Raises:
+        UsageError: ``conf`` is not valid TOML or ``image_dirs`` is not a list of
+            absolute paths.
+
+    """
+    try:
+        text = conf.read_text()
+    except FileNotFoundError:
+        text = ""
+    if text:
+        try:
+            dirs = tomllib.loads(text).get("image_dirs")
+        except tomllib.TOMLDecodeError as exc:
+            msg = f"{conf}: {exc}"
+            raise UsageError(msg, hint='Write image_dirs = ["/srv/images"].') from exc
+        if dirs is not None:
+            if not isinstance(dirs, list) or not all(
+                isinstance(d, str) and d.startswith("/") for d in dirs
+            ):
+                msg = f"{conf}: image_dirs={dirs!r} must be a list of absolute paths"
+                raise UsageError(msg, hint='Write image_dirs = ["/srv/images"].')
+            return tuple(dirs)
+    xmls = []
+    for folder in pool_xml_dirs:
+        for path in sorted(folder.glob("*.xml")) if folder.is_dir() else ():
+            try:
+                xmls.append(path.read_text())
+            except OSError:
+                continue
+    return tuple(dict.fromkeys((DEFAULT_IMAGE_DIR, *pool_dirs(xmls))))
+
+
+def image_path_problem(path: str, allowed: Sequence[str]) -> str:
+    """Why an image may not be created at ``path`` ("" if it may).
+
+    Its directory must exist and, with any symlinks in it resolved, lie in (or
+    under) one of the ``allowed`` directories (resolved the same way). The file
+    itself is never reached through a symlink (``_create_image``).
+    """
+    if not path.startswith("/") or os.path.normpath(path) != path:
+        return "not an absolute, normalized path"
+    parent = Path(path).parent
+    if not parent.is_dir():
+        return f"its directory {parent} does not exist"
+    real = parent.resolve()
+    for root in allowed:
+        if real.is_relative_to(Path(root).resolve()):
+            return ""
+    return f"{real} is not in an allowed image directory ({', '.join(allowed)})"
+
+
+def _create_image(path: str, fmt: str, size: int) -> bool:
+    """Create an empty image at ``path`` unless a regular file is there; True if created.
+
+    Raises:
+        VmotionError: something that is not a regular file is there (a symlink,
+            dangling or not), or ``qemu-img`` failed.
+
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags, 0o600)
+    except FileExistsError:
+        st = os.lstat(path)
+        if stat.S_ISREG(st.st_mode):
+            return False  # not ours: the copy writes into it, nobody removes it
+        msg = f"refusing to create {path}: something that is not a regular file is there"
+        raise VmotionError(msg, hint="Remove it (a symlink is never followed).") from None
+    os.close(fd)
+    try:
+        proc = subprocess.run(
+            ["qemu-img", "create", "-q", "-f", fmt, "--", path, str(size)],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=QEMU_IMG_TIMEOUT_S,
+        )
+    except subprocess.TimeoutExpired as exc:
+        Path(path).unlink(missing_ok=True)
+        msg = f"qemu-img did not create {path} within {QEMU_IMG_TIMEOUT_S:g} s"
+        raise VmotionError(msg, hint="Check the storage there (a hung mount?).") from exc
+    if proc.returncode != 0:
+        Path(path).unlink(missing_ok=True)
+        msg = f"could not create {path}: {proc.stderr.strip()}"
+        raise VmotionError(msg, hint="Check free space and permissions there.")
+    return True
+
+
+def precreate(disks: object, *, allowed: Sequence[str]) -> list[str]:
+    """Create the empty target images ``disks`` lists, in ``allowed`` directories only.
+
+    Returns:
+        The paths created (a regular file already there is left alone, not listed).
+
+    Raises:
+        UsageError: a malformed item, or a path outside the allowed directories.
+        VmotionError: an image could not be created.
+
+    """
     if not isinstance(disks, list):
         msg = "agent argument 'disks' must be a list"
         raise UsageError(msg)
@@ -145,33 +274,34 @@ def op_disk_precreate(args: Mapping[str, object]) -> dict[str, object]:
         if not isinstance(path, str) or fmt not in _FORMATS or not isinstance(size, int):
             msg = f"bad disk to pre-create: {disk!r}"
             raise UsageError(msg, hint="path, format (raw|qcow2) and capacity_bytes")
-        if Path(path).exists():
-            continue
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        try:
-            proc = subprocess.run(
-                ["qemu-img", "create", "-q", "-f", str(fmt), path, str(size)],
-                capture_output=True,
-                text=True,
-                check=False,
-                timeout=QEMU_IMG_TIMEOUT_S,
+        problem = image_path_problem(path, allowed)
+        if problem:
+            msg = f"refusing to create the copy's image {path} on {os.uname().nodename}: {problem}"
+            hint = (
+                f"Create images only in a storage pool's directory, or list the directory "
+                f"in image_dirs in {STORAGE_CONF} on that host."
             )
-        except subprocess.TimeoutExpired as exc:
-            msg = f"qemu-img did not create {path} within {QEMU_IMG_TIMEOUT_S:g} s"
-            raise VmotionError(msg, hint="Check the storage there (a hung mount?).") from exc
-        if proc.returncode != 0:
-            msg = f"could not create {path}: {proc.stderr.strip()}"
-            raise VmotionError(msg, hint="Check free space and permissions there.")
-        created.append(path)
-    return {"created": created}
+            raise UsageError(msg, hint=hint)
+        if _create_image(path, str(fmt), size):
+            created.append(path)
+    return created
+
+
+def op_disk_precreate(args: Mapping[str, object]) -> dict[str, object]:
+    """Create empty target images for a copy where none exist (allowed directories only)."""
+    return {"created": precreate(args.get("disks", []), allowed=allowed_image_dirs())}
 
 
 def op_disk_remove(args: Mapping[str, object]) -> dict[str, object]:
-    """Remove images a failed copy left behind (regular files only)."""
+    """Remove images a failed copy left behind (regular files only, never through a symlink)."""
     removed = []
     for raw in _strings(args, "paths"):
         path = Path(raw)
-        if path.is_file():
+        try:
+            regular = stat.S_ISREG(path.lstat().st_mode)
+        except FileNotFoundError:
+            continue
+        if regular:
             path.unlink()
             removed.append(raw)
     return {"removed": removed}

@@ -93,8 +93,11 @@ class PathInfo:
 
     @property
     def is_same_storage(self) -> bool:
-        """The destination has this path *on the source's storage* (as far as known)."""
-        return self.exists and self.shared is not False
+        """The destination has this path *on the source's storage*, shown by the marker.
+
+        A marker that could not be placed (or read) proves nothing: unknown is not yes.
+        """
+        return self.exists and self.shared is True
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,25 +168,50 @@ def parse_lock_manager(qemu_conf: str) -> str:
 # --------------------------------------------------------------------------- planning
 
 
+def _movable(facts: StorageFacts) -> list[DiskSpec]:
+    return [d for d in facts.disks if d.is_local_kind and not d.readonly and not d.shareable]
+
+
 def copied_disks(facts: StorageFacts) -> tuple[DiskSpec, ...]:
     """The disks a migration copies under ``facts.copy``.
 
     AUTO copies the writable file/block disks the destination does not have at
-    the same path on the same storage (a same-path file that does not see the
-    source's share marker is a different disk: it is overwritten by the copy,
-    never used as is); ALWAYS copies every writable file/block disk; NEVER none.
+    the same path; a same-path file there is never written over automatically
+    (``same_path_conflict`` blocks when it is not shown to be the source's
+    storage). ALWAYS copies every writable file/block disk; NEVER none.
     Read-only and shareable disks are never copied (they must be shared).
     """
     if facts.copy is CopyMode.NEVER:
         return ()
-    movable = [d for d in facts.disks if d.is_local_kind and not d.readonly and not d.shareable]
+    movable = _movable(facts)
     if facts.copy is CopyMode.ALWAYS:
         return tuple(movable)
     return tuple(
         d
         for d in movable
-        if (info := facts.dest_paths.get(d.source)) is not None and not info.is_same_storage
+        if (info := facts.dest_paths.get(d.source)) is not None and not info.exists
     )
+
+
+def same_path_conflict(facts: StorageFacts, source: str) -> str:
+    """Why the automatic copy mode cannot decide for the disk at ``source`` ("" if it can).
+
+    The destination has a file at the same path, but the source's share marker
+    did not show it to be the same storage: either it is a different file (a
+    stopped guest's disk, a stale copy), which a copy would overwrite, or no
+    one could tell (the marker could not be placed), and using it as shared
+    could run the guest on another disk.
+    """
+    if facts.copy is not CopyMode.AUTO:
+        return ""
+    info = facts.dest_paths.get(source)
+    if info is None or not info.exists or info.shared is True:
+        return ""
+    if not any(d.source == source for d in _movable(facts)):
+        return ""
+    if info.shared is False:
+        return "a different file (it does not see the source's share marker)"
+    return "a file nobody could show to be the same storage (no share marker could be placed)"
 
 
 def needs_precreate(disk: DiskSpec, dest: PathInfo | None) -> bool:

@@ -6,6 +6,7 @@ edge, so the rest of the code never sees libvirt's raw dictionaries.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -230,6 +231,61 @@ class MigrationOutcome:
     iterations: int
     samples: tuple[JobSample, ...] = field(default=(), repr=False)
     controller: Mapping[str, object] | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class MeasuredContext:
+    """What was measured or learned about this migration: facts, never the user's choices.
+
+    The controller's rules (``converge.machine.step``) read it beside the user's
+    ``MigrationPolicy``; a policy file cannot declare any of it. Built once per
+    migration by ``converge.machine.build_context`` (``qemu_knows_switchover_rate``
+    is set by ``converge.loop.migrate``, which knows the source's versions).
+
+    Attributes:
+        switchover_mib_s: rate of the final, unthrottled stop-and-copy round, None
+            when unknown: the user's ``--switchover-bandwidth`` if given, else what
+            earlier migrations between the same hosts showed. QEMU lifts the
+            bandwidth cap for that round, so under a cap the real pause is shorter
+            than the capped rate suggests; when this is faster than the measured
+            transfer rate the controller judges the downtime budget against the
+            real pause (see ``converge.machine.plan_switchover``).
+        qemu_knows_switchover_rate: QEMU was given ``switchover_mib_s`` as its
+            ``avail-switchover-bandwidth`` (the source has libvirt >= 11.1 and QEMU
+            >= 8.2, ``preflight.versions``). Its switchover threshold then uses that
+            rate, so its downtime limit reads as the real pause (less the fixed
+            overhead) instead of a figure at the capped rate.
+        preflight_dirty_mib_s: the guest's dirty rate as pre-flight measured it,
+            None if it did not. The wait rule and the progress view read it until
+            QEMU reports a rate of its own (QEMU has none before its first full
+            pass, and a short migration may never report one).
+        postcopy_after_first_pass: the forecast's verdict that pre-copy rounds
+            cannot shrink (dirty rate at or above the bandwidth): go to post-copy
+            (if the policy allows it) as soon as the first pass is done, unless the
+            dirty set already fits the budget (virsh's --postcopy-after-precopy).
+
+    """
+
+    switchover_mib_s: float | None = None
+    qemu_knows_switchover_rate: bool = False
+    preflight_dirty_mib_s: float | None = None
+    postcopy_after_first_pass: bool = False
+
+    def __post_init__(self) -> None:
+        """Refuse a rate no measurement can give (it would divide the budget by it)."""
+        rate = self.switchover_mib_s
+        if rate is not None and not (math.isfinite(rate) and rate > 0):
+            msg = f"switchover_mib_s must be a finite number > 0, got {rate}"
+            raise ValueError(msg)
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-serializable form (the report's ``convergence.measured``)."""
+        return {
+            "switchover_mib_s": self.switchover_mib_s,
+            "qemu_knows_switchover_rate": self.qemu_knows_switchover_rate,
+            "preflight_dirty_mib_s": self.preflight_dirty_mib_s,
+            "postcopy_after_first_pass": self.postcopy_after_first_pass,
+        }
 
 
 @dataclass(frozen=True, slots=True)

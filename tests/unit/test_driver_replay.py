@@ -22,7 +22,7 @@ from libvirt_vmotion.adapters.virt import HostIdentity, MigrationOptions
 from libvirt_vmotion.converge.loop import HostConnection, MigratingGuest, migrate
 from libvirt_vmotion.errors import CutoverFailed, DomainNotFound, HypervisorError, MigrationAborted
 from libvirt_vmotion.events import EventKind, MigrationEvent
-from libvirt_vmotion.model import JobSample, MigrationRequest
+from libvirt_vmotion.model import JobSample, MeasuredContext, MigrationRequest
 from libvirt_vmotion.policy import MigrationPolicy, build_policy
 
 TRACES = Path(__file__).parent.parent / "data" / "traces" / "driver"
@@ -60,6 +60,10 @@ class Trace:
         overrides = dict(self.data["policy_overrides"])
         max_downtime_ms = overrides.pop("max_downtime_ms")
         return build_policy(max_downtime_ms=max_downtime_ms, overrides=overrides)
+
+    def measured(self) -> MeasuredContext:
+        """What the recording's ``migrate`` call was given as measured beforehand."""
+        return MeasuredContext(**self.data["measured"])
 
     def request(self) -> MigrationRequest:
         return MigrationRequest(**self.data["request"])
@@ -275,6 +279,7 @@ def replay(
             source=source,
             dest=dest,
             policy=trace.policy(),
+            measured=trace.measured(),
             poll_interval_s=0.0005,
             clock=world.clock,
         )
@@ -303,6 +308,7 @@ def test_light_load_replay_completes_in_precopy_with_the_events_downtime() -> No
     assert ("set_throttle_cap", (1,)) not in [(c[1], c[2]) for c in world.calls[3:]]
     section = outcome.controller
     assert section["state"] == "completed"
+    assert section["measured"] == world.trace.data["measured"]  # nothing measured beforehand
     assert section["strategy"] in {"pre-copy", "pre-copy, downtime raised"}
     assert section["budget"]["met"] is True
     assert outcome.final.downtime_ms == completed_event_downtime_ms(world.trace) == 23

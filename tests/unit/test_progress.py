@@ -8,7 +8,13 @@ import pytest
 
 from libvirt_vmotion.converge.machine import Decision, History, SetMaxDowntime, State
 from libvirt_vmotion.converge.progress import ProgressView, build_view
-from libvirt_vmotion.model import MIB, DirtyRateSource, JobSample, shown_dirty_rate
+from libvirt_vmotion.model import (
+    MIB,
+    DirtyRateSource,
+    JobSample,
+    MeasuredContext,
+    shown_dirty_rate,
+)
 from libvirt_vmotion.policy import MigrationPolicy
 
 
@@ -42,8 +48,8 @@ def views(dirty_mib_s: list[float], *, preflight_dirty_mib_s: float | None) -> l
                 State.CONVERGING,
                 history,
                 MigrationPolicy(),
+                MeasuredContext(preflight_dirty_mib_s=preflight_dirty_mib_s),
                 out[-1] if out else None,
-                preflight_dirty_mib_s=preflight_dirty_mib_s,
             )
         )
     return out
@@ -98,9 +104,8 @@ def test_without_a_preflight_measurement_qemus_figure_is_shown_as_before() -> No
 
 
 def test_view_before_any_sample_carries_the_preflight_rate() -> None:
-    view = build_view(
-        State.SETUP, History(started_s=0.0), MigrationPolicy(), preflight_dirty_mib_s=18.0
-    )
+    measured = MeasuredContext(preflight_dirty_mib_s=18.0)
+    view = build_view(State.SETUP, History(started_s=0.0), MigrationPolicy(), measured)
     assert (view.dirty_mib_s, view.dirty_source) == (18.0, DirtyRateSource.PREFLIGHT)
 
 
@@ -118,6 +123,8 @@ def test_a_decisions_reason_is_shown_once_on_the_line_after_it() -> None:
             history = history.with_decision(
                 Decision(State.CONVERGING, (), "one more round", at_s=3.0, round=3)
             )
-        previous = build_view(State.CONVERGING, history, MigrationPolicy(), previous)
+        previous = build_view(
+            State.CONVERGING, history, MigrationPolicy(), MeasuredContext(), previous
+        )
         shown.append(previous.note)
     assert shown == ["", "raise it", "one more round", ""]

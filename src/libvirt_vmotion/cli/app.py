@@ -37,7 +37,7 @@ from libvirt_vmotion.errors import (
     UsageError,
     VmotionError,
 )
-from libvirt_vmotion.model import JobSample, MigrationRequest
+from libvirt_vmotion.model import JobSample, MeasuredContext, MigrationRequest
 from libvirt_vmotion.policy import MigrationPolicy, build_policy, load_policy_toml
 
 if TYPE_CHECKING:
@@ -316,7 +316,7 @@ def cmd_cancel_status(args: argparse.Namespace) -> int:
         phases = {s.value: s for s in State}
         state = State.POSTCOPY if postcopy else phases.get(sample.phase.value, State.CONVERGING)
         history = History(started_s=sample.now_s - sample.elapsed_ms / 1000, samples=(sample,))
-        view = build_view(state, history, MigrationPolicy())
+        view = build_view(state, history, MigrationPolicy(), MeasuredContext())
         _say_status({**view.to_dict(), "event": "status", "domain": guest.name}, args)
         return ExitCode.OK
 

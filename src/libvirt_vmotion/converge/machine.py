@@ -1,8 +1,10 @@
 """The convergence controller: an explicit state machine over job samples.
 
-Pure: no I/O, no clock, no logging. ``step(state, history, policy)`` returns a
-``Decision`` (next state, actions as data, reason); only the driver acts on it.
-Time arrives on the samples and events (``now_s``), never from a clock.
+Pure: no I/O, no clock, no logging. ``step(state, history, policy, measured)``
+returns a ``Decision`` (next state, actions as data, reason); only the driver acts
+on it. ``policy`` is what the user chose, ``measured`` what was measured or
+learned (``MeasuredContext``, built once by ``build_context``). Time arrives on
+the samples and events (``now_s``), never from a clock.
 
 Strategy (the default policy finishes, like vMotion does):
 
@@ -19,8 +21,8 @@ Strategy (the default policy finishes, like vMotion does):
 
    QEMU's downtime limit is really a threshold on pending data (it switches
    over once pending <= capped rate x limit), but it sends that last round
-   with the cap lifted. When the policy knows the rate of that unthrottled
-   round (``switchover_bandwidth_mib_s``, faster than the measured rate), the
+   with the cap lifted. When the rate of that unthrottled round is known
+   (``MeasuredContext.switchover_mib_s``, faster than the measured rate), the
    budget is judged against the *real* pause (dirty set at that rate + the
    switchover overhead) and QEMU's limit is set to what its threshold needs at
    the capped rate (with the usual margin), which may exceed the budget, up to
@@ -48,7 +50,7 @@ from enum import StrEnum
 from typing import Final, Protocol
 
 from libvirt_vmotion.events import EventKind, MigrationEvent
-from libvirt_vmotion.model import MIB, JobSample
+from libvirt_vmotion.model import MIB, JobSample, MeasuredContext
 from libvirt_vmotion.policy import MigrationPolicy
 from libvirt_vmotion.preflight.forecast import (
     DEFAULT_SWITCHOVER_OVERHEAD_MS,
@@ -311,7 +313,8 @@ class SwitchoverPlan:
         transfer_bytes_s: measured (capped) transfer rate.
         switchover_bytes_s: rate of the final, unthrottled round.
         qemu_rate_bytes_s: the rate QEMU's threshold uses: the transfer rate, or
-            the switchover rate once QEMU was told it (``qemu_knows_switchover_rate``).
+            the switchover rate once QEMU was told it
+            (``MeasuredContext.qemu_knows_switchover_rate``).
         real_pause_ms: estimated pause: the dirty set at the switchover rate
             plus the fixed switchover overhead (``DEFAULT_SWITCHOVER_OVERHEAD_MS``).
         qemu_needed_ms: the least QEMU limit whose threshold admits the set.
@@ -348,8 +351,51 @@ class SwitchoverPlan:
         return max(self.qemu_needed_ms, min(with_margin, self.qemu_ceiling_ms))
 
 
+def build_context(
+    policy: MigrationPolicy,
+    *,
+    learned_switchover_mib_s: float | None,
+    preflight_dirty_mib_s: float | None,
+    forecast_says_postcopy: bool,
+) -> MeasuredContext:
+    """The measurements one migration runs with: the one place the switchover rate is decided.
+
+    The user's ``--switchover-bandwidth`` (``policy.switchover_bandwidth_mib_s``)
+    wins over the rate learned from earlier migrations between the same hosts
+    (a measurement, never a guess: 0 or None means none was learned).
+
+    =====================  ===========  ====================
+    user's override        learned      switchover_mib_s
+    =====================  ===========  ====================
+    None                   None         None (unknown)
+    None                   455.7        455.7
+    300.0                  455.7        300.0
+    =====================  ===========  ====================
+
+    Args:
+        policy: the user's choices (only its override is read).
+        learned_switchover_mib_s: the history's rate for this host pair, if any.
+        preflight_dirty_mib_s: pre-flight's dirty-rate measurement, if it took one.
+        forecast_says_postcopy: the forecast found the rounds cannot shrink.
+
+    Returns:
+        The context; ``qemu_knows_switchover_rate`` stays False until the loop
+        has seen the source's versions (``converge.loop.migrate``).
+
+    """
+    return MeasuredContext(
+        switchover_mib_s=policy.switchover_bandwidth_mib_s or learned_switchover_mib_s or None,
+        preflight_dirty_mib_s=preflight_dirty_mib_s,
+        postcopy_after_first_pass=forecast_says_postcopy,
+    )
+
+
 def plan_switchover(
-    *, dirty_bytes: int, transfer_bytes_s: float, policy: MigrationPolicy
+    *,
+    dirty_bytes: int,
+    transfer_bytes_s: float,
+    policy: MigrationPolicy,
+    measured: MeasuredContext,
 ) -> SwitchoverPlan | None:
     """The real pause and QEMU's limit for ``dirty_bytes``, given the switchover rate.
 
@@ -363,20 +409,21 @@ def plan_switchover(
     Args:
         dirty_bytes: the dirty set to switch over with.
         transfer_bytes_s: measured (capped) transfer rate.
-        policy: the budget and ``switchover_bandwidth_mib_s``.
+        policy: the budget.
+        measured: the switchover rate, and whether QEMU was told it.
 
     Returns:
         The plan, or None when no switchover rate is known or it is no faster
         than the transfer rate (then dirty set / transfer rate is the pause).
 
     """
-    if policy.switchover_bandwidth_mib_s is None or transfer_bytes_s <= 0:
+    if measured.switchover_mib_s is None or transfer_bytes_s <= 0:
         return None
-    switchover_bytes_s = policy.switchover_bandwidth_mib_s * MIB
+    switchover_bytes_s = measured.switchover_mib_s * MIB
     if switchover_bytes_s <= transfer_bytes_s:
         return None
     budget_ms = policy.max_downtime_ms
-    qemu_rate = switchover_bytes_s if policy.qemu_knows_switchover_rate else transfer_bytes_s
+    qemu_rate = switchover_bytes_s if measured.qemu_knows_switchover_rate else transfer_bytes_s
     # Admitting pending <= qemu rate x limit pauses qemu rate x limit / switchover
     # + overhead; solve that for the budget.
     admits_ms = (budget_ms - DEFAULT_SWITCHOVER_OVERHEAD_MS) * switchover_bytes_s / qemu_rate
@@ -474,7 +521,9 @@ def _new_events(history: History) -> list[MigrationEvent]:
 # ---- the step ----------------------------------------------------------------
 
 
-def advance(state: State, history: History, policy: MigrationPolicy) -> tuple[Decision, History]:
+def advance(
+    state: State, history: History, policy: MigrationPolicy, measured: MeasuredContext
+) -> tuple[Decision, History]:
     """One controller step: decide, check the transition, record the decision.
 
     The decision joins the history when it acts, explains or moves; the driver
@@ -484,7 +533,7 @@ def advance(state: State, history: History, policy: MigrationPolicy) -> tuple[De
         AssertionError: ``step`` chose a transition ``TRANSITIONS`` forbids (a bug).
 
     """
-    decision = step(state, history, policy)
+    decision = step(state, history, policy, measured)
     if decision.next_state not in TRANSITIONS[state]:
         msg = f"controller bug: {state} -> {decision.next_state} is not allowed"
         raise AssertionError(msg)
@@ -496,6 +545,7 @@ def advance(state: State, history: History, policy: MigrationPolicy) -> tuple[De
 def replay(
     samples: Sequence[JobSample],
     policy: MigrationPolicy,
+    measured: MeasuredContext,
     events: Sequence[MigrationEvent] = (),
     *,
     started_s: float = 0.0,
@@ -510,20 +560,24 @@ def replay(
     for sample in samples:
         while pending and pending[0].now_s <= sample.now_s:
             history = history.with_event(pending.pop(0))
-        decision, history = advance(state, history.with_sample(sample), policy)
+        decision, history = advance(state, history.with_sample(sample), policy, measured)
         state = decision.next_state
         if state in TERMINAL:
             break
     return state, history
 
 
-def step(state: State, history: History, policy: MigrationPolicy) -> Decision:  # noqa: PLR0911  one return per rule, in priority order
+def step(  # noqa: PLR0911  one return per rule, in priority order
+    state: State, history: History, policy: MigrationPolicy, measured: MeasuredContext
+) -> Decision:
     """Decide what to do next.
 
     Args:
         state: the current state.
         history: samples, events and past decisions.
         policy: the user's budget and allowed escalations.
+        measured: what was measured or learned (switchover rate, pre-flight's
+            dirty rate, the forecast's verdict).
 
     Returns:
         The decision; ``next_state`` is always allowed by ``TRANSITIONS``.
@@ -563,7 +617,7 @@ def step(state: State, history: History, policy: MigrationPolicy) -> Decision:  
             f"start with the tightest downtime, {policy.initial_downtime_ms} ms",
             *actions,
         )
-    return _step_precopy(state, history, policy, decide)
+    return _step_precopy(state, history, policy, measured, decide)
 
 
 class _Decide(Protocol):
@@ -582,7 +636,11 @@ def _phase_state(state: State, history: History) -> State:
 
 
 def _step_precopy(
-    state: State, history: History, policy: MigrationPolicy, decide: _Decide
+    state: State,
+    history: History,
+    policy: MigrationPolicy,
+    measured: MeasuredContext,
+    decide: _Decide,
 ) -> Decision:
     elapsed_s = history.now_s - history.started_s
     phase = _phase_state(state, history)
@@ -609,10 +667,10 @@ def _step_precopy(
     sets = round_dirty_sets(history.samples)
     bw = bandwidth_bytes_s(history.samples, policy)
     best = min(sets.values())
-    plan = plan_switchover(dirty_bytes=best, transfer_bytes_s=bw, policy=policy)
+    plan = plan_switchover(dirty_bytes=best, transfer_bytes_s=bw, policy=policy, measured=measured)
     at_minimum = _switch_over_at_minimum(
-        phase, history, policy, decide, sets=sets, bw=bw, plan=plan
-    ) or _postcopy_after_first_pass(history, policy, decide, plan, best=best, bw=bw)
+        phase, history, policy, measured, decide, sets=sets, bw=bw, plan=plan
+    ) or _postcopy_after_first_pass(history, policy, measured, decide, plan, best=best, bw=bw)
     if at_minimum is not None:
         return at_minimum
     if not is_stalled(history, policy):
@@ -633,6 +691,7 @@ def _switch_over_at_minimum(  # noqa: PLR0913  all keyword-only context of one r
     phase: State,
     history: History,
     policy: MigrationPolicy,
+    measured: MeasuredContext,
     decide: _Decide,
     *,
     sets: dict[int, int],
@@ -660,7 +719,7 @@ def _switch_over_at_minimum(  # noqa: PLR0913  all keyword-only context of one r
     rung_fits = fit is not None and fit > downtime_ms
     if not ((plan is not None and plan.fits_budget) or rung_fits):
         return None
-    waiting = _worth_another_round(history, policy, sets=sets, bw=bw, plan=plan)
+    waiting = _worth_another_round(history, policy, measured, sets=sets, bw=bw, plan=plan)
     if waiting is not None:
         already = any(d.round == rnd and d.reason.endswith(_WAIT_NOTE) for d in history.decisions)
         return decide(phase, "" if already else f"round {rnd} left {_fmt_mib(best)}: {waiting}")
@@ -708,9 +767,10 @@ _WAIT_NOTE: Final = "one more round for a shorter pause"
 """How a wait's reason ends: said once per round."""
 
 
-def _worth_another_round(
+def _worth_another_round(  # noqa: PLR0913  all keyword-only context of one rule
     history: History,
     policy: MigrationPolicy,
+    measured: MeasuredContext,
     *,
     sets: dict[int, int],
     bw: float,
@@ -724,10 +784,10 @@ def _worth_another_round(
     least halve the pause; so wait, unless the pause already fits the tightest
     rung or the round would run into the time budget's escalation point.
     """
-    if policy.postcopy_after_first_pass:
+    if measured.postcopy_after_first_pass:
         return None  # the forecast measured rounds that cannot shrink: no reason to wait
     best = min(sets.values())
-    preflight = (policy.preflight_dirty_mib_s or 0.0) * MIB
+    preflight = (measured.preflight_dirty_mib_s or 0.0) * MIB
     shrink = expected_shrink(history, sets, bw, preflight_dirty_bytes_s=preflight)
     if shrink is None or shrink > WAIT_WHILE_SHRINK_AT_MOST:
         return None
@@ -749,6 +809,7 @@ def _worth_another_round(
 def _postcopy_after_first_pass(  # noqa: PLR0913  all context of one rule
     history: History,
     policy: MigrationPolicy,
+    measured: MeasuredContext,
     decide: _Decide,
     plan: SwitchoverPlan | None,
     *,
@@ -760,7 +821,7 @@ def _postcopy_after_first_pass(  # noqa: PLR0913  all context of one rule
     Only while QEMU's limit does not admit the best dirty set yet (if it does, QEMU
     switches over by itself): the ladder would only spend the budget finding out.
     """
-    if not (policy.allow_postcopy and policy.postcopy_after_first_pass):
+    if not (policy.allow_postcopy and measured.postcopy_after_first_pass):
         return None
     if _qemu_admits(history, policy, plan, best=best, bw=bw):
         return None

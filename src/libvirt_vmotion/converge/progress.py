@@ -22,7 +22,7 @@ from libvirt_vmotion.converge.machine import (
     current_throttle_percent,
     round_dirty_sets,
 )
-from libvirt_vmotion.model import MIB, DirtyRateSource, JobSample, shown_dirty_rate
+from libvirt_vmotion.model import MIB, DirtyRateSource, JobSample, MeasuredContext, shown_dirty_rate
 from libvirt_vmotion.policy import MigrationPolicy
 
 
@@ -105,9 +105,8 @@ def build_view(
     state: State,
     history: History,
     policy: MigrationPolicy,
+    measured: MeasuredContext,
     previous: ProgressView | None = None,
-    *,
-    preflight_dirty_mib_s: float | None = None,
 ) -> ProgressView:
     """The progress view after the latest sample.
 
@@ -115,9 +114,9 @@ def build_view(
         state: the controller's state.
         history: samples, events and decisions so far.
         policy: the policy (downtime target for the rounds-left estimate).
+        measured: the measurements; pre-flight's dirty rate (if it measured one)
+            is shown, labelled, until QEMU reports a rate of its own.
         previous: the last view shown, so the percentage never decreases.
-        preflight_dirty_mib_s: the dirty rate pre-flight measured (None: not
-            measured); shown, labelled, until QEMU reports a rate of its own.
 
     Returns:
         The view to show.
@@ -129,7 +128,7 @@ def build_view(
     dirty, dirty_source = shown_dirty_rate(
         sample.dirty_rate_mib_s if sample is not None else 0.0,
         qemu_has_reported=qemu_has_reported,
-        preflight_mib_s=preflight_dirty_mib_s,
+        preflight_mib_s=measured.preflight_dirty_mib_s,
     )
     if sample is None:
         return ProgressView(
@@ -212,14 +211,20 @@ def _estimate(
 
 
 def build_controller_section(
-    state: State, history: History, policy: MigrationPolicy, *, downtime_ms: int | None
+    state: State,
+    history: History,
+    policy: MigrationPolicy,
+    measured: MeasuredContext,
+    *,
+    downtime_ms: int | None,
 ) -> dict[str, object]:
     """The controller's part of the final report.
 
     Args:
         state: the final state.
         history: everything seen and decided.
-        policy: the budget.
+        policy: the budget (reported as ``policy``: the user's choices).
+        measured: the measurements the controller ran with (``measured``).
         downtime_ms: the measured downtime, if known.
 
     Returns:
@@ -267,6 +272,7 @@ def build_controller_section(
             if d.reason
         ],
         "policy": policy.to_dict(),
+        "measured": measured.to_dict(),
     }
 
 

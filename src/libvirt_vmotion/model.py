@@ -14,15 +14,29 @@ from typing import Final
 
 MIB: Final = 1024 * 1024
 
+
+class JobType(StrEnum):
+    """libvirt's ``virDomainJobType``, as a word (``JobSample.job_type``)."""
+
+    NONE = "none"
+    BOUNDED = "bounded"
+    UNBOUNDED = "unbounded"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    UNKNOWN = "unknown"
+    """A number this libvirt binding does not know."""
+
+
 # libvirt's virDomainJobType values (libvirt-domain.h); kept here so this module
 # stays free of ``import libvirt``.
-_JOB_TYPE_NAMES: Final = {
-    0: "none",
-    1: "bounded",
-    2: "unbounded",
-    3: "completed",
-    4: "failed",
-    5: "cancelled",
+_JOB_TYPES: Final = {
+    0: JobType.NONE,
+    1: JobType.BOUNDED,
+    2: JobType.UNBOUNDED,
+    3: JobType.COMPLETED,
+    4: JobType.FAILED,
+    5: JobType.CANCELLED,
 }
 
 
@@ -93,7 +107,7 @@ class JobSample:
     """
 
     now_s: float
-    job_type: str
+    job_type: JobType
     elapsed_ms: int
     data_total_bytes: int
     data_processed_bytes: int
@@ -128,7 +142,7 @@ class JobSample:
         """
         return cls(
             now_s=now_s,
-            job_type=_JOB_TYPE_NAMES.get(_int(stats, "type"), "unknown"),
+            job_type=_JOB_TYPES.get(_int(stats, "type"), JobType.UNKNOWN),
             elapsed_ms=_int(stats, "time_elapsed"),
             data_total_bytes=_int(stats, "data_total"),
             data_processed_bytes=_int(stats, "data_processed"),
@@ -152,7 +166,7 @@ class JobSample:
     @property
     def is_active(self) -> bool:
         """True while libvirt reports a running job."""
-        return self.job_type in {"bounded", "unbounded"}
+        return self.job_type in {JobType.BOUNDED, JobType.UNBOUNDED}
 
     @property
     def dirty_rate_mib_s(self) -> float:

@@ -6,8 +6,25 @@ import json
 
 import pytest
 
-from libvirt_vmotion.converge.machine import Decision, History, SetMaxDowntime, State
-from libvirt_vmotion.converge.progress import ProgressView, build_view
+from libvirt_vmotion.converge.machine import (
+    Decision,
+    History,
+    ResumePostCopy,
+    Rule,
+    SetMaxDowntime,
+    StartPostCopy,
+    State,
+    Throttle,
+)
+from libvirt_vmotion.converge.progress import (
+    PostcopyRecovery,
+    ProgressView,
+    RecoveryMethod,
+    StrategyUsed,
+    build_controller_section,
+    build_view,
+    postcopy_recoveries,
+)
 from libvirt_vmotion.model import (
     MIB,
     DirtyRateSource,
@@ -128,3 +145,58 @@ def test_a_decisions_reason_is_shown_once_on_the_line_after_it() -> None:
         )
         shown.append(previous.note)
     assert shown == ["", "raise it", "one more round", ""]
+
+
+def test_the_controller_section_writes_rules_and_actions_as_objects() -> None:
+    history = History(started_s=0.0)
+    for now_s, iteration in ((1.0, 2), (2.0, 3)):
+        history = history.with_sample(make_sample(now_s=now_s, iteration=iteration))
+    history = history.with_decision(
+        Decision(
+            State.CONVERGING,
+            (SetMaxDowntime(60), Throttle(40)),
+            "stalled",
+            at_s=2.0,
+            round=3,
+            rule=Rule.STALL_THROTTLE,
+        )
+    ).with_decision(Decision(State.POSTCOPY, (StartPostCopy(),), "go", at_s=3.0, round=3))
+    section = build_controller_section(
+        State.POSTCOPY, history, MigrationPolicy(), MeasuredContext(), downtime_ms=None
+    )
+    section = json.loads(json.dumps(section))  # what the report file holds
+    first, second = section["decisions"]
+    assert first["rule"] == "stall-throttle"
+    assert first["actions"] == [
+        {"action": "set_max_downtime", "downtime_ms": 60},
+        {"action": "throttle", "percent": 40},
+    ]
+    assert second["actions"] == [{"action": "start_postcopy"}]
+    assert section["bytes_per_round"] == [
+        {"round": 2, "bytes": 40 * MIB},
+        {"round": 3, "bytes": 40 * MIB},
+    ]
+    assert section["strategy"] == StrategyUsed.POSTCOPY.value == "post-copy"
+
+
+def test_postcopy_recoveries_say_how_the_link_came_back() -> None:
+    def at(t_s: float, state: State, *actions: ResumePostCopy) -> Decision:
+        return Decision(state, actions, f"at {t_s}", at_s=t_s, round=5)
+
+    history = History(started_s=0.0)
+    for d in (
+        at(1, State.POSTCOPY),
+        at(2, State.POSTCOPY_PAUSED),
+        at(4, State.POSTCOPY),
+        at(5, State.POSTCOPY_PAUSED, ResumePostCopy()),
+        at(6, State.POSTCOPY_PAUSED, ResumePostCopy()),
+        at(8, State.COMPLETED),
+        at(9, State.POSTCOPY_PAUSED),
+    ):
+        history = history.with_decision(d)
+    assert postcopy_recoveries(history) == [
+        PostcopyRecovery(2, 4, RecoveryMethod.SAME_CONNECTION, "at 2"),
+        PostcopyRecovery(5, 8, RecoveryMethod.POSTCOPY_RESUME, "at 5"),
+        PostcopyRecovery(9, None, None, "at 9"),  # never recovered
+    ]
+    assert postcopy_recoveries(history)[1].to_dict()["how"] == "postcopy-resume"

@@ -16,6 +16,7 @@ import pytest
 from libvirt_vmotion.converge.machine import (
     Abort,
     History,
+    Rule,
     SetMaxDowntime,
     StartPostCopy,
     State,
@@ -203,9 +204,10 @@ def test_benchmark_without_switchover_rate_still_throttles() -> None:
     assert state is State.THROTTLING
     assert downtimes_of(history) == [30, 500]
     assert throttles_of(history) == [40]
-    reasons = [d.reason for d in history.decisions]
-    assert "round 4 left 24.4 MiB, a new minimum that needs ~488 ms at 50.1 MiB/s" in reasons[2]
-    assert "throttle the guest's CPUs up to 40%" in reasons[-1]
+    rules = [d.rule for d in history.decisions]
+    assert rules[2:] == [Rule.SWITCH_AT_MINIMUM, Rule.STALL_THROTTLE]
+    assert history.decisions[2].round == 4
+    assert "needs ~488 ms at 50.1 MiB/s" in history.decisions[2].reason  # the capped figure
 
 
 def test_benchmark_with_switchover_rate_switches_over_without_throttling() -> None:
@@ -222,15 +224,13 @@ def test_benchmark_with_switchover_rate_switches_over_without_throttling() -> No
     assert downtimes_of(history) == [30, 632]
     assert throttles_of(history) == []
     assert not any(isinstance(a, StartPostCopy | Abort) for a in actions_of(history))
-    assert history.decisions[1].reason == (
-        "round 2 left 26.0 MiB: ~52 ms to send at 500.0 MiB/s, and the rounds still shrink "
-        "(the next should leave ~50% of it): one more round for a shorter pause"
-    )
-    assert history.decisions[2].reason == (
-        "round 3 left 25.3 MiB, a new minimum: ~101 ms real pause at 500.0 MiB/s unthrottled "
-        "(within the 500 ms budget); QEMU's threshold needs ~505 ms at the capped 50.1 MiB/s: "
-        "set it to 632 ms to switch over now"
-    )
+    wait, switch = history.decisions[1], history.decisions[2]
+    assert (wait.rule, wait.round, wait.actions) == (Rule.WAIT_FOR_SHRINK, 2, ())
+    assert (switch.rule, switch.round) == (Rule.SWITCH_AT_MINIMUM, 3)
+    assert switch.actions == (SetMaxDowntime(632),)
+    # The report says both figures: the real pause, and what QEMU's threshold needs.
+    assert "~101 ms real pause" in switch.reason
+    assert "~505 ms at the capped 50.1 MiB/s" in switch.reason
 
 
 def test_benchmark_plateau_uses_the_real_budget_before_throttling() -> None:
@@ -240,10 +240,10 @@ def test_benchmark_plateau_uses_the_real_budget_before_throttling() -> None:
     policy = BENCHMARK
     state, history = run(benchmark_trace(7), policy, rate(500))
     assert downtimes_of(history) == [30, 632, 4491]  # round 2 waits (see above)
-    assert "let it plan up to 4491 ms" in history.decisions[3].reason
+    assert history.decisions[3].rule is Rule.STALL_RAISE_DOWNTIME
     assert state is State.THROTTLING
     assert throttles_of(history) == [40]
-    assert "already admits all that fits the budget" in history.decisions[-1].reason
+    assert history.decisions[-1].rule is Rule.STALL_THROTTLE
     for limit_ms in downtimes_of(history)[1:]:
         admitted_mib = limit_ms / 1000 * MEASURED_MIB_S
         assert admitted_mib / 500 * 1000 + DEFAULT_SWITCHOVER_OVERHEAD_MS <= policy.max_downtime_ms
@@ -368,7 +368,7 @@ def test_forecast_postcopy_starts_after_the_first_pass() -> None:
     state, history = run(benchmark_trace(1), BENCHMARK, measured)
     assert state is State.POSTCOPY
     assert any(isinstance(a, StartPostCopy) for a in actions_of(history))
-    assert "forecast" in history.decisions[-1].reason
+    assert history.decisions[-1].rule is Rule.POSTCOPY_AFTER_FIRST_PASS
     assert history.decisions[-1].round == 2  # not during the bulk pass
 
 

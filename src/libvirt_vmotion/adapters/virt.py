@@ -30,7 +30,7 @@ from libvirt_vmotion.errors import (
     VmotionError,
 )
 from libvirt_vmotion.events import EventKind, MigrationEvent
-from libvirt_vmotion.model import JobSample
+from libvirt_vmotion.model import JobSample, JobType
 
 log = logging.getLogger(__name__)
 
@@ -491,7 +491,7 @@ class Guest:
                 libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED | libvirt.VIR_DOMAIN_JOB_STATS_KEEP_COMPLETED
             )
         sample = JobSample.from_job_stats(stats, now_s=now_s)
-        return sample if sample.job_type == "completed" else None
+        return sample if sample.job_type is JobType.COMPLETED else None
 
     def interface_addresses(self, source: str) -> dict[str, tuple[str, ...]]:
         """The guest's IP addresses by NIC MAC, as libvirt learns them from ``source``.

@@ -51,6 +51,7 @@ from libvirt_vmotion.events import EventKind, MigrationEvent
 from libvirt_vmotion.model import (
     MIB,
     JobSample,
+    JobType,
     MeasuredContext,
     MigrationOutcome,
     MigrationRequest,
@@ -645,7 +646,7 @@ def _sample_from_event(event: MigrationEvent) -> JobSample | None:
         return None
     # The event's statistics carry no "type": the event itself says the job completed.
     sample = JobSample.from_job_stats({"type": 3, **stats}, now_s=event.now_s)
-    return sample if sample.job_type == "completed" else None
+    return sample if sample.job_type is JobType.COMPLETED else None
 
 
 def _best_effort_value(action: Callable[[], _T]) -> _T | None:

@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from enum import StrEnum
 
 from libvirt_vmotion.converge.machine import (
+    Decision,
     History,
     ResumePostCopy,
     State,
+    action_to_dict,
     current_downtime_ms,
     current_throttle_percent,
     round_dirty_sets,
@@ -210,6 +213,30 @@ def _estimate(
     return rounds, remaining / (bw - dirty), ""
 
 
+class StrategyUsed(StrEnum):
+    """How the migration was made to converge (the report's ``convergence.strategy``)."""
+
+    PRECOPY = "pre-copy"
+    """Plain pre-copy at the ladder's first rung."""
+    DOWNTIME_RAISED = "pre-copy, downtime raised"
+    """Pre-copy, with QEMU's downtime limit raised on the way."""
+    THROTTLE = "throttle"
+    """The guest's CPUs were throttled."""
+    POSTCOPY = "post-copy"
+    """Switched to post-copy."""
+
+
+def strategy_used(history: History) -> StrategyUsed:
+    """The strongest escalation the decisions took: post-copy, throttle, a raise, none."""
+    if any(d.next_state is State.POSTCOPY for d in history.decisions):
+        return StrategyUsed.POSTCOPY
+    if current_throttle_percent(history) > 0:
+        return StrategyUsed.THROTTLE
+    if any(d.next_state is not State.ABORTING and d.actions for d in history.decisions[1:]):
+        return StrategyUsed.DOWNTIME_RAISED
+    return StrategyUsed.PRECOPY
+
+
 def build_controller_section(
     state: State,
     history: History,
@@ -228,19 +255,13 @@ def build_controller_section(
         downtime_ms: the measured downtime, if known.
 
     Returns:
-        JSON-serializable figures: decisions with reasons, rounds, bytes per
-        round, final dirty set, strategy, whether the budget was met.
+        JSON-serializable figures: decisions (rule, actions as objects, reason),
+        rounds, bytes per round (``[{"round", "bytes"}]``), final dirty set,
+        strategy, whether the budget was met.
 
     """
     sets = round_dirty_sets(history.samples)
     elapsed_s = history.now_s - history.started_s
-    strategy = "pre-copy"
-    if any(d.next_state is State.POSTCOPY for d in history.decisions):
-        strategy = "post-copy"
-    elif current_throttle_percent(history) > 0:
-        strategy = "throttle"
-    elif any(d.next_state is not State.ABORTING and d.actions for d in history.decisions[1:]):
-        strategy = "pre-copy, downtime raised"
     met = (
         state is State.COMPLETED
         and elapsed_s <= policy.max_duration_s
@@ -248,9 +269,9 @@ def build_controller_section(
     )
     return {
         "state": state.value,
-        "strategy": strategy,
+        "strategy": strategy_used(history).value,
         "rounds": max(sets, default=history.round),
-        "bytes_per_round": {str(r): b for r, b in sorted(sets.items())},
+        "bytes_per_round": [{"round": r, "bytes": b} for r, b in sorted(sets.items())],
         "final_dirty_set_bytes": sets[max(sets)] if sets else 0,
         "downtime_limit_ms": current_downtime_ms(history, policy),
         "throttle_percent": current_throttle_percent(history),
@@ -259,13 +280,14 @@ def build_controller_section(
             "max_duration_s": policy.max_duration_s,
             "met": met,
         },
-        "postcopy_recoveries": postcopy_recoveries(history),
+        "postcopy_recoveries": [r.to_dict() for r in postcopy_recoveries(history)],
         "decisions": [
             {
                 "at_s": round(d.at_s - history.started_s, 2),
                 "round": d.round,
                 "state": d.next_state.value,
-                "actions": [_action_text(a) for a in d.actions],
+                "rule": d.rule.value,
+                "actions": [action_to_dict(a) for a in d.actions],
                 "reason": d.reason,
             }
             for d in history.decisions
@@ -276,35 +298,72 @@ def build_controller_section(
     }
 
 
-def postcopy_recoveries(history: History) -> list[dict[str, object]]:
-    """Each time the post-copy link broke: when, when it recovered (None: never), and how.
+class RecoveryMethod(StrEnum):
+    """How a broken post-copy link recovered."""
 
-    Returns:
-        ``{"broken_at_s", "recovered_at_s", "how", "reason"}`` per episode, times
-        relative to the start of the migration.
+    SAME_CONNECTION = "same-connection"
+    """The link came back and TCP carried on over the same connection."""
+    POSTCOPY_RESUME = "postcopy-resume"
+    """libvirt had paused it; resumed over a fresh connection (POSTCOPY_RESUME)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PostcopyRecovery:
+    """One time the post-copy link broke (times from the start of the migration).
+
+    Attributes:
+        broken_at_s: when the controller saw it broken.
+        recovered_at_s: when it recovered; None: it never did.
+        how: how it recovered; None: it never did.
+        reason: the controller's words when it broke.
 
     """
-    out: list[dict[str, object]] = []
-    episode: dict[str, object] | None = None
+
+    broken_at_s: float
+    recovered_at_s: float | None
+    how: RecoveryMethod | None
+    reason: str
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON form (``convergence.postcopy_recoveries[]``)."""
+        return {
+            "broken_at_s": self.broken_at_s,
+            "recovered_at_s": self.recovered_at_s,
+            "how": None if self.how is None else self.how.value,
+            "reason": self.reason,
+        }
+
+
+def postcopy_recoveries(history: History) -> list[PostcopyRecovery]:
+    """Each time the post-copy link broke: when, when it recovered (None: never), and how."""
+    out: list[PostcopyRecovery] = []
+    broken: Decision | None = None
     resumed = False
     for d in history.decisions:
-        at_s = round(d.at_s - history.started_s, 2)
         if d.next_state is State.POSTCOPY_PAUSED:
             resumed = resumed or any(isinstance(a, ResumePostCopy) for a in d.actions)
-            if episode is None:
-                episode = {"broken_at_s": at_s, "recovered_at_s": None, "how": None}
-                episode["reason"] = d.reason
-                out.append(episode)
-        elif episode is not None:
+            broken = broken or d
+            continue
+        if broken is not None:
             # Back to post-copy, or straight to completion: either way the link came back.
-            if d.next_state in {State.POSTCOPY, State.COMPLETED}:
-                episode["recovered_at_s"] = at_s
-                episode["how"] = "postcopy-resume" if resumed else "same-connection"
-            episode, resumed = None, False
+            recovered = d.next_state in {State.POSTCOPY, State.COMPLETED}
+            how = RecoveryMethod.POSTCOPY_RESUME if resumed else RecoveryMethod.SAME_CONNECTION
+            out.append(_recovery(history, broken, d if recovered else None, how))
+            broken, resumed = None, False
+    if broken is not None:
+        out.append(_recovery(history, broken, None, None))
     return out
 
 
-def _action_text(action: object) -> str:
-    fields = getattr(action, "__slots__", ())
-    args = ", ".join(f"{f}={getattr(action, f)!r}" for f in fields)
-    return f"{type(action).__name__}({args})"
+def _recovery(
+    history: History, broken: Decision, recovered: Decision | None, how: RecoveryMethod | None
+) -> PostcopyRecovery:
+    def rel(d: Decision) -> float:
+        return round(d.at_s - history.started_s, 2)
+
+    return PostcopyRecovery(
+        broken_at_s=rel(broken),
+        recovered_at_s=None if recovered is None else rel(recovered),
+        how=None if recovered is None else how,
+        reason=broken.reason,
+    )

@@ -13,6 +13,11 @@ from enum import StrEnum
 from typing import Final
 
 MIB: Final = 1024 * 1024
+QEMU_OVERHEAD_BYTES: Final = 256 * MIB
+"""Memory a QEMU process needs beyond guest RAM (page tables, device state, TCG cache).
+
+The one figure the destination's memory check, the reservation and the qemu hook
+all count; 256 MiB covered every guest we ran in the lab."""
 
 
 class JobType(StrEnum):

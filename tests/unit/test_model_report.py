@@ -11,7 +11,6 @@ import pytest
 from libvirt_vmotion.cli.report import (
     build_failure_report,
     build_report,
-    progress_line,
     render_text,
     timeline_section,
 )
@@ -71,11 +70,6 @@ def test_missing_keys_read_as_zero() -> None:
 )
 def test_phase_inference(overrides: dict[str, object], phase: Phase) -> None:
     assert make_sample(**overrides).phase is phase
-
-
-def test_progress_line_shows_dirty_rate_only_when_converging() -> None:
-    assert "dirtying" in progress_line(make_sample())
-    assert "dirtying" not in progress_line(make_sample(memory_iteration=1))
 
 
 def test_report_has_figures_with_units_and_sections() -> None:

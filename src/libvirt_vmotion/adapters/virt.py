@@ -419,10 +419,6 @@ class Hypervisor:
                 return None
             return str(vol.storagePoolLookupByVolume().name())
 
-    def raw(self) -> libvirt.virConnect:
-        """The underlying connection, for code inside this adapter layer only."""
-        return self._conn
-
 
 class Guest:
     """One libvirt domain, with intention-revealing methods."""
@@ -457,11 +453,6 @@ class Guest:
         with self._errors("read the guest state"):
             state, _reason = self._dom.state()
         return names.get(state, f"state {state}")
-
-    def is_persistent(self) -> bool:
-        """True if the guest has a persistent definition on this host."""
-        with self._errors("read whether the guest is persistent"):
-            return bool(self._dom.isPersistent())
 
     def xml(self) -> str:
         """The live domain XML."""

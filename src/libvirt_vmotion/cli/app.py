@@ -24,7 +24,6 @@ from libvirt_vmotion.cli import checks as checks_cli
 from libvirt_vmotion.cli.report import (
     build_failure_report,
     build_report,
-    progress_line,
     render_text,
     timeline_section,
 )
@@ -37,7 +36,7 @@ from libvirt_vmotion.errors import (
     UsageError,
     VmotionError,
 )
-from libvirt_vmotion.model import JobSample, MeasuredContext, MigrationRequest
+from libvirt_vmotion.model import MeasuredContext, MigrationRequest
 from libvirt_vmotion.policy import MigrationPolicy, build_policy, load_policy_toml
 
 if TYPE_CHECKING:
@@ -490,37 +489,6 @@ def _add_guest_settings(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--kvm", action="store_true", help="use KVM instead of TCG (real hosts only)"
     )
-
-
-class ProgressPrinter:
-    """Live progress: one rewritten line on a TTY, plain lines otherwise."""
-
-    def __init__(self, stream: TextIO, clock: Callable[[], float] = time.monotonic) -> None:
-        """Write to ``stream``; plain lines at most every 2 s or per new round."""
-        self._stream = stream
-        self._tty = stream.isatty()
-        self._clock = clock
-        self._last_s = 0.0
-        self._last_round = -1
-        self._dirty = False
-
-    def __call__(self, sample: JobSample) -> None:
-        """Show one sample."""
-        line = progress_line(sample)
-        if self._tty:
-            self._stream.write("\r\x1b[K" + line)
-            self._dirty = True
-        elif sample.iteration != self._last_round or self._clock() - self._last_s >= 2.0:
-            self._stream.write(line + "\n")
-            self._last_s = self._clock()
-            self._last_round = sample.iteration
-        self._stream.flush()
-
-    def finish(self) -> None:
-        """End the live line."""
-        if self._dirty:
-            self._stream.write("\n")
-            self._stream.flush()
 
 
 def _observers(args: argparse.Namespace) -> list[Observer]:

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Final, TextIO
 
 from libvirt_vmotion.errors import ReservationError, VmotionError
+from libvirt_vmotion.model import QEMU_OVERHEAD_BYTES
 from libvirt_vmotion.reserve.store import (
     HOOK_OWNER,
     ReservationRequest,
@@ -42,8 +43,6 @@ from libvirt_vmotion.reserve.store import (
 HOOK_NAME: Final = "50-libvirt-vmotion"
 AUDIT_LOG: Final = Path("/var/log/libvirt/vmotion-hook.log")
 """One line per decision the hook takes (libvirt itself logs only failures)."""
-QEMU_OVERHEAD_BYTES: Final = 256 * 1024 * 1024
-"""Same QEMU overhead the controller reserves (preflight's default)."""
 
 
 def build_shim(python: str) -> str:

@@ -309,6 +309,9 @@ def test_light_load_replay_completes_in_precopy_with_the_events_downtime() -> No
     section = outcome.controller
     assert section["state"] == "completed"
     assert section["measured"] == world.trace.data["measured"]  # nothing measured beforehand
+    # The loop's own CPU while it watched (the real process: the replay's loop ran here).
+    assert isinstance(section["controller_cpu_s"], float)
+    assert section["controller_cpu_s"] >= 0
     assert section["strategy"] in {"pre-copy", "pre-copy, downtime raised"}
     assert section["budget"]["met"] is True
     assert outcome.final.downtime_ms == completed_event_downtime_ms(world.trace) == 23

@@ -23,6 +23,7 @@ from libvirt_vmotion.converge.progress import (
     StrategyUsed,
     build_controller_section,
     build_view,
+    controller_cpu_section,
     postcopy_recoveries,
 )
 from libvirt_vmotion.model import (
@@ -200,3 +201,13 @@ def test_postcopy_recoveries_say_how_the_link_came_back() -> None:
         PostcopyRecovery(9, None, None, "at 9"),  # never recovered
     ]
     assert postcopy_recoveries(history)[1].to_dict()["how"] == "postcopy-resume"
+
+
+def test_the_controllers_cpu_is_reported_as_seconds_and_share_of_a_core() -> None:
+    assert controller_cpu_section(cpu_s=0.123, wall_s=10.0) == {
+        "controller_cpu_s": 0.12,
+        "controller_cpu_percent": 1.2,
+    }
+    unknown = controller_cpu_section(cpu_s=None, wall_s=10.0)
+    assert unknown == {"controller_cpu_s": None, "controller_cpu_percent": None}
+    assert controller_cpu_section(cpu_s=0.0, wall_s=0.0)["controller_cpu_percent"] is None

@@ -589,17 +589,18 @@ def _landed_report(result: SessionResult, *, startup_s: float) -> dict[str, obje
 def _process_age_s() -> float:
     """Seconds since this process started (interpreter and imports included), else 0.
 
-    From /proc: the process's start in clock ticks since boot against the uptime,
-    both to 10 ms. (A wall-clock create time is only as good as the boot time's
+    psutil's create time is the start in clock ticks since boot plus the boot time;
+    taking the boot time off again and reading the clock since boot keeps both to
+    10 ms. (The wall-clock create time itself is only as good as the boot time's
     whole seconds: it was up to ~1 s off in the bench.)
     """
+    import psutil  # noqa: PLC0415  only a migration's report needs it
+
     try:
-        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
-        start_s = int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22, starttime
-        uptime_s = float(Path("/proc/uptime").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
+        since_boot_s = psutil.Process().create_time() - psutil.boot_time()
+    except psutil.Error:
         return 0.0
-    return max(0.0, uptime_s - start_s)
+    return max(0.0, time.clock_gettime(time.CLOCK_BOOTTIME) - since_boot_s)
 
 
 def _emit_json(report: dict[str, object], args: argparse.Namespace) -> None:

@@ -21,6 +21,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Final, NoReturn, Protocol, TypeVar
 
+import psutil
+
 from libvirt_vmotion.adapters.virt import HostIdentity, MigrationOptions
 from libvirt_vmotion.converge.machine import (
     TERMINAL,
@@ -38,7 +40,12 @@ from libvirt_vmotion.converge.machine import (
     is_abortable,
 )
 from libvirt_vmotion.converge.ports import Observer, SampleSink
-from libvirt_vmotion.converge.progress import ProgressView, build_controller_section, build_view
+from libvirt_vmotion.converge.progress import (
+    ProgressView,
+    build_controller_section,
+    build_view,
+    controller_cpu_section,
+)
 from libvirt_vmotion.errors import (
     CutoverFailed,
     DomainNotFound,
@@ -375,13 +382,16 @@ def migrate(  # noqa: PLR0913  the migration's collaborators, all keyword-only
         final=final,
         iterations=max([s.iteration for s in samples] + [final.iteration if final else 0]),
         samples=tuple(samples),
-        controller=build_controller_section(
-            controller.state,
-            controller.history,
-            policy,
-            measured,
-            downtime_ms=final.downtime_ms if final else None,
-        ),
+        controller={
+            **build_controller_section(
+                controller.state,
+                controller.history,
+                policy,
+                measured,
+                downtime_ms=final.downtime_ms if final else None,
+            ),
+            **controller_cpu_section(cpu_s=controller.cpu_s, wall_s=wall_s),
+        },
     )
     return outcome, sections
 
@@ -416,14 +426,21 @@ class _Controller:
     refused_ctrl_c: bool = False
     resume_crashes_dest: bool = False
     resume_refused: bool = False
+    cpu_s: float | None = None
+    """This process's CPU time while ``run`` watched the migration (None: unknown)."""
 
     def run(self, started_s: float) -> None:
         """Run the migration until the controller reaches a final state.
+
+        Also measures this process's CPU time meanwhile (``cpu_s``): the loop, the
+        libvirt event thread and in-process observers; the migrate call itself
+        only waits in libvirt.
 
         Raises:
             MigrationAborted: on Ctrl-C during pre-copy (after aborting the job).
 
         """
+        cpu_before_s = _process_cpu_s()
         self.history = History(started_s=started_s)
         stop_events = _best_effort_value(
             lambda: self.guest.watch_migration(self.events.put, self.clock)
@@ -441,6 +458,9 @@ class _Controller:
             if stop_events is not None:
                 stop_events()
         self.worker.join()
+        cpu_after_s = _process_cpu_s()
+        if cpu_before_s is not None and cpu_after_s is not None:
+            self.cpu_s = cpu_after_s - cpu_before_s
 
     def _await_completed_event(self) -> None:
         """Wait briefly for the source's JOB_COMPLETED event: it carries the figures.
@@ -647,6 +667,16 @@ def _sample_from_event(event: MigrationEvent) -> JobSample | None:
     # The event's statistics carry no "type": the event itself says the job completed.
     sample = JobSample.from_job_stats({"type": 3, **stats}, now_s=event.now_s)
     return sample if sample.job_type is JobType.COMPLETED else None
+
+
+def _process_cpu_s() -> float | None:
+    """User + system CPU seconds of this process so far (psutil), None if unreadable."""
+    try:
+        times = psutil.Process().cpu_times()
+    except psutil.Error as exc:
+        log.debug("no CPU times for this process: %s", exc)
+        return None
+    return float(times.user + times.system)
 
 
 def _best_effort_value(action: Callable[[], _T]) -> _T | None:

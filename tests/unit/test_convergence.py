@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from builders import make_sample
 from libvirt_vmotion.converge.machine import (
     TERMINAL,
     TRANSITIONS,
@@ -33,34 +34,6 @@ from libvirt_vmotion.policy import MigrationPolicy, build_policy
 
 TRACES = Path(__file__).parent.parent / "data" / "traces"
 NOTHING_MEASURED = MeasuredContext()
-
-
-def make_sample(
-    *,
-    now_s: float,
-    iteration: int,
-    remaining_mib: float,
-    bw_mib_s: float = 30,
-    dirty_mib_s: float = 0,
-    processed_mib: float = 0,
-    active: bool = True,
-) -> JobSample:
-    return JobSample.from_job_stats(
-        {
-            "type": 2 if active else 3,
-            "time_elapsed": int(now_s * 1000),
-            "data_total": 512 * MIB,
-            "data_processed": int(processed_mib * MIB),
-            "data_remaining": int(remaining_mib * MIB),
-            "memory_total": 512 * MIB,
-            "memory_remaining": int(remaining_mib * MIB),
-            "memory_bps": int(bw_mib_s * MIB),
-            "memory_dirty_rate": int(dirty_mib_s * MIB / 4096),
-            "memory_iteration": iteration,
-            "memory_page_size": 4096,
-        },
-        now_s=now_s,
-    )
 
 
 def run(

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from builders import make_sample
 from libvirt_vmotion.converge.machine import (
     Decision,
     History,
@@ -36,22 +37,10 @@ from libvirt_vmotion.model import (
 from libvirt_vmotion.policy import MigrationPolicy
 
 
-def make_sample(*, now_s: float, iteration: int, dirty_mib_s: float = 0) -> JobSample:
-    return JobSample.from_job_stats(
-        {
-            "type": 2,
-            "time_elapsed": int(now_s * 1000),
-            "data_total": 512 * MIB,
-            "data_processed": 600 * MIB,
-            "data_remaining": 40 * MIB,
-            "memory_total": 512 * MIB,
-            "memory_remaining": 40 * MIB,
-            "memory_bps": 100 * MIB,
-            "memory_dirty_rate": int(dirty_mib_s * MIB / 4096),
-            "memory_iteration": iteration,
-            "memory_page_size": 4096,
-        },
-        now_s=now_s,
+def sample(*, now_s: float, iteration: int, dirty_mib_s: float = 0) -> JobSample:
+    """Round ``iteration`` with 40 MiB left at 100 MiB/s."""
+    return make_sample(
+        now_s=now_s, iteration=iteration, bw_mib_s=100, dirty_mib_s=dirty_mib_s, processed_mib=600
     )
 
 
@@ -60,7 +49,7 @@ def views(dirty_mib_s: list[float], *, preflight_dirty_mib_s: float | None) -> l
     history = History(started_s=0.0)
     out: list[ProgressView] = []
     for i, dirty in enumerate(dirty_mib_s, start=1):
-        history = history.with_sample(make_sample(now_s=i, iteration=i + 1, dirty_mib_s=dirty))
+        history = history.with_sample(sample(now_s=i, iteration=i + 1, dirty_mib_s=dirty))
         out.append(
             build_view(
                 State.CONVERGING,
@@ -132,7 +121,7 @@ def test_a_decisions_reason_is_shown_once_on_the_line_after_it() -> None:
     shown: list[str] = []
     previous: ProgressView | None = None
     for i in range(1, 5):
-        history = history.with_sample(make_sample(now_s=i, iteration=3))
+        history = history.with_sample(sample(now_s=i, iteration=3))
         if i == 2:
             history = history.with_decision(
                 Decision(State.CONVERGING, (SetMaxDowntime(122),), "raise it", at_s=2.0, round=3)
@@ -151,7 +140,7 @@ def test_a_decisions_reason_is_shown_once_on_the_line_after_it() -> None:
 def test_the_controller_section_writes_rules_and_actions_as_objects() -> None:
     history = History(started_s=0.0)
     for now_s, iteration in ((1.0, 2), (2.0, 3)):
-        history = history.with_sample(make_sample(now_s=now_s, iteration=iteration))
+        history = history.with_sample(sample(now_s=now_s, iteration=iteration))
     history = history.with_decision(
         Decision(
             State.CONVERGING,

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from builders import make_sample
 from libvirt_vmotion.converge.machine import (
     Abort,
     History,
@@ -77,24 +78,17 @@ def test_switchover_bandwidth_loads_from_toml_and_overrides() -> None:
 # ---- builders -------------------------------------------------------------------
 
 
-def make_sample(
+def bench_sample(
     *, now_s: float, iteration: int, remaining_mib: float, bw_mib_s: float
 ) -> JobSample:
-    return JobSample.from_job_stats(
-        {
-            "type": 2,
-            "time_elapsed": int(now_s * 1000),
-            "data_total": 512 * MIB,
-            "data_processed": int((512 + 25 * now_s) * MIB),
-            "data_remaining": int(remaining_mib * MIB),
-            "memory_total": 512 * MIB,
-            "memory_remaining": int(remaining_mib * MIB),
-            "memory_bps": int(bw_mib_s * MIB),
-            "memory_dirty_rate": int(25 * MIB / 4096),
-            "memory_iteration": iteration,
-            "memory_page_size": 4096,
-        },
+    """A sample of the benchmark guest: dirtying 25 MiB/s, the link always moving bytes."""
+    return make_sample(
         now_s=now_s,
+        iteration=iteration,
+        remaining_mib=remaining_mib,
+        bw_mib_s=bw_mib_s,
+        dirty_mib_s=25,
+        processed_mib=512 + 25 * now_s,
     )
 
 
@@ -132,9 +126,9 @@ def benchmark_trace(
 
     After the bulk round the dirty set plateaus at ~25 MiB a round (~0.5 s each).
     """
-    out = [make_sample(now_s=0.5, iteration=1, remaining_mib=500, bw_mib_s=bw_mib_s)]
+    out = [bench_sample(now_s=0.5, iteration=1, remaining_mib=500, bw_mib_s=bw_mib_s)]
     out += [
-        make_sample(now_s=10.5 + 0.5 * i, iteration=i + 2, remaining_mib=mib, bw_mib_s=bw_mib_s)
+        bench_sample(now_s=10.5 + 0.5 * i, iteration=i + 2, remaining_mib=mib, bw_mib_s=bw_mib_s)
         for i, mib in enumerate(PLATEAU_MIB[:rounds])
     ]
     return out
@@ -217,7 +211,7 @@ def test_benchmark_with_switchover_rate_switches_over_without_throttling() -> No
     completed = (MigrationEvent(EventKind.JOB_COMPLETED, now_s=11.2),)
     samples = [
         *benchmark_trace(2),
-        make_sample(now_s=11.3, iteration=4, remaining_mib=0, bw_mib_s=MEASURED_MIB_S),
+        bench_sample(now_s=11.3, iteration=4, remaining_mib=0, bw_mib_s=MEASURED_MIB_S),
     ]
     state, history = run(samples, BENCHMARK, rate(500), completed)
     assert state is State.COMPLETED
@@ -272,9 +266,9 @@ def test_qemu_limit_never_exceeds_the_bound() -> None:
     assert ninety is not None
     assert ninety.fits_budget
     assert ninety.qemu_target_ms == bound_ms == 10_000  # 9 000 x 1.25, cut to the bound
-    samples = [make_sample(now_s=0.5, iteration=1, remaining_mib=500, bw_mib_s=10)]
+    samples = [bench_sample(now_s=0.5, iteration=1, remaining_mib=500, bw_mib_s=10)]
     samples += [
-        make_sample(now_s=60 + 12 * i, iteration=i + 2, remaining_mib=120, bw_mib_s=10)
+        bench_sample(now_s=60 + 12 * i, iteration=i + 2, remaining_mib=120, bw_mib_s=10)
         for i in range(6)
     ]
     state, history = run(samples, policy, absurd)
@@ -286,9 +280,9 @@ def test_qemu_limit_never_exceeds_the_bound() -> None:
 def test_real_pause_over_the_budget_still_escalates() -> None:
     # 64 MiB at 200 MiB/s unthrottled is ~370 ms: over a 100 ms budget whatever QEMU is told.
     policy = build_policy(max_downtime_ms=100, overrides={"bandwidth_mib_s": 30})
-    samples = [make_sample(now_s=0.5, iteration=1, remaining_mib=500, bw_mib_s=30)]
+    samples = [bench_sample(now_s=0.5, iteration=1, remaining_mib=500, bw_mib_s=30)]
     samples += [
-        make_sample(now_s=17 + 2 * i, iteration=i + 2, remaining_mib=64, bw_mib_s=30)
+        bench_sample(now_s=17 + 2 * i, iteration=i + 2, remaining_mib=64, bw_mib_s=30)
         for i in range(12)
     ]
     state, history = run(samples, policy, rate(200.0))
@@ -308,9 +302,9 @@ def test_real_pause_over_the_budget_aborts_when_nothing_else_is_allowed() -> Non
         max_downtime_ms=100,
         overrides={"bandwidth_mib_s": 30, "allow_postcopy": False, "max_throttle_percent": 0},
     )
-    samples = [make_sample(now_s=0.5, iteration=1, remaining_mib=500, bw_mib_s=30)]
+    samples = [bench_sample(now_s=0.5, iteration=1, remaining_mib=500, bw_mib_s=30)]
     samples += [
-        make_sample(now_s=17 + 2 * i, iteration=i + 2, remaining_mib=64, bw_mib_s=30)
+        bench_sample(now_s=17 + 2 * i, iteration=i + 2, remaining_mib=64, bw_mib_s=30)
         for i in range(6)
     ]
     state, history = run(samples, policy, rate(200.0))

@@ -147,39 +147,50 @@ def build_view(
             note="",
             dirty_source=dirty_source,
         )
-    bulk = _bulk_percent(sample)
-    if previous is not None:
-        bulk = max(bulk, previous.bulk_percent)
-    if state not in {State.SETUP, State.BULK_COPY}:
-        bulk = 100.0
-    rate = sample.transfer_rate_mib_s
-    remaining = sample.data_remaining_bytes / MIB
     rounds_left, eta_s, note = _estimate(state, history, policy, sample)
-    if previous is not None and previous.round == sample.iteration - 1 and note == "":
-        sets = round_dirty_sets(history.samples)
-        if len(sets) >= 2 and sets.get(sample.iteration, 0) > sets.get(sample.iteration - 1, 0):
-            note = f"round {sample.iteration} added work: the guest re-dirtied pages"
-    # A decision's reason is shown once, on the first view after it was taken: the
-    # report keeps every reason; repeating one on later lines reads as a new decision.
-    shown_up_to_s = history.started_s + previous.elapsed_s if previous is not None else -math.inf
-    decision = history.decisions[-1] if history.decisions else None
-    if decision is not None and decision.reason and decision.at_s > shown_up_to_s:
-        note = decision.reason
     return ProgressView(
         phase=state.value,
         round=sample.iteration,
         elapsed_s=elapsed_s,
-        bulk_percent=bulk,
-        remaining_mib=remaining,
+        bulk_percent=_shown_bulk_percent(state, sample, previous),
+        remaining_mib=sample.data_remaining_bytes / MIB,
         dirty_mib_s=dirty,
-        transfer_mib_s=rate,
+        transfer_mib_s=sample.transfer_rate_mib_s,
         rounds_left=rounds_left,
         eta_s=eta_s,
-        note=note,
+        note=_note(history, sample, previous, estimate_note=note),
         disk_total_mib=sample.disk_total_bytes / MIB,
         disk_remaining_mib=sample.disk_remaining_bytes / MIB,
         dirty_source=dirty_source,
     )
+
+
+def _shown_bulk_percent(state: State, sample: JobSample, previous: ProgressView | None) -> float:
+    """The bulk pass's share sent: never lower than last shown, 100 once past it."""
+    if state not in {State.SETUP, State.BULK_COPY}:
+        return 100.0
+    bulk = _bulk_percent(sample)
+    return max(bulk, previous.bulk_percent) if previous is not None else bulk
+
+
+def _note(
+    history: History, sample: JobSample, previous: ProgressView | None, *, estimate_note: str
+) -> str:
+    """What the line says in words: a new decision's reason, added work, or the estimate's.
+
+    A decision's reason is shown once, on the first view after it was taken: the
+    report keeps every reason; repeating one on later lines reads as a new decision.
+    """
+    shown_up_to_s = history.started_s + previous.elapsed_s if previous is not None else -math.inf
+    decision = history.decisions[-1] if history.decisions else None
+    if decision is not None and decision.reason and decision.at_s > shown_up_to_s:
+        return decision.reason
+    if estimate_note or previous is None or previous.round != sample.iteration - 1:
+        return estimate_note
+    sets = round_dirty_sets(history.samples)
+    if len(sets) >= 2 and sets.get(sample.iteration, 0) > sets.get(sample.iteration - 1, 0):
+        return f"round {sample.iteration} added work: the guest re-dirtied pages"
+    return ""
 
 
 def _bulk_percent(sample: JobSample) -> float:

@@ -6,22 +6,42 @@ edge, so the rest of the code never sees libvirt's raw dictionaries.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Final
 
 MIB: Final = 1024 * 1024
+QEMU_OVERHEAD_BYTES: Final = 256 * MIB
+"""Memory a QEMU process needs beyond guest RAM (page tables, device state, TCG cache).
+
+The one figure the destination's memory check, the reservation and the qemu hook
+all count; 256 MiB covered every guest we ran in the lab."""
+
+
+class JobType(StrEnum):
+    """libvirt's ``virDomainJobType``, as a word (``JobSample.job_type``)."""
+
+    NONE = "none"
+    BOUNDED = "bounded"
+    UNBOUNDED = "unbounded"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    UNKNOWN = "unknown"
+    """A number this libvirt binding does not know."""
+
 
 # libvirt's virDomainJobType values (libvirt-domain.h); kept here so this module
 # stays free of ``import libvirt``.
-_JOB_TYPE_NAMES: Final = {
-    0: "none",
-    1: "bounded",
-    2: "unbounded",
-    3: "completed",
-    4: "failed",
-    5: "cancelled",
+_JOB_TYPES: Final = {
+    0: JobType.NONE,
+    1: JobType.BOUNDED,
+    2: JobType.UNBOUNDED,
+    3: JobType.COMPLETED,
+    4: JobType.FAILED,
+    5: JobType.CANCELLED,
 }
 
 
@@ -92,7 +112,7 @@ class JobSample:
     """
 
     now_s: float
-    job_type: str
+    job_type: JobType
     elapsed_ms: int
     data_total_bytes: int
     data_processed_bytes: int
@@ -127,7 +147,7 @@ class JobSample:
         """
         return cls(
             now_s=now_s,
-            job_type=_JOB_TYPE_NAMES.get(_int(stats, "type"), "unknown"),
+            job_type=_JOB_TYPES.get(_int(stats, "type"), JobType.UNKNOWN),
             elapsed_ms=_int(stats, "time_elapsed"),
             data_total_bytes=_int(stats, "data_total"),
             data_processed_bytes=_int(stats, "data_processed"),
@@ -151,7 +171,7 @@ class JobSample:
     @property
     def is_active(self) -> bool:
         """True while libvirt reports a running job."""
-        return self.job_type in {"bounded", "unbounded"}
+        return self.job_type in {JobType.BOUNDED, JobType.UNBOUNDED}
 
     @property
     def dirty_rate_mib_s(self) -> float:
@@ -230,6 +250,61 @@ class MigrationOutcome:
     iterations: int
     samples: tuple[JobSample, ...] = field(default=(), repr=False)
     controller: Mapping[str, object] | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class MeasuredContext:
+    """What was measured or learned about this migration: facts, never the user's choices.
+
+    The controller's rules (``converge.machine.step``) read it beside the user's
+    ``MigrationPolicy``; a policy file cannot declare any of it. Built once per
+    migration by ``converge.machine.build_context`` (``qemu_knows_switchover_rate``
+    is set by ``converge.loop.migrate``, which knows the source's versions).
+
+    Attributes:
+        switchover_mib_s: rate of the final, unthrottled stop-and-copy round, None
+            when unknown: the user's ``--switchover-bandwidth`` if given, else what
+            earlier migrations between the same hosts showed. QEMU lifts the
+            bandwidth cap for that round, so under a cap the real pause is shorter
+            than the capped rate suggests; when this is faster than the measured
+            transfer rate the controller judges the downtime budget against the
+            real pause (see ``converge.machine.plan_switchover``).
+        qemu_knows_switchover_rate: QEMU was given ``switchover_mib_s`` as its
+            ``avail-switchover-bandwidth`` (the source has libvirt >= 11.1 and QEMU
+            >= 8.2, ``preflight.versions``). Its switchover threshold then uses that
+            rate, so its downtime limit reads as the real pause (less the fixed
+            overhead) instead of a figure at the capped rate.
+        preflight_dirty_mib_s: the guest's dirty rate as pre-flight measured it,
+            None if it did not. The wait rule and the progress view read it until
+            QEMU reports a rate of its own (QEMU has none before its first full
+            pass, and a short migration may never report one).
+        postcopy_after_first_pass: the forecast's verdict that pre-copy rounds
+            cannot shrink (dirty rate at or above the bandwidth): go to post-copy
+            (if the policy allows it) as soon as the first pass is done, unless the
+            dirty set already fits the budget (virsh's --postcopy-after-precopy).
+
+    """
+
+    switchover_mib_s: float | None = None
+    qemu_knows_switchover_rate: bool = False
+    preflight_dirty_mib_s: float | None = None
+    postcopy_after_first_pass: bool = False
+
+    def __post_init__(self) -> None:
+        """Refuse a rate no measurement can give (it would divide the budget by it)."""
+        rate = self.switchover_mib_s
+        if rate is not None and not (math.isfinite(rate) and rate > 0):
+            msg = f"switchover_mib_s must be a finite number > 0, got {rate}"
+            raise ValueError(msg)
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-serializable form (the report's ``convergence.measured``)."""
+        return {
+            "switchover_mib_s": self.switchover_mib_s,
+            "qemu_knows_switchover_rate": self.qemu_knows_switchover_rate,
+            "preflight_dirty_mib_s": self.preflight_dirty_mib_s,
+            "postcopy_after_first_pass": self.postcopy_after_first_pass,
+        }
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Final
 
 from libvirt_vmotion.errors import UsageError
+from libvirt_vmotion.model import MeasuredContext
 
 DEFAULT_INITIAL_DOWNTIME_MS: Final = 30
 DEFAULT_MAX_DOWNTIME_MS: Final = 500
@@ -94,29 +95,11 @@ class MigrationPolicy:
         postcopy_bandwidth_mib_s: background transfer cap once in post-copy,
             None for unlimited (QEMU does not apply ``bandwidth_mib_s`` there;
             pages the guest faults on are still sent first).
-        switchover_bandwidth_mib_s: measured rate of the final stop-and-copy
-            round, None when unknown. QEMU lifts the bandwidth cap for that
-            round, so under a cap the real pause is shorter than the capped
-            rate suggests. When set and faster than the measured transfer
-            rate, the controller judges the downtime budget against the real
-            pause (dirty set at this rate + switchover overhead) and sets
-            QEMU's limit to what its threshold needs at the capped rate
-            (see ``convergence``). None keeps the budget a limit on QEMU's
-            threshold, as without a measurement.
-        qemu_knows_switchover_rate: QEMU was given ``switchover_bandwidth_mib_s``
-            as its ``avail-switchover-bandwidth`` (the driver does so when the
-            source has libvirt >= 11.1 and QEMU >= 8.2). Its switchover threshold
-            then uses that rate, so its downtime limit reads as the real pause
-            (less the fixed overhead) instead of a figure at the capped rate.
-        preflight_dirty_mib_s: the guest's dirty rate as pre-flight measured it
-            (``migrate`` passes it on). The wait rule reads it until QEMU reports
-            a rate of its own (QEMU has none before its first full pass, and a
-            short migration may never report one).
-        postcopy_after_first_pass: go to post-copy (if allowed) as soon as the
-            first pass is done, unless the dirty set already fits the budget.
-            ``migrate`` sets it when the forecast measured a dirty rate at or
-            above the bandwidth (pre-copy rounds cannot shrink): waiting for the
-            ladder to stall only costs time (virsh's --postcopy-after-precopy).
+        switchover_bandwidth_mib_s: the user's own figure for the rate of the
+            final, unthrottled round (``--switchover-bandwidth``), None to use what
+            was learned. Only an override: the rate the controller uses is
+            decided once, in ``converge.machine.build_context``, and lives in the
+            ``MeasuredContext`` with the other measurements.
 
     """
 
@@ -140,9 +123,6 @@ class MigrationPolicy:
     postcopy_bandwidth_mib_s: int | None = None
     postcopy_pause_on_stall: bool = False
     switchover_bandwidth_mib_s: float | None = None
-    postcopy_after_first_pass: bool = False
-    qemu_knows_switchover_rate: bool = False
-    preflight_dirty_mib_s: float | None = None
 
     def __post_init__(self) -> None:  # noqa: C901  one check per field, flat
         """Validate every field; the message names the field and the bad value."""
@@ -215,10 +195,25 @@ _SCALAR_FIELDS: Final = {
     "postcopy_bandwidth_mib_s": int,
     "postcopy_pause_on_stall": bool,
     "switchover_bandwidth_mib_s": float,
-    "postcopy_after_first_pass": bool,
-    "qemu_knows_switchover_rate": bool,
-    "preflight_dirty_mib_s": float,
 }
+"""The settings a policy file or ``build_policy`` may give, with their types."""
+_MEASUREMENTS: Final = frozenset(
+    {f.name for f in fields(MeasuredContext)}
+    | {"qemu_knows_switchover_rate", "preflight_dirty_mib_s", "postcopy_after_first_pass"}
+)
+"""Names of measured facts (``MeasuredContext``): refused with their own message."""
+
+
+def _unknown_setting(key: str, *, source: str) -> UsageError:
+    known = ", ".join(sorted(_SCALAR_FIELDS))
+    if key in _MEASUREMENTS:
+        msg = (
+            f"{source}: {key!r} is a measurement, not a setting: vmotion measures it "
+            "(pre-flight, earlier migrations) and a policy cannot declare it."
+        )
+        return UsageError(msg, hint=f"Remove it. Settings a policy may give: {known}.")
+    msg = f"{source}: unknown setting {key!r}."
+    return UsageError(msg, hint=f"Known settings: {known}.")
 
 
 def build_policy(
@@ -250,8 +245,7 @@ def build_policy(
     changes: dict[str, object] = {}
     for key, value in (overrides or {}).items():
         if key not in _SCALAR_FIELDS:
-            msg = f"Unknown policy setting {key!r}."
-            raise UsageError(msg, hint=f"Known settings: {', '.join(sorted(_SCALAR_FIELDS))}.")
+            raise _unknown_setting(key, source="policy")
         if value is not None:
             changes[key] = value
     if any(v is not None for v in (initial_downtime_ms, max_downtime_ms, downtime_steps)):
@@ -293,8 +287,7 @@ def load_policy_toml(text: str, *, source: str = "policy file") -> MigrationPoli
     for key, value in data.items():
         kind = _SCALAR_FIELDS.get(key)
         if kind is None:
-            msg = f"{source}: unknown setting {key!r}."
-            raise UsageError(msg, hint=f"Known settings: {', '.join(sorted(_SCALAR_FIELDS))}.")
+            raise _unknown_setting(key, source=source)
         ok = isinstance(value, bool) if kind is bool else isinstance(value, int | float)
         if not ok or (kind is int and not isinstance(value, int)):
             msg = f"{source}: {key} must be a {kind.__name__}, got {value!r}"

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from builders import make_sample
 from libvirt_vmotion.cli.report import (
     build_failure_report,
     build_report,
-    progress_line,
     render_text,
     timeline_section,
 )
@@ -37,13 +37,13 @@ LIVE_STATS: dict[str, object] = {
 }
 
 
-def make_sample(**overrides: object) -> JobSample:
-    stats = {**LIVE_STATS, **overrides}
-    return JobSample.from_job_stats(stats, now_s=10.0)
+def live_sample(**overrides: object) -> JobSample:
+    """The lab's jobStats() dict, with some keys changed."""
+    return make_sample(now_s=10.0, stats={**LIVE_STATS, **overrides})
 
 
 def test_job_sample_normalizes_units() -> None:
-    sample = make_sample()
+    sample = live_sample()
     assert sample.job_type == "unbounded"
     assert sample.is_active
     assert sample.iteration == 3
@@ -70,16 +70,11 @@ def test_missing_keys_read_as_zero() -> None:
     ],
 )
 def test_phase_inference(overrides: dict[str, object], phase: Phase) -> None:
-    assert make_sample(**overrides).phase is phase
-
-
-def test_progress_line_shows_dirty_rate_only_when_converging() -> None:
-    assert "dirtying" in progress_line(make_sample())
-    assert "dirtying" not in progress_line(make_sample(memory_iteration=1))
+    assert live_sample(**overrides).phase is phase
 
 
 def test_report_has_figures_with_units_and_sections() -> None:
-    final = make_sample(type=3, downtime=42, time_elapsed=2000, data_processed=400 * MIB)
+    final = live_sample(type=3, downtime=42, time_elapsed=2000, data_processed=400 * MIB)
     request = MigrationRequest("g", "qemu+tcp://a/system", "qemu+tcp://b/system", 100, 50, None)
     outcome = MigrationOutcome(
         domain="g",
@@ -88,7 +83,7 @@ def test_report_has_figures_with_units_and_sections() -> None:
         wall_time_s=2.5,
         final=final,
         iterations=3,
-        samples=(make_sample(), make_sample(memory_dirty_rate=10240)),
+        samples=(live_sample(), live_sample(memory_dirty_rate=10240)),
     )
     report = build_report(request, outcome, {"network": {"ping_lost": 1}})
     assert report["result"] == "completed"
@@ -126,9 +121,9 @@ def _outcome_with_dirty(*rates: int) -> MigrationOutcome:
         source_host="a",
         dest_host="b",
         wall_time_s=1.5,
-        final=make_sample(type=3, memory_dirty_rate=0),
+        final=live_sample(type=3, memory_dirty_rate=0),
         iterations=2,
-        samples=tuple(make_sample(memory_dirty_rate=r) for r in rates),
+        samples=tuple(live_sample(memory_dirty_rate=r) for r in rates),
     )
 
 

@@ -6,28 +6,41 @@ import json
 
 import pytest
 
-from libvirt_vmotion.converge.machine import Decision, History, SetMaxDowntime, State
-from libvirt_vmotion.converge.progress import ProgressView, build_view
-from libvirt_vmotion.model import MIB, DirtyRateSource, JobSample, shown_dirty_rate
+from builders import make_sample
+from libvirt_vmotion.converge.machine import (
+    Decision,
+    History,
+    ResumePostCopy,
+    Rule,
+    SetMaxDowntime,
+    StartPostCopy,
+    State,
+    Throttle,
+)
+from libvirt_vmotion.converge.progress import (
+    PostcopyRecovery,
+    ProgressView,
+    RecoveryMethod,
+    StrategyUsed,
+    build_controller_section,
+    build_view,
+    controller_cpu_section,
+    postcopy_recoveries,
+)
+from libvirt_vmotion.model import (
+    MIB,
+    DirtyRateSource,
+    JobSample,
+    MeasuredContext,
+    shown_dirty_rate,
+)
 from libvirt_vmotion.policy import MigrationPolicy
 
 
-def make_sample(*, now_s: float, iteration: int, dirty_mib_s: float = 0) -> JobSample:
-    return JobSample.from_job_stats(
-        {
-            "type": 2,
-            "time_elapsed": int(now_s * 1000),
-            "data_total": 512 * MIB,
-            "data_processed": 600 * MIB,
-            "data_remaining": 40 * MIB,
-            "memory_total": 512 * MIB,
-            "memory_remaining": 40 * MIB,
-            "memory_bps": 100 * MIB,
-            "memory_dirty_rate": int(dirty_mib_s * MIB / 4096),
-            "memory_iteration": iteration,
-            "memory_page_size": 4096,
-        },
-        now_s=now_s,
+def sample(*, now_s: float, iteration: int, dirty_mib_s: float = 0) -> JobSample:
+    """Round ``iteration`` with 40 MiB left at 100 MiB/s."""
+    return make_sample(
+        now_s=now_s, iteration=iteration, bw_mib_s=100, dirty_mib_s=dirty_mib_s, processed_mib=600
     )
 
 
@@ -36,14 +49,14 @@ def views(dirty_mib_s: list[float], *, preflight_dirty_mib_s: float | None) -> l
     history = History(started_s=0.0)
     out: list[ProgressView] = []
     for i, dirty in enumerate(dirty_mib_s, start=1):
-        history = history.with_sample(make_sample(now_s=i, iteration=i + 1, dirty_mib_s=dirty))
+        history = history.with_sample(sample(now_s=i, iteration=i + 1, dirty_mib_s=dirty))
         out.append(
             build_view(
                 State.CONVERGING,
                 history,
                 MigrationPolicy(),
+                MeasuredContext(preflight_dirty_mib_s=preflight_dirty_mib_s),
                 out[-1] if out else None,
-                preflight_dirty_mib_s=preflight_dirty_mib_s,
             )
         )
     return out
@@ -98,9 +111,8 @@ def test_without_a_preflight_measurement_qemus_figure_is_shown_as_before() -> No
 
 
 def test_view_before_any_sample_carries_the_preflight_rate() -> None:
-    view = build_view(
-        State.SETUP, History(started_s=0.0), MigrationPolicy(), preflight_dirty_mib_s=18.0
-    )
+    measured = MeasuredContext(preflight_dirty_mib_s=18.0)
+    view = build_view(State.SETUP, History(started_s=0.0), MigrationPolicy(), measured)
     assert (view.dirty_mib_s, view.dirty_source) == (18.0, DirtyRateSource.PREFLIGHT)
 
 
@@ -109,7 +121,7 @@ def test_a_decisions_reason_is_shown_once_on_the_line_after_it() -> None:
     shown: list[str] = []
     previous: ProgressView | None = None
     for i in range(1, 5):
-        history = history.with_sample(make_sample(now_s=i, iteration=3))
+        history = history.with_sample(sample(now_s=i, iteration=3))
         if i == 2:
             history = history.with_decision(
                 Decision(State.CONVERGING, (SetMaxDowntime(122),), "raise it", at_s=2.0, round=3)
@@ -118,6 +130,73 @@ def test_a_decisions_reason_is_shown_once_on_the_line_after_it() -> None:
             history = history.with_decision(
                 Decision(State.CONVERGING, (), "one more round", at_s=3.0, round=3)
             )
-        previous = build_view(State.CONVERGING, history, MigrationPolicy(), previous)
+        previous = build_view(
+            State.CONVERGING, history, MigrationPolicy(), MeasuredContext(), previous
+        )
         shown.append(previous.note)
     assert shown == ["", "raise it", "one more round", ""]
+
+
+def test_the_controller_section_writes_rules_and_actions_as_objects() -> None:
+    history = History(started_s=0.0)
+    for now_s, iteration in ((1.0, 2), (2.0, 3)):
+        history = history.with_sample(sample(now_s=now_s, iteration=iteration))
+    history = history.with_decision(
+        Decision(
+            State.CONVERGING,
+            (SetMaxDowntime(60), Throttle(40)),
+            "stalled",
+            at_s=2.0,
+            round=3,
+            rule=Rule.STALL_THROTTLE,
+        )
+    ).with_decision(Decision(State.POSTCOPY, (StartPostCopy(),), "go", at_s=3.0, round=3))
+    section = build_controller_section(
+        State.POSTCOPY, history, MigrationPolicy(), MeasuredContext(), downtime_ms=None
+    )
+    section = json.loads(json.dumps(section))  # what the report file holds
+    first, second = section["decisions"]
+    assert first["rule"] == "stall-throttle"
+    assert first["actions"] == [
+        {"action": "set_max_downtime", "downtime_ms": 60},
+        {"action": "throttle", "percent": 40},
+    ]
+    assert second["actions"] == [{"action": "start_postcopy"}]
+    assert section["bytes_per_round"] == [
+        {"round": 2, "bytes": 40 * MIB},
+        {"round": 3, "bytes": 40 * MIB},
+    ]
+    assert section["strategy"] == StrategyUsed.POSTCOPY.value == "post-copy"
+
+
+def test_postcopy_recoveries_say_how_the_link_came_back() -> None:
+    def at(t_s: float, state: State, *actions: ResumePostCopy) -> Decision:
+        return Decision(state, actions, f"at {t_s}", at_s=t_s, round=5)
+
+    history = History(started_s=0.0)
+    for d in (
+        at(1, State.POSTCOPY),
+        at(2, State.POSTCOPY_PAUSED),
+        at(4, State.POSTCOPY),
+        at(5, State.POSTCOPY_PAUSED, ResumePostCopy()),
+        at(6, State.POSTCOPY_PAUSED, ResumePostCopy()),
+        at(8, State.COMPLETED),
+        at(9, State.POSTCOPY_PAUSED),
+    ):
+        history = history.with_decision(d)
+    assert postcopy_recoveries(history) == [
+        PostcopyRecovery(2, 4, RecoveryMethod.SAME_CONNECTION, "at 2"),
+        PostcopyRecovery(5, 8, RecoveryMethod.POSTCOPY_RESUME, "at 5"),
+        PostcopyRecovery(9, None, None, "at 9"),  # never recovered
+    ]
+    assert postcopy_recoveries(history)[1].to_dict()["how"] == "postcopy-resume"
+
+
+def test_the_controllers_cpu_is_reported_as_seconds_and_share_of_a_core() -> None:
+    assert controller_cpu_section(cpu_s=0.123, wall_s=10.0) == {
+        "controller_cpu_s": 0.12,
+        "controller_cpu_percent": 1.2,
+    }
+    unknown = controller_cpu_section(cpu_s=None, wall_s=10.0)
+    assert unknown == {"controller_cpu_s": None, "controller_cpu_percent": None}
+    assert controller_cpu_section(cpu_s=0.0, wall_s=0.0)["controller_cpu_percent"] is None

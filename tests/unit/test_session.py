@@ -16,7 +16,7 @@ from libvirt_vmotion.errors import (
     ReservationError,
     VmotionError,
 )
-from libvirt_vmotion.model import MigrationOutcome, MigrationRequest
+from libvirt_vmotion.model import MeasuredContext, MigrationOutcome, MigrationRequest
 from libvirt_vmotion.policy import MigrationPolicy
 from libvirt_vmotion.preflight.result import Verdict, bad, ok
 from libvirt_vmotion.reserve.store import Unreleased
@@ -29,8 +29,8 @@ from libvirt_vmotion.session.core import (
     SessionResult,
     Step,
     Whereabouts,
-    effective_policy,
     may_remove_precreated,
+    measured_context,
 )
 from libvirt_vmotion.session.wiring import AgentDestination
 
@@ -121,16 +121,18 @@ class FakeMover:
     journal: Journal
     raises: BaseException | None = None
     policies: list[MigrationPolicy] = field(default_factory=list)
+    measured: list[MeasuredContext] = field(default_factory=list)
 
     def __call__(
         self,
         request: MigrationRequest,
         *,
         policy: MigrationPolicy,
-        preflight: PreflightOutcome,
+        measured: MeasuredContext,
     ) -> tuple[MigrationOutcome, Mapping[str, Mapping[str, object]]]:
         self.journal.calls.append("migrate " + ",".join(request.copy_disks))
         self.policies.append(policy)
+        self.measured.append(measured)
         if self.raises is not None:
             raise self.raises
         outcome = MigrationOutcome(
@@ -317,14 +319,15 @@ def test_remember_records_a_landed_run() -> None:
     assert journal.calls[-1] == "record"
 
 
-def test_measurements_join_the_users_policy_in_one_place() -> None:
+def test_measurements_go_beside_the_users_policy_decided_in_one_place() -> None:
     learned = passing(switchover_mib_s=300.0)
-    assert effective_policy(MigrationPolicy(), learned).switchover_bandwidth_mib_s == 300.0
+    assert measured_context(MigrationPolicy(), learned).switchover_mib_s == 300.0
     mine = MigrationPolicy(switchover_bandwidth_mib_s=120.0)
-    assert effective_policy(mine, learned).switchover_bandwidth_mib_s == 120.0  # the user's wins
+    assert measured_context(mine, learned).switchover_mib_s == 120.0  # the user's wins
     session, _, _, mover = make_session(learned)
     session.run()
-    assert mover.policies[0].switchover_bandwidth_mib_s == 300.0
+    assert mover.measured[0].switchover_mib_s == 300.0
+    assert mover.policies[0] == MigrationPolicy()  # the user's policy, untouched
 
 
 # ---- the real Destination's release, against processes that stand for a host

@@ -13,24 +13,26 @@ from pathlib import Path
 
 import pytest
 
-from libvirt_vmotion.adapters.virt import HostIdentity
-from libvirt_vmotion.converge.loop import switchover_hint_mib_s
+from builders import make_sample
 from libvirt_vmotion.converge.machine import (
     Abort,
     History,
+    Rule,
     SetMaxDowntime,
     StartPostCopy,
     State,
     Throttle,
+    build_context,
     plan_switchover,
     qemu_limit_bound_ms,
     replay,
 )
 from libvirt_vmotion.errors import UsageError
 from libvirt_vmotion.events import EventKind, MigrationEvent
-from libvirt_vmotion.model import MIB, JobSample
+from libvirt_vmotion.model import MIB, JobSample, MeasuredContext
 from libvirt_vmotion.policy import MigrationPolicy, build_policy, load_policy_toml
 from libvirt_vmotion.preflight.forecast import DEFAULT_SWITCHOVER_OVERHEAD_MS
+from libvirt_vmotion.preflight.versions import switchover_hint_mib_s
 
 # ---- policy -------------------------------------------------------------------
 
@@ -48,6 +50,23 @@ def test_switchover_bandwidth_defaults_to_unknown_and_is_reported() -> None:
     assert policy.to_dict()["switchover_bandwidth_mib_s"] == 480.5
 
 
+@pytest.mark.parametrize(
+    ("override", "learned", "rate"),
+    [(None, None, None), (None, 455.7, 455.7), (300.0, 455.7, 300.0), (None, 0.0, None)],
+)
+def test_the_users_switchover_rate_wins_over_the_learned_one(
+    override: float | None, learned: float | None, rate: float | None
+) -> None:
+    measured = build_context(
+        MigrationPolicy(switchover_bandwidth_mib_s=override),
+        learned_switchover_mib_s=learned,
+        preflight_dirty_mib_s=None,
+        forecast_says_postcopy=False,
+    )
+    assert measured.switchover_mib_s == rate
+    assert measured.qemu_knows_switchover_rate is False  # the loop decides, from versions
+
+
 def test_switchover_bandwidth_loads_from_toml_and_overrides() -> None:
     assert load_policy_toml("switchover_bandwidth_mib_s = 500\n").switchover_bandwidth_mib_s == 500
     policy = build_policy(overrides={"switchover_bandwidth_mib_s": 312.5})
@@ -59,32 +78,28 @@ def test_switchover_bandwidth_loads_from_toml_and_overrides() -> None:
 # ---- builders -------------------------------------------------------------------
 
 
-def make_sample(
+def bench_sample(
     *, now_s: float, iteration: int, remaining_mib: float, bw_mib_s: float
 ) -> JobSample:
-    return JobSample.from_job_stats(
-        {
-            "type": 2,
-            "time_elapsed": int(now_s * 1000),
-            "data_total": 512 * MIB,
-            "data_processed": int((512 + 25 * now_s) * MIB),
-            "data_remaining": int(remaining_mib * MIB),
-            "memory_total": 512 * MIB,
-            "memory_remaining": int(remaining_mib * MIB),
-            "memory_bps": int(bw_mib_s * MIB),
-            "memory_dirty_rate": int(25 * MIB / 4096),
-            "memory_iteration": iteration,
-            "memory_page_size": 4096,
-        },
+    """A sample of the benchmark guest: dirtying 25 MiB/s, the link always moving bytes."""
+    return make_sample(
         now_s=now_s,
+        iteration=iteration,
+        remaining_mib=remaining_mib,
+        bw_mib_s=bw_mib_s,
+        dirty_mib_s=25,
+        processed_mib=512 + 25 * now_s,
     )
 
 
 def run(
-    samples: list[JobSample], policy: MigrationPolicy, events: tuple[MigrationEvent, ...] = ()
+    samples: list[JobSample],
+    policy: MigrationPolicy,
+    measured: MeasuredContext,
+    events: tuple[MigrationEvent, ...] = (),
 ) -> tuple[State, History]:
     """Drive step() the way the driver does (``convergence.replay``)."""
-    return replay(samples, policy, events, started_s=0.0)
+    return replay(samples, policy, measured, events, started_s=0.0)
 
 
 def actions_of(history: History) -> list[object]:
@@ -111,22 +126,32 @@ def benchmark_trace(
 
     After the bulk round the dirty set plateaus at ~25 MiB a round (~0.5 s each).
     """
-    out = [make_sample(now_s=0.5, iteration=1, remaining_mib=500, bw_mib_s=bw_mib_s)]
+    out = [bench_sample(now_s=0.5, iteration=1, remaining_mib=500, bw_mib_s=bw_mib_s)]
     out += [
-        make_sample(now_s=10.5 + 0.5 * i, iteration=i + 2, remaining_mib=mib, bw_mib_s=bw_mib_s)
+        bench_sample(now_s=10.5 + 0.5 * i, iteration=i + 2, remaining_mib=mib, bw_mib_s=bw_mib_s)
         for i, mib in enumerate(PLATEAU_MIB[:rounds])
     ]
     return out
 
 
-def benchmark_policy(switchover_mib_s: float | None, **kwargs: object) -> MigrationPolicy:
-    return build_policy(
-        overrides={
-            "bandwidth_mib_s": CAP_MIB_S,
-            "switchover_bandwidth_mib_s": switchover_mib_s,
-            "max_duration_s": 600.0,
-            **kwargs,
-        }
+def benchmark_policy(**kwargs: object) -> MigrationPolicy:
+    return build_policy(overrides={"bandwidth_mib_s": CAP_MIB_S, "max_duration_s": 600.0, **kwargs})
+
+
+BENCHMARK = benchmark_policy()
+
+
+def rate(
+    switchover_mib_s: float | None,
+    *,
+    told: bool = False,
+    postcopy_after_first_pass: bool = False,
+) -> MeasuredContext:
+    """What was measured: the switchover rate, whether QEMU was told it, the forecast."""
+    return MeasuredContext(
+        switchover_mib_s=switchover_mib_s,
+        qemu_knows_switchover_rate=told,
+        postcopy_after_first_pass=postcopy_after_first_pass,
     )
 
 
@@ -137,7 +162,8 @@ def test_plan_is_the_worked_example() -> None:
     plan = plan_switchover(
         dirty_bytes=int(24.4 * MIB),
         transfer_bytes_s=MEASURED_MIB_S * MIB,
-        policy=benchmark_policy(500),
+        policy=BENCHMARK,
+        measured=rate(500),
     )
     assert plan is not None
     assert (plan.real_pause_ms, plan.qemu_needed_ms, plan.qemu_ceiling_ms) == (99, 488, 4491)
@@ -147,11 +173,13 @@ def test_plan_is_the_worked_example() -> None:
 
 @pytest.mark.parametrize("switchover_mib_s", [None, 30.0, MEASURED_MIB_S])
 def test_no_plan_without_a_faster_switchover_rate(switchover_mib_s: float | None) -> None:
-    policy = benchmark_policy(switchover_mib_s)
-    assert (
-        plan_switchover(dirty_bytes=MIB, transfer_bytes_s=MEASURED_MIB_S * MIB, policy=policy)
-        is None
+    plan = plan_switchover(
+        dirty_bytes=MIB,
+        transfer_bytes_s=MEASURED_MIB_S * MIB,
+        policy=BENCHMARK,
+        measured=rate(switchover_mib_s),
     )
+    assert plan is None
 
 
 @pytest.mark.parametrize(
@@ -166,13 +194,14 @@ def test_qemu_limit_bound_is_the_docstring_table(budget_ms: int, bound_ms: int) 
 
 def test_benchmark_without_switchover_rate_still_throttles() -> None:
     # Today's behaviour, pinned: the capped estimate (~488 ms) fills the 500 ms budget.
-    state, history = run(benchmark_trace(5), benchmark_policy(None))
+    state, history = run(benchmark_trace(5), BENCHMARK, rate(None))
     assert state is State.THROTTLING
     assert downtimes_of(history) == [30, 500]
     assert throttles_of(history) == [40]
-    reasons = [d.reason for d in history.decisions]
-    assert "round 4 left 24.4 MiB, a new minimum that needs ~488 ms at 50.1 MiB/s" in reasons[2]
-    assert "throttle the guest's CPUs up to 40%" in reasons[-1]
+    rules = [d.rule for d in history.decisions]
+    assert rules[2:] == [Rule.SWITCH_AT_MINIMUM, Rule.STALL_THROTTLE]
+    assert history.decisions[2].round == 4
+    assert "needs ~488 ms at 50.1 MiB/s" in history.decisions[2].reason  # the capped figure
 
 
 def test_benchmark_with_switchover_rate_switches_over_without_throttling() -> None:
@@ -182,35 +211,33 @@ def test_benchmark_with_switchover_rate_switches_over_without_throttling() -> No
     completed = (MigrationEvent(EventKind.JOB_COMPLETED, now_s=11.2),)
     samples = [
         *benchmark_trace(2),
-        make_sample(now_s=11.3, iteration=4, remaining_mib=0, bw_mib_s=MEASURED_MIB_S),
+        bench_sample(now_s=11.3, iteration=4, remaining_mib=0, bw_mib_s=MEASURED_MIB_S),
     ]
-    state, history = run(samples, benchmark_policy(500), completed)
+    state, history = run(samples, BENCHMARK, rate(500), completed)
     assert state is State.COMPLETED
     assert downtimes_of(history) == [30, 632]
     assert throttles_of(history) == []
     assert not any(isinstance(a, StartPostCopy | Abort) for a in actions_of(history))
-    assert history.decisions[1].reason == (
-        "round 2 left 26.0 MiB: ~52 ms to send at 500.0 MiB/s, and the rounds still shrink "
-        "(the next should leave ~50% of it): one more round for a shorter pause"
-    )
-    assert history.decisions[2].reason == (
-        "round 3 left 25.3 MiB, a new minimum: ~101 ms real pause at 500.0 MiB/s unthrottled "
-        "(within the 500 ms budget); QEMU's threshold needs ~505 ms at the capped 50.1 MiB/s: "
-        "set it to 632 ms to switch over now"
-    )
+    wait, switch = history.decisions[1], history.decisions[2]
+    assert (wait.rule, wait.round, wait.actions) == (Rule.WAIT_FOR_SHRINK, 2, ())
+    assert (switch.rule, switch.round) == (Rule.SWITCH_AT_MINIMUM, 3)
+    assert switch.actions == (SetMaxDowntime(632),)
+    # The report says both figures: the real pause, and what QEMU's threshold needs.
+    assert "~101 ms real pause" in switch.reason
+    assert "~505 ms at the capped 50.1 MiB/s" in switch.reason
 
 
 def test_benchmark_plateau_uses_the_real_budget_before_throttling() -> None:
     # Should QEMU not switch over (the replay cannot), a stall first raises its limit to
     # the ceiling (all that still pauses within the budget unthrottled); only a stall
     # there throttles, and QEMU's limits never admit more than the budget allows.
-    policy = benchmark_policy(500)
-    state, history = run(benchmark_trace(7), policy)
+    policy = BENCHMARK
+    state, history = run(benchmark_trace(7), policy, rate(500))
     assert downtimes_of(history) == [30, 632, 4491]  # round 2 waits (see above)
-    assert "let it plan up to 4491 ms" in history.decisions[3].reason
+    assert history.decisions[3].rule is Rule.STALL_RAISE_DOWNTIME
     assert state is State.THROTTLING
     assert throttles_of(history) == [40]
-    assert "already admits all that fits the budget" in history.decisions[-1].reason
+    assert history.decisions[-1].rule is Rule.STALL_THROTTLE
     for limit_ms in downtimes_of(history)[1:]:
         admitted_mib = limit_ms / 1000 * MEASURED_MIB_S
         assert admitted_mib / 500 * 1000 + DEFAULT_SWITCHOVER_OVERHEAD_MS <= policy.max_downtime_ms
@@ -218,8 +245,8 @@ def test_benchmark_plateau_uses_the_real_budget_before_throttling() -> None:
 
 @pytest.mark.parametrize("switchover_mib_s", [30.0, CAP_MIB_S])
 def test_switchover_rate_no_faster_than_measured_changes_nothing(switchover_mib_s: float) -> None:
-    _, legacy = run(benchmark_trace(), benchmark_policy(None))
-    _, slow = run(benchmark_trace(), benchmark_policy(switchover_mib_s))
+    _, legacy = run(benchmark_trace(), BENCHMARK, rate(None))
+    _, slow = run(benchmark_trace(), BENCHMARK, rate(switchover_mib_s))
     assert slow.decisions == legacy.decisions
 
 
@@ -230,20 +257,21 @@ def test_qemu_limit_never_exceeds_the_bound() -> None:
     # An absurd switchover estimate on a slow link: 90 MiB at 10 MiB/s needs 9 s of QEMU's
     # threshold, 120 MiB needs 12 s, over the 10 s bound (500 ms budget), so that one is
     # treated as not fitting and escalates, though its "real" pause would be ~51 ms.
-    policy = build_policy(
-        overrides={"bandwidth_mib_s": 10, "switchover_bandwidth_mib_s": 100_000.0}
-    )
+    policy = build_policy(overrides={"bandwidth_mib_s": 10})
+    absurd = rate(100_000.0)
     bound_ms = qemu_limit_bound_ms(policy)
-    ninety = plan_switchover(dirty_bytes=90 * MIB, transfer_bytes_s=10 * MIB, policy=policy)
+    ninety = plan_switchover(
+        dirty_bytes=90 * MIB, transfer_bytes_s=10 * MIB, policy=policy, measured=absurd
+    )
     assert ninety is not None
     assert ninety.fits_budget
     assert ninety.qemu_target_ms == bound_ms == 10_000  # 9 000 x 1.25, cut to the bound
-    samples = [make_sample(now_s=0.5, iteration=1, remaining_mib=500, bw_mib_s=10)]
+    samples = [bench_sample(now_s=0.5, iteration=1, remaining_mib=500, bw_mib_s=10)]
     samples += [
-        make_sample(now_s=60 + 12 * i, iteration=i + 2, remaining_mib=120, bw_mib_s=10)
+        bench_sample(now_s=60 + 12 * i, iteration=i + 2, remaining_mib=120, bw_mib_s=10)
         for i in range(6)
     ]
-    state, history = run(samples, policy)
+    state, history = run(samples, policy, absurd)
     assert state is State.THROTTLING
     assert all(d <= bound_ms for d in downtimes_of(history))
     assert "above the 10000 ms we let it plan" in history.decisions[-1].reason
@@ -251,16 +279,13 @@ def test_qemu_limit_never_exceeds_the_bound() -> None:
 
 def test_real_pause_over_the_budget_still_escalates() -> None:
     # 64 MiB at 200 MiB/s unthrottled is ~370 ms: over a 100 ms budget whatever QEMU is told.
-    policy = build_policy(
-        max_downtime_ms=100,
-        overrides={"bandwidth_mib_s": 30, "switchover_bandwidth_mib_s": 200.0},
-    )
-    samples = [make_sample(now_s=0.5, iteration=1, remaining_mib=500, bw_mib_s=30)]
+    policy = build_policy(max_downtime_ms=100, overrides={"bandwidth_mib_s": 30})
+    samples = [bench_sample(now_s=0.5, iteration=1, remaining_mib=500, bw_mib_s=30)]
     samples += [
-        make_sample(now_s=17 + 2 * i, iteration=i + 2, remaining_mib=64, bw_mib_s=30)
+        bench_sample(now_s=17 + 2 * i, iteration=i + 2, remaining_mib=64, bw_mib_s=30)
         for i in range(12)
     ]
-    state, history = run(samples, policy)
+    state, history = run(samples, policy, rate(200.0))
     assert state is State.POSTCOPY
     assert throttles_of(history) == [40, 80]
     throttle = next(d for d in history.decisions if d.next_state is State.THROTTLING)
@@ -275,19 +300,14 @@ def test_real_pause_over_the_budget_still_escalates() -> None:
 def test_real_pause_over_the_budget_aborts_when_nothing_else_is_allowed() -> None:
     policy = build_policy(
         max_downtime_ms=100,
-        overrides={
-            "bandwidth_mib_s": 30,
-            "switchover_bandwidth_mib_s": 200.0,
-            "allow_postcopy": False,
-            "max_throttle_percent": 0,
-        },
+        overrides={"bandwidth_mib_s": 30, "allow_postcopy": False, "max_throttle_percent": 0},
     )
-    samples = [make_sample(now_s=0.5, iteration=1, remaining_mib=500, bw_mib_s=30)]
+    samples = [bench_sample(now_s=0.5, iteration=1, remaining_mib=500, bw_mib_s=30)]
     samples += [
-        make_sample(now_s=17 + 2 * i, iteration=i + 2, remaining_mib=64, bw_mib_s=30)
+        bench_sample(now_s=17 + 2 * i, iteration=i + 2, remaining_mib=64, bw_mib_s=30)
         for i in range(6)
     ]
-    state, history = run(samples, policy)
+    state, history = run(samples, policy, rate(200.0))
     assert state is State.ABORTING
     abort = actions_of(history)[-1]
     assert isinstance(abort, Abort)
@@ -320,14 +340,8 @@ def test_replay_invariants_with_a_switchover_rate(
         {"allow_postcopy": False, "max_throttle_percent": 0},
         {"allow_postcopy": False},
     ):
-        policy = build_policy(
-            overrides={
-                **overrides,
-                "switchover_bandwidth_mib_s": switchover_mib_s,
-                "qemu_knows_switchover_rate": told,
-            }
-        )
-        _, history = run(samples, policy)
+        policy = build_policy(overrides=overrides)
+        _, history = run(samples, policy, rate(switchover_mib_s, told=told))
         downtimes = downtimes_of(history)
         assert downtimes == sorted(downtimes)
         if told:  # QEMU's limit is the real pause less the overhead: never past the budget
@@ -344,25 +358,26 @@ def test_replay_invariants_with_a_switchover_rate(
 
 
 def test_forecast_postcopy_starts_after_the_first_pass() -> None:
-    policy = benchmark_policy(None, postcopy_after_first_pass=True)
-    state, history = run(benchmark_trace(1), policy)
+    measured = rate(None, postcopy_after_first_pass=True)
+    state, history = run(benchmark_trace(1), BENCHMARK, measured)
     assert state is State.POSTCOPY
     assert any(isinstance(a, StartPostCopy) for a in actions_of(history))
-    assert "forecast" in history.decisions[-1].reason
+    assert history.decisions[-1].rule is Rule.POSTCOPY_AFTER_FIRST_PASS
     assert history.decisions[-1].round == 2  # not during the bulk pass
 
 
 def test_forecast_postcopy_waits_when_the_set_already_fits() -> None:
     """With a known switchover rate the first dirty set fits the real budget: no post-copy."""
-    policy = benchmark_policy(500, postcopy_after_first_pass=True)
-    _state, history = run(benchmark_trace(1), policy)
+    measured = rate(500, postcopy_after_first_pass=True)
+    _state, history = run(benchmark_trace(1), BENCHMARK, measured)
     assert not any(isinstance(a, StartPostCopy) for a in actions_of(history))
     assert downtimes_of(history)[-1] > 500  # QEMU's threshold admits it: it switches over
 
 
 def test_forecast_postcopy_needs_postcopy_allowed() -> None:
-    policy = benchmark_policy(None, postcopy_after_first_pass=True, allow_postcopy=False)
-    state, history = run(benchmark_trace(5), policy)
+    policy = benchmark_policy(allow_postcopy=False)
+    measured = rate(None, postcopy_after_first_pass=True)
+    state, history = run(benchmark_trace(5), policy, measured)
     assert state is State.THROTTLING
     assert not any(isinstance(a, StartPostCopy) for a in actions_of(history))
 
@@ -376,7 +391,8 @@ def test_plan_when_qemu_knows_the_rate_is_in_real_pause_terms() -> None:
     plan = plan_switchover(
         dirty_bytes=int(24.4 * MIB),
         transfer_bytes_s=MEASURED_MIB_S * MIB,
-        policy=benchmark_policy(500, qemu_knows_switchover_rate=True),
+        policy=BENCHMARK,
+        measured=rate(500, told=True),
     )
     assert plan is not None
     assert (plan.real_pause_ms, plan.qemu_needed_ms, plan.qemu_ceiling_ms) == (99, 49, 450)
@@ -385,8 +401,8 @@ def test_plan_when_qemu_knows_the_rate_is_in_real_pause_terms() -> None:
 
 
 def test_controller_with_qemu_told_the_rate_never_sets_a_limit_above_the_budget() -> None:
-    policy = benchmark_policy(500, qemu_knows_switchover_rate=True)
-    state, history = run(benchmark_trace(7), policy)
+    policy = BENCHMARK
+    state, history = run(benchmark_trace(7), policy, rate(500, told=True))
     assert downtimes_of(history) == [30, 64, 450]  # round 3 (25.3 MiB), then the ceiling
     assert all(d <= policy.max_downtime_ms for d in downtimes_of(history))
     assert "QEMU, told that rate, needs a limit of ~51 ms" in history.decisions[2].reason
@@ -394,12 +410,11 @@ def test_controller_with_qemu_told_the_rate_never_sets_a_limit_above_the_budget(
 
 
 def test_switchover_hint_needs_a_rate_and_libvirt_11_1_with_qemu_8_2_on_the_source() -> None:
-    def host(libvirt: int, qemu: int) -> HostIdentity:
-        return HostIdentity("a", "u", libvirt_version=libvirt, hypervisor_version=qemu)
+    def hint(rate_mib_s: float | None, libvirt: int | None, qemu: int | None) -> int | None:
+        return switchover_hint_mib_s(rate_mib_s, libvirt_version=libvirt, qemu_version=qemu)
 
-    with_rate = benchmark_policy(455.7)
-    assert switchover_hint_mib_s(with_rate, host(11_003_000, 10_000_002)) == 455
-    assert switchover_hint_mib_s(with_rate, host(11_000_000, 10_000_002)) is None
-    assert switchover_hint_mib_s(with_rate, host(11_003_000, 8_001_000)) is None
-    assert switchover_hint_mib_s(with_rate, None) is None
-    assert switchover_hint_mib_s(benchmark_policy(None), host(11_003_000, 10_000_002)) is None
+    assert hint(455.7, 11_003_000, 10_000_002) == 455
+    assert hint(455.7, 11_000_000, 10_000_002) is None
+    assert hint(455.7, 11_003_000, 8_001_000) is None
+    assert hint(455.7, None, None) is None  # the source did not say
+    assert hint(None, 11_003_000, 10_000_002) is None

@@ -30,7 +30,7 @@ from libvirt_vmotion.errors import (
     VmotionError,
 )
 from libvirt_vmotion.events import EventKind, MigrationEvent
-from libvirt_vmotion.model import JobSample
+from libvirt_vmotion.model import JobSample, JobType
 
 log = logging.getLogger(__name__)
 
@@ -419,10 +419,6 @@ class Hypervisor:
                 return None
             return str(vol.storagePoolLookupByVolume().name())
 
-    def raw(self) -> libvirt.virConnect:
-        """The underlying connection, for code inside this adapter layer only."""
-        return self._conn
-
 
 class Guest:
     """One libvirt domain, with intention-revealing methods."""
@@ -458,11 +454,6 @@ class Guest:
             state, _reason = self._dom.state()
         return names.get(state, f"state {state}")
 
-    def is_persistent(self) -> bool:
-        """True if the guest has a persistent definition on this host."""
-        with self._errors("read whether the guest is persistent"):
-            return bool(self._dom.isPersistent())
-
     def xml(self) -> str:
         """The live domain XML."""
         with self._errors("read the domain XML"):
@@ -491,7 +482,7 @@ class Guest:
                 libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED | libvirt.VIR_DOMAIN_JOB_STATS_KEEP_COMPLETED
             )
         sample = JobSample.from_job_stats(stats, now_s=now_s)
-        return sample if sample.job_type == "completed" else None
+        return sample if sample.job_type is JobType.COMPLETED else None
 
     def interface_addresses(self, source: str) -> dict[str, tuple[str, ...]]:
         """The guest's IP addresses by NIC MAC, as libvirt learns them from ``source``.

@@ -24,7 +24,6 @@ from libvirt_vmotion.cli import checks as checks_cli
 from libvirt_vmotion.cli.report import (
     build_failure_report,
     build_report,
-    progress_line,
     render_text,
     timeline_section,
 )
@@ -38,7 +37,7 @@ from libvirt_vmotion.errors import (
     UsageError,
     VmotionError,
 )
-from libvirt_vmotion.model import JobSample, MigrationRequest
+from libvirt_vmotion.model import JobSample, MeasuredContext, MigrationRequest
 from libvirt_vmotion.policy import MigrationPolicy, build_policy, load_policy_toml
 
 if TYPE_CHECKING:
@@ -335,7 +334,7 @@ def _cancel_or_status(
         phases = {s.value: s for s in State}
         state = State.POSTCOPY if postcopy else phases.get(sample.phase.value, State.CONVERGING)
         history = History(started_s=sample.now_s - sample.elapsed_ms / 1000, samples=(sample,))
-        view = build_view(state, history, MigrationPolicy())
+        view = build_view(state, history, MigrationPolicy(), MeasuredContext())
         _say_status({**view.to_dict(), "event": "status", "domain": guest.name, **guard}, args)
         return ExitCode.OK
 
@@ -559,37 +558,6 @@ def _add_guest_settings(parser: argparse.ArgumentParser) -> None:
     )
 
 
-class ProgressPrinter:
-    """Live progress: one rewritten line on a TTY, plain lines otherwise."""
-
-    def __init__(self, stream: TextIO, clock: Callable[[], float] = time.monotonic) -> None:
-        """Write to ``stream``; plain lines at most every 2 s or per new round."""
-        self._stream = stream
-        self._tty = stream.isatty()
-        self._clock = clock
-        self._last_s = 0.0
-        self._last_round = -1
-        self._dirty = False
-
-    def __call__(self, sample: JobSample) -> None:
-        """Show one sample."""
-        line = progress_line(sample)
-        if self._tty:
-            self._stream.write("\r\x1b[K" + line)
-            self._dirty = True
-        elif sample.iteration != self._last_round or self._clock() - self._last_s >= 2.0:
-            self._stream.write(line + "\n")
-            self._last_s = self._clock()
-            self._last_round = sample.iteration
-        self._stream.flush()
-
-    def finish(self) -> None:
-        """End the live line."""
-        if self._dirty:
-            self._stream.write("\n")
-            self._stream.flush()
-
-
 def _observers(args: argparse.Namespace) -> list[Observer]:
     from libvirt_vmotion.observe.probes import PingObserver, WorkloadObserver  # noqa: PLC0415  only when asked
 
@@ -688,17 +656,18 @@ def _landed_report(result: SessionResult, *, startup_s: float) -> dict[str, obje
 def _process_age_s() -> float:
     """Seconds since this process started (interpreter and imports included), else 0.
 
-    From /proc: the process's start in clock ticks since boot against the uptime,
-    both to 10 ms. (A wall-clock create time is only as good as the boot time's
+    psutil's create time is the start in clock ticks since boot plus the boot time;
+    taking the boot time off again and reading the clock since boot keeps both to
+    10 ms. (The wall-clock create time itself is only as good as the boot time's
     whole seconds: it was up to ~1 s off in the bench.)
     """
+    import psutil  # noqa: PLC0415  only a migration's report needs it
+
     try:
-        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
-        start_s = int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22, starttime
-        uptime_s = float(Path("/proc/uptime").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
+        since_boot_s = psutil.Process().create_time() - psutil.boot_time()
+    except psutil.Error:
         return 0.0
-    return max(0.0, uptime_s - start_s)
+    return max(0.0, time.clock_gettime(time.CLOCK_BOOTTIME) - since_boot_s)
 
 
 def _emit_json(report: dict[str, object], args: argparse.Namespace) -> None:

@@ -1,4 +1,4 @@
-"""The migration report and the live progress line.
+"""The migration report.
 
 Pure: no I/O, no clock. The CLI prints what these functions return.
 """
@@ -14,7 +14,6 @@ from libvirt_vmotion.model import (
     JobSample,
     MigrationOutcome,
     MigrationRequest,
-    Phase,
     shown_dirty_rate,
 )
 
@@ -232,18 +231,3 @@ def render_text(report: Mapping[str, object]) -> str:
             lines.append(f"  {name}:")
             lines.extend(f"    {key:<22} {_fmt(value)}" for key, value in section.items())
     return "\n".join(lines)
-
-
-def progress_line(sample: JobSample) -> str:
-    """One line describing a live sample: phase, iteration, data left, rates."""
-    remaining = sample.data_remaining_bytes / MIB
-    total = sample.memory_total_bytes / MIB
-    sent = sample.data_processed_bytes / MIB
-    text = (
-        f"{sample.phase.value:<10} round {sample.iteration:>3}  "
-        f"sent {sent:8.1f} MiB  remaining {remaining:8.1f} MiB of {total:.0f} MiB  "
-        f"{sample.transfer_rate_mib_s:6.1f} MiB/s"
-    )
-    if sample.phase is Phase.CONVERGING:
-        text += f"  dirtying {sample.dirty_rate_mib_s:6.1f} MiB/s"
-    return text

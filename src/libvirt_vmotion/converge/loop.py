@@ -22,6 +22,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Final, NoReturn, Protocol, TypeVar
 
+import psutil
+
 from libvirt_vmotion.adapters.virt import HostIdentity, MigrationOptions
 from libvirt_vmotion.converge.machine import (
     TERMINAL,
@@ -39,7 +41,12 @@ from libvirt_vmotion.converge.machine import (
     is_abortable,
 )
 from libvirt_vmotion.converge.ports import Observer, SampleSink
-from libvirt_vmotion.converge.progress import ProgressView, build_controller_section, build_view
+from libvirt_vmotion.converge.progress import (
+    ProgressView,
+    build_controller_section,
+    build_view,
+    controller_cpu_section,
+)
 from libvirt_vmotion.errors import (
     CutoverFailed,
     DomainNotFound,
@@ -49,9 +56,20 @@ from libvirt_vmotion.errors import (
     VmotionError,
 )
 from libvirt_vmotion.events import EventKind, MigrationEvent
-from libvirt_vmotion.model import MIB, JobSample, MigrationOutcome, MigrationRequest
+from libvirt_vmotion.model import (
+    MIB,
+    JobSample,
+    JobType,
+    MeasuredContext,
+    MigrationOutcome,
+    MigrationRequest,
+)
 from libvirt_vmotion.policy import MigrationPolicy, build_policy
-from libvirt_vmotion.preflight.versions import feature_since
+from libvirt_vmotion.preflight.versions import (
+    postcopy_resume_crash_versions,
+    postcopy_resume_crashes,
+    switchover_hint_mib_s,
+)
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -179,22 +197,6 @@ class _Worker:
         self.thread.join(timeout_s)
 
 
-def switchover_hint_mib_s(policy: MigrationPolicy, source: HostIdentity | None) -> int | None:
-    """The switchover rate to give QEMU as its ``avail-switchover-bandwidth``, or None.
-
-    Given when the policy knows the rate of the final, unthrottled round and the
-    source's libvirt and QEMU can pass it on: QEMU then decides when to switch
-    over by the pause the guest will really see.
-    """
-    rate = policy.switchover_bandwidth_mib_s
-    if not rate or source is None:
-        return None
-    libvirt_since, qemu_since = feature_since("avail-switchover-bandwidth")
-    if source.libvirt_version < libvirt_since or source.hypervisor_version < qemu_since:
-        return None
-    return max(1, int(rate))
-
-
 def check_distinct_hosts(source: HostConnection, dest: HostConnection) -> tuple[str, str]:
     """Refuse a migration whose source and destination are the same host.
 
@@ -272,7 +274,7 @@ def migrate(  # noqa: PLR0913  the migration's collaborators, all keyword-only
     cutover: PostSwitchover | None = None,
     policy: MigrationPolicy | None = None,
     on_progress: Callable[[ProgressView], None] | None = None,
-    preflight_dirty_mib_s: float | None = None,
+    measured: MeasuredContext = MeasuredContext(),  # noqa: B008  frozen: one shared default is safe
 ) -> tuple[MigrationOutcome, Mapping[str, Mapping[str, object]]]:
     """Live-migrate one guest under the convergence controller; return what happened.
 
@@ -287,11 +289,11 @@ def migrate(  # noqa: PLR0913  the migration's collaborators, all keyword-only
         clock: monotonic clock, injectable for tests.
         cutover: post-switchover step (network cutover); armed before the
             migration starts, finished after it; its section joins the report.
-        policy: the budget and escalations (default: from the request).
+        policy: the user's budget and escalations (default: from the request).
         on_progress: called with the phase-aware progress view.
-        preflight_dirty_mib_s: the guest's dirty rate as pre-flight measured it
-            (kept in the policy: the wait rule and the progress view read it
-            until QEMU reports one).
+        measured: what was measured or learned before the migration
+            (``converge.machine.build_context``); its ``qemu_knows_switchover_rate``
+            is decided here, from the source's versions.
 
     Returns:
         The outcome and the observers' sections.
@@ -309,12 +311,13 @@ def migrate(  # noqa: PLR0913  the migration's collaborators, all keyword-only
     source_host, dest_host = check_distinct_hosts(source, dest)
     _check_dest_free(dest, guest.name)
     guest.set_max_downtime(policy.initial_downtime_ms)
-    hint_mib_s = switchover_hint_mib_s(policy, _best_effort_value(source.identity))
-    policy = replace(
-        policy,
-        qemu_knows_switchover_rate=hint_mib_s is not None,
-        preflight_dirty_mib_s=policy.preflight_dirty_mib_s or preflight_dirty_mib_s,
+    source_id = _best_effort_value(source.identity)
+    hint_mib_s = switchover_hint_mib_s(
+        measured.switchover_mib_s,
+        libvirt_version=source_id.libvirt_version if source_id else None,
+        qemu_version=source_id.hypervisor_version if source_id else None,
     )
+    measured = replace(measured, qemu_knows_switchover_rate=hint_mib_s is not None)
     options = MigrationOptions(
         bandwidth_mib_s=policy.bandwidth_mib_s,
         auto_converge=policy.allows_throttle,
@@ -328,10 +331,11 @@ def migrate(  # noqa: PLR0913  the migration's collaborators, all keyword-only
     worker = _Worker(lambda: guest.migrate(request.dest_uri, options))
     dest_libvirt = _best_effort_value(lambda: dest.identity().libvirt_version)
     controller = _Controller(
-        resume_crashes_dest=dest_libvirt in POSTCOPY_RESUME_CRASHES,
+        resume_crashes_dest=postcopy_resume_crashes(dest_libvirt),
         guest=guest,
         request=request,
         policy=policy,
+        measured=measured,
         options=options,
         worker=worker,
         on_sample=on_sample,
@@ -381,12 +385,16 @@ def migrate(  # noqa: PLR0913  the migration's collaborators, all keyword-only
         final=final,
         iterations=max([s.iteration for s in samples] + [final.iteration if final else 0]),
         samples=tuple(samples),
-        controller=build_controller_section(
-            controller.state,
-            controller.history,
-            policy,
-            downtime_ms=final.downtime_ms if final else None,
-        ),
+        controller={
+            **build_controller_section(
+                controller.state,
+                controller.history,
+                policy,
+                measured,
+                downtime_ms=final.downtime_ms if final else None,
+            ),
+            **controller_cpu_section(cpu_s=controller.cpu_s, wall_s=wall_s),
+        },
     )
     return outcome, sections
 
@@ -407,14 +415,6 @@ def _ends_cutover_on_failure(cutover: PostSwitchover | None) -> Iterator[None]:
 
 
 _RESUME_RETRY_S: Final = 2.0
-POSTCOPY_RESUME_CRASHES: Final = frozenset({11_003_000})
-"""libvirt versions whose destination libvirtd segfaults on VIR_MIGRATE_POSTCOPY_RESUME.
-
-11.3.0 (Debian bookworm-backports and trixie): Prepare3Params ->
-qemuMigrationDstPrepareDirect -> NULL dereference, every time, in our lab
-(2026-11-25), with or without a migration URI. The restarted daemon then
-keeps the guest's monitor locked, so the guest cannot be recovered at all.
-"""
 _COMPLETED_EVENT_WAIT_S: Final = 1.0
 _EVENT_POLL_S: Final = 0.05
 
@@ -426,6 +426,7 @@ class _Controller:
     guest: MigratingGuest
     request: MigrationRequest
     policy: MigrationPolicy
+    measured: MeasuredContext
     options: MigrationOptions
     worker: _Worker
     on_sample: SampleSink | None
@@ -443,14 +444,21 @@ class _Controller:
     refused_ctrl_c: bool = False
     resume_crashes_dest: bool = False
     resume_refused: bool = False
+    cpu_s: float | None = None
+    """This process's CPU time while ``run`` watched the migration (None: unknown)."""
 
     def run(self, started_s: float) -> None:
         """Run the migration until the controller reaches a final state.
+
+        Also measures this process's CPU time meanwhile (``cpu_s``): the loop, the
+        libvirt event thread and in-process observers; the migrate call itself
+        only waits in libvirt.
 
         Raises:
             MigrationAborted: on Ctrl-C during pre-copy (after aborting the job).
 
         """
+        cpu_before_s = _process_cpu_s()
         self.history = History(started_s=started_s)
         stop_events = _best_effort_value(
             lambda: self.guest.watch_migration(self.events.put, self.clock)
@@ -468,6 +476,9 @@ class _Controller:
             if stop_events is not None:
                 stop_events()
         self.worker.join()
+        cpu_after_s = _process_cpu_s()
+        if cpu_before_s is not None and cpu_after_s is not None:
+            self.cpu_s = cpu_after_s - cpu_before_s
 
     def _await_completed_event(self) -> None:
         """Wait briefly for the source's JOB_COMPLETED event: it carries the figures.
@@ -520,7 +531,7 @@ class _Controller:
         self._check_worker()
         self._sample()
         self.history = self.history.with_time(self.clock())
-        decision, self.history = advance(self.state, self.history, self.policy)
+        decision, self.history = advance(self.state, self.history, self.policy, self.measured)
         if decision.next_state is not self.state:
             log.info("%s -> %s: %s", self.state, decision.next_state, decision.reason)
         elif decision.reason:
@@ -529,13 +540,7 @@ class _Controller:
             self._apply(action)
         self.state = decision.next_state
         if self.on_progress is not None and self.history.samples:
-            self.view = build_view(
-                self.state,
-                self.history,
-                self.policy,
-                self.view,
-                preflight_dirty_mib_s=self.policy.preflight_dirty_mib_s,
-            )
+            self.view = build_view(self.state, self.history, self.policy, self.measured, self.view)
             self.on_progress(self.view)
 
     def _add_event(self, event: MigrationEvent) -> None:
@@ -616,7 +621,7 @@ class _Controller:
                     "not resuming post-copy of %s: the destination's libvirtd (%s) crashes on "
                     "POSTCOPY_RESUME, which would lose the guest",
                     self.guest.name,
-                    _version_text(min(POSTCOPY_RESUME_CRASHES)),
+                    postcopy_resume_crash_versions(),
                 )
             return
         self.last_resume_s = now_s
@@ -639,7 +644,7 @@ class _Controller:
             )
             if self.resume_refused:
                 msg += (
-                    f" Not resumed: libvirt {_version_text(min(POSTCOPY_RESUME_CRASHES))} on "
+                    f" Not resumed: libvirt {postcopy_resume_crash_versions()} on "
                     "the destination crashes on POSTCOPY_RESUME; upgrade it there before "
                     "resuming by hand."
                 )
@@ -670,10 +675,6 @@ class _Controller:
         raise AssertionError  # _raise_failure always raises
 
 
-def _version_text(version: int) -> str:
-    return f"{version // 1_000_000}.{version // 1000 % 1000}.{version % 1000}"
-
-
 def _sample_from_event(event: MigrationEvent) -> JobSample | None:
     try:
         stats = json.loads(event.detail)
@@ -683,7 +684,17 @@ def _sample_from_event(event: MigrationEvent) -> JobSample | None:
         return None
     # The event's statistics carry no "type": the event itself says the job completed.
     sample = JobSample.from_job_stats({"type": 3, **stats}, now_s=event.now_s)
-    return sample if sample.job_type == "completed" else None
+    return sample if sample.job_type is JobType.COMPLETED else None
+
+
+def _process_cpu_s() -> float | None:
+    """User + system CPU seconds of this process so far (psutil), None if unreadable."""
+    try:
+        times = psutil.Process().cpu_times()
+    except psutil.Error as exc:
+        log.debug("no CPU times for this process: %s", exc)
+        return None
+    return float(times.user + times.system)
 
 
 def _best_effort_value(action: Callable[[], _T]) -> _T | None:

@@ -1,8 +1,10 @@
 """The convergence controller: an explicit state machine over job samples.
 
-Pure: no I/O, no clock, no logging. ``step(state, history, policy)`` returns a
-``Decision`` (next state, actions as data, reason); only the driver acts on it.
-Time arrives on the samples and events (``now_s``), never from a clock.
+Pure: no I/O, no clock, no logging. ``step(state, history, policy, measured)``
+returns a ``Decision`` (next state, actions as data, reason); only the driver acts
+on it. ``policy`` is what the user chose, ``measured`` what was measured or
+learned (``MeasuredContext``, built once by ``build_context``). Time arrives on
+the samples and events (``now_s``), never from a clock.
 
 Strategy (the default policy finishes, like vMotion does):
 
@@ -19,8 +21,8 @@ Strategy (the default policy finishes, like vMotion does):
 
    QEMU's downtime limit is really a threshold on pending data (it switches
    over once pending <= capped rate x limit), but it sends that last round
-   with the cap lifted. When the policy knows the rate of that unthrottled
-   round (``switchover_bandwidth_mib_s``, faster than the measured rate), the
+   with the cap lifted. When the rate of that unthrottled round is known
+   (``MeasuredContext.switchover_mib_s``, faster than the measured rate), the
    budget is judged against the *real* pause (dirty set at that rate + the
    switchover overhead) and QEMU's limit is set to what its threshold needs at
    the capped rate (with the usual margin), which may exceed the budget, up to
@@ -43,12 +45,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from enum import StrEnum
-from typing import Final, Protocol
+from typing import ClassVar, Final, Protocol
 
 from libvirt_vmotion.events import EventKind, MigrationEvent
-from libvirt_vmotion.model import MIB, JobSample
+from libvirt_vmotion.model import MIB, JobSample, MeasuredContext
 from libvirt_vmotion.policy import MigrationPolicy
 from libvirt_vmotion.preflight.forecast import (
     DEFAULT_SWITCHOVER_OVERHEAD_MS,
@@ -107,10 +109,14 @@ TRANSITIONS: Final[dict[State, frozenset[State]]] = {
 # ---- actions ---------------------------------------------------------------
 
 
+# Each action's ``kind`` names it in the report: ``{"action": kind, **its fields}``.
+
+
 @dataclass(frozen=True, slots=True)
 class SetMaxDowntime:
     """Let QEMU switch over once the rest fits in ``downtime_ms``."""
 
+    kind: ClassVar[str] = "set_max_downtime"
     downtime_ms: int
 
 
@@ -118,6 +124,7 @@ class SetMaxDowntime:
 class SetMaxBandwidth:
     """Cap the migration bandwidth."""
 
+    kind: ClassVar[str] = "set_max_bandwidth"
     bandwidth_mib_s: int
 
 
@@ -125,6 +132,7 @@ class SetMaxBandwidth:
 class Throttle:
     """Cap the auto-converge CPU throttle at ``percent`` (0: hold it off)."""
 
+    kind: ClassVar[str] = "throttle"
     percent: int
 
 
@@ -132,21 +140,28 @@ class Throttle:
 class StartPostCopy:
     """Switch the running migration to post-copy."""
 
+    kind: ClassVar[str] = "start_postcopy"
+
 
 @dataclass(frozen=True, slots=True)
 class PausePostCopy:
     """Interrupt a post-copy whose link stopped moving bytes, so it can resume."""
+
+    kind: ClassVar[str] = "pause_postcopy"
 
 
 @dataclass(frozen=True, slots=True)
 class ResumePostCopy:
     """Resume a paused post-copy (libvirt's POSTCOPY_RESUME)."""
 
+    kind: ClassVar[str] = "resume_postcopy"
+
 
 @dataclass(frozen=True, slots=True)
 class Abort:
     """Abort the pre-copy migration; the guest keeps running on the source."""
 
+    kind: ClassVar[str] = "abort"
     reason: str
 
 
@@ -161,6 +176,60 @@ Action = (
 )
 
 
+def action_to_dict(action: Action) -> dict[str, object]:
+    """An action as the report writes it: ``{"action": "set_max_downtime", "downtime_ms": 60}``."""
+    return {"action": action.kind, **{f.name: getattr(action, f.name) for f in fields(action)}}
+
+
+class Rule(StrEnum):
+    """The rule of ``step`` that made a decision (the report's ``decisions[].rule``).
+
+    Code that asks what the controller did reads this, never the reason's words.
+    """
+
+    CARRY_ON = "carry-on"
+    """No rule fired: nothing to do this step."""
+    ENTER_PHASE = "enter-phase"
+    """The counters show a new phase (bulk copy, converging)."""
+    START = "start"
+    """The first decision: the tightest rung of the ladder, throttling held off."""
+    JOB_COMPLETED = "job-completed"
+    JOB_FAILED = "job-failed"
+    CANCEL = "cancel"
+    """The user cancelled during pre-copy: abort."""
+    CANCEL_REFUSED = "cancel-refused"
+    """The user cancelled during post-copy: refused, the guest's state is split."""
+    TIME_BUDGET_ABORT = "time-budget-abort"
+    """Pre-copy ran past ``max_duration_s``."""
+    TIME_BUDGET_POSTCOPY = "time-budget-postcopy"
+    """Past ``postcopy_after_fraction`` of the time budget: post-copy so it can finish."""
+    WAIT_FOR_SHRINK = "wait-for-shrink"
+    """A fitting dirty set let pass: the rounds still shrink fast (said once per round)."""
+    SWITCH_AT_MINIMUM = "switch-at-minimum"
+    """A new minimum of the dirty set fits the budget: raise QEMU's limit to take it."""
+    POSTCOPY_AFTER_FIRST_PASS = "postcopy-after-first-pass"  # noqa: S105  a rule, not a secret
+    """The forecast said the rounds cannot shrink: post-copy once the first pass is done."""
+    STALL_RAISE_DOWNTIME = "stall-raise-downtime"
+    """A stall: a higher QEMU limit that still fits the budget."""
+    STALL_THROTTLE = "stall-throttle"
+    """A stall the budget cannot cover: throttle the guest's CPUs."""
+    STALL_POSTCOPY = "stall-postcopy"
+    """A stall with the ladder and throttling spent: post-copy."""
+    BUDGET_UNMEETABLE = "budget-unmeetable"
+    """A stall with nothing left the policy allows: abort, naming the budget."""
+    POSTCOPY_LINK_STALLED = "postcopy-link-stalled"
+    """Post-copy moved no bytes for ``postcopy_stall_s``: wait for the link."""
+    POSTCOPY_PAUSE_STALLED = "postcopy-pause-stalled"
+    """As above, with ``postcopy_pause_on_stall``: pause it so it can be resumed."""
+    POSTCOPY_LINK_BROKEN = "postcopy-link-broken"
+    """libvirt paused the post-copy: resume it (POSTCOPY_RESUME) once the link is back."""
+    POSTCOPY_RESUME = "postcopy-resume"
+    """Retry the resume of a post-copy libvirt paused."""
+    POSTCOPY_RECOVERED = "postcopy-recovered"
+    POSTCOPY_GAVE_UP = "postcopy-gave-up"
+    """Post-copy did not recover within ``postcopy_resume_wait_s``."""
+
+
 @dataclass(frozen=True, slots=True)
 class Decision:
     """What the controller decided at one step, and why.
@@ -171,6 +240,7 @@ class Decision:
         reason: why, in words, for the log and the report.
         at_s: time of the newest input the decision was based on.
         round: the memory iteration it was taken in.
+        rule: the rule that made it (what code reads; ``reason`` is for people).
 
     """
 
@@ -179,6 +249,7 @@ class Decision:
     reason: str = ""
     at_s: float = 0.0
     round: int = 0
+    rule: Rule = Rule.CARRY_ON
 
 
 @dataclass(frozen=True, slots=True)
@@ -311,7 +382,8 @@ class SwitchoverPlan:
         transfer_bytes_s: measured (capped) transfer rate.
         switchover_bytes_s: rate of the final, unthrottled round.
         qemu_rate_bytes_s: the rate QEMU's threshold uses: the transfer rate, or
-            the switchover rate once QEMU was told it (``qemu_knows_switchover_rate``).
+            the switchover rate once QEMU was told it
+            (``MeasuredContext.qemu_knows_switchover_rate``).
         real_pause_ms: estimated pause: the dirty set at the switchover rate
             plus the fixed switchover overhead (``DEFAULT_SWITCHOVER_OVERHEAD_MS``).
         qemu_needed_ms: the least QEMU limit whose threshold admits the set.
@@ -348,8 +420,51 @@ class SwitchoverPlan:
         return max(self.qemu_needed_ms, min(with_margin, self.qemu_ceiling_ms))
 
 
+def build_context(
+    policy: MigrationPolicy,
+    *,
+    learned_switchover_mib_s: float | None,
+    preflight_dirty_mib_s: float | None,
+    forecast_says_postcopy: bool,
+) -> MeasuredContext:
+    """The measurements one migration runs with: the one place the switchover rate is decided.
+
+    The user's ``--switchover-bandwidth`` (``policy.switchover_bandwidth_mib_s``)
+    wins over the rate learned from earlier migrations between the same hosts
+    (a measurement, never a guess: 0 or None means none was learned).
+
+    =====================  ===========  ====================
+    user's override        learned      switchover_mib_s
+    =====================  ===========  ====================
+    None                   None         None (unknown)
+    None                   455.7        455.7
+    300.0                  455.7        300.0
+    =====================  ===========  ====================
+
+    Args:
+        policy: the user's choices (only its override is read).
+        learned_switchover_mib_s: the history's rate for this host pair, if any.
+        preflight_dirty_mib_s: pre-flight's dirty-rate measurement, if it took one.
+        forecast_says_postcopy: the forecast found the rounds cannot shrink.
+
+    Returns:
+        The context; ``qemu_knows_switchover_rate`` stays False until the loop
+        has seen the source's versions (``converge.loop.migrate``).
+
+    """
+    return MeasuredContext(
+        switchover_mib_s=policy.switchover_bandwidth_mib_s or learned_switchover_mib_s or None,
+        preflight_dirty_mib_s=preflight_dirty_mib_s,
+        postcopy_after_first_pass=forecast_says_postcopy,
+    )
+
+
 def plan_switchover(
-    *, dirty_bytes: int, transfer_bytes_s: float, policy: MigrationPolicy
+    *,
+    dirty_bytes: int,
+    transfer_bytes_s: float,
+    policy: MigrationPolicy,
+    measured: MeasuredContext,
 ) -> SwitchoverPlan | None:
     """The real pause and QEMU's limit for ``dirty_bytes``, given the switchover rate.
 
@@ -363,20 +478,21 @@ def plan_switchover(
     Args:
         dirty_bytes: the dirty set to switch over with.
         transfer_bytes_s: measured (capped) transfer rate.
-        policy: the budget and ``switchover_bandwidth_mib_s``.
+        policy: the budget.
+        measured: the switchover rate, and whether QEMU was told it.
 
     Returns:
         The plan, or None when no switchover rate is known or it is no faster
         than the transfer rate (then dirty set / transfer rate is the pause).
 
     """
-    if policy.switchover_bandwidth_mib_s is None or transfer_bytes_s <= 0:
+    if measured.switchover_mib_s is None or transfer_bytes_s <= 0:
         return None
-    switchover_bytes_s = policy.switchover_bandwidth_mib_s * MIB
+    switchover_bytes_s = measured.switchover_mib_s * MIB
     if switchover_bytes_s <= transfer_bytes_s:
         return None
     budget_ms = policy.max_downtime_ms
-    qemu_rate = switchover_bytes_s if policy.qemu_knows_switchover_rate else transfer_bytes_s
+    qemu_rate = switchover_bytes_s if measured.qemu_knows_switchover_rate else transfer_bytes_s
     # Admitting pending <= qemu rate x limit pauses qemu rate x limit / switchover
     # + overhead; solve that for the budget.
     admits_ms = (budget_ms - DEFAULT_SWITCHOVER_OVERHEAD_MS) * switchover_bytes_s / qemu_rate
@@ -474,7 +590,9 @@ def _new_events(history: History) -> list[MigrationEvent]:
 # ---- the step ----------------------------------------------------------------
 
 
-def advance(state: State, history: History, policy: MigrationPolicy) -> tuple[Decision, History]:
+def advance(
+    state: State, history: History, policy: MigrationPolicy, measured: MeasuredContext
+) -> tuple[Decision, History]:
     """One controller step: decide, check the transition, record the decision.
 
     The decision joins the history when it acts, explains or moves; the driver
@@ -484,7 +602,7 @@ def advance(state: State, history: History, policy: MigrationPolicy) -> tuple[De
         AssertionError: ``step`` chose a transition ``TRANSITIONS`` forbids (a bug).
 
     """
-    decision = step(state, history, policy)
+    decision = step(state, history, policy, measured)
     if decision.next_state not in TRANSITIONS[state]:
         msg = f"controller bug: {state} -> {decision.next_state} is not allowed"
         raise AssertionError(msg)
@@ -496,6 +614,7 @@ def advance(state: State, history: History, policy: MigrationPolicy) -> tuple[De
 def replay(
     samples: Sequence[JobSample],
     policy: MigrationPolicy,
+    measured: MeasuredContext,
     events: Sequence[MigrationEvent] = (),
     *,
     started_s: float = 0.0,
@@ -510,20 +629,24 @@ def replay(
     for sample in samples:
         while pending and pending[0].now_s <= sample.now_s:
             history = history.with_event(pending.pop(0))
-        decision, history = advance(state, history.with_sample(sample), policy)
+        decision, history = advance(state, history.with_sample(sample), policy, measured)
         state = decision.next_state
         if state in TERMINAL:
             break
     return state, history
 
 
-def step(state: State, history: History, policy: MigrationPolicy) -> Decision:  # noqa: PLR0911  one return per rule, in priority order
+def step(  # noqa: PLR0911  one return per rule, in priority order
+    state: State, history: History, policy: MigrationPolicy, measured: MeasuredContext
+) -> Decision:
     """Decide what to do next.
 
     Args:
         state: the current state.
         history: samples, events and past decisions.
         policy: the user's budget and allowed escalations.
+        measured: what was measured or learned (switchover rate, pre-flight's
+            dirty rate, the forecast's verdict).
 
     Returns:
         The decision; ``next_state`` is always allowed by ``TRANSITIONS``.
@@ -532,25 +655,29 @@ def step(state: State, history: History, policy: MigrationPolicy) -> Decision:  
     now_s = history.now_s
     rnd = history.round
 
-    def decide(nxt: State, reason: str, *actions: Action) -> Decision:
-        return Decision(next_state=nxt, actions=actions, reason=reason, at_s=now_s, round=rnd)
+    def decide(nxt: State, rule: Rule, reason: str, *actions: Action) -> Decision:
+        return Decision(
+            next_state=nxt, actions=actions, reason=reason, at_s=now_s, round=rnd, rule=rule
+        )
 
     if state in TERMINAL:
-        return decide(state, "")
+        return decide(state, Rule.CARRY_ON, "")
     new = _new_events(history)
     kinds = {e.kind for e in new}
     if EventKind.JOB_COMPLETED in kinds:
-        return decide(State.COMPLETED, "the migration job completed")
+        return decide(State.COMPLETED, Rule.JOB_COMPLETED, "the migration job completed")
     if state in _POSTCOPY:
         return _step_postcopy(state, history, policy, new, decide)
     if EventKind.JOB_FAILED in kinds:
         detail = next(e.detail for e in new if e.kind is EventKind.JOB_FAILED)
-        return decide(State.ABORTED, f"the migration job ended without completing: {detail}")
+        reason = f"the migration job ended without completing: {detail}"
+        return decide(State.ABORTED, Rule.JOB_FAILED, reason)
     if state is State.ABORTING:
-        return decide(State.ABORTING, "")
+        return decide(State.ABORTING, Rule.CARRY_ON, "")
     if EventKind.CANCEL_REQUESTED in kinds:
         return decide(
             State.ABORTING,
+            Rule.CANCEL,
             "cancelled by the user",
             Abort("cancelled by the user"),
         )
@@ -560,14 +687,15 @@ def step(state: State, history: History, policy: MigrationPolicy) -> Decision:  
             actions.append(Throttle(0))
         return decide(
             state,
+            Rule.START,
             f"start with the tightest downtime, {policy.initial_downtime_ms} ms",
             *actions,
         )
-    return _step_precopy(state, history, policy, decide)
+    return _step_precopy(state, history, policy, measured, decide)
 
 
 class _Decide(Protocol):
-    def __call__(self, nxt: State, reason: str, *actions: Action) -> Decision: ...
+    def __call__(self, nxt: State, rule: Rule, reason: str, *actions: Action) -> Decision: ...
 
 
 def _phase_state(state: State, history: History) -> State:
@@ -582,7 +710,11 @@ def _phase_state(state: State, history: History) -> State:
 
 
 def _step_precopy(
-    state: State, history: History, policy: MigrationPolicy, decide: _Decide
+    state: State,
+    history: History,
+    policy: MigrationPolicy,
+    measured: MeasuredContext,
+    decide: _Decide,
 ) -> Decision:
     elapsed_s = history.now_s - history.started_s
     phase = _phase_state(state, history)
@@ -591,7 +723,7 @@ def _step_precopy(
             f"did not converge within the {policy.max_duration_s:g} s time budget "
             f"(max_duration_s) at a downtime of up to {policy.max_downtime_ms} ms"
         )
-        return decide(State.ABORTING, reason, Abort(reason))
+        return decide(State.ABORTING, Rule.TIME_BUDGET_ABORT, reason, Abort(reason))
     if (
         policy.allow_postcopy
         and phase is not State.SETUP
@@ -599,24 +731,26 @@ def _step_precopy(
     ):
         return decide(
             State.POSTCOPY,
+            Rule.TIME_BUDGET_POSTCOPY,
             f"{elapsed_s:.0f} s spent, past {policy.postcopy_after_fraction:.0%} of the "
             f"{policy.max_duration_s:g} s budget: switch to post-copy so it can finish",
             StartPostCopy(),
         )
     entered = "" if phase is state else f"entered {phase.value} (round {history.round})"
+    moved = Rule.CARRY_ON if phase is state else Rule.ENTER_PHASE
     if phase not in {State.CONVERGING, State.THROTTLING}:
-        return decide(phase, entered)
+        return decide(phase, moved, entered)
     sets = round_dirty_sets(history.samples)
     bw = bandwidth_bytes_s(history.samples, policy)
     best = min(sets.values())
-    plan = plan_switchover(dirty_bytes=best, transfer_bytes_s=bw, policy=policy)
+    plan = plan_switchover(dirty_bytes=best, transfer_bytes_s=bw, policy=policy, measured=measured)
     at_minimum = _switch_over_at_minimum(
-        phase, history, policy, decide, sets=sets, bw=bw, plan=plan
-    ) or _postcopy_after_first_pass(history, policy, decide, plan, best=best, bw=bw)
+        phase, history, policy, measured, decide, sets=sets, bw=bw, plan=plan
+    ) or _postcopy_after_first_pass(history, policy, measured, decide, plan, best=best, bw=bw)
     if at_minimum is not None:
         return at_minimum
     if not is_stalled(history, policy):
-        return decide(phase, entered)
+        return decide(phase, moved, entered)
     return _escalate(phase, history, policy, decide, plan, best=best, bw=bw)
 
 
@@ -633,6 +767,7 @@ def _switch_over_at_minimum(  # noqa: PLR0913  all keyword-only context of one r
     phase: State,
     history: History,
     policy: MigrationPolicy,
+    measured: MeasuredContext,
     decide: _Decide,
     *,
     sets: dict[int, int],
@@ -660,13 +795,15 @@ def _switch_over_at_minimum(  # noqa: PLR0913  all keyword-only context of one r
     rung_fits = fit is not None and fit > downtime_ms
     if not ((plan is not None and plan.fits_budget) or rung_fits):
         return None
-    waiting = _worth_another_round(history, policy, sets=sets, bw=bw, plan=plan)
+    waiting = _worth_another_round(history, policy, measured, sets=sets, bw=bw, plan=plan)
     if waiting is not None:
-        already = any(d.round == rnd and d.reason.endswith(_WAIT_NOTE) for d in history.decisions)
-        return decide(phase, "" if already else f"round {rnd} left {_fmt_mib(best)}: {waiting}")
+        already = any(d.round == rnd and d.rule is Rule.WAIT_FOR_SHRINK for d in history.decisions)
+        reason = "" if already else f"round {rnd} left {_fmt_mib(best)}: {waiting}"
+        return decide(phase, Rule.WAIT_FOR_SHRINK, reason)
     if plan is not None and plan.fits_budget:
         return decide(
             phase,
+            Rule.SWITCH_AT_MINIMUM,
             f"round {rnd} left {_fmt_mib(best)}, a new minimum: {_pause_text(plan)}: "
             f"set it to {plan.qemu_target_ms} ms to switch over now",
             SetMaxDowntime(plan.qemu_target_ms),
@@ -674,6 +811,7 @@ def _switch_over_at_minimum(  # noqa: PLR0913  all keyword-only context of one r
     assert fit is not None  # noqa: S101  ``fits`` without a fitting plan means a rung fits
     return decide(
         phase,
+        Rule.SWITCH_AT_MINIMUM,
         f"round {rnd} left {_fmt_mib(best)}, a new minimum that needs "
         f"~{best_needed_ms} ms at {_fmt_mib(bw)}/s: allow {fit} ms to switch over now",
         SetMaxDowntime(fit),
@@ -704,13 +842,10 @@ def expected_shrink(
     return max(readings) if readings else None
 
 
-_WAIT_NOTE: Final = "one more round for a shorter pause"
-"""How a wait's reason ends: said once per round."""
-
-
-def _worth_another_round(
+def _worth_another_round(  # noqa: PLR0913  all keyword-only context of one rule
     history: History,
     policy: MigrationPolicy,
+    measured: MeasuredContext,
     *,
     sets: dict[int, int],
     bw: float,
@@ -724,10 +859,10 @@ def _worth_another_round(
     least halve the pause; so wait, unless the pause already fits the tightest
     rung or the round would run into the time budget's escalation point.
     """
-    if policy.postcopy_after_first_pass:
+    if measured.postcopy_after_first_pass:
         return None  # the forecast measured rounds that cannot shrink: no reason to wait
     best = min(sets.values())
-    preflight = (policy.preflight_dirty_mib_s or 0.0) * MIB
+    preflight = (measured.preflight_dirty_mib_s or 0.0) * MIB
     shrink = expected_shrink(history, sets, bw, preflight_dirty_bytes_s=preflight)
     if shrink is None or shrink > WAIT_WHILE_SHRINK_AT_MOST:
         return None
@@ -742,13 +877,14 @@ def _worth_another_round(
         return None
     return (
         f"~{data_ms} ms to send at {_fmt_mib(rate)}/s, and the rounds still shrink "
-        f"(the next should leave ~{shrink:.0%} of it): {_WAIT_NOTE}"
+        f"(the next should leave ~{shrink:.0%} of it): one more round for a shorter pause"
     )
 
 
 def _postcopy_after_first_pass(  # noqa: PLR0913  all context of one rule
     history: History,
     policy: MigrationPolicy,
+    measured: MeasuredContext,
     decide: _Decide,
     plan: SwitchoverPlan | None,
     *,
@@ -760,12 +896,13 @@ def _postcopy_after_first_pass(  # noqa: PLR0913  all context of one rule
     Only while QEMU's limit does not admit the best dirty set yet (if it does, QEMU
     switches over by itself): the ladder would only spend the budget finding out.
     """
-    if not (policy.allow_postcopy and policy.postcopy_after_first_pass):
+    if not (policy.allow_postcopy and measured.postcopy_after_first_pass):
         return None
     if _qemu_admits(history, policy, plan, best=best, bw=bw):
         return None
     return decide(
         State.POSTCOPY,
+        Rule.POSTCOPY_AFTER_FIRST_PASS,
         f"first pass done, {_fmt_mib(best)} dirty at {_fmt_mib(bw)}/s, and the forecast "
         "measured a dirty rate at or above the bandwidth: switch to post-copy now",
         StartPostCopy(),
@@ -801,7 +938,7 @@ def _escalate(  # noqa: PLR0913  all keyword-only context of one escalation
     within = _raise_within_budget(plan, downtime_ms)
     if within is not None:
         limit_ms, why = within
-        return decide(phase, f"{stall}: {why}", SetMaxDowntime(limit_ms))
+        return decide(phase, Rule.STALL_RAISE_DOWNTIME, f"{stall}: {why}", SetMaxDowntime(limit_ms))
     # The ladder's rungs are limits at the capped rate: not for a QEMU told the real rate.
     fit = (
         None
@@ -809,7 +946,8 @@ def _escalate(  # noqa: PLR0913  all keyword-only context of one escalation
         else _smallest_rung_at_least(policy, needed)
     )
     if fit is not None and fit > downtime_ms:
-        return decide(phase, f"{stall}: raise the downtime to {fit} ms", SetMaxDowntime(fit))
+        why = f"{stall}: raise the downtime to {fit} ms"
+        return decide(phase, Rule.STALL_RAISE_DOWNTIME, why, SetMaxDowntime(fit))
     throttle = current_throttle_percent(history)
     higher = [p for p in throttle_steps(policy.max_throttle_percent) if p > throttle]
     if higher:
@@ -817,6 +955,7 @@ def _escalate(  # noqa: PLR0913  all keyword-only context of one escalation
     if policy.allow_postcopy:
         return decide(
             State.POSTCOPY,
+            Rule.STALL_POSTCOPY,
             f"{stall}; downtime ladder and throttling exhausted: switch to post-copy",
             StartPostCopy(),
         )
@@ -835,7 +974,7 @@ def _escalate(  # noqa: PLR0913  all keyword-only context of one escalation
         f"re-dirties {_fmt_mib(best)} per round, {pause}, "
         f"and the policy forbids {' and '.join(limits)}"
     )
-    return decide(State.ABORTING, reason, Abort(reason))
+    return decide(State.ABORTING, Rule.BUDGET_UNMEETABLE, reason, Abort(reason))
 
 
 def _raise_within_budget(plan: SwitchoverPlan | None, downtime_ms: int) -> tuple[int, str] | None:
@@ -892,6 +1031,7 @@ def _throttle(  # noqa: PLR0913  all keyword-only context of one escalation
         why += f" (QEMU may plan up to {limit_ms} ms meanwhile: that pauses within it unthrottled)"
     return decide(
         State.THROTTLING,
+        Rule.STALL_THROTTLE,
         f"{stall}; {why}: throttle the guest's CPUs up to {to}%",
         *raise_downtime,
         Throttle(to),
@@ -909,6 +1049,7 @@ def _step_postcopy(  # noqa: PLR0911  one return per post-copy rule
     if EventKind.CANCEL_REQUESTED in kinds:
         return decide(
             state,
+            Rule.CANCEL_REFUSED,
             "cancel refused: post-copy has started, the guest already runs on the "
             "destination and part of its memory is only there; it must finish",
         )
@@ -917,16 +1058,18 @@ def _step_postcopy(  # noqa: PLR0911  one return per post-copy rule
         if broken:
             return _libvirt_paused(decide)
         if not _postcopy_stuck(history, policy):
-            return decide(state, "")
+            return decide(state, Rule.CARRY_ON, "")
         if policy.postcopy_pause_on_stall:
             return decide(
                 State.POSTCOPY,
+                Rule.POSTCOPY_PAUSE_STALLED,
                 f"post-copy moved no data for {policy.postcopy_stall_s:g} s: pause it so "
                 "it can be resumed over a fresh connection",
                 PausePostCopy(),
             )
         return decide(
             State.POSTCOPY_PAUSED,
+            Rule.POSTCOPY_LINK_STALLED,
             f"post-copy link stalled: no data moved for {policy.postcopy_stall_s:g} s; the "
             "guest waits on the destination for pages still on the source; waiting up to "
             f"{policy.postcopy_resume_wait_s:g} s for the link (the connection stays open, "
@@ -939,20 +1082,24 @@ def _step_postcopy(  # noqa: PLR0911  one return per post-copy rule
         how = "POSTCOPY_RESUME" if resuming else "the link came back, same connection"
         return decide(
             State.POSTCOPY,
+            Rule.POSTCOPY_RECOVERED,
             f"post-copy recovered after {history.now_s - since_s:.1f} s ({how})",
         )
     if broken and not resuming:
         return _libvirt_paused(decide)
     if history.now_s - since_s > policy.postcopy_resume_wait_s:
-        return decide(State.FAILED, _gave_up_reason(policy, resuming=resuming))
+        return decide(
+            State.FAILED, Rule.POSTCOPY_GAVE_UP, _gave_up_reason(policy, resuming=resuming)
+        )
     if resuming:
-        return decide(State.POSTCOPY_PAUSED, "", ResumePostCopy())
-    return decide(State.POSTCOPY_PAUSED, "")
+        return decide(State.POSTCOPY_PAUSED, Rule.POSTCOPY_RESUME, "", ResumePostCopy())
+    return decide(State.POSTCOPY_PAUSED, Rule.CARRY_ON, "")
 
 
 def _libvirt_paused(decide: _Decide) -> Decision:
     return decide(
         State.POSTCOPY_PAUSED,
+        Rule.POSTCOPY_LINK_BROKEN,
         "post-copy link broken: libvirt paused the migration (the guest waits on the "
         "destination); resume it (POSTCOPY_RESUME) when the link is back",
         ResumePostCopy(),

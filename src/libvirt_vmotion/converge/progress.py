@@ -13,16 +13,19 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from enum import StrEnum
 
 from libvirt_vmotion.converge.machine import (
+    Decision,
     History,
     ResumePostCopy,
     State,
+    action_to_dict,
     current_downtime_ms,
     current_throttle_percent,
     round_dirty_sets,
 )
-from libvirt_vmotion.model import MIB, DirtyRateSource, JobSample, shown_dirty_rate
+from libvirt_vmotion.model import MIB, DirtyRateSource, JobSample, MeasuredContext, shown_dirty_rate
 from libvirt_vmotion.policy import MigrationPolicy
 
 
@@ -105,9 +108,8 @@ def build_view(
     state: State,
     history: History,
     policy: MigrationPolicy,
+    measured: MeasuredContext,
     previous: ProgressView | None = None,
-    *,
-    preflight_dirty_mib_s: float | None = None,
 ) -> ProgressView:
     """The progress view after the latest sample.
 
@@ -115,9 +117,9 @@ def build_view(
         state: the controller's state.
         history: samples, events and decisions so far.
         policy: the policy (downtime target for the rounds-left estimate).
+        measured: the measurements; pre-flight's dirty rate (if it measured one)
+            is shown, labelled, until QEMU reports a rate of its own.
         previous: the last view shown, so the percentage never decreases.
-        preflight_dirty_mib_s: the dirty rate pre-flight measured (None: not
-            measured); shown, labelled, until QEMU reports a rate of its own.
 
     Returns:
         The view to show.
@@ -129,7 +131,7 @@ def build_view(
     dirty, dirty_source = shown_dirty_rate(
         sample.dirty_rate_mib_s if sample is not None else 0.0,
         qemu_has_reported=qemu_has_reported,
-        preflight_mib_s=preflight_dirty_mib_s,
+        preflight_mib_s=measured.preflight_dirty_mib_s,
     )
     if sample is None:
         return ProgressView(
@@ -145,39 +147,50 @@ def build_view(
             note="",
             dirty_source=dirty_source,
         )
-    bulk = _bulk_percent(sample)
-    if previous is not None:
-        bulk = max(bulk, previous.bulk_percent)
-    if state not in {State.SETUP, State.BULK_COPY}:
-        bulk = 100.0
-    rate = sample.transfer_rate_mib_s
-    remaining = sample.data_remaining_bytes / MIB
     rounds_left, eta_s, note = _estimate(state, history, policy, sample)
-    if previous is not None and previous.round == sample.iteration - 1 and note == "":
-        sets = round_dirty_sets(history.samples)
-        if len(sets) >= 2 and sets.get(sample.iteration, 0) > sets.get(sample.iteration - 1, 0):
-            note = f"round {sample.iteration} added work: the guest re-dirtied pages"
-    # A decision's reason is shown once, on the first view after it was taken: the
-    # report keeps every reason; repeating one on later lines reads as a new decision.
-    shown_up_to_s = history.started_s + previous.elapsed_s if previous is not None else -math.inf
-    decision = history.decisions[-1] if history.decisions else None
-    if decision is not None and decision.reason and decision.at_s > shown_up_to_s:
-        note = decision.reason
     return ProgressView(
         phase=state.value,
         round=sample.iteration,
         elapsed_s=elapsed_s,
-        bulk_percent=bulk,
-        remaining_mib=remaining,
+        bulk_percent=_shown_bulk_percent(state, sample, previous),
+        remaining_mib=sample.data_remaining_bytes / MIB,
         dirty_mib_s=dirty,
-        transfer_mib_s=rate,
+        transfer_mib_s=sample.transfer_rate_mib_s,
         rounds_left=rounds_left,
         eta_s=eta_s,
-        note=note,
+        note=_note(history, sample, previous, estimate_note=note),
         disk_total_mib=sample.disk_total_bytes / MIB,
         disk_remaining_mib=sample.disk_remaining_bytes / MIB,
         dirty_source=dirty_source,
     )
+
+
+def _shown_bulk_percent(state: State, sample: JobSample, previous: ProgressView | None) -> float:
+    """The bulk pass's share sent: never lower than last shown, 100 once past it."""
+    if state not in {State.SETUP, State.BULK_COPY}:
+        return 100.0
+    bulk = _bulk_percent(sample)
+    return max(bulk, previous.bulk_percent) if previous is not None else bulk
+
+
+def _note(
+    history: History, sample: JobSample, previous: ProgressView | None, *, estimate_note: str
+) -> str:
+    """What the line says in words: a new decision's reason, added work, or the estimate's.
+
+    A decision's reason is shown once, on the first view after it was taken: the
+    report keeps every reason; repeating one on later lines reads as a new decision.
+    """
+    shown_up_to_s = history.started_s + previous.elapsed_s if previous is not None else -math.inf
+    decision = history.decisions[-1] if history.decisions else None
+    if decision is not None and decision.reason and decision.at_s > shown_up_to_s:
+        return decision.reason
+    if estimate_note or previous is None or previous.round != sample.iteration - 1:
+        return estimate_note
+    sets = round_dirty_sets(history.samples)
+    if len(sets) >= 2 and sets.get(sample.iteration, 0) > sets.get(sample.iteration - 1, 0):
+        return f"round {sample.iteration} added work: the guest re-dirtied pages"
+    return ""
 
 
 def _bulk_percent(sample: JobSample) -> float:
@@ -211,31 +224,55 @@ def _estimate(
     return rounds, remaining / (bw - dirty), ""
 
 
+class StrategyUsed(StrEnum):
+    """How the migration was made to converge (the report's ``convergence.strategy``)."""
+
+    PRECOPY = "pre-copy"
+    """Plain pre-copy at the ladder's first rung."""
+    DOWNTIME_RAISED = "pre-copy, downtime raised"
+    """Pre-copy, with QEMU's downtime limit raised on the way."""
+    THROTTLE = "throttle"
+    """The guest's CPUs were throttled."""
+    POSTCOPY = "post-copy"
+    """Switched to post-copy."""
+
+
+def strategy_used(history: History) -> StrategyUsed:
+    """The strongest escalation the decisions took: post-copy, throttle, a raise, none."""
+    if any(d.next_state is State.POSTCOPY for d in history.decisions):
+        return StrategyUsed.POSTCOPY
+    if current_throttle_percent(history) > 0:
+        return StrategyUsed.THROTTLE
+    if any(d.next_state is not State.ABORTING and d.actions for d in history.decisions[1:]):
+        return StrategyUsed.DOWNTIME_RAISED
+    return StrategyUsed.PRECOPY
+
+
 def build_controller_section(
-    state: State, history: History, policy: MigrationPolicy, *, downtime_ms: int | None
+    state: State,
+    history: History,
+    policy: MigrationPolicy,
+    measured: MeasuredContext,
+    *,
+    downtime_ms: int | None,
 ) -> dict[str, object]:
     """The controller's part of the final report.
 
     Args:
         state: the final state.
         history: everything seen and decided.
-        policy: the budget.
+        policy: the budget (reported as ``policy``: the user's choices).
+        measured: the measurements the controller ran with (``measured``).
         downtime_ms: the measured downtime, if known.
 
     Returns:
-        JSON-serializable figures: decisions with reasons, rounds, bytes per
-        round, final dirty set, strategy, whether the budget was met.
+        JSON-serializable figures: decisions (rule, actions as objects, reason),
+        rounds, bytes per round (``[{"round", "bytes"}]``), final dirty set,
+        strategy, whether the budget was met.
 
     """
     sets = round_dirty_sets(history.samples)
     elapsed_s = history.now_s - history.started_s
-    strategy = "pre-copy"
-    if any(d.next_state is State.POSTCOPY for d in history.decisions):
-        strategy = "post-copy"
-    elif current_throttle_percent(history) > 0:
-        strategy = "throttle"
-    elif any(d.next_state is not State.ABORTING and d.actions for d in history.decisions[1:]):
-        strategy = "pre-copy, downtime raised"
     met = (
         state is State.COMPLETED
         and elapsed_s <= policy.max_duration_s
@@ -243,9 +280,9 @@ def build_controller_section(
     )
     return {
         "state": state.value,
-        "strategy": strategy,
+        "strategy": strategy_used(history).value,
         "rounds": max(sets, default=history.round),
-        "bytes_per_round": {str(r): b for r, b in sorted(sets.items())},
+        "bytes_per_round": [{"round": r, "bytes": b} for r, b in sorted(sets.items())],
         "final_dirty_set_bytes": sets[max(sets)] if sets else 0,
         "downtime_limit_ms": current_downtime_ms(history, policy),
         "throttle_percent": current_throttle_percent(history),
@@ -254,51 +291,107 @@ def build_controller_section(
             "max_duration_s": policy.max_duration_s,
             "met": met,
         },
-        "postcopy_recoveries": postcopy_recoveries(history),
+        "postcopy_recoveries": [r.to_dict() for r in postcopy_recoveries(history)],
         "decisions": [
             {
                 "at_s": round(d.at_s - history.started_s, 2),
                 "round": d.round,
                 "state": d.next_state.value,
-                "actions": [_action_text(a) for a in d.actions],
+                "rule": d.rule.value,
+                "actions": [action_to_dict(a) for a in d.actions],
                 "reason": d.reason,
             }
             for d in history.decisions
             if d.reason
         ],
         "policy": policy.to_dict(),
+        "measured": measured.to_dict(),
     }
 
 
-def postcopy_recoveries(history: History) -> list[dict[str, object]]:
-    """Each time the post-copy link broke: when, when it recovered (None: never), and how.
+def controller_cpu_section(*, cpu_s: float | None, wall_s: float) -> dict[str, object]:
+    """The controller's own cost while it watched: CPU seconds and percent of one core.
 
-    Returns:
-        ``{"broken_at_s", "recovered_at_s", "how", "reason"}`` per episode, times
-        relative to the start of the migration.
+    The goal is under 2 % of a core while monitoring. psutil counts CPU time in
+    clock ticks (10 ms), so a migration of a few seconds reads 0 or 0.01 s.
+
+    >>> controller_cpu_section(cpu_s=0.12, wall_s=10.0)
+    {'controller_cpu_s': 0.12, 'controller_cpu_percent': 1.2}
+    >>> controller_cpu_section(cpu_s=None, wall_s=10.0)
+    {'controller_cpu_s': None, 'controller_cpu_percent': None}
+    """
+    if cpu_s is None:
+        return {"controller_cpu_s": None, "controller_cpu_percent": None}
+    percent = round(100 * cpu_s / wall_s, 1) if wall_s > 0 else None
+    return {"controller_cpu_s": round(cpu_s, 2), "controller_cpu_percent": percent}
+
+
+class RecoveryMethod(StrEnum):
+    """How a broken post-copy link recovered."""
+
+    SAME_CONNECTION = "same-connection"
+    """The link came back and TCP carried on over the same connection."""
+    POSTCOPY_RESUME = "postcopy-resume"
+    """libvirt had paused it; resumed over a fresh connection (POSTCOPY_RESUME)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PostcopyRecovery:
+    """One time the post-copy link broke (times from the start of the migration).
+
+    Attributes:
+        broken_at_s: when the controller saw it broken.
+        recovered_at_s: when it recovered; None: it never did.
+        how: how it recovered; None: it never did.
+        reason: the controller's words when it broke.
 
     """
-    out: list[dict[str, object]] = []
-    episode: dict[str, object] | None = None
+
+    broken_at_s: float
+    recovered_at_s: float | None
+    how: RecoveryMethod | None
+    reason: str
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON form (``convergence.postcopy_recoveries[]``)."""
+        return {
+            "broken_at_s": self.broken_at_s,
+            "recovered_at_s": self.recovered_at_s,
+            "how": None if self.how is None else self.how.value,
+            "reason": self.reason,
+        }
+
+
+def postcopy_recoveries(history: History) -> list[PostcopyRecovery]:
+    """Each time the post-copy link broke: when, when it recovered (None: never), and how."""
+    out: list[PostcopyRecovery] = []
+    broken: Decision | None = None
     resumed = False
     for d in history.decisions:
-        at_s = round(d.at_s - history.started_s, 2)
         if d.next_state is State.POSTCOPY_PAUSED:
             resumed = resumed or any(isinstance(a, ResumePostCopy) for a in d.actions)
-            if episode is None:
-                episode = {"broken_at_s": at_s, "recovered_at_s": None, "how": None}
-                episode["reason"] = d.reason
-                out.append(episode)
-        elif episode is not None:
+            broken = broken or d
+            continue
+        if broken is not None:
             # Back to post-copy, or straight to completion: either way the link came back.
-            if d.next_state in {State.POSTCOPY, State.COMPLETED}:
-                episode["recovered_at_s"] = at_s
-                episode["how"] = "postcopy-resume" if resumed else "same-connection"
-            episode, resumed = None, False
+            recovered = d.next_state in {State.POSTCOPY, State.COMPLETED}
+            how = RecoveryMethod.POSTCOPY_RESUME if resumed else RecoveryMethod.SAME_CONNECTION
+            out.append(_recovery(history, broken, d if recovered else None, how))
+            broken, resumed = None, False
+    if broken is not None:
+        out.append(_recovery(history, broken, None, None))
     return out
 
 
-def _action_text(action: object) -> str:
-    fields = getattr(action, "__slots__", ())
-    args = ", ".join(f"{f}={getattr(action, f)!r}" for f in fields)
-    return f"{type(action).__name__}({args})"
+def _recovery(
+    history: History, broken: Decision, recovered: Decision | None, how: RecoveryMethod | None
+) -> PostcopyRecovery:
+    def rel(d: Decision) -> float:
+        return round(d.at_s - history.started_s, 2)
+
+    return PostcopyRecovery(
+        broken_at_s=rel(broken),
+        recovered_at_s=None if recovered is None else rel(recovered),
+        how=None if recovered is None else how,
+        reason=broken.reason,
+    )

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
-from libvirt_vmotion.model import MIB
+from libvirt_vmotion.model import QEMU_OVERHEAD_BYTES
 from libvirt_vmotion.preflight import netcheck
 
 if TYPE_CHECKING:
@@ -200,7 +200,7 @@ class PreflightFacts:
     networks: Mapping[str, NetworkFacts] = field(default_factory=dict)
     disks: Mapping[str, DiskView] = field(default_factory=dict)
     agent: AgentFacts = field(default_factory=lambda: AgentFacts(available=False))
-    qemu_overhead_bytes: int = 256 * MIB
+    qemu_overhead_bytes: int = QEMU_OVERHEAD_BYTES
     """Memory QEMU needs beyond guest RAM (page tables, device state, TCG cache)."""
     storage: StorageFacts | None = None
     """Disk handover facts (cache modes, lock managers, destination paths and space,

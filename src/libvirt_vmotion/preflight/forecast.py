@@ -36,7 +36,7 @@ A working-set cap W bounds every round at W MiB: it helps only once R*P/B > W.)
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Final
 
@@ -165,6 +165,26 @@ class Forecast:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class _Progress:
+    """Where the simulated pre-copy stands at the start of a round.
+
+    Attributes:
+        pending: data of this round (MiB).
+        previous: data of the round before (None in the bulk round and the first after).
+        sent: data sent by the rounds before (MiB).
+        elapsed_s: time those rounds took.
+        waited: fitting rounds let pass so far (``_waits``).
+
+    """
+
+    pending: float
+    previous: float | None = None
+    sent: float = 0.0
+    elapsed_s: float = 0.0
+    waited: int = 0
+
+
 def forecast(inputs: ForecastInputs, *, max_rounds: int = DEFAULT_MAX_ROUNDS) -> Forecast:
     """Predict the pre-copy migration described by ``inputs`` (see the module table).
 
@@ -177,61 +197,85 @@ def forecast(inputs: ForecastInputs, *, max_rounds: int = DEFAULT_MAX_ROUNDS) ->
 
     """
     bw = inputs.bandwidth_mib_s
-    rate = inputs.dirty_rate_mib_s
-    rho = rate / bw
+    rho = inputs.dirty_rate_mib_s / bw
     budget_mib = bw * inputs.max_downtime_ms / 1000
     # QEMU decides with the capped rate but sends the last round unthrottled.
     switch_bw = max(bw, inputs.switchover_bandwidth_mib_s or bw)
-    pending = inputs.memory_mib
-    previous: float | None = None
-    waited = 0
-    sent = 0.0
-    elapsed_s = 0.0
+    now = _Progress(pending=inputs.memory_mib)
     for round_no in range(1, max_rounds + 1):
-        fits = round_no > 1 and pending <= budget_mib
-        if fits and _waits(inputs, pending, previous, rho=rho, switch_bw=switch_bw):
-            waited += 1
+        fits = round_no > 1 and now.pending <= budget_mib
+        if fits and _waits(inputs, now.pending, now.previous, rho=rho, switch_bw=switch_bw):
+            now = replace(now, waited=now.waited + 1)
         elif fits:
-            # Stop-and-copy: this round is sent with the guest paused.
-            downtime_ms = pending / switch_bw * 1000 + inputs.switchover_overhead_ms
-            total_s = elapsed_s + downtime_ms / 1000
-            return Forecast(
-                inputs=inputs,
-                converges=True,
-                rounds=round_no + 1,  # + the setup sync, as QEMU counts
-                total_time_s=total_s,
-                expected_downtime_ms=downtime_ms,
-                data_mib=sent + pending,
-                rho=rho,
-                strategy=Strategy.PRECOPY,
-                reason=f"dirty rate is {rho:.0%} of bandwidth; round {round_no} "
-                f"({pending:.1f} MiB) fits the {inputs.max_downtime_ms} ms budget "
-                f"({budget_mib:.1f} MiB)"
-                + (
-                    f", after {waited} fitting round(s) let pass while the rounds still "
-                    "shrank fast (for a shorter pause)"
-                    if waited
-                    else ""
-                ),
+            return _stop_and_copy(
+                inputs, now, round_no=round_no, rho=rho, budget_mib=budget_mib, switch_bw=switch_bw
             )
-        round_s = pending / bw
-        sent += pending
-        elapsed_s += round_s
-        dirtied = rate * round_s
-        if inputs.working_set_mib is not None:
-            dirtied = min(dirtied, inputs.working_set_mib)
-        previous = pending if round_no > 1 else None
-        pending = dirtied
+        now = _next_round(inputs, now, round_no=round_no)
+    return _no_convergence(inputs, now, rho=rho, budget_mib=budget_mib, max_rounds=max_rounds)
+
+
+def _next_round(inputs: ForecastInputs, now: _Progress, *, round_no: int) -> _Progress:
+    """Send this round at the bandwidth while the guest dirties the next one."""
+    round_s = now.pending / inputs.bandwidth_mib_s
+    dirtied = inputs.dirty_rate_mib_s * round_s
+    if inputs.working_set_mib is not None:
+        dirtied = min(dirtied, inputs.working_set_mib)
+    return _Progress(
+        pending=dirtied,
+        previous=now.pending if round_no > 1 else None,
+        sent=now.sent + now.pending,
+        elapsed_s=now.elapsed_s + round_s,
+        waited=now.waited,
+    )
+
+
+def _stop_and_copy(  # noqa: PLR0913  the simulation's state, all keyword-only
+    inputs: ForecastInputs,
+    now: _Progress,
+    *,
+    round_no: int,
+    rho: float,
+    budget_mib: float,
+    switch_bw: float,
+) -> Forecast:
+    """The forecast when round ``round_no`` is sent with the guest paused."""
+    downtime_ms = now.pending / switch_bw * 1000 + inputs.switchover_overhead_ms
+    waited = (
+        f", after {now.waited} fitting round(s) let pass while the rounds still "
+        "shrank fast (for a shorter pause)"
+        if now.waited
+        else ""
+    )
+    return Forecast(
+        inputs=inputs,
+        converges=True,
+        rounds=round_no + 1,  # + the setup sync, as QEMU counts
+        total_time_s=now.elapsed_s + downtime_ms / 1000,
+        expected_downtime_ms=downtime_ms,
+        data_mib=now.sent + now.pending,
+        rho=rho,
+        strategy=Strategy.PRECOPY,
+        reason=f"dirty rate is {rho:.0%} of bandwidth; round {round_no} "
+        f"({now.pending:.1f} MiB) fits the {inputs.max_downtime_ms} ms budget "
+        f"({budget_mib:.1f} MiB){waited}",
+    )
+
+
+def _no_convergence(
+    inputs: ForecastInputs, now: _Progress, *, rho: float, budget_mib: float, max_rounds: int
+) -> Forecast:
+    """The forecast when no round fits: post-copy if rounds grow, else throttle."""
     if rho >= 1:
         strategy = Strategy.POSTCOPY
         reason = (
-            f"the guest dirties {rate:.0f} MiB/s, {rho:.0%} of the {bw:.0f} MiB/s bandwidth: "
-            "pre-copy rounds never shrink; switch to post-copy after the first pass"
+            f"the guest dirties {inputs.dirty_rate_mib_s:.0f} MiB/s, {rho:.0%} of the "
+            f"{inputs.bandwidth_mib_s:.0f} MiB/s bandwidth: pre-copy rounds never shrink; "
+            "switch to post-copy after the first pass"
         )
     else:
         strategy = Strategy.THROTTLE
         reason = (
-            f"after {max_rounds} rounds {pending:.1f} MiB stay pending, above the "
+            f"after {max_rounds} rounds {now.pending:.1f} MiB stay pending, above the "
             f"{budget_mib:.1f} MiB the {inputs.max_downtime_ms} ms budget allows: slow the "
             "guest (auto-converge) or raise the downtime/bandwidth"
         )

@@ -24,7 +24,7 @@ from libvirt_vmotion.adapters.agent import AgentOperationFailed, AgentUnavailabl
 from libvirt_vmotion.adapters.linkprobe import LinkMeasurement, measure_link
 from libvirt_vmotion.adapters.virt import Guest, Hypervisor
 from libvirt_vmotion.errors import Unsupported, VmotionError
-from libvirt_vmotion.model import MIB, PastRun
+from libvirt_vmotion.model import MIB, QEMU_OVERHEAD_BYTES, PastRun
 from libvirt_vmotion.policy import DEFAULT_INITIAL_DOWNTIME_MS, DEFAULT_MAX_DOWNTIME_MS
 from libvirt_vmotion.preflight import domxml
 from libvirt_vmotion.preflight.facts import (
@@ -218,7 +218,7 @@ def gather(
     domain: str,
     *,
     agent: RemoteHost | None,
-    qemu_overhead_bytes: int = 256 * MIB,
+    qemu_overhead_bytes: int = QEMU_OVERHEAD_BYTES,
 ) -> PreflightFacts:
     """Collect every fact the checks need.
 

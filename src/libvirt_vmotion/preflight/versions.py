@@ -1,8 +1,11 @@
-"""Pre-flight checks on libvirt and QEMU versions, and the table of features we use.
+"""Pre-flight checks on libvirt and QEMU versions, the table of features we use, and quirks.
 
 Pure: no I/O, no clock, no logging. Checks ``libvirt-version``, ``qemu-version``,
 ``tcg-dirty-tracking`` and one ``feature-NAME`` per row of ``FEATURES``: the single
-place that says which version of each host a feature needs.
+place that says which version of each host a feature needs. ``KNOWN_BUGS`` lists the
+releases the migration loop must work around, with the reason; the loop asks the
+functions below (plain version numbers in, a verdict out), never compares versions
+itself.
 """
 
 from __future__ import annotations
@@ -125,13 +128,102 @@ FEATURES: Final[tuple[Feature, ...]] = (
             "telling QEMU the unthrottled switchover rate, so it switches over by the real pause",
             "11.1.0", "8.2.0"),
 )  # fmt: skip
-"""The single table of features we use with the versions each needs (both hosts)."""
+"""The single table of features we use with the versions each needs (both hosts).
+
+``avail-switchover-bandwidth``: libvirt's ``bandwidth.avail.switchover`` migration
+parameter came in 11.1, QEMU's ``avail-switchover-bandwidth`` in 8.2; both are
+needed on the source, whose QEMU decides when to switch over
+(``switchover_hint_mib_s``)."""
 
 
 def feature_since(name: str) -> tuple[int, int]:
     """The libvirt and QEMU version numbers ``FEATURES`` says feature ``name`` needs."""
     feat = next(f for f in FEATURES if f.name == name)
     return version_number(feat.libvirt), version_number(feat.qemu)
+
+
+def has_feature(name: str, *, libvirt_version: int, qemu_version: int) -> bool:
+    """True if a host with these versions has feature ``name`` of ``FEATURES``."""
+    libvirt_since, qemu_since = feature_since(name)
+    return libvirt_version >= libvirt_since and qemu_version >= qemu_since
+
+
+def switchover_hint_mib_s(
+    rate_mib_s: float | None, *, libvirt_version: int | None, qemu_version: int | None
+) -> int | None:
+    """The switchover rate to give the source's QEMU (``avail-switchover-bandwidth``), or None.
+
+    Given when the rate of the final, unthrottled round is known and the source's
+    libvirt and QEMU can pass it on (``FEATURES``): QEMU then decides when to switch
+    over by the pause the guest will really see. Unknown versions (the source did
+    not say) pass nothing.
+
+    ==========  =======  ==========  ======
+    rate        libvirt  QEMU        hint
+    ==========  =======  ==========  ======
+    455.7       11.3.0   10.0.2      455
+    455.7       11.0.0   10.0.2      None
+    455.7       11.3.0   8.1.0       None
+    None        11.3.0   10.0.2      None
+    ==========  =======  ==========  ======
+    """
+    if not rate_mib_s or libvirt_version is None or qemu_version is None:
+        return None
+    if not has_feature(
+        "avail-switchover-bandwidth", libvirt_version=libvirt_version, qemu_version=qemu_version
+    ):
+        return None
+    return max(1, int(rate_mib_s))
+
+
+@dataclass(frozen=True, slots=True)
+class KnownBug:
+    """A libvirt or QEMU release that breaks something we do, and what we do instead."""
+
+    name: str
+    component: str
+    """``libvirt`` or ``qemu``: whose version number ``versions`` holds."""
+    host: str
+    """Where the bug bites: ``source`` or ``destination``."""
+    versions: frozenset[int]
+    reason: str
+    workaround: str
+
+
+KNOWN_BUGS: Final[tuple[KnownBug, ...]] = (
+    KnownBug(
+        name="postcopy-resume-crash",
+        component="libvirt",
+        host="destination",
+        versions=frozenset({version_number("11.3.0")}),
+        reason="the destination's libvirtd segfaults on VIR_MIGRATE_POSTCOPY_RESUME "
+        "(Prepare3Params -> qemuMigrationDstPrepareDirect -> NULL dereference), every "
+        "time, in our lab (2026-11-25), with or without a migration URI (Debian "
+        "bookworm-backports and trixie ship 11.3.0). The restarted daemon keeps the "
+        "guest's monitor locked, so the guest cannot be recovered at all.",
+        workaround="never resume a paused post-copy into it: wait for the link instead, "
+        "and say where the guest's state is",
+    ),
+)
+"""Releases the migration loop works around, one row per bug, with the reason."""
+
+
+def _bug(name: str) -> KnownBug:
+    return next(b for b in KNOWN_BUGS if b.name == name)
+
+
+def postcopy_resume_crashes(dest_libvirt_version: int | None) -> bool:
+    """True if the destination's libvirt crashes on POSTCOPY_RESUME (``KNOWN_BUGS``).
+
+    An unknown version (the destination did not say) is taken as safe: the resume
+    is then tried, as on every other release.
+    """
+    return dest_libvirt_version in _bug("postcopy-resume-crash").versions
+
+
+def postcopy_resume_crash_versions() -> str:
+    """The libvirt releases that crash on POSTCOPY_RESUME, as text (``11.3.0``)."""
+    return ", ".join(format_version(v) for v in sorted(_bug("postcopy-resume-crash").versions))
 
 
 def check_features(f: PreflightFacts) -> tuple[CheckResult, ...]:

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Final, TextIO
 
 from libvirt_vmotion.errors import ReservationError, VmotionError
+from libvirt_vmotion.model import QEMU_OVERHEAD_BYTES
 from libvirt_vmotion.reserve.store import (
     HOOK_OWNER,
     STORE_PATH,
@@ -47,8 +48,6 @@ from libvirt_vmotion.reserve.store import (
 HOOK_NAME: Final = "50-libvirt-vmotion"
 AUDIT_LOG: Final = Path("/var/log/libvirt/vmotion-hook.log")
 """One line per decision the hook takes (libvirt itself logs only failures)."""
-QEMU_OVERHEAD_BYTES: Final = 256 * 1024 * 1024
-"""Same QEMU overhead the controller reserves (preflight's default)."""
 HOOK_BUSY_TIMEOUT_S: Final = 2.0
 """Longest wait for the reservation store's lock inside libvirt's synchronous hook.
 

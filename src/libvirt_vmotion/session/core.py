@@ -25,8 +25,9 @@ from enum import StrEnum
 from types import TracebackType
 from typing import Final, Protocol
 
+from libvirt_vmotion.converge.machine import build_context
 from libvirt_vmotion.errors import PreflightFailed, VmotionError
-from libvirt_vmotion.model import MigrationOutcome, MigrationRequest
+from libvirt_vmotion.model import MeasuredContext, MigrationOutcome, MigrationRequest
 from libvirt_vmotion.policy import MigrationPolicy
 from libvirt_vmotion.preflight.forecast import Forecast, Strategy, relative_error
 from libvirt_vmotion.preflight.registry import CheckResult, blockers
@@ -202,18 +203,21 @@ def may_remove_precreated(where: Whereabouts) -> bool:
     )
 
 
-def effective_policy(policy: MigrationPolicy, pre: PreflightOutcome) -> MigrationPolicy:
-    """The user's policy plus what pre-flight measured: the one place they meet.
+def measured_context(policy: MigrationPolicy, pre: PreflightOutcome) -> MeasuredContext:
+    """What pre-flight measured and the history learned, beside the user's policy.
 
-    A rate the user gave (``--switchover-bandwidth``) wins over the learned one; the
-    forecast's post-copy strategy (rounds cannot shrink at this dirty rate) starts
-    post-copy after the first pass.
+    ``converge.machine.build_context`` decides: a rate the user gave
+    (``--switchover-bandwidth``) wins over the learned one; the forecast's post-copy
+    strategy (rounds cannot shrink at this dirty rate) starts post-copy after the
+    first pass.
     """
-    if policy.switchover_bandwidth_mib_s is None and pre.switchover_mib_s:
-        policy = replace(policy, switchover_bandwidth_mib_s=pre.switchover_mib_s)
-    if pre.forecast is not None and pre.forecast.strategy is Strategy.POSTCOPY:
-        policy = replace(policy, postcopy_after_first_pass=True)
-    return policy
+    return build_context(
+        policy,
+        learned_switchover_mib_s=pre.switchover_mib_s,
+        preflight_dirty_mib_s=pre.measured_dirty_mib_s,
+        forecast_says_postcopy=pre.forecast is not None
+        and pre.forecast.strategy is Strategy.POSTCOPY,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -287,7 +291,7 @@ class Mover(Protocol):
     """The controller loop (``converge.loop.migrate``) bound to the two hosts."""
 
     def __call__(
-        self, request: MigrationRequest, *, policy: MigrationPolicy, preflight: PreflightOutcome
+        self, request: MigrationRequest, *, policy: MigrationPolicy, measured: MeasuredContext
     ) -> tuple[MigrationOutcome, Mapping[str, Mapping[str, object]]]:
         """Migrate; raise MigrationAborted / CutoverFailed when it did not land."""
         ...
@@ -343,7 +347,7 @@ class Session:
 
     Attributes:
         request: the guest, the hosts and the user's limits.
-        policy: the user's policy (measurements join it in ``effective_policy``).
+        policy: the user's policy (the measurements go beside it: ``measured_context``).
         preflight: the pre-flight port.
         destination: the destination's agent port (reservation, disk images).
         locator: where the guest is, asked before an undo that could hurt it.
@@ -402,13 +406,13 @@ class Session:
             self._start_guard(undo)
             self.step = Step.MIGRATE
             request = replace(self.request, copy_disks=pre.copy_disks)
-            policy = effective_policy(self.policy, pre)
-            outcome, sections = self.mover(request, policy=policy, preflight=pre)
+            measured = measured_context(self.policy, pre)
+            outcome, sections = self.mover(request, policy=self.policy, measured=measured)
             migrate_done = self.clock() - started
             self.step = Step.RELEASE
         timeline = Timeline(preflight_done, migrate_done, self.clock() - started)
         self.step = Step.DONE
-        return SessionResult(request, policy, pre, outcome, sections, timeline)
+        return SessionResult(request, self.policy, pre, outcome, sections, timeline)
 
     def remember(self, result: SessionResult, report: Mapping[str, object]) -> None:
         """Record a landed run so the next forecast between these hosts learns."""

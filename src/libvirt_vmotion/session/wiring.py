@@ -24,7 +24,6 @@ from libvirt_vmotion.session.core import (
     Claim,
     DiskToCreate,
     Events,
-    PreflightOutcome,
     Session,
     SessionResult,
     Whereabouts,
@@ -37,7 +36,7 @@ if TYPE_CHECKING:
     from libvirt_vmotion.converge.loop import HostConnection, PostSwitchover
     from libvirt_vmotion.converge.ports import Observer
     from libvirt_vmotion.converge.progress import ProgressView
-    from libvirt_vmotion.model import MigrationOutcome, MigrationRequest
+    from libvirt_vmotion.model import MeasuredContext, MigrationOutcome, MigrationRequest
     from libvirt_vmotion.policy import MigrationPolicy
 
 
@@ -183,7 +182,7 @@ class LoopMover:
     on_progress: Callable[[ProgressView], None] | None
 
     def __call__(
-        self, request: MigrationRequest, *, policy: MigrationPolicy, preflight: PreflightOutcome
+        self, request: MigrationRequest, *, policy: MigrationPolicy, measured: MeasuredContext
     ) -> tuple[MigrationOutcome, Mapping[str, Mapping[str, object]]]:
         """Run the controller loop (raises MigrationAborted / CutoverFailed)."""
         from libvirt_vmotion.converge.loop import migrate  # noqa: PLC0415
@@ -196,7 +195,7 @@ class LoopMover:
             cutover=self.cutover,
             policy=policy,
             on_progress=self.on_progress,
-            preflight_dirty_mib_s=preflight.measured_dirty_mib_s,
+            measured=measured,
         )
 
 

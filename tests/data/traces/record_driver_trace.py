@@ -29,7 +29,7 @@ from libvirt_vmotion.converge.loop import HostConnection, MigratingGuest, migrat
 from libvirt_vmotion.events import MigrationEvent
 from libvirt_vmotion.lab import guestctl
 from libvirt_vmotion.lab.constants import GUEST_NAME, HOST_A, HOST_B
-from libvirt_vmotion.model import JobSample, MigrationRequest
+from libvirt_vmotion.model import JobSample, MeasuredContext, MigrationRequest
 from libvirt_vmotion.policy import build_policy
 
 OUT = Path(__file__).parent / "driver"
@@ -194,13 +194,16 @@ def main() -> int:
         max_downtime_ms=args.max_downtime,
         overrides={"bandwidth_mib_s": args.bandwidth, "max_duration_s": args.timeout, **overrides},
     )
+    measured = MeasuredContext()  # no pre-flight, no history: nothing measured beforehand
     rec = Recorder(time.monotonic)
     outcome: dict[str, Any] = {}
     with Hypervisor.open(HOST_A.uri) as src, Hypervisor.open(HOST_B.uri) as dst:
         source: HostConnection = RecordingHost(src, rec, source=True)
         dest: HostConnection = RecordingHost(dst, rec, source=False)
         try:
-            result, _sections = migrate(request, source=source, dest=dest, policy=policy)
+            result, _sections = migrate(
+                request, source=source, dest=dest, policy=policy, measured=measured
+            )
             outcome = {
                 "result": "completed",
                 "downtime_ms": result.final.downtime_ms if result.final else None,
@@ -219,6 +222,7 @@ def main() -> int:
             "max_downtime_ms": args.max_downtime,
             **overrides,
         },
+        "measured": measured.to_dict(),
         "samples": rec.samples,
         "events": rec.events,
         "calls": rec.calls,

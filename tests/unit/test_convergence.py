@@ -24,7 +24,6 @@ from libvirt_vmotion.converge.machine import (
     replay,
     round_dirty_sets,
     step,
-    throttle_steps,
 )
 from libvirt_vmotion.errors import UsageError
 from libvirt_vmotion.events import EventKind, MigrationEvent
@@ -35,6 +34,7 @@ from libvirt_vmotion.policy import (
     build_policy,
     exponential_downtime,
     load_policy_toml,
+    throttle_steps,
 )
 
 TRACES = Path(__file__).parent.parent / "data" / "traces"
@@ -122,8 +122,8 @@ def test_bad_policy_names_the_field(kwargs: dict[str, object], field: str) -> No
 
 def test_policy_from_toml_and_flags() -> None:
     policy = load_policy_toml(
-        "max_duration_s = 90\nallow_postcopy = false\nmax_throttle_percent = 0\n"
-        "[downtime]\ninitial_ms = 20\nmax_ms = 200\nsteps = 3\n"
+        "timeout = 90\npostcopy = false\nmax-throttle = 0\n"
+        "initial-downtime = 20\nmax-downtime = 200\ndowntime-steps = 3\n"
     )
     assert policy.max_duration_s == 90.0
     assert not policy.allow_postcopy
@@ -137,7 +137,12 @@ def test_policy_from_toml_and_flags() -> None:
 
 @pytest.mark.parametrize(
     ("text", "needle"),
-    [("max_duration_s = 'x'", "max_duration_s"), ("bogus = 1", "bogus"), ("[[", "TOML")],
+    [
+        ("timeout = 'x'", "timeout: expected a number of seconds"),
+        ("max-throttle = 150", "max-throttle: expected a whole number from 0 to 99"),
+        ("bogus = 1", "bogus"),
+        ("[[", "TOML"),
+    ],
 )
 def test_bad_toml_is_a_usage_error(text: str, needle: str) -> None:
     with pytest.raises(UsageError, match=needle):

@@ -37,7 +37,7 @@ from libvirt_vmotion.preflight.forecast import DEFAULT_SWITCHOVER_OVERHEAD_MS
 
 @pytest.mark.parametrize("bad", [0.0, -5.0, math.nan, math.inf])
 def test_bad_switchover_bandwidth_names_the_field(bad: float) -> None:
-    with pytest.raises(UsageError, match="switchover_bandwidth_mib_s"):
+    with pytest.raises(UsageError, match="switchover-bandwidth: expected"):
         MigrationPolicy(switchover_bandwidth_mib_s=bad)
 
 
@@ -49,11 +49,11 @@ def test_switchover_bandwidth_defaults_to_unknown_and_is_reported() -> None:
 
 
 def test_switchover_bandwidth_loads_from_toml_and_overrides() -> None:
-    assert load_policy_toml("switchover_bandwidth_mib_s = 500\n").switchover_bandwidth_mib_s == 500
+    assert load_policy_toml("switchover-bandwidth = 500\n").switchover_bandwidth_mib_s == 500
     policy = build_policy(overrides={"switchover_bandwidth_mib_s": 312.5})
     assert policy.switchover_bandwidth_mib_s == 312.5
-    with pytest.raises(UsageError, match="switchover_bandwidth_mib_s"):
-        load_policy_toml("switchover_bandwidth_mib_s = 'fast'\n")
+    with pytest.raises(UsageError, match="switchover-bandwidth: expected"):
+        load_policy_toml("switchover-bandwidth = 'fast'\n")
 
 
 # ---- builders -------------------------------------------------------------------

@@ -49,7 +49,7 @@ from typing import Final, Protocol
 
 from libvirt_vmotion.events import EventKind, MigrationEvent
 from libvirt_vmotion.model import MIB, JobSample
-from libvirt_vmotion.policy import MigrationPolicy
+from libvirt_vmotion.policy import MigrationPolicy, throttle_steps
 from libvirt_vmotion.preflight.forecast import (
     DEFAULT_SWITCHOVER_OVERHEAD_MS,
     WAIT_WHILE_SHRINK_AT_MOST,
@@ -413,14 +413,6 @@ def current_throttle_percent(history: History) -> int:
     return 0
 
 
-def throttle_steps(max_percent: int) -> tuple[int, ...]:
-    """Throttle caps to try, gentlest first: half the allowance, then all of it."""
-    if max_percent <= 0:
-        return ()
-    half = max(1, max_percent // 2)
-    return (half, max_percent) if half < max_percent else (max_percent,)
-
-
 def _last_escalation_round(history: History) -> int:
     for decision in reversed(history.decisions):
         if decision.actions:
@@ -589,7 +581,7 @@ def _step_precopy(
     if elapsed_s >= policy.max_duration_s:
         reason = (
             f"did not converge within the {policy.max_duration_s:g} s time budget "
-            f"(max_duration_s) at a downtime of up to {policy.max_downtime_ms} ms"
+            f"(--timeout) at a downtime of up to {policy.max_downtime_ms} ms"
         )
         return decide(State.ABORTING, reason, Abort(reason))
     if (

@@ -174,3 +174,36 @@ def libvirt_uri(text: str) -> str:
         msg = f"{problem}{HINT_SEPARATOR}write e.g. {URI_EXAMPLES}"
         raise argparse.ArgumentTypeError(msg)
     return text
+
+
+DEFAULT_SOURCE_URI_ENV: Final = "LIBVIRT_DEFAULT_URI"
+
+
+def add_guest_and_hosts(parser: argparse.ArgumentParser, *, dest_help: str = "") -> None:
+    """DOMAIN, ``--to URI`` and ``--from URI``: the same words on every command that moves."""
+    parser.add_argument("domain", metavar="DOMAIN", help="guest name, UUID or ID on the source")
+    parser.add_argument(
+        "--to",
+        dest="dest_uri",
+        required=True,
+        type=libvirt_uri,
+        metavar="URI",
+        help=dest_help or "destination libvirt URI (qemu+tcp://, qemu+ssh://, qemu+tls://)",
+    )
+    add_source(parser)
+
+
+def add_source(parser: argparse.ArgumentParser) -> None:
+    """``--from URI``, defaulting to ``$LIBVIRT_DEFAULT_URI`` or ``qemu:///system``."""
+    parser.add_argument(
+        "--from",
+        dest="source_uri",
+        type=libvirt_uri,
+        metavar="URI",
+        help=f"source libvirt URI (default: ${DEFAULT_SOURCE_URI_ENV} or qemu:///system)",
+    )
+
+
+def positive_whole_seconds(text: str) -> int:
+    """An argparse ``type=``: a whole number of seconds greater than 0."""
+    return positive_number(int, what="a whole number of seconds")(text)

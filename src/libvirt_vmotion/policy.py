@@ -259,9 +259,8 @@ class PolicyKey:
         except ValueError:
             msg = f"expected {self.expected}, got {text!r}"
             raise ValueError(msg) from None
-        problem = self.problem(value)
-        if problem:
-            msg = problem.replace(repr(value), repr(text))
+        if self.problem(value):
+            msg = f"expected {self.expected}, got {text!r}"
             raise ValueError(msg)
         return value
 
@@ -284,7 +283,7 @@ POLICY_KEYS: Final[tuple[PolicyKey, ...]] = (
     PolicyKey(
         "timeout", "max_duration_s", float, "a number of seconds greater than 0", 0,
         above_low=True, metavar="SECONDS",
-        help="time budget: pre-copy still running then aborts (the guest stays on the source)",
+        help="time budget: a pre-copy still running then is aborted, the guest stays on the source",
     ),
     PolicyKey(
         "bandwidth", "bandwidth_mib_s", int, "a whole number of MiB/s greater than 0", 0,
@@ -302,7 +301,7 @@ POLICY_KEYS: Final[tuple[PolicyKey, ...]] = (
     ),
     PolicyKey(
         "postcopy", "allow_postcopy", bool, "true or false",
-        help="post-copy may be the last escalation (flag: --no-postcopy)",
+        help="post-copy may be the last escalation (the flag is --no-postcopy)",
     ),
     PolicyKey(
         "postcopy-after-fraction", "postcopy_after_fraction", float,
@@ -338,8 +337,7 @@ POLICY_KEYS: Final[tuple[PolicyKey, ...]] = (
     PolicyKey(
         "switchover-bandwidth", "switchover_bandwidth_mib_s", float,
         "a number of MiB/s greater than 0", 0, above_low=True, metavar="MIB_S",
-        help="rate of the final, unthrottled round, to judge real pauses by (unset: learned "
-        "from earlier migrations between the same hosts)",
+        help="rate of the final, unthrottled round, to judge real pauses by",
     ),
 )  # fmt: skip
 """Every setting of a policy file, in the order ``policy show`` prints them."""

@@ -12,6 +12,7 @@ import difflib
 import json
 import logging
 import os
+import re
 import sys
 import textwrap
 import time
@@ -135,6 +136,11 @@ class _Parser(argparse.ArgumentParser):
 
     def _did_you_mean(self, message: str) -> str:
         """For an unknown option, the known one it is closest to (abbreviations are off)."""
+        choice = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if choice:
+            options = re.findall(r"'([^']*)'", choice[2])
+            close = difflib.get_close_matches(choice[1], options, n=1)
+            return f"did you mean {close[0]}?" if close else ""
         if not message.startswith("unrecognized arguments:"):
             return ""
         known = sorted(_option_strings(self))
@@ -167,7 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.set_defaults(debug=False, verbose=False)
     parser.add_argument("-V", "--version", action="version", version=f"%(prog)s {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub = parser.add_subparsers(
+        dest="command", required=True, parser_class=_Parser, metavar="COMMAND"
+    )
     _add_migrate(sub)
     checks_cli.add_subcommands(sub, parser_class=_Parser, add_policy_flags=_add_policy_flags)
     _add_netcheck(sub)

@@ -8,6 +8,7 @@ I/O: argparse and printing only. Pre-flight itself is a Session step
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import os
 import sys
@@ -15,6 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import TextIO, TypeVar
 
 from libvirt_vmotion.argtypes import (
+    HINT_SEPARATOR,
     add_guest_and_hosts,
     positive_whole_seconds,
 )
@@ -30,11 +32,23 @@ from libvirt_vmotion.storage.plan import CopyMode
 _P = TypeVar("_P", bound=argparse.ArgumentParser)
 
 
+def _check_name(text: str) -> str:
+    """An argparse ``type=``: a known pre-flight check name (refused before any connection)."""
+    names = check_names()
+    if text in names:
+        return text
+    close = difflib.get_close_matches(text, names, n=3)
+    hint = f"did you mean {' or '.join(close)}?" if close else "'--help' lists every name"
+    msg = f"unknown pre-flight check {text!r}{HINT_SEPARATOR}{hint}"
+    raise argparse.ArgumentTypeError(msg)
+
+
 def add_skip_check(parser: argparse.ArgumentParser) -> None:
     """``--skip-check NAME`` (repeatable), on ``check`` and ``migrate``."""
     parser.add_argument(
         "--skip-check",
         action="append",
+        type=_check_name,
         default=[],
         metavar="NAME",
         help="override one pre-flight check (repeatable; default: none); names:\n"

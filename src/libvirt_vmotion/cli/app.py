@@ -670,11 +670,19 @@ def _add_netcheck(sub: argparse._SubParsersAction[_Parser]) -> None:
 
 
 def cmd_netcheck(args: argparse.Namespace) -> int:
-    """``vmotion netcheck DOMAIN --to URI``: the network pre-flight on its own."""
+    """``vmotion netcheck DOMAIN --to URI``: the network pre-flight on its own.
+
+    Exit 3 on a blocker; 1 when nothing could be checked (every result is a
+    check that could not run), so a script never reads "ok" from no checks.
+    """
     from libvirt_vmotion.adapters.virt import Hypervisor  # noqa: PLC0415
     from libvirt_vmotion.cutover.announce import network_checks  # noqa: PLC0415
     from libvirt_vmotion.cutover.frames import NotifyConfig  # noqa: PLC0415
-    from libvirt_vmotion.preflight.netcheck import Severity, worst  # noqa: PLC0415
+    from libvirt_vmotion.preflight.netcheck import (  # noqa: PLC0415
+        Severity,
+        checked_something,
+        worst,
+    )
 
     source_uri = args.source_uri or os.environ.get(DEFAULT_SOURCE_URI_ENV) or "qemu:///system"
     config = NotifyConfig(enabled=not args.no_notify, off_bridges=frozenset(args.no_notify_on))
@@ -684,16 +692,31 @@ def cmd_netcheck(args: argparse.Namespace) -> int:
             dest_uri=args.dest_uri, config=config,
         )  # fmt: skip
     verdict = worst(results)
+    checked = checked_something(results)
     if args.json:
-        out: dict[str, object] = {"domain": args.domain, "verdict": verdict.value}
-        out["results"] = [r.as_dict() for r in results]
+        out: dict[str, object] = {
+            "event": "netcheck",
+            "domain": args.domain,
+            "verdict": verdict.value,
+            "checked": checked,
+            "results": [r.as_dict() for r in results],
+        }
         print(json.dumps(out, sort_keys=True))  # noqa: T201  machine output
     else:
         for r in results:
             print(f"{r.severity.value:<8} {r.name:<22} {r.host}:{r.subject}  {r.message}")  # noqa: T201
             if r.hint:
                 print(f"{'':<8} {'':<22} hint: {r.hint}")  # noqa: T201
-    return ExitCode.PREFLIGHT if verdict is Severity.BLOCKER else ExitCode.OK
+    if verdict is Severity.BLOCKER:
+        return ExitCode.PREFLIGHT
+    if not checked:
+        sys.stderr.write(
+            f"error: netcheck checked nothing for '{args.domain}': every check above could "
+            "not run.\nhint: Fix what the warnings name (agent reachable over ssh, NICs on a "
+            "bridge), then run it again.\n"
+        )
+        return ExitCode.ERROR
+    return ExitCode.OK
 
 
 def _add_lab(sub: argparse._SubParsersAction[_Parser]) -> None:

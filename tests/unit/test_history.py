@@ -88,7 +88,11 @@ def test_a_migrate_report_becomes_a_run_to_learn_from() -> None:
         "downtime_ms": 50,
         "convergence": {
             "strategy": "pre-copy",
-            "bytes_per_round": {"2": 40 << 20, "3": 25 << 20, "4": 0},
+            "bytes_per_round": [
+                {"round": 2, "bytes": 40 << 20},
+                {"round": 3, "bytes": 25 << 20},
+                {"round": 4, "bytes": 0},
+            ],
         },
     }
     run = Completed.from_report(report, host_pair=("src", "dst"), cap_mib_s=50.0, finished_s=1.0)

@@ -98,12 +98,12 @@ class Completed:
             isinstance(data, int) and isinstance(elapsed, int) and isinstance(downtime, int)
         ):
             return None
-        sets = conv.get("bytes_per_round")
-        nonzero = (
-            [(int(k), v) for k, v in sets.items() if isinstance(v, int) and v > 0]
-            if isinstance(sets, Mapping)
-            else []
-        )
+        rounds = conv.get("bytes_per_round")
+        nonzero = [
+            (r["round"], r["bytes"])
+            for r in (rounds if isinstance(rounds, list) else [])
+            if isinstance(r, Mapping) and isinstance(r.get("bytes"), int) and r["bytes"] > 0
+        ]
         return cls(
             source_uuid=host_pair[0],
             dest_uuid=host_pair[1],

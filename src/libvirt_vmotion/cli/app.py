@@ -33,6 +33,7 @@ from libvirt_vmotion.cli import checks as checks_cli
 from libvirt_vmotion.cli.report import (
     build_failure_report,
     build_report,
+    json_line,
     progress_line,
     render_text,
     timeline_section,
@@ -44,6 +45,7 @@ from libvirt_vmotion.errors import (
     DomainNotFound,
     ExitCode,
     MigrationAborted,
+    PreflightFailed,
     Unsupported,
     UsageError,
     VmotionError,
@@ -450,7 +452,7 @@ class ViewPrinter:
             self._stream.write(view.line() + "\n")
             self._stream.flush()
         if due and self._json is not None:
-            self._json.write(json.dumps(view.to_dict(), sort_keys=True) + "\n")
+            self._json.write(json_line(view.to_dict(), now_s=time.time()) + "\n")
             self._json.flush()
         if due:
             self._last_s = self._clock()
@@ -573,7 +575,7 @@ def _guard_record(source_uri: str, domain: str) -> dict[str, object]:
 
 def _say_status(data: dict[str, object], args: argparse.Namespace) -> None:
     if args.json:
-        print(json.dumps(data, sort_keys=True))  # noqa: T201  machine output
+        print(json_line(data, now_s=time.time()))  # noqa: T201  machine output
     else:
         print(" ".join(f"{k}={v}" for k, v in data.items() if k != "event"))  # noqa: T201
 
@@ -701,7 +703,7 @@ def cmd_netcheck(args: argparse.Namespace) -> int:
             "checked": checked,
             "results": [r.as_dict() for r in results],
         }
-        print(json.dumps(out, sort_keys=True))  # noqa: T201  machine output
+        print(json_line(out, now_s=time.time()))  # noqa: T201  machine output
     else:
         for r in results:
             print(f"{r.severity.value:<8} {r.name:<22} {r.host}:{r.subject}  {r.message}")  # noqa: T201
@@ -863,6 +865,8 @@ def cmd_migrate(args: argparse.Namespace) -> int:
                 result="aborted" if isinstance(exc, MigrationAborted) else "failed",
                 error=exc.message,
                 hint=exc.hint,
+                exit_code=int(exc.exit_code),
+                blockers=exc.blockers if isinstance(exc, PreflightFailed) else (),
                 reservation=unreleased.to_dict() if unreleased is not None else None,
             )
             _emit_json(failure, args)
@@ -916,7 +920,7 @@ def _process_age_s() -> float:
 
 def _emit_json(report: dict[str, object], args: argparse.Namespace) -> None:
     if args.json:
-        print(json.dumps(report, sort_keys=True))  # noqa: T201  machine output
+        print(json_line(report, now_s=time.time()))  # noqa: T201  machine output
     if args.report_file:
         _write_report(report, args.report_file)
 
@@ -924,7 +928,8 @@ def _emit_json(report: dict[str, object], args: argparse.Namespace) -> None:
 def _write_report(report: dict[str, object], path: Path) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+        stamped = json.loads(json_line(report, now_s=time.time()))
+        path.write_text(json.dumps(stamped, indent=2, sort_keys=True) + "\n")
     except OSError as exc:
         log.warning("could not write the report to %s: %s", path, exc)
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import argparse
 import difflib
-import json
 import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 from typing import TextIO, TypeVar
 
@@ -20,6 +20,7 @@ from libvirt_vmotion.argtypes import (
     add_guest_and_hosts,
     positive_whole_seconds,
 )
+from libvirt_vmotion.cli.report import json_line
 from libvirt_vmotion.errors import ExitCode, UsageError
 from libvirt_vmotion.model import MigrationRequest
 from libvirt_vmotion.policy import MigrationPolicy, escalations
@@ -262,8 +263,8 @@ def cmd_check(args: argparse.Namespace, *, policy: MigrationPolicy) -> int:
     with open_session(request, policy=policy, settings=settings, events=StderrEvents()) as session:
         gate = session.check()
     if args.json:
-        out = {**gate.check_section(), "escalations": escalations(policy)}
-        print(json.dumps(out, sort_keys=True))  # noqa: T201  machine output
+        out = {"event": "check", **gate.check_section(), "escalations": escalations(policy)}
+        print(json_line(out, now_s=time.time()))  # noqa: T201  machine output
     else:
         print_gate(gate, sys.stdout, only_problems=False, policy=policy)
     return ExitCode.PREFLIGHT if blockers(gate.results) else ExitCode.OK

@@ -5,7 +5,9 @@ Pure: no I/O, no clock. The CLI prints what these functions return.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import datetime as dt
+import json
+from collections.abc import Mapping, Sequence
 from typing import Final
 
 from libvirt_vmotion.model import (
@@ -18,7 +20,29 @@ from libvirt_vmotion.model import (
     shown_dirty_rate,
 )
 
-REPORT_VERSION: Final = 1
+REPORT_VERSION: Final = 2
+"""Version of every JSON document the CLI prints (schemas/*.schema.json describe them).
+
+2: every line has ``event`` and ``ts``; decisions' actions are objects;
+``bytes_per_round`` is a list; a failure report carries ``exit_code`` and
+``blockers`` as objects.
+"""
+
+
+def json_line(document: Mapping[str, object], *, now_s: float) -> str:
+    """One line of the CLI's JSON output: ``document`` with ``ts`` and ``report_version``.
+
+    Args:
+        document: the object to print; it names its ``event``.
+        now_s: wall-clock time (Unix seconds) the line is stamped with.
+
+    Returns:
+        Compact JSON, keys sorted, ``ts`` as ISO 8601 UTC with milliseconds.
+
+    """
+    ts = dt.datetime.fromtimestamp(now_s, tz=dt.UTC).isoformat(timespec="milliseconds")
+    stamped = {"report_version": REPORT_VERSION, **document, "ts": ts.replace("+00:00", "Z")}
+    return json.dumps(stamped, sort_keys=True)
 
 
 def build_report(
@@ -49,6 +73,7 @@ def build_report(
         qemu_peak, qemu_has_reported=qemu_peak > 0, preflight_mib_s=preflight_dirty_mib_s
     )
     report: dict[str, object] = {
+        "event": "report",
         "report_version": REPORT_VERSION,
         "result": "completed",
         "domain": outcome.domain,
@@ -101,20 +126,31 @@ def _storage_section(request: MigrationRequest, outcome: MigrationOutcome) -> di
     }
 
 
-def build_failure_report(
+def build_failure_report(  # noqa: PLR0913  the failure's facts, keyword-only
     request: MigrationRequest,
     *,
     result: str,
     error: str,
     hint: str,
+    exit_code: int,
+    blockers: Sequence[Mapping[str, object]] = (),
     reservation: Mapping[str, object] | None = None,
 ) -> dict[str, object]:
     """The report's last line when the migration did not complete.
 
-    ``reservation``: the destination reservation the failure left behind (who
-    frees it, by when), if it could not be released; the key is absent otherwise.
+    Args:
+        request: what was asked.
+        result: ``aborted`` (the guest still runs on the source) or ``failed``.
+        error: the error's message, as printed after ``error:``.
+        hint: what to do, as printed after ``hint:``.
+        exit_code: the process's exit code.
+        blockers: the pre-flight checks that blocked, as objects (empty otherwise).
+        reservation: the destination reservation the failure left behind (who
+            frees it, by when), if it could not be released; absent otherwise.
+
     """
     report: dict[str, object] = {
+        "event": "report",
         "report_version": REPORT_VERSION,
         "result": result,
         "domain": request.domain,
@@ -122,6 +158,8 @@ def build_failure_report(
         "destination": {"uri": request.dest_uri},
         "error": error,
         "hint": hint,
+        "exit_code": exit_code,
+        "blockers": [dict(b) for b in blockers],
     }
     if reservation is not None:
         report["reservation"] = dict(reservation)

@@ -12,6 +12,7 @@ dirty rate shown is pre-flight's measurement, passed in and labelled as such.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass
 
 from libvirt_vmotion.converge.machine import (
@@ -245,7 +246,7 @@ def build_controller_section(
         "state": state.value,
         "strategy": strategy,
         "rounds": max(sets, default=history.round),
-        "bytes_per_round": {str(r): b for r, b in sorted(sets.items())},
+        "bytes_per_round": [{"round": r, "bytes": b} for r, b in sorted(sets.items())],
         "final_dirty_set_bytes": sets[max(sets)] if sets else 0,
         "downtime_limit_ms": current_downtime_ms(history, policy),
         "throttle_percent": current_throttle_percent(history),
@@ -260,7 +261,7 @@ def build_controller_section(
                 "at_s": round(d.at_s - history.started_s, 2),
                 "round": d.round,
                 "state": d.next_state.value,
-                "actions": [_action_text(a) for a in d.actions],
+                "actions": [action_dict(a) for a in d.actions],
                 "reason": d.reason,
             }
             for d in history.decisions
@@ -298,7 +299,11 @@ def postcopy_recoveries(history: History) -> list[dict[str, object]]:
     return out
 
 
-def _action_text(action: object) -> str:
+def action_dict(action: object) -> dict[str, object]:
+    """An action as a JSON object: ``{"action": "set-max-downtime", "downtime_ms": 60}``.
+
+    ``action`` is the kebab-case class name; the other keys are its fields.
+    """
+    name = re.sub(r"(?<!^)(?=[A-Z])", "-", type(action).__name__).lower()
     fields = getattr(action, "__slots__", ())
-    args = ", ".join(f"{f}={getattr(action, f)!r}" for f in fields)
-    return f"{type(action).__name__}({args})"
+    return {"action": name, **{f: getattr(action, f) for f in fields}}

@@ -121,3 +121,27 @@ def test_a_decisions_reason_is_shown_once_on_the_line_after_it() -> None:
         previous = build_view(State.CONVERGING, history, MigrationPolicy(), previous)
         shown.append(previous.note)
     assert shown == ["", "raise it", "one more round", ""]
+
+
+def test_once_everything_is_sent_the_line_says_libvirt_finishes_on_the_destination() -> None:
+    done = JobSample.from_job_stats(
+        {
+            "type": 2,
+            "time_elapsed": 3000,
+            "data_total": 512 * MIB,
+            "data_processed": 600 * MIB,
+            "data_remaining": 0,
+            "memory_total": 512 * MIB,
+            "memory_remaining": 0,
+            "memory_bps": 100 * MIB,
+            "memory_iteration": 4,
+            "memory_page_size": 4096,
+        },
+        now_s=3.0,
+    )
+    history = History(started_s=0.0).with_sample(done)
+    view = build_view(State.CONVERGING, history, MigrationPolicy())
+    assert view.phase == "switching-over"
+    assert view.eta_s is None
+    assert "libvirt is starting the guest on the destination" in view.line()
+    assert "ETA" not in view.line()

@@ -79,11 +79,7 @@ def build_report(
         "domain": outcome.domain,
         "source": {"uri": request.source_uri, "host": outcome.source_host},
         "destination": {"uri": request.dest_uri, "host": outcome.dest_host},
-        "settings": {
-            "bandwidth_mib_s": request.bandwidth_mib_s,
-            "max_downtime_ms": request.max_downtime_ms,
-            "timeout_s": request.timeout_s,
-        },
+        "settings": _settings(request, outcome.controller),
         "total_time_s": round(outcome.wall_time_s, 3),
         "qemu_elapsed_ms": final.elapsed_ms if final else None,
         "downtime_ms": final.downtime_ms if final else None,
@@ -106,6 +102,30 @@ def build_report(
     for name, section in sections.items():
         report[name] = dict(section)
     return report
+
+
+def _settings(
+    request: MigrationRequest, controller: Mapping[str, object] | None
+) -> dict[str, object]:
+    """The effective budget: the controller's policy when it ran, else the request's.
+
+    Never null for a default: the controller's policy holds the value used.
+    """
+    policy = controller.get("policy") if controller is not None else None
+    if not isinstance(policy, Mapping):
+        return {
+            "bandwidth_mib_s": request.bandwidth_mib_s,
+            "max_downtime_ms": request.max_downtime_ms,
+            "timeout_s": request.timeout_s,
+        }
+    ladder = policy.get("downtime_schedule")
+    return {
+        "bandwidth_mib_s": policy.get("bandwidth_mib_s"),
+        "max_downtime_ms": ladder[-1] if isinstance(ladder, list) and ladder else None,
+        "timeout_s": policy.get("max_duration_s"),
+        "max_throttle_percent": policy.get("max_throttle_percent"),
+        "allow_postcopy": policy.get("allow_postcopy"),
+    }
 
 
 def _storage_section(request: MigrationRequest, outcome: MigrationOutcome) -> dict[str, object]:

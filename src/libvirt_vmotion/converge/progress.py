@@ -14,8 +14,10 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import asdict, dataclass
+from typing import Final
 
 from libvirt_vmotion.converge.machine import (
+    TERMINAL,
     History,
     ResumePostCopy,
     State,
@@ -164,8 +166,15 @@ def build_view(
     decision = history.decisions[-1] if history.decisions else None
     if decision is not None and decision.reason and decision.at_s > shown_up_to_s:
         note = decision.reason
+    phase = state.value
+    if is_finishing(state, sample):
+        # QEMU has nothing left to send; the job runs on while libvirt resumes the guest on
+        # the destination (seconds, on a loaded host). An "ETA 0 s" repeated meanwhile reads
+        # as a hang: say what is going on instead.
+        phase, rounds_left, eta_s = SWITCHING_OVER, None, None
+        note = note or "all memory sent: libvirt is starting the guest on the destination"
     return ProgressView(
-        phase=state.value,
+        phase=phase,
         round=sample.iteration,
         elapsed_s=elapsed_s,
         bulk_percent=bulk,
@@ -178,6 +187,20 @@ def build_view(
         disk_total_mib=sample.disk_total_bytes / MIB,
         disk_remaining_mib=sample.disk_remaining_bytes / MIB,
         dirty_source=dirty_source,
+    )
+
+
+SWITCHING_OVER: Final = "switching-over"
+"""The progress phase once QEMU has sent everything and libvirt finishes on the destination."""
+
+
+def is_finishing(state: State, sample: JobSample) -> bool:
+    """True when QEMU has sent all data but the job has not ended (libvirt's Finish phase)."""
+    return (
+        state not in TERMINAL
+        and sample.data_processed_bytes > 0
+        and sample.data_remaining_bytes == 0
+        and sample.memory_total_bytes > 0
     )
 
 

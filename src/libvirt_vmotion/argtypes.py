@@ -9,6 +9,7 @@ greater than 0, got '0'``); ``positive_number`` wraps it as an argparse
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import math
 from collections.abc import Callable
 from typing import Final, TypeVar
@@ -207,3 +208,31 @@ def add_source(parser: argparse.ArgumentParser) -> None:
 def positive_whole_seconds(text: str) -> int:
     """An argparse ``type=``: a whole number of seconds greater than 0."""
     return positive_number(int, what="a whole number of seconds")(text)
+
+
+_UNITS_S: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_since(text: str, *, now_s: float) -> float:
+    """``--since``: a time ago (``90m``, ``12h``, ``7d``, ``2w``) or a date (``2026-12-01``).
+
+    Args:
+        text: what the user typed. A date without a zone is local time.
+        now_s: the present (Unix seconds), for the relative forms.
+
+    Returns:
+        The moment, in Unix seconds.
+
+    Raises:
+        ValueError: neither form; the message shows both.
+
+    """
+    msg = f"expected a time ago like 90m, 12h, 7d or a date like 2026-12-01T10:00, got {text!r}"
+    word = text.strip()
+    if word[:-1].isdigit() and word[-1:] in _UNITS_S:
+        return now_s - int(word[:-1]) * _UNITS_S[word[-1]]
+    try:
+        moment = dt.datetime.fromisoformat(word)
+    except ValueError:
+        raise ValueError(msg) from None
+    return moment.timestamp()

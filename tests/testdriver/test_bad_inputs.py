@@ -10,6 +10,7 @@ issue's closing note (``python tests/testdriver/test_bad_inputs.py`` prints it).
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -107,6 +108,11 @@ BAD_INPUTS: tuple[Bad, ...] = (
     Bad(("status", "web01", "--from", UP), 1, f"The libvirt driver at {UP} reports no migration jobs"),
     Bad(("cancel", "web01", "--from", UP), 1, f"The libvirt driver at {UP} reports no migration jobs"),
     Bad(("status", "web01", "--from", DEAD), 7, f"Cannot reach libvirt at {DEAD}"),
+    Bad(("agent", "check", DEAD), 7, "No agent on 127.0.0.1: missing ssh as"),
+    Bad(("agent", "check", "foo://kvm2/system"), 2, "argument URI: 'foo://kvm2/system': unknown driver 'foo'"),
+    Bad(("history", "--since", "yesterday"), 2, "argument --since: expected a time ago like 90m, 12h, 7d"),
+    Bad(("history", "--sinc", "1h"), 2, "unrecognized arguments: --sinc 1h"),
+    Bad(mig("--metrics-file", "/etc"), 2, "argument --metrics-file: /etc is a directory"),
 )  # fmt: skip
 
 
@@ -181,6 +187,17 @@ def test_verbose_and_debug_work_after_the_subcommand() -> None:
     result = vmotion("check", "nosuch", "--from", UP, "--to", "test:///default", "--debug")
     assert result.returncode == 8
     assert "DEBUG " in result.stderr
+
+
+def test_log_file_gets_the_error_with_a_timestamp(tmp_path: Path) -> None:
+    log = tmp_path / "vmotion.log"
+    result = vmotion(
+        "migrate", "nosuch", "--from", UP, "--to", "test:///default", "--log-file", str(log)
+    )
+    assert result.returncode == 8
+    (line,) = log.read_text().splitlines()
+    assert re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3} ERROR .*No guest named 'nosuch'", line)
+    assert result.stderr.count("No guest named") == 1
 
 
 def test_version_has_a_short_flag() -> None:

@@ -13,6 +13,8 @@ import json
 import logging
 import os
 import re
+import shlex
+import sqlite3
 import sys
 import textwrap
 import time
@@ -21,11 +23,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, NoReturn, TextIO
 
 from libvirt_vmotion import __version__
+from libvirt_vmotion.adapters import metrics
+from libvirt_vmotion.adapters.history import ENV as HISTORY_ENV
+from libvirt_vmotion.adapters.metrics import default_path as metrics_default_path
 from libvirt_vmotion.argtypes import (
     DEFAULT_SOURCE_URI_ENV,
     HINT_SEPARATOR,
     add_guest_and_hosts,
     add_source,
+    libvirt_uri,
+    parse_since,
     positive_number,
 )
 from libvirt_vmotion.bench.options import add_bench_parser
@@ -42,6 +49,7 @@ from libvirt_vmotion.converge.ports import Observer
 from libvirt_vmotion.converge.progress import ProgressView
 from libvirt_vmotion.errors import (
     AbortRefused,
+    ConnectionFailed,
     DomainNotFound,
     ExitCode,
     MigrationAborted,
@@ -128,6 +136,11 @@ class _Parser(argparse.ArgumentParser):
             "-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
             help="log steps to stderr",
         )  # fmt: skip
+        common.add_argument(
+            "--log-file", type=Path, metavar="PATH", default=argparse.SUPPRESS,
+            help="also append every log line (info and up, with -v/--debug's level if lower) and "
+            "the error, with timestamps, to PATH (default: none)",
+        )  # fmt: skip
 
     def error(self, message: str) -> NoReturn:
         """Print ``error:`` and a ``hint:`` (the type's own, else where help is); exit 2."""
@@ -173,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="vMotion-style live migration for libvirt/QEMU hosts.",
         epilog=f"exit codes:\n{codes}",
     )
-    parser.set_defaults(debug=False, verbose=False)
+    parser.set_defaults(debug=False, verbose=False, log_file=None)
     parser.add_argument("-V", "--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(
         dest="command", required=True, parser_class=_Parser, metavar="COMMAND"
@@ -183,6 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_netcheck(sub)
     _add_cancel_status(sub)
     _add_policy_command(sub)
+    _add_history(sub)
+    _add_agent_check(sub)
     _add_lab(sub)
     add_bench_parser(sub)
     _name_verbs(parser)
@@ -226,6 +241,15 @@ def _add_migrate(sub: argparse._SubParsersAction[_Parser]) -> None:
         type=writable_file,
         metavar="PATH",
         help="also write the JSON report there (default: not written)",
+    )
+    mig.add_argument(
+        "--metrics-file",
+        type=writable_file,
+        metavar="PATH",
+        default=metrics_default_path(),
+        help="write Prometheus metrics (node_exporter textfile format) there after the "
+        f"migration (default: {metrics_default_path() or 'none'}; the default is "
+        f"{metrics.TEXTFILE_DIR}/{metrics.FILE_NAME} when that directory exists)",
     )
     mig.add_argument(
         "--ping",
@@ -364,6 +388,127 @@ def _add_cancel_status(sub: argparse._SubParsersAction[_Parser]) -> None:
         cmd.add_argument("domain", metavar="DOMAIN", help="guest name, UUID or ID on the source")
         add_source(cmd)
         cmd.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _add_history(sub: argparse._SubParsersAction[_Parser]) -> None:
+    hist = sub.add_parser(
+        "history",
+        help="the migrations this controller ran",
+        description="The migrations `vmotion migrate` ran from this machine, oldest first: "
+        "when, guest, hosts, result, job time, pause, strategy (from the history file: "
+        f"${HISTORY_ENV}, default /var/lib/libvirt-vmotion/history.db for root).",
+    )
+    hist.add_argument("--domain", metavar="NAME", help="only this guest (default: all)")
+    hist.add_argument(
+        "--since", type=_since, metavar="WHEN",
+        help="only those that ended since WHEN: a time ago (90m, 12h, 7d, 2w) or a date "
+        "(2026-12-01, 2026-12-01T10:00, local time) (default: all)",
+    )  # fmt: skip
+    hist.add_argument("--json", action="store_true", help="one JSON object per migration")
+
+
+def _since(text: str) -> float:
+    try:
+        return parse_since(text, now_s=time.time())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    """``vmotion history [--domain NAME] [--since WHEN] [--json]``."""
+    from libvirt_vmotion.adapters.history import History, default_path  # noqa: PLC0415
+
+    path = default_path()
+    try:
+        entries = History(path).entries(domain=args.domain, since_s=args.since)
+    except (OSError, sqlite3.Error) as exc:
+        msg = f"Cannot read the migration history {path}: {exc}"
+        raise VmotionError(
+            msg, hint=f"Check the file, or point ${HISTORY_ENV} at another."
+        ) from exc
+    if args.json:
+        for e in entries:
+            print(json_line({"event": "history", **e.to_dict()}, now_s=time.time()))  # noqa: T201
+        return ExitCode.OK
+    if not entries:
+        where = "disabled" if path is None else str(path)
+        print(f"no migrations recorded (history: {where})")  # noqa: T201
+        return ExitCode.OK
+    print(  # noqa: T201
+        f"{'ended (local time)':<19}  {'guest':<16} {'from -> to':<27} {'result':<9} "
+        f"{'total':>7} {'pause':>8}  strategy"
+    )
+    for e in entries:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.finished_s))
+        total = "-" if e.total_s is None else f"{e.total_s:.1f} s"
+        pause = "-" if e.downtime_ms is None else f"{e.downtime_ms} ms"
+        hosts = f"{e.source} -> {e.dest}"
+        print(  # noqa: T201
+            f"{when:<19}  {e.domain:<16} {hosts:<27} {e.result:<9} {total:>7} {pause:>8}  "
+            f"{e.strategy or '-'}"
+        )
+    return ExitCode.OK
+
+
+def _add_agent_check(sub: argparse._SubParsersAction[_Parser]) -> None:
+    agent = sub.add_parser(
+        "agent",
+        help="check that a host's agent is reachable (what check's host-side checks need)",
+        description="Host-side pre-flight (memory, bridges, disks, reservations) runs this "
+        "package on each host as an agent over ssh: ssh as root with a key from here "
+        "(BatchMode), and a python on the host that imports libvirt_vmotion (Debian's python "
+        "is externally managed: install it in a venv there and name that venv's python with "
+        "VMOTION_AGENT_PYTHON; VMOTION_AGENT_SSH replaces the ssh command).",
+    )
+    asub = agent.add_subparsers(dest="agent_command", required=True, parser_class=_Parser)
+    chk = asub.add_parser(
+        "check", help="reach the agent for URI's host and say what is missing",
+        description="Reach the agent on URI's host the way pre-flight does; exit 0 if it "
+        "answers, else 7 with what is missing.",
+    )  # fmt: skip
+    chk.add_argument("uri", type=libvirt_uri, metavar="URI", help="the host's libvirt URI")
+
+
+def cmd_agent_check(args: argparse.Namespace) -> int:
+    """``vmotion agent check URI``: reach the agent as pre-flight would; say what is missing."""
+    import subprocess  # noqa: PLC0415
+
+    from libvirt_vmotion.adapters.agent import RemoteHost  # noqa: PLC0415
+
+    host = RemoteHost.for_uri(args.uri)
+    try:
+        reply = host.call("hello", {}, timeout_s=15.0)
+    except VmotionError as exc:
+        missing = "the agent"
+        if host.prefix:
+            try:
+                ssh = subprocess.run(
+                    [*host.prefix, "true"], capture_output=True, text=True, timeout=15, check=False
+                )
+                ssh_ok, why = ssh.returncode == 0, ssh.stderr.strip()[-200:]
+            except (OSError, subprocess.TimeoutExpired) as ssh_exc:
+                ssh_ok, why = False, str(ssh_exc)
+            missing = (
+                f"the package for {host.python} there (ssh works)"
+                if ssh_ok
+                else f"ssh as {shlex.join(host.prefix)} ({why or 'no answer'})"
+            )
+        msg = f"No agent on {host.label}: missing {missing}. {exc.message}"
+        hint = (
+            f"Allow key-based ssh as root from here, and install libvirt-vmotion on "
+            f"{host.label} in a venv (Debian's python is externally managed); name its python "
+            "with VMOTION_AGENT_PYTHON=/path/to/venv/bin/python (VMOTION_AGENT_SSH replaces "
+            "the ssh command)."
+        )
+        raise ConnectionFailed(msg, hint=hint) from exc
+    version = reply.get("version")
+    note = "" if version == __version__ else f" (here: {__version__}; install the same on both)"
+    print(  # noqa: T201
+        f"ok: the agent answers on {reply.get('hostname', host.label)}: "
+        f"libvirt-vmotion {version}{note}, via {shlex.join(host.prefix) or 'a local subprocess'} "
+        f"running {host.python}"
+    )
+    return ExitCode.OK
 
 
 def _add_policy_command(sub: argparse._SubParsersAction[_Parser]) -> None:
@@ -858,19 +1003,21 @@ def cmd_migrate(args: argparse.Namespace) -> int:
             session.remember(result, report)
     except VmotionError as exc:
         printer.finish()
+        unreleased = session.unreleased if session is not None else None
+        failure = build_failure_report(
+            request,
+            result="aborted" if isinstance(exc, MigrationAborted) else "failed",
+            error=exc.message,
+            hint=exc.hint,
+            exit_code=int(exc.exit_code),
+            blockers=exc.blockers if isinstance(exc, PreflightFailed) else (),
+            reservation=unreleased.to_dict() if unreleased is not None else None,
+        )
         if args.json or args.report_file:
-            unreleased = session.unreleased if session is not None else None
-            failure = build_failure_report(
-                request,
-                result="aborted" if isinstance(exc, MigrationAborted) else "failed",
-                error=exc.message,
-                hint=exc.hint,
-                exit_code=int(exc.exit_code),
-                blockers=exc.blockers if isinstance(exc, PreflightFailed) else (),
-                reservation=unreleased.to_dict() if unreleased is not None else None,
-            )
             _emit_json(failure, args)
+        _journal(failure, exit_code=int(exc.exit_code), metrics_file=args.metrics_file)
         raise
+    _journal(report, exit_code=ExitCode.OK, metrics_file=args.metrics_file)
     if args.json:
         _emit_json(report, args)
     else:
@@ -878,6 +1025,29 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         if args.report_file:
             _write_report(report, args.report_file)
     return ExitCode.OK
+
+
+def _journal(report: Mapping[str, object], *, exit_code: int, metrics_file: Path | None) -> None:
+    """Append the run to the history's journal; rewrite the metrics textfile from it.
+
+    Both are best effort (a warning, never a failure of the migration).
+    """
+    from libvirt_vmotion.adapters.history import History, JournalEntry, default_path  # noqa: PLC0415
+
+    entry = JournalEntry.from_report(report, finished_s=time.time(), exit_code=exit_code)
+    history = History(default_path())
+    history.journal(entry)
+    if metrics_file is None:
+        return
+    try:
+        entries = history.entries() if history.path is not None else []
+    except (OSError, sqlite3.Error) as exc:
+        log.warning("metrics from this run only: history not read: %s", exc)
+        entries = []
+    try:
+        metrics.write_textfile(metrics_file, metrics.render_textfile(entries or [entry]))
+    except OSError as exc:
+        log.warning("could not write the metrics file %s: %s", metrics_file, exc)
 
 
 def _landed_report(result: SessionResult, *, startup_s: float) -> dict[str, object]:
@@ -934,6 +1104,59 @@ def _write_report(report: dict[str, object], path: Path) -> None:
         log.warning("could not write the report to %s: %s", path, exc)
 
 
+_FILE_ONLY: Final = {"file_only": True}
+"""``extra=`` of a record that goes to --log-file only (stderr already has it)."""
+_SYSLOG_PRIORITY: Final = {
+    logging.CRITICAL: 2,
+    logging.ERROR: 3,
+    logging.WARNING: 4,
+    logging.INFO: 6,
+    logging.DEBUG: 7,
+}
+
+
+class _JournalFormatter(logging.Formatter):
+    """Under systemd (``$JOURNAL_STREAM``) prefix each line with its ``<priority>``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        """The line, prefixed for journald's SyslogLevelPrefix."""
+        return f"<{_SYSLOG_PRIORITY.get(record.levelno, 6)}>{super().format(record)}"
+
+
+def _configure_logging(args: argparse.Namespace) -> None:
+    """Log to stderr at -v/--debug's level (journald priorities under systemd), --log-file too.
+
+    Only the CLI configures handlers (modules only log).
+    """
+    level = logging.DEBUG if args.debug else logging.INFO if args.verbose else logging.WARNING
+    fmt = "%(levelname)s %(name)s: %(message)s"
+    stderr = logging.StreamHandler()
+    stderr.setLevel(level)
+    stderr.setFormatter(
+        _JournalFormatter(fmt) if os.environ.get("JOURNAL_STREAM") else logging.Formatter(fmt)
+    )
+    stderr.addFilter(lambda record: not getattr(record, "file_only", False))
+    handlers: list[logging.Handler] = [stderr]
+    if args.log_file is not None:
+        try:
+            to_file = logging.FileHandler(args.log_file)
+        except OSError as exc:
+            sys.stderr.write(f"warning: cannot write the log file {args.log_file}: {exc}\n")
+        else:
+            to_file.setLevel(min(level, logging.INFO))
+            to_file.setFormatter(
+                logging.Formatter(
+                    "%(asctime)s.%(msecs)03d %(levelname)s %(name)s [%(process)d]: %(message)s",
+                    datefmt="%Y-%m-%dT%H:%M:%S",
+                )
+            )
+            handlers.append(to_file)
+    root = logging.getLogger()
+    root.setLevel(min(h.level for h in handlers))
+    for handler in handlers:
+        root.addHandler(handler)
+
+
 def _run_command(args: argparse.Namespace) -> int:
     """Dispatch to the command's function (lab and bench imported only when asked)."""
     simple: dict[str, Callable[[argparse.Namespace], int]] = {
@@ -944,6 +1167,8 @@ def _run_command(args: argparse.Namespace) -> int:
         "check": lambda a: checks_cli.run(a, policy=_policy),
         "hooks": lambda a: checks_cli.run(a, policy=_policy),
         "policy": cmd_policy,
+        "history": cmd_history,
+        "agent": cmd_agent_check,
     }
     if args.command in simple:
         return simple[args.command](args)
@@ -959,13 +1184,12 @@ def _run_command(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; return the process exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["agent"]:  # machine interface for other hosts; see agent.py
+    if argv[:1] == ["agent"] and argv[1:2] != ["check"]:  # the machine interface (agent.py)
         from libvirt_vmotion.adapters.agent import main as agent_main  # noqa: PLC0415
 
         return agent_main(argv[1:])
     args = build_parser().parse_args(argv)
-    level = logging.DEBUG if args.debug else logging.INFO if args.verbose else logging.WARNING
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    _configure_logging(args)
     try:
         return _run_command(args)
     except VmotionError as exc:
@@ -974,6 +1198,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write(f"error: {exc.message}\n")
         if exc.hint:
             sys.stderr.write(f"hint: {exc.hint}\n")
+        log.error(  # noqa: TRY400  the user's error, no traceback (stderr has the message)
+            "%s (exit %d; hint: %s)", exc.message, exc.exit_code, exc.hint, extra=_FILE_ONLY
+        )
         return int(exc.exit_code)
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")

@@ -18,6 +18,7 @@ SCHEMA_OF_EVENT: Final = {
     "netcheck": "netcheck",
     "status": "status",
     "cancelled": "status",
+    "history": "history",
 }
 
 

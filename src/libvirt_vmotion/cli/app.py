@@ -198,6 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_policy_command(sub)
     _add_history(sub)
     _add_agent_check(sub)
+    _add_completion(sub)
     _add_lab(sub)
     add_bench_parser(sub)
     _name_verbs(parser)
@@ -246,10 +247,9 @@ def _add_migrate(sub: argparse._SubParsersAction[_Parser]) -> None:
         "--metrics-file",
         type=writable_file,
         metavar="PATH",
-        default=metrics_default_path(),
         help="write Prometheus metrics (node_exporter textfile format) there after the "
-        f"migration (default: {metrics_default_path() or 'none'}; the default is "
-        f"{metrics.TEXTFILE_DIR}/{metrics.FILE_NAME} when that directory exists)",
+        f"migration (default: {metrics.TEXTFILE_DIR}/{metrics.FILE_NAME} when that directory "
+        "exists, else none)",
     )
     mig.add_argument(
         "--ping",
@@ -447,6 +447,26 @@ def cmd_history(args: argparse.Namespace) -> int:
             f"{when:<19}  {e.domain:<16} {hosts:<27} {e.result:<9} {total:>7} {pause:>8}  "
             f"{e.strategy or '-'}"
         )
+    return ExitCode.OK
+
+
+def _add_completion(sub: argparse._SubParsersAction[_Parser]) -> None:
+    comp = sub.add_parser(
+        "completion",
+        help="print the shell completion script (bash or zsh)",
+        description="Print the completion script generated from this parser: "
+        'eval "$(vmotion completion bash)", or save it where your shell looks '
+        "(./run installs the bash one and the man page, vmotion(1)).",
+    )
+    comp.add_argument("shell", choices=["bash", "zsh"], help="the shell")
+
+
+def cmd_completion(args: argparse.Namespace) -> int:
+    """``vmotion completion bash|zsh``: the shipped script (see ``cli.docs``)."""
+    from importlib.resources import files  # noqa: PLC0415
+
+    name = {"bash": "vmotion.bash", "zsh": "_vmotion"}[args.shell]
+    print(files("libvirt_vmotion").joinpath("share", name).read_text(), end="")  # noqa: T201
     return ExitCode.OK
 
 
@@ -970,6 +990,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         msg = f"--from and --to are the same URI ({args.dest_uri})."
         raise UsageError(msg, hint="Give the destination host's URI with --to.")
     policy = _policy(args)
+    metrics_file = args.metrics_file or metrics_default_path()
     request = MigrationRequest(  # the effective budget: defaults, then --policy, then flags
         domain=args.domain,
         source_uri=source_uri,
@@ -1015,9 +1036,9 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         )
         if args.json or args.report_file:
             _emit_json(failure, args)
-        _journal(failure, exit_code=int(exc.exit_code), metrics_file=args.metrics_file)
+        _journal(failure, exit_code=int(exc.exit_code), metrics_file=metrics_file)
         raise
-    _journal(report, exit_code=ExitCode.OK, metrics_file=args.metrics_file)
+    _journal(report, exit_code=ExitCode.OK, metrics_file=metrics_file)
     if args.json:
         _emit_json(report, args)
     else:
@@ -1169,6 +1190,7 @@ def _run_command(args: argparse.Namespace) -> int:
         "policy": cmd_policy,
         "history": cmd_history,
         "agent": cmd_agent_check,
+        "completion": cmd_completion,
     }
     if args.command in simple:
         return simple[args.command](args)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
@@ -24,6 +25,7 @@ DRIVER = Path(__file__).parent / "data" / "driver.xml"
 UP = f"test://{DRIVER}"
 DEAD = "qemu+tcp://127.0.0.1:1/system"  # nothing listens on port 1
 TO_DEAD = ("--from", UP, "--to", DEAD)
+Vmotion = Callable[..., subprocess.CompletedProcess[str]]
 
 
 class Bad(NamedTuple):
@@ -116,16 +118,6 @@ BAD_INPUTS: tuple[Bad, ...] = (
 )  # fmt: skip
 
 
-def vmotion(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "libvirt_vmotion", *args],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
-
-
 def _materialize(bad: Bad, folder: Path) -> tuple[tuple[str, ...], str]:
     args, first = bad.args, bad.first_line
     for name, text in bad.files.items():
@@ -173,14 +165,14 @@ def test_bad_input_is_refused_cleanly(
     assert out == ""
 
 
-def test_a_bad_input_is_clean_in_a_real_process_too() -> None:
+def test_a_bad_input_is_clean_in_a_real_process_too(vmotion: Vmotion) -> None:
     result = vmotion(*mig("--max-throttle", "150"))
     assert result.returncode == 2
     assert result.stderr.startswith("error: argument --max-throttle: expected a whole number")
     assert "Traceback" not in result.stderr
 
 
-def test_verbose_and_debug_work_after_the_subcommand() -> None:
+def test_verbose_and_debug_work_after_the_subcommand(vmotion: Vmotion) -> None:
     result = vmotion("migrate", "nosuch", "--from", UP, "--to", "test:///default", "-v")
     assert result.returncode == 8
     assert "INFO " in result.stderr or "error: No guest" in result.stderr
@@ -189,7 +181,7 @@ def test_verbose_and_debug_work_after_the_subcommand() -> None:
     assert "DEBUG " in result.stderr
 
 
-def test_log_file_gets_the_error_with_a_timestamp(tmp_path: Path) -> None:
+def test_log_file_gets_the_error_with_a_timestamp(tmp_path: Path, vmotion: Vmotion) -> None:
     log = tmp_path / "vmotion.log"
     result = vmotion(
         "migrate", "nosuch", "--from", UP, "--to", "test:///default", "--log-file", str(log)
@@ -200,7 +192,7 @@ def test_log_file_gets_the_error_with_a_timestamp(tmp_path: Path) -> None:
     assert result.stderr.count("No guest named") == 1
 
 
-def test_version_has_a_short_flag() -> None:
+def test_version_has_a_short_flag(vmotion: Vmotion) -> None:
     result = vmotion("-V")
     assert result.returncode == 0
     assert result.stdout.startswith("vmotion ")
@@ -215,7 +207,10 @@ def print_table() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for n, bad in enumerate(BAD_INPUTS, 1):
             args, _ = _materialize(bad, Path(tmp))
-            result = vmotion(*args)
+            result = subprocess.run(
+                [sys.executable, "-m", "libvirt_vmotion", *args],
+                capture_output=True, text=True, check=False, timeout=60,
+            )  # fmt: skip
             first = result.stderr.splitlines()[0] if result.stderr else ""
             shown = " ".join(args).replace(str(DRIVER), "driver.xml").replace(tmp, "$TMP")
             first = first.replace(str(DRIVER), "driver.xml").replace(tmp, "$TMP")

@@ -3,36 +3,32 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import jsonschema
 
 from libvirt_vmotion.schemas import load_schema
 
+Vmotion = Callable[..., subprocess.CompletedProcess[str]]
 UP = f"test://{Path(__file__).parent / 'data' / 'driver.xml'}"
 
 
-def vmotion(*args: str, history: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "libvirt_vmotion", *args],
-        capture_output=True, text=True, check=False, timeout=60,
-        env={**os.environ, "VMOTION_HISTORY": str(history)},
-    )  # fmt: skip
-
-
-def test_history_lists_failed_runs_and_the_metrics_count_them(tmp_path: Path) -> None:
+def test_history_lists_failed_runs_and_the_metrics_count_them(
+    tmp_path: Path, vmotion: Vmotion
+) -> None:
     db, prom = tmp_path / "history.db", tmp_path / "vmotion.prom"
-    assert vmotion("history", history=db).stdout.startswith("no migrations recorded")
+    assert vmotion("history", env={"VMOTION_HISTORY": str(db)}).stdout.startswith(
+        "no migrations recorded"
+    )
     for guest, code in (("nosuch", 8), ("stopped01", 3)):
         result = vmotion(
             "migrate", guest, "--from", UP, "--to", "test:///default",
-            "--metrics-file", str(prom), history=db,
+            "--metrics-file", str(prom), env={"VMOTION_HISTORY": str(db)},
         )  # fmt: skip
         assert result.returncode == code, result.stderr
-    listed = vmotion("history", "--json", history=db)
+    listed = vmotion("history", "--json", env={"VMOTION_HISTORY": str(db)})
     assert listed.returncode == 0, listed.stderr
     docs = [json.loads(line) for line in listed.stdout.splitlines()]
     for doc in docs:
@@ -41,7 +37,9 @@ def test_history_lists_failed_runs_and_the_metrics_count_them(tmp_path: Path) ->
         ("nosuch", "failed", 8),
         ("stopped01", "failed", 3),
     ]
-    only = vmotion("history", "--domain", "stopped01", "--since", "1h", history=db)
+    only = vmotion(
+        "history", "--domain", "stopped01", "--since", "1h", env={"VMOTION_HISTORY": str(db)}
+    )
     assert "stopped01" in only.stdout
     assert "nosuch" not in only.stdout
     text = prom.read_text()
@@ -49,7 +47,9 @@ def test_history_lists_failed_runs_and_the_metrics_count_them(tmp_path: Path) ->
     assert 'vmotion_last_migration_success{domain="stopped01"' in text
 
 
-def test_a_bad_since_is_a_usage_error(tmp_path: Path) -> None:
-    result = vmotion("history", "--since", "yesterday", history=tmp_path / "h.db")
+def test_a_bad_since_is_a_usage_error(tmp_path: Path, vmotion: Vmotion) -> None:
+    result = vmotion(
+        "history", "--since", "yesterday", env={"VMOTION_HISTORY": str(tmp_path / "h.db")}
+    )
     assert result.returncode == 2
     assert result.stderr.startswith("error: argument --since: expected a time ago like 90m")

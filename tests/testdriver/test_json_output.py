@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,17 +13,11 @@ import pytest
 
 from libvirt_vmotion.schemas import load_schema
 
+Vmotion = Callable[..., subprocess.CompletedProcess[str]]
 DATA = Path(__file__).parent / "data"
 UP = f"test://{DATA / 'driver.xml'}"
 NET = f"test://{DATA / 'netguest.xml'}"
 DEAD = "qemu+tcp://127.0.0.1:1/system"
-
-
-def vmotion(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "libvirt_vmotion", *args],
-        capture_output=True, text=True, check=False, timeout=60,
-    )  # fmt: skip
 
 
 def validated(text: str) -> list[dict[str, Any]]:
@@ -47,14 +41,18 @@ def validated(text: str) -> list[dict[str, Any]]:
         (("migrate", "web01", "--from", UP, "--to", DEAD, "--json"), 7, "report"),
     ],
 )  # fmt: skip
-def test_every_json_line_validates(args: tuple[str, ...], code: int, event: str) -> None:
+def test_every_json_line_validates(
+    args: tuple[str, ...], code: int, event: str, vmotion: Vmotion
+) -> None:
     result = vmotion(*args)
     assert result.returncode == code, result.stderr
     docs = validated(result.stdout)
     assert docs[-1]["event"] == event
 
 
-def test_a_blocked_migration_reports_its_blockers_as_objects(tmp_path: Path) -> None:
+def test_a_blocked_migration_reports_its_blockers_as_objects(
+    tmp_path: Path, vmotion: Vmotion
+) -> None:
     report_file = tmp_path / "out" / "report.json"
     result = vmotion(
         "migrate", "stopped01", "--from", UP, "--to", "test:///default", "--json",
@@ -69,7 +67,7 @@ def test_a_blocked_migration_reports_its_blockers_as_objects(tmp_path: Path) -> 
     assert written["blockers"] == doc["blockers"]
 
 
-def test_check_says_what_the_policy_permits(tmp_path: Path) -> None:
+def test_check_says_what_the_policy_permits(tmp_path: Path, vmotion: Vmotion) -> None:
     policy = tmp_path / "cautious.toml"
     policy.write_text("postcopy = false\nmax-throttle = 0\n")
     result = vmotion(

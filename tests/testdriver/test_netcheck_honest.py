@@ -4,22 +4,16 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from libvirt_vmotion.preflight.netcheck import Severity, checked_something, unchecked_nics
 
+Vmotion = Callable[..., subprocess.CompletedProcess[str]]
 DATA = Path(__file__).parent / "data"
 DEAD = "qemu+tcp://127.0.0.1:1/system"
-
-
-def vmotion(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "libvirt_vmotion", *args],
-        capture_output=True, text=True, check=False, timeout=60,
-    )  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -30,7 +24,7 @@ def vmotion(*args: str) -> subprocess.CompletedProcess[str]:
     ],
 )
 def test_netcheck_that_checked_nothing_exits_1_and_says_why(
-    driver: str, domain: str, subjects: list[str]
+    driver: str, domain: str, subjects: list[str], vmotion: Vmotion
 ) -> None:
     result = vmotion(
         "netcheck", domain, "--from", f"test://{DATA / driver}", "--to", DEAD, "--json"

@@ -192,6 +192,12 @@ def test_log_file_gets_the_error_with_a_timestamp(tmp_path: Path, vmotion: Vmoti
     assert result.stderr.count("No guest named") == 1
 
 
+def test_agent_check_is_the_cli_not_the_machine_interface(vmotion: Vmotion) -> None:
+    result = vmotion("agent", "check", DEAD)
+    assert result.returncode == 7, result.stderr
+    assert result.stderr.startswith("error: No agent on 127.0.0.1: missing ssh as")
+
+
 def test_version_has_a_short_flag(vmotion: Vmotion) -> None:
     result = vmotion("-V")
     assert result.returncode == 0

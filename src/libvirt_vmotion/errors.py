@@ -24,6 +24,7 @@ boundary, ``virt.translating_errors``; nothing above it sees a libvirtError.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from enum import IntEnum
 
 
@@ -65,9 +66,21 @@ class UsageError(VmotionError):
 
 
 class PreflightFailed(VmotionError):
-    """A check before migrating found a blocker; nothing was changed."""
+    """A check before migrating found a blocker; nothing was changed.
+
+    Attributes:
+        blockers: the blocking checks in their JSON form (name, verdict,
+            message, observed, required, hint), for the failure report.
+
+    """
 
     exit_code = ExitCode.PREFLIGHT
+
+    def __init__(
+        self, message: str, *, hint: str = "", blockers: tuple[Mapping[str, object], ...] = ()
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.blockers = blockers
 
 
 class DomainNotRunning(PreflightFailed):

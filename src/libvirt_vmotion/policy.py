@@ -10,6 +10,7 @@ bandwidth cap. ``__post_init__`` validates and its messages name the field.
 from __future__ import annotations
 
 import math
+import textwrap
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -181,39 +182,254 @@ class MigrationPolicy:
         return out
 
 
-_SCALAR_FIELDS: Final = {
-    "max_duration_s": float,
-    "stall_rounds": int,
-    "max_throttle_percent": int,
-    "allow_postcopy": bool,
-    "postcopy_after_fraction": float,
-    "bandwidth_mib_s": int,
-    "postcopy_resume_wait_s": float,
-    "postcopy_stall_s": float,
-    "xbzrle": bool,
-    "parallel_connections": int,
-    "postcopy_bandwidth_mib_s": int,
-    "postcopy_pause_on_stall": bool,
-    "switchover_bandwidth_mib_s": float,
-}
-"""The settings a policy file or ``build_policy`` may give, with their types."""
-_MEASUREMENTS: Final = frozenset(
+@dataclass(frozen=True, slots=True)
+class PolicyKey:
+    """One setting a user may give: the same name in a policy file and as a flag.
+
+    Attributes:
+        key: the policy file's key and the flag's name (``max-throttle`` is
+            ``max-throttle = 80`` in the file and ``--max-throttle 80``).
+        field: the ``MigrationPolicy`` field it sets ("" for the downtime
+            ladder's three keys, which build ``downtime_schedule``).
+        kind: ``int``, ``float`` or ``bool``.
+        expected: the value allowed, in words that read after "expected".
+        low: smallest value allowed (None: no bound).
+        high: largest value allowed (None: no bound).
+        above_low: ``low`` itself is not allowed (a value must exceed it).
+        metavar: the unit, as shown in help (``MS``, ``SECONDS``, ``MIB_S``).
+        help: what it does (the default is appended from ``MigrationPolicy()``).
+        flag: also a command-line flag (``False``: policy file only).
+
+    """
+
+    key: str
+    field: str
+    kind: type
+    expected: str
+    low: float | None = None
+    high: float | None = None
+    above_low: bool = False
+    metavar: str = ""
+    help: str = ""
+    flag: bool = True
+
+    def problem(self, value: object) -> str:
+        """What is wrong with ``value`` for this key (typed already), or ""."""
+        if self.kind is bool:
+            return "" if isinstance(value, bool) else f"expected true or false, got {value!r}"
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if not number or (self.kind is int and not isinstance(value, int)):
+            return f"expected {self.expected}, got {value!r}"
+        v = float(value)  # type: ignore[arg-type]  # a number, checked above
+        too_low = self.low is not None and (v <= self.low if self.above_low else v < self.low)
+        too_high = self.high is not None and v > self.high
+        if not math.isfinite(v) or too_low or too_high:
+            return f"expected {self.expected}, got {value!r}"
+        return ""
+
+    def parse(self, text: str) -> object:
+        """The value of ``text`` as typed on the command line.
+
+        Raises:
+            ValueError: the message says what was expected and what was given.
+
+        """
+        try:
+            value: object = self.kind(text)
+        except ValueError:
+            msg = f"expected {self.expected}, got {text!r}"
+            raise ValueError(msg) from None
+        if self.problem(value):
+            msg = f"expected {self.expected}, got {text!r}"
+            raise ValueError(msg)
+        return value
+
+
+_LADDER_KEYS: Final = ("initial-downtime", "max-downtime", "downtime-steps")
+
+POLICY_KEYS: Final[tuple[PolicyKey, ...]] = (
+    PolicyKey(
+        "max-downtime", "", int, "a whole number of ms greater than 0", 0, above_low=True,
+        metavar="MS", help="longest pause the guest may see at switchover: the ladder's top",
+    ),
+    PolicyKey(
+        "initial-downtime", "", int, "a whole number of ms greater than 0", 0, above_low=True,
+        metavar="MS", help="first, tightest rung of the downtime ladder",
+    ),
+    PolicyKey(
+        "downtime-steps", "", int, "a whole number from 1 to 20", 1, 20, metavar="N",
+        help="rungs of the ladder from --initial-downtime to --max-downtime",
+    ),
+    PolicyKey(
+        "timeout", "max_duration_s", float, "a number of seconds greater than 0", 0,
+        above_low=True, metavar="SECONDS",
+        help="time budget: a pre-copy still running then is aborted, the guest stays on the source",
+    ),
+    PolicyKey(
+        "bandwidth", "bandwidth_mib_s", int, "a whole number of MiB/s greater than 0", 0,
+        above_low=True, metavar="MIB_S", help="cap on the migration's transfer rate",
+    ),
+    PolicyKey(
+        "max-throttle", "max_throttle_percent", int, "a whole number from 0 to 99", 0, 99,
+        metavar="PERCENT",
+        help="most the guest's vCPUs may be slowed (auto-converge) when rounds stall; 0: never",
+    ),
+    PolicyKey(
+        "stall-rounds", "stall_rounds", int, "a whole number greater than 0", 0,
+        above_low=True, metavar="N",
+        help="rounds without a new minimum of remaining data that count as a stall",
+    ),
+    PolicyKey(
+        "postcopy", "allow_postcopy", bool, "true or false",
+        help="post-copy may be the last escalation (the flag is --no-postcopy)",
+    ),
+    PolicyKey(
+        "postcopy-after-fraction", "postcopy_after_fraction", float,
+        "a number greater than 0, at most 1", 0, 1, above_low=True, metavar="FRACTION",
+        help="share of --timeout after which post-copy comes next, however the rounds go",
+        flag=False,
+    ),
+    PolicyKey(
+        "postcopy-resume-wait", "postcopy_resume_wait_s", float, "a number of seconds >= 0", 0,
+        metavar="SECONDS", help="how long to wait for a broken post-copy link to come back",
+    ),
+    PolicyKey(
+        "postcopy-stall", "postcopy_stall_s", float, "a number of seconds greater than 0", 0,
+        above_low=True, metavar="SECONDS",
+        help="post-copy moving no bytes this long counts as a broken link", flag=False,
+    ),
+    PolicyKey(
+        "postcopy-bandwidth", "postcopy_bandwidth_mib_s", int,
+        "a whole number of MiB/s greater than 0", 0, above_low=True, metavar="MIB_S",
+        help="cap on post-copy's background transfer (unset: none)", flag=False,
+    ),
+    PolicyKey(
+        "postcopy-pause-on-stall", "postcopy_pause_on_stall", bool, "true or false",
+        help="pause a stalled post-copy to resume it over a new connection", flag=False,
+    ),
+    PolicyKey(
+        "xbzrle", "xbzrle", bool, "true or false", help="compress re-sent pages (XBZRLE)",
+    ),
+    PolicyKey(
+        "parallel", "parallel_connections", int, "a whole number from 0 to 64", 0, 64,
+        metavar="N", help="multifd streams (0: one ordinary stream)",
+    ),
+    PolicyKey(
+        "switchover-bandwidth", "switchover_bandwidth_mib_s", float,
+        "a number of MiB/s greater than 0", 0, above_low=True, metavar="MIB_S",
+        help="rate of the final, unthrottled round, to judge real pauses by",
+    ),
+)  # fmt: skip
+"""Every setting of a policy file, in the order ``policy show`` prints them."""
+
+_BY_KEY: Final = {k.key: k for k in POLICY_KEYS}
+_FIELDS: Final = frozenset(f.name for f in fields(MigrationPolicy))
+_BY_FIELD: Final = {k.field: k for k in POLICY_KEYS if k.field}
+
+
+def policy_key(key: str) -> PolicyKey:
+    """The setting named ``key`` (a policy file key / flag name without ``--``)."""
+    return _BY_KEY[key]
+
+
+def policy_value(policy: MigrationPolicy, key: PolicyKey) -> object:
+    """The effective value of ``key`` in ``policy`` (None: unset)."""
+    if key.key == "max-downtime":
+        return policy.max_downtime_ms
+    if key.key == "initial-downtime":
+        return policy.initial_downtime_ms
+    if key.key == "downtime-steps":
+        return len(policy.downtime_schedule)
+    return getattr(policy, key.field)
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value)  # a float keeps every digit (300.0, 0.5)
+
+
+def policy_to_toml(policy: MigrationPolicy, *, comments: bool = True) -> str:
+    """The policy as a policy file: every key, with its effective value.
+
+    An unset value (e.g. no bandwidth cap) is written commented out, since
+    TOML has no null; ``load_policy_toml`` of the text gives ``policy`` back.
+    """
+    lines: list[str] = []
+    for key in POLICY_KEYS:
+        value = policy_value(policy, key)
+        if comments:
+            text = f"{key.help} [{key.expected}]"
+            lines += textwrap.wrap(text, 88, initial_indent="# ", subsequent_indent="#   ")
+        if value is None:
+            lines.append(f"# {key.key} = {key.metavar or 'VALUE'}   (unset)")
+        else:
+            lines.append(f"{key.key} = {_toml_value(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def escalations(policy: MigrationPolicy) -> list[str]:
+    """What this policy lets the controller do to the guest, and when, in words.
+
+    One line per escalation, in the order the controller takes them, so an
+    operator reads before the move (``check``, ``migrate``'s pre-flight) what
+    the report would otherwise tell afterwards.
+    """
+    ladder = " -> ".join(str(s.downtime_ms) for s in policy.downtime_schedule)
+    stall = f"{policy.stall_rounds} round(s) bring no new minimum of remaining data"
+    first = policy.initial_downtime_ms
+    lines = [
+        (
+            f"downtime: switch over at the first dirty set that fits {first} ms; "
+            f"raised along {ladder} ms when {stall}"
+        )
+    ]
+    if policy.allows_throttle:
+        steps = " then ".join(f"{p}%" for p in throttle_steps(policy.max_throttle_percent))
+        lines.append(
+            f"throttle: may slow the guest's vCPUs by {steps} when the ladder is exhausted "
+            "and rounds still stall (--max-throttle, --no-throttle)"
+        )
+    else:
+        lines.append("throttle: never (the guest's vCPUs keep their speed)")
+    if policy.allow_postcopy:
+        after_s = policy.max_duration_s * policy.postcopy_after_fraction
+        lines.append(
+            f"post-copy: may switch after {after_s:g} s whatever the rounds do, or earlier "
+            "when the ladder and throttling are exhausted; during post-copy the guest runs on "
+            "the destination and depends on both hosts and the link (--no-postcopy)"
+        )
+    else:
+        lines.append("post-copy: never")
+    lines.append(
+        f"abort: pre-copy still running after {policy.max_duration_s:g} s is aborted; "
+        "the guest stays on the source (--timeout)"
+    )
+    return lines
+
+
+def throttle_steps(max_percent: int) -> tuple[int, ...]:
+    """Throttle caps the controller tries, gentlest first: half the allowance, then all."""
+    if max_percent <= 0:
+        return ()
+    half = max(1, max_percent // 2)
+    return (half, max_percent) if half < max_percent else (max_percent,)
+
+
+MEASUREMENTS: Final = frozenset(
     {f.name for f in fields(MeasuredContext)}
     | {"qemu_knows_switchover_rate", "preflight_dirty_mib_s", "postcopy_after_first_pass"}
 )
-"""Names of measured facts (``MeasuredContext``): refused with their own message."""
+"""Names of measured facts (``MeasuredContext``): never settings, refused by name."""
 
 
-def _unknown_setting(key: str, *, source: str) -> UsageError:
-    known = ", ".join(sorted(_SCALAR_FIELDS))
-    if key in _MEASUREMENTS:
-        msg = (
-            f"{source}: {key!r} is a measurement, not a setting: vmotion measures it "
-            "(pre-flight, earlier migrations) and a policy cannot declare it."
-        )
-        return UsageError(msg, hint=f"Remove it. Settings a policy may give: {known}.")
-    msg = f"{source}: unknown setting {key!r}."
-    return UsageError(msg, hint=f"Known settings: {known}.")
+def _measurement(name: str, *, source: str) -> UsageError:
+    known = ", ".join(k.key for k in POLICY_KEYS)
+    msg = (
+        f"{source}: {name!r} is a measurement, not a setting: vmotion measures it "
+        "(pre-flight, earlier migrations) and a policy cannot declare it."
+    )
+    return UsageError(msg, hint=f"Remove it. Settings a policy may give: {known}.")
 
 
 def build_policy(
@@ -244,8 +460,11 @@ def build_policy(
     policy = base or MigrationPolicy()
     changes: dict[str, object] = {}
     for key, value in (overrides or {}).items():
-        if key not in _SCALAR_FIELDS:
-            raise _unknown_setting(key, source="policy")
+        if key in MEASUREMENTS:
+            raise _measurement(key, source="policy")
+        if key not in _FIELDS or key == "downtime_schedule":
+            msg = f"Unknown policy field {key!r}."
+            raise UsageError(msg, hint=f"Known fields: {', '.join(sorted(_FIELDS))}.")
         if value is not None:
             changes[key] = value
     if any(v is not None for v in (initial_downtime_ms, max_downtime_ms, downtime_steps)):
@@ -258,48 +477,53 @@ def build_policy(
     return replace(policy, **changes)  # type: ignore[arg-type]
 
 
+EXAMPLE_POLICY: Final = "examples/policy.toml"
+
+
 def load_policy_toml(text: str, *, source: str = "policy file") -> MigrationPolicy:
-    """Parse a policy from TOML text.
+    """Parse a policy from TOML text: the keys of ``POLICY_KEYS``, named as the flags.
 
-    Example::
+    Example (``examples/policy.toml`` has every key, commented)::
 
-        max_duration_s = 120
-        allow_postcopy = false
-        [downtime]
-        initial_ms = 20
-        max_ms = 300
-        steps = 4
+        timeout = 120
+        postcopy = false
+        initial-downtime = 20
+        max-downtime = 300
+        downtime-steps = 4
 
     Raises:
-        UsageError: invalid TOML, unknown keys, wrong types or bad values.
+        UsageError: invalid TOML, unknown keys, wrong types or bad values; the
+            message names the key as written in the file.
 
     """
+    known = ", ".join(k.key for k in POLICY_KEYS)
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         msg = f"{source} is not valid TOML: {exc}"
-        raise UsageError(msg, hint="Fix the syntax (see the README's policy example).") from exc
-    downtime = data.pop("downtime", {})
-    if not isinstance(downtime, dict) or set(downtime) - {"initial_ms", "max_ms", "steps"}:
-        msg = f"{source}: [downtime] takes initial_ms, max_ms and steps, got {downtime!r}"
-        raise UsageError(msg, hint="See the README's policy example.")
+        raise UsageError(msg, hint=f"Fix the syntax; {EXAMPLE_POLICY} has every key.") from exc
+    ladder: dict[str, int] = {}
     overrides: dict[str, object] = {}
-    for key, value in data.items():
-        kind = _SCALAR_FIELDS.get(key)
-        if kind is None:
-            raise _unknown_setting(key, source=source)
-        ok = isinstance(value, bool) if kind is bool else isinstance(value, int | float)
-        if not ok or (kind is int and not isinstance(value, int)):
-            msg = f"{source}: {key} must be a {kind.__name__}, got {value!r}"
-            raise UsageError(msg, hint="Fix the value's type in the policy file.")
-        overrides[key] = kind(value)
-    for key in ("initial_ms", "max_ms", "steps"):
-        if key in downtime and not isinstance(downtime[key], int):
-            msg = f"{source}: downtime.{key} must be a whole number, got {downtime[key]!r}"
-            raise UsageError(msg, hint="Write e.g. max_ms = 300.")
+    for name, value in data.items():
+        key = _BY_KEY.get(name)
+        if key is None and name in MEASUREMENTS:
+            raise _measurement(name, source=source)
+        if key is None:
+            old = _BY_FIELD.get(name)
+            msg = f"{source}: unknown setting {name!r}."
+            hint = f"Write {old.key!r} (as the flag --{old.key})." if old else f"Known: {known}."
+            raise UsageError(msg, hint=hint + f" {EXAMPLE_POLICY} has every key, commented.")
+        problem = key.problem(value)
+        if problem:
+            msg = f"{source}: {name}: {problem}."
+            raise UsageError(msg, hint=f"Fix the value of {name} (see {EXAMPLE_POLICY}).")
+        if name in _LADDER_KEYS:
+            ladder[name] = int(value)
+        else:
+            overrides[key.field] = key.kind(value)
     return build_policy(
-        initial_downtime_ms=downtime.get("initial_ms"),
-        max_downtime_ms=downtime.get("max_ms"),
-        downtime_steps=downtime.get("steps"),
+        initial_downtime_ms=ladder.get("initial-downtime"),
+        max_downtime_ms=ladder.get("max-downtime"),
+        downtime_steps=ladder.get("downtime-steps"),
         overrides=overrides,
     )

@@ -107,7 +107,7 @@ def test_light_load_completes_in_precopy_without_escalation() -> None:
     # No escalation at all: the guest was never slowed, nor moved by post-copy.
     assert throttled(conv) == []
     assert conv["throttle_percent"] == 0
-    assert not any(a["action"] == "start_postcopy" for a in applied(conv))
+    assert not any(a["action"] == "start-post-copy" for a in applied(conv))
     # Progress streamed as JSON lines before the report; the bulk percentage never fell.
     lines = [ln for ln in result.stdout.splitlines()[:-1] if '"event": "progress"' in ln]
     assert lines

@@ -137,7 +137,7 @@ def test_netcheck_reports_learning_off_and_missing_uplink_on_the_destination() -
         assert learning_off.returncode == 0, learning_off.stderr  # a warning, not a blocker
         found = last_json(learning_off)
         assert found["verdict"] == "warning"
-        bad = [r for r in found["results"] if r["severity"] != "ok"]  # type: ignore[attr-defined]
+        bad = [r for r in found["results"] if r["verdict"] != "ok"]  # type: ignore[attr-defined]
         assert [(r["name"], r["host"], r["subject"]) for r in bad] == [
             ("uplink-learning", HOST_B.name, f"{HOST_BRIDGE}/{HOST_UPLINK}")
         ]
@@ -154,7 +154,7 @@ def test_netcheck_reports_learning_off_and_missing_uplink_on_the_destination() -
         assert no_uplink.returncode == 3
         found = last_json(no_uplink)
         assert found["verdict"] == "blocker"
-        (blocker,) = [r for r in found["results"] if r["severity"] == "blocker"]  # type: ignore[attr-defined]
+        (blocker,) = [r for r in found["results"] if r["verdict"] == "blocker"]  # type: ignore[attr-defined]
         assert blocker["name"] == "bridge-uplink"
         assert f"master {HOST_BRIDGE}" in blocker["hint"]
         text = vmotion(*args[:-1])

@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import subprocess
 
+import jsonschema
 import pytest
 
 from libvirt_vmotion.lab import guestctl, topology
 from libvirt_vmotion.lab.constants import GUEST_ADDR, GUEST_NAME, HOST_A, HOST_B, LabHost
+from libvirt_vmotion.schemas import load_schema
 
 pytestmark = pytest.mark.lab
 
@@ -25,8 +27,14 @@ def vmotion_in_client(*args: str, timeout_s: float = 300) -> subprocess.Complete
 
 
 def last_json(result: subprocess.CompletedProcess[str]) -> dict[str, object]:
+    """The last JSON line (the report); every line printed validates against its schema."""
     lines = result.stdout.strip().splitlines()
     assert lines, f"no output; stderr: {result.stderr}"
+    checker = jsonschema.Draft202012Validator.FORMAT_CHECKER
+    for line in lines:
+        doc = json.loads(line)
+        schema = load_schema(doc["event"])
+        jsonschema.Draft202012Validator(schema, format_checker=checker).validate(doc)
     data = json.loads(lines[-1])
     assert isinstance(data, dict)
     return data

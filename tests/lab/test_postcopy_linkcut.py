@@ -36,11 +36,11 @@ BANDWIDTH_MIB_S = 30
 # Post-copy starts 10 s in (25% of 40 s), with its background copy capped at
 # 5 MiB/s, so it runs long enough to be cut.
 POLICY = """\
-max_duration_s = 40
-postcopy_after_fraction = 0.25
-postcopy_bandwidth_mib_s = 5
-postcopy_stall_s = 3
-postcopy_resume_wait_s = {wait_s}
+timeout = 40
+postcopy-after-fraction = 0.25
+postcopy-bandwidth = 5
+postcopy-stall = 3
+postcopy-resume-wait = {wait_s}
 """
 
 

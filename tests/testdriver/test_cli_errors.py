@@ -78,3 +78,17 @@ def test_failure_with_json_prints_a_machine_readable_last_line() -> None:
 def test_bad_arguments_exit_2_without_traceback(args: list[str], message: str) -> None:
     result = vmotion(*args)
     assert_clean_error(result, 2, message)
+
+
+def test_binding_fallbacks_match_the_installed_binding_and_name_a_feature() -> None:
+    import libvirt  # noqa: PLC0415  the real binding
+
+    from libvirt_vmotion.adapters.virt import BINDING_FALLBACKS, binding_constant  # noqa: PLC0415
+    from libvirt_vmotion.preflight.versions import FEATURES  # noqa: PLC0415
+
+    features = {f.name for f in FEATURES}
+    for name, (value, feature) in BINDING_FALLBACKS.items():
+        assert feature in features
+        if hasattr(libvirt, name):
+            assert getattr(libvirt, name) == value
+        assert binding_constant(name) == value

@@ -66,7 +66,7 @@ def test_positive_number_is_an_argparse_type() -> None:
         (
             "--bandwidth",
             "0",
-            "argument --bandwidth: expected a whole number greater than 0, got '0'",
+            "argument --bandwidth: expected a whole number of MiB/s greater than 0, got '0'",
         ),
         ("--timeout", "soon", "argument --timeout: expected a number of seconds greater than 0"),
         ("--timeout", "nan", "argument --timeout: expected a number of seconds greater than 0"),

@@ -26,11 +26,18 @@ from libvirt_vmotion.converge.machine import (
     replay,
     round_dirty_sets,
     step,
-    throttle_steps,
 )
+from libvirt_vmotion.errors import UsageError
 from libvirt_vmotion.events import EventKind, MigrationEvent
 from libvirt_vmotion.model import MIB, JobSample, MeasuredContext
-from libvirt_vmotion.policy import MigrationPolicy, build_policy
+from libvirt_vmotion.policy import (
+    DowntimeStep,
+    MigrationPolicy,
+    build_policy,
+    exponential_downtime,
+    load_policy_toml,
+    throttle_steps,
+)
 
 TRACES = Path(__file__).parent.parent / "data" / "traces"
 NOTHING_MEASURED = MeasuredContext()
@@ -55,6 +62,71 @@ def actions_of(history: History) -> list[object]:
 def load_trace(name: str) -> list[JobSample]:
     raw = json.loads((TRACES / name).read_text())
     return [JobSample.from_job_stats(r, now_s=float(r["now_s"])) for r in raw]
+
+
+# ---- policy -------------------------------------------------------------------
+
+
+def test_default_ladder_is_the_worked_table() -> None:
+    ladder = [s.downtime_ms for s in MigrationPolicy().downtime_schedule]
+    assert ladder == [30, 60, 122, 247, 500]
+
+
+@pytest.mark.parametrize(
+    ("initial", "maximum", "steps"), [(30, 500, 5), (10, 10, 3), (1, 2000, 10), (50, 300, 1)]
+)
+def test_ladder_invariants(initial: int, maximum: int, steps: int) -> None:
+    ladder = [s.downtime_ms for s in exponential_downtime(
+        initial_ms=initial, max_ms=maximum, steps=steps
+    )]  # fmt: skip
+    assert ladder == sorted(ladder)
+    assert ladder[-1] == maximum
+    assert all(v > 0 for v in ladder)
+    assert len(ladder) == steps
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"max_duration_s": 0}, "max_duration_s"),
+        ({"stall_rounds": 0}, "stall_rounds"),
+        ({"max_throttle_percent": 100}, "max_throttle_percent"),
+        ({"downtime_schedule": (DowntimeStep(50), DowntimeStep(20))}, "downtime_schedule"),
+        ({"bandwidth_mib_s": -1}, "bandwidth_mib_s"),
+    ],
+)
+def test_bad_policy_names_the_field(kwargs: dict[str, object], field: str) -> None:
+    with pytest.raises(UsageError, match=field):
+        MigrationPolicy(**kwargs)  # type: ignore[arg-type]
+
+
+def test_policy_from_toml_and_flags() -> None:
+    policy = load_policy_toml(
+        "timeout = 90\npostcopy = false\nmax-throttle = 0\n"
+        "initial-downtime = 20\nmax-downtime = 200\ndowntime-steps = 3\n"
+    )
+    assert policy.max_duration_s == 90.0
+    assert not policy.allow_postcopy
+    assert not policy.allows_throttle
+    assert [s.downtime_ms for s in policy.downtime_schedule] == [20, 63, 200]
+    flagged = build_policy(policy, max_downtime_ms=100, overrides={"bandwidth_mib_s": 30})
+    assert flagged.max_downtime_ms == 100
+    assert flagged.initial_downtime_ms == 20
+    assert flagged.bandwidth_mib_s == 30
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("timeout = 'x'", "timeout: expected a number of seconds"),
+        ("max-throttle = 150", "max-throttle: expected a whole number from 0 to 99"),
+        ("bogus = 1", "bogus"),
+        ("[[", "TOML"),
+    ],
+)
+def test_bad_toml_is_a_usage_error(text: str, needle: str) -> None:
+    with pytest.raises(UsageError, match=needle):
+        load_policy_toml(text)
 
 
 # ---- predicates -----------------------------------------------------------------

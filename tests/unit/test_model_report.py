@@ -155,10 +155,12 @@ def test_report_without_preflight_says_qemus_zero_as_before() -> None:
 
 def test_failure_report_names_a_reservation_left_to_its_lease() -> None:
     request = MigrationRequest("g", "qemu+tcp://a/system", "qemu+tcp://b/system")
-    plain = build_failure_report(request, result="failed", error="e", hint="h")
+    plain = build_failure_report(request, result="failed", error="e", hint="h", exit_code=1)
     assert "reservation" not in plain
     left = {"id": "r1", "released": False, "lease_ends_by_utc": "2026-11-25 22:34:10 UTC"}
-    report = build_failure_report(request, result="failed", error="e", hint="h", reservation=left)
+    report = build_failure_report(
+        request, result="failed", error="e", hint="h", exit_code=5, reservation=left
+    )
     assert report["reservation"] == left
     json.dumps(report)
 

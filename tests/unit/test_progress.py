@@ -158,10 +158,10 @@ def test_the_controller_section_writes_rules_and_actions_as_objects() -> None:
     first, second = section["decisions"]
     assert first["rule"] == "stall-throttle"
     assert first["actions"] == [
-        {"action": "set_max_downtime", "downtime_ms": 60},
+        {"action": "set-max-downtime", "downtime_ms": 60},
         {"action": "throttle", "percent": 40},
     ]
-    assert second["actions"] == [{"action": "start_postcopy"}]
+    assert second["actions"] == [{"action": "start-post-copy"}]
     assert section["bytes_per_round"] == [
         {"round": 2, "bytes": 40 * MIB},
         {"round": 3, "bytes": 40 * MIB},
@@ -200,3 +200,27 @@ def test_the_controllers_cpu_is_reported_as_seconds_and_share_of_a_core() -> Non
     unknown = controller_cpu_section(cpu_s=None, wall_s=10.0)
     assert unknown == {"controller_cpu_s": None, "controller_cpu_percent": None}
     assert controller_cpu_section(cpu_s=0.0, wall_s=0.0)["controller_cpu_percent"] is None
+
+
+def test_once_everything_is_sent_the_line_says_libvirt_finishes_on_the_destination() -> None:
+    done = JobSample.from_job_stats(
+        {
+            "type": 2,
+            "time_elapsed": 3000,
+            "data_total": 512 * MIB,
+            "data_processed": 600 * MIB,
+            "data_remaining": 0,
+            "memory_total": 512 * MIB,
+            "memory_remaining": 0,
+            "memory_bps": 100 * MIB,
+            "memory_iteration": 4,
+            "memory_page_size": 4096,
+        },
+        now_s=3.0,
+    )
+    history = History(started_s=0.0).with_sample(done)
+    view = build_view(State.CONVERGING, history, MigrationPolicy(), MeasuredContext())
+    assert view.phase == "switching-over"
+    assert view.eta_s is None
+    assert "libvirt is starting the guest on the destination" in view.line()
+    assert "ETA" not in view.line()

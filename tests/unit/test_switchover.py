@@ -68,11 +68,11 @@ def test_the_users_switchover_rate_wins_over_the_learned_one(
 
 
 def test_switchover_bandwidth_loads_from_toml_and_overrides() -> None:
-    assert load_policy_toml("switchover_bandwidth_mib_s = 500\n").switchover_bandwidth_mib_s == 500
+    assert load_policy_toml("switchover-bandwidth = 500\n").switchover_bandwidth_mib_s == 500
     policy = build_policy(overrides={"switchover_bandwidth_mib_s": 312.5})
     assert policy.switchover_bandwidth_mib_s == 312.5
-    with pytest.raises(UsageError, match="switchover_bandwidth_mib_s"):
-        load_policy_toml("switchover_bandwidth_mib_s = 'fast'\n")
+    with pytest.raises(UsageError, match="switchover-bandwidth: expected"):
+        load_policy_toml("switchover-bandwidth = 'fast'\n")
 
 
 # ---- builders -------------------------------------------------------------------

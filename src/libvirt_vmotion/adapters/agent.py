@@ -170,8 +170,9 @@ def main(argv: list[str]) -> int:
         sys.stderr.write("usage: python -m libvirt_vmotion agent OP < args.json\n")
         return 2
     if argv[0] == GUARD_OP:  # streams its standard input: see converge.guard
-        run_guard = importlib.import_module("libvirt_vmotion.converge.guard").run_guard
-        return int(run_guard(sys.stdin))
+        guard = importlib.import_module("libvirt_vmotion.converge.guard")
+        guard.ignore_hangups()
+        return int(guard.run_guard(sys.stdin))
     text = sys.stdin.readline()
     done = threading.Event()
     try:

@@ -1,9 +1,11 @@
-"""What earlier migrations between two hosts achieved (the forecast learns from it).
+"""What earlier migrations achieved: the forecast learns from it, ``vmotion history`` shows it.
 
 I/O module: a SQLite file on the controller (the machine that runs
-``vmotion migrate``), one row per completed pre-copy migration, keyed by the
-two hosts' libvirt host UUIDs. Holds no policy: ``linkrate`` decides what the
-rows mean.
+``vmotion migrate``). Table ``migrations``: one row per completed pre-copy
+migration, keyed by the two hosts' libvirt host UUIDs (what the forecast
+learns from; ``linkrate`` decides what the rows mean). Table ``journal``:
+one row per ``migrate`` that got past its arguments, whatever its result
+(``vmotion history``, the metrics textfile).
 
 Where: ``$VMOTION_HISTORY`` if set (``off`` disables it), else
 ``/var/lib/libvirt-vmotion/history.db`` for root, else
@@ -44,6 +46,21 @@ CREATE TABLE IF NOT EXISTS migrations (
     switchover_mib_s REAL
 )
 """
+_JOURNAL_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS journal (
+    finished_s REAL NOT NULL,
+    domain TEXT NOT NULL,
+    source TEXT NOT NULL,
+    dest TEXT NOT NULL,
+    result TEXT NOT NULL,
+    exit_code INTEGER NOT NULL,
+    total_s REAL,
+    downtime_ms INTEGER,
+    data_bytes INTEGER,
+    strategy TEXT NOT NULL
+)
+"""
+KEEP_JOURNAL: Final = 10_000
 _COLUMNS_ADDED: Final = (("switchover_mib_s", "REAL"),)
 """Columns newer than the first schema, added to an older file when it is opened."""
 
@@ -137,6 +154,82 @@ class Completed:
         return self.last_dirty_set_bytes / (1 << 20) / (self.downtime_ms / 1000)
 
 
+@dataclass(frozen=True, slots=True)
+class JournalEntry:
+    """One ``migrate`` as ``vmotion history`` lists it.
+
+    Attributes:
+        finished_s: when it ended (Unix seconds).
+        domain: the guest.
+        source: the source host's name (its URI when the host was never reached).
+        dest: the destination host's name (likewise).
+        result: ``completed``, ``aborted`` (the guest stays on the source) or ``failed``.
+        exit_code: the command's exit code.
+        total_s: the migration job's time (None: it never ran).
+        downtime_ms: the guest's pause as QEMU measured it (None: unknown).
+        data_bytes: what was sent (None: unknown).
+        strategy: pre-copy, throttle, post-copy ... ("" when it never ran).
+
+    """
+
+    finished_s: float
+    domain: str
+    source: str
+    dest: str
+    result: str
+    exit_code: int
+    total_s: float | None = None
+    downtime_ms: int | None = None
+    data_bytes: int | None = None
+    strategy: str = ""
+
+    @classmethod
+    def from_report(
+        cls, report: Mapping[str, object], *, finished_s: float, exit_code: int
+    ) -> JournalEntry:
+        """The entry of a migrate report (completed, or a failure report)."""
+
+        def where(key: str) -> str:
+            side = report.get(key)
+            if not isinstance(side, Mapping):
+                return ""
+            return str(side.get("host") or side.get("uri") or "")
+
+        conv = report.get("convergence")
+        total, downtime, data = (
+            report.get("total_time_s"),
+            report.get("downtime_ms"),
+            report.get("data_transferred_bytes"),
+        )
+        return cls(
+            finished_s=finished_s,
+            domain=str(report.get("domain", "")),
+            source=where("source"),
+            dest=where("destination"),
+            result=str(report.get("result", "")),
+            exit_code=exit_code,
+            total_s=float(total) if isinstance(total, int | float) else None,
+            downtime_ms=downtime if isinstance(downtime, int) else None,
+            data_bytes=data if isinstance(data, int) else None,
+            strategy=str(conv.get("strategy", "")) if isinstance(conv, Mapping) else "",
+        )
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON form (``vmotion history --json``)."""
+        return {
+            "finished_s": round(self.finished_s, 3),
+            "domain": self.domain,
+            "source": self.source,
+            "dest": self.dest,
+            "result": self.result,
+            "exit_code": self.exit_code,
+            "total_s": self.total_s,
+            "downtime_ms": self.downtime_ms,
+            "data_bytes": self.data_bytes,
+            "strategy": self.strategy,
+        }
+
+
 class History:
     """The history file; every method swallows storage errors (history is a hint)."""
 
@@ -151,6 +244,7 @@ class History:
         os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600))
         conn = sqlite3.connect(self.path, timeout=5.0)
         conn.execute(_SCHEMA)
+        conn.execute(_JOURNAL_SCHEMA)
         have = {row[1] for row in conn.execute("PRAGMA table_info(migrations)")}
         for name, kind in _COLUMNS_ADDED:
             if name not in have:
@@ -208,3 +302,53 @@ class History:
             log.warning("migration history %s not written: %s", self.path, exc)
             return False
         return True
+
+    def journal(self, entry: JournalEntry) -> bool:
+        """Append ``entry`` to the journal (keeping the last ``KEEP_JOURNAL``)."""
+        if self.path is None:
+            return False
+        try:
+            with closing(self._connect()) as conn, conn:
+                conn.execute(
+                    "INSERT INTO journal (finished_s, domain, source, dest, result, exit_code, "
+                    "total_s, downtime_ms, data_bytes, strategy) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        entry.finished_s, entry.domain, entry.source, entry.dest, entry.result,
+                        entry.exit_code, entry.total_s, entry.downtime_ms, entry.data_bytes,
+                        entry.strategy,
+                    ),
+                )  # fmt: skip
+                conn.execute(
+                    "DELETE FROM journal WHERE rowid NOT IN "
+                    "(SELECT rowid FROM journal ORDER BY finished_s DESC LIMIT ?)",
+                    (KEEP_JOURNAL,),
+                )
+        except (OSError, sqlite3.Error) as exc:
+            log.warning("migration history %s not written: %s", self.path, exc)
+            return False
+        return True
+
+    def entries(
+        self, *, domain: str | None = None, since_s: float | None = None
+    ) -> list[JournalEntry]:
+        """Journal entries, oldest first, of ``domain`` (None: all), ended at or after ``since_s``.
+
+        Raises:
+            OSError: the file exists but cannot be read (``vmotion history`` says so).
+            sqlite3.Error: likewise.
+
+        """
+        if self.path is None or not self.path.exists():
+            return []
+        query = "SELECT * FROM journal WHERE 1 = 1"
+        params: list[object] = []
+        if domain is not None:
+            query += " AND domain = ?"
+            params.append(domain)
+        if since_s is not None:
+            query += " AND finished_s >= ?"
+            params.append(since_s)
+        with closing(self._connect()) as conn:
+            rows = conn.execute(query + " ORDER BY finished_s", params).fetchall()
+        return [JournalEntry(*row) for row in rows]

@@ -34,6 +34,28 @@ from libvirt_vmotion.model import JobSample, JobType
 
 log = logging.getLogger(__name__)
 
+BINDING_FALLBACKS: Final[dict[str, tuple[object, str]]] = {
+    "VIR_MIGRATE_PARAM_BANDWIDTH_AVAIL_SWITCHOVER": (
+        "bandwidth.avail.switchover",
+        "avail-switchover-bandwidth",
+    ),
+}
+"""Constants newer than Debian 12's python3-libvirt (9.0): their value and ``FEATURES`` row.
+
+The bindings only name what the daemon understands: a typed parameter is a
+string and a flag a number, so an older binding can still ask a newer daemon
+for a feature the version table says both hosts have. Pre-flight's
+``feature-*`` checks decide whether it is asked for at all.
+"""
+
+
+def binding_constant(name: str) -> object:
+    """``libvirt.NAME``, or its value from ``BINDING_FALLBACKS`` when the binding lacks it."""
+    if hasattr(libvirt, name):
+        return getattr(libvirt, name)
+    return BINDING_FALLBACKS[name][0]
+
+
 _CONNECTION_CODES: Final = frozenset(
     {
         libvirt.VIR_ERR_NO_CONNECT,
@@ -611,7 +633,7 @@ class Guest:
         if resume:
             flags |= libvirt.VIR_MIGRATE_POSTCOPY_RESUME
         if options.avail_switchover_mib_s:
-            params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH_AVAIL_SWITCHOVER] = (
+            params[str(binding_constant("VIR_MIGRATE_PARAM_BANDWIDTH_AVAIL_SWITCHOVER"))] = (
                 options.avail_switchover_mib_s
             )
         if options.xbzrle:

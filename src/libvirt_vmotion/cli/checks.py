@@ -8,16 +8,22 @@ I/O: argparse and printing only. Pre-flight itself is a Session step
 from __future__ import annotations
 
 import argparse
-import json
+import difflib
 import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 from typing import TextIO, TypeVar
 
-from libvirt_vmotion.argtypes import positive_number
+from libvirt_vmotion.argtypes import (
+    HINT_SEPARATOR,
+    add_guest_and_hosts,
+    positive_whole_seconds,
+)
+from libvirt_vmotion.cli.report import json_line
 from libvirt_vmotion.errors import ExitCode, UsageError
 from libvirt_vmotion.model import MigrationRequest
-from libvirt_vmotion.policy import MigrationPolicy
+from libvirt_vmotion.policy import MigrationPolicy, escalations
 from libvirt_vmotion.preflight.forecast import Forecast
 from libvirt_vmotion.preflight.registry import CheckResult, Verdict, blockers, check_names
 from libvirt_vmotion.session.core import DEFAULT_WINDOW_S, PreflightOutcome
@@ -27,21 +33,35 @@ from libvirt_vmotion.storage.plan import CopyMode
 _P = TypeVar("_P", bound=argparse.ArgumentParser)
 
 
+def _check_name(text: str) -> str:
+    """An argparse ``type=``: a known pre-flight check name (refused before any connection)."""
+    names = check_names()
+    if text in names:
+        return text
+    close = difflib.get_close_matches(text, names, n=3)
+    hint = f"did you mean {' or '.join(close)}?" if close else "'--help' lists every name"
+    msg = f"unknown pre-flight check {text!r}{HINT_SEPARATOR}{hint}"
+    raise argparse.ArgumentTypeError(msg)
+
+
 def add_skip_check(parser: argparse.ArgumentParser) -> None:
     """``--skip-check NAME`` (repeatable), on ``check`` and ``migrate``."""
     parser.add_argument(
         "--skip-check",
         action="append",
+        type=_check_name,
         default=[],
         metavar="NAME",
-        help="override one pre-flight check (repeatable); names: " + ", ".join(check_names()),
+        help="override one pre-flight check (repeatable; default: none); names:\n"
+        + "\n".join(check_names()),
     )
     parser.add_argument(
         "--dirty-rate-window",
-        type=int,
+        type=positive_whole_seconds,
         default=DEFAULT_WINDOW_S,
         metavar="SECONDS",
-        help="how long to measure the guest's dirty rate for the forecast (default 1)",
+        help=f"how long to measure the guest's dirty rate for the forecast "
+        f"(default: {DEFAULT_WINDOW_S})",
     )
 
 
@@ -69,8 +89,8 @@ def add_copy_storage(parser: argparse.ArgumentParser) -> None:
 def add_subcommands(
     sub: argparse._SubParsersAction[_P],
     *,
-    uri: Callable[[str], str],
     parser_class: type[_P],
+    add_policy_flags: Callable[[argparse.ArgumentParser], None],
 ) -> None:
     """Add ``check`` and ``hooks`` to the CLI."""
     chk = sub.add_parser(
@@ -78,19 +98,17 @@ def add_subcommands(
         help="pre-flight checks and a forecast, without migrating",
         description="Check whether DOMAIN can live-migrate to --to now, and forecast how "
         "the migration would go (dirty rate measured for --dirty-rate-window seconds). "
-        "Exit 0 if it may proceed, 3 if a check blocks it.",
+        "Exit 0 if it may proceed, 3 if a check blocks it. It also says what the policy "
+        "(the same flags as migrate's) permits: throttling, post-copy, and when. "
+        "Each host must offer ssh as root with a key from here, and the package importable "
+        "by its python (Debian's python is externally managed: a venv, named by "
+        "VMOTION_AGENT_PYTHON); without it the host-side checks are warnings that say why.",
     )
-    chk.add_argument("domain", metavar="DOMAIN")
-    chk.add_argument("--to", dest="dest_uri", required=True, type=uri, metavar="URI")
-    chk.add_argument("--from", dest="source_uri", type=uri, metavar="URI")
-    chk.add_argument("--bandwidth", type=int, metavar="MIB_PER_S", help="bandwidth cap to plan")
+    add_guest_and_hosts(chk)
+    add_policy_flags(chk)
     chk.add_argument(
-        "--max-downtime",
-        type=positive_number(int),
-        metavar="MS",
-        help="downtime budget the forecast is judged by (default 500, as migrate's)",
+        "--json", action="store_true", help="print the results as one JSON object (machine output)"
     )
-    chk.add_argument("--json", action="store_true", help="machine output")
     add_skip_check(chk)
     add_copy_storage(chk)
     hooks = sub.add_parser(
@@ -158,8 +176,14 @@ def render_forecast(fc: Forecast | None, error: str, window_s: int) -> list[str]
 # --------------------------------------------------------------------------- the gate
 
 
-def print_gate(gate: PreflightOutcome, out: TextIO, *, only_problems: bool) -> None:
-    """Human output of the checks and the forecast."""
+def print_gate(
+    gate: PreflightOutcome,
+    out: TextIO,
+    *,
+    only_problems: bool,
+    policy: MigrationPolicy | None = None,
+) -> None:
+    """Human output of the checks, the forecast and what ``policy`` permits."""
     shown = (
         [r for r in gate.results if r.verdict is not Verdict.OK]
         if only_problems
@@ -173,36 +197,54 @@ def print_gate(gate: PreflightOutcome, out: TextIO, *, only_problems: bool) -> N
     else:
         lines.append(f"verdict: may proceed ({len(gate.results)} checks, {warnings} warning(s))")
         lines += render_forecast(gate.forecast, gate.forecast_error, gate.window_s)
+        if policy is not None:
+            lines.append("the policy permits (flags or --policy change it):")
+            lines += [f"  {line}" for line in escalations(policy)]
     out.write("\n".join(lines) + "\n")
     out.flush()
 
 
-def preflight_settings(args: argparse.Namespace) -> PreflightSettings:
-    """The pre-flight choices ``check`` and ``migrate`` share, validated before any host."""
+def preflight_settings(args: argparse.Namespace, policy: MigrationPolicy) -> PreflightSettings:
+    """The pre-flight choices ``check`` and ``migrate`` share, validated before any host.
+
+    The forecast is judged by ``policy``'s effective budget (defaults, then
+    ``--policy FILE``, then flags), as the migration would run.
+    """
     return PreflightSettings(
         skip=tuple(getattr(args, "skip_check", None) or ()),
         window_s=getattr(args, "dirty_rate_window", DEFAULT_WINDOW_S),
         copy=getattr(args, "copy_storage", CopyMode.AUTO),
-        bandwidth_mib_s=args.bandwidth,
-        max_downtime_ms=args.max_downtime,
-        initial_downtime_ms=getattr(args, "initial_downtime", None),
+        bandwidth_mib_s=policy.bandwidth_mib_s,
+        max_downtime_ms=policy.max_downtime_ms,
+        initial_downtime_ms=policy.initial_downtime_ms,
     )
 
 
 class StderrEvents:
-    """A Session's events for a terminal: pre-flight's problems and warnings on stderr."""
+    """A Session's events for a terminal: pre-flight's problems and warnings on stderr.
+
+    Args:
+        policy: the migration's policy; pre-flight says what it permits.
+
+    """
+
+    def __init__(self, policy: MigrationPolicy | None = None) -> None:
+        self._policy = policy
 
     def preflight_done(self, outcome: PreflightOutcome) -> None:
-        """Show only what is not ok (the report has everything)."""
-        print_gate(outcome, sys.stderr, only_problems=True)
+        """Show only what is not ok (the report has everything), and what the policy permits."""
+        print_gate(outcome, sys.stderr, only_problems=True, policy=self._policy)
 
     def warning(self, text: str) -> None:
         """One ``warning:`` line."""
         sys.stderr.write(f"warning: {text}\n")
 
 
-def cmd_check(args: argparse.Namespace) -> int:
-    """``vmotion check``: exit 0 if the migration may proceed, 3 if blocked."""
+def cmd_check(args: argparse.Namespace, *, policy: MigrationPolicy) -> int:
+    """``vmotion check``: exit 0 if the migration may proceed, 3 if blocked.
+
+    ``policy``: the effective policy of these arguments (as ``migrate`` would use it).
+    """
     from libvirt_vmotion.session.wiring import open_session  # noqa: PLC0415  libvirt on use
 
     source_uri = args.source_uri or os.environ.get("LIBVIRT_DEFAULT_URI") or "qemu:///system"
@@ -213,18 +255,18 @@ def cmd_check(args: argparse.Namespace) -> int:
         domain=args.domain,
         source_uri=source_uri,
         dest_uri=args.dest_uri,
-        bandwidth_mib_s=args.bandwidth,
-        max_downtime_ms=args.max_downtime,
+        bandwidth_mib_s=policy.bandwidth_mib_s,
+        max_downtime_ms=policy.max_downtime_ms,
+        timeout_s=policy.max_duration_s,
     )
-    settings = preflight_settings(args)
-    with open_session(
-        request, policy=MigrationPolicy(), settings=settings, events=StderrEvents()
-    ) as session:
+    settings = preflight_settings(args, policy)
+    with open_session(request, policy=policy, settings=settings, events=StderrEvents()) as session:
         gate = session.check()
     if args.json:
-        print(json.dumps(gate.check_section(), sort_keys=True))  # noqa: T201  machine output
+        out = {"event": "check", **gate.check_section(), "escalations": escalations(policy)}
+        print(json_line(out, now_s=time.time()))  # noqa: T201  machine output
     else:
-        print_gate(gate, sys.stdout, only_problems=False)
+        print_gate(gate, sys.stdout, only_problems=False, policy=policy)
     return ExitCode.PREFLIGHT if blockers(gate.results) else ExitCode.OK
 
 
@@ -253,8 +295,10 @@ def cmd_hooks(args: argparse.Namespace) -> int:
     return ExitCode.OK if state.healthy else ExitCode.ERROR
 
 
-def run(args: argparse.Namespace) -> int:
-    """Dispatch ``check`` and ``hooks``."""
+def run(
+    args: argparse.Namespace, *, policy: Callable[[argparse.Namespace], MigrationPolicy]
+) -> int:
+    """Dispatch ``check`` (``policy`` builds its policy from the arguments) and ``hooks``."""
     if args.command == "check":
-        return cmd_check(args)
+        return cmd_check(args, policy=policy(args))
     return cmd_hooks(args)

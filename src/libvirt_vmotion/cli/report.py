@@ -5,7 +5,9 @@ Pure: no I/O, no clock. The CLI prints what these functions return.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import datetime as dt
+import json
+from collections.abc import Mapping, Sequence
 from typing import Final
 
 from libvirt_vmotion.model import (
@@ -17,7 +19,29 @@ from libvirt_vmotion.model import (
     shown_dirty_rate,
 )
 
-REPORT_VERSION: Final = 1
+REPORT_VERSION: Final = 2
+"""Version of every JSON document the CLI prints (schemas/*.schema.json describe them).
+
+2: every line has ``event`` and ``ts``; decisions' actions are objects;
+``bytes_per_round`` is a list; a failure report carries ``exit_code`` and
+``blockers`` as objects.
+"""
+
+
+def json_line(document: Mapping[str, object], *, now_s: float) -> str:
+    """One line of the CLI's JSON output: ``document`` with ``ts`` and ``report_version``.
+
+    Args:
+        document: the object to print; it names its ``event``.
+        now_s: wall-clock time (Unix seconds) the line is stamped with.
+
+    Returns:
+        Compact JSON, keys sorted, ``ts`` as ISO 8601 UTC with milliseconds.
+
+    """
+    ts = dt.datetime.fromtimestamp(now_s, tz=dt.UTC).isoformat(timespec="milliseconds")
+    stamped = {"report_version": REPORT_VERSION, **document, "ts": ts.replace("+00:00", "Z")}
+    return json.dumps(stamped, sort_keys=True)
 
 
 def build_report(
@@ -48,16 +72,13 @@ def build_report(
         qemu_peak, qemu_has_reported=qemu_peak > 0, preflight_mib_s=preflight_dirty_mib_s
     )
     report: dict[str, object] = {
+        "event": "report",
         "report_version": REPORT_VERSION,
         "result": "completed",
         "domain": outcome.domain,
         "source": {"uri": request.source_uri, "host": outcome.source_host},
         "destination": {"uri": request.dest_uri, "host": outcome.dest_host},
-        "settings": {
-            "bandwidth_mib_s": request.bandwidth_mib_s,
-            "max_downtime_ms": request.max_downtime_ms,
-            "timeout_s": request.timeout_s,
-        },
+        "settings": _settings(request, outcome.controller),
         "total_time_s": round(outcome.wall_time_s, 3),
         "qemu_elapsed_ms": final.elapsed_ms if final else None,
         "downtime_ms": final.downtime_ms if final else None,
@@ -82,6 +103,30 @@ def build_report(
     return report
 
 
+def _settings(
+    request: MigrationRequest, controller: Mapping[str, object] | None
+) -> dict[str, object]:
+    """The effective budget: the controller's policy when it ran, else the request's.
+
+    Never null for a default: the controller's policy holds the value used.
+    """
+    policy = controller.get("policy") if controller is not None else None
+    if not isinstance(policy, Mapping):
+        return {
+            "bandwidth_mib_s": request.bandwidth_mib_s,
+            "max_downtime_ms": request.max_downtime_ms,
+            "timeout_s": request.timeout_s,
+        }
+    ladder = policy.get("downtime_schedule")
+    return {
+        "bandwidth_mib_s": policy.get("bandwidth_mib_s"),
+        "max_downtime_ms": ladder[-1] if isinstance(ladder, list) and ladder else None,
+        "timeout_s": policy.get("max_duration_s"),
+        "max_throttle_percent": policy.get("max_throttle_percent"),
+        "allow_postcopy": policy.get("allow_postcopy"),
+    }
+
+
 def _storage_section(request: MigrationRequest, outcome: MigrationOutcome) -> dict[str, object]:
     """Disk part of the migration: what was copied and how many bytes it took."""
     final = outcome.final
@@ -100,20 +145,31 @@ def _storage_section(request: MigrationRequest, outcome: MigrationOutcome) -> di
     }
 
 
-def build_failure_report(
+def build_failure_report(  # noqa: PLR0913  the failure's facts, keyword-only
     request: MigrationRequest,
     *,
     result: str,
     error: str,
     hint: str,
+    exit_code: int,
+    blockers: Sequence[Mapping[str, object]] = (),
     reservation: Mapping[str, object] | None = None,
 ) -> dict[str, object]:
     """The report's last line when the migration did not complete.
 
-    ``reservation``: the destination reservation the failure left behind (who
-    frees it, by when), if it could not be released; the key is absent otherwise.
+    Args:
+        request: what was asked.
+        result: ``aborted`` (the guest still runs on the source) or ``failed``.
+        error: the error's message, as printed after ``error:``.
+        hint: what to do, as printed after ``hint:``.
+        exit_code: the process's exit code.
+        blockers: the pre-flight checks that blocked, as objects (empty otherwise).
+        reservation: the destination reservation the failure left behind (who
+            frees it, by when), if it could not be released; absent otherwise.
+
     """
     report: dict[str, object] = {
+        "event": "report",
         "report_version": REPORT_VERSION,
         "result": result,
         "domain": request.domain,
@@ -121,6 +177,8 @@ def build_failure_report(
         "destination": {"uri": request.dest_uri},
         "error": error,
         "hint": hint,
+        "exit_code": exit_code,
+        "blockers": [dict(b) for b in blockers],
     }
     if reservation is not None:
         report["reservation"] = dict(reservation)

@@ -114,6 +114,16 @@ def _write(path: Path, args: GuardArgs, state: GuardState, **more: object) -> No
     tmp.replace(path)
 
 
+def ignore_hangups() -> None:
+    """Ignore SIGHUP and SIGINT: what the guard's own process does first.
+
+    ssh closing the session sends SIGHUP, and a Ctrl-C at the controller's terminal
+    is not the guard's; it must outlive both.
+    """
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def run_guard(
     stdin: TextIO,
     *,
@@ -127,9 +137,6 @@ def run_guard(
         The process exit code (0; 2 for unusable arguments).
 
     """
-    # ssh closing the session sends SIGHUP; the guard must outlive exactly that.
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         args = GuardArgs.from_line(stdin.readline())
     except ValueError:

@@ -51,7 +51,7 @@ from typing import ClassVar, Final, Protocol
 
 from libvirt_vmotion.events import EventKind, MigrationEvent
 from libvirt_vmotion.model import MIB, JobSample, MeasuredContext
-from libvirt_vmotion.policy import MigrationPolicy
+from libvirt_vmotion.policy import MigrationPolicy, throttle_steps
 from libvirt_vmotion.preflight.forecast import (
     DEFAULT_SWITCHOVER_OVERHEAD_MS,
     WAIT_WHILE_SHRINK_AT_MOST,
@@ -116,7 +116,7 @@ TRANSITIONS: Final[dict[State, frozenset[State]]] = {
 class SetMaxDowntime:
     """Let QEMU switch over once the rest fits in ``downtime_ms``."""
 
-    kind: ClassVar[str] = "set_max_downtime"
+    kind: ClassVar[str] = "set-max-downtime"
     downtime_ms: int
 
 
@@ -124,7 +124,7 @@ class SetMaxDowntime:
 class SetMaxBandwidth:
     """Cap the migration bandwidth."""
 
-    kind: ClassVar[str] = "set_max_bandwidth"
+    kind: ClassVar[str] = "set-max-bandwidth"
     bandwidth_mib_s: int
 
 
@@ -140,21 +140,21 @@ class Throttle:
 class StartPostCopy:
     """Switch the running migration to post-copy."""
 
-    kind: ClassVar[str] = "start_postcopy"
+    kind: ClassVar[str] = "start-post-copy"
 
 
 @dataclass(frozen=True, slots=True)
 class PausePostCopy:
     """Interrupt a post-copy whose link stopped moving bytes, so it can resume."""
 
-    kind: ClassVar[str] = "pause_postcopy"
+    kind: ClassVar[str] = "pause-post-copy"
 
 
 @dataclass(frozen=True, slots=True)
 class ResumePostCopy:
     """Resume a paused post-copy (libvirt's POSTCOPY_RESUME)."""
 
-    kind: ClassVar[str] = "resume_postcopy"
+    kind: ClassVar[str] = "resume-post-copy"
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,7 +177,7 @@ Action = (
 
 
 def action_to_dict(action: Action) -> dict[str, object]:
-    """An action as the report writes it: ``{"action": "set_max_downtime", "downtime_ms": 60}``."""
+    """An action as the report writes it: ``{"action": "set-max-downtime", "downtime_ms": 60}``."""
     return {"action": action.kind, **{f.name: getattr(action, f.name) for f in fields(action)}}
 
 
@@ -529,14 +529,6 @@ def current_throttle_percent(history: History) -> int:
     return 0
 
 
-def throttle_steps(max_percent: int) -> tuple[int, ...]:
-    """Throttle caps to try, gentlest first: half the allowance, then all of it."""
-    if max_percent <= 0:
-        return ()
-    half = max(1, max_percent // 2)
-    return (half, max_percent) if half < max_percent else (max_percent,)
-
-
 def _last_escalation_round(history: History) -> int:
     for decision in reversed(history.decisions):
         if decision.actions:
@@ -721,7 +713,7 @@ def _step_precopy(
     if elapsed_s >= policy.max_duration_s:
         reason = (
             f"did not converge within the {policy.max_duration_s:g} s time budget "
-            f"(max_duration_s) at a downtime of up to {policy.max_downtime_ms} ms"
+            f"(--timeout) at a downtime of up to {policy.max_downtime_ms} ms"
         )
         return decide(State.ABORTING, Rule.TIME_BUDGET_ABORT, reason, Abort(reason))
     if (

@@ -14,8 +14,10 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 from enum import StrEnum
+from typing import Final
 
 from libvirt_vmotion.converge.machine import (
+    TERMINAL,
     Decision,
     History,
     ResumePostCopy,
@@ -148,8 +150,16 @@ def build_view(
             dirty_source=dirty_source,
         )
     rounds_left, eta_s, note = _estimate(state, history, policy, sample)
+    phase = state.value
+    note = _note(history, sample, previous, estimate_note=note)
+    if is_finishing(state, sample):
+        # QEMU has nothing left to send; the job runs on while libvirt resumes the guest on
+        # the destination (seconds, on a loaded host). An "ETA 0 s" repeated meanwhile reads
+        # as a hang: say what is going on instead.
+        phase, rounds_left, eta_s = SWITCHING_OVER, None, None
+        note = note or "all memory sent: libvirt is starting the guest on the destination"
     return ProgressView(
-        phase=state.value,
+        phase=phase,
         round=sample.iteration,
         elapsed_s=elapsed_s,
         bulk_percent=_shown_bulk_percent(state, sample, previous),
@@ -158,7 +168,7 @@ def build_view(
         transfer_mib_s=sample.transfer_rate_mib_s,
         rounds_left=rounds_left,
         eta_s=eta_s,
-        note=_note(history, sample, previous, estimate_note=note),
+        note=note,
         disk_total_mib=sample.disk_total_bytes / MIB,
         disk_remaining_mib=sample.disk_remaining_bytes / MIB,
         dirty_source=dirty_source,
@@ -191,6 +201,20 @@ def _note(
     if len(sets) >= 2 and sets.get(sample.iteration, 0) > sets.get(sample.iteration - 1, 0):
         return f"round {sample.iteration} added work: the guest re-dirtied pages"
     return ""
+
+
+SWITCHING_OVER: Final = "switching-over"
+"""The progress phase once QEMU has sent everything and libvirt finishes on the destination."""
+
+
+def is_finishing(state: State, sample: JobSample) -> bool:
+    """True when QEMU has sent all data but the job has not ended (libvirt's Finish phase)."""
+    return (
+        state not in TERMINAL
+        and sample.data_processed_bytes > 0
+        and sample.data_remaining_bytes == 0
+        and sample.memory_total_bytes > 0
+    )
 
 
 def _bulk_percent(sample: JobSample) -> float:

@@ -61,6 +61,7 @@ from libvirt_vmotion.preflight.netcheck import (
     Severity,
     check_networks,
     guest_nics_from_xml,
+    unchecked_nics,
 )
 
 log = logging.getLogger(__name__)
@@ -663,9 +664,14 @@ def network_checks(  # noqa: PLR0913  the hosts, the guest and the seams, keywor
 
     """
     config = config or NotifyConfig()
-    nics = guest_nics_from_xml(source.lookup(domain).xml())
+    domain_xml = source.lookup(domain).xml()
+    nics = guest_nics_from_xml(domain_xml)
     bridges = sorted({n.bridge for n in nics})
-    results: list[NetCheckResult] = []
+    results: list[NetCheckResult] = list(
+        unchecked_nics(domain_xml, host=urlsplit(source_uri).hostname or source_uri)
+    )
+    if not nics:
+        return tuple(results)
     facts: dict[str, dict[str, BridgeFacts]] = {}
     dest_host = urlsplit(dest_uri).hostname or "destination"
     for role, uri in (("dest", dest_uri), ("source", source_uri)):

@@ -252,6 +252,51 @@ def guest_nics_from_xml(domain_xml: str) -> tuple[GuestNic, ...]:
     return tuple(nics)
 
 
+def unchecked_nics(domain_xml: str, *, host: str) -> tuple[NetCheckResult, ...]:
+    """A ``network-facts`` warning per NIC the bridge checks cannot judge, saying why.
+
+    ``guest_nics_from_xml`` keeps only NICs on a named Linux bridge; a NIC left
+    out was not checked, and a pre-flight that says nothing about it would read
+    as "ok". A guest with no NIC at all gets one warning saying so.
+    """
+    root = ET.fromstring(domain_xml)  # noqa: S314  libvirt's own XML
+    interfaces = list(root.iterfind("devices/interface"))
+    if not interfaces:
+        return (
+            NetCheckResult(
+                "network-facts", Severity.WARNING, host, "",
+                "the guest has no network interface: there is no bridge to check",
+                "Nothing to do if the guest needs no network.",
+            ),
+        )  # fmt: skip
+    out: list[NetCheckResult] = []
+    for iface in interfaces:
+        kind = iface.get("type", "")
+        mac_el = iface.find("mac")
+        mac = mac_el.get("address", "").lower() if mac_el is not None else "?"
+        source = iface.find("source")
+        bridge = source.get("bridge", "") if source is not None else ""
+        if kind in {"bridge", "network"} and bridge and mac_el is not None:
+            continue
+        if kind == "network":
+            name = source.get("network", "?") if source is not None else "?"
+            why = (
+                f"NIC {mac} is on libvirt network {name!r}, whose bridge the guest's XML "
+                "does not name (not running, or not a bridged network): not checked"
+            )
+            hint = "The 'network' check of vmotion check judges the network on the destination."
+        else:
+            why = f"NIC {mac} is of type {kind!r}, not on a Linux bridge: not checked"
+            hint = "Check by hand that the destination offers the same network for it."
+        out.append(NetCheckResult("network-facts", Severity.WARNING, host, mac, why, hint))
+    return tuple(out)
+
+
+def checked_something(results: Iterable[NetCheckResult]) -> bool:
+    """True if any result is a verdict on a bridge, not only a check that could not run."""
+    return any(r.name != "network-facts" for r in results)
+
+
 @dataclass(frozen=True, slots=True)
 class NetCheckResult:
     """One verdict, in the neutral form the pre-flight report takes.
@@ -277,7 +322,7 @@ class NetCheckResult:
         """JSON form for reports."""
         return {
             "name": self.name,
-            "severity": self.severity.value,
+            "verdict": self.severity.value,
             "host": self.host,
             "subject": self.subject,
             "message": self.message,

@@ -30,7 +30,7 @@ from libvirt_vmotion.errors import PreflightFailed, VmotionError
 from libvirt_vmotion.model import MeasuredContext, MigrationOutcome, MigrationRequest
 from libvirt_vmotion.policy import MigrationPolicy
 from libvirt_vmotion.preflight.forecast import Forecast, Strategy, relative_error
-from libvirt_vmotion.preflight.registry import CheckResult, blockers
+from libvirt_vmotion.preflight.registry import CheckResult, Verdict, blockers
 from libvirt_vmotion.reserve.store import Unreleased
 
 log = logging.getLogger(__name__)
@@ -126,7 +126,10 @@ class PreflightOutcome:
 
     def check_section(self) -> dict[str, object]:
         """JSON: checks and forecast (``vmotion check --json``)."""
+        verdicts = {r.verdict for r in self.results}
+        worst = next((v for v in (Verdict.BLOCKER, Verdict.WARNING) if v in verdicts), Verdict.OK)
         return {
+            "verdict": worst.value,
             "may_proceed": not self.blocked,
             "blockers": [r.name for r in blockers(self.results)],
             "checks": [r.to_dict() for r in self.results],
@@ -172,7 +175,7 @@ def blocked_error(outcome: PreflightOutcome) -> PreflightFailed | None:
     more = (
         " Run `vmotion check` with the same arguments to see every finding." if len(bad) > 1 else ""
     )
-    return PreflightFailed(msg, hint=bad[0].hint + more)
+    return PreflightFailed(msg, hint=bad[0].hint + more, blockers=tuple(r.to_dict() for r in bad))
 
 
 @dataclass(frozen=True, slots=True)

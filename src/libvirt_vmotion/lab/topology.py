@@ -516,10 +516,30 @@ def _prepare_state(host: LabHost) -> None:
         shutil.rmtree(d, ignore_errors=True)
         d.mkdir(mode=0o700, parents=True)
     hooks.install(etc=paths.etc, python=sys.executable)
+    _write_qemu_wrapper(host, paths)
     paths.ssh.mkdir(mode=0o700, parents=True, exist_ok=True)
     if not paths.ssh_host_key.exists():
         _keygen(paths.ssh_host_key, f"{host.name} lab host key")
     paths.sshd_config.write_text(hostconf.build_sshd_config(host, paths, hostconf.client_ssh()))
+
+
+def _write_qemu_wrapper(host: LabHost, paths: hostconf.HostPaths) -> None:
+    """Write the host's QEMU wrapper (if it has one) only when its text changes.
+
+    libvirt re-probes QEMU (seconds) whenever the binary's ctime changes, and the
+    wrapper is what it sees as the binary.
+    """
+    text = hostconf.build_qemu_wrapper(host)
+    if text is None:
+        paths.qemu_wrapper.unlink(missing_ok=True)
+        return
+    with contextlib.suppress(OSError):
+        if paths.qemu_wrapper.read_text() == text:
+            return
+    tmp = paths.qemu_wrapper.with_suffix(".tmp")
+    tmp.write_text(text)
+    tmp.chmod(0o755)
+    tmp.replace(paths.qemu_wrapper)
 
 
 def _keygen(path: Path, comment: str) -> None:
@@ -682,11 +702,11 @@ def _has_capability_cache(host: LabHost) -> bool:
 
 
 def _warm_capability_cache(hosts: Sequence[LabHost]) -> None:
-    """Make each libvirtd probe QEMU now (about 8 s per host) rather than at first use.
+    """Make each libvirtd load or probe QEMU now (about 8 s per host) rather than at first use.
 
     The cache lives in ``STATE_DIR/<host>/cache`` and survives ``down``, so only the
-    first ``up`` on a machine (or after a QEMU/libvirt upgrade) pays for it. Both hosts
-    probe in parallel.
+    first ``up`` on a machine (or after a QEMU/libvirt upgrade) pays for a probe. Both
+    hosts probe in parallel.
     """
     procs = [
         (
@@ -724,10 +744,12 @@ def _build(log: Callable[[str], None] | None, started: float) -> LabStatus:
     for host in HOSTS:
         _start_holder(host)
     st = _wait_ready(started + READY_TIMEOUT_S)
-    cold = [h for h in HOSTS if not _has_capability_cache(h)]
-    if cold:
+    if not all(_has_capability_cache(h) for h in HOSTS):
         _say(log, "probing QEMU capabilities once (cached under " + str(STATE_DIR) + ")")
-        _warm_capability_cache(cold)
+    # Always: a cache libvirt finds stale (a new QEMU or libvirt, a rewritten wrapper)
+    # is re-probed here rather than in the middle of somebody's first call; a valid
+    # one answers in a fraction of a second.
+    _warm_capability_cache(HOSTS)
     return st
 
 

@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING
 import pytest
 from pyroute2 import IPRoute
 
-from libvirt_vmotion.reserve import hook as hooks
 from libvirt_vmotion.lab import hostconf, owner, storage, topology
 from libvirt_vmotion.lab.constants import (
     CLIENT_NETNS,
@@ -30,6 +29,7 @@ from libvirt_vmotion.lab.constants import (
     STATE_DIR,
     LabHost,
 )
+from libvirt_vmotion.reserve import hook as hooks
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

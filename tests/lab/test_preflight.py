@@ -20,13 +20,13 @@ from pathlib import Path
 
 import pytest
 
-from libvirt_vmotion import domxml
 from libvirt_vmotion.adapters.virt import Hypervisor
 from libvirt_vmotion.lab import guestctl, topology
 from libvirt_vmotion.lab.constants import CLIENT_NETNS, HOST_A, HOST_B, LabHost
 from libvirt_vmotion.lab.guestdef import LabGuestSpec, build_domain_xml
 from libvirt_vmotion.lab.hostconf import host_paths
 from libvirt_vmotion.lab.image import GuestImage, kernel_cmdline
+from libvirt_vmotion.preflight import domxml
 
 pytestmark = pytest.mark.lab
 

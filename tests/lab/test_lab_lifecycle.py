@@ -228,6 +228,17 @@ def test_up_adopts_an_idle_lab_another_checkout_built(lab: Lab) -> None:
         assert f"-> {Path(sys.executable).parent}/python" in shown, shown
 
 
+def test_up_refreshes_this_checkouts_outdated_hook_in_place(lab: Lab) -> None:
+    # What an older version of this checkout left: a shim naming a module since moved.
+    stale = '#!/bin/sh\nexec python -m libvirt_vmotion.hooks "$@"\n'
+    for host in HOSTS:
+        hooks.installed_path(hostconf.host_paths(host).etc).write_text(stale)
+    before = topology.status()
+    after = topology.up()
+    assert [h.libvirtd_pid for h in after.hosts] == [h.libvirtd_pid for h in before.hosts]
+    assert _hook_shims() == [hooks.build_shim(sys.executable)] * len(HOSTS)
+
+
 def test_up_refuses_another_checkouts_lab_while_guests_run_there(lab: Lab) -> None:
     topology.run_on_host(
         HOST_B, ["virsh", "create", "--paused", "/dev/stdin"], input=PROBE_DOMAIN_XML

@@ -781,6 +781,26 @@ def _build(log: Callable[[str], None] | None, started: float) -> LabStatus:
     return st
 
 
+def _refresh_hooks() -> list[str]:
+    """Re-install the hook on each host where it is not what this code writes.
+
+    The same checkout after a pull or rebase still owns its lab, but the shim an
+    older version installed may name a module that moved (seen: "No module named
+    libvirt_vmotion.hooks" vetoed every guest start). Returns the hosts refreshed.
+    """
+    refreshed = []
+    for host in HOSTS:
+        etc = hostconf.host_paths(host).etc
+        try:
+            current = hooks.installed_path(etc).read_text()
+        except OSError:
+            current = ""
+        if current != hooks.build_shim(sys.executable):
+            hooks.install(etc=etc, python=sys.executable)
+            refreshed.append(host.name)
+    return refreshed
+
+
 def _adopt() -> None:
     """Make a healthy lab this checkout's without restarting anything (``owner``)."""
     for host in HOSTS:
@@ -825,6 +845,10 @@ def up(*, log: Callable[[str], None] | None = None) -> LabStatus:
             if plan.action is owner.UpAction.ADOPT:
                 _adopt()
                 st = status()
+            else:
+                refreshed = _refresh_hooks()
+                if refreshed:
+                    _say(log, "hook re-installed (an older one) on " + ", ".join(refreshed))
             return st
         if st.anything_exists:
             _say(log, "lab is partly there; tearing down leftovers first")

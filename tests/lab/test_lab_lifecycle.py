@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import signal
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +20,7 @@ from typing import TYPE_CHECKING
 import pytest
 from pyroute2 import IPRoute
 
-from libvirt_vmotion.lab import hostconf, storage, topology
+from libvirt_vmotion.lab import hostconf, owner, storage, topology
 from libvirt_vmotion.lab.constants import (
     CLIENT_NETNS,
     HOST_A,
@@ -27,6 +29,7 @@ from libvirt_vmotion.lab.constants import (
     STATE_DIR,
     LabHost,
 )
+from libvirt_vmotion.reserve import hook as hooks
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -34,6 +37,8 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.lab
 
 NETNS_DIR = Path("/run/netns")
+OTHER_PYTHON = "/work/another-checkout/.venv/bin/python"
+"""The interpreter of a second checkout with the same VMOTION_LAB_ID (never run)."""
 PROBE_DOMAIN = "vmo-lifecycle-probe"
 # Smallest domain that gives a real QEMU process and a tap on br0; paused so it burns no CPU.
 PROBE_DOMAIN_XML = f"""<domain type='qemu'>
@@ -184,6 +189,74 @@ def test_up_when_healthy_changes_nothing(lab: Lab) -> None:
     assert after.healthy
     assert [h.libvirtd_pid for h in after.hosts] == [h.libvirtd_pid for h in before.hosts]
     assert [h.holder_pid for h in after.hosts] == [h.holder_pid for h in before.hosts]
+
+
+def _another_checkout_built_it() -> None:
+    """What a second checkout's `lab up` leaves: its hooks, its owner record, its files."""
+    for host in HOSTS:
+        paths = hostconf.host_paths(host)
+        hooks.install(etc=paths.etc, python=OTHER_PYTHON)
+        (paths.vmotion_etc / "capacity.toml").write_text("memory_limit_mib = 1\n")
+    topology.OWNER_FILE.write_text(owner.build_owner_record(OTHER_PYTHON))
+
+
+def _hook_shims() -> list[str]:
+    return [hooks.installed_path(hostconf.host_paths(h).etc).read_text() for h in HOSTS]
+
+
+def test_up_adopts_an_idle_lab_another_checkout_built(lab: Lab) -> None:
+    assert topology.status().owner == sys.executable
+    _another_checkout_built_it()
+    before = topology.status()
+    assert before.healthy
+    assert f"checkout: {OTHER_PYTHON}" in before.render()
+    after = topology.up()
+    assert after.healthy
+    assert after.owner == sys.executable
+    # In place: nothing restarted.
+    assert [h.libvirtd_pid for h in after.hosts] == [h.libvirtd_pid for h in before.hosts]
+    assert [h.holder_pid for h in after.hosts] == [h.holder_pid for h in before.hosts]
+    for shim in _hook_shims():
+        assert f"PYTHON={shlex.quote(sys.executable)}\n" in shim, shim
+        assert OTHER_PYTHON not in shim
+    for host in HOSTS:
+        assert not (hostconf.host_paths(host).vmotion_etc / "capacity.toml").exists()
+        # The hook libvirtd runs is this checkout's, as libvirtd on the host sees it.
+        shown = topology.run_on_host(
+            host, [sys.executable, "-m", "libvirt_vmotion", "hooks", "status"]
+        ).stdout
+        assert f"-> {Path(sys.executable).parent}/python" in shown, shown
+
+
+def test_up_refreshes_this_checkouts_outdated_hook_in_place(lab: Lab) -> None:
+    # What an older version of this checkout left: a shim naming a module since moved.
+    stale = '#!/bin/sh\nexec python -m libvirt_vmotion.hooks "$@"\n'
+    for host in HOSTS:
+        hooks.installed_path(hostconf.host_paths(host).etc).write_text(stale)
+    before = topology.status()
+    after = topology.up()
+    assert [h.libvirtd_pid for h in after.hosts] == [h.libvirtd_pid for h in before.hosts]
+    assert _hook_shims() == [hooks.build_shim(sys.executable)] * len(HOSTS)
+
+
+def test_up_refuses_another_checkouts_lab_while_guests_run_there(lab: Lab) -> None:
+    topology.run_on_host(
+        HOST_B, ["virsh", "create", "--paused", "/dev/stdin"], input=PROBE_DOMAIN_XML
+    )
+    _another_checkout_built_it()
+    try:
+        with pytest.raises(topology.LabError) as refused:
+            topology.up()
+        message = str(refused.value)
+        for words in (OTHER_PYTHON, f"hostb: {PROBE_DOMAIN}", "VMOTION_LAB_ID", "lab down"):
+            assert words in message, message
+        # Left exactly as found: the other checkout's hooks, its guest, its files.
+        assert all(OTHER_PYTHON in shim for shim in _hook_shims())
+        assert PROBE_DOMAIN in topology.status().hosts[1].domains
+        assert (hostconf.host_paths(HOST_B).vmotion_etc / "capacity.toml").exists()
+    finally:
+        topology.run_on_host(HOST_B, ["virsh", "destroy", PROBE_DOMAIN], check=False)
+    assert topology.up().owner == sys.executable  # idle again: adopted
 
 
 def test_up_recovers_from_crash(lab: Lab) -> None:

@@ -39,6 +39,11 @@ class LabHost:
     each host then drops the other's frames as its own and the migration link dies
     (seen: p2p keepalive timeout, "received packet on uplink0 with own address as
     source address")."""
+    tcg_cpu_without: tuple[str, ...] = ()
+    """CPU features this host's QEMU leaves out of its TCG CPU (``max``): such a host
+    plays an older destination CPU. libvirt probes QEMU for the TCG host CPU, so
+    ``compareHypervisorCPU`` there names the missing features for a guest that needs
+    them, as on real hosts of two CPU generations (``hostconf.build_qemu_wrapper``)."""
 
     @property
     def uri(self) -> str:
@@ -80,6 +85,8 @@ HOST_B: Final = LabHost(
     host_uuid="7a6f0000-0000-4000-8000-00000000000b",
     switch_port="port-hostb",
     bridge_mac="02:77:00:00:00:0b",
+    # The older CPU: a guest with a Skylake-Server CPU runs on hosta but not here.
+    tcg_cpu_without=("pku",),
 )
 HOSTS: Final = (HOST_A, HOST_B)
 

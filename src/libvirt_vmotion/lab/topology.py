@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Final
 
 from pyroute2 import IPRoute, netns
 
-from libvirt_vmotion.lab import command_name, hostconf
+from libvirt_vmotion.lab import command_name, hostconf, owner
 from libvirt_vmotion.lab.constants import (
     CLIENT_ADDR,
     CLIENT_NETNS,
@@ -46,6 +46,7 @@ from libvirt_vmotion.lab.constants import (
     HOST_BRIDGE,
     HOST_UPLINK,
     HOSTS,
+    LAB_ID,
     PREFIX_LEN,
     STATE_DIR,
     STORAGE_NETNS,
@@ -73,6 +74,8 @@ PROBE_TIMEOUT_S: Final = 5.0
 LAB_CMD: Final = f"{command_name()} lab"  # how users invoke us (./run sets VMOTION_PROG)
 
 _LOCK_FILE: Final = STATE_DIR / "lab.lock"
+OWNER_FILE: Final = STATE_DIR / "owner"
+"""Which checkout's interpreter built or adopted the running lab (``owner``)."""
 _NETNS_MARKER: Final = STATE_DIR / "run-netns.created"
 """Records that the lab created ``/run/netns`` (mount and/or directory), so ``down``
 can put the machine back as it found it."""
@@ -125,6 +128,8 @@ class LabStatus:
     hosts: tuple[HostStatus, ...]
     leftover_netns: tuple[str, ...] = ()
     """Lab network namespaces that exist (all of them when the lab is up)."""
+    owner: str | None = None
+    """Interpreter of the checkout that built or adopted the lab (``None``: unrecorded)."""
 
     @property
     def healthy(self) -> bool:
@@ -150,6 +155,8 @@ class LabStatus:
             f"  client  {CLIENT_NETNS:<10} {CLIENT_ADDR}: "
             + ("present" if self.client_exists else "missing"),
         ]
+        if self.owner and self.anything_exists:
+            lines.append(f"  checkout: {self.owner} (its hooks run on the hosts)")
         for h in self.hosts:
             pid = f"libvirtd pid {h.libvirtd_pid}" if h.libvirtd_pid else "libvirtd not running"
             reach = "reachable" if h.reachable else "UNREACHABLE"
@@ -474,7 +481,15 @@ def status() -> LabStatus:
         client_exists=client,
         hosts=tuple(_host_status(h, client_exists=client) for h in HOSTS),
         leftover_netns=tuple(n for n in LAB_NETNS if (NETNS_DIR / n).exists()),
+        owner=_read_owner(),
     )
+
+
+def _read_owner() -> str | None:
+    try:
+        return owner.parse_owner_record(OWNER_FILE.read_text())
+    except OSError:
+        return None
 
 
 # --------------------------------------------------------------------------- up
@@ -511,15 +526,47 @@ def _prepare_state(host: LabHost) -> None:
     (paths.etc / "virtlogd.conf").write_text(hostconf.build_virtlogd_conf())
     (paths.etc / "qemu-lockd.conf").write_text(hostconf.build_qemu_lockd_conf())
     paths.hosts_file.write_text(hostconf.build_hosts_file(HOSTS))
-    # Our product on the host: a fresh reservation store and config, and the hook.
-    for d in (paths.vmotion_lib, paths.vmotion_etc):
-        shutil.rmtree(d, ignore_errors=True)
-        d.mkdir(mode=0o700, parents=True)
-    hooks.install(etc=paths.etc, python=sys.executable)
+    _install_product(paths)
+    _write_qemu_wrapper(host, paths)
     paths.ssh.mkdir(mode=0o700, parents=True, exist_ok=True)
     if not paths.ssh_host_key.exists():
         _keygen(paths.ssh_host_key, f"{host.name} lab host key")
     paths.sshd_config.write_text(hostconf.build_sshd_config(host, paths, hostconf.client_ssh()))
+
+
+def _install_product(paths: hostconf.HostPaths) -> None:
+    """Our product on a host: an empty reservation store and config, and our hook.
+
+    The directories are emptied, not replaced: on a running lab (adoption) they are
+    the sources of the host's bind mounts.
+    """
+    for d in (paths.vmotion_lib, paths.vmotion_etc):
+        d.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for entry in d.iterdir():
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+    hooks.install(etc=paths.etc, python=sys.executable)
+
+
+def _write_qemu_wrapper(host: LabHost, paths: hostconf.HostPaths) -> None:
+    """Write the host's QEMU wrapper (if it has one) only when its text changes.
+
+    libvirt re-probes QEMU (seconds) whenever the binary's ctime changes, and the
+    wrapper is what it sees as the binary.
+    """
+    text = hostconf.build_qemu_wrapper(host)
+    if text is None:
+        paths.qemu_wrapper.unlink(missing_ok=True)
+        return
+    with contextlib.suppress(OSError):
+        if paths.qemu_wrapper.read_text() == text:
+            return
+    tmp = paths.qemu_wrapper.with_suffix(".tmp")
+    tmp.write_text(text)
+    tmp.chmod(0o755)
+    tmp.replace(paths.qemu_wrapper)
 
 
 def _keygen(path: Path, comment: str) -> None:
@@ -682,11 +729,11 @@ def _has_capability_cache(host: LabHost) -> bool:
 
 
 def _warm_capability_cache(hosts: Sequence[LabHost]) -> None:
-    """Make each libvirtd probe QEMU now (about 8 s per host) rather than at first use.
+    """Make each libvirtd load or probe QEMU now (about 8 s per host) rather than at first use.
 
     The cache lives in ``STATE_DIR/<host>/cache`` and survives ``down``, so only the
-    first ``up`` on a machine (or after a QEMU/libvirt upgrade) pays for it. Both hosts
-    probe in parallel.
+    first ``up`` on a machine (or after a QEMU/libvirt upgrade) pays for a probe. Both
+    hosts probe in parallel.
     """
     procs = [
         (
@@ -724,15 +771,48 @@ def _build(log: Callable[[str], None] | None, started: float) -> LabStatus:
     for host in HOSTS:
         _start_holder(host)
     st = _wait_ready(started + READY_TIMEOUT_S)
-    cold = [h for h in HOSTS if not _has_capability_cache(h)]
-    if cold:
+    if not all(_has_capability_cache(h) for h in HOSTS):
         _say(log, "probing QEMU capabilities once (cached under " + str(STATE_DIR) + ")")
-        _warm_capability_cache(cold)
+    # Always: a cache libvirt finds stale (a new QEMU or libvirt, a rewritten wrapper)
+    # is re-probed here rather than in the middle of somebody's first call; a valid
+    # one answers in a fraction of a second.
+    _warm_capability_cache(HOSTS)
+    OWNER_FILE.write_text(owner.build_owner_record(sys.executable))
     return st
 
 
+def _refresh_hooks() -> list[str]:
+    """Re-install the hook on each host where it is not what this code writes.
+
+    The same checkout after a pull or rebase still owns its lab, but the shim an
+    older version installed may name a module that moved (seen: "No module named
+    libvirt_vmotion.hooks" vetoed every guest start). Returns the hosts refreshed.
+    """
+    refreshed = []
+    for host in HOSTS:
+        etc = hostconf.host_paths(host).etc
+        try:
+            current = hooks.installed_path(etc).read_text()
+        except OSError:
+            current = ""
+        if current != hooks.build_shim(sys.executable):
+            hooks.install(etc=etc, python=sys.executable)
+            refreshed.append(host.name)
+    return refreshed
+
+
+def _adopt() -> None:
+    """Make a healthy lab this checkout's without restarting anything (``owner``)."""
+    for host in HOSTS:
+        _install_product(hostconf.host_paths(host))
+    OWNER_FILE.write_text(owner.build_owner_record(sys.executable))
+
+
 def up(*, log: Callable[[str], None] | None = None) -> LabStatus:
-    """Build the lab, or repair it; a healthy lab is left untouched.
+    """Build the lab, or repair it; a healthy lab of this checkout is left untouched.
+
+    A healthy lab another checkout (same ``VMOTION_LAB_ID``) built is adopted when no
+    guest runs there, and refused otherwise (``owner.plan_up_of_healthy_lab``).
 
     A lab that is partly there (crashed daemons, half-removed namespaces) is torn
     down completely and rebuilt, which also discards domain definitions made there.
@@ -744,15 +824,31 @@ def up(*, log: Callable[[str], None] | None = None) -> LabStatus:
         The healthy lab's status.
 
     Raises:
-        LabError: not root, or some step failed (the lab is torn down again; logs stay
-            under ``STATE_DIR/<host>/log``).
+        LabError: not root, another checkout's lab is in use, or some step failed (the
+            lab is torn down again; logs stay under ``STATE_DIR/<host>/log``).
 
     """
     _require_root()
     with _lab_lock():
         st = status()
         if st.healthy:
-            _say(log, "lab already up and healthy; nothing to do")
+            plan = owner.plan_up_of_healthy_lab(
+                owner=st.owner,
+                python=sys.executable,
+                running={h.host.name: h.domains for h in st.hosts},
+                lab_id=LAB_ID,
+                lab_cmd=LAB_CMD,
+            )
+            if plan.action is owner.UpAction.REFUSE:
+                raise LabError(plan.reason)
+            _say(log, plan.reason)
+            if plan.action is owner.UpAction.ADOPT:
+                _adopt()
+                st = status()
+            else:
+                refreshed = _refresh_hooks()
+                if refreshed:
+                    _say(log, "hook re-installed (an older one) on " + ", ".join(refreshed))
             return st
         if st.anything_exists:
             _say(log, "lab is partly there; tearing down leftovers first")
@@ -925,6 +1021,7 @@ def _down_locked(log: Callable[[str], None] | None) -> None:
         paths = hostconf.host_paths(host)
         paths.holder_pid_file.unlink(missing_ok=True)
         shutil.rmtree(paths.run, ignore_errors=True)
+    OWNER_FILE.unlink(missing_ok=True)
     _release_run_netns()
 
 

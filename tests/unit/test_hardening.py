@@ -22,7 +22,9 @@ from libvirt_vmotion.adapters.history import Completed, History
 from libvirt_vmotion.cutover.bridge import op_bridge_facts, op_fdb_flush, op_fdb_query
 from libvirt_vmotion.errors import UsageError, VmotionError
 from libvirt_vmotion.lab import guestctl
+from libvirt_vmotion.model import PastRun
 from libvirt_vmotion.preflight.domxml import guest_facts, interface_name_problem
+from libvirt_vmotion.preflight.linkrate import bound_switchover, learned_switchover
 from libvirt_vmotion.reserve import hook as hooks
 from libvirt_vmotion.reserve.hostops import op_host_facts
 from libvirt_vmotion.reserve.store import ReservationStore
@@ -412,3 +414,47 @@ def test_a_silent_agent_still_times_out(tmp_path: Path, monkeypatch: pytest.Monk
     host = agent_answering(tmp_path, monkeypatch, "exec sleep 30")
     with pytest.raises(AgentUnavailable, match=r"timed out after 0\.5 seconds"):
         host.call("hello", timeout_s=0.5)
+
+
+def past(*switchover_mib_s: float) -> list[PastRun]:
+    return [PastRun(100.0, None, rate) for rate in switchover_mib_s]
+
+
+def test_a_learned_switchover_rate_never_beats_the_link_measured_in_this_run() -> None:
+    inflated = learned_switchover(past(40_000.0, 40_000.0))  # a history someone wrote into
+    assert bound_switchover(inflated, link_mib_s=950.0) == 950.0
+    assert bound_switchover(400.0, link_mib_s=950.0) == 400.0  # a real one is kept
+    assert bound_switchover(None, link_mib_s=950.0) is None
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -5.0, 0.0, 1e9])
+def test_implausible_switchover_rates_are_not_learned(bad: float) -> None:
+    assert learned_switchover(past(bad)) is None
+    assert learned_switchover(past(bad, 300.0)) == 300.0
+
+
+def test_a_history_file_others_can_write_is_not_read(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "history.db"
+    history = History(path)
+    run = Completed(
+        source_uuid="a",
+        dest_uuid="b",
+        finished_s=1.0,
+        cap_mib_s=None,
+        data_bytes=100 << 20,
+        elapsed_ms=2000,
+        downtime_ms=50,
+    )
+    assert history.record(run)
+    assert len(history.runs("a", "b")) == 1
+    path.chmod(0o666)
+    assert history.runs("a", "b") == []
+    assert "others can write it" in caplog.text
+    path.chmod(0o600)
+    tmp_path.chmod(0o777)
+    try:
+        assert history.runs("a", "b") == []
+    finally:
+        tmp_path.chmod(0o700)

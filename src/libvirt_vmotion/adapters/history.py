@@ -251,9 +251,34 @@ class History:
                 conn.execute(f"ALTER TABLE migrations ADD COLUMN {name} {kind}")
         return conn
 
+    def _untrusted(self) -> str:
+        """Why the file must not steer this controller ("" when it may).
+
+        Its rates set how long the controller lets QEMU pause a guest: a file
+        (or directory) another user owns or may write is not read, as ssh treats
+        its configuration.
+        """
+        assert self.path is not None  # noqa: S101  callers check
+        for where in (self.path, self.path.parent):
+            try:
+                st = where.stat()
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                return str(exc)
+            if st.st_uid not in {0, os.geteuid()}:
+                return f"{where} belongs to uid {st.st_uid}"
+            if st.st_mode & 0o022 and not (where.is_dir() and st.st_mode & 0o1000):
+                return f"others can write it ({where} is {st.st_mode & 0o777:o})"
+        return ""
+
     def runs(self, source_uuid: str, dest_uuid: str) -> list[PastRun]:
         """Past runs from ``source_uuid`` to ``dest_uuid``, oldest first."""
         if self.path is None or not source_uuid or not dest_uuid:
+            return []
+        untrusted = self._untrusted()
+        if untrusted:
+            log.warning("migration history %s not read: %s", self.path, untrusted)
             return []
         try:
             with closing(self._connect()) as conn:

@@ -42,7 +42,7 @@ from libvirt_vmotion.preflight.facts import (
     ReservationView,
 )
 from libvirt_vmotion.preflight.forecast import Forecast, ForecastInputs, forecast
-from libvirt_vmotion.preflight.linkrate import choose_rate, final_round_rate
+from libvirt_vmotion.preflight.linkrate import bound_switchover, choose_rate, final_round_rate
 
 log = logging.getLogger(__name__)
 
@@ -270,6 +270,8 @@ class Measured:
     forecast: Forecast | None
     window_s: int
     error: str = ""
+    switchover_mib_s: float | None = None
+    """The learned switchover rate as bounded by this run's link (``bound_switchover``)."""
 
 
 def _bulk_bytes(
@@ -372,7 +374,9 @@ def measure_forecast(  # noqa: PLR0913  the forecast's inputs, keyword-only
         if started:
             rate = guest.wait_dirty_rate_mib_s(sleep=sleep)
         elif guest.has_job():
-            return Measured(None, window_s, "a job runs on the guest; not measuring")
+            return Measured(
+                None, window_s, "a job runs on the guest; not measuring", switchover_mib_s
+            )
         else:
             rate = guest.measure_dirty_rate_mib_s(seconds=window_s, sleep=sleep)
         if started:
@@ -381,7 +385,7 @@ def measure_forecast(  # noqa: PLR0913  the forecast's inputs, keyword-only
             facts = domxml.guest_facts(guest.xml())
             bulk, bulk_source = _bulk_bytes(guest, facts, source_agent)
     except VmotionError as exc:
-        return Measured(None, window_s, exc.message)
+        return Measured(None, window_s, exc.message, switchover_mib_s)
     link = _link_result(started)
     chosen = choose_rate(
         cap_mib_s=float(bandwidth_mib_s) if bandwidth_mib_s else None,
@@ -389,6 +393,7 @@ def measure_forecast(  # noqa: PLR0913  the forecast's inputs, keyword-only
         link_detail=link.detail if link else "",
         history=past,
     )
+    switchover_mib_s = bound_switchover(switchover_mib_s, link_mib_s=link.mib_s if link else None)
     source_text = chosen.source
     if link is not None and link.mib_s is None:
         source_text += f"; link not measured: {link.detail}"
@@ -406,7 +411,7 @@ def measure_forecast(  # noqa: PLR0913  the forecast's inputs, keyword-only
         initial_downtime_ms=initial_downtime_ms or DEFAULT_INITIAL_DOWNTIME_MS,  # its first rung
         bandwidth_source=source_text,
     )
-    return Measured(forecast(inputs), window_s)
+    return Measured(forecast(inputs), window_s, switchover_mib_s=switchover_mib_s)
 
 
 def _link_result(started: Measuring | None) -> LinkMeasurement | None:

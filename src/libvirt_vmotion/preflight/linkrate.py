@@ -37,6 +37,8 @@ CAP_BOUND_FRACTION: Final = 0.9
 """A run that achieved at least this share of its cap was held back by the cap."""
 ASSUMED_MIB_S: Final = 1000.0
 """Used when nothing better is known (a 10 Gbit/s link)."""
+MAX_PLAUSIBLE_MIB_S: Final = 50_000.0
+"""Above any one QEMU migration stream (400 Gbit/s): a recorded rate beyond it is not learned."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,8 +76,28 @@ def learned_switchover(history: Sequence[PastRun], *, last: int = LEARN_FROM_LAS
     run counts, capped or not. None until this host pair has such a run: the
     controller then judges pauses at the capped rate, as QEMU does.
     """
-    rates = [r.switchover_mib_s for r in history if r.switchover_mib_s][-last:]
+    recorded = [r.switchover_mib_s for r in history if r.switchover_mib_s is not None]
+    rates = [rate for rate in recorded if _plausible(rate)][-last:]
     return float(statistics.median(rates)) if rates else None
+
+
+def _plausible(rate_mib_s: float) -> bool:
+    """A rate one migration stream could have reached (the history is only a file)."""
+    return 0 < rate_mib_s <= MAX_PLAUSIBLE_MIB_S  # NaN fails both comparisons
+
+
+def bound_switchover(learned_mib_s: float | None, *, link_mib_s: float | None) -> float | None:
+    """The learned switchover rate, never above the link measured in this run.
+
+    The controller lets QEMU pause the guest for what it believes the final
+    round moves at that rate: a rate higher than the link's (an old history,
+    or a history file someone wrote into) would pause the guest past the
+    downtime budget. The final round crosses the same link, so the link
+    measured just before bounds it.
+    """
+    if learned_mib_s is None or link_mib_s is None or link_mib_s <= 0:
+        return learned_mib_s
+    return min(learned_mib_s, link_mib_s)
 
 
 def final_round_rate(

@@ -117,6 +117,7 @@ class HostPreflight:
                 initial_downtime_ms=s.initial_downtime_ms,
             )
             forecast, error = measured.forecast, measured.error
+            switchover = measured.switchover_mib_s  # bounded by this run's link
         claim = None
         if facts.agent.available:
             claim = Claim(

@@ -70,6 +70,9 @@ cmdline = kernel_cmdline(
     rate_mib_s=int(os.environ.get("VMOTION_GUEST_RATE_MIB_S", "20")),
     mode="paced",
 )
+extra = os.environ.get("VMOTION_GUEST_EXTRA_CMDLINE", "").strip()
+if extra:
+    cmdline = f"{cmdline} {extra}"
 spec = LabGuestSpec(
     kernel=kernel,
     initrd=initrd,

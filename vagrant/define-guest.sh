@@ -98,7 +98,7 @@ ready_s=120
 "$py" - "$guest_addr" "$name" "$ready_s" <<'PY'
 import sys
 
-from libvirt_vmotion.lab.workload import WorkloadError, wait_until_ready
+from libvirt_vmotion.observe.workload import WorkloadError, wait_until_ready
 
 addr, name = sys.argv[1], sys.argv[2]
 try:

@@ -272,7 +272,7 @@ workload_status() {
 import sys
 import time
 
-from libvirt_vmotion.lab.workload import WorkloadError, query_status
+from libvirt_vmotion.observe.workload import WorkloadError, query_status
 
 deadline = time.monotonic() + 300
 while True:

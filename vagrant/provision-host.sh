@@ -220,6 +220,12 @@ if [ "$CHANGES" != "$before" ]; then
   sshd -t
   systemctl reload ssh.service
 fi
+# sshd re-executes on reload; under TCG it refuses connections for a few seconds
+# (second real run: "Connection refused" right after the reload). Retry a while.
+for _ in $(seq 1 30); do
+  ssh "${ssh_opts[@]}" "root@$host" true 2>/dev/null && break
+  sleep 2
+done
 ssh "${ssh_opts[@]}" "root@$host" true || die "root cannot ssh to $host itself by name." \
   "Check /etc/ssh/ssh_known_hosts, /root/.ssh/authorized_keys and: ssh -v root@$host"
 

@@ -333,7 +333,7 @@ smoke() {
   begin "box"; box_up; end
   begin "wheelhouse + guest image"; wheelhouse_up; guest_image_up; end
   export_env
-  begin "libvirtd namespace"; ns_up; end
+  begin "libvirtd namespace"; ns_up; remove_leftovers; end
   # Both at once (the Vagrantfile makes one `vagrant up` do one host at a time):
   # kvm2 boots and provisions while kvm1's guest boots. kvm2 starts once kvm1's
   # domain exists, so only one of them creates the networks and the base volume.
@@ -369,10 +369,23 @@ smoke() {
   fi
 }
 
+# Domains of this lab that Vagrant no longer knows (its .vagrant state is per
+# checkout: a deleted clone leaves them behind, and `vagrant up` then refuses the
+# name), with their disks. Found by the Vagrantfile's prefix, in our libvirtd only.
+remove_leftovers() {
+  local dom
+  for dom in $(virsh -c "$uri" list --all --name | grep '^vmotion-kvm[0-9]*$' || true); do
+    log "removing leftover domain $dom and its disk"
+    virsh -c "$uri" destroy "$dom" >/dev/null 2>&1 || true
+    virsh -c "$uri" undefine "$dom" --remove-all-storage >/dev/null
+  done
+}
+
 destroy() {
   if libvirt_answers; then
     export_env
     vg destroy -f || true
+    remove_leftovers
   fi
   ns_down
 }

@@ -12,18 +12,9 @@ if [ -f "$stamp" ] && command -v vagrant >/dev/null && command -v mmdebstrap >/d
    && getent passwd libvirt-dnsmasq >/dev/null; then
   exit 0
 fi
-if [ "$(id -u)" -ne 0 ]; then
-  echo "error: installing the Vagrant lab's packages needs root." >&2
-  echo "hint: run this as root (sudo $0)." >&2
-  exit 2
-fi
-export DEBIAN_FRONTEND=noninteractive
-policy=/usr/sbin/policy-rc.d
-policy_added=0
-if [ ! -e "$policy" ]; then
-  printf '#!/bin/sh\nexit 101\n' > "$policy"; chmod +x "$policy"; policy_added=1
-fi
-trap '[ "$policy_added" = 1 ] && rm -f "$policy"' EXIT
+. "$(dirname "${BASH_SOURCE[0]}")/apt-lib.sh"
+need_root "the Vagrant lab's packages"
+no_daemon_starts
 apt-get install -y -q --no-install-recommends vagrant vagrant-libvirt mmdebstrap \
   rsync e2fsprogs openssh-client dnsmasq-base iptables
 # The namespaced libvirtd runs dnsmasq for the VMs' networks as this user, which

@@ -112,7 +112,10 @@ EOF
 }
 
 # Run a command as the controller: in the namespace, with the agent's settings.
+# The files are written each time: on a clean checkout the lab's keys appear
+# only when the Vagrantfile first runs (fourth run: "No ED25519 host key is known").
 ctl() {
+  write_controller_files
   ip netns exec "$ns" env \
     VMOTION_AGENT_SSH="ssh -F $state/ssh_config" \
     VMOTION_AGENT_PYTHON=/opt/libvirt-vmotion/.venv/bin/python \

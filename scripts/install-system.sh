@@ -19,22 +19,12 @@ if [ -f "$stamp" ] && command -v qemu-system-x86_64 >/dev/null && command -v lib
    && command -v glusterd >/dev/null; then
   exit 0
 fi
-if [ "$(id -u)" -ne 0 ]; then
-  echo "error: installing system packages needs root." >&2
-  echo "hint: run this as root (sudo $0)." >&2
-  exit 2
-fi
+. "$(dirname "${BASH_SOURCE[0]}")/apt-lib.sh"
+need_root "system packages"
 
 . /etc/os-release
-export DEBIAN_FRONTEND=noninteractive
 
-# Do not let package scripts start daemons: the lab starts its own, per namespace.
-policy=/usr/sbin/policy-rc.d
-policy_added=0
-if [ ! -e "$policy" ]; then
-  printf '#!/bin/sh\nexit 101\n' > "$policy"; chmod +x "$policy"; policy_added=1
-fi
-trap '[ "$policy_added" = 1 ] && rm -f "$policy"' EXIT
+no_daemon_starts
 
 common=(iproute2 iputils-ping tcpdump cpio gzip busybox-static gcc libc6-dev
         pkg-config python3-venv python3-dev kmod procps psmisc dnsmasq-base

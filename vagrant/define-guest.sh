@@ -45,21 +45,40 @@ done
 if virsh dominfo "$name" >/dev/null 2>&1; then
   log "$name is already defined on $host"
 else
-  log "defining $name on $host: KVM, $guest_addr/$prefix on br0"
+  log "defining $name on $host: ${VMOTION_VIRT_TYPE:-kvm}, ${VMOTION_GUEST_MEMORY_MIB:-512} MiB, $guest_addr/$prefix on br0"
   xml=$(mktemp --suffix=.xml)
   # Same settings as `vmotion lab guest start` (guestctl.start_guest's defaults:
   # 512 MiB, 1 vCPU, 64 MiB working set rewritten at 20 MiB/s, paced), except the
   # virtualisation type. The image comes from the cache provision-host.sh filled.
   "$py" - "$guest_addr/$prefix" > "$xml" <<'PY'
+import os
 import sys
+from pathlib import Path
 
 from libvirt_vmotion.lab.guestdef import LabGuestSpec, VirtType, build_domain_xml
 from libvirt_vmotion.lab.image import ensure_guest_image, kernel_cmdline
 
-image = ensure_guest_image()
-cmdline = kernel_cmdline(addr_cidr=sys.argv[1], wss_mib=64, rate_mib_s=20, mode="paced")
+synced = os.environ.get("VMOTION_GUEST_IMAGE_DIR")
+if synced:
+    kernel, initrd = Path(synced) / "vmlinuz", Path(synced) / "initrd.gz"
+else:
+    image = ensure_guest_image()
+    kernel, initrd = image.kernel, image.initrd
+cmdline = kernel_cmdline(
+    addr_cidr=sys.argv[1],
+    wss_mib=int(os.environ.get("VMOTION_GUEST_WSS_MIB", "64")),
+    rate_mib_s=int(os.environ.get("VMOTION_GUEST_RATE_MIB_S", "20")),
+    mode="paced",
+)
+extra = os.environ.get("VMOTION_GUEST_EXTRA_CMDLINE", "").strip()
+if extra:
+    cmdline = f"{cmdline} {extra}"
 spec = LabGuestSpec(
-    kernel=image.kernel, initrd=image.initrd, cmdline=cmdline, virt_type=VirtType.KVM
+    kernel=kernel,
+    initrd=initrd,
+    cmdline=cmdline,
+    memory_mib=int(os.environ.get("VMOTION_GUEST_MEMORY_MIB", "512")),
+    virt_type=VirtType(os.environ.get("VMOTION_VIRT_TYPE", "kvm")),
 )
 sys.stdout.write(build_domain_xml(spec) + "\n")
 PY
@@ -73,14 +92,17 @@ if [ "$state" != running ]; then
 fi
 # The workload answers on TCP 7000 once the guest has booted, configured its
 # address and built its working set; this host reaches it over br0.
-"$py" - "$guest_addr" "$name" <<'PY'
+# Under TCG inside TCG the guest's kernel takes minutes to boot.
+ready_s=120
+[ "${VMOTION_VIRT_TYPE:-kvm}" = kvm ] || ready_s=1200
+"$py" - "$guest_addr" "$name" "$ready_s" <<'PY'
 import sys
 
-from libvirt_vmotion.lab.workload import WorkloadError, wait_until_ready
+from libvirt_vmotion.observe.workload import WorkloadError, wait_until_ready
 
 addr, name = sys.argv[1], sys.argv[2]
 try:
-    st = wait_until_ready(addr, timeout_s=120)
+    st = wait_until_ready(addr, timeout_s=float(sys.argv[3]))
 except WorkloadError as exc:
     print(f"error: {exc}", file=sys.stderr)
     print(f"hint: look at /var/log/libvirt/qemu/{name}-serial.log", file=sys.stderr)

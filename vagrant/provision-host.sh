@@ -34,17 +34,21 @@ keys=$repo/vagrant/.lab-ssh
 ssh_opts=(-o BatchMode=yes -o ConnectTimeout=5)
 
 # ---- 1. KVM inside this VM --------------------------------------------------------
-# First, because everything after it takes minutes: without nested virtualisation
-# the guest would run under TCG, which is the namespace lab's situation, not this one's.
-log "nested KVM"
-if [ ! -e /dev/kvm ]; then
-  # Debian loads kvm_intel/kvm_amd through udev when the CPU shows vmx/svm; try
-  # once by hand in case this boot raced it. The check below decides.
-  modprobe kvm_intel 2>/dev/null || modprobe kvm_amd 2>/dev/null || true
-fi
-if [ ! -e /dev/kvm ]; then
-  die "$host has no /dev/kvm: the physical host does not pass hardware virtualisation through to its VMs." \
-      "Enable nested KVM on the physical host (cat /sys/module/kvm_intel/parameters/nested, or kvm_amd, must say Y or 1; see vagrant/README.md), then: vagrant reload --provision"
+# First, because everything after it takes minutes. With VMOTION_VIRT_TYPE=qemu
+# (the Vagrantfile's choice when the physical host has no nested KVM) the VMs are
+# emulated and the guest inside them runs under TCG too: then /dev/kvm is not needed.
+virt_type=${VMOTION_VIRT_TYPE:-kvm}
+log "virtualisation for guests: $virt_type"
+if [ "$virt_type" = kvm ]; then
+  if [ ! -e /dev/kvm ]; then
+    # Debian loads kvm_intel/kvm_amd through udev when the CPU shows vmx/svm; try
+    # once by hand in case this boot raced it. The check below decides.
+    modprobe kvm_intel 2>/dev/null || modprobe kvm_amd 2>/dev/null || true
+  fi
+  if [ ! -e /dev/kvm ]; then
+    die "$host has no /dev/kvm: the physical host does not pass hardware virtualisation through to its VMs." \
+        "Enable nested KVM on the physical host (cat /sys/module/kvm_intel/parameters/nested, or kvm_amd, must say Y or 1; see vagrant/README.md), then: vagrant reload --provision; or run the lab under TCG: VMOTION_VAGRANT_DRIVER=qemu"
+  fi
 fi
 
 # ---- 2. Name and addresses ----------------------------------------------------------
@@ -75,12 +79,18 @@ put_block 0644 /etc/hosts < <(
 # leaves a stamp and returns at once when everything is there. It keeps daemons
 # from starting while it installs (the namespace lab starts its own); this script
 # starts the system ones itself below.
-log "system packages (scripts/install-system.sh)"
-bash "$repo/scripts/install-system.sh"
-# rsync: step 8 copies the guest image between hosts. Vagrant's rsync folder sync
-# usually installs it already; nothing else here is beyond install-system.sh.
-if [ "$(dpkg-query -W -f='${Status}' rsync 2>/dev/null || true)" != "install ok installed" ]; then
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends rsync
+# The box vagrant/box.py builds has all of it (and no network to fetch more):
+# its marker file says so, and this step then installs nothing.
+if [ -f /etc/libvirt-vmotion-box ]; then
+  log "system packages: in the box ($(cat /etc/libvirt-vmotion-box))"
+else
+  log "system packages (scripts/install-system.sh)"
+  bash "$repo/scripts/install-system.sh"
+  # rsync: step 8 copies the guest image between hosts. Vagrant's rsync folder sync
+  # usually installs it already; nothing else here is beyond install-system.sh.
+  if [ "$(dpkg-query -W -f='${Status}' rsync 2>/dev/null || true)" != "install ok installed" ]; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends rsync
+  fi
 fi
 # install-system.sh brings glusterfs-server for the namespace lab's shared storage;
 # this lab has none (see README), so do not leave glusterd listening on every address.
@@ -210,6 +220,12 @@ if [ "$CHANGES" != "$before" ]; then
   sshd -t
   systemctl reload ssh.service
 fi
+# sshd re-executes on reload; under TCG it refuses connections for a few seconds
+# (second real run: "Connection refused" right after the reload). Retry a while.
+for _ in $(seq 1 30); do
+  ssh "${ssh_opts[@]}" "root@$host" true 2>/dev/null && break
+  sleep 2
+done
 ssh "${ssh_opts[@]}" "root@$host" true || die "root cannot ssh to $host itself by name." \
   "Check /etc/ssh/ssh_known_hosts, /root/.ssh/authorized_keys and: ssh -v root@$host"
 
@@ -219,10 +235,17 @@ ssh "${ssh_opts[@]}" "root@$host" true || die "root cannot ssh to $host itself b
 # .venv (see the Vagrantfile), so a later `vagrant rsync` neither copies the
 # physical host's venv in nor deletes this one.
 log "libvirt-vmotion in $venv"
+# Offline when the machine running Vagrant built a wheelhouse (./run vagrant does:
+# vagrant/.wheelhouse, synced with the repository): the VMs reach no package index.
+wheelhouse=$repo/vagrant/.wheelhouse
 if [ ! -x "$venv/bin/python" ] || [ "$repo/pyproject.toml" -nt "$venv/.installed" ]; then
   python3 -m venv "$venv"
-  "$venv/bin/pip" install -q --upgrade pip
-  "$venv/bin/pip" install -q -e "${repo}[test,bench]"
+  if [ -d "$wheelhouse" ]; then
+    "$venv/bin/pip" install -q --no-index --find-links "$wheelhouse" -e "$repo"
+  else
+    "$venv/bin/pip" install -q --upgrade pip
+    "$venv/bin/pip" install -q -e "${repo}[test,bench]"
+  fi
   touch "$venv/.installed"
 fi
 ln -sfn "$venv/bin/vmotion" /usr/local/bin/vmotion
@@ -271,8 +294,13 @@ hook_before=$(cat "$hook" 2>/dev/null || true)
 if [ "$(cat "$hook")" != "$hook_before" ]; then
   CHANGES=$((CHANGES + 1))
 fi
-units=(virtlogd.socket virtlockd.socket libvirtd.socket libvirtd-ro.socket
-       libvirtd-admin.socket libvirtd-tcp.socket)
+units=()
+# virtlockd.socket only where libvirt-daemon-lock is installed (install-system.sh
+# brings it for the namespace lab; the box has no lock manager, see README).
+for unit in virtlogd.socket virtlockd.socket libvirtd.socket libvirtd-ro.socket \
+            libvirtd-admin.socket libvirtd-tcp.socket; do
+  if systemctl cat "$unit" >/dev/null 2>&1; then units+=("$unit"); fi
+done
 systemctl daemon-reload
 systemctl enable -q "${units[@]}" libvirtd.service
 if [ "$CHANGES" != "$before" ]; then
@@ -299,20 +327,29 @@ got=$(virsh -c "qemu+tcp://$host/system" hostname 2>&1) \
 # same day), then copies in whatever image the other hosts have and it lacks, so a
 # guest defined on one host can always start on the other.
 log "guest image"
-"$venv/bin/vmotion" lab image
 cache=/var/cache/libvirt-vmotion/guest
-for i in "${!HOST_NAMES[@]}"; do
-  peer=${HOST_NAMES[$i]}
-  [ "$peer" = "$host" ] && continue
-  if ssh "${ssh_opts[@]}" "root@$peer" test -d "$cache" 2>/dev/null; then
-    rsync -a --ignore-existing --exclude='.build-*' -e "ssh ${ssh_opts[*]}" \
-      "root@$peer:$cache/" "$cache/"
-    printf '    images from %s: in %s\n' "$peer" "$cache"
-  else
-    # Normal on the first `vagrant up` for the host that comes up first: the
-    # other host copies from this one when it is provisioned.
-    printf '    %s is not reachable (or has no images yet): nothing copied from it\n' "$peer"
-  fi
-done
+if [ -n "${VMOTION_GUEST_IMAGE_DIR:-}" ]; then
+  # Synced in by the Vagrantfile from the machine running Vagrant (which built it):
+  # the same files at the same path on both hosts, nothing to build or copy here.
+  [ -f "$VMOTION_GUEST_IMAGE_DIR/vmlinuz" ] && [ -f "$VMOTION_GUEST_IMAGE_DIR/initrd.gz" ] \
+    || die "the guest image is not in $VMOTION_GUEST_IMAGE_DIR." \
+           "It is synced from the machine running Vagrant: vagrant rsync $host && vagrant provision $host"
+  printf '    synced: %s\n' "$VMOTION_GUEST_IMAGE_DIR"
+else
+  "$venv/bin/vmotion" lab image
+  for i in "${!HOST_NAMES[@]}"; do
+    peer=${HOST_NAMES[$i]}
+    [ "$peer" = "$host" ] && continue
+    if ssh "${ssh_opts[@]}" "root@$peer" test -d "$cache" 2>/dev/null; then
+      rsync -a --ignore-existing --exclude='.build-*' -e "ssh ${ssh_opts[*]}" \
+        "root@$peer:$cache/" "$cache/"
+      printf '    images from %s: in %s\n' "$peer" "$cache"
+    else
+      # Normal on the first `vagrant up` for the host that comes up first: the
+      # other host copies from this one when it is provisioned.
+      printf '    %s is not reachable (or has no images yet): nothing copied from it\n' "$peer"
+    fi
+  done
+fi
 
 log "$host is ready: qemu+tcp://$host/system, br0 $addr/$prefix, agent: $venv/bin/python"

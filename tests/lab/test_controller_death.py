@@ -32,9 +32,9 @@ pytestmark = pytest.mark.lab
 STORE = host_paths(HOST_B).vmotion_lib / "reservations.db"
 BUDGET_S = 60
 POSTCOPY_POLICY = """\
-max_duration_s = 40
-postcopy_after_fraction = 0.25
-postcopy_bandwidth_mib_s = 5
+timeout = 40
+postcopy-after-fraction = 0.25
+postcopy-bandwidth = 5
 """
 
 

@@ -213,6 +213,6 @@ def test_without_our_agent_the_checks_it_serves_are_warnings_that_say_why(
 def test_unknown_skip_name_is_a_usage_error(lab: None) -> None:
     result = vmotion("check", "x", "--from", HOST_A.uri, "--to", HOST_B.uri, "--skip-check", "cpu")
     assert result.returncode == 2
-    assert "unknown check name" in result.stderr
+    assert "unknown pre-flight check 'cpu'" in result.stderr
     assert "cpu-compat" in result.stderr
     assert "Traceback" not in result.stderr

@@ -38,7 +38,9 @@ def _check_name(text: str) -> str:
     names = check_names()
     if text in names:
         return text
-    close = difflib.get_close_matches(text, names, n=3)
+    # A prefix or a word of the name ("cpu" -> cpu-compat), else a near spelling.
+    close = [n for n in names if n.startswith(text) or text in n.split("-")][:3]
+    close = close or difflib.get_close_matches(text, names, n=3)
     hint = f"did you mean {' or '.join(close)}?" if close else "'--help' lists every name"
     msg = f"unknown pre-flight check {text!r}{HINT_SEPARATOR}{hint}"
     raise argparse.ArgumentTypeError(msg)

@@ -90,7 +90,14 @@ def test_live_migration_there_and_back_loses_nothing() -> None:
     assert_landed(there, HOST_A, HOST_B)
     back = migrate(HOST_B, HOST_A, "--bandwidth", "200")
     assert_landed(back, HOST_B, HOST_A)
-    assert back["settings"] == {"bandwidth_mib_s": 200, "max_downtime_ms": None, "timeout_s": None}
+    # The effective values, defaults included (issue 16: never null for a default).
+    assert back["settings"] == {
+        "bandwidth_mib_s": 200,
+        "max_downtime_ms": 500,
+        "timeout_s": 300.0,
+        "allow_postcopy": True,
+        "max_throttle_percent": 80,
+    }
     print("there:", there)
     print("back:", back)
 

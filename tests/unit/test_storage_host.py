@@ -7,7 +7,6 @@ symlink). These run the real agent functions and ``qemu-img`` on files here.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -21,8 +20,9 @@ from libvirt_vmotion.storage.host import (
     pool_dirs,
     precreate,
 )
+from needs import needs_tool
 
-needs_qemu_img = pytest.mark.skipif(shutil.which("qemu-img") is None, reason="no qemu-img")
+needs_qemu_img = needs_tool("qemu-img", installed_by="scripts/install-system.sh, qemu-utils")
 
 
 def disk(path: Path | str, fmt: str = "raw") -> dict[str, object]:

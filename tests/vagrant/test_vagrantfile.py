@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from needs import needs_tool
+
 VAGRANTFILE = Path(__file__).resolve().parents[2] / "vagrant" / "Vagrantfile"
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("vagrant") is None, reason="vagrant is not installed (scripts/install-vagrant.sh)"
-)
+pytestmark = needs_tool("vagrant", installed_by="scripts/install-vagrant.sh; ./run test runs it")
 
 
 def _validate(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:

@@ -342,9 +342,9 @@ def test_what_the_agent_creates_is_private_to_root(tmp_path: Path) -> None:
     assert stat.S_IMODE(marker.stat().st_mode) == 0o600
 
 
-def test_the_migration_history_is_private(tmp_path: Path) -> None:
-    path = tmp_path / "state" / "libvirt-vmotion" / "history.db"
-    run = Completed(
+def a_completed_run() -> Completed:
+    """One pre-copy run between hosts a and b, as the history stores it."""
+    return Completed(
         source_uuid="a",
         dest_uuid="b",
         finished_s=1.0,
@@ -353,6 +353,11 @@ def test_the_migration_history_is_private(tmp_path: Path) -> None:
         elapsed_ms=2000,
         downtime_ms=50,
     )
+
+
+def test_the_migration_history_is_private(tmp_path: Path) -> None:
+    path = tmp_path / "state" / "libvirt-vmotion" / "history.db"
+    run = a_completed_run()
     old = os.umask(0o022)
     try:
         assert History(path).record(run)
@@ -438,15 +443,7 @@ def test_a_history_file_others_can_write_is_not_read(
 ) -> None:
     path = tmp_path / "history.db"
     history = History(path)
-    run = Completed(
-        source_uuid="a",
-        dest_uuid="b",
-        finished_s=1.0,
-        cap_mib_s=None,
-        data_bytes=100 << 20,
-        elapsed_ms=2000,
-        downtime_ms=50,
-    )
+    run = a_completed_run()
     assert history.record(run)
     assert len(history.runs("a", "b")) == 1
     path.chmod(0o666)

@@ -259,6 +259,25 @@ def test_no_wait_when_the_next_round_would_reach_the_time_budget() -> None:
     assert history.decisions[-1].rule is Rule.WAIT_FOR_SHRINK
 
 
+def test_a_stall_on_sets_sampled_as_empty_climbs_the_ladder_before_throttling() -> None:
+    # CI's trace: rounds shorter than the sampling interval are seen only at their end,
+    # as 0 bytes, yet QEMU keeps iterating at 30 ms: the real set exceeds what 30 ms
+    # admits. Climb one rung (still pre-copy) rather than throttle a lightly loaded guest.
+    samples = [
+        *steady(1, 24.4),
+        make_sample(now_s=4.0, iteration=3, remaining_mib=4.3),
+        make_sample(now_s=4.2, iteration=4, remaining_mib=0),
+        make_sample(now_s=4.4, iteration=5, remaining_mib=0.05),
+        make_sample(now_s=4.6, iteration=6, remaining_mib=0),
+    ]
+    _, history = run(samples, MigrationPolicy())
+    escalations = [d for d in history.decisions if d.rule.value.startswith("stall-")]
+    assert escalations, "a stall must escalate"
+    assert escalations[0].rule is Rule.STALL_RAISE_DOWNTIME
+    assert escalations[0].actions == (SetMaxDowntime(60),)  # the rung after 30 ms
+    assert not any(isinstance(a, Throttle) and a.percent > 0 for a in actions_of(history))
+
+
 def test_dirty_rate_above_bandwidth_escalates_downtime_throttle_then_postcopy() -> None:
     state, history = run(steady(12, 64), MigrationPolicy(max_duration_s=600))
     assert state is State.POSTCOPY

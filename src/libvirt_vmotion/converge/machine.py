@@ -932,10 +932,13 @@ def _escalate(  # noqa: PLR0913  all keyword-only context of one escalation
         limit_ms, why = within
         return decide(phase, Rule.STALL_RAISE_DOWNTIME, f"{stall}: {why}", SetMaxDowntime(limit_ms))
     # The ladder's rungs are limits at the capped rate: not for a QEMU told the real rate.
+    # A stall at a limit that should already admit the best set means the sampled sets
+    # understate the real one (a round shorter than the sampling interval is seen only
+    # near its end, even as 0 bytes): climb one rung rather than trust the estimate.
     fit = (
         None
         if plan is not None and plan.qemu_told_rate
-        else _smallest_rung_at_least(policy, needed)
+        else _smallest_rung_at_least(policy, max(needed, downtime_ms + 1))
     )
     if fit is not None and fit > downtime_ms:
         why = f"{stall}: raise the downtime to {fit} ms"

@@ -64,6 +64,7 @@ OPERATIONS: Final[dict[str, str]] = {
     "reserve": "libvirt_vmotion.reserve.hostops:op_reserve",
     "release": "libvirt_vmotion.reserve.hostops:op_release",
     "reservations": "libvirt_vmotion.reserve.hostops:op_reservations",
+    "maintenance": "libvirt_vmotion.reserve.hostops:op_maintenance",
     "guest-memory": "libvirt_vmotion.reserve.hostops:op_guest_memory",
     "storage-facts": "libvirt_vmotion.storage.host:op_storage_facts",
     "disk-precreate": "libvirt_vmotion.storage.host:op_disk_precreate",

@@ -323,6 +323,12 @@ class Hypervisor:
             return False
         return True
 
+    def running_guests(self) -> tuple[str, ...]:
+        """Names of the guests running here (``evacuate``'s default set), sorted."""
+        with translating_errors("list the running guests", uri=self.uri):
+            doms = self._conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)
+        return tuple(sorted(d.name() for d in doms))
+
     def define_and_start(self, xml: str) -> Guest:
         """Define a persistent guest from XML and start it."""
         with translating_errors("define and start a guest", uri=self.uri):

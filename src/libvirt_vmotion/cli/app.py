@@ -37,6 +37,7 @@ from libvirt_vmotion.argtypes import (
 )
 from libvirt_vmotion.bench.options import add_bench_parser
 from libvirt_vmotion.cli import checks as checks_cli
+from libvirt_vmotion.cli import evacuate as evacuate_cli
 from libvirt_vmotion.cli.report import (
     build_failure_report,
     build_report,
@@ -72,6 +73,7 @@ if TYPE_CHECKING:
     from libvirt_vmotion.adapters.virt import Guest, Hypervisor
     from libvirt_vmotion.converge.loop import PostSwitchover
     from libvirt_vmotion.session.core import SessionResult
+    from libvirt_vmotion.session.wiring import Around
 
 log = logging.getLogger(__name__)
 
@@ -193,6 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_migrate(sub)
     checks_cli.add_subcommands(sub, parser_class=_Parser, add_policy_flags=_add_policy_flags)
     _add_netcheck(sub)
+    evacuate_cli.add_subcommands(sub, parser_class=_Parser, add_policy_flags=_add_policy_flags)
     _add_cancel_status(sub)
     _add_policy_command(sub)
     _add_history(sub)
@@ -336,6 +339,16 @@ def _shown_default(key: PolicyKey) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
+MULTIFD_FLAG: Final = "--multifd"
+"""The policy's ``parallel`` (multifd streams) on ``evacuate``, whose ``--parallel`` counts
+migrations in flight (as the issue, VDSM and KubeVirt name it)."""
+
+
+def _policy_dest(key: PolicyKey) -> str:
+    """The argparse dest of a policy flag (``policy_`` first: never clashes with a command's)."""
+    return "policy_" + key.key.replace("-", "_")
+
+
 def _add_policy_flags(parser: argparse.ArgumentParser) -> None:
     """The policy's flags (``POLICY_KEYS``), each with its default; ``--policy FILE``."""
     pol = parser.add_argument_group(
@@ -367,8 +380,11 @@ def _add_policy_flags(parser: argparse.ArgumentParser) -> None:
                 help=f"{text} (default: {'allowed' if negative else default})",
             )  # fmt: skip
             continue
+        flag = f"--{key.key}"
+        if flag in parser._option_string_actions:  # noqa: SLF001  evacuate's own --parallel
+            flag = MULTIFD_FLAG
         pol.add_argument(
-            f"--{key.key}", dest=key.key.replace("-", "_"), type=_policy_type(key),
+            flag, dest=_policy_dest(key), type=_policy_type(key),
             metavar=key.metavar, help=f"{key.help} (default: {default})",
         )  # fmt: skip
         if key.key == "max-throttle":
@@ -572,15 +588,15 @@ def _policy(args: argparse.Namespace) -> MigrationPolicy:
     for key in POLICY_KEYS:
         if key.flag and key.field:
             overrides[key.field] = getattr(
-                args, key.field if key.kind is bool else key.key.replace("-", "_")
+                args, key.field if key.kind is bool else _policy_dest(key)
             )
     if args.no_throttle:
         overrides["max_throttle_percent"] = 0
     return build_policy(
         base,
-        initial_downtime_ms=args.initial_downtime,
-        max_downtime_ms=args.max_downtime,
-        downtime_steps=args.downtime_steps,
+        initial_downtime_ms=args.policy_initial_downtime,
+        max_downtime_ms=args.policy_max_downtime,
+        downtime_steps=args.policy_downtime_steps,
         overrides=overrides,
     )
 
@@ -947,6 +963,19 @@ def _add_guest_settings(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _evacuation_around(args: argparse.Namespace) -> Callable[[MigrationRequest], Around]:
+    """What each move of an evacuation gets around it: the network cutover (flags checked now)."""
+    from libvirt_vmotion.session.wiring import Around  # noqa: PLC0415  libvirt on use
+
+    _notify_config(args)  # refuse bad cutover flags before any host
+    budget_s = _policy(args).max_duration_s
+
+    def around(request: MigrationRequest) -> Around:
+        return Around(cutover=_cutover_factory(args, request, budget_s=budget_s))
+
+    return around
+
+
 def _observers(args: argparse.Namespace) -> list[Observer]:
     from libvirt_vmotion.observe.probes import PingObserver, WorkloadObserver  # noqa: PLC0415  only when asked
 
@@ -1169,6 +1198,12 @@ def _run_command(args: argparse.Namespace) -> int:
         "history": cmd_history,
         "agent": cmd_agent_check,
         "completion": cmd_completion,
+        "evacuate": lambda a: evacuate_cli.cmd_evacuate(
+            a, policy=_policy(a), around=_evacuation_around(a)
+        ),
+        "maintenance": lambda a: evacuate_cli.cmd_maintenance(
+            a, policy=_policy, around=_evacuation_around
+        ),
     }
     if args.command in simple:
         return simple[args.command](args)

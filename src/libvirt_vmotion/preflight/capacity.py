@@ -7,6 +7,8 @@ reservation store already holds for other migrations.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from libvirt_vmotion.preflight.facts import PreflightFacts
 from libvirt_vmotion.preflight.result import CheckResult, Verdict, bad, format_bytes, ok
 
@@ -103,6 +105,26 @@ def check_hugepages(f: PreflightFacts) -> tuple[CheckResult, ...]:
     return (ok("dest-hugepages", observed, observed=observed, required=required),)
 
 
+def check_dest_maintenance(f: PreflightFacts) -> tuple[CheckResult, ...]:
+    """The destination is not in maintenance (``vmotion maintenance enter``)."""
+    view = f.agent.reservation
+    if view is None:
+        return ()  # inbound-slots already says the store could not be read
+    if not view.maintenance_since:
+        return (ok("dest-maintenance", f"{f.dest.hostname} is not in maintenance"),)
+    return (
+        bad(
+            "dest-maintenance",
+            Verdict.BLOCKER,
+            f"Destination {f.dest.hostname} is in maintenance since {view.maintenance_since} "
+            f"({view.maintenance_by}): our hook refuses every incoming migration there.",
+            observed="in maintenance",
+            required="not in maintenance",
+            hint=f"Choose another destination, or end it: vmotion maintenance exit {f.dest.uri}",
+        ),
+    )
+
+
 def check_inbound_slots(f: PreflightFacts) -> tuple[CheckResult, ...]:
     """The destination limits concurrent incoming migrations."""
     view = f.agent.reservation
@@ -130,3 +152,36 @@ def check_inbound_slots(f: PreflightFacts) -> tuple[CheckResult, ...]:
             ),
         )
     return (ok("inbound-slots", observed, observed=observed),)
+
+
+@dataclass(frozen=True, slots=True)
+class DestRoom:
+    """What the destination can still take for incoming guests, as pre-flight saw it.
+
+    Attributes:
+        memory_bytes: memory for incoming guests net of other reservations (None:
+            our agent does not answer there).
+        vcpus: vCPUs for incoming guests net of reservations (None: no limit).
+        inbound_slots: concurrent incoming migrations it allows.
+
+    """
+
+    memory_bytes: int | None
+    vcpus: int | None
+    inbound_slots: int
+
+
+def dest_room(f: PreflightFacts) -> DestRoom:
+    """The destination's room, by the same rules as ``dest-memory`` and ``dest-vcpus``."""
+    view = f.agent.reservation
+    if f.agent.mem_available_bytes is None or view is None:
+        return DestRoom(memory_bytes=None, vcpus=None, inbound_slots=2)
+    free = f.agent.mem_available_bytes
+    if view.memory_limit_bytes is not None:
+        free = min(free, view.memory_limit_bytes)
+    vcpus = None if view.vcpu_limit is None else view.vcpu_limit - view.reserved_vcpus
+    return DestRoom(
+        memory_bytes=free - view.reserved_memory_bytes,
+        vcpus=vcpus,
+        inbound_slots=view.inbound_limit,
+    )

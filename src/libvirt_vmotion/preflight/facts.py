@@ -172,6 +172,9 @@ class ReservationView:
     memory_limit_bytes: int | None = None
     """Configured cap on memory for incoming guests (``capacity.toml``)."""
     vcpu_limit: int | None = None
+    maintenance_since: str = ""
+    """When the host entered maintenance (UTC), empty when it is not in maintenance."""
+    maintenance_by: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -162,6 +162,7 @@ def _agent_facts(agent: RemoteHost | None, bridges: list[str], paths: list[str])
             inbound_limit=int(view_raw.get("inbound_limit", 2)),
             memory_limit_bytes=view_raw.get("memory_limit_bytes"),
             vcpu_limit=view_raw.get("vcpu_limit"),
+            **_maintenance_fields(view_raw.get("maintenance")),
         )
     paths_raw = got.get("paths_exist", {})
     mem = got.get("mem_available_bytes")
@@ -422,3 +423,13 @@ def _link_result(started: Measuring | None) -> LinkMeasurement | None:
         return started.link.result(timeout=60)
     except TimeoutError:
         return LinkMeasurement(None, "the link measurement did not finish within 60 s")
+
+
+def _maintenance_fields(raw: object) -> dict[str, str]:
+    """The agent's maintenance mark as ``ReservationView`` fields (none: empty)."""
+    if not isinstance(raw, dict):
+        return {}
+    return {
+        "maintenance_since": str(raw.get("since_utc", "")) or "unknown time",
+        "maintenance_by": str(raw.get("by", "")),
+    }

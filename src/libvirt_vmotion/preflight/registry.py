@@ -23,6 +23,7 @@ from typing import Final
 
 from libvirt_vmotion.preflight import disks, netcheck
 from libvirt_vmotion.preflight.capacity import (
+    check_dest_maintenance,
     check_dest_memory,
     check_dest_vcpus,
     check_hugepages,
@@ -119,6 +120,7 @@ CHECKS: Final[Mapping[str, Callable[[PreflightFacts], tuple[CheckResult, ...]]]]
     "dest-vcpus": check_dest_vcpus,
     "dest-hugepages": check_hugepages,
     "inbound-slots": check_inbound_slots,
+    "dest-maintenance": check_dest_maintenance,
     "machine-type": check_machine_type,
     "device-models": check_device_models,
     "passthrough-devices": check_passthrough,

@@ -110,8 +110,12 @@ def _store() -> ReservationStore:
 def reservation_view() -> dict[str, object]:
     """What the store holds and what the host allows (for the capacity checks)."""
     capacity = load_capacity()
-    rows = _store().list(now_s=time.time())
+    store = _store()
+    now_s = time.time()
+    rows = store.list(now_s=now_s)
+    mark = store.maintenance(now_s=now_s)
     return {
+        "maintenance": None if mark is None else mark.to_dict(),
         "reserved_memory_bytes": sum(r.memory_bytes for r in rows),
         "reserved_vcpus": sum(r.vcpus for r in rows),
         "inbound_active": len(rows),
@@ -213,3 +217,18 @@ def op_guest_memory(args: Mapping[str, object]) -> dict[str, object]:
 def op_reservations(_args: Mapping[str, object]) -> dict[str, object]:
     """The unexpired reservations (expired ones are deleted on the way)."""
     return reservation_view()
+
+
+def op_maintenance(args: Mapping[str, object]) -> dict[str, object]:
+    """Enter, exit or read this host's maintenance mark (``vmotion maintenance``)."""
+    action = str(args.get("action", "status"))
+    store = _store()
+    now_s = time.time()
+    if action == "enter":
+        store.enter_maintenance(by=str(args.get("by", "")) or "vmotion", now_s=now_s)
+    elif action == "exit":
+        store.exit_maintenance(now_s=now_s)
+    elif action != "status":
+        msg = f"agent maintenance action {action!r}: expected enter, exit or status"
+        raise UsageError(msg)
+    return {"hostname": socket.gethostname(), **reservation_view()}

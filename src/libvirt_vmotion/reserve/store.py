@@ -126,6 +126,38 @@ def load_capacity(path: Path = CAPACITY_PATH) -> Capacity:
 
 
 @dataclass(frozen=True, slots=True)
+class Maintenance:
+    """The host is in maintenance: no incoming migration (``vmotion maintenance enter``).
+
+    Attributes:
+        since_s: when it was entered (Unix seconds).
+        by: who entered it (``vmotion pid N on HOST``).
+
+    """
+
+    since_s: float
+    by: str
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON form (the agent's replies, ``maintenance status``)."""
+        return {"since_epoch_s": round(self.since_s), "since_utc": format_utc(self.since_s),
+                "by": self.by}  # fmt: skip
+
+
+def maintenance_refusal(maintenance: Maintenance | None, *, host: str, domain: str) -> Grant | None:
+    """The refusal of any incoming guest while ``host`` is in maintenance, else None."""
+    if maintenance is None:
+        return None
+    return Grant(
+        granted=False,
+        reason=f"{host} is in maintenance since {format_utc(maintenance.since_s)} "
+        f"({maintenance.by}): it takes no incoming migration, '{domain}' included.",
+        hint=f"Choose another host, or end the maintenance on {host}: "
+        "vmotion maintenance exit URI-OF-THAT-HOST",
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class ReservationRequest:
     """What one incoming guest needs."""
 
@@ -177,13 +209,14 @@ def _mib(size: int) -> str:
     return f"{size / MIB:.0f} MiB"
 
 
-def plan(
+def plan(  # noqa: PLR0913  the request and the host's state, keyword-only
     request: ReservationRequest,
     *,
     active: Sequence[Reservation],
     capacity: Capacity,
     mem_available_bytes: int,
     host: str,
+    maintenance: Maintenance | None = None,
 ) -> Grant:
     """Decide whether ``request`` fits next to the ``active`` reservations.
 
@@ -193,11 +226,15 @@ def plan(
         capacity: the host's configured limits.
         mem_available_bytes: the host's MemAvailable now.
         host: the host's name, for messages.
+        maintenance: the host's maintenance mark (refuses everything), if set.
 
     Returns:
         Granted, or refused with what is missing and what to do.
 
     """
+    refused = maintenance_refusal(maintenance, host=host, domain=request.domain)
+    if refused is not None:
+        return refused
     others = [r for r in active if r.reservation_id != request.reservation_id]
     if len(others) >= capacity.inbound_slots:
         return Grant(
@@ -324,6 +361,10 @@ CREATE TABLE IF NOT EXISTS reservations (
     expires_s REAL NOT NULL
 )
 """
+_STATE_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS host_state (key TEXT PRIMARY KEY, value TEXT NOT NULL)
+"""
+_MAINTENANCE_KEY: Final = "maintenance"
 _COLUMNS: Final = "id, domain, owner, memory_bytes, vcpus, state, created_s, expires_s"
 
 
@@ -383,6 +424,7 @@ class ReservationStore:
                 if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
                     conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute(_SCHEMA)
+                conn.execute(_STATE_SCHEMA)
                 conn.execute("BEGIN IMMEDIATE")
             except sqlite3.OperationalError as exc:
                 raise self._busy(exc) from exc
@@ -503,6 +545,7 @@ class ReservationStore:
             capacity=capacity,
             mem_available_bytes=mem_available_bytes,
             host=self.host,
+            maintenance=self._maintenance(conn),
         )
         if not grant.granted:
             raise ReservationError(grant.reason, hint=grant.hint)
@@ -548,6 +591,11 @@ class ReservationStore:
         with self._transaction(now_s) as conn:
             active = self._all(conn)
             mine = next((r for r in active if r.domain == request.domain), None)
+            refused = maintenance_refusal(
+                self._maintenance(conn), host=self.host, domain=request.domain
+            )
+            if mine is not None and refused is not None:
+                raise ReservationError(refused.reason, hint=refused.hint)
             if mine is None:
                 return self._grant(
                     conn, request, active=active, capacity=capacity,
@@ -618,3 +666,44 @@ class ReservationStore:
             else:
                 cur = conn.execute("DELETE FROM reservations WHERE domain = ?", (domain,))
             return cur.rowcount
+
+    # -- maintenance: a mark in the same database, so it survives restarts of
+    #    libvirtd and of the agent, and the hook reads it in the same transaction
+
+    @staticmethod
+    def _maintenance(conn: sqlite3.Connection) -> Maintenance | None:
+        row = conn.execute(
+            "SELECT value FROM host_state WHERE key = ?", (_MAINTENANCE_KEY,)
+        ).fetchone()
+        if row is None:
+            return None
+        try:
+            item = json.loads(row[0])
+            return Maintenance(since_s=float(item["since_s"]), by=str(item["by"]))
+        except (ValueError, KeyError, TypeError):
+            return Maintenance(since_s=0.0, by="unreadable mark")  # fail closed: still in it
+
+    def maintenance(self, *, now_s: float) -> Maintenance | None:
+        """The host's maintenance mark, if set."""
+        with self._transaction(now_s) as conn:
+            return self._maintenance(conn)
+
+    def enter_maintenance(self, *, by: str, now_s: float) -> Maintenance:
+        """Set the mark (kept as it is when already set); every incoming guest is refused."""
+        with self._transaction(now_s) as conn:
+            current = self._maintenance(conn)
+            if current is not None:
+                return current
+            mark = Maintenance(since_s=now_s, by=by)
+            conn.execute(
+                "INSERT INTO host_state (key, value) VALUES (?, ?)",
+                (_MAINTENANCE_KEY, json.dumps({"since_s": now_s, "by": by})),
+            )
+            return mark
+
+    def exit_maintenance(self, *, now_s: float) -> Maintenance | None:
+        """Clear the mark; return the one cleared (None: there was none)."""
+        with self._transaction(now_s) as conn:
+            current = self._maintenance(conn)
+            conn.execute("DELETE FROM host_state WHERE key = ?", (_MAINTENANCE_KEY,))
+            return current

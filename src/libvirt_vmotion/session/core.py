@@ -29,6 +29,7 @@ from libvirt_vmotion.converge.machine import build_context
 from libvirt_vmotion.errors import PreflightFailed, VmotionError
 from libvirt_vmotion.model import MeasuredContext, MigrationOutcome, MigrationRequest
 from libvirt_vmotion.policy import MigrationPolicy
+from libvirt_vmotion.preflight.capacity import DestRoom
 from libvirt_vmotion.preflight.forecast import Forecast, Strategy, relative_error
 from libvirt_vmotion.preflight.registry import CheckResult, Verdict, blockers
 from libvirt_vmotion.reserve.store import Unreleased
@@ -100,6 +101,7 @@ class PreflightOutcome:
         switchover_mib_s: the final round's rate learned from this host pair's
             history, None when it has none.
         elapsed_s: how long pre-flight took (facts, checks, forecast).
+        room: what the destination can still take (``evacuate`` places by it).
 
     """
 
@@ -113,6 +115,7 @@ class PreflightOutcome:
     claim: Claim | None = None
     switchover_mib_s: float | None = None
     elapsed_s: float = 0.0
+    room: DestRoom | None = None
 
     @property
     def blocked(self) -> bool:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from libvirt_vmotion.errors import UsageError, VmotionError
+from libvirt_vmotion.preflight.capacity import dest_room
 from libvirt_vmotion.preflight.registry import blockers, check_names, run_checks, unknown_skips
 from libvirt_vmotion.session.core import (
     DEFAULT_WINDOW_S,
@@ -137,6 +138,7 @@ class HostPreflight:
             claim=claim,
             switchover_mib_s=switchover,
             elapsed_s=self.clock() - started,
+            room=dest_room(facts),
         )
 
     def _gather(self) -> tuple[PreflightFacts, StorageFacts]:

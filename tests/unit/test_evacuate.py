@@ -163,7 +163,8 @@ class FakeSession:
     def run(self) -> object:
         w, g, d = self.world, self.request.domain, self.request.dest_uri
         if (g, d) in w.refuse:
-            raise ReservationError(f"{d} is full")
+            msg = f"{d} is full"
+            raise ReservationError(msg)
         with w.lock:
             w.in_flight.append(d)
             w.most_in_flight = max(w.most_in_flight, len(w.in_flight))
@@ -172,7 +173,8 @@ class FakeSession:
         with w.lock:
             w.in_flight.remove(d)
         if g in w.fail:
-            raise MigrationAborted(f"{g} did not converge", hint="raise --timeout")
+            msg = f"{g} did not converge"
+            raise MigrationAborted(msg, hint="raise --timeout")
         with w.lock:
             w.moved.append((g, d))
             w.running.remove(g)

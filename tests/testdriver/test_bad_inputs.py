@@ -93,7 +93,7 @@ BAD_INPUTS: tuple[Bad, ...] = (
     Bad(mig("--guest-ip", "zz:zz=10.0.0.1"), 2, "argument --guest-ip: guest ip 'zz:zz=10.0.0.1'"),
     Bad(mig("--watch-switch", "junk"), 2, "argument --watch-switch: switch 'junk': write NETNS/BRIDGE"),
     Bad(mig("--copy-storage", "--no-copy-storage"), 2, "argument --no-copy-storage: not allowed with argument --copy-storage"),
-    Bad(("lab", "guest", "start", "--host", "hostc"), 2, "argument --host: invalid choice: 'hostc'"),
+    Bad(("lab", "guest", "start", "--host", "hostd"), 2, "argument --host: invalid choice: 'hostd'"),
     # files
     Bad(mig("--report-file", "/etc"), 2, "argument --report-file: /etc is a directory"),
     Bad(mig("--report-file", "/etc/hostname/r.json"), 2, "argument --report-file: cannot create /etc/hostname/r.json"),

@@ -919,7 +919,12 @@ def _add_lab(sub: argparse._SubParsersAction[_Parser]) -> None:
         "the client namespace: vmotion lab exec -- vmotion migrate ...",
     )
     lsub = lab.add_subparsers(dest="lab_command", required=True, parser_class=_Parser)
-    lsub.add_parser("up", help="build the lab (idempotent; recovers a crashed lab)")
+    lup = lsub.add_parser("up", help="build the lab (idempotent; recovers a crashed lab)")
+    lup.add_argument(
+        "--hosts", type=int, choices=[2, 3], default=2,
+        help="2 hosts (hosta, hostb), or 3 with hostc 10.77.0.3 on the same switch, for "
+        "evacuations (default: 2; a third is added to a running lab)",
+    )  # fmt: skip
     lsub.add_parser("status", help="show namespaces, daemons, URIs and guests")
     lsub.add_parser("down", help="remove the lab and everything it started")
     ex = lsub.add_parser("exec", help="run a command in the client namespace")
@@ -930,7 +935,15 @@ def _add_lab(sub: argparse._SubParsersAction[_Parser]) -> None:
     guest = lsub.add_parser("guest", help="the lab's test guest")
     gsub = guest.add_subparsers(dest="guest_command", required=True, parser_class=_Parser)
     start = gsub.add_parser("start", help="(re)start the guest on a lab host")
-    start.add_argument("--host", default="hosta", choices=["hosta", "hostb"])
+    start.add_argument("--host", default="hosta", choices=["hosta", "hostb", "hostc"])
+    start.add_argument(
+        "--bridge", metavar="BRIDGE",
+        help="the host bridge its NIC joins (default: br0, the lab network)",
+    )  # fmt: skip
+    start.add_argument(
+        "--no-wait", action="store_true",
+        help="do not wait for its workload to answer (a guest off the lab network)",
+    )  # fmt: skip
     _add_guest_settings(start)
     start.add_argument(
         "--disk",
@@ -949,6 +962,23 @@ def _add_lab(sub: argparse._SubParsersAction[_Parser]) -> None:
     setw = gsub.add_parser("set", help="change the workload at runtime")
     setw.add_argument("setting", choices=["rate", "wss", "mode", "disk_rate"])
     setw.add_argument("value")
+    for verb in gsub.choices.values():
+        verb.add_argument(
+            "--name", default=LAB_GUEST_NAME, type=_lab_guest_name, metavar="NAME",
+            help=f"which lab guest (default: {LAB_GUEST_NAME}); each name gets its own "
+            "address 10.77.0.51.. and MAC",
+        )  # fmt: skip
+
+
+LAB_GUEST_NAME: Final = "vmo-guest"
+"""The lab's default guest (``lab.constants.GUEST_NAME``; the CLI does not import the lab)."""
+
+
+def _lab_guest_name(text: str) -> str:
+    if not re.fullmatch(r"[a-z][a-z0-9-]{0,30}", text):
+        msg = f"lab guest name {text!r}: use 1-31 lowercase letters, digits or '-'"
+        raise argparse.ArgumentTypeError(msg)
+    return text
 
 
 def _add_guest_settings(parser: argparse.ArgumentParser) -> None:

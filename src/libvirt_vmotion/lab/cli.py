@@ -20,9 +20,11 @@ from libvirt_vmotion.lab.constants import (
     GUEST_NAME,
     HOST_A,
     HOST_B,
+    HOST_BRIDGE,
     STATE_DIR,
     LabHost,
     host_by_name,
+    lab_hosts,
 )
 from libvirt_vmotion.lab.guestdef import DiskMode, VirtType
 from libvirt_vmotion.lab.image import GuestImage, ensure_guest_image
@@ -56,7 +58,7 @@ def run_lab_command(args: argparse.Namespace) -> int:
 def _dispatch(args: argparse.Namespace) -> int:  # noqa: PLR0911  one branch per subcommand
     command = args.lab_command
     if command == "up":
-        _say(topology.up(log=_say).render())
+        _say(topology.up(log=_say, hosts=args.hosts).render())
         return ExitCode.OK
     if command == "down":
         topology.down()
@@ -133,23 +135,32 @@ def _start_guest_from_args(args: argparse.Namespace, host: LabHost, image: Guest
         disk=DiskMode(args.disk) if getattr(args, "disk", None) else None,
         disk_mib=getattr(args, "disk_mib", guestctl.DEFAULT_DISK_MIB),
         disk_kib_s=getattr(args, "disk_kib_s", guestctl.DEFAULT_DISK_KIB_S),
+        name=getattr(args, "name", GUEST_NAME),
+        bridge=getattr(args, "bridge", None) or HOST_BRIDGE,
     )
-    guestctl.wait_for_workload()
+    if not getattr(args, "no_wait", False):
+        guestctl.wait_for_workload(name=getattr(args, "name", GUEST_NAME))
 
 
 def _guest(args: argparse.Namespace) -> int:
     command = args.guest_command
+    name = args.name
+    addr = guestctl.guest_addr(name)
     if command == "start":
-        _start_guest_from_args(args, host_by_name(args.host), ensure_guest_image(log=_say))
-        _say(f"{GUEST_NAME} runs on {args.host}; workload answers at {GUEST_ADDR}")
+        host = host_by_name(args.host)
+        if host not in lab_hosts():
+            msg = f"{host.name} is not up in this lab."
+            raise UsageError(msg, hint=f"Add it: {command_name()} lab up --hosts 3")
+        _start_guest_from_args(args, host, ensure_guest_image(log=_say))
+        _say(f"{name} runs on {args.host}; workload answers at {addr}")
         return ExitCode.OK
     if command == "stop":
-        guestctl.remove_guest()
-        _say(f"{GUEST_NAME} removed from both hosts")
+        guestctl.remove_guest(name)
+        _say(f"{name} removed from every lab host")
         return ExitCode.OK
     if not guestctl.in_client_netns():
         # The guest's address is only reachable on the lab network.
-        argv = ["lab", "guest", command]
+        argv = ["lab", "guest", command, "--name", name]
         if command == "wait":
             argv += ["--timeout", f"{args.timeout:g}"]
         elif command == "set":
@@ -162,15 +173,15 @@ def _guest(args: argparse.Namespace) -> int:
     )
 
     if command == "wait":
-        wait_until_ready(GUEST_ADDR, timeout_s=args.timeout)
+        wait_until_ready(addr, timeout_s=args.timeout)
         return ExitCode.OK
     if command == "set":
         _check_setting(args.setting, args.value)
-        _say(json.dumps(send_command(GUEST_ADDR, f"set {args.setting} {args.value}")))
+        _say(json.dumps(send_command(addr, f"set {args.setting} {args.value}")))
         return ExitCode.OK
-    for host, state in guestctl.find_guest():
-        _say(f"{GUEST_NAME}: {state} on {host.name}")
-    _say(json.dumps(dataclasses.asdict(query_status(GUEST_ADDR)), indent=2))
+    for host, state in guestctl.find_guest(name):
+        _say(f"{name}: {state} on {host.name}")
+    _say(json.dumps(dataclasses.asdict(query_status(addr)), indent=2))
     return ExitCode.OK
 
 

@@ -88,11 +88,25 @@ HOST_B: Final = LabHost(
     # The older CPU: a guest with a Skylake-Server CPU runs on hosta but not here.
     tcg_cpu_without=("pku",),
 )
+HOST_C: Final = LabHost(
+    name="hostc",
+    netns=f"{LAB_ID}-hostc",
+    addr="10.77.0.3",
+    host_uuid="7a6f0000-0000-4000-8000-00000000000c",
+    switch_port="port-hostc",
+    bridge_mac="02:77:00:00:00:0c",
+)
 HOSTS: Final = (HOST_A, HOST_B)
+"""The hosts every lab has (the demo and most tests use these two)."""
+EXTRA_HOSTS: Final = (HOST_C,)
+"""Hosts ``lab up --hosts 3`` adds on the same switch (evacuation spreads guests over them)."""
+ALL_HOSTS: Final = (*HOSTS, *EXTRA_HOSTS)
 
 GUEST_NAME: Final = "vmo-guest"
 GUEST_ADDR: Final = "10.77.0.50"
 GUEST_MAC: Final = "52:54:00:77:00:50"
+MAX_NAMED_GUESTS: Final = 40
+"""More lab guests (``lab guest start --name``) take 10.77.0.51.. and 52:54:00:77:00:33.."""
 
 STATE_DIR: Final = Path("/var/lib/vmotion-lab" + ("" if LAB_ID == "vmo" else f"-{LAB_ID}"))
 """Per-host libvirt state (etc, run, lib, log, cache) and lab bookkeeping."""
@@ -109,14 +123,34 @@ root mount namespace this stays an empty directory: only the hosts see the
 shared file system there."""
 
 
+def lab_hosts() -> tuple[LabHost, ...]:
+    """The hosts this lab has now: the two every lab has, and the extra ones that are up."""
+    extra = tuple(h for h in EXTRA_HOSTS if Path(f"/run/netns/{h.netns}").exists())
+    return (*HOSTS, *extra)
+
+
+def guest_identity(index: int) -> tuple[str, str]:
+    """Address and MAC of the lab guest with ``index`` (0: the default guest).
+
+    >>> guest_identity(0)
+    ('10.77.0.50', '52:54:00:77:00:50')
+    >>> guest_identity(3)
+    ('10.77.0.53', '52:54:00:77:00:53')
+    """
+    if not 0 <= index <= MAX_NAMED_GUESTS:
+        msg = f"lab guest index {index}: expected 0..{MAX_NAMED_GUESTS}"
+        raise ValueError(msg)
+    return f"10.77.0.{50 + index}", f"52:54:00:77:00:{50 + index:02d}"
+
+
 def host_by_name(name: str) -> LabHost:
-    """Return the lab host called ``name`` (``hosta``/``hostb``, also ``a``/``b``).
+    """Return the lab host called ``name`` (``hosta``/``hostb``/``hostc``, also ``a``...).
 
     Raises:
         KeyError: no such lab host.
 
     """
-    for host in HOSTS:
+    for host in ALL_HOSTS:
         if name in (host.name, host.name.removeprefix("host")):
             return host
     raise KeyError(name)

@@ -8,6 +8,7 @@ network (the guest's address, the hosts' TCP URIs) run in the client namespace.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
@@ -21,11 +22,14 @@ from libvirt_vmotion.errors import DomainNotFound, VmotionError
 from libvirt_vmotion.lab import command_name
 from libvirt_vmotion.lab.constants import (
     CLIENT_NETNS,
-    GUEST_ADDR,
     GUEST_NAME,
-    HOSTS,
+    HOST_BRIDGE,
+    MAX_NAMED_GUESTS,
     SHARED_DIR,
+    STATE_DIR,
     LabHost,
+    guest_identity,
+    lab_hosts,
 )
 from libvirt_vmotion.lab.guestdef import (
     CacheMode,
@@ -92,7 +96,7 @@ def run_in_client(argv: Sequence[str]) -> int:
 def find_guest(name: str = GUEST_NAME) -> list[tuple[LabHost, str]]:
     """Where the guest is defined: (host, state) for each lab host that has it."""
     found: list[tuple[LabHost, str]] = []
-    for host in HOSTS:
+    for host in lab_hosts():
         with Hypervisor.open(local_uri(host)) as hv:
             try:
                 # One lookup, then its state: a guest being undefined (the tail of a
@@ -105,7 +109,7 @@ def find_guest(name: str = GUEST_NAME) -> list[tuple[LabHost, str]]:
 
 def remove_guest(name: str = GUEST_NAME) -> None:
     """Destroy and undefine the guest on every lab host (no error if absent)."""
-    for host in HOSTS:
+    for host in lab_hosts():
         subprocess.run(
             ["virsh", "-q", "-c", local_uri(host), "destroy", name],
             capture_output=True,
@@ -116,6 +120,40 @@ def remove_guest(name: str = GUEST_NAME) -> None:
             capture_output=True,
             check=False,
         )
+
+
+_GUESTS_FILE = STATE_DIR / "guests.json"
+"""Which index (address, MAC) each named lab guest has (``lab guest start --name``)."""
+
+
+def guest_index(name: str) -> int:
+    """The index of lab guest ``name``: 0 for the default guest, else its own, kept in a file.
+
+    Raises:
+        VmotionError: every index is taken (``lab guest stop --name`` frees one).
+
+    """
+    if name == GUEST_NAME:
+        return 0
+    try:
+        known: dict[str, int] = json.loads(_GUESTS_FILE.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if name in known:
+        return known[name]
+    free = sorted(set(range(1, MAX_NAMED_GUESTS + 1)) - set(known.values()))
+    if not free:
+        msg = f"All {MAX_NAMED_GUESTS} lab guest addresses are taken."
+        raise VmotionError(msg, hint="Stop some: vmotion lab guest stop --name NAME")
+    known[name] = free[0]
+    _GUESTS_FILE.parent.mkdir(parents=True, exist_ok=True)
+    _GUESTS_FILE.write_text(json.dumps(known, sort_keys=True))
+    return free[0]
+
+
+def guest_addr(name: str = GUEST_NAME) -> str:
+    """The lab address of guest ``name``."""
+    return guest_identity(guest_index(name))[0]
 
 
 LOCAL_IMAGE_DIR = "/var/lib/libvirt/images"
@@ -151,7 +189,7 @@ def create_disk(host: LabHost, mode: DiskMode, *, size_mib: int) -> str:
     if mode is DiskMode.SHARED:
         storage.up()
     else:
-        for other in HOSTS:
+        for other in lab_hosts():
             if other != host:
                 topology.run_on_host(other, ["rm", "-f", path], timeout_s=20)
     topology.run_on_host(host, ["rm", "-f", path], timeout_s=20)
@@ -174,6 +212,8 @@ def start_guest(  # noqa: PLR0913  each a documented guest setting, keyword-only
     disk_mib: int = DEFAULT_DISK_MIB,
     disk_kib_s: int = DEFAULT_DISK_KIB_S,
     disk_cache: CacheMode = CacheMode.NONE,
+    name: str = GUEST_NAME,
+    bridge: str = HOST_BRIDGE,
 ) -> str:
     """Define and start a fresh lab guest on ``host`` (removing any old one first).
 
@@ -184,9 +224,10 @@ def start_guest(  # noqa: PLR0913  each a documented guest setting, keyword-only
         The domain XML used.
 
     """
-    remove_guest()
+    remove_guest(name)
+    addr, mac = guest_identity(guest_index(name))
     cmdline = kernel_cmdline(
-        addr_cidr=f"{GUEST_ADDR}/24", wss_mib=wss_mib, rate_mib_s=rate_mib_s, mode=mode
+        addr_cidr=f"{addr}/24", wss_mib=wss_mib, rate_mib_s=rate_mib_s, mode=mode
     )
     disk_spec = None
     if disk is not None:
@@ -199,6 +240,9 @@ def start_guest(  # noqa: PLR0913  each a documented guest setting, keyword-only
         memory_mib=memory_mib,
         virt_type=virt_type,
         disk=disk_spec,
+        name=name,
+        mac=mac,
+        bridge=bridge,
     )
     xml = build_domain_xml(spec)
     with Hypervisor.open(local_uri(host)) as hv:
@@ -207,23 +251,26 @@ def start_guest(  # noqa: PLR0913  each a documented guest setting, keyword-only
     return xml
 
 
-def wait_for_workload(timeout_s: float = 90.0) -> None:
+def wait_for_workload(timeout_s: float = 90.0, *, name: str = GUEST_NAME) -> None:
     """Wait until the guest workload answers (checked from the client namespace).
 
     Raises:
         VmotionError: it did not answer in time.
 
     """
+    addr = guest_addr(name)
     if in_client_netns():
-        wait_until_ready(GUEST_ADDR, timeout_s=timeout_s)
+        wait_until_ready(addr, timeout_s=timeout_s)
         return
-    cmd = client_command(self_command("lab", "guest", "wait", "--timeout", f"{timeout_s:g}"))
+    cmd = client_command(
+        self_command("lab", "guest", "wait", "--timeout", f"{timeout_s:g}", "--name", name)
+    )
     result = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if result.returncode != 0:
-        msg = f"The lab guest's workload did not answer at {GUEST_ADDR} within {timeout_s:g} s."
+        msg = f"The lab guest's workload did not answer at {addr} within {timeout_s:g} s."
         raise VmotionError(
             msg,
             hint="Look at the guest console log under "
-            f"{host_paths(HOSTS[0]).log}/qemu/{GUEST_NAME}-serial.log "
+            f"{host_paths(lab_hosts()[0]).log}/qemu/{name}-serial.log "
             f"({result.stderr.strip()[-300:]})",
         )

@@ -40,6 +40,7 @@ from pyroute2 import IPRoute, netns
 
 from libvirt_vmotion.lab import command_name, hostconf, owner
 from libvirt_vmotion.lab.constants import (
+    ALL_HOSTS,
     CLIENT_ADDR,
     CLIENT_NETNS,
     CLIENT_SWITCH_PORT,
@@ -54,6 +55,7 @@ from libvirt_vmotion.lab.constants import (
     SWITCH_BRIDGE_MAC,
     SWITCH_NETNS,
     LabHost,
+    lab_hosts,
 )
 from libvirt_vmotion.reserve import hook as hooks
 
@@ -63,8 +65,10 @@ if TYPE_CHECKING:
 _log = logging.getLogger(__name__)
 
 NETNS_DIR: Final = Path("/run/netns")
-LAB_NETNS: Final = (SWITCH_NETNS, *(host.netns for host in HOSTS), CLIENT_NETNS, STORAGE_NETNS)
-"""Every network namespace the lab owns; nothing else is ever touched."""
+BASE_NETNS: Final = (SWITCH_NETNS, *(host.netns for host in HOSTS), CLIENT_NETNS, STORAGE_NETNS)
+"""The namespaces every lab has (``up`` creates them)."""
+LAB_NETNS: Final = (*BASE_NETNS, *(h.netns for h in ALL_HOSTS if h not in HOSTS))
+"""Every network namespace the lab owns (extra hosts included); nothing else is ever touched."""
 CLIENT_IFNAME: Final = "eth0"
 READY_TIMEOUT_S: Final = 20.0
 """How long ``up`` waits for both libvirtds to answer over TCP from the client."""
@@ -479,7 +483,7 @@ def status() -> LabStatus:
     return LabStatus(
         switch_exists=_netns_exists(SWITCH_NETNS),
         client_exists=client,
-        hosts=tuple(_host_status(h, client_exists=client) for h in HOSTS),
+        hosts=tuple(_host_status(h, client_exists=client) for h in lab_hosts()),
         leftover_netns=tuple(n for n in LAB_NETNS if (NETNS_DIR / n).exists()),
         owner=_read_owner(),
     )
@@ -525,7 +529,7 @@ def _prepare_state(host: LabHost) -> None:
     (paths.etc / "qemu.conf").write_text(hostconf.build_qemu_conf(host))
     (paths.etc / "virtlogd.conf").write_text(hostconf.build_virtlogd_conf())
     (paths.etc / "qemu-lockd.conf").write_text(hostconf.build_qemu_lockd_conf())
-    paths.hosts_file.write_text(hostconf.build_hosts_file(HOSTS))
+    paths.hosts_file.write_text(hostconf.build_hosts_file(ALL_HOSTS))
     _install_product(paths)
     _write_qemu_wrapper(host, paths)
     paths.ssh.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -577,7 +581,7 @@ def _keygen(path: Path, comment: str) -> None:
     )
 
 
-def _prepare_client_ssh() -> None:
+def _prepare_client_ssh(hosts: Sequence[LabHost] = HOSTS) -> None:
     """The lab's ssh client side: key, authorized_keys, known_hosts, ssh_config."""
     client = hostconf.client_ssh()
     client.root.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -585,9 +589,9 @@ def _prepare_client_ssh() -> None:
         _keygen(client.key, "libvirt-vmotion lab")
     client.authorized_keys.write_text(client.key.with_suffix(".pub").read_text())
     client.authorized_keys.chmod(0o600)
-    keys = [(h, hostconf.host_paths(h).ssh_host_key.with_suffix(".pub").read_text()) for h in HOSTS]
+    keys = [(h, hostconf.host_paths(h).ssh_host_key.with_suffix(".pub").read_text()) for h in hosts]
     client.known_hosts.write_text(hostconf.build_known_hosts(keys))
-    client.config.write_text(hostconf.build_ssh_client_config(HOSTS, client))
+    client.config.write_text(hostconf.build_ssh_client_config(hosts, client))
 
 
 def agent_env() -> dict[str, str]:
@@ -638,7 +642,7 @@ def _add_bridge(ipr: IPRoute, name: str, mac: str) -> int:
 
 
 def _build_network() -> None:
-    for name in LAB_NETNS:
+    for name in BASE_NETNS:
         netns.create(name)
     with IPRoute(netns=SWITCH_NETNS) as sw:
         sw_index = _add_bridge(sw, SWITCH_BRIDGE, SWITCH_BRIDGE_MAC)
@@ -651,16 +655,70 @@ def _build_network() -> None:
             )
             sw.link("set", index=_link_index(sw, port), master=sw_index, state="up")
     for host in HOSTS:
-        with IPRoute(netns=host.netns) as ipr:
-            ipr.link("set", index=_link_index(ipr, "lo"), state="up")
-            br = _add_bridge(ipr, HOST_BRIDGE, host.bridge_mac)
-            ipr.link("set", index=_link_index(ipr, HOST_UPLINK), master=br, state="up")
-            ipr.addr("add", index=br, address=host.addr, prefixlen=PREFIX_LEN)
+        _host_bridge(host)
     with IPRoute(netns=CLIENT_NETNS) as ipr:
         ipr.link("set", index=_link_index(ipr, "lo"), state="up")
         eth = _link_index(ipr, CLIENT_IFNAME)
         ipr.addr("add", index=eth, address=CLIENT_ADDR, prefixlen=PREFIX_LEN)
         ipr.link("set", index=eth, state="up")
+
+
+def _host_bridge(host: LabHost) -> None:
+    """``br0`` with the uplink and the host's address, inside the host's namespace."""
+    with IPRoute(netns=host.netns) as ipr:
+        ipr.link("set", index=_link_index(ipr, "lo"), state="up")
+        br = _add_bridge(ipr, HOST_BRIDGE, host.bridge_mac)
+        ipr.link("set", index=_link_index(ipr, HOST_UPLINK), master=br, state="up")
+        ipr.addr("add", index=br, address=host.addr, prefixlen=PREFIX_LEN)
+
+
+def _plug_extra_host(host: LabHost) -> None:
+    """An extra host's namespace and its port on the running lab's switch."""
+    netns.create(host.netns)
+    with IPRoute(netns=SWITCH_NETNS) as sw:
+        sw_index = _link_index(sw, SWITCH_BRIDGE)
+        sw.link(
+            "add",
+            ifname=host.switch_port,
+            kind="veth",
+            peer={"ifname": HOST_UPLINK, "net_ns_fd": host.netns},
+        )
+        sw.link("set", index=_link_index(sw, host.switch_port), master=sw_index, state="up")
+    _host_bridge(host)
+
+
+def _add_extra_hosts(count: int, log: Callable[[str], None] | None) -> LabStatus:
+    """Bring the healthy base lab to ``count`` hosts (adding ``EXTRA_HOSTS`` in order)."""
+    wanted = ALL_HOSTS[:count]
+    extra = [h for h in wanted if h not in HOSTS]
+    missing = [h for h in extra if not _host_status(h, client_exists=True).healthy]
+    for host in missing:
+        _say(log, f"adding {host.name} ({host.addr}) on the switch")
+        if _netns_exists(host.netns):
+            _remove_extra_host(host)
+        _prepare_state(host)
+        _plug_extra_host(host)
+        _start_holder(host)
+    _prepare_client_ssh(wanted)
+    st = _wait_ready(time.monotonic() + READY_TIMEOUT_S)
+    if missing:
+        _warm_capability_cache(missing)
+    return st
+
+
+def _remove_extra_host(host: LabHost) -> None:
+    """Stop an extra host's processes and remove its namespace (the base lab stays)."""
+    if _holder_pid(host) is not None:
+        _destroy_domains(host)
+    pids = sorted(set(_pids_in_netns(host.netns)))
+    if pids:
+        _stop_processes(pids)
+    with contextlib.suppress(OSError):
+        netns.remove(host.netns)
+    with contextlib.suppress(OSError), IPRoute(netns=SWITCH_NETNS) as sw:
+        found = sw.link_lookup(ifname=host.switch_port)
+        if found:
+            sw.link("del", index=found[0])
 
 
 def _start_holder(host: LabHost) -> None:
@@ -789,7 +847,7 @@ def _refresh_hooks() -> list[str]:
     libvirt_vmotion.hooks" vetoed every guest start). Returns the hosts refreshed.
     """
     refreshed = []
-    for host in HOSTS:
+    for host in lab_hosts():
         etc = hostconf.host_paths(host).etc
         try:
             current = hooks.installed_path(etc).read_text()
@@ -803,12 +861,12 @@ def _refresh_hooks() -> list[str]:
 
 def _adopt() -> None:
     """Make a healthy lab this checkout's without restarting anything (``owner``)."""
-    for host in HOSTS:
+    for host in lab_hosts():
         _install_product(hostconf.host_paths(host))
     OWNER_FILE.write_text(owner.build_owner_record(sys.executable))
 
 
-def up(*, log: Callable[[str], None] | None = None) -> LabStatus:
+def up(*, log: Callable[[str], None] | None = None, hosts: int = len(HOSTS)) -> LabStatus:
     """Build the lab, or repair it; a healthy lab of this checkout is left untouched.
 
     A healthy lab another checkout (same ``VMOTION_LAB_ID``) built is adopted when no
@@ -819,6 +877,8 @@ def up(*, log: Callable[[str], None] | None = None) -> LabStatus:
 
     Args:
         log: receives one line per step (the CLI prints them).
+        hosts: how many hosts (2, or 3 with ``hostc`` for evacuations); more hosts
+            are added to a healthy lab, fewer never remove any.
 
     Returns:
         The healthy lab's status.
@@ -829,56 +889,64 @@ def up(*, log: Callable[[str], None] | None = None) -> LabStatus:
 
     """
     _require_root()
+    if not len(HOSTS) <= hosts <= len(ALL_HOSTS):
+        msg = f"--hosts {hosts}: the lab has {len(HOSTS)} to {len(ALL_HOSTS)} hosts"
+        raise LabError(msg)
     with _lab_lock():
-        st = status()
-        if st.healthy:
-            plan = owner.plan_up_of_healthy_lab(
-                owner=st.owner,
-                python=sys.executable,
-                running={h.host.name: h.domains for h in st.hosts},
-                lab_id=LAB_ID,
-                lab_cmd=LAB_CMD,
-            )
-            if plan.action is owner.UpAction.REFUSE:
-                raise LabError(plan.reason)
-            _say(log, plan.reason)
-            if plan.action is owner.UpAction.ADOPT:
-                _adopt()
-                st = status()
-            else:
-                refreshed = _refresh_hooks()
-                if refreshed:
-                    _say(log, "hook re-installed (an older one) on " + ", ".join(refreshed))
-            return st
-        if st.anything_exists:
-            _say(log, "lab is partly there; tearing down leftovers first")
-            _down_locked(log)
-        started = time.monotonic()
-        # A holder sometimes dies during start-up right after a teardown (SIGTERM seen
-        # while virtlogd starts, ~1 in 10 rebuilds on a busy machine; root cause not
-        # found). One clean rebuild fixes it; a second failure is reported as is.
-        for attempt in (1, 2):
-            try:
-                st = _build(log, started)
-                break
-            except (LabError, OSError, subprocess.CalledProcessError) as exc:
-                _log.warning("lab up failed (attempt %d), tearing down: %s", attempt, exc)
-                with contextlib.suppress(LabError, OSError):
-                    _down_locked(None)
-                if attempt == 1 and isinstance(exc, LabError) and "holder" in str(exc):
-                    _say(log, "a host failed to start; rebuilding once more")
-                    time.sleep(1.0)
-                    started = time.monotonic()
-                    continue
-                if isinstance(exc, LabError):
-                    raise
-                msg = (
-                    f"building the lab failed: {exc}; retry `{LAB_CMD} up`, "
-                    f"or `{LAB_CMD} down` first"
-                )
-                raise LabError(msg) from exc
-        _say(log, f"lab up in {time.monotonic() - started:.1f} s")
+        st = _up_base(log)
+        if hosts > len(HOSTS):
+            st = _add_extra_hosts(hosts, log)
         return st
+
+
+def _up_base(log: Callable[[str], None] | None) -> LabStatus:
+    """``up`` of the hosts every lab has (under the lab lock)."""
+    st = status()
+    if st.healthy:
+        plan = owner.plan_up_of_healthy_lab(
+            owner=st.owner,
+            python=sys.executable,
+            running={h.host.name: h.domains for h in st.hosts},
+            lab_id=LAB_ID,
+            lab_cmd=LAB_CMD,
+        )
+        if plan.action is owner.UpAction.REFUSE:
+            raise LabError(plan.reason)
+        _say(log, plan.reason)
+        if plan.action is owner.UpAction.ADOPT:
+            _adopt()
+            st = status()
+        else:
+            refreshed = _refresh_hooks()
+            if refreshed:
+                _say(log, "hook re-installed (an older one) on " + ", ".join(refreshed))
+        return st
+    if st.anything_exists:
+        _say(log, "lab is partly there; tearing down leftovers first")
+        _down_locked(log)
+    started = time.monotonic()
+    # A holder sometimes dies during start-up right after a teardown (SIGTERM seen
+    # while virtlogd starts, ~1 in 10 rebuilds on a busy machine; root cause not
+    # found). One clean rebuild fixes it; a second failure is reported as is.
+    for attempt in (1, 2):
+        try:
+            st = _build(log, started)
+            break
+        except (LabError, OSError, subprocess.CalledProcessError) as exc:
+            _log.warning("lab up failed (attempt %d), tearing down: %s", attempt, exc)
+            with contextlib.suppress(LabError, OSError):
+                _down_locked(None)
+            if attempt == 1 and isinstance(exc, LabError) and "holder" in str(exc):
+                _say(log, "a host failed to start; rebuilding once more")
+                time.sleep(1.0)
+                started = time.monotonic()
+                continue
+            if isinstance(exc, LabError):
+                raise
+            msg = f"building the lab failed: {exc}; retry `{LAB_CMD} up`, or `{LAB_CMD} down` first"
+            raise LabError(msg) from exc
+    _say(log, f"lab up in {time.monotonic() - started:.1f} s")
+    return st
 
 
 # --------------------------------------------------------------------------- down
@@ -901,7 +969,7 @@ def _lab_pids() -> list[int]:
     pids: set[int] = set()
     for name in LAB_NETNS:
         pids.update(_pids_in_netns(name))
-    for host in HOSTS:
+    for host in ALL_HOSTS:
         paths = hostconf.host_paths(host)
         for pid_file in (
             paths.holder_pid_file,
@@ -915,7 +983,7 @@ def _lab_pids() -> list[int]:
     # Strays whose namespace name and pid file are gone (a daemon a dying holder
     # started while a failed `up` was tearing down, seen with virtlockd): they
     # still see the host's /run.
-    roots = [hostconf.host_paths(host).root for host in HOSTS]
+    roots = [hostconf.host_paths(host).root for host in ALL_HOSTS]
     pids.update(pid for pid in _all_pids() if any(_is_lab_process(pid, r) for r in roots))
     pids.discard(os.getpid())
     return sorted(pids)
@@ -993,10 +1061,10 @@ def _release_run_netns() -> None:
 
 
 def _down_locked(log: Callable[[str], None] | None) -> None:
-    for host in HOSTS:
+    for host in ALL_HOSTS:
         if _holder_pid(host) is not None:
             _destroy_domains(host)
-    for host in HOSTS:
+    for host in ALL_HOSTS:
         # virtlockd ignores SIGTERM (it must not drop disk leases on a whim); with the
         # guests gone it holds none, so kill it now rather than after the grace period.
         pid_file = hostconf.host_paths(host).virtlockd_pid_file
@@ -1017,7 +1085,7 @@ def _down_locked(log: Callable[[str], None] | None) -> None:
             except OSError as exc:
                 msg = f"cannot remove network namespace {name}: {exc}; try `ip netns del {name}`"
                 raise LabError(msg) from exc
-    for host in HOSTS:
+    for host in ALL_HOSTS:
         paths = hostconf.host_paths(host)
         paths.holder_pid_file.unlink(missing_ok=True)
         shutil.rmtree(paths.run, ignore_errors=True)

@@ -9,7 +9,15 @@ is ``libvirt_vmotion.storage.plan``.
 from __future__ import annotations
 
 from libvirt_vmotion.preflight.facts import PreflightFacts
-from libvirt_vmotion.preflight.result import CheckResult, Verdict, bad, format_bytes, ok
+from libvirt_vmotion.preflight.result import (
+    CheckResult,
+    Quantity,
+    Unit,
+    Verdict,
+    bad,
+    format_bytes,
+    ok,
+)
 from libvirt_vmotion.storage.plan import (
     CLUSTER_FS_TYPES,
     DEFAULT_LOCK_MANAGER,
@@ -107,6 +115,7 @@ def _result(  # noqa: PLR0913  a result's fields, keyword-only
     observed: str = "",
     required: str = "",
     subject: str = "",
+    quantity: Quantity | None = None,
 ) -> CheckResult:
     full_hint = f"{hint} {_skip(name)}".strip() if verdict is not Verdict.OK else ""
     return CheckResult(
@@ -117,6 +126,7 @@ def _result(  # noqa: PLR0913  a result's fields, keyword-only
         required=required,
         hint=full_hint,
         subject=subject,
+        quantity=quantity,
     )
 
 
@@ -259,6 +269,7 @@ def check_dest_disk_space(
                     required=format_bytes(copy_bytes_needed(disk)),
                     hint="Install libvirt-vmotion on the destination so pre-flight can check.",
                     subject=f"disk {disk.target}",
+                    quantity=Quantity(Unit.BYTES, required=copy_bytes_needed(disk)),
                 )
             )
             continue
@@ -266,6 +277,7 @@ def check_dest_disk_space(
         need_by_fs[key] = need_by_fs.get(key, 0) + copy_bytes_needed(disk)
         need = need_by_fs[key]
         subject = f"disk {disk.target}"
+        quantity = Quantity(Unit.BYTES, observed=info.free_bytes, required=need)
         if need > info.free_bytes:
             results.append(
                 _result(
@@ -278,6 +290,7 @@ def check_dest_disk_space(
                     hint=f"Free space under {disk.source.rsplit('/', 1)[0] or '/'} on {dest_host}, "
                     "or put the disk on shared storage.",
                     subject=subject,
+                    quantity=quantity,
                 )
             )
         else:
@@ -289,6 +302,7 @@ def check_dest_disk_space(
                     observed=f"{format_bytes(info.free_bytes)} free",
                     required=format_bytes(need),
                     subject=subject,
+                    quantity=quantity,
                 )
             )
     return tuple(results)

@@ -452,7 +452,10 @@ def _add_history(sub: argparse._SubParsersAction[_Parser]) -> None:
         help="only those that ended since WHEN: a time ago (90m, 12h, 7d, 2w) or a date "
         "(2026-12-01, 2026-12-01T10:00, local time) (default: all)",
     )  # fmt: skip
-    hist.add_argument("--json", action="store_true", help="one JSON object per migration")
+    hist.add_argument(
+        "--json", action="store_true",
+        help="print one JSON object: the migrations as a list (empty when none are recorded)",
+    )  # fmt: skip
 
 
 def _since(text: str) -> float:
@@ -475,8 +478,13 @@ def cmd_history(args: argparse.Namespace) -> int:
             msg, hint=f"Check the file, or point ${HISTORY_ENV} at another."
         ) from exc
     if args.json:
-        for e in entries:
-            print(json_line({"event": "history", **e.to_dict()}, now_s=time.time()))  # noqa: T201
+        # One document, whatever the count: no history is an empty list, not no output.
+        document = {
+            "event": "history",
+            "history_file": None if path is None else str(path),
+            "migrations": [e.to_dict() for e in entries],
+        }
+        print(json_line(document, now_s=time.time()))  # noqa: T201
         return ExitCode.OK
     if not entries:
         where = "disabled" if path is None else str(path)

@@ -110,7 +110,10 @@ def test_forecast_without_cap_measures_the_link_then_learns() -> None:
     """No cap: the first run per host pair measures the link; later runs use what QEMU did."""
     HISTORY.unlink(missing_ok=True)
     rows: list[tuple[int, Any, Any, Any]] = []
-    hops = [(5, HOST_A, HOST_B), (25, HOST_B, HOST_A), (50, HOST_A, HOST_B), (25, HOST_B, HOST_A)]
+    # As in the capped test, the learned hops stay clearly below what a TCG sender
+    # achieves (~45-90 MiB/s, less on a loaded machine): at 50 MiB/s the learned rate
+    # of a slow first hop made the forecast say, rightly, "will not converge" (CI).
+    hops = [(5, HOST_A, HOST_B), (25, HOST_B, HOST_A), (35, HOST_A, HOST_B), (25, HOST_B, HOST_A)]
     for hop, (rate, src, dst) in enumerate(hops):
         guestctl.run_in_client(guestctl.self_command("lab", "guest", "set", "rate", str(rate)))
         time.sleep(1.5)

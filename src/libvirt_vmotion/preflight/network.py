@@ -12,8 +12,16 @@ from __future__ import annotations
 from typing import Final
 
 from libvirt_vmotion.preflight import netcheck
-from libvirt_vmotion.preflight.facts import NicFacts, PreflightFacts
-from libvirt_vmotion.preflight.result import CheckResult, Verdict, bad, ok, skip_hint
+from libvirt_vmotion.preflight.facts import BridgeFacts, NicFacts, PreflightFacts
+from libvirt_vmotion.preflight.result import (
+    CheckResult,
+    Quantity,
+    Unit,
+    Verdict,
+    bad,
+    ok,
+    skip_hint,
+)
 
 
 def _nic_bridge(f: PreflightFacts, nic: NicFacts) -> tuple[str, CheckResult | None]:
@@ -47,72 +55,76 @@ def _nic_bridge(f: PreflightFacts, nic: NicFacts) -> tuple[str, CheckResult | No
 
 def check_networks(f: PreflightFacts) -> tuple[CheckResult, ...]:
     """Every NIC's bridge/network exists on the destination, is up, has an uplink and MTU."""
-    results: list[CheckResult] = []
-    for nic in f.guest.nics:
-        subject = f"NIC {nic.mac}"
-        if nic.kind not in {"bridge", "network"}:
-            results.append(
-                bad(
-                    "network",
-                    Verdict.WARNING,
-                    f"NIC {nic.mac} is of type '{nic.kind}'; we cannot verify its attachment "
-                    f"on {f.dest.hostname}.",
-                    observed=nic.kind,
-                    required="bridge or network",
-                    hint="Make sure the destination has the same attachment.",
-                    subject=subject,
-                )
-            )
-            continue
-        bridge_name, problem = _nic_bridge(f, nic)
-        if problem is not None:
-            results.append(problem)
-            continue
-        br = f.bridges.get(bridge_name)
-        where = f"bridge {bridge_name} on {f.dest.hostname}"
-        if br is None:
-            results.append(
-                bad(
-                    "network",
-                    Verdict.WARNING,
-                    f"Could not inspect {where} (libvirt's interface driver did not answer).",
-                    hint="Check by hand that the bridge exists there.",
-                    subject=subject,
-                )
-            )
-            continue
-        fault = ""
-        if not br.exists:
-            fault, hint = "does not exist", "Create the bridge there with the same name."
-        elif not br.active:
-            fault, hint = "is down", f"Bring it up: ip link set {bridge_name} up."
-        elif not br.uplinks:
-            fault = "has no uplink port (guests there could not reach the network)"
-            hint = "Attach the host's uplink NIC to the bridge."
-        elif br.mtu is not None and br.mtu < (nic.mtu or 1500):
-            fault = f"has MTU {br.mtu}, below the guest NIC's {nic.mtu or 1500}"
-            hint = "Raise the bridge MTU there, or lower the guest's."
-        if fault:
-            results.append(
-                bad(
-                    "network",
-                    Verdict.BLOCKER,
-                    f"Destination {where} {fault}; '{f.guest.name}' {subject} uses it.",
-                    observed=fault,
-                    required=f"bridge {bridge_name} up with an uplink, MTU >= {nic.mtu or 1500}",
-                    hint=hint,
-                    subject=subject,
-                )
-            )
-        else:
-            results.append(
-                ok(
-                    "network",
-                    f"{where}: up, uplinks {', '.join(br.uplinks)}, MTU {br.mtu}",
-                    subject=subject,
-                )
-            )
-    return tuple(results)
+    return tuple(_check_nic(f, nic) for nic in f.guest.nics)
+
+
+def _check_nic(f: PreflightFacts, nic: NicFacts) -> CheckResult:
+    """One NIC's ``network`` result: its bridge at the destination, and that bridge's state."""
+    subject = f"NIC {nic.mac}"
+    if nic.kind not in {"bridge", "network"}:
+        return bad(
+            "network",
+            Verdict.WARNING,
+            f"NIC {nic.mac} is of type '{nic.kind}'; we cannot verify its attachment "
+            f"on {f.dest.hostname}.",
+            observed=nic.kind,
+            required="bridge or network",
+            hint="Make sure the destination has the same attachment.",
+            subject=subject,
+        )
+    bridge_name, problem = _nic_bridge(f, nic)
+    if problem is not None:
+        return problem
+    br = f.bridges.get(bridge_name)
+    where = f"bridge {bridge_name} on {f.dest.hostname}"
+    if br is None:
+        return bad(
+            "network",
+            Verdict.WARNING,
+            f"Could not inspect {where} (libvirt's interface driver did not answer).",
+            hint="Check by hand that the bridge exists there.",
+            subject=subject,
+        )
+    need_mtu = nic.mtu or 1500
+    # The MTU as numbers (bytes) whenever the bridge's is known: the bridge's against the NIC's.
+    mtu = None if br.mtu is None else Quantity(Unit.BYTES, observed=br.mtu, required=need_mtu)
+    fault, hint = _bridge_fault(br, bridge_name, need_mtu=need_mtu)
+    if not fault:
+        return ok(
+            "network",
+            f"{where}: up, uplinks {', '.join(br.uplinks)}, MTU {br.mtu}",
+            subject=subject,
+            quantity=mtu,
+        )
+    return bad(
+        "network",
+        Verdict.BLOCKER,
+        f"Destination {where} {fault}; '{f.guest.name}' {subject} uses it.",
+        observed=fault,
+        required=f"bridge {bridge_name} up with an uplink, MTU >= {need_mtu}",
+        hint=hint,
+        subject=subject,
+        quantity=mtu,
+    )
+
+
+def _bridge_fault(br: BridgeFacts, name: str, *, need_mtu: int) -> tuple[str, str]:
+    """What is wrong with a destination bridge for a NIC, and what to do ("" if nothing)."""
+    if not br.exists:
+        return "does not exist", "Create the bridge there with the same name."
+    if not br.active:
+        return "is down", f"Bring it up: ip link set {name} up."
+    if not br.uplinks:
+        return (
+            "has no uplink port (guests there could not reach the network)",
+            "Attach the host's uplink NIC to the bridge.",
+        )
+    if br.mtu is not None and br.mtu < need_mtu:
+        return (
+            f"has MTU {br.mtu}, below the guest NIC's {need_mtu}",
+            "Raise the bridge MTU there, or lower the guest's.",
+        )
+    return "", ""
 
 
 def check_bridge_ports(f: PreflightFacts) -> tuple[CheckResult, ...]:

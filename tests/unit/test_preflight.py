@@ -107,6 +107,8 @@ def same_path(*, shared: bool | None) -> StorageFacts:
         ("dest-vcpus", replace(GOOD, agent=replace(GOOD.agent, reservation=ReservationView(vcpu_limit=2, reserved_vcpus=2))), "blocker", "budget"),
         ("dest-hugepages", replace(GOOD, guest=replace(GOOD.guest, hugepages=True), agent=replace(GOOD.agent, hugepages_free_bytes=0)), "blocker", "nr_hugepages"),
         ("inbound-slots", replace(GOOD, agent=replace(GOOD.agent, reservation=ReservationView(inbound_active=2, inbound_limit=2))), "blocker", "2 of 2"),
+        ("dest-maintenance", replace(GOOD, agent=replace(GOOD.agent, reservation=ReservationView(maintenance_since="2026-12-06 02:00:00 UTC", maintenance_by="ops"))), "blocker", "vmotion maintenance exit"),
+        ("dest-maintenance", GOOD, "ok", "not in maintenance"),
         ("machine-type", replace(GOOD, dest=replace(GOOD.dest, machines=("pc-i440fx-9.2",))), "blocker", "pc-i440fx-10.0"),
         ("emulator", replace(GOOD, dest=replace(GOOD.dest, emulators=("/usr/libexec/qemu-kvm",))), "blocker", "same path"),
         ("device-models", replace(GOOD, dest_caps=DomainCapsFacts(disk_buses=("sata",))), "blocker", "disk bus virtio"),

@@ -721,6 +721,15 @@ def _remove_extra_host(host: LabHost) -> None:
             sw.link("del", index=found[0])
 
 
+def remove_extra_hosts() -> None:
+    """Take the extra hosts (``hostc``) out of the lab; the base lab stays as it is."""
+    _require_root()
+    with _lab_lock():
+        for host in ALL_HOSTS[len(HOSTS) :]:
+            if _netns_exists(host.netns):
+                _remove_extra_host(host)
+
+
 def _start_holder(host: LabHost) -> None:
     paths = hostconf.host_paths(host)
     script = hostconf.build_holder_script(host, paths)

@@ -82,6 +82,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return rerender(args.render)
     params = params_from_args(args)
     out_dir = Path(args.out or f"bench-results/{time.strftime('%Y%m%d-%H%M%S')}").absolute()
+    if getattr(args, "evacuate", None) is not None:
+        return _bench_evacuate(args, out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         msg = f"The results folder {out_dir} exists and is not empty."
         raise UsageError(msg, hint="Name a new one with --out DIR (or remove that one).")
@@ -115,6 +117,23 @@ def cmd_bench(args: argparse.Namespace) -> int:
     os.environ[_COMMAND_ENV] = shown
     os.environ[_IMAGE_ENV] = json.dumps([str(image.kernel), str(image.initrd), image.recipe_hash])
     return _run_in_client_until_done(guestctl.self_command(*argv))
+
+
+def _bench_evacuate(args: argparse.Namespace, out_dir: Path) -> int:
+    from libvirt_vmotion.bench.evacuation import cmd_bench_evacuate  # noqa: PLC0415
+
+    if not 1 <= args.evacuate <= 8:
+        msg = f"--evacuate {args.evacuate}: expected 1 to 8 guests"
+        raise UsageError(msg, hint="e.g. --evacuate 4")
+    if os.geteuid() != 0:
+        msg = "The benchmark needs root (it runs the namespace lab)."
+        raise UsageError(msg, hint=f"Run it as root: sudo {command_name()} bench ...")
+    return cmd_bench_evacuate(
+        count=args.evacuate,
+        bandwidth_mib_s=int(args.bandwidth or 50),
+        reps=int(args.reps or 1),
+        out_dir=out_dir,
+    )
 
 
 def _run_in_client_until_done(argv: Sequence[str]) -> int:

@@ -47,7 +47,7 @@ _shtab_vmotion_lab_guest_set_option_strings=(-h --help --debug -v --verbose --lo
 _shtab_vmotion_lab_guest_option_strings=(-h --help --debug -v --verbose --log-file)
 _shtab_vmotion_lab_storage_option_strings=(-h --help --debug -v --verbose --log-file)
 _shtab_vmotion_lab_option_strings=(-h --help --debug -v --verbose --log-file)
-_shtab_vmotion_bench_option_strings=(-h --help --debug -v --verbose --log-file --quick --reps --ram-mib --fractions --bandwidth --budget-s --tools --out --render)
+_shtab_vmotion_bench_option_strings=(-h --help --debug -v --verbose --log-file --quick --reps --ram-mib --fractions --bandwidth --budget-s --tools --out --evacuate --render)
 _shtab_vmotion_option_strings=(-h --help --debug -v --verbose --log-file -V --version)
 
 

@@ -165,8 +165,10 @@ def render(runs: Sequence[EvacuationRun], summ: dict[str, object]) -> str:
     lines = [
         "# Evacuation bench: time to empty hosta",
         "",
-        "| rep | guests | BW per link | ours s | virsh loop s | physical limit s | order "
-        "| pauses ms |",
+        (
+            "| rep | guests | BW per link | ours s | virsh loop s | physical limit s | order "
+            "| pauses ms |"
+        ),
         "|---|---|---|---|---|---|---|---|",
     ]
     for i, r in enumerate(runs, 1):

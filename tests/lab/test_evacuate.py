@@ -9,6 +9,8 @@ QEMU's overhead), so each takes two and the four must split.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -70,7 +72,7 @@ def three_hosts(guest_image: GuestImage) -> Iterator[GuestImage]:
     for host in DESTS:
         capacity_file(host).write_text(f"memory_limit_mib = {ROOM_MIB}\n")
     yield guest_image
-    for name in (*GUESTS, "evac-lonely", "evac-m"):
+    for name in (*GUESTS, "evac-lonely", "evac-m", "evac-k1", "evac-k2"):
         guestctl.remove_guest(name)
     for host in DESTS:
         capacity_file(host).unlink(missing_ok=True)
@@ -188,3 +190,68 @@ def test_maintenance_refuses_a_plain_virsh_migrate_until_it_ends(three_hosts: Gu
     assert moved.returncode == 0, moved.stderr
     assert ("hostb", "running") in where("evac-m")
     assert mismatches("evac-m") == 0
+
+
+def store_rows(host: LabHost, names: tuple[str, ...]) -> list[object]:
+    path = host_paths(host).vmotion_lib / "reservations.db"
+    if not path.exists():
+        return []
+    return [r for r in ReservationStore(path).list(now_s=time.time()) if r.domain in names]
+
+
+def placed(name: str) -> list[tuple[str, str]] | None:
+    try:
+        return where(name)
+    except Exception:  # noqa: BLE001  mid-undefine on the source
+        return None
+
+
+def test_killing_evacuate_mid_way_leaves_each_guest_on_one_host_and_no_reservation(
+    three_hosts: GuestImage,
+) -> None:
+    names = ("evac-k1", "evac-k2")
+    for host in DESTS:  # short leases: "no reservation left after the lease" within the test
+        capacity_file(host).write_text(
+            f"memory_limit_mib = {ROOM_MIB}\nlease_s = 10\ncommit_grace_s = 5\n"
+        )
+    for name in names:
+        start(name, HOST_A, three_hosts)
+    for name in names:
+        guestctl.wait_for_workload(name=name)
+        cli("lab", "guest", "set", "rate", "6", "--name", name)
+    proc = subprocess.Popen(
+        guestctl.client_command(guestctl.self_command(
+            "evacuate", "--from", HOST_A.uri, "--to", HOST_B.uri, "--to", HOST_C.uri,
+            *(a for n in names for a in ("--domain", n)), "--bandwidth-total", "8",
+            "--timeout", "60", "--json",
+        )),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not any(
+        getattr(r, "state", None) is not None and r.state.value == "incoming"  # type: ignore[attr-defined]
+        for h in DESTS
+        for r in store_rows(h, names)
+    ):
+        assert proc.poll() is None, "evacuate ended before any move was in flight"
+        assert time.monotonic() < deadline, "no move reached the transfer"
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=10)
+    deadline = time.monotonic() + 60 + 30  # the budget, and the guard's margin
+    settled: dict[str, list[tuple[str, str]] | None] = {}
+    while time.monotonic() < deadline:
+        settled = {n: placed(n) for n in names}
+        if all(p is not None and len(p) == 1 and p[0][1] == "running" for p in settled.values()):
+            break
+        time.sleep(0.5)
+    assert all(p is not None and len(p) == 1 and p[0][1] == "running" for p in settled.values()), (
+        settled
+    )
+    assert all(mismatches(n) == 0 for n in names)
+    deadline = time.monotonic() + 30
+    while any(store_rows(h, names) for h in DESTS):
+        assert time.monotonic() < deadline, [store_rows(h, names) for h in DESTS]
+        time.sleep(0.5)
+    for host in DESTS:
+        capacity_file(host).write_text(f"memory_limit_mib = {ROOM_MIB}\n")

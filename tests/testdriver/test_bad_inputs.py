@@ -136,6 +136,17 @@ BAD_INPUTS: tuple[Bad, ...] = (
     Bad(("history", "--since", "yesterday"), 2, "argument --since: expected a time ago like 90m, 12h, 7d"),
     Bad(("history", "--sinc", "1h"), 2, "unrecognized arguments: --sinc 1h"),
     Bad(mig("--metrics-file", "/etc"), 2, "argument --metrics-file: /etc is a directory"),
+    # evacuate and maintenance
+    Bad(("evacuate", "--from", UP), 2, "the following arguments are required: --to"),
+    Bad(("evacuate", "--from", UP, "--to", UP), 2, f"--from {UP} is also given as --to"),
+    Bad(("evacuate", *TO_DEAD, "--to", DEAD), 2, "a --to URI is given twice"),
+    Bad(("evacuate", *TO_DEAD, "--parallel", "0"), 2, "argument --parallel: expected a whole number of migrations greater than 0, got '0'"),
+    Bad(("evacuate", *TO_DEAD, "--bandwidth-total", "-1"), 2, "argument --bandwidth-total: expected a whole number of MiB/s greater than 0, got '-1'"),
+    Bad(("evacuate", "--from", UP, "--to", "test:///default", "--domain", "nope"), 2, f"not running on {UP}: nope"),
+    Bad(("evacuate", *TO_DEAD), 7, f"Cannot reach libvirt at {DEAD}"),
+    Bad(("maintenance",), 2, "the following arguments are required: {enter,exit,status}"),
+    Bad(("maintenance", "enter", "foo://kvm2/system"), 2, "argument URI: 'foo://kvm2/system': unknown driver 'foo'"),
+    Bad(("maintenance", "enter", UP, "--to", UP), 2, f"{UP} is the host going into maintenance"),
 )  # fmt: skip
 
 

@@ -39,6 +39,9 @@ def validated(text: str) -> list[dict[str, Any]]:
         (("netcheck", "net01", "--from", NET, "--to", DEAD, "--json"), 1, "netcheck"),
         (("migrate", "nosuch", "--from", UP, "--to", "test:///default", "--json"), 8, "report"),
         (("migrate", "web01", "--from", UP, "--to", DEAD, "--json"), 7, "report"),
+        (("evacuate", "--from", UP, "--to", "test:///default", "--dry-run", "--json"), 3,
+         "evacuation-plan"),
+        (("evacuate", "--from", UP, "--to", "test:///default", "--json"), 3, "evacuation-report"),
     ],
 )  # fmt: skip
 def test_every_json_line_validates(

@@ -123,7 +123,8 @@ def _add_moves(parser: argparse.ArgumentParser) -> None:
         "never more into one destination than its inbound slots",
     )  # fmt: skip
     parser.add_argument(
-        "--bandwidth-total", type=positive_number(int, what="MiB/s"), metavar="MIB_S",
+        "--bandwidth-total", type=positive_number(int, what="a whole number of MiB/s"),
+        metavar="MIB_S",
         help="share this bandwidth among the running migrations (each total / in flight, "
         "rebalanced live when one ends; default: each migration its own --bandwidth)",
     )  # fmt: skip

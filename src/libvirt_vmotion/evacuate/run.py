@@ -23,7 +23,13 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from typing import Final, Protocol
 
-from libvirt_vmotion.errors import MigrationAborted, ReservationError, UsageError, VmotionError
+from libvirt_vmotion.errors import (
+    ConnectionFailed,
+    MigrationAborted,
+    ReservationError,
+    UsageError,
+    VmotionError,
+)
 from libvirt_vmotion.evacuate.plan import (
     Candidate,
     Outcome,
@@ -224,6 +230,7 @@ class Evacuation:
         pairs = [(g, d) for g in guests for d in self.request.dest_uris]
         with ThreadPoolExecutor(PREFLIGHT_WORKERS, thread_name_prefix="evac-preflight") as pool:
             done = dict(zip(pairs, pool.map(lambda p: self._preflight(*p), pairs), strict=True))
+        _refuse_if_no_destination_answers(guests, self.request.dest_uris, done)
         candidates = [_candidate(g, d, done[(g, d)]) for g, d in pairs]
         rooms = [self._room(d, [done[(g, d)] for g in guests]) for d in self.request.dest_uris]
         placements = plan_evacuation(candidates, rooms)
@@ -442,6 +449,25 @@ class _Reused:
 
     def run(self) -> PreflightOutcome:
         return replace(self.outcome, elapsed_s=0.0)
+
+
+def _refuse_if_no_destination_answers(
+    guests: Sequence[str],
+    dests: Sequence[str],
+    done: Mapping[tuple[str, str], PreflightOutcome | VmotionError],
+) -> None:
+    """Raise the connection error when no destination could be reached at all (exit 7).
+
+    One unreachable destination among others only keeps the guests out of it (its
+    placement says why); none reachable is a mistake to say at once.
+    """
+    for dest in dests:
+        if not all(isinstance(done[(g, dest)], ConnectionFailed) for g in guests):
+            return
+    if guests:
+        first = done[(guests[0], dests[0])]
+        assert isinstance(first, ConnectionFailed)  # noqa: S101  checked above
+        raise first
 
 
 def _candidate(guest: str, dest: str, pre: PreflightOutcome | VmotionError) -> Candidate:

@@ -19,6 +19,19 @@ SCHEMA_OF_EVENT: Final = {
     "status": "status",
     "cancelled": "status",
     "history": "history",
+    **dict.fromkeys(
+        (
+            "evacuation-plan",
+            "guest-started",
+            "guest-progress",
+            "evacuation-progress",
+            "guest-bandwidth",
+            "guest-finished",
+            "evacuation-report",
+            "maintenance",
+        ),
+        "evacuate",
+    ),
 }
 
 

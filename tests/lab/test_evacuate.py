@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import jsonschema
 import pytest
 
 from libvirt_vmotion.lab import guestctl, topology
@@ -23,6 +24,7 @@ from libvirt_vmotion.lab.constants import HOST_A, HOST_B, HOST_C, LabHost
 from libvirt_vmotion.lab.hostconf import host_paths
 from libvirt_vmotion.lab.image import GuestImage
 from libvirt_vmotion.reserve.store import ReservationStore
+from libvirt_vmotion.schemas import load_schema
 
 pytestmark = pytest.mark.lab
 
@@ -43,7 +45,11 @@ def cli(*args: str, timeout_s: float = 600) -> subprocess.CompletedProcess[str]:
 
 
 def json_lines(result: subprocess.CompletedProcess[str]) -> list[dict[str, object]]:
-    return [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    """Every JSON line printed, each validated against the shipped schema of its event."""
+    docs = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    for doc in docs:
+        jsonschema.Draft202012Validator(load_schema(str(doc["event"]))).validate(doc)
+    return docs
 
 
 def start(name: str, host: LabHost, image: GuestImage, *, bridge: str = "br0") -> None:

@@ -78,7 +78,7 @@ def three_hosts(guest_image: GuestImage) -> Iterator[GuestImage]:
     for host in DESTS:
         capacity_file(host).write_text(f"memory_limit_mib = {ROOM_MIB}\n")
     yield guest_image
-    for name in (*GUESTS, "evac-lonely", "evac-m", "evac-k1", "evac-k2"):
+    for name in (*GUESTS, "evac-lonely", "evac-m", "evac-k1", "evac-k2", "evac-r1", "evac-r2"):
         guestctl.remove_guest(name)
     for host in DESTS:
         capacity_file(host).unlink(missing_ok=True)
@@ -261,3 +261,41 @@ def test_killing_evacuate_mid_way_leaves_each_guest_on_one_host_and_no_reservati
         time.sleep(0.5)
     for host in DESTS:
         capacity_file(host).write_text(f"memory_limit_mib = {ROOM_MIB}\n")
+
+
+def race(name: str) -> subprocess.Popen[str]:
+    argv = guestctl.self_command(
+        "evacuate", "--from", HOST_A.uri, "--to", HOST_B.uri, "--domain", name,
+        "--bandwidth-total", "2", "--json",
+    )  # fmt: skip
+    return subprocess.Popen(
+        guestctl.client_command(argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def test_two_evacuations_racing_for_the_last_room_never_overbook(three_hosts: GuestImage) -> None:
+    names = ("evac-r1", "evac-r2")
+    # hostb has room for exactly one of them, one inbound slot; the moves are slow (2 MiB/s).
+    capacity_file(HOST_B).write_text("memory_limit_mib = 400\ninbound_slots = 1\n")
+    for name in names:
+        start(name, HOST_A, three_hosts)
+    for name in names:
+        guestctl.wait_for_workload(name=name)
+    procs = [race(name) for name in names]
+    outs = [p.communicate(timeout=600) for p in procs]
+    capacity_file(HOST_B).write_text(f"memory_limit_mib = {ROOM_MIB}\n")
+    reports = []
+    for out, err in outs:
+        lines = [json.loads(x) for x in out.splitlines() if x.startswith("{")]
+        assert lines, err
+        reports.append(lines[-1]["guests"][0])
+    assert sorted(r["result"] for r in reports) == ["moved", "stayed"], reports
+    kept = next(r for r in reports if r["result"] == "stayed")
+    assert kept["reason"], kept  # the refused reservation, or the blocker that kept it out
+    for name in names:
+        spots = where(name)
+        assert len(spots) == 1, (name, spots)
+        assert spots[0][1] == "running", (name, spots)
+        assert mismatches(name) == 0
+    for name in names:
+        guestctl.remove_guest(name)

@@ -311,23 +311,9 @@ def migrate(  # noqa: PLR0913  the migration's collaborators, all keyword-only
     source_host, dest_host = check_distinct_hosts(source, dest)
     _check_dest_free(dest, guest.name)
     guest.set_max_downtime(policy.initial_downtime_ms)
-    source_id = _best_effort_value(source.identity)
-    hint_mib_s = switchover_hint_mib_s(
-        measured.switchover_mib_s,
-        libvirt_version=source_id.libvirt_version if source_id else None,
-        qemu_version=source_id.hypervisor_version if source_id else None,
-    )
+    hint_mib_s = _switchover_hint(source, measured)
     measured = replace(measured, qemu_knows_switchover_rate=hint_mib_s is not None)
-    options = MigrationOptions(
-        bandwidth_mib_s=policy.bandwidth_mib_s,
-        auto_converge=policy.allows_throttle,
-        postcopy=policy.allow_postcopy,
-        xbzrle=policy.xbzrle,
-        parallel_connections=policy.parallel_connections,
-        postcopy_bandwidth_mib_s=policy.postcopy_bandwidth_mib_s,
-        copy_disks=request.copy_disks,
-        avail_switchover_mib_s=hint_mib_s,
-    )
+    options = _options_for(request, policy, avail_switchover_mib_s=hint_mib_s)
     worker = _Worker(lambda: guest.migrate(request.dest_uri, options))
     dest_libvirt = _best_effort_value(lambda: dest.identity().libvirt_version)
     controller = _Controller(
@@ -343,27 +329,7 @@ def migrate(  # noqa: PLR0913  the migration's collaborators, all keyword-only
         poll_interval_s=poll_interval_s,
         clock=clock,
     )
-    sections: dict[str, Mapping[str, object]] = {}
-    started: list[Observer] = []
-    started_s = clock()
-    try:
-        for observer in observers:
-            observer.start()
-            started.append(observer)
-        with _ends_cutover_on_failure(cutover):
-            if cutover is not None:
-                cutover.arm()
-            started_s = clock()
-            controller.run(started_s)
-        wall_s = clock() - started_s
-    finally:
-        for observer in started:
-            try:
-                sections[observer.name] = observer.stop()
-            except Exception as exc:  # noqa: BLE001  an observer must not hide the outcome
-                log.warning("observer %s failed: %s", observer.name, exc)
-                sections[observer.name] = {"error": str(exc)}
-
+    wall_s, sections = _run_observed(controller, observers, cutover, clock)
     if controller.state is not State.COMPLETED:
         if cutover is not None:
             cutover.finish(landed=False)
@@ -385,18 +351,87 @@ def migrate(  # noqa: PLR0913  the migration's collaborators, all keyword-only
         final=final,
         iterations=max([s.iteration for s in samples] + [final.iteration if final else 0]),
         samples=tuple(samples),
-        controller={
-            **build_controller_section(
-                controller.state,
-                controller.history,
-                policy,
-                measured,
-                downtime_ms=final.downtime_ms if final else None,
-            ),
-            **controller_cpu_section(cpu_s=controller.cpu_s, wall_s=wall_s),
-        },
+        controller=_controller_section(controller, policy, final=final, wall_s=wall_s),
     )
     return outcome, sections
+
+
+def _switchover_hint(source: HostConnection, measured: MeasuredContext) -> int | None:
+    """The switchover rate to tell QEMU, or None where the source's versions cannot take it."""
+    source_id = _best_effort_value(source.identity)
+    return switchover_hint_mib_s(
+        measured.switchover_mib_s,
+        libvirt_version=source_id.libvirt_version if source_id else None,
+        qemu_version=source_id.hypervisor_version if source_id else None,
+    )
+
+
+def _options_for(
+    request: MigrationRequest, policy: MigrationPolicy, *, avail_switchover_mib_s: int | None
+) -> MigrationOptions:
+    """The transport options libvirt gets: the policy's escalations and the request's disks."""
+    return MigrationOptions(
+        bandwidth_mib_s=policy.bandwidth_mib_s,
+        auto_converge=policy.allows_throttle,
+        postcopy=policy.allow_postcopy,
+        xbzrle=policy.xbzrle,
+        parallel_connections=policy.parallel_connections,
+        postcopy_bandwidth_mib_s=policy.postcopy_bandwidth_mib_s,
+        copy_disks=request.copy_disks,
+        avail_switchover_mib_s=avail_switchover_mib_s,
+    )
+
+
+def _run_observed(
+    controller: _Controller,
+    observers: Sequence[Observer],
+    cutover: PostSwitchover | None,
+    clock: Callable[[], float],
+) -> tuple[float, dict[str, Mapping[str, object]]]:
+    """Run the controller with the observers watching and the cutover armed.
+
+    Returns:
+        The migration's wall time (from the moment the cutover was armed) and
+        the observers' sections, collected even when the run raised.
+
+    """
+    sections: dict[str, Mapping[str, object]] = {}
+    started: list[Observer] = []
+    started_s = clock()
+    try:
+        for observer in observers:
+            observer.start()
+            started.append(observer)
+        with _ends_cutover_on_failure(cutover):
+            if cutover is not None:
+                cutover.arm()
+            started_s = clock()
+            controller.run(started_s)
+        wall_s = clock() - started_s
+    finally:
+        for observer in started:
+            try:
+                sections[observer.name] = observer.stop()
+            except Exception as exc:  # noqa: BLE001  an observer must not hide the outcome
+                log.warning("observer %s failed: %s", observer.name, exc)
+                sections[observer.name] = {"error": str(exc)}
+    return wall_s, sections
+
+
+def _controller_section(
+    controller: _Controller, policy: MigrationPolicy, *, final: JobSample | None, wall_s: float
+) -> dict[str, object]:
+    """The report's ``controller`` section: the run's decisions and its own CPU time."""
+    return {
+        **build_controller_section(
+            controller.state,
+            controller.history,
+            policy,
+            controller.measured,
+            downtime_ms=final.downtime_ms if final else None,
+        ),
+        **controller_cpu_section(cpu_s=controller.cpu_s, wall_s=wall_s),
+    }
 
 
 @contextlib.contextmanager

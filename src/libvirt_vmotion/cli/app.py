@@ -71,6 +71,7 @@ from libvirt_vmotion.policy import (
 if TYPE_CHECKING:
     from libvirt_vmotion.adapters.virt import Guest, Hypervisor
     from libvirt_vmotion.converge.loop import PostSwitchover
+    from libvirt_vmotion.reserve.store import Unreleased
     from libvirt_vmotion.session.core import SessionResult
 
 log = logging.getLogger(__name__)
@@ -962,10 +963,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     """Run one live migration (a Session) and print its report."""
     from libvirt_vmotion.session.wiring import Around, open_session  # noqa: PLC0415  libvirt on use
 
-    source_uri = args.source_uri or os.environ.get(DEFAULT_SOURCE_URI_ENV) or "qemu:///system"
-    if source_uri == args.dest_uri:
-        msg = f"--from and --to are the same URI ({args.dest_uri})."
-        raise UsageError(msg, hint="Give the destination host's URI with --to.")
+    source_uri = _source_uri(args)
     policy = _policy(args)
     metrics_file = args.metrics_file or metrics_default_path()
     request = MigrationRequest(  # the effective budget: defaults, then --policy, then flags
@@ -1002,18 +1000,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     except VmotionError as exc:
         printer.finish()
         unreleased = session.unreleased if session is not None else None
-        failure = build_failure_report(
-            request,
-            result="aborted" if isinstance(exc, MigrationAborted) else "failed",
-            error=exc.message,
-            hint=exc.hint,
-            exit_code=int(exc.exit_code),
-            blockers=exc.blockers if isinstance(exc, PreflightFailed) else (),
-            reservation=unreleased.to_dict() if unreleased is not None else None,
-        )
-        if args.json or args.report_file:
-            _emit_json(failure, args)
-        _journal(failure, exit_code=int(exc.exit_code), metrics_file=metrics_file)
+        _report_failure(args, request, exc, unreleased=unreleased, metrics_file=metrics_file)
         raise
     _journal(report, exit_code=ExitCode.OK, metrics_file=metrics_file)
     if args.json:
@@ -1023,6 +1010,43 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         if args.report_file:
             _write_report(report, args.report_file)
     return ExitCode.OK
+
+
+def _source_uri(args: argparse.Namespace) -> str:
+    """The source host's URI: --from, else $LIBVIRT_DEFAULT_URI, else qemu:///system.
+
+    Raises:
+        UsageError: --from and --to name the same URI.
+
+    """
+    source_uri = args.source_uri or os.environ.get(DEFAULT_SOURCE_URI_ENV) or "qemu:///system"
+    if source_uri == args.dest_uri:
+        msg = f"--from and --to are the same URI ({args.dest_uri})."
+        raise UsageError(msg, hint="Give the destination host's URI with --to.")
+    return str(source_uri)
+
+
+def _report_failure(
+    args: argparse.Namespace,
+    request: MigrationRequest,
+    exc: VmotionError,
+    *,
+    unreleased: Unreleased | None,
+    metrics_file: Path | None,
+) -> None:
+    """Write the failure report (--json, --report-file) and journal it; the caller re-raises."""
+    failure = build_failure_report(
+        request,
+        result="aborted" if isinstance(exc, MigrationAborted) else "failed",
+        error=exc.message,
+        hint=exc.hint,
+        exit_code=int(exc.exit_code),
+        blockers=exc.blockers if isinstance(exc, PreflightFailed) else (),
+        reservation=unreleased.to_dict() if unreleased is not None else None,
+    )
+    if args.json or args.report_file:
+        _emit_json(failure, args)
+    _journal(failure, exit_code=int(exc.exit_code), metrics_file=metrics_file)
 
 
 def _journal(report: Mapping[str, object], *, exit_code: int, metrics_file: Path | None) -> None:

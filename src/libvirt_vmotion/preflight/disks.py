@@ -8,7 +8,7 @@ is ``libvirt_vmotion.storage.plan``.
 
 from __future__ import annotations
 
-from libvirt_vmotion.preflight.facts import PreflightFacts
+from libvirt_vmotion.preflight.facts import DiskFacts, PreflightFacts
 from libvirt_vmotion.preflight.result import CheckResult, Verdict, bad, format_bytes, ok
 from libvirt_vmotion.storage.plan import (
     CLUSTER_FS_TYPES,
@@ -24,74 +24,68 @@ from libvirt_vmotion.storage.plan import (
 
 def check_storage(f: PreflightFacts) -> tuple[CheckResult, ...]:
     """Each disk is on storage the destination sees at the same path, or is network storage."""
-    results = []
-    for disk in f.guest.disks:
-        subject = f"disk {disk.target}"
-        if not disk.source:
-            results.append(ok("storage", "no medium", subject=subject))
-            continue
-        if disk.kind == "network":
-            results.append(ok("storage", f"network storage {disk.source}", subject=subject))
-            continue
-        view = f.disks.get(disk.source)
-        conflict = same_path_conflict(f.storage, disk.source) if f.storage else ""
-        if conflict:
-            results.append(
-                bad(
-                    "storage",
-                    Verdict.BLOCKER,
-                    f"{subject} ({disk.source}): {f.dest.hostname} has {conflict} at that path; "
-                    "the automatic copy neither writes over it nor uses it.",
-                    observed=f"same-path file on {f.dest.hostname}, not shown to be shared",
-                    required="no file at that path, or the source's own storage",
-                    hint=f"If it is stale, remove it on {f.dest.hostname} (or pass "
-                    "--copy-storage to write the copy over it); if it is storage both hosts "
-                    "share but the source cannot write next to it, pass --no-copy-storage.",
-                    subject=subject,
-                )
-            )
-            continue
-        if will_copy(f, disk.source):
-            results.append(
-                ok("storage", f"{disk.source} is copied to {f.dest.hostname}", subject=subject)
-            )
-        elif view is not None and view.visible:
-            results.append(ok("storage", f"{disk.source} shared ({view.how})", subject=subject))
-        elif view is not None and view.visible is False:
-            results.append(
-                bad(
-                    "storage",
-                    Verdict.BLOCKER,
-                    f"{subject} ({disk.source}) is not reachable on {f.dest.hostname} "
-                    f"({view.how})"
-                    + (
-                        " and copying was turned off (--no-copy-storage)."
-                        if f.storage is not None
-                        else "; it would have to be copied (--copy-storage)."
-                    ),
-                    observed="not present on the destination",
-                    required="same path on shared storage, or a copy",
-                    hint="Put the disk on storage both hosts share (same path), or let it be "
-                    "copied (drop --no-copy-storage, or pass --copy-storage).",
-                    subject=subject,
-                )
-            )
-        else:
-            why = view.how if view is not None else "no storage pool covers it"
-            results.append(
-                bad(
-                    "storage",
-                    Verdict.WARNING,
-                    f"Could not tell whether {disk.source} is shared with "
-                    f"{f.dest.hostname}: {why}.",
-                    observed="unknown",
-                    required="same path on shared storage",
-                    hint="Define a storage pool over it on the destination, or install "
-                    "libvirt-vmotion there so it can check.",
-                    subject=subject,
-                )
-            )
-    return tuple(results)
+    return tuple(_storage_verdict(f, disk) for disk in f.guest.disks)
+
+
+def _storage_verdict(f: PreflightFacts, disk: DiskFacts) -> CheckResult:
+    """One disk: no medium, network storage, a same-path conflict, copied, shared, or unknown."""
+    subject = f"disk {disk.target}"
+    if not disk.source:
+        return ok("storage", "no medium", subject=subject)
+    if disk.kind == "network":
+        return ok("storage", f"network storage {disk.source}", subject=subject)
+    conflict = same_path_conflict(f.storage, disk.source) if f.storage else ""
+    if conflict:
+        return bad(
+            "storage",
+            Verdict.BLOCKER,
+            f"{subject} ({disk.source}): {f.dest.hostname} has {conflict} at that path; "
+            "the automatic copy neither writes over it nor uses it.",
+            observed=f"same-path file on {f.dest.hostname}, not shown to be shared",
+            required="no file at that path, or the source's own storage",
+            hint=f"If it is stale, remove it on {f.dest.hostname} (or pass "
+            "--copy-storage to write the copy over it); if it is storage both hosts "
+            "share but the source cannot write next to it, pass --no-copy-storage.",
+            subject=subject,
+        )
+    if will_copy(f, disk.source):
+        return ok("storage", f"{disk.source} is copied to {f.dest.hostname}", subject=subject)
+    return _shared_storage_verdict(f, disk.source, subject)
+
+
+def _shared_storage_verdict(f: PreflightFacts, source: str, subject: str) -> CheckResult:
+    """A disk that is not copied: shared with the destination, not reachable there, or unknown."""
+    view = f.disks.get(source)
+    if view is not None and view.visible:
+        return ok("storage", f"{source} shared ({view.how})", subject=subject)
+    if view is not None and view.visible is False:
+        return bad(
+            "storage",
+            Verdict.BLOCKER,
+            f"{subject} ({source}) is not reachable on {f.dest.hostname} "
+            f"({view.how})"
+            + (
+                " and copying was turned off (--no-copy-storage)."
+                if f.storage is not None
+                else "; it would have to be copied (--copy-storage)."
+            ),
+            observed="not present on the destination",
+            required="same path on shared storage, or a copy",
+            hint="Put the disk on storage both hosts share (same path), or let it be "
+            "copied (drop --no-copy-storage, or pass --copy-storage).",
+            subject=subject,
+        )
+    why = view.how if view is not None else "no storage pool covers it"
+    return bad(
+        "storage",
+        Verdict.WARNING,
+        f"Could not tell whether {source} is shared with {f.dest.hostname}: {why}.",
+        observed="unknown",
+        required="same path on shared storage",
+        hint="Define a storage pool over it on the destination, or install "
+        "libvirt-vmotion there so it can check.",
+        subject=subject,
+    )
 
 
 def _skip(name: str) -> str:

@@ -371,29 +371,24 @@ def measure_forecast(  # noqa: PLR0913  the forecast's inputs, keyword-only
     """
     guest = source.lookup(domain)
     try:
-        if started:
-            rate = guest.wait_dirty_rate_mib_s(sleep=sleep)
-        elif guest.has_job():
-            return Measured(
-                None, window_s, "a job runs on the guest; not measuring", switchover_mib_s
-            )
-        else:
-            rate = guest.measure_dirty_rate_mib_s(seconds=window_s, sleep=sleep)
-        if started:
-            bulk, bulk_source = started.bulk.result(timeout=120)
-        else:
-            facts = domxml.guest_facts(guest.xml())
-            bulk, bulk_source = _bulk_bytes(guest, facts, source_agent)
+        sampled = _sample_guest(
+            guest, started=started, window_s=window_s, sleep=sleep, source_agent=source_agent
+        )
     except VmotionError as exc:
         return Measured(None, window_s, exc.message, switchover_mib_s)
+    if sampled is None:
+        return Measured(None, window_s, "a job runs on the guest; not measuring", switchover_mib_s)
+    rate, bulk, bulk_source = sampled
     link = _link_result(started)
+    cap_mib_s = float(bandwidth_mib_s) if bandwidth_mib_s else None
+    link_mib_s = link.mib_s if link else None
     chosen = choose_rate(
-        cap_mib_s=float(bandwidth_mib_s) if bandwidth_mib_s else None,
-        link_mib_s=link.mib_s if link else None,
+        cap_mib_s=cap_mib_s,
+        link_mib_s=link_mib_s,
         link_detail=link.detail if link else "",
         history=past,
     )
-    switchover_mib_s = bound_switchover(switchover_mib_s, link_mib_s=link.mib_s if link else None)
+    switchover_mib_s = bound_switchover(switchover_mib_s, link_mib_s=link_mib_s)
     source_text = chosen.source
     if link is not None and link.mib_s is None:
         source_text += f"; link not measured: {link.detail}"
@@ -401,9 +396,7 @@ def measure_forecast(  # noqa: PLR0913  the forecast's inputs, keyword-only
         memory_mib=bulk / MIB,
         memory_source=bulk_source,
         switchover_bandwidth_mib_s=final_round_rate(
-            learned_mib_s=switchover_mib_s,
-            cap_mib_s=float(bandwidth_mib_s) if bandwidth_mib_s else None,
-            link_mib_s=link.mib_s if link else None,
+            learned_mib_s=switchover_mib_s, cap_mib_s=cap_mib_s, link_mib_s=link_mib_s
         ),
         dirty_rate_mib_s=rate,
         bandwidth_mib_s=chosen.mib_s,
@@ -412,6 +405,34 @@ def measure_forecast(  # noqa: PLR0913  the forecast's inputs, keyword-only
         bandwidth_source=source_text,
     )
     return Measured(forecast(inputs), window_s, switchover_mib_s=switchover_mib_s)
+
+
+def _sample_guest(
+    guest: Guest,
+    *,
+    started: Measuring | None,
+    window_s: int,
+    sleep: Callable[[float], None],
+    source_agent: RemoteHost | None,
+) -> tuple[float, int, str] | None:
+    """The guest's dirty rate and bulk size: (rate MiB/s, bulk bytes, where the bulk came from).
+
+    Returns None, measuring nothing, when a job runs on the guest (sampling would
+    disturb a migration). With ``started``, only waits for what it began.
+
+    Raises:
+        VmotionError: the measurement or the bulk lookup failed.
+
+    """
+    if started:
+        rate = guest.wait_dirty_rate_mib_s(sleep=sleep)
+        bulk, bulk_source = started.bulk.result(timeout=120)
+        return rate, bulk, bulk_source
+    if guest.has_job():
+        return None
+    rate = guest.measure_dirty_rate_mib_s(seconds=window_s, sleep=sleep)
+    bulk, bulk_source = _bulk_bytes(guest, domxml.guest_facts(guest.xml()), source_agent)
+    return rate, bulk, bulk_source
 
 
 def _link_result(started: Measuring | None) -> LinkMeasurement | None:

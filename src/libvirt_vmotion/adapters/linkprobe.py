@@ -36,6 +36,8 @@ from libvirt_vmotion.adapters.agent import report_progress
 from libvirt_vmotion.errors import UsageError, VmotionError
 from libvirt_vmotion.model import MIB
 
+_Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
 MIGRATION_PORTS: Final = range(49152, 49216)
 """libvirt's default migration port range (qemu.conf migration_port_min/max): the
 sink never listens there, where an incoming QEMU may be waiting."""
@@ -136,46 +138,79 @@ def link_sink(
     token = _token(args)
     accept_timeout_s = _number(args, "accept_timeout_s", 10.0)
     max_s = _number(args, "max_s", 5.0)
-    refused: list[str] = []
     with _bind_outside_migration_ports(host) as srv:
         address, port = srv.getsockname()[:2]
         on_listening({"address": address, "port": port})
-        deadline = time.monotonic() + accept_timeout_s
-        while True:
-            srv.settimeout(max(0.01, deadline - time.monotonic()))
-            try:
-                conn, peer = srv.accept()
-            except TimeoutError as exc:
-                msg = f"no link probe from {', '.join(map(str, sorted(allowed, key=str)))} "
-                msg += f"arrived on {address} port {port} within {accept_timeout_s:g} s"
-                if refused:
-                    msg += f" (refused: {', '.join(refused)})"
-                raise UsageError(msg, hint="A firewall may block the port.") from exc
-            if _peer_address(peer) in allowed:
-                break
-            refused.append(str(peer[0]))
-            conn.close()  # not the source: no token, no count
+        conn, refused = _accept_allowed(srv, allowed, accept_timeout_s=accept_timeout_s)
     with conn:
-        conn.sendall(GREETING + token + b"\n")
-        conn.settimeout(max_s)
-        received = 0
-        first = last = 0.0
-        end = time.monotonic() + max_s
+        received, seconds = _count_stream(conn, token, max_s=max_s)
+    mib_s = round(received / MIB / seconds, 1)
+    return {**_sink_reply(received, seconds), "mib_s": mib_s, "refused": refused}
+
+
+def _accept_allowed(
+    srv: socket.socket, allowed: frozenset[_Address], *, accept_timeout_s: float
+) -> tuple[socket.socket, list[str]]:
+    """The first connection from an allowed peer; others are closed unanswered (no token).
+
+    Returns:
+        The connection and the addresses refused before it.
+
+    Raises:
+        UsageError: no allowed peer came within ``accept_timeout_s``.
+
+    """
+    address, port = srv.getsockname()[:2]
+    refused: list[str] = []
+    deadline = time.monotonic() + accept_timeout_s
+    while True:
+        srv.settimeout(max(0.01, deadline - time.monotonic()))
         try:
-            while time.monotonic() < end:
-                data = conn.recv(CHUNK)
-                if not data:
-                    break
-                last = time.monotonic()
-                if not received:
-                    first = last
-                received += len(data)
-        except TimeoutError:
-            pass
-        seconds = max(last - first, 1e-6)
-        reply = {"bytes": received, "seconds": round(seconds, 4)}
-        conn.sendall(json.dumps(reply).encode() + b"\n")
-    return {**reply, "mib_s": round(received / MIB / seconds, 1), "refused": refused}
+            conn, peer = srv.accept()
+        except TimeoutError as exc:
+            msg = f"no link probe from {', '.join(map(str, sorted(allowed, key=str)))} "
+            msg += f"arrived on {address} port {port} within {accept_timeout_s:g} s"
+            if refused:
+                msg += f" (refused: {', '.join(refused)})"
+            raise UsageError(msg, hint="A firewall may block the port.") from exc
+        if _peer_address(peer) in allowed:
+            return conn, refused
+        refused.append(str(peer[0]))
+        conn.close()  # not the source: no token, no count
+
+
+def _sink_reply(received: int, seconds: float) -> dict[str, object]:
+    """What the sink tells the sender (one JSON line) and reports: bytes and seconds."""
+    return {"bytes": received, "seconds": round(seconds, 4)}
+
+
+def _count_stream(conn: socket.socket, token: bytes, *, max_s: float) -> tuple[int, float]:
+    """Greet the allowed peer with the token, count what it sends for up to ``max_s``, reply.
+
+    Returns:
+        The bytes received and the seconds from the first to the last chunk (at
+        least 1 us); both are also sent back to the peer as one JSON line.
+
+    """
+    conn.sendall(GREETING + token + b"\n")
+    conn.settimeout(max_s)
+    received = 0
+    first = last = 0.0
+    end = time.monotonic() + max_s
+    try:
+        while time.monotonic() < end:
+            data = conn.recv(CHUNK)
+            if not data:
+                break
+            last = time.monotonic()
+            if not received:
+                first = last
+            received += len(data)
+    except TimeoutError:
+        pass
+    seconds = max(last - first, 1e-6)
+    conn.sendall(json.dumps(_sink_reply(received, seconds)).encode() + b"\n")
+    return received, seconds
 
 
 def op_link_sink(args: Mapping[str, object]) -> dict[str, object]:

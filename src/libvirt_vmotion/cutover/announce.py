@@ -40,7 +40,7 @@ from urllib.parse import urlsplit
 
 from libvirt_vmotion.adapters.agent import RemoteHost
 from libvirt_vmotion.adapters.virt import Guest, Hypervisor
-from libvirt_vmotion.cutover.bridge import FdbClaims, FdbWatcher, fdb_entries
+from libvirt_vmotion.cutover.bridge import Claimed, FdbClaims, FdbWatcher, fdb_entries
 from libvirt_vmotion.cutover.frames import (
     MAX_ANNOUNCED_PER_NIC,
     AddressSource,
@@ -308,16 +308,9 @@ def op_announce(args: Mapping[str, Any]) -> dict[str, object]:
             errors.extend(_prepare_claims(claims, nics, taps))
 
     try:
-        if args.get("wait_for_resume", True):
-            resume = _wait_running(
-                uri, domain, timeout_s=float(args.get("timeout_s", 600)), poll_s=poll_s,
-                on_taps=prepare,
-            )  # fmt: skip
-            if not resume.resumed:
-                return {"resumed": False, "detail": resume.why_not}
-        else:
-            resume = _Resume(resumed=True, wall_s=time.time(), taps=_taps_by_mac(uri, domain))
-            prepare(resume.taps)
+        resume = _await_resume(args, uri, domain, poll_s=poll_s, on_taps=prepare)
+        if not resume.resumed:
+            return {"resumed": False, "detail": resume.why_not}
         start = time.monotonic()
         # First the local bridge: frames for the guest that reach this host must go
         # to its tap, not back to the uplink where the bridge last saw the guest.
@@ -326,11 +319,7 @@ def op_announce(args: Mapping[str, Any]) -> dict[str, object]:
         if claims is not None:
             claims.close()
     errors.extend(claim_errors)
-    claimed = [
-        {"bridge": c.bridge, "mac": c.mac, "tap": c.port,
-         "replaced_ports": list(c.replaced_ports), "at_ms": round((c.at_s - start) * 1000, 1)}
-        for c in set_entries
-    ]  # fmt: skip
+    claimed = [_claimed_row(c, start) for c in set_entries]
     taps = resume.taps
     sent, send_errors = _announce_all(nics, schedule, start)
     errors.extend(send_errors)
@@ -345,6 +334,38 @@ def op_announce(args: Mapping[str, Any]) -> dict[str, object]:
         "sent": sorted(sent, key=lambda s: (float(str(s["at_ms"])), str(s["kind"]))),
         "fdb": fdb,
         "errors": errors,
+    }
+
+
+def _await_resume(
+    args: Mapping[str, Any],
+    uri: str,
+    domain: str,
+    *,
+    poll_s: float,
+    on_taps: Callable[[Mapping[str, str]], None],
+) -> _Resume:
+    """Wait for the incoming guest to run here (or, told not to wait, take it as resumed now).
+
+    ``on_taps`` gets the guest's tap per MAC as soon as they are known, so the
+    FDB claims are ready before the resume.
+    """
+    if args.get("wait_for_resume", True):
+        timeout_s = float(args.get("timeout_s", 600))
+        return _wait_running(uri, domain, timeout_s=timeout_s, poll_s=poll_s, on_taps=on_taps)
+    resume = _Resume(resumed=True, wall_s=time.time(), taps=_taps_by_mac(uri, domain))
+    on_taps(resume.taps)
+    return resume
+
+
+def _claimed_row(claim: Claimed, start: float) -> dict[str, object]:
+    """One ``fdb_claimed`` entry of the reply, its time in ms after the resume."""
+    return {
+        "bridge": claim.bridge,
+        "mac": claim.mac,
+        "tap": claim.port,
+        "replaced_ports": list(claim.replaced_ports),
+        "at_ms": round((claim.at_s - start) * 1000, 1),
     }
 
 

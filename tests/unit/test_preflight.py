@@ -22,6 +22,7 @@ from libvirt_vmotion.preflight.registry import (
     HostFacts,
     NetworkFacts,
     NicFacts,
+    PortFacts,
     PortFlags,
     PreflightFacts,
     ReservationView,
@@ -50,7 +51,9 @@ def make_facts(**changes: object) -> PreflightFacts:
         guest=guest,
         cpu=CpuFacts(CpuCompat.SUPERSET),
         dest_caps=DomainCapsFacts(disk_buses=("virtio", "sata"), video_models=("vga",)),
-        bridges={"br0": BridgeFacts("br0", exists=True, active=True, uplinks=("eth0",), mtu=1500)},
+        bridges={
+            "br0": BridgeFacts("br0", exists=True, up=True, ports=(PortFacts("eth0"),), mtu=1500)
+        },
         disks={"/srv/shared/web01.qcow2": DiskView("/srv/shared/web01.qcow2", True, "pool shared")},
         agent=AgentFacts(
             available=True,
@@ -112,9 +115,9 @@ def same_path(*, shared: bool | None) -> StorageFacts:
         ("device-models", replace(GOOD, dest_caps=DomainCapsFacts(disk_buses=("sata",))), "blocker", "disk bus virtio"),
         ("passthrough-devices", replace(GOOD, guest=replace(GOOD.guest, passthrough=("PCI 0000:3b:00.0",))), "blocker", "detach-device"),
         ("network", replace(GOOD, bridges={"br0": BridgeFacts("br0", exists=False)}), "blocker", "does not exist"),
-        ("network", replace(GOOD, bridges={"br0": BridgeFacts("br0", exists=True, active=False)}), "blocker", "is down"),
-        ("network", replace(GOOD, bridges={"br0": BridgeFacts("br0", exists=True, active=True)}), "blocker", "no uplink"),
-        ("network", replace(GOOD, bridges={"br0": BridgeFacts("br0", True, True, ("eth0",), 1400)}), "blocker", "MTU 1400"),
+        ("network", replace(GOOD, bridges={"br0": BridgeFacts("br0", exists=True, up=False)}), "blocker", "is down"),
+        ("network", replace(GOOD, bridges={"br0": BridgeFacts("br0", exists=True, up=True)}), "blocker", "no uplink"),
+        ("network", replace(GOOD, bridges={"br0": BridgeFacts("br0", True, True, (PortFacts("eth0"),), 1400)}), "blocker", "MTU 1400"),
         ("network", replace(GOOD, guest=replace(GOOD.guest, nics=(NicFacts("m", "network", "default"),))), "blocker", "net-define"),
         ("network", replace(GOOD, guest=replace(GOOD.guest, nics=(NicFacts("m", "network", "default"),)), networks={"default": NetworkFacts("default", True, False, "virbr0")}), "blocker", "net-start default"),
         ("bridge-ports", replace(GOOD, agent=replace(GOOD.agent, bridge_ports={"br0": (PortFlags("eth0", "blocking", True, True),)})), "blocker", "state blocking"),

@@ -852,20 +852,22 @@ def cmd_netcheck(args: argparse.Namespace) -> int:
     check that could not run), so a script never reads "ok" from no checks.
     """
     from libvirt_vmotion.adapters.virt import Hypervisor  # noqa: PLC0415
-    from libvirt_vmotion.cutover.announce import network_checks  # noqa: PLC0415
     from libvirt_vmotion.cutover.frames import NotifyConfig  # noqa: PLC0415
+    from libvirt_vmotion.preflight.gather import bridge_checks  # noqa: PLC0415
     from libvirt_vmotion.preflight.netcheck import (  # noqa: PLC0415
-        Severity,
+        as_netcheck_dict,
         checked_something,
         worst,
     )
+    from libvirt_vmotion.preflight.result import Verdict  # noqa: PLC0415
 
     source_uri = args.source_uri or os.environ.get(DEFAULT_SOURCE_URI_ENV) or "qemu:///system"
     config = NotifyConfig(enabled=not args.no_notify, off_bridges=frozenset(args.no_notify_on))
+    notify_off = frozenset({"*"}) if not config.enabled else config.off_bridges
     with Hypervisor.open(source_uri) as source:
-        results = network_checks(
+        results = bridge_checks(
             source=source, domain=args.domain, source_uri=source_uri,
-            dest_uri=args.dest_uri, config=config,
+            dest_uri=args.dest_uri, notify_off=notify_off,
         )  # fmt: skip
     verdict = worst(results)
     checked = checked_something(results)
@@ -875,15 +877,15 @@ def cmd_netcheck(args: argparse.Namespace) -> int:
             "domain": args.domain,
             "verdict": verdict.value,
             "checked": checked,
-            "results": [r.as_dict() for r in results],
+            "results": [as_netcheck_dict(r) for r in results],
         }
         print(json_line(out, now_s=time.time()))  # noqa: T201  machine output
     else:
         for r in results:
-            print(f"{r.severity.value:<8} {r.name:<22} {r.host}:{r.subject}  {r.message}")  # noqa: T201
+            print(f"{r.verdict.value:<8} {r.name:<22} {r.host}:{r.subject}  {r.message}")  # noqa: T201
             if r.hint:
                 print(f"{'':<8} {'':<22} hint: {r.hint}")  # noqa: T201
-    if verdict is Severity.BLOCKER:
+    if verdict is Verdict.BLOCKER:
         return ExitCode.PREFLIGHT
     if not checked:
         sys.stderr.write(

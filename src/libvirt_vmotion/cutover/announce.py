@@ -36,7 +36,6 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
-from urllib.parse import urlsplit
 
 from libvirt_vmotion.adapters.agent import RemoteHost
 from libvirt_vmotion.adapters.virt import Guest, Hypervisor
@@ -54,15 +53,7 @@ from libvirt_vmotion.cutover.frames import (
 )
 from libvirt_vmotion.cutover.send import send_announcements
 from libvirt_vmotion.errors import DomainNotFound, VmotionError
-from libvirt_vmotion.preflight.netcheck import (
-    BridgeFacts,
-    GuestNic,
-    NetCheckResult,
-    Severity,
-    check_networks,
-    guest_nics_from_xml,
-    unchecked_nics,
-)
+from libvirt_vmotion.preflight.netcheck import GuestNic, guest_nics_from_xml
 
 log = logging.getLogger(__name__)
 
@@ -660,75 +651,3 @@ def _switch_section(
 
 
 # ---- pre-flight: the network checks, gathered ------------------------------------------
-
-
-def network_checks(  # noqa: PLR0913  the hosts, the guest and the seams, keyword-only
-    *,
-    source: Hypervisor,
-    domain: str,
-    source_uri: str,
-    dest_uri: str,
-    config: NotifyConfig | None = None,
-    agent_for: Callable[[str], AgentClient] = RemoteHost.for_uri,
-) -> tuple[NetCheckResult, ...]:
-    """Network pre-flight results for moving ``domain`` to ``dest_uri``.
-
-    Reads the guest's bridges from its XML, the bridges' facts on both hosts
-    through the agent, and judges them (``netcheck.check_networks``). A host
-    whose agent cannot be reached yields a warning result, not an exception.
-
-    Returns:
-        Neutral ``NetCheckResult`` values (the pre-flight report folds them in).
-
-    Raises:
-        VmotionError: the guest cannot be read on the source.
-
-    """
-    config = config or NotifyConfig()
-    domain_xml = source.lookup(domain).xml()
-    nics = guest_nics_from_xml(domain_xml)
-    bridges = sorted({n.bridge for n in nics})
-    results: list[NetCheckResult] = list(
-        unchecked_nics(domain_xml, host=urlsplit(source_uri).hostname or source_uri)
-    )
-    if not nics:
-        return tuple(results)
-    facts: dict[str, dict[str, BridgeFacts]] = {}
-    dest_host = urlsplit(dest_uri).hostname or "destination"
-    for role, uri in (("dest", dest_uri), ("source", source_uri)):
-        try:
-            reply = agent_for(uri).call("bridge_facts", {"bridges": bridges})
-        except VmotionError as exc:
-            results.append(
-                NetCheckResult(
-                    "network-facts",
-                    Severity.WARNING,
-                    urlsplit(uri).hostname or uri,
-                    "",
-                    f"Could not read the {role} host's bridges: {exc.message}",
-                    exc.hint or "Install libvirt-vmotion there (the agent reads bridge facts).",
-                )
-            )
-            continue
-        listed = reply.get("bridges")
-        found = (
-            [BridgeFacts.from_dict(b) for b in listed if isinstance(b, dict)]
-            if isinstance(listed, list)
-            else []
-        )
-        facts[role] = {b.name: b for b in found}
-        if role == "dest" and found:
-            dest_host = found[0].host
-    if "dest" not in facts:
-        return tuple(results)
-    off = frozenset({"*"}) if not config.enabled else config.off_bridges
-    results.extend(
-        check_networks(
-            nics,
-            dest=facts["dest"],
-            source=facts.get("source", {}),
-            notify_off=off,
-            dest_host=dest_host,
-        )
-    )
-    return tuple(results)

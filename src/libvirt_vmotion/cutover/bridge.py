@@ -30,7 +30,7 @@ from pyroute2 import IPRoute
 
 from libvirt_vmotion.errors import UsageError
 from libvirt_vmotion.preflight.domxml import interface_name_problem
-from libvirt_vmotion.preflight.netcheck import BridgeFacts, PortFacts, StpState
+from libvirt_vmotion.preflight.facts import BridgeFacts, PortFacts, StpState
 
 NUD_REACHABLE: Final = 0x02
 NUD_PERMANENT: Final = 0x80

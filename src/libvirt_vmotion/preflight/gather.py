@@ -18,6 +18,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Protocol
 from urllib.parse import urlsplit
 
 from libvirt_vmotion.adapters.agent import AgentOperationFailed, AgentUnavailable, RemoteHost
@@ -26,7 +27,7 @@ from libvirt_vmotion.adapters.virt import Guest, Hypervisor
 from libvirt_vmotion.errors import Unsupported, VmotionError
 from libvirt_vmotion.model import MIB, QEMU_OVERHEAD_BYTES, PastRun
 from libvirt_vmotion.policy import DEFAULT_INITIAL_DOWNTIME_MS, DEFAULT_MAX_DOWNTIME_MS
-from libvirt_vmotion.preflight import domxml
+from libvirt_vmotion.preflight import domxml, netcheck
 from libvirt_vmotion.preflight.facts import (
     AgentFacts,
     BridgeFacts,
@@ -37,16 +38,17 @@ from libvirt_vmotion.preflight.facts import (
     GuestFacts,
     HostFacts,
     NetworkFacts,
+    PortFacts,
     PortFlags,
     PreflightFacts,
     ReservationView,
 )
 from libvirt_vmotion.preflight.forecast import Forecast, ForecastInputs, forecast
 from libvirt_vmotion.preflight.linkrate import bound_switchover, choose_rate, final_round_rate
+from libvirt_vmotion.preflight.result import CheckResult, Verdict
 
 log = logging.getLogger(__name__)
 
-_TAPS = ("vnet", "tap", "macvtap", "vif")
 QEMU_RSS_OVERHEAD_MIB = {"qemu": 170.0, "kvm": 40.0}
 """QEMU's own share of its resident memory, by virt type: the bulk round sends only the
 guest's touched pages, RSS minus this. TCG keeps a large translation cache resident
@@ -95,8 +97,9 @@ def _bridge(dest: Hypervisor, name: str) -> BridgeFacts | None:
     return BridgeFacts(
         name=name,
         exists=True,
-        active=active,
-        uplinks=tuple(m for m in members if m and not m.startswith(_TAPS)),
+        up=active,
+        # Names only: libvirt's XML has no link kinds, so role_of falls back to names.
+        ports=tuple(PortFacts(name=m) for m in members if m),
         mtu=int(mtu.get("size", "0")) if mtu is not None else None,
     )
 
@@ -443,3 +446,92 @@ def _link_result(started: Measuring | None) -> LinkMeasurement | None:
         return started.link.result(timeout=60)
     except TimeoutError:
         return LinkMeasurement(None, "the link measurement did not finish within 60 s")
+
+
+class BridgeFactsAgent(Protocol):
+    """What the network pre-flight needs of a host's agent (``agent.RemoteHost``)."""
+
+    def call(
+        self, op: str, args: Mapping[str, object] | None = None, *, timeout_s: float = 30.0
+    ) -> dict[str, object]:
+        """Run ``op`` on the host."""
+        ...
+
+
+def bridge_checks(  # noqa: PLR0913  the hosts, the guest and the seams, keyword-only
+    *,
+    source: Hypervisor,
+    domain: str,
+    source_uri: str,
+    dest_uri: str,
+    notify_off: frozenset[str] = frozenset(),
+    agent_for: Callable[[str], BridgeFactsAgent] = RemoteHost.for_uri,
+) -> tuple[CheckResult, ...]:
+    """The network pre-flight (``netcheck``) for moving ``domain`` to ``dest_uri``.
+
+    Reads the guest's NICs from its XML, the bridges' facts on both hosts
+    through the agent, and judges them (``netcheck.check_networks``). A host
+    whose agent cannot be reached yields a ``network-facts`` warning, not an
+    exception. ``vmotion netcheck`` prints the results; the gate folds them into
+    the check report (``network.check_bridge_setup``).
+
+    Args:
+        source: the source host.
+        domain: the guest.
+        source_uri: the source's URI.
+        dest_uri: the destination's URI.
+        notify_off: bridges with notify switches off (``"*"``: all).
+        agent_for: the agent of a host, by URI.
+
+    Raises:
+        VmotionError: the guest cannot be read on the source.
+
+    """
+    domain_xml = source.lookup(domain).xml()
+    nics = netcheck.guest_nics_from_xml(domain_xml)
+    results = list(
+        netcheck.unchecked_nics(domain_xml, host=urlsplit(source_uri).hostname or source_uri)
+    )
+    if not nics:
+        return tuple(results)
+    bridges = sorted({n.bridge for n in nics})
+    facts: dict[str, dict[str, BridgeFacts]] = {}
+    dest_host = urlsplit(dest_uri).hostname or "destination"
+    for role, uri in (("dest", dest_uri), ("source", source_uri)):
+        try:
+            found = _read_bridges(agent_for(uri), bridges)
+        except VmotionError as exc:
+            results.append(_unreadable_bridges(role, uri, exc))
+            continue
+        facts[role] = {b.name: b for b in found}
+        if role == "dest" and found:
+            dest_host = found[0].host
+    if "dest" not in facts:
+        return tuple(results)
+    results += netcheck.check_networks(
+        nics,
+        dest=facts["dest"],
+        source=facts.get("source", {}),
+        notify_off=notify_off,
+        dest_host=dest_host,
+    )
+    return tuple(results)
+
+
+def _read_bridges(agent: BridgeFactsAgent, bridges: list[str]) -> list[BridgeFacts]:
+    """The named bridges' facts as the host's agent reads them (netlink)."""
+    listed = agent.call("bridge_facts", {"bridges": bridges}).get("bridges")
+    if not isinstance(listed, list):
+        return []
+    return [BridgeFacts.from_dict(b) for b in listed if isinstance(b, dict)]
+
+
+def _unreadable_bridges(role: str, uri: str, exc: VmotionError) -> CheckResult:
+    return netcheck.result(
+        "network-facts",
+        Verdict.WARNING,
+        urlsplit(uri).hostname or uri,
+        "",
+        f"Could not read the {role} host's bridges: {exc.message}",
+        exc.hint or "Install libvirt-vmotion there (the agent reads bridge facts).",
+    )

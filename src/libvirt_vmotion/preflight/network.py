@@ -1,18 +1,19 @@
 """Pre-flight checks on the guest's network attachments at the destination.
 
 Pure: no I/O, no clock, no logging. Checks ``network`` (each NIC's bridge or
-libvirt network exists there, is up, has an uplink and a large enough MTU),
-``bridge-ports`` (uplink ports forward, learn and flood) and folds in
-``netcheck``'s bridge verdicts under their own names, leaving out those the
-first two already report (``NETCHECK_COVERED``).
+libvirt network exists there, is up, has an uplink and a large enough MTU, from
+what libvirt's remote API tells, so it works without our agent), ``bridge-ports``
+(uplink ports forward, learn and flood) and folds in ``netcheck``'s bridge
+verdicts (the agent's view of both hosts) under their own names, leaving out
+those whose question the first two already answer (``NETCHECK_COVERED``).
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Final
 
-from libvirt_vmotion.preflight import netcheck
-from libvirt_vmotion.preflight.facts import NicFacts, PreflightFacts
+from libvirt_vmotion.preflight.facts import BridgeFacts, NicFacts, PreflightFacts
 from libvirt_vmotion.preflight.result import CheckResult, Verdict, bad, ok, skip_hint
 
 
@@ -47,72 +48,71 @@ def _nic_bridge(f: PreflightFacts, nic: NicFacts) -> tuple[str, CheckResult | No
 
 def check_networks(f: PreflightFacts) -> tuple[CheckResult, ...]:
     """Every NIC's bridge/network exists on the destination, is up, has an uplink and MTU."""
-    results: list[CheckResult] = []
-    for nic in f.guest.nics:
-        subject = f"NIC {nic.mac}"
-        if nic.kind not in {"bridge", "network"}:
-            results.append(
-                bad(
-                    "network",
-                    Verdict.WARNING,
-                    f"NIC {nic.mac} is of type '{nic.kind}'; we cannot verify its attachment "
-                    f"on {f.dest.hostname}.",
-                    observed=nic.kind,
-                    required="bridge or network",
-                    hint="Make sure the destination has the same attachment.",
-                    subject=subject,
-                )
-            )
-            continue
-        bridge_name, problem = _nic_bridge(f, nic)
-        if problem is not None:
-            results.append(problem)
-            continue
-        br = f.bridges.get(bridge_name)
-        where = f"bridge {bridge_name} on {f.dest.hostname}"
-        if br is None:
-            results.append(
-                bad(
-                    "network",
-                    Verdict.WARNING,
-                    f"Could not inspect {where} (libvirt's interface driver did not answer).",
-                    hint="Check by hand that the bridge exists there.",
-                    subject=subject,
-                )
-            )
-            continue
-        fault = ""
-        if not br.exists:
-            fault, hint = "does not exist", "Create the bridge there with the same name."
-        elif not br.active:
-            fault, hint = "is down", f"Bring it up: ip link set {bridge_name} up."
-        elif not br.uplinks:
-            fault = "has no uplink port (guests there could not reach the network)"
-            hint = "Attach the host's uplink NIC to the bridge."
-        elif br.mtu is not None and br.mtu < (nic.mtu or 1500):
-            fault = f"has MTU {br.mtu}, below the guest NIC's {nic.mtu or 1500}"
-            hint = "Raise the bridge MTU there, or lower the guest's."
-        if fault:
-            results.append(
-                bad(
-                    "network",
-                    Verdict.BLOCKER,
-                    f"Destination {where} {fault}; '{f.guest.name}' {subject} uses it.",
-                    observed=fault,
-                    required=f"bridge {bridge_name} up with an uplink, MTU >= {nic.mtu or 1500}",
-                    hint=hint,
-                    subject=subject,
-                )
-            )
-        else:
-            results.append(
-                ok(
-                    "network",
-                    f"{where}: up, uplinks {', '.join(br.uplinks)}, MTU {br.mtu}",
-                    subject=subject,
-                )
-            )
-    return tuple(results)
+    return tuple(_nic_network(f, nic) for nic in f.guest.nics)
+
+
+def _nic_network(f: PreflightFacts, nic: NicFacts) -> CheckResult:
+    """One NIC: an attachment we cannot verify, its network, or its bridge's state."""
+    subject = f"NIC {nic.mac}"
+    if nic.kind not in {"bridge", "network"}:
+        return bad(
+            "network",
+            Verdict.WARNING,
+            f"NIC {nic.mac} is of type '{nic.kind}'; we cannot verify its attachment "
+            f"on {f.dest.hostname}.",
+            observed=nic.kind,
+            required="bridge or network",
+            hint="Make sure the destination has the same attachment.",
+            subject=subject,
+        )
+    bridge_name, problem = _nic_bridge(f, nic)
+    if problem is not None:
+        return problem
+    br = f.bridges.get(bridge_name)
+    where = f"bridge {bridge_name} on {f.dest.hostname}"
+    if br is None:
+        return bad(
+            "network",
+            Verdict.WARNING,
+            f"Could not inspect {where} (libvirt's interface driver did not answer).",
+            hint="Check by hand that the bridge exists there.",
+            subject=subject,
+        )
+    fault, hint = _bridge_fault(br, nic)
+    if not fault:
+        return ok(
+            "network",
+            f"{where}: up, uplinks {', '.join(br.uplink_names())}, MTU {br.mtu}",
+            subject=subject,
+        )
+    return bad(
+        "network",
+        Verdict.BLOCKER,
+        f"Destination {where} {fault}; '{f.guest.name}' {subject} uses it.",
+        observed=fault,
+        required=f"bridge {bridge_name} up with an uplink, MTU >= {nic.mtu or 1500}",
+        hint=hint,
+        subject=subject,
+    )
+
+
+def _bridge_fault(br: BridgeFacts, nic: NicFacts) -> tuple[str, str]:
+    """What keeps the NIC's destination bridge from carrying it, and the fix ("" if nothing)."""
+    if not br.exists:
+        return "does not exist", "Create the bridge there with the same name."
+    if not br.up:
+        return "is down", f"Bring it up: ip link set {br.name} up."
+    if not br.uplinks():
+        return (
+            "has no uplink port (guests there could not reach the network)",
+            "Attach the host's uplink NIC to the bridge.",
+        )
+    if br.mtu is not None and br.mtu < (nic.mtu or 1500):
+        return (
+            f"has MTU {br.mtu}, below the guest NIC's {nic.mtu or 1500}",
+            "Raise the bridge MTU there, or lower the guest's.",
+        )
+    return "", ""
 
 
 def check_bridge_ports(f: PreflightFacts) -> tuple[CheckResult, ...]:
@@ -137,7 +137,7 @@ def check_bridge_ports(f: PreflightFacts) -> tuple[CheckResult, ...]:
         )
     results = []
     for name in bridges:
-        uplinks = set(f.bridges[name].uplinks)
+        uplinks = set(f.bridges[name].uplink_names())
         for port in f.agent.bridge_ports.get(name, ()):
             if port.port not in uplinks:
                 continue
@@ -177,14 +177,11 @@ def check_bridge_ports(f: PreflightFacts) -> tuple[CheckResult, ...]:
 NETCHECK_COVERED: Final = frozenset(
     {"bridge-exists", "bridge-up", "bridge-uplink", "bridge-mtu", "uplink-learning"}
 )
-"""``netcheck`` results that ``network`` and ``bridge-ports`` already report."""
+"""``netcheck`` verdicts whose question ``network`` and ``bridge-ports`` answer in ``check``.
 
-
-_SEVERITY: Final = {
-    netcheck.Severity.OK: Verdict.OK,
-    netcheck.Severity.WARNING: Verdict.WARNING,
-    netcheck.Severity.BLOCKER: Verdict.BLOCKER,
-}
+``check`` asks them from libvirt's remote API (no agent needed) and judges the
+bridge against the guest's NIC; ``vmotion netcheck`` asks the agents and judges
+it against the source's bridge. One report does not ask twice."""
 
 
 def check_bridge_setup(f: PreflightFacts) -> tuple[CheckResult, ...]:
@@ -193,16 +190,16 @@ def check_bridge_setup(f: PreflightFacts) -> tuple[CheckResult, ...]:
     Can the destination's switch learn the move (STP delay, flooding of
     broadcasts, ageing), is the bridge consistent with the source (VLAN
     filtering), is the bridge's MAC pinned on both hosts, will we notify the
-    switches. Those ``network``/``bridge-ports`` already cover are left out.
+    switches. Those ``network``/``bridge-ports`` already cover are left out. In
+    the check report a verdict shows its host as ``observed`` (an ok one also
+    in its message) and its hint ends with the ``--skip-check`` override.
     """
     return tuple(
-        CheckResult(
-            name=r.name,
-            verdict=_SEVERITY[r.severity],
+        replace(
+            r,
             message=r.message if r.hint else f"{r.host}: {r.message}",
             observed=r.host,
             hint=f"{r.hint} {skip_hint(r.name)}" if r.hint else "",
-            subject=r.subject,
         )
         for r in f.bridge_checks
         if r.name not in NETCHECK_COVERED

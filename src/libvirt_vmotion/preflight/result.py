@@ -39,6 +39,10 @@ class CheckResult:
         hint: what to do about it (empty when ok).
         subject: the NIC, disk or feature a per-item check is about.
         skipped: the user overrode this check; it never blocks.
+        host: the host a check on one of the two hosts judged (the network
+            pre-flight's bridge verdicts); empty for the others. ``netcheck``
+            reports it; ``check`` shows it as ``observed`` (``to_dict`` keeps the
+            check report's keys).
 
     """
 
@@ -50,6 +54,7 @@ class CheckResult:
     hint: str = ""
     subject: str = ""
     skipped: bool = False
+    host: str = ""
 
     @property
     def blocks(self) -> bool:

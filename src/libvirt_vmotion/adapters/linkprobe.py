@@ -32,6 +32,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Final, Protocol
 
+from libvirt_vmotion.adapters import ops
 from libvirt_vmotion.adapters.agent import report_progress
 from libvirt_vmotion.errors import UsageError, VmotionError
 from libvirt_vmotion.model import MIB
@@ -348,15 +349,17 @@ def measure_link(
     """
     token = secrets.token_hex(8)
     try:
-        source_address = str(source.call("link-route", {"host": dest_host}).get("address") or "")
+        source_address = ops.LINK_ROUTE.call(source, ops.RouteRequest(host=dest_host)).address
     except VmotionError as exc:
         return LinkMeasurement(None, exc.message)
-    sink_args = {
-        "bind_host": dest_host, "allow_from": [source_address], "token": token,
-        "accept_timeout_s": SINK_READY_TIMEOUT_S, "max_s": seconds + 5,
-    }  # fmt: skip
+    sink_request = ops.LinkSinkRequest(
+        bind_host=dest_host, allow_from=(source_address,), token=token,
+        accept_timeout_s=SINK_READY_TIMEOUT_S, max_s=seconds + 5,
+    )  # fmt: skip
     try:
-        sink = dest.start("link-sink", sink_args, timeout_s=seconds + 25 + SINK_READY_TIMEOUT_S)
+        sink = ops.LINK_SINK.start(
+            dest, sink_request, timeout_s=seconds + 25 + SINK_READY_TIMEOUT_S
+        )
     except VmotionError as exc:
         return LinkMeasurement(None, exc.message)
     try:
@@ -376,18 +379,17 @@ def _probe_when_listening(
             return LinkMeasurement(None, exc.message)
         return LinkMeasurement(None, "the link sink did not say where it listens")
     address, port = str(ready.get("address")), int(str(ready["port"]))
-    probe_args = {"host": address, "port": port, "token": token, "seconds": seconds}
+    probe = ops.LinkProbeRequest(host=address, port=port, token=token, seconds=seconds)
     try:
-        source.call("link-probe", probe_args, timeout_s=seconds + 20)
-        got = sink.result()
+        ops.LINK_PROBE.call(source, probe, timeout_s=seconds + 20)
+        got = ops.LINK_SINK.parse_reply(sink.result(), host="the destination")
     except VmotionError as exc:
         return LinkMeasurement(None, exc.message)
-    rate = got.get("mib_s")
-    if not isinstance(rate, int | float) or rate <= 0:
+    rate = got.mib_s
+    if rate is None or rate <= 0:
         return LinkMeasurement(None, "the link probe received nothing")
-    received = got.get("bytes")
-    mib = received / MIB if isinstance(received, int) else 0.0
+    mib = got.received_bytes / MIB
     return LinkMeasurement(
-        float(rate),
-        f"measured {source.label} -> {address}:{port}, {mib:.0f} MiB in {got.get('seconds')} s",
+        rate,
+        f"measured {source.label} -> {address}:{port}, {mib:.0f} MiB in {got.seconds} s",
     )

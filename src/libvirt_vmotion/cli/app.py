@@ -493,11 +493,12 @@ def cmd_agent_check(args: argparse.Namespace) -> int:
     """``vmotion agent check URI``: reach the agent as pre-flight would; say what is missing."""
     import subprocess  # noqa: PLC0415
 
+    from libvirt_vmotion.adapters import ops  # noqa: PLC0415
     from libvirt_vmotion.adapters.agent import RemoteHost  # noqa: PLC0415
 
     host = RemoteHost.for_uri(args.uri)
     try:
-        reply = host.call("hello", {}, timeout_s=15.0)
+        reply = ops.HELLO.call(host, ops.Empty(), timeout_s=15.0)
     except VmotionError as exc:
         missing = "the agent"
         if host.prefix:
@@ -521,10 +522,10 @@ def cmd_agent_check(args: argparse.Namespace) -> int:
             "the ssh command)."
         )
         raise ConnectionFailed(msg, hint=hint) from exc
-    version = reply.get("version")
+    version = reply.version
     note = "" if version == __version__ else f" (here: {__version__}; install the same on both)"
     print(  # noqa: T201
-        f"ok: the agent answers on {reply.get('hostname', host.label)}: "
+        f"ok: the agent answers on {reply.hostname or host.label}: "
         f"libvirt-vmotion {version}{note}, via {shlex.join(host.prefix) or 'a local subprocess'} "
         f"running {host.python}"
     )
@@ -720,21 +721,21 @@ def _job_if_running(guest: Guest) -> tuple[JobSample | None, bool]:
 
 def _guard_record(source_uri: str, domain: str) -> dict[str, object]:
     """What the source host's guard knows: who steers the job, or that nobody does."""
+    from libvirt_vmotion.adapters import ops  # noqa: PLC0415
     from libvirt_vmotion.adapters.agent import RemoteHost  # noqa: PLC0415
 
     try:
-        record = RemoteHost.for_uri(source_uri).call(
-            "guard-state", {"domain": domain}, timeout_s=10.0
+        record = ops.GUARD_STATE.call(
+            RemoteHost.for_uri(source_uri), ops.DomainRequest(domain=domain), timeout_s=10.0
         )
     except VmotionError:
         return {}
-    state = str(record.get("state", ""))
-    if not state:
+    if not record.state:
         return {}
     return {
-        "guard": state,
-        "orphaned": state.startswith("orphan"),
-        "controller": record.get("controller", ""),
+        "guard": record.state,
+        "orphaned": record.state.startswith("orphan"),
+        "controller": record.controller,
     }
 
 

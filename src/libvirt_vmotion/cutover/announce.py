@@ -37,6 +37,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
+from libvirt_vmotion.adapters import ops
 from libvirt_vmotion.adapters.agent import RemoteHost
 from libvirt_vmotion.adapters.virt import Guest, Hypervisor
 from libvirt_vmotion.cutover.bridge import Claimed, FdbClaims, FdbWatcher, fdb_entries
@@ -469,7 +470,7 @@ class NetworkCutover:
     _addresses: tuple[GuestAddress, ...] = ()
     _thread: threading.Thread | None = None
     _call: StartedCall | None = None
-    _reply: dict[str, object] | None = None
+    _reply: ops.AnnounceReply | None = None
     _error: str = ""
     _watcher: FdbWatcher | None = None
     _errors: list[str] = field(default_factory=list)
@@ -494,20 +495,20 @@ class NetworkCutover:
                 self._errors.append(f"cannot watch switch {self.switch}: {exc}")
         if not notified:
             return
-        args = {
-            "domain": self.domain,
-            "nics": [
+        request = ops.AnnounceRequest(
+            domain=self.domain,
+            nics=tuple(
                 {"mac": n.mac, "bridge": n.bridge, "ips": self._announced_ips(n.mac)}
                 for n in notified
-            ],
-            "count": self.config.schedule.count,
-            "interval_ms": self.config.schedule.interval_ms,
-            "verify_timeout_ms": self.config.verify_timeout_ms,
-            "timeout_s": self.timeout_s,
-        }
+            ),
+            count=self.config.schedule.count,
+            interval_ms=self.config.schedule.interval_ms,
+            verify_timeout_ms=self.config.verify_timeout_ms,
+            timeout_s=self.timeout_s,
+        )
         try:
-            self._call = self.agent_for(self.dest_uri).start(
-                "announce", args, timeout_s=self.timeout_s + ANNOUNCE_MARGIN_S
+            self._call = ops.ANNOUNCE.start(
+                self.agent_for(self.dest_uri), request, timeout_s=self.timeout_s + ANNOUNCE_MARGIN_S
             )
         except VmotionError as exc:
             self._error = exc.message + (f" ({exc.hint})" if exc.hint else "")
@@ -522,7 +523,7 @@ class NetworkCutover:
 
     def _announce(self, call: StartedCall) -> None:
         try:
-            self._reply = call.result()
+            self._reply = ops.ANNOUNCE.parse_reply(call.result(), host=self.dest_uri)
         except VmotionError as exc:
             self._error = exc.message + (f" ({exc.hint})" if exc.hint else "")
 
@@ -568,11 +569,11 @@ class NetworkCutover:
                 "interval_ms": self.config.schedule.interval_ms,
             },
         }
-        reply = self._reply or {}
+        reply = self._reply
         if self._error:
             self._errors.append(f"announcer on the destination: {self._error}")
-        resumed_wall = reply.get("resumed_at_wall_s")
-        if reply:
+        resumed_wall = reply.resumed_at_wall_s if reply is not None else None
+        if reply is not None:
             section.update(_summarize_reply(reply))
         if self.config.flush_source_fdb and self._nics:
             section["source_fdb_removed"] = self._flush_source()
@@ -588,46 +589,38 @@ class NetworkCutover:
         for bridge in sorted({n.bridge for n in self._nics}):
             macs = [n.mac for n in self._nics if n.bridge == bridge]
             try:
-                reply = agent.call("fdb_flush", {"bridge": bridge, "macs": macs})
+                reply = ops.FDB_FLUSH.call(agent, ops.FdbRequest(bridge=bridge, macs=tuple(macs)))
             except VmotionError as exc:
                 self._errors.append(f"stale FDB entries on the source not removed: {exc.message}")
                 continue
-            entries = reply.get("removed")
-            removed.extend(
-                {"bridge": bridge, **entry} if isinstance(entry, dict) else entry
-                for entry in (entries if isinstance(entries, list) else [])
-            )
+            removed.extend({"bridge": bridge, **entry} for entry in reply.removed)
         return removed
 
 
-def _summarize_reply(reply: Mapping[str, object]) -> dict[str, object]:
-    out: dict[str, object] = {"resumed_seen": bool(reply.get("resumed"))}
-    if not reply.get("resumed"):
-        out["detail"] = reply.get("detail", "")
+def _summarize_reply(reply: ops.AnnounceReply) -> dict[str, object]:
+    out: dict[str, object] = {"resumed_seen": reply.resumed}
+    if not reply.resumed:
+        out["detail"] = reply.detail
         return out
-    sent = reply.get("sent")
-    sent_list = sent if isinstance(sent, list) else []
+    sent_list = [dict(item) for item in reply.sent]
     counts: dict[str, int] = {}
     for item in sent_list:
-        if isinstance(item, dict) and not item.get("error"):
+        if not item.get("error"):
             kind = str(item.get("kind"))
             counts[kind] = counts.get(kind, 0) + 1
     out.update(
         {
-            "resumed_at_wall_s": reply.get("resumed_at_wall_s"),
-            "resume_poll_ms": reply.get("resume_poll_ms"),
+            "resumed_at_wall_s": reply.resumed_at_wall_s,
+            "resume_poll_ms": reply.resume_poll_ms,
             "announcements_sent": counts,
             "announcements": sent_list,
-            "first_announcement_after_resume_ms": next(
-                (i.get("at_ms") for i in sent_list if isinstance(i, dict)), None
-            ),
-            "dest_fdb": reply.get("fdb", []),
-            "dest_fdb_claimed": reply.get("fdb_claimed", []),
+            "first_announcement_after_resume_ms": next((i.get("at_ms") for i in sent_list), None),
+            "dest_fdb": [dict(f) for f in reply.fdb],
+            "dest_fdb_claimed": [dict(c) for c in reply.fdb_claimed],
         }
     )
-    errors = reply.get("errors")
-    if errors:
-        out["announce_errors"] = errors
+    if reply.errors:
+        out["announce_errors"] = list(reply.errors)
     return out
 
 

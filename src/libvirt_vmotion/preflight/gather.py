@@ -18,9 +18,9 @@ import xml.etree.ElementTree as ET
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Protocol
 from urllib.parse import urlsplit
 
+from libvirt_vmotion.adapters import ops
 from libvirt_vmotion.adapters.agent import AgentOperationFailed, AgentUnavailable, RemoteHost
 from libvirt_vmotion.adapters.linkprobe import LinkMeasurement, measure_link
 from libvirt_vmotion.adapters.virt import Guest, Hypervisor
@@ -139,45 +139,33 @@ def _agent_facts(agent: RemoteHost | None, bridges: list[str], paths: list[str])
     if agent is None:
         return AgentFacts(available=False, error="agent not used (--no-agent)")
     try:
-        got = agent.call("host-facts", {"bridges": bridges, "paths": paths})
+        got = ops.HOST_FACTS.call(
+            agent, ops.HostFactsRequest(bridges=tuple(bridges), paths=tuple(paths))
+        )
     except (AgentUnavailable, AgentOperationFailed) as exc:
         return AgentFacts(available=False, error=exc.message)
-    ports_raw = got.get("bridge_ports", {})
     ports = {
-        str(br): tuple(
-            PortFlags(
-                port=str(p["port"]),
-                state=str(p["state"]),
-                learning=bool(p["learning"]),
-                flooding=bool(p["flooding"]),
-            )
-            for p in plist
-        )
-        for br, plist in (ports_raw.items() if isinstance(ports_raw, dict) else [])
+        br: tuple(PortFlags(p.port, p.state, p.learning, p.flooding) for p in plist)
+        for br, plist in got.bridge_ports.items()
     }
-    view_raw = got.get("reservation")
+    view_raw = got.reservation
     view = None
-    if isinstance(view_raw, dict):
+    if view_raw is not None:
         view = ReservationView(
-            reserved_memory_bytes=int(view_raw.get("reserved_memory_bytes", 0)),
-            reserved_vcpus=int(view_raw.get("reserved_vcpus", 0)),
-            inbound_active=int(view_raw.get("inbound_active", 0)),
-            inbound_limit=int(view_raw.get("inbound_limit", 2)),
-            memory_limit_bytes=view_raw.get("memory_limit_bytes"),
-            vcpu_limit=view_raw.get("vcpu_limit"),
+            reserved_memory_bytes=view_raw.reserved_memory_bytes,
+            reserved_vcpus=view_raw.reserved_vcpus,
+            inbound_active=view_raw.inbound_active,
+            inbound_limit=view_raw.inbound_limit,
+            memory_limit_bytes=view_raw.memory_limit_bytes,
+            vcpu_limit=view_raw.vcpu_limit,
         )
-    paths_raw = got.get("paths_exist", {})
-    mem = got.get("mem_available_bytes")
-    huge = got.get("hugepages_free_bytes")
     return AgentFacts(
         available=True,
-        mem_available_bytes=int(mem) if isinstance(mem, int) else None,
-        hugepages_free_bytes=int(huge) if isinstance(huge, int) else None,
+        mem_available_bytes=got.mem_available_bytes,
+        hugepages_free_bytes=got.hugepages_free_bytes,
         bridge_ports=ports,
         reservation=view,
-        paths_exist={str(k): bool(v) for k, v in paths_raw.items()}
-        if isinstance(paths_raw, dict)
-        else {},
+        paths_exist=dict(got.paths_exist),
     )
 
 
@@ -283,11 +271,12 @@ def _bulk_bytes(
     """Data of the bulk round: guest RAM resident on the source (agent), else an RSS guess."""
     if source_agent is not None:
         try:
-            got = source_agent.call(
-                "guest-memory", {"domain": facts.name, "memory_bytes": facts.memory_bytes}
+            got = ops.GUEST_MEMORY.call(
+                source_agent,
+                ops.GuestMemoryRequest(domain=facts.name, memory_bytes=facts.memory_bytes),
             )
-            resident = got.get("resident_bytes")
-            if isinstance(resident, int) and resident > 0:
+            resident = got.resident_bytes
+            if resident > 0:
                 return min(resident, facts.memory_bytes), "guest RAM resident on the source"
         except (AgentUnavailable, AgentOperationFailed) as exc:
             log.debug("no guest memory detail from the source agent: %s", exc.message)
@@ -448,16 +437,6 @@ def _link_result(started: Measuring | None) -> LinkMeasurement | None:
         return LinkMeasurement(None, "the link measurement did not finish within 60 s")
 
 
-class BridgeFactsAgent(Protocol):
-    """What the network pre-flight needs of a host's agent (``agent.RemoteHost``)."""
-
-    def call(
-        self, op: str, args: Mapping[str, object] | None = None, *, timeout_s: float = 30.0
-    ) -> dict[str, object]:
-        """Run ``op`` on the host."""
-        ...
-
-
 def bridge_checks(  # noqa: PLR0913  the hosts, the guest and the seams, keyword-only
     *,
     source: Hypervisor,
@@ -465,7 +444,7 @@ def bridge_checks(  # noqa: PLR0913  the hosts, the guest and the seams, keyword
     source_uri: str,
     dest_uri: str,
     notify_off: frozenset[str] = frozenset(),
-    agent_for: Callable[[str], BridgeFactsAgent] = RemoteHost.for_uri,
+    agent_for: Callable[[str], ops.AgentPort] = RemoteHost.for_uri,
 ) -> tuple[CheckResult, ...]:
     """The network pre-flight (``netcheck``) for moving ``domain`` to ``dest_uri``.
 
@@ -518,12 +497,10 @@ def bridge_checks(  # noqa: PLR0913  the hosts, the guest and the seams, keyword
     return tuple(results)
 
 
-def _read_bridges(agent: BridgeFactsAgent, bridges: list[str]) -> list[BridgeFacts]:
+def _read_bridges(agent: ops.AgentPort, bridges: list[str]) -> list[BridgeFacts]:
     """The named bridges' facts as the host's agent reads them (netlink)."""
-    listed = agent.call("bridge_facts", {"bridges": bridges}).get("bridges")
-    if not isinstance(listed, list):
-        return []
-    return [BridgeFacts.from_dict(b) for b in listed if isinstance(b, dict)]
+    reply = ops.BRIDGE_FACTS.call(agent, ops.BridgesRequest(bridges=tuple(bridges)))
+    return [BridgeFacts.from_dict(b) for b in reply.bridges]
 
 
 def _unreadable_bridges(role: str, uri: str, exc: VmotionError) -> CheckResult:

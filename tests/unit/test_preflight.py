@@ -23,9 +23,9 @@ from libvirt_vmotion.preflight.registry import (
     NetworkFacts,
     NicFacts,
     PortFacts,
-    PortFlags,
     PreflightFacts,
     ReservationView,
+    StpState,
     Verdict,
 )
 from libvirt_vmotion.storage.plan import DiskSpec, PathInfo, StorageFacts
@@ -58,7 +58,13 @@ def make_facts(**changes: object) -> PreflightFacts:
         agent=AgentFacts(
             available=True,
             mem_available_bytes=4096 * MIB,
-            bridge_ports={"br0": (PortFlags("eth0", "forwarding", True, True),)},
+            bridge_ports={
+                "br0": (
+                    PortFacts(
+                        "eth0", stp_state=StpState.FORWARDING, learning=True, unicast_flood=True
+                    ),
+                )
+            },
             reservation=ReservationView(),
         ),
     )
@@ -120,8 +126,8 @@ def same_path(*, shared: bool | None) -> StorageFacts:
         ("network", replace(GOOD, bridges={"br0": BridgeFacts("br0", True, True, (PortFacts("eth0"),), 1400)}), "blocker", "MTU 1400"),
         ("network", replace(GOOD, guest=replace(GOOD.guest, nics=(NicFacts("m", "network", "default"),))), "blocker", "net-define"),
         ("network", replace(GOOD, guest=replace(GOOD.guest, nics=(NicFacts("m", "network", "default"),)), networks={"default": NetworkFacts("default", True, False, "virbr0")}), "blocker", "net-start default"),
-        ("bridge-ports", replace(GOOD, agent=replace(GOOD.agent, bridge_ports={"br0": (PortFlags("eth0", "blocking", True, True),)})), "blocker", "state blocking"),
-        ("bridge-ports", replace(GOOD, agent=replace(GOOD.agent, bridge_ports={"br0": (PortFlags("eth0", "forwarding", False, True),)})), "warning", "learning off"),
+        ("bridge-ports", replace(GOOD, agent=replace(GOOD.agent, bridge_ports={"br0": (PortFacts("eth0", stp_state=StpState.BLOCKING, learning=True, unicast_flood=True),)})), "blocker", "state blocking"),
+        ("bridge-ports", replace(GOOD, agent=replace(GOOD.agent, bridge_ports={"br0": (PortFacts("eth0", stp_state=StpState.FORWARDING, learning=False, unicast_flood=True),)})), "warning", "learning off"),
         ("bridge-ports", replace(GOOD, agent=AgentFacts(available=False, error="ssh: connection refused")), "warning", "connection refused"),
         ("storage", replace(GOOD, disks={"/srv/shared/web01.qcow2": DiskView("/srv/shared/web01.qcow2", False, "agent: no such file")}), "blocker", "not reachable"),
         ("storage", replace(GOOD, disks={}), "warning", "Could not tell"),

@@ -329,17 +329,6 @@ class DiskView:
 
 
 @dataclass(frozen=True, slots=True)
-class PortFlags:
-    """One bridge port's forwarding flags (from the agent, via netlink)."""
-
-    port: str
-    state: str
-    """disabled, listening, learning, forwarding, blocking."""
-    learning: bool
-    flooding: bool
-
-
-@dataclass(frozen=True, slots=True)
 class ReservationView:
     """What the destination's reservation store holds and allows."""
 
@@ -360,7 +349,9 @@ class AgentFacts:
     error: str = ""
     mem_available_bytes: int | None = None
     hugepages_free_bytes: int | None = None
-    bridge_ports: Mapping[str, tuple[PortFlags, ...]] = field(default_factory=dict)
+    bridge_ports: Mapping[str, tuple[PortFacts, ...]] = field(default_factory=dict)
+    """Each bridge's ports with their STP state, learning and unicast flooding (netlink);
+    the agent does not report link kinds here (``kind`` None)."""
     reservation: ReservationView | None = None
     paths_exist: Mapping[str, bool] = field(default_factory=dict)
 

@@ -39,9 +39,9 @@ from libvirt_vmotion.preflight.facts import (
     HostFacts,
     NetworkFacts,
     PortFacts,
-    PortFlags,
     PreflightFacts,
     ReservationView,
+    StpState,
 )
 from libvirt_vmotion.preflight.forecast import Forecast, ForecastInputs, forecast
 from libvirt_vmotion.preflight.linkrate import bound_switchover, choose_rate, final_round_rate
@@ -144,10 +144,7 @@ def _agent_facts(agent: RemoteHost | None, bridges: list[str], paths: list[str])
         )
     except (AgentUnavailable, AgentOperationFailed) as exc:
         return AgentFacts(available=False, error=exc.message)
-    ports = {
-        br: tuple(PortFlags(p.port, p.state, p.learning, p.flooding) for p in plist)
-        for br, plist in got.bridge_ports.items()
-    }
+    ports = {br: tuple(_port_facts(p) for p in plist) for br, plist in got.bridge_ports.items()}
     view_raw = got.reservation
     view = None
     if view_raw is not None:
@@ -166,6 +163,15 @@ def _agent_facts(agent: RemoteHost | None, bridges: list[str], paths: list[str])
         bridge_ports=ports,
         reservation=view,
         paths_exist=dict(got.paths_exist),
+    )
+
+
+def _port_facts(flags: ops.PortFlagsReply) -> PortFacts:
+    """One port of ``host-facts`` in the one bridge model (its link kind is not reported)."""
+    # The kernel has only the five states; a state the agent could not name blocks as before.
+    state = StpState.__members__.get(flags.state.upper(), StpState.DISABLED)
+    return PortFacts(
+        name=flags.port, stp_state=state, learning=flags.learning, unicast_flood=flags.flooding
     )
 
 

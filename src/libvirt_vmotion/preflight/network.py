@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Final
 
-from libvirt_vmotion.preflight.facts import BridgeFacts, NicFacts, PreflightFacts
+from libvirt_vmotion.preflight.facts import BridgeFacts, NicFacts, PreflightFacts, StpState
 from libvirt_vmotion.preflight.result import CheckResult, Verdict, bad, ok, skip_hint
 
 
@@ -139,16 +139,17 @@ def check_bridge_ports(f: PreflightFacts) -> tuple[CheckResult, ...]:
     for name in bridges:
         uplinks = set(f.bridges[name].uplink_names())
         for port in f.agent.bridge_ports.get(name, ()):
-            if port.port not in uplinks:
+            if port.name not in uplinks:
                 continue
+            forwarding = port.stp_state is StpState.FORWARDING
             faults = []
-            if port.state != "forwarding":
-                faults.append(f"state {port.state}")
+            if not forwarding:
+                faults.append(f"state {port.stp_state.name.lower()}")
             if not port.learning:
                 faults.append("learning off")
-            if not port.flooding:
+            if not port.unicast_flood:
                 faults.append("unicast flooding off")
-            subject = f"{name}/{port.port}"
+            subject = f"{name}/{port.name}"
             if not faults:
                 results.append(
                     ok(
@@ -158,7 +159,7 @@ def check_bridge_ports(f: PreflightFacts) -> tuple[CheckResult, ...]:
                     )
                 )
                 continue
-            verdict = Verdict.BLOCKER if port.state != "forwarding" else Verdict.WARNING
+            verdict = Verdict.BLOCKER if not forwarding else Verdict.WARNING
             results.append(
                 bad(
                     "bridge-ports",
@@ -166,7 +167,7 @@ def check_bridge_ports(f: PreflightFacts) -> tuple[CheckResult, ...]:
                     f"Uplink {subject} on {f.dest.hostname}: {', '.join(faults)}.",
                     observed=", ".join(faults),
                     required="forwarding, learning on, unicast flooding on",
-                    hint=f"Fix the port: bridge link set dev {port.port} learning on flood on "
+                    hint=f"Fix the port: bridge link set dev {port.name} learning on flood on "
                     "(state follows STP).",
                     subject=subject,
                 )

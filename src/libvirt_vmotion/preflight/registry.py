@@ -42,9 +42,9 @@ from libvirt_vmotion.preflight.facts import (
     NetworkFacts,
     NicFacts,
     PortFacts,
-    PortFlags,
     PreflightFacts,
     ReservationView,
+    StpState,
 )
 from libvirt_vmotion.preflight.guest import check_guest_running, check_no_job
 from libvirt_vmotion.preflight.hardware import (
@@ -92,9 +92,9 @@ __all__ = [
     "NetworkFacts",
     "NicFacts",
     "PortFacts",
-    "PortFlags",
     "PreflightFacts",
     "ReservationView",
+    "StpState",
     "Verdict",
     "blockers",
     "check_names",

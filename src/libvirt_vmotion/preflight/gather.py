@@ -510,7 +510,7 @@ def _read_bridges(agent: ops.AgentPort, bridges: list[str]) -> list[BridgeFacts]
 
 
 def _unreadable_bridges(role: str, uri: str, exc: VmotionError) -> CheckResult:
-    return netcheck.result(
+    return netcheck.bridge_verdict(
         "network-facts",
         Verdict.WARNING,
         urlsplit(uri).hostname or uri,

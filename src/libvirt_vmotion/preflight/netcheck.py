@@ -60,7 +60,7 @@ CHECK_NAMES: Final = (
 """Every result name these checks produce (for ``--skip-check``)."""
 
 
-def result(  # noqa: PLR0913, PLR0917  a verdict's fields, in the order the table reads
+def bridge_verdict(  # noqa: PLR0913, PLR0917  a verdict's fields, in the order the table reads
     name: str, verdict: Verdict, host: str, subject: str, message: str, hint: str = ""
 ) -> CheckResult:
     """One bridge verdict about ``host`` (the hint as written: no ``--skip-check`` suffix)."""
@@ -122,7 +122,7 @@ def unchecked_nics(domain_xml: str, *, host: str) -> tuple[CheckResult, ...]:
     nics = domxml.nic_facts(domain_xml)
     if not nics:
         return (
-            result(
+            bridge_verdict(
                 "network-facts", Verdict.WARNING, host, "",
                 "the guest has no network interface: there is no bridge to check",
                 "Nothing to do if the guest needs no network.",
@@ -142,7 +142,7 @@ def unchecked_nics(domain_xml: str, *, host: str) -> tuple[CheckResult, ...]:
         else:
             why = f"NIC {mac} is of type {nic.kind!r}, not on a Linux bridge: not checked"
             hint = "Check by hand that the destination offers the same network for it."
-        out.append(result("network-facts", Verdict.WARNING, host, mac, why, hint))
+        out.append(bridge_verdict("network-facts", Verdict.WARNING, host, mac, why, hint))
     return tuple(out)
 
 
@@ -152,7 +152,7 @@ def checked_something(results: Iterable[CheckResult]) -> bool:
 
 
 def _ok(name: str, bridge: BridgeFacts, message: str) -> CheckResult:
-    return result(name, Verdict.OK, bridge.host, bridge.name, message)
+    return bridge_verdict(name, Verdict.OK, bridge.host, bridge.name, message)
 
 
 def check_dest_bridge(
@@ -172,7 +172,7 @@ def check_dest_bridge(
     host, br = dest.host, dest.name
     if not dest.exists:
         return (
-            result(
+            bridge_verdict(
                 "bridge-exists", Verdict.BLOCKER, host, br,
                 f"Bridge {br} does not exist on {host}; the guest's NIC cannot be plugged in "
                 "there.",
@@ -192,7 +192,7 @@ def check_dest_bridge(
 def _check_up(dest: BridgeFacts) -> CheckResult:
     if dest.up:
         return _ok("bridge-up", dest, f"{dest.name} is up")
-    return result(
+    return bridge_verdict(
         "bridge-up", Verdict.BLOCKER, dest.host, dest.name,
         f"Bridge {dest.name} on {dest.host} is down.",
         f"Bring it up on {dest.host}: ip link set {dest.name} up",
@@ -204,7 +204,7 @@ def _check_uplinks(dest: BridgeFacts) -> Iterable[CheckResult]:
     host, br = dest.host, dest.name
     uplinks = dest.uplinks()
     if not uplinks:
-        yield result(
+        yield bridge_verdict(
             "bridge-uplink", Verdict.BLOCKER, host, br,
             f"Bridge {br} on {host} has no uplink port (only "
             f"{', '.join(p.name for p in dest.ports) or 'no ports'}): after the move the "
@@ -223,7 +223,7 @@ def _check_timers(dest: BridgeFacts) -> Iterable[CheckResult]:
     host, br = dest.host, dest.name
     if dest.stp_enabled and dest.forward_delay_cs > 0:
         delay_s = 2 * dest.forward_delay_cs / USER_HZ
-        yield result(
+        yield bridge_verdict(
             "bridge-stp-delay", Verdict.BLOCKER, host, br,
             f"STP is on for {br} on {host} with forward_delay "
             f"{dest.forward_delay_cs / USER_HZ:g} s: the guest's new tap port listens and "
@@ -235,7 +235,7 @@ def _check_timers(dest: BridgeFacts) -> Iterable[CheckResult]:
     else:
         yield _ok("bridge-stp-delay", dest, "new ports forward at once")
     if dest.ageing_time_cs == 0:
-        yield result(
+        yield bridge_verdict(
             "bridge-ageing", Verdict.WARNING, host, br,
             f"Bridge {br} on {host} has ageing_time 0: it learns nothing and floods "
             "every frame to every port, like a hub.",
@@ -250,7 +250,7 @@ def _check_guest_ports(
     host, br = dest.host, dest.name
     for port in source.ports:
         if port.name in source_guest_ports and not port.learning:
-            yield result(
+            yield bridge_verdict(
                 "guest-port-learning", Verdict.WARNING, host, f"{source.name}/{port.name}",
                 f"The guest's port {port.name} on {source.host} has learning off; if "
                 f"the same policy applies on {host}, {br} there will not learn the "
@@ -263,14 +263,14 @@ def _check_guest_ports(
 def _check_uplink(dest: BridgeFacts, port: PortFacts) -> Iterable[CheckResult]:
     host, subject = dest.host, f"{dest.name}/{port.name}"
     if not port.up:
-        yield result(
+        yield bridge_verdict(
             "uplink-forwarding", Verdict.BLOCKER, host, subject,
             f"Uplink {port.name} of {dest.name} on {host} is down (no carrier or admin down).",
             f"Check the cable/switch port, then: ip link set {port.name} up",
         )  # fmt: skip
     elif port.stp_state is not StpState.FORWARDING:
         transient = port.stp_state in {StpState.LISTENING, StpState.LEARNING}
-        yield result(
+        yield bridge_verdict(
             "uplink-forwarding", Verdict.WARNING if transient else Verdict.BLOCKER, host,
             subject,
             f"Uplink {port.name} of {dest.name} on {host} is in STP state "
@@ -281,9 +281,11 @@ def _check_uplink(dest: BridgeFacts, port: PortFacts) -> Iterable[CheckResult]:
             f"or the port cost: bridge link show dev {port.name}",
         )  # fmt: skip
     else:
-        yield result("uplink-forwarding", Verdict.OK, host, subject, f"{port.name} up, forwarding")
+        yield bridge_verdict(
+            "uplink-forwarding", Verdict.OK, host, subject, f"{port.name} up, forwarding"
+        )
     if not port.bcast_flood:
-        yield result(
+        yield bridge_verdict(
             "uplink-flooding", Verdict.BLOCKER, host, subject,
             f"Broadcast flooding is off on uplink {port.name} of {dest.name} on {host}: ARP, "
             "RARP and gratuitous ARP never leave the host.",
@@ -295,7 +297,7 @@ def _check_uplink(dest: BridgeFacts, port: PortFacts) -> Iterable[CheckResult]:
         if not on
     ]
     if missing:
-        yield result(
+        yield bridge_verdict(
             "uplink-flooding", Verdict.WARNING, host, subject,
             f"{' and '.join(missing).capitalize()} flooding is off on uplink {port.name} of "
             f"{dest.name} on {host}: the guest's frames to peers the bridge has not learned "
@@ -303,13 +305,13 @@ def _check_uplink(dest: BridgeFacts, port: PortFacts) -> Iterable[CheckResult]:
             f"bridge link set dev {port.name} flood on mcast_flood on",
         )  # fmt: skip
     elif port.bcast_flood:
-        yield result(
+        yield bridge_verdict(
             "uplink-flooding", Verdict.OK, host, subject, "broadcast, unicast, multicast flood"
         )
     if port.learning:
-        yield result("uplink-learning", Verdict.OK, host, subject, "learning on")
+        yield bridge_verdict("uplink-learning", Verdict.OK, host, subject, "learning on")
     else:
-        yield result(
+        yield bridge_verdict(
             "uplink-learning", Verdict.WARNING, host, subject,
             f"Learning is off on uplink {port.name} of {dest.name} on {host}: the bridge "
             "never learns where outside hosts are and floods their traffic to every guest "
@@ -321,17 +323,19 @@ def _check_uplink(dest: BridgeFacts, port: PortFacts) -> Iterable[CheckResult]:
 def _check_consistency(dest: BridgeFacts, source: BridgeFacts) -> Iterable[CheckResult]:
     host, br = dest.host, dest.name
     if (dest.mtu or 0) < (source.mtu or 0):
-        yield result(
+        yield bridge_verdict(
             "bridge-mtu", Verdict.BLOCKER, host, br,
             f"{br} has MTU {dest.mtu} on {host} but {source.mtu} on {source.host}: the "
             f"guest's frames larger than {dest.mtu} bytes would be dropped after the move.",
             f"Raise the MTU of {br} and its uplink on {host} to {source.mtu}.",
         )  # fmt: skip
     else:
-        yield result("bridge-mtu", Verdict.OK, host, br, f"MTU {dest.mtu} (source {source.mtu})")
+        yield bridge_verdict(
+            "bridge-mtu", Verdict.OK, host, br, f"MTU {dest.mtu} (source {source.mtu})"
+        )
     if dest.vlan_filtering != source.vlan_filtering:
         state = {True: "on", False: "off"}
-        yield result(
+        yield bridge_verdict(
             "bridge-vlan-filtering", Verdict.BLOCKER, host, br,
             f"VLAN filtering on {br} is {state[dest.vlan_filtering]} on {host} but "
             f"{state[source.vlan_filtering]} on {source.host}: the guest's traffic would be "
@@ -340,7 +344,7 @@ def _check_consistency(dest: BridgeFacts, source: BridgeFacts) -> Iterable[Check
             f"{int(source.vlan_filtering)} on {host}).",
         )  # fmt: skip
     else:
-        yield result(
+        yield bridge_verdict(
             "bridge-vlan-filtering", Verdict.OK, host, br, "same VLAN filtering as the source"
         )
 
@@ -359,11 +363,11 @@ def check_bridge_mac(bridge: BridgeFacts) -> CheckResult | None:
     if not bridge.exists or bridge.addr_assign_type is None:
         return None
     if bridge.addr_assign_type == NET_ADDR_SET:
-        return result(
+        return bridge_verdict(
             "bridge-mac-pinned", Verdict.OK, bridge.host, bridge.name,
             f"{bridge.name} has a fixed MAC {bridge.mac}",
         )  # fmt: skip
-    return result(
+    return bridge_verdict(
         "bridge-mac-pinned", Verdict.WARNING, bridge.host, bridge.name,
         f"Bridge {bridge.name} on {bridge.host} has no fixed MAC (now {bridge.mac or '?'}, "
         "taken from its ports): when a guest's tap (fe:54:...) joins, it may take that "
@@ -381,11 +385,11 @@ def check_notify_switches(bridge: str, *, notify: bool, host: str) -> CheckResul
     Off is a warning that spells out the consequence, as vSphere documents it.
     """
     if notify:
-        return result(
+        return bridge_verdict(
             "notify-switches", Verdict.OK, host, bridge,
             "after switchover we send RARP, gratuitous ARP and IPv6 NA from the destination",
         )  # fmt: skip
-    return result(
+    return bridge_verdict(
         "notify-switches", Verdict.WARNING, host, bridge,
         f"Notify switches is off for {bridge}: after the move, physical switches and the "
         "ARP caches of routers and clients keep pointing at the source host until the guest "

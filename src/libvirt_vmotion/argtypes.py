@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import ipaddress
 import math
+import re
 from collections.abc import Callable
 from typing import Final, TypeVar
 from urllib.parse import urlsplit
@@ -177,12 +179,99 @@ def libvirt_uri(text: str) -> str:
     return text
 
 
+def domain_name(text: str) -> str:
+    """An argparse ``type=`` for DOMAIN: a guest name, UUID or ID, not empty.
+
+    libvirt would answer an empty name only after we connected (and the test
+    driver not at all), so '' is refused here, before any host is touched.
+
+    Raises:
+        argparse.ArgumentTypeError: ``text`` is empty or only white space.
+
+    """
+    if not text.strip():
+        msg = (
+            f"the guest name is empty ({text!r}){HINT_SEPARATOR}give the guest's name, UUID "
+            "or ID on the source (virsh list)"
+        )
+        raise argparse.ArgumentTypeError(msg)
+    return text
+
+
+def ping_address(text: str) -> str:
+    """An argparse ``type=`` for ``--ping``: the guest's IPv4 unicast address.
+
+    The probe sends ICMPv4 echo requests from a raw IPv4 socket and matches the
+    replies by their source address, so a host name (its replies would come from
+    the resolved address) or an IPv6 address would report every ping lost.
+
+    Returns:
+        The address in its normal form (what the replies' source is compared with).
+
+    Raises:
+        argparse.ArgumentTypeError: not an IPv4 address, or not unicast.
+
+    """
+    hint = f"{HINT_SEPARATOR}give the guest's IPv4 address, e.g. --ping 192.0.2.10"
+    try:
+        addr = ipaddress.ip_address(text.strip())
+    except ValueError:
+        msg = f"{text!r} is not an IP address (names are not resolved){hint}"
+        raise argparse.ArgumentTypeError(msg) from None
+    if not isinstance(addr, ipaddress.IPv4Address):
+        msg = f"{text!r} is an IPv6 address; the ping probe sends ICMPv4 only{hint}"
+        raise argparse.ArgumentTypeError(msg)
+    if addr.is_unspecified or addr.is_multicast or addr == ipaddress.IPv4Address("255.255.255.255"):
+        msg = f"{text!r} is not a unicast address{hint}"
+        raise argparse.ArgumentTypeError(msg)
+    return str(addr)
+
+
+_HOST_LABEL: Final = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+_MAX_HOSTNAME: Final = 253
+
+
+def host_problem(text: str) -> str:
+    """What is wrong with ``text`` as a host to connect to (an IP address or a DNS name), or "".
+
+    Examples::
+
+        10.77.0.50          ""
+        fe80::1             ""
+        guest.lab           ""
+        10.77.0.50:7000     "'10.77.0.50:7000' has a port; give the address only"
+        bad_host!           "'bad_host!' is neither an IP address nor a host name"
+
+    """
+    word = text.strip()
+    try:
+        ipaddress.ip_address(word)
+    except ValueError:
+        pass
+    else:
+        return ""
+    host, colon, port = word.rpartition(":")
+    if colon and port.isdigit() and host:
+        return f"{text!r} has a port; give the address only"
+    labels = word.removesuffix(".").split(".")
+    if (
+        word
+        and len(word) <= _MAX_HOSTNAME
+        and all(_HOST_LABEL.fullmatch(label) for label in labels)
+        and not labels[-1].isdigit()  # 10.0.0.300 is a bad address, not a name
+    ):
+        return ""
+    return f"{text!r} is neither an IP address nor a host name"
+
+
 DEFAULT_SOURCE_URI_ENV: Final = "LIBVIRT_DEFAULT_URI"
 
 
 def add_guest_and_hosts(parser: argparse.ArgumentParser, *, dest_help: str = "") -> None:
     """DOMAIN, ``--to URI`` and ``--from URI``: the same words on every command that moves."""
-    parser.add_argument("domain", metavar="DOMAIN", help="guest name, UUID or ID on the source")
+    parser.add_argument(
+        "domain", metavar="DOMAIN", type=domain_name, help="guest name, UUID or ID on the source"
+    )
     parser.add_argument(
         "--to",
         dest="dest_uri",

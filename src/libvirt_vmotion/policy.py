@@ -23,6 +23,13 @@ DEFAULT_INITIAL_DOWNTIME_MS: Final = 30
 DEFAULT_MAX_DOWNTIME_MS: Final = 500
 DEFAULT_DOWNTIME_STEPS: Final = 5
 
+DOWNTIME_LIMIT_MS: Final = 60_000
+"""Largest ``--max-downtime``/``--initial-downtime``: a guest paused a minute is not a
+live migration (its TCP peers and watchdogs give up), and a bigger figure is a unit
+mistake (seconds typed as ms). QEMU would take it, so we refuse it when parsing."""
+TIMEOUT_LIMIT_S: Final = 7 * 86_400
+"""Largest ``--timeout`` (7 days): a reservation and an announcer wait as long as it."""
+
 
 @dataclass(frozen=True, slots=True)
 class DowntimeStep:
@@ -196,6 +203,9 @@ class PolicyKey:
         low: smallest value allowed (None: no bound).
         high: largest value allowed (None: no bound).
         above_low: ``low`` itself is not allowed (a value must exceed it).
+        over_high: words for a value above ``high``, when ``expected`` does not
+            name the bound (``at most 60000 (1 minute)``): only an oversized
+            value's message carries them.
         metavar: the unit, as shown in help (``MS``, ``SECONDS``, ``MIB_S``).
         help: what it does (the default is appended from ``MigrationPolicy()``).
         flag: also a command-line flag (``False``: policy file only).
@@ -209,6 +219,7 @@ class PolicyKey:
     low: float | None = None
     high: float | None = None
     above_low: bool = False
+    over_high: str = ""
     metavar: str = ""
     help: str = ""
     flag: bool = True
@@ -222,10 +233,16 @@ class PolicyKey:
             return f"expected {self.expected}, got {value!r}"
         v = float(value)  # type: ignore[arg-type]  # a number, checked above
         too_low = self.low is not None and (v <= self.low if self.above_low else v < self.low)
-        too_high = self.high is not None and v > self.high
+        too_high = self.high is not None and v > self.high  # inf too
         if not math.isfinite(v) or too_low or too_high:
-            return f"expected {self.expected}, got {value!r}"
+            return f"expected {self._expected_for(v)}, got {value!r}"
         return ""
+
+    def _expected_for(self, value: float) -> str:
+        """The expected value in words; with the upper bound for a value above it."""
+        if self.over_high and self.high is not None and value > self.high:
+            return f"{self.expected}, {self.over_high}"
+        return self.expected
 
     def parse(self, text: str) -> object:
         """The value of ``text`` as typed on the command line.
@@ -240,7 +257,8 @@ class PolicyKey:
             msg = f"expected {self.expected}, got {text!r}"
             raise ValueError(msg) from None
         if self.problem(value):
-            msg = f"expected {self.expected}, got {text!r}"
+            wanted = self._expected_for(float(value))  # type: ignore[arg-type]  # int or float
+            msg = f"expected {wanted}, got {text!r}"
             raise ValueError(msg)
         return value
 
@@ -249,11 +267,13 @@ _LADDER_KEYS: Final = ("initial-downtime", "max-downtime", "downtime-steps")
 
 POLICY_KEYS: Final[tuple[PolicyKey, ...]] = (
     PolicyKey(
-        "max-downtime", "", int, "a whole number of ms greater than 0", 0, above_low=True,
-        metavar="MS", help="longest pause the guest may see at switchover: the ladder's top",
+        "max-downtime", "", int, "a whole number of ms greater than 0", 0, DOWNTIME_LIMIT_MS,
+        above_low=True, over_high=f"at most {DOWNTIME_LIMIT_MS} (1 minute)", metavar="MS",
+        help="longest pause the guest may see at switchover: the ladder's top",
     ),
     PolicyKey(
-        "initial-downtime", "", int, "a whole number of ms greater than 0", 0, above_low=True,
+        "initial-downtime", "", int, "a whole number of ms greater than 0", 0,
+        DOWNTIME_LIMIT_MS, above_low=True, over_high=f"at most {DOWNTIME_LIMIT_MS} (1 minute)",
         metavar="MS", help="first, tightest rung of the downtime ladder",
     ),
     PolicyKey(
@@ -262,7 +282,8 @@ POLICY_KEYS: Final[tuple[PolicyKey, ...]] = (
     ),
     PolicyKey(
         "timeout", "max_duration_s", float, "a number of seconds greater than 0", 0,
-        above_low=True, metavar="SECONDS",
+        TIMEOUT_LIMIT_S, above_low=True, over_high=f"at most {TIMEOUT_LIMIT_S} (7 days)",
+        metavar="SECONDS",
         help="time budget: a pre-copy still running then is aborted, the guest stays on the source",
     ),
     PolicyKey(
@@ -359,7 +380,8 @@ def policy_to_toml(policy: MigrationPolicy, *, comments: bool = True) -> str:
     for key in POLICY_KEYS:
         value = policy_value(policy, key)
         if comments:
-            text = f"{key.help} [{key.expected}]"
+            allowed = f"{key.expected}, {key.over_high}" if key.over_high else key.expected
+            text = f"{key.help} [{allowed}]"
             lines += textwrap.wrap(text, 88, initial_indent="# ", subsequent_indent="#   ")
         if value is None:
             lines.append(f"# {key.key} = {key.metavar or 'VALUE'}   (unset)")

@@ -6,8 +6,10 @@ import json
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import jsonschema
+import pytest
 
 from libvirt_vmotion.schemas import load_schema
 
@@ -30,9 +32,7 @@ def test_history_lists_failed_runs_and_the_metrics_count_them(
         assert result.returncode == code, result.stderr
     listed = vmotion("history", "--json", env={"VMOTION_HISTORY": str(db)})
     assert listed.returncode == 0, listed.stderr
-    docs = [json.loads(line) for line in listed.stdout.splitlines()]
-    for doc in docs:
-        jsonschema.Draft202012Validator(load_schema("history")).validate(doc)
+    docs = validated_history(listed.stdout)["migrations"]
     assert [(d["domain"], d["result"], d["exit_code"]) for d in docs] == [
         ("nosuch", "failed", 8),
         ("stopped01", "failed", 3),
@@ -45,6 +45,28 @@ def test_history_lists_failed_runs_and_the_metrics_count_them(
     text = prom.read_text()
     assert 'result="failed"} 2' in text
     assert 'vmotion_last_migration_success{domain="stopped01"' in text
+
+
+def validated_history(stdout: str) -> dict[str, Any]:
+    """The one document ``history --json`` prints, validated against its schema."""
+    (line,) = stdout.splitlines()
+    doc: dict[str, Any] = json.loads(line)
+    checker = jsonschema.Draft202012Validator.FORMAT_CHECKER
+    jsonschema.Draft202012Validator(load_schema("history"), format_checker=checker).validate(doc)
+    return doc
+
+
+@pytest.mark.parametrize("where", ["missing", "off"])
+def test_an_empty_history_is_an_empty_list_not_no_output(
+    where: str, tmp_path: Path, vmotion: Vmotion
+) -> None:
+    setting = str(tmp_path / "none" / "history.db") if where == "missing" else "off"
+    result = vmotion("history", "--json", env={"VMOTION_HISTORY": setting})
+    assert result.returncode == 0, result.stderr
+    doc = validated_history(result.stdout)
+    assert doc["migrations"] == []
+    assert doc["history_file"] == (None if where == "off" else setting)
+    assert not (tmp_path / "none").exists()  # listing creates nothing
 
 
 def test_a_bad_since_is_a_usage_error(tmp_path: Path, vmotion: Vmotion) -> None:

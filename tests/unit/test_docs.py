@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -41,3 +42,17 @@ def test_completion_command_prints_the_shipped_script() -> None:
     )  # fmt: skip
     assert result.returncode == 0
     assert result.stdout == shipped("zsh")
+
+
+INSTALLED_AT = {
+    "man": "/usr/local/share/man/man1/vmotion.1",
+    "bash": "/usr/share/bash-completion/completions/vmotion",
+    "zsh": "/usr/local/share/zsh/site-functions/_vmotion",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(FILES))
+def test_run_installs_every_shipped_file_where_its_tool_looks(kind: str) -> None:
+    run = (Path(__file__).parents[2] / "run").read_text()
+    line = f"install -Dm644 src/libvirt_vmotion/share/{FILES[kind]} {INSTALLED_AT[kind]}"
+    assert any(row.strip() == line for row in run.splitlines()), line

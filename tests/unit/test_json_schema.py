@@ -22,7 +22,8 @@ import pytest
 from libvirt_vmotion.cli.app import ViewPrinter
 from libvirt_vmotion.cli.report import REPORT_VERSION, build_failure_report, build_report, json_line
 from libvirt_vmotion.converge.loop import HostConnection, migrate
-from libvirt_vmotion.model import MigrationRequest
+from libvirt_vmotion.model import MIB, MigrationRequest
+from libvirt_vmotion.preflight.result import CheckResult, Quantity, Unit, Verdict, bad, ok
 from libvirt_vmotion.schemas import SCHEMA_OF_EVENT, load_schema
 
 
@@ -96,15 +97,63 @@ def test_replayed_progress_lines_and_report_validate(trace: str) -> None:
     assert all(isinstance(a, dict) and "action" in a for a in actions)
 
 
+MEMORY_BLOCKER = bad(
+    "dest-memory",
+    Verdict.BLOCKER,
+    "Destination b has 600 MiB available; 'g' needs 768 MiB.",
+    observed="600 MiB available",
+    required="768 MiB",
+    hint="Free memory on b or choose another host.",
+    quantity=Quantity(Unit.BYTES, observed=600 * MIB, required=768 * MIB),
+)
+
+
 def test_a_failure_report_validates_and_lists_its_blockers() -> None:
     request = MigrationRequest("g", "qemu+tcp://a/system", "qemu+tcp://b/system")
-    blocker = {"name": "dest-memory", "verdict": "blocker", "message": "m", "hint": "h"}
+    blocker = MEMORY_BLOCKER.to_dict()
     report = build_failure_report(
         request, result="failed", error="e", hint="h", exit_code=3, blockers=(blocker,)
     )
     doc = validate_line(json_line(report, now_s=0.0))
     assert doc["blockers"] == [blocker]
+    assert doc["blockers"][0]["observed_value"] == 600 * MIB
+    assert doc["blockers"][0]["unit"] == "bytes"
     assert doc["ts"] == "1970-01-01T00:00:00.000Z"
+
+
+def _check_def_validator() -> jsonschema.Draft202012Validator:
+    schema = load_schema("check")
+    return jsonschema.Draft202012Validator({"$ref": "#/$defs/check", "$defs": schema["$defs"]})
+
+
+UNKNOWN_HUGEPAGES = bad(
+    "dest-hugepages", Verdict.WARNING, "m", hint="h", quantity=Quantity(Unit.BYTES, required=MIB)
+)
+
+
+@pytest.mark.parametrize(
+    "result",
+    [MEMORY_BLOCKER, ok("guest-running", "running"), UNKNOWN_HUGEPAGES],
+    ids=["numbers", "no-quantity", "required-only"],
+)
+def test_a_check_result_with_or_without_numbers_validates(result: CheckResult) -> None:
+    _check_def_validator().validate(result.to_dict())
+
+
+def test_a_check_result_with_a_text_number_is_refused() -> None:
+    doc = {**MEMORY_BLOCKER.to_dict(), "observed_value": "600 MiB"}
+    with pytest.raises(jsonschema.ValidationError):
+        _check_def_validator().validate(doc)
+
+
+def test_the_schemas_list_exactly_the_units_results_use() -> None:
+    defs = load_schema("check")["$defs"]
+    assert isinstance(defs, dict)
+    assert set(defs["unit"]["enum"]) == {u.value for u in Unit} | {None}
+    report_defs = load_schema("report")["$defs"]
+    assert isinstance(report_defs, dict)
+    blocker = report_defs["failure"]["properties"]["blockers"]["items"]
+    assert set(blocker["properties"]["unit"]["enum"]) == {u.value for u in Unit} | {None}
 
 
 def test_a_report_missing_its_event_is_refused_by_the_schema() -> None:

@@ -194,3 +194,41 @@ def test_to_dict_is_json_ready() -> None:
     assert d["verdict"] == "blocker"
     assert d["observed"] == "4 host CPUs"
     assert d["required"] == "99 vCPUs"
+    assert (d["observed_value"], d["required_value"], d["unit"]) == (4, 99, "vcpus")
+
+
+HUGE = replace(GOOD.guest, hugepages=True)
+
+
+@pytest.mark.parametrize(
+    ("name", "facts", "observed", "required", "unit"),
+    [
+        ("dest-memory", GOOD, 4096 * MIB, 512 * MIB + 256 * MIB, "bytes"),
+        ("dest-memory", replace(GOOD, agent=replace(GOOD.agent, mem_available_bytes=1000 * MIB, reservation=ReservationView(reserved_memory_bytes=300 * MIB))), 700 * MIB, 768 * MIB, "bytes"),
+        ("dest-vcpus", replace(GOOD, agent=replace(GOOD.agent, reservation=ReservationView(vcpu_limit=3, reserved_vcpus=1))), 2, 1, "vcpus"),
+        ("dest-hugepages", replace(GOOD, guest=HUGE, agent=replace(GOOD.agent, hugepages_free_bytes=256 * MIB)), 256 * MIB, 512 * MIB, "bytes"),
+        ("dest-hugepages", replace(GOOD, guest=HUGE, agent=replace(GOOD.agent, hugepages_free_bytes=None)), None, 512 * MIB, "bytes"),
+        ("inbound-slots", replace(GOOD, agent=replace(GOOD.agent, reservation=ReservationView(inbound_active=1, inbound_limit=4))), 3, 1, "slots"),
+        ("inbound-slots", replace(GOOD, agent=replace(GOOD.agent, reservation=ReservationView(inbound_active=2, inbound_limit=2))), 0, 1, "slots"),
+        ("network", replace(GOOD, bridges={"br0": BridgeFacts("br0", True, True, (PortFacts("eth0"),), 1400)}), 1400, 1500, "bytes"),
+        ("network", GOOD, 1500, 1500, "bytes"),
+        ("libvirt-version", replace(GOOD, dest=replace(GOOD.dest, libvirt_version=7_000_000)), 7_000_000, 8_000_000, "version"),
+        ("qemu-version", replace(GOOD, dest=replace(GOOD.dest, qemu_version=9_000_000)), 9_000_000, V10, "version"),
+        ("tcg-dirty-tracking", replace(GOOD, dest=replace(GOOD.dest, qemu_version=7_002_000)), 7_002_000, 9_002_000, "version"),
+    ],
+)  # fmt: skip
+def test_checks_that_compare_quantities_give_them_as_numbers_with_a_unit(
+    name: str, facts: PreflightFacts, observed: int | None, required: int, unit: str
+) -> None:
+    results = by_name(pf.run_checks(facts), name)
+    worst = max(results, key=lambda r: list(Verdict).index(r.verdict))
+    d = worst.to_dict()
+    assert (d["observed_value"], d["required_value"], d["unit"]) == (observed, required, unit)
+    assert d["observed"] or d["message"]  # the text stays beside the numbers
+
+
+@pytest.mark.parametrize("name", ["guest-running", "cpu-compat", "machine-type", "storage"])
+def test_checks_that_compare_no_quantity_give_nulls(name: str) -> None:
+    for r in by_name(pf.run_checks(GOOD), name):
+        d = r.to_dict()
+        assert (d["observed_value"], d["required_value"], d["unit"]) == (None, None, None)

@@ -239,6 +239,9 @@ def test_dest_space_blocks_a_copy_that_does_not_fit() -> None:
     assert "kvm2 has 1.0 GiB free" in r.message
     assert "10.5 GiB" in r.message
     assert "--skip-check dest-disk-space" in r.hint
+    d = r.to_dict()
+    need = copy_bytes_needed(make_disk())
+    assert (d["observed_value"], d["required_value"], d["unit"]) == (GIB, need, "bytes")
 
 
 def test_dest_space_ok_unknown_and_not_copied() -> None:

@@ -31,8 +31,11 @@ from libvirt_vmotion.argtypes import (
     HINT_SEPARATOR,
     add_guest_and_hosts,
     add_source,
+    domain_name,
+    host_problem,
     libvirt_uri,
     parse_since,
+    ping_address,
     positive_number,
 )
 from libvirt_vmotion.bench.options import add_bench_parser
@@ -253,6 +256,7 @@ def _add_migrate(sub: argparse._SubParsersAction[_Parser]) -> None:
     )
     mig.add_argument(
         "--ping",
+        type=ping_address,
         metavar="ADDR",
         help="ping the guest at ADDR every 10 ms during the migration; report the gap "
         "(default: no ping)",
@@ -261,6 +265,7 @@ def _add_migrate(sub: argparse._SubParsersAction[_Parser]) -> None:
     lab = mig.add_argument_group("lab", "Only for the namespace lab (`vmotion lab`).")
     lab.add_argument(
         "--workload",
+        type=_workload_address,
         metavar="ADDR",
         help="the lab guest's workload at ADDR: report lost pages, reboots, TCP resets",
     )
@@ -302,6 +307,45 @@ def _switch(text: str) -> str:
     except ValueError as exc:
         msg = f"{exc}{HINT_SEPARATOR}e.g. --watch-switch net-switch/sw0 (the lab's switch)"
         raise argparse.ArgumentTypeError(msg) from None
+    return text
+
+
+def _workload_address(text: str) -> str:
+    """An argparse ``type=`` for ``--workload``: the guest's address, without a port.
+
+    The lab workload listens on fixed ports (``observe.workload``), so the client
+    connects to ADDR on those; ``ADDR:PORT`` would fail only after pre-flight.
+    """
+    from libvirt_vmotion.observe.workload import (  # noqa: PLC0415  only when given
+        WORKLOAD_CONTROL_PORT,
+        WORKLOAD_STREAM_PORT,
+    )
+
+    problem = host_problem(text)
+    if problem:
+        msg = (
+            f"{problem}{HINT_SEPARATOR}give the lab guest's address, e.g. --workload 10.77.0.50 "
+            f"(the workload listens on ports {WORKLOAD_CONTROL_PORT} and {WORKLOAD_STREAM_PORT})"
+        )
+        raise argparse.ArgumentTypeError(msg)
+    return text.strip()
+
+
+def bridge_name(text: str) -> str:
+    """An argparse ``type=`` for ``--no-notify-on``: a name the kernel accepts for a bridge.
+
+    A name no bridge can have (``"br0 br1"``, an alias like ``br0:1``) would
+    otherwise match no bridge and silently turn nothing off.
+    """
+    from libvirt_vmotion.preflight.domxml import interface_name_problem  # noqa: PLC0415
+
+    problem = interface_name_problem(text)
+    if problem:
+        msg = (
+            f"{problem}{HINT_SEPARATOR}give one bridge per --no-notify-on, as 'ip link' "
+            "names it, e.g. --no-notify-on br0 --no-notify-on br1"
+        )
+        raise argparse.ArgumentTypeError(msg)
     return text
 
 
@@ -370,7 +414,9 @@ def _add_policy_flags(parser: argparse.ArgumentParser) -> None:
             continue
         pol.add_argument(
             f"--{key.key}", dest=key.key.replace("-", "_"), type=_policy_type(key),
-            metavar=key.metavar, help=f"{key.help} (default: {default})",
+            metavar=key.metavar,
+            help=f"{key.help} (default: {default}"
+            + (f"; {key.over_high})" if key.over_high else ")"),
         )  # fmt: skip
         if key.key == "max-throttle":
             pol.add_argument(
@@ -385,7 +431,10 @@ def _add_cancel_status(sub: argparse._SubParsersAction[_Parser]) -> None:
         ("status", "show the progress of a migration started elsewhere"),
     ):
         cmd = sub.add_parser(name, help=text, description=text)
-        cmd.add_argument("domain", metavar="DOMAIN", help="guest name, UUID or ID on the source")
+        cmd.add_argument(
+            "domain", metavar="DOMAIN", type=domain_name,
+            help="guest name, UUID or ID on the source",
+        )  # fmt: skip
         add_source(cmd)
         cmd.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -404,7 +453,10 @@ def _add_history(sub: argparse._SubParsersAction[_Parser]) -> None:
         help="only those that ended since WHEN: a time ago (90m, 12h, 7d, 2w) or a date "
         "(2026-12-01, 2026-12-01T10:00, local time) (default: all)",
     )  # fmt: skip
-    hist.add_argument("--json", action="store_true", help="one JSON object per migration")
+    hist.add_argument(
+        "--json", action="store_true",
+        help="print one JSON object: the migrations as a list (empty when none are recorded)",
+    )  # fmt: skip
 
 
 def _since(text: str) -> float:
@@ -427,8 +479,13 @@ def cmd_history(args: argparse.Namespace) -> int:
             msg, hint=f"Check the file, or point ${HISTORY_ENV} at another."
         ) from exc
     if args.json:
-        for e in entries:
-            print(json_line({"event": "history", **e.to_dict()}, now_s=time.time()))  # noqa: T201
+        # One document, whatever the count: no history is an empty list, not no output.
+        document = {
+            "event": "history",
+            "history_file": None if path is None else str(path),
+            "migrations": [e.to_dict() for e in entries],
+        }
+        print(json_line(document, now_s=time.time()))  # noqa: T201
         return ExitCode.OK
     if not entries:
         where = "disabled" if path is None else str(path)
@@ -777,7 +834,7 @@ def add_notify_off(group: argparse._ActionsContainer) -> None:
         "switches learn its new port only when it sends)",
     )  # fmt: skip
     group.add_argument(
-        "--no-notify-on", action="append", default=[], metavar="BRIDGE",
+        "--no-notify-on", action="append", default=[], metavar="BRIDGE", type=bridge_name,
         help="do not announce on this bridge (repeatable; default: announce on every bridge)",
     )  # fmt: skip
 

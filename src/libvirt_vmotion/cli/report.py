@@ -10,6 +10,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Final
 
+from libvirt_vmotion.cli.report_text import cutover_lines, decision_lines, forecast_lines
 from libvirt_vmotion.model import (
     MIB,
     DirtyRateSource,
@@ -255,7 +256,12 @@ def _timeline_line(timeline: object) -> list[str]:
 
 
 def render_text(report: Mapping[str, object]) -> str:
-    """Human-readable report, one figure per line."""
+    """Human-readable report, one figure per line.
+
+    After the figures: forecast vs outcome, the controller's decisions (one line
+    each) and the network cutover, from the report's ``forecast``,
+    ``convergence`` and ``network_cutover`` sections (``report_text``).
+    """
     src = report.get("source")
     dst = report.get("destination")
     src_host = src.get("host", "") if isinstance(src, Mapping) else ""
@@ -282,6 +288,9 @@ def render_text(report: Mapping[str, object]) -> str:
         f"  iterations        {_fmt(report.get('iterations'))}",
         f"  data transferred  {mib} at {_fmt(report.get('avg_transfer_mib_s'), ' MiB/s')}",
         f"  peak dirty rate   {peak_dirty}",
+        *forecast_lines(report.get("forecast")),
+        *decision_lines(report.get("convergence")),
+        *cutover_lines(report.get("network_cutover")),
     ]
     for name in ("network", "workload"):
         section = report.get(name)

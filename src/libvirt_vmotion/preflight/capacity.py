@@ -8,7 +8,15 @@ reservation store already holds for other migrations.
 from __future__ import annotations
 
 from libvirt_vmotion.preflight.facts import PreflightFacts
-from libvirt_vmotion.preflight.result import CheckResult, Verdict, bad, format_bytes, ok
+from libvirt_vmotion.preflight.result import (
+    CheckResult,
+    Quantity,
+    Unit,
+    Verdict,
+    bad,
+    format_bytes,
+    ok,
+)
 
 
 def check_dest_memory(f: PreflightFacts) -> tuple[CheckResult, ...]:
@@ -33,8 +41,11 @@ def check_dest_memory(f: PreflightFacts) -> tuple[CheckResult, ...]:
         f"{format_bytes(need)} ({format_bytes(f.guest.memory_bytes)} RAM + "
         f"{format_bytes(f.qemu_overhead_bytes)} QEMU overhead)"
     )
+    quantity = Quantity(Unit.BYTES, observed=available, required=need)
     if available >= need:
-        return (ok("dest-memory", observed, observed=observed, required=required),)
+        return (
+            ok("dest-memory", observed, observed=observed, required=required, quantity=quantity),
+        )
     return (
         bad(
             "dest-memory",
@@ -43,6 +54,7 @@ def check_dest_memory(f: PreflightFacts) -> tuple[CheckResult, ...]:
             observed=observed,
             required=required,
             hint=f"Free memory on {f.dest.hostname} or choose another host.",
+            quantity=quantity,
         ),
     )
 
@@ -58,7 +70,9 @@ def check_dest_vcpus(f: PreflightFacts) -> tuple[CheckResult, ...]:
         f", {budget} vCPUs left in budget" if budget is not None else ""
     )
     required = f"{f.guest.vcpus} vCPUs"
-    if f.guest.vcpus > cpus or (budget is not None and f.guest.vcpus > budget):
+    room = cpus if budget is None else min(cpus, budget)
+    quantity = Quantity(Unit.VCPUS, observed=room, required=f.guest.vcpus)
+    if f.guest.vcpus > room:
         return (
             bad(
                 "dest-vcpus",
@@ -67,9 +81,10 @@ def check_dest_vcpus(f: PreflightFacts) -> tuple[CheckResult, ...]:
                 observed=observed,
                 required=required,
                 hint="Choose a destination with more CPUs, or reduce the guest's vCPUs.",
+                quantity=quantity,
             ),
         )
-    return (ok("dest-vcpus", observed, observed=observed, required=required),)
+    return (ok("dest-vcpus", observed, observed=observed, required=required, quantity=quantity),)
 
 
 def check_hugepages(f: PreflightFacts) -> tuple[CheckResult, ...]:
@@ -86,9 +101,13 @@ def check_hugepages(f: PreflightFacts) -> tuple[CheckResult, ...]:
                 f"{f.agent.error or 'no data'}).",
                 required=required,
                 hint="Install libvirt-vmotion on the destination so it can check.",
+                quantity=Quantity(Unit.BYTES, required=f.guest.memory_bytes),
             ),
         )
     observed = f"{format_bytes(f.agent.hugepages_free_bytes)} of hugepages free"
+    quantity = Quantity(
+        Unit.BYTES, observed=f.agent.hugepages_free_bytes, required=f.guest.memory_bytes
+    )
     if f.agent.hugepages_free_bytes < f.guest.memory_bytes:
         return (
             bad(
@@ -98,9 +117,12 @@ def check_hugepages(f: PreflightFacts) -> tuple[CheckResult, ...]:
                 observed=observed,
                 required=required,
                 hint="Allocate more hugepages there (vm.nr_hugepages).",
+                quantity=quantity,
             ),
         )
-    return (ok("dest-hugepages", observed, observed=observed, required=required),)
+    return (
+        ok("dest-hugepages", observed, observed=observed, required=required, quantity=quantity),
+    )
 
 
 def check_inbound_slots(f: PreflightFacts) -> tuple[CheckResult, ...]:
@@ -117,6 +139,10 @@ def check_inbound_slots(f: PreflightFacts) -> tuple[CheckResult, ...]:
             ),
         )
     observed = f"{view.inbound_active} of {view.inbound_limit} inbound slots in use"
+    # As numbers: the free slots against the one this migration takes.
+    quantity = Quantity(
+        Unit.SLOTS, observed=max(view.inbound_limit - view.inbound_active, 0), required=1
+    )
     if view.inbound_active >= view.inbound_limit:
         return (
             bad(
@@ -127,6 +153,7 @@ def check_inbound_slots(f: PreflightFacts) -> tuple[CheckResult, ...]:
                 required="one free slot",
                 hint="Wait for the running migrations to finish, or raise inbound_slots in "
                 "/etc/libvirt-vmotion/capacity.toml there.",
+                quantity=quantity,
             ),
         )
-    return (ok("inbound-slots", observed, observed=observed),)
+    return (ok("inbound-slots", observed, observed=observed, quantity=quantity),)

@@ -9,7 +9,15 @@ is ``libvirt_vmotion.storage.plan``.
 from __future__ import annotations
 
 from libvirt_vmotion.preflight.facts import DiskFacts, PreflightFacts
-from libvirt_vmotion.preflight.result import CheckResult, Verdict, bad, format_bytes, ok
+from libvirt_vmotion.preflight.result import (
+    CheckResult,
+    Quantity,
+    Unit,
+    Verdict,
+    bad,
+    format_bytes,
+    ok,
+)
 from libvirt_vmotion.storage.plan import (
     CLUSTER_FS_TYPES,
     DEFAULT_LOCK_MANAGER,
@@ -24,16 +32,17 @@ from libvirt_vmotion.storage.plan import (
 
 def check_storage(f: PreflightFacts) -> tuple[CheckResult, ...]:
     """Each disk is on storage the destination sees at the same path, or is network storage."""
-    return tuple(_storage_verdict(f, disk) for disk in f.guest.disks)
+    return tuple(_disk_storage(f, disk) for disk in f.guest.disks)
 
 
-def _storage_verdict(f: PreflightFacts, disk: DiskFacts) -> CheckResult:
-    """One disk: no medium, network storage, a same-path conflict, copied, shared, or unknown."""
+def _disk_storage(f: PreflightFacts, disk: DiskFacts) -> CheckResult:  # noqa: PLR0911  one return per case, in order
+    """One disk's ``storage`` result."""
     subject = f"disk {disk.target}"
     if not disk.source:
         return ok("storage", "no medium", subject=subject)
     if disk.kind == "network":
         return ok("storage", f"network storage {disk.source}", subject=subject)
+    view = f.disks.get(disk.source)
     conflict = same_path_conflict(f.storage, disk.source) if f.storage else ""
     if conflict:
         return bad(
@@ -50,20 +59,13 @@ def _storage_verdict(f: PreflightFacts, disk: DiskFacts) -> CheckResult:
         )
     if will_copy(f, disk.source):
         return ok("storage", f"{disk.source} is copied to {f.dest.hostname}", subject=subject)
-    return _shared_storage_verdict(f, disk.source, subject)
-
-
-def _shared_storage_verdict(f: PreflightFacts, source: str, subject: str) -> CheckResult:
-    """A disk that is not copied: shared with the destination, not reachable there, or unknown."""
-    view = f.disks.get(source)
     if view is not None and view.visible:
-        return ok("storage", f"{source} shared ({view.how})", subject=subject)
+        return ok("storage", f"{disk.source} shared ({view.how})", subject=subject)
     if view is not None and view.visible is False:
         return bad(
             "storage",
             Verdict.BLOCKER,
-            f"{subject} ({source}) is not reachable on {f.dest.hostname} "
-            f"({view.how})"
+            f"{subject} ({disk.source}) is not reachable on {f.dest.hostname} ({view.how})"
             + (
                 " and copying was turned off (--no-copy-storage)."
                 if f.storage is not None
@@ -79,7 +81,7 @@ def _shared_storage_verdict(f: PreflightFacts, source: str, subject: str) -> Che
     return bad(
         "storage",
         Verdict.WARNING,
-        f"Could not tell whether {source} is shared with {f.dest.hostname}: {why}.",
+        f"Could not tell whether {disk.source} is shared with {f.dest.hostname}: {why}.",
         observed="unknown",
         required="same path on shared storage",
         hint="Define a storage pool over it on the destination, or install "
@@ -101,6 +103,7 @@ def _result(  # noqa: PLR0913  a result's fields, keyword-only
     observed: str = "",
     required: str = "",
     subject: str = "",
+    quantity: Quantity | None = None,
 ) -> CheckResult:
     full_hint = f"{hint} {_skip(name)}".strip() if verdict is not Verdict.OK else ""
     return CheckResult(
@@ -111,6 +114,7 @@ def _result(  # noqa: PLR0913  a result's fields, keyword-only
         required=required,
         hint=full_hint,
         subject=subject,
+        quantity=quantity,
     )
 
 
@@ -253,6 +257,7 @@ def check_dest_disk_space(
                     required=format_bytes(copy_bytes_needed(disk)),
                     hint="Install libvirt-vmotion on the destination so pre-flight can check.",
                     subject=f"disk {disk.target}",
+                    quantity=Quantity(Unit.BYTES, required=copy_bytes_needed(disk)),
                 )
             )
             continue
@@ -260,6 +265,7 @@ def check_dest_disk_space(
         need_by_fs[key] = need_by_fs.get(key, 0) + copy_bytes_needed(disk)
         need = need_by_fs[key]
         subject = f"disk {disk.target}"
+        quantity = Quantity(Unit.BYTES, observed=info.free_bytes, required=need)
         if need > info.free_bytes:
             results.append(
                 _result(
@@ -272,6 +278,7 @@ def check_dest_disk_space(
                     hint=f"Free space under {disk.source.rsplit('/', 1)[0] or '/'} on {dest_host}, "
                     "or put the disk on shared storage.",
                     subject=subject,
+                    quantity=quantity,
                 )
             )
         else:
@@ -283,6 +290,7 @@ def check_dest_disk_space(
                     observed=f"{format_bytes(info.free_bytes)} free",
                     required=format_bytes(need),
                     subject=subject,
+                    quantity=quantity,
                 )
             )
     return tuple(results)

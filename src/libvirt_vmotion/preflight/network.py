@@ -14,7 +14,15 @@ from dataclasses import replace
 from typing import Final
 
 from libvirt_vmotion.preflight.facts import BridgeFacts, NicFacts, PreflightFacts, StpState
-from libvirt_vmotion.preflight.result import CheckResult, Verdict, bad, ok, skip_hint
+from libvirt_vmotion.preflight.result import (
+    CheckResult,
+    Quantity,
+    Unit,
+    Verdict,
+    bad,
+    ok,
+    skip_hint,
+)
 
 
 def _nic_bridge(f: PreflightFacts, nic: NicFacts) -> tuple[str, CheckResult | None]:
@@ -48,11 +56,11 @@ def _nic_bridge(f: PreflightFacts, nic: NicFacts) -> tuple[str, CheckResult | No
 
 def check_networks(f: PreflightFacts) -> tuple[CheckResult, ...]:
     """Every NIC's bridge/network exists on the destination, is up, has an uplink and MTU."""
-    return tuple(_nic_network(f, nic) for nic in f.guest.nics)
+    return tuple(_check_nic(f, nic) for nic in f.guest.nics)
 
 
-def _nic_network(f: PreflightFacts, nic: NicFacts) -> CheckResult:
-    """One NIC: an attachment we cannot verify, its network, or its bridge's state."""
+def _check_nic(f: PreflightFacts, nic: NicFacts) -> CheckResult:
+    """One NIC's ``network`` result: its bridge at the destination, and that bridge's state."""
     subject = f"NIC {nic.mac}"
     if nic.kind not in {"bridge", "network"}:
         return bad(
@@ -78,38 +86,43 @@ def _nic_network(f: PreflightFacts, nic: NicFacts) -> CheckResult:
             hint="Check by hand that the bridge exists there.",
             subject=subject,
         )
-    fault, hint = _bridge_fault(br, nic)
+    need_mtu = nic.mtu or 1500
+    # The MTU as numbers (bytes) whenever the bridge's is known: the bridge's against the NIC's.
+    mtu = None if br.mtu is None else Quantity(Unit.BYTES, observed=br.mtu, required=need_mtu)
+    fault, hint = _bridge_fault(br, bridge_name, need_mtu=need_mtu)
     if not fault:
         return ok(
             "network",
             f"{where}: up, uplinks {', '.join(br.uplink_names())}, MTU {br.mtu}",
             subject=subject,
+            quantity=mtu,
         )
     return bad(
         "network",
         Verdict.BLOCKER,
         f"Destination {where} {fault}; '{f.guest.name}' {subject} uses it.",
         observed=fault,
-        required=f"bridge {bridge_name} up with an uplink, MTU >= {nic.mtu or 1500}",
+        required=f"bridge {bridge_name} up with an uplink, MTU >= {need_mtu}",
         hint=hint,
         subject=subject,
+        quantity=mtu,
     )
 
 
-def _bridge_fault(br: BridgeFacts, nic: NicFacts) -> tuple[str, str]:
-    """What keeps the NIC's destination bridge from carrying it, and the fix ("" if nothing)."""
+def _bridge_fault(br: BridgeFacts, name: str, *, need_mtu: int) -> tuple[str, str]:
+    """What is wrong with a destination bridge for a NIC, and what to do ("" if nothing)."""
     if not br.exists:
         return "does not exist", "Create the bridge there with the same name."
     if not br.up:
-        return "is down", f"Bring it up: ip link set {br.name} up."
+        return "is down", f"Bring it up: ip link set {name} up."
     if not br.uplinks():
         return (
             "has no uplink port (guests there could not reach the network)",
             "Attach the host's uplink NIC to the bridge.",
         )
-    if br.mtu is not None and br.mtu < (nic.mtu or 1500):
+    if br.mtu is not None and br.mtu < need_mtu:
         return (
-            f"has MTU {br.mtu}, below the guest NIC's {nic.mtu or 1500}",
+            f"has MTU {br.mtu}, below the guest NIC's {need_mtu}",
             "Raise the bridge MTU there, or lower the guest's.",
         )
     return "", ""

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from libvirt_vmotion.preflight.facts import PreflightFacts
-from libvirt_vmotion.preflight.result import CheckResult, Verdict, bad, ok
+from libvirt_vmotion.preflight.result import CheckResult, Quantity, Unit, Verdict, bad, ok
 
 
 def format_version(version: int) -> str:
@@ -37,6 +37,7 @@ def check_libvirt_version(f: PreflightFacts) -> tuple[CheckResult, ...]:
     results = []
     for role, host in (("source", f.source), ("destination", f.dest)):
         observed = format_version(host.libvirt_version)
+        quantity = Quantity(Unit.VERSION, observed=host.libvirt_version, required=MIN_LIBVIRT)
         if host.libvirt_version < MIN_LIBVIRT:
             results.append(
                 bad(
@@ -47,11 +48,18 @@ def check_libvirt_version(f: PreflightFacts) -> tuple[CheckResult, ...]:
                     required=f">= {format_version(MIN_LIBVIRT)}",
                     hint=f"Upgrade libvirt on {host.hostname}.",
                     subject=role,
+                    quantity=quantity,
                 )
             )
         else:
             results.append(
-                ok("libvirt-version", f"{role} libvirt {observed}", observed=observed, subject=role)
+                ok(
+                    "libvirt-version",
+                    f"{role} libvirt {observed}",
+                    observed=observed,
+                    subject=role,
+                    quantity=quantity,
+                )
             )
     return tuple(results)
 
@@ -60,6 +68,8 @@ def check_qemu_version(f: PreflightFacts) -> tuple[CheckResult, ...]:
     """An older QEMU on the destination may not load a newer source's machine state."""
     src, dst = format_version(f.source.qemu_version), format_version(f.dest.qemu_version)
     observed = f"source {src}, destination {dst}"
+    # As numbers: the destination's QEMU against the source's, the least it should run.
+    quantity = Quantity(Unit.VERSION, observed=f.dest.qemu_version, required=f.source.qemu_version)
     if f.dest.qemu_version < f.source.qemu_version:
         return (
             bad(
@@ -70,9 +80,10 @@ def check_qemu_version(f: PreflightFacts) -> tuple[CheckResult, ...]:
                 observed=observed,
                 required="destination QEMU >= source QEMU",
                 hint="Upgrade QEMU on the destination, or check the guest's machine type there.",
+                quantity=quantity,
             ),
         )
-    return (ok("qemu-version", observed, observed=observed),)
+    return (ok("qemu-version", observed, observed=observed, quantity=quantity),)
 
 
 TCG_DIRTY_FIX: Final = version_number("9.2.0")
@@ -99,6 +110,11 @@ def check_tcg_dirty_bug(f: PreflightFacts) -> tuple[CheckResult, ...]:
             required=f"QEMU >= {format_version(TCG_DIRTY_FIX)} for TCG guests",
             hint="Upgrade QEMU (Debian 12: bookworm-backports has 10.0), or run the guest "
             "under KVM.",
+            quantity=Quantity(
+                Unit.VERSION,
+                observed=min(h.qemu_version for h in old),
+                required=TCG_DIRTY_FIX,
+            ),
         ),
     )
 

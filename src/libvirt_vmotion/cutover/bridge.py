@@ -1,7 +1,7 @@
 """Linux bridge facts and forwarding database, read and changed on this host.
 
 I/O: pyroute2 netlink only; no policy (verdicts live in ``netcheck``). These run
-on a hypervisor host, normally as agent operations (``agent.OPERATIONS``):
+on a hypervisor host, normally as agent operations (``adapters.ops.REGISTRY``):
 
 - ``bridge_facts``  {"bridges": [names]}                -> {"host", "bridges": [facts]}
 - ``fdb_query``     {"bridge", "macs": [..]}            -> {"host", "entries": [..]}

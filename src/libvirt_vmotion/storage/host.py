@@ -1,6 +1,6 @@
 """Disk handover, at the edge: agent operations on a host, and gathering the facts.
 
-I/O. Host side (run by the agent, registered in ``agent.OPERATIONS``):
+I/O. Host side (run by the agent, registered in ``adapters.ops.REGISTRY``):
 
 - ``storage-facts``  {paths: [...]} -> per path: exists, file system type, free
                      bytes where it is (or would be created); the host's

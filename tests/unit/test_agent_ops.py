@@ -79,9 +79,12 @@ def test_the_agent_refuses_a_request_that_does_not_fit_before_running_it(
 
 def test_the_client_builds_the_request_and_validates_the_reply() -> None:
     agent = FakeAgent({"id": "r1", "domain": "web01", "state": "reserved", "expires_s": 60})
-    request = ops.ReserveRequest(reservation_id="r1", domain="web01", memory_bytes=1 << 30)
+    request = ops.ReserveRequest(reservation_id="r1", domain="web01", memory_bytes=1 << 30, vcpus=0)
     reply = ops.RESERVE.call(agent, request)
-    assert agent.sent == [("reserve", {"id": "r1", "domain": "web01", "memory_bytes": 1 << 30})]
+    # A key the handler requires is sent even at zero; one left at a shared default is not.
+    assert agent.sent == [
+        ("reserve", {"id": "r1", "domain": "web01", "memory_bytes": 1 << 30, "vcpus": 0})
+    ]
     assert reply == ops.ReserveReply(
         reservation_id="r1", domain="web01", state="reserved", expires_s=60.0
     )

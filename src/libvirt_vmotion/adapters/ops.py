@@ -14,6 +14,9 @@ that implement the operations). Both ends validate what crosses the wire:
 The wire format stays JSON objects; a field whose JSON key is not a good Python
 name says so in its metadata (``json_key("bytes")``). A request refuses keys it
 does not know; a reply ignores them (an agent one version ahead may add some).
+A request field left at its default is not sent, so the handler's own default
+applies: a request field has a default only where its handler has the same one,
+and none where the handler requires the key.
 
 Adding an operation (e.g. ``maintenance`` in ``reserve.hostops``)::
 
@@ -444,9 +447,9 @@ class ReserveRequest:
 
     reservation_id: str = field(metadata=json_key("id"))
     domain: str
+    memory_bytes: int
+    vcpus: int
     owner: str = ""
-    memory_bytes: int = 0
-    vcpus: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -497,7 +500,7 @@ class GuestMemoryRequest:
     """``guest-memory``: a running guest and its RAM size."""
 
     domain: str
-    memory_bytes: int = 0
+    memory_bytes: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,11 +7,12 @@ import dataclasses
 import importlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
 from libvirt_vmotion.adapters import ops
-from libvirt_vmotion.adapters.agent import serve
+from libvirt_vmotion.adapters.agent import RemoteHost, serve
 
 WIRE_NAMES = {
     "hello", "bridge_facts", "fdb_query", "fdb_flush", "announce", "host-facts", "reserve",
@@ -130,3 +131,17 @@ def test_a_request_round_trips_through_the_agents_validation() -> None:
 def test_registering_a_name_twice_is_refused() -> None:
     with pytest.raises(ValueError, match="'hello' is registered twice"):
         ops.register(ops.Operation("hello", ops.Empty, ops.HelloReply, "x:y"))
+
+
+def test_typed_operations_through_a_real_agent_on_this_host(tmp_path: Path) -> None:
+    # Read-only operations, end to end: request built here, validated by the agent,
+    # handled there, reply validated here.
+    host = RemoteHost.for_uri("qemu:///system")
+    assert ops.HELLO.call(host, ops.Empty()).version
+    assert ops.LINK_ROUTE.call(host, ops.RouteRequest(host="127.0.0.1")).address == "127.0.0.1"
+    (lo,) = ops.BRIDGE_FACTS.call(host, ops.BridgesRequest(bridges=("lo",))).bridges
+    assert (lo["name"], lo["exists"]) == ("lo", False)  # a loopback is no bridge
+    missing = str(tmp_path / "web01.qcow2")
+    paths = ops.STORAGE_FACTS.call(host, ops.StorageFactsRequest(paths=(missing,))).paths
+    assert paths[missing].exists is False
+    assert paths[missing].free_bytes is not None

@@ -16,6 +16,7 @@ import time
 
 import pytest
 
+from guestcheck import guest_mismatches
 from libvirt_vmotion.errors import DomainNotFound
 from libvirt_vmotion.lab import guestctl
 from libvirt_vmotion.lab.constants import GUEST_ADDR, GUEST_NAME, HOST_A, HOST_B
@@ -41,15 +42,6 @@ def last_json(result: subprocess.CompletedProcess[str]) -> dict[str, object]:
     return data
 
 
-def guest_mismatches() -> int:
-    result = vmotion_in_client("lab", "guest", "status")
-    assert result.returncode == 0, result.stderr
-    text = result.stdout[result.stdout.index("{") :]
-    value = json.loads(text)["mismatches"]
-    assert isinstance(value, int)
-    return value
-
-
 def set_workload(rate_mib_s: int, mode: str = "paced") -> None:
     for setting, value in (("mode", mode), ("rate", str(rate_mib_s))):
         result = vmotion_in_client("lab", "guest", "set", setting, value)
@@ -64,9 +56,11 @@ def our_migrate(*extra: str) -> subprocess.CompletedProcess[str]:
 
 
 def assert_unharmed(report: dict[str, object]) -> None:
+    # The guest itself, after re-reading its whole working set on the destination.
+    assert guest_mismatches() == 0
     workload = report["workload"]
     assert isinstance(workload, dict)
-    assert workload["mismatches"] == 0
+    assert workload["mismatches"] == 0  # and our report agrees
     assert workload["rebooted"] is False
 
 

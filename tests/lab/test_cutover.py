@@ -7,6 +7,7 @@ import subprocess
 
 import pytest
 
+from guestcheck import guest_mismatches
 from libvirt_vmotion.lab import guestctl
 from libvirt_vmotion.lab.constants import (
     CLIENT_NETNS,
@@ -98,6 +99,7 @@ def test_cutover_announces_from_destination_and_the_switch_follows() -> None:
     assert blackout_ms <= downtime_ms + 50
     assert workload["tcp_reset"] is False
     assert workload["new_mismatches"] == 0
+    assert guest_mismatches() == 0  # the guest itself re-read every page after the move
     # The switch moved, so the guest answers at once from its new host.
     ping = subprocess.run(
         guestctl.client_command(["ping", "-c", "3", "-i", "0.2", "-W", "1", GUEST_ADDR]),

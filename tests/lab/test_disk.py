@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from guestcheck import verified_guest_status
 from libvirt_vmotion.lab import guestctl, storage, topology
 from libvirt_vmotion.lab.constants import GUEST_ADDR, GUEST_NAME, HOST_A, HOST_B, LabHost
 from libvirt_vmotion.lab.disklog import check_log
@@ -67,6 +68,9 @@ def migrate(src: LabHost, dst: LabHost, *extra: str) -> dict[str, Any]:
     assert work["disk_acked_during"] > 0, work  # it kept writing while it moved
     assert work["new_mismatches"] == 0
     assert work["rebooted"] is False
+    # The guest itself, after re-reading its memory and its disk log where it now runs.
+    guest = verified_guest_status()
+    assert (guest.mismatches, guest.disk_mismatches, guest.disk_io_errors) == (0, 0, 0), guest
     return report
 
 

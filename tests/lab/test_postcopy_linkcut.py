@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pytest
 
+from guestcheck import guest_mismatches
 from libvirt_vmotion.lab import guestctl
 from libvirt_vmotion.lab.constants import GUEST_ADDR, GUEST_NAME, HOST_A, HOST_B, SWITCH_NETNS
 
@@ -162,6 +163,7 @@ def test_link_cut_during_postcopy_recovers_and_guest_lands_intact(tmp_path: Path
     workload = report["workload"]
     assert isinstance(workload, dict)
     assert workload["mismatches"] == 0
+    assert guest_mismatches() == 0  # the guest itself re-read every page on the destination
     assert workload["rebooted"] is False
     assert workload["tcp_reset"] is False
     # Post-copy figures come from the source's JOB_COMPLETED event, not the

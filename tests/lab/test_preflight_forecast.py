@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from guestcheck import guest_mismatches
 from libvirt_vmotion.lab import guestctl
 from libvirt_vmotion.lab.constants import (
     GUEST_ADDR,
@@ -70,6 +71,7 @@ def test_forecast_vs_measured_at_three_dirty_rates() -> None:
         report = migrate(src, dst, "--bandwidth", str(BANDWIDTH_MIB_S))
         assert guestctl.find_guest() == [(dst, "running")]
         assert report["workload"]["new_mismatches"] == 0  # type: ignore[index]
+        assert guest_mismatches() == 0  # asked of the guest, after a whole re-read
         forecast = report["forecast"]
         assert isinstance(forecast, dict)
         prediction, measured = forecast["prediction"], forecast["measured"]
@@ -120,6 +122,7 @@ def test_forecast_without_cap_measures_the_link_then_learns() -> None:
         report = migrate(src, dst)
         assert guestctl.find_guest() == [(dst, "running")]
         assert report["workload"]["new_mismatches"] == 0  # type: ignore[index]
+        assert guest_mismatches() == 0  # asked of the guest, after a whole re-read
         forecast = report["forecast"]
         assert isinstance(forecast, dict)
         prediction, measured = forecast["prediction"], forecast["measured"]

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from libvirt_vmotion.preflight.netcheck import Severity, checked_something, unchecked_nics
+from libvirt_vmotion.preflight.netcheck import checked_something, unchecked_nics
+from libvirt_vmotion.preflight.result import Verdict
 
 Vmotion = Callable[..., subprocess.CompletedProcess[str]]
 DATA = Path(__file__).parent / "data"
@@ -43,7 +44,7 @@ def test_a_network_nic_without_a_bridge_is_named_with_its_network() -> None:
     xml = (DATA / "netguest.xml").read_text()
     domain_xml = xml[xml.index("<domain") : xml.index("</domain>") + len("</domain>")]
     found = unchecked_nics(domain_xml, host="hosta")
-    assert [r.severity for r in found] == [Severity.WARNING, Severity.WARNING]
+    assert [r.verdict for r in found] == [Verdict.WARNING, Verdict.WARNING]
     assert "libvirt network 'lan'" in found[0].message
     assert "type 'user'" in found[1].message
     assert not checked_something(found)

@@ -6,14 +6,9 @@ import importlib.util
 from pathlib import Path
 
 from libvirt_vmotion.preflight import registry as pf
-from libvirt_vmotion.preflight.netcheck import (
-    BridgeFacts,
-    GuestNic,
-    PortFacts,
-    Severity,
-    StpState,
-    check_networks,
-)
+from libvirt_vmotion.preflight.facts import BridgeFacts, PortFacts, StpState
+from libvirt_vmotion.preflight.netcheck import GuestNic, check_networks
+from libvirt_vmotion.preflight.result import Verdict
 
 _spec = importlib.util.spec_from_file_location(
     "preflight_tests", Path(__file__).with_name("test_preflight.py")
@@ -61,4 +56,4 @@ def test_bridge_checks_show_up_in_the_preflight_report_by_name_with_hints() -> N
     assert [r.name for r in pf.blockers(report)] == ["bridge-stp-delay"]
     assert {"bridge-mac-pinned", "bridge-stp-delay", "notify-switches"} <= set(pf.check_names())
     assert not pf.unknown_skips(["bridge-mac-pinned", "network-facts"])
-    assert Severity.BLOCKER in {r.severity for r in results}
+    assert Verdict.BLOCKER in {r.verdict for r in results}

@@ -22,9 +22,10 @@ from libvirt_vmotion.preflight.registry import (
     HostFacts,
     NetworkFacts,
     NicFacts,
-    PortFlags,
+    PortFacts,
     PreflightFacts,
     ReservationView,
+    StpState,
     Verdict,
 )
 from libvirt_vmotion.storage.plan import DiskSpec, PathInfo, StorageFacts
@@ -50,12 +51,20 @@ def make_facts(**changes: object) -> PreflightFacts:
         guest=guest,
         cpu=CpuFacts(CpuCompat.SUPERSET),
         dest_caps=DomainCapsFacts(disk_buses=("virtio", "sata"), video_models=("vga",)),
-        bridges={"br0": BridgeFacts("br0", exists=True, active=True, uplinks=("eth0",), mtu=1500)},
+        bridges={
+            "br0": BridgeFacts("br0", exists=True, up=True, ports=(PortFacts("eth0"),), mtu=1500)
+        },
         disks={"/srv/shared/web01.qcow2": DiskView("/srv/shared/web01.qcow2", True, "pool shared")},
         agent=AgentFacts(
             available=True,
             mem_available_bytes=4096 * MIB,
-            bridge_ports={"br0": (PortFlags("eth0", "forwarding", True, True),)},
+            bridge_ports={
+                "br0": (
+                    PortFacts(
+                        "eth0", stp_state=StpState.FORWARDING, learning=True, unicast_flood=True
+                    ),
+                )
+            },
             reservation=ReservationView(),
         ),
     )
@@ -114,13 +123,13 @@ def same_path(*, shared: bool | None) -> StorageFacts:
         ("device-models", replace(GOOD, dest_caps=DomainCapsFacts(disk_buses=("sata",))), "blocker", "disk bus virtio"),
         ("passthrough-devices", replace(GOOD, guest=replace(GOOD.guest, passthrough=("PCI 0000:3b:00.0",))), "blocker", "detach-device"),
         ("network", replace(GOOD, bridges={"br0": BridgeFacts("br0", exists=False)}), "blocker", "does not exist"),
-        ("network", replace(GOOD, bridges={"br0": BridgeFacts("br0", exists=True, active=False)}), "blocker", "is down"),
-        ("network", replace(GOOD, bridges={"br0": BridgeFacts("br0", exists=True, active=True)}), "blocker", "no uplink"),
-        ("network", replace(GOOD, bridges={"br0": BridgeFacts("br0", True, True, ("eth0",), 1400)}), "blocker", "MTU 1400"),
+        ("network", replace(GOOD, bridges={"br0": BridgeFacts("br0", exists=True, up=False)}), "blocker", "is down"),
+        ("network", replace(GOOD, bridges={"br0": BridgeFacts("br0", exists=True, up=True)}), "blocker", "no uplink"),
+        ("network", replace(GOOD, bridges={"br0": BridgeFacts("br0", True, True, (PortFacts("eth0"),), 1400)}), "blocker", "MTU 1400"),
         ("network", replace(GOOD, guest=replace(GOOD.guest, nics=(NicFacts("m", "network", "default"),))), "blocker", "net-define"),
         ("network", replace(GOOD, guest=replace(GOOD.guest, nics=(NicFacts("m", "network", "default"),)), networks={"default": NetworkFacts("default", True, False, "virbr0")}), "blocker", "net-start default"),
-        ("bridge-ports", replace(GOOD, agent=replace(GOOD.agent, bridge_ports={"br0": (PortFlags("eth0", "blocking", True, True),)})), "blocker", "state blocking"),
-        ("bridge-ports", replace(GOOD, agent=replace(GOOD.agent, bridge_ports={"br0": (PortFlags("eth0", "forwarding", False, True),)})), "warning", "learning off"),
+        ("bridge-ports", replace(GOOD, agent=replace(GOOD.agent, bridge_ports={"br0": (PortFacts("eth0", stp_state=StpState.BLOCKING, learning=True, unicast_flood=True),)})), "blocker", "state blocking"),
+        ("bridge-ports", replace(GOOD, agent=replace(GOOD.agent, bridge_ports={"br0": (PortFacts("eth0", stp_state=StpState.FORWARDING, learning=False, unicast_flood=True),)})), "warning", "learning off"),
         ("bridge-ports", replace(GOOD, agent=AgentFacts(available=False, error="ssh: connection refused")), "warning", "connection refused"),
         ("storage", replace(GOOD, disks={"/srv/shared/web01.qcow2": DiskView("/srv/shared/web01.qcow2", False, "agent: no such file")}), "blocker", "not reachable"),
         ("storage", replace(GOOD, disks={}), "warning", "Could not tell"),
@@ -203,7 +212,7 @@ HUGE = replace(GOOD.guest, hugepages=True)
         ("dest-hugepages", replace(GOOD, guest=HUGE, agent=replace(GOOD.agent, hugepages_free_bytes=None)), None, 512 * MIB, "bytes"),
         ("inbound-slots", replace(GOOD, agent=replace(GOOD.agent, reservation=ReservationView(inbound_active=1, inbound_limit=4))), 3, 1, "slots"),
         ("inbound-slots", replace(GOOD, agent=replace(GOOD.agent, reservation=ReservationView(inbound_active=2, inbound_limit=2))), 0, 1, "slots"),
-        ("network", replace(GOOD, bridges={"br0": BridgeFacts("br0", True, True, ("eth0",), 1400)}), 1400, 1500, "bytes"),
+        ("network", replace(GOOD, bridges={"br0": BridgeFacts("br0", True, True, (PortFacts("eth0"),), 1400)}), 1400, 1500, "bytes"),
         ("network", GOOD, 1500, 1500, "bytes"),
         ("libvirt-version", replace(GOOD, dest=replace(GOOD.dest, libvirt_version=7_000_000)), 7_000_000, 8_000_000, "version"),
         ("qemu-version", replace(GOOD, dest=replace(GOOD.dest, qemu_version=9_000_000)), 9_000_000, V10, "version"),

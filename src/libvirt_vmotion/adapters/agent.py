@@ -25,8 +25,11 @@ command, default ``ssh -o BatchMode=yes -o ConnectTimeout=5``) and
 namespace lab sets both for commands run through ``vmotion lab exec``, and
 runs a real sshd in each lab host: the lab uses the production path.
 
-Operations are registered as data in ``OPERATIONS`` (name -> "module:function");
-each function takes and returns a JSON-serializable dict. I/O module.
+Operations are registered in ``adapters.ops`` (``REGISTRY``): each has a name, a
+typed request and reply, and the ``module:function`` that runs it on the host.
+``serve`` refuses an unknown operation and validates the request before calling
+it; clients call ``ops.HELLO.call(host, ...)`` and get the reply validated into
+its dataclass. ``RemoteHost.call`` is the untyped transport under both. I/O module.
 """
 
 from __future__ import annotations
@@ -52,30 +55,9 @@ from typing import IO, Final
 from urllib.parse import urlsplit
 
 from libvirt_vmotion import __version__
+from libvirt_vmotion.adapters import ops
+from libvirt_vmotion.adapters.ops import AgentOperationFailed, AgentUnavailable
 from libvirt_vmotion.errors import UsageError, VmotionError
-
-OPERATIONS: Final[dict[str, str]] = {
-    "hello": "libvirt_vmotion.adapters.agent:hello",
-    "bridge_facts": "libvirt_vmotion.cutover.bridge:op_bridge_facts",
-    "fdb_query": "libvirt_vmotion.cutover.bridge:op_fdb_query",
-    "fdb_flush": "libvirt_vmotion.cutover.bridge:op_fdb_flush",
-    "announce": "libvirt_vmotion.cutover.announce:op_announce",
-    "host-facts": "libvirt_vmotion.reserve.hostops:op_host_facts",
-    "reserve": "libvirt_vmotion.reserve.hostops:op_reserve",
-    "release": "libvirt_vmotion.reserve.hostops:op_release",
-    "reservations": "libvirt_vmotion.reserve.hostops:op_reservations",
-    "maintenance": "libvirt_vmotion.reserve.hostops:op_maintenance",
-    "guest-memory": "libvirt_vmotion.reserve.hostops:op_guest_memory",
-    "storage-facts": "libvirt_vmotion.storage.host:op_storage_facts",
-    "disk-precreate": "libvirt_vmotion.storage.host:op_disk_precreate",
-    "disk-remove": "libvirt_vmotion.storage.host:op_disk_remove",
-    "share-probe": "libvirt_vmotion.storage.host:op_share_probe",
-    "link-sink": "libvirt_vmotion.adapters.linkprobe:op_link_sink",
-    "link-probe": "libvirt_vmotion.adapters.linkprobe:op_link_probe",
-    "guard-state": "libvirt_vmotion.converge.guard:op_guard_state",
-    "link-route": "libvirt_vmotion.adapters.linkprobe:op_link_route",
-}
-"""Agent operations: name -> ``module:function`` taking and returning a JSON dict."""
 
 GUARD_OP: Final = "guard"
 """The one operation that streams: the controller's guard (``converge.guard``)."""
@@ -102,12 +84,18 @@ CANCEL_GRACE_S: Final = 2.0
 """How long a cancelled call's agent gets to end on its own before it is killed."""
 
 
-class AgentUnavailable(VmotionError):
-    """Our package could not be run on that host (not installed, no ssh ...)."""
-
-
-class AgentOperationFailed(VmotionError):
-    """The agent ran but the operation failed there; message and hint come from it."""
+__all__ = [
+    "AgentCall",
+    "AgentOperationFailed",
+    "AgentUnavailable",
+    "Guard",
+    "RemoteHost",
+    "hello",
+    "main",
+    "report_progress",
+    "serve",
+    "ssh_target",
+]
 
 
 def hello(_args: Mapping[str, object]) -> dict[str, object]:
@@ -125,11 +113,7 @@ def report_progress(item: Mapping[str, object]) -> None:
     sys.stdout.flush()
 
 
-def _resolve(op: str) -> Callable[[Mapping[str, object]], dict[str, object]]:
-    target = OPERATIONS.get(op)
-    if target is None:
-        msg = f"unknown agent operation {op!r}"
-        raise AgentOperationFailed(msg, hint=f"known: {', '.join(sorted(OPERATIONS))}")
+def _handler(target: str) -> Callable[[Mapping[str, object]], dict[str, object]]:
     module_name, _, func_name = target.partition(":")
     func: Callable[[Mapping[str, object]], dict[str, object]] = getattr(
         importlib.import_module(module_name), func_name
@@ -138,12 +122,19 @@ def _resolve(op: str) -> Callable[[Mapping[str, object]], dict[str, object]]:
 
 
 def serve(op: str, stdin_text: str) -> dict[str, object]:
-    """Run one operation on this host; never raises (errors become the reply)."""
+    """Run one operation on this host; never raises (errors become the reply).
+
+    An unknown operation is refused, naming the known ones; the arguments are
+    validated into the operation's request dataclass before its handler runs.
+    """
     try:
+        operation = ops.operation(op)
         args = json.loads(stdin_text) if stdin_text.strip() else {}
         if not isinstance(args, dict):
             return {"ok": False, "error": "agent arguments must be a JSON object", "hint": ""}
-        return {"ok": True, "result": _resolve(op)(args)}
+        args.pop(CANCEL_ON_EOF, None)  # the transport's, not the operation's
+        operation.parse_request(args)
+        return {"ok": True, "result": _handler(operation.handler)(args)}
     except VmotionError as exc:
         return {"ok": False, "error": exc.message, "hint": exc.hint}
     except Exception as exc:  # noqa: BLE001  the reply must carry any failure back

@@ -32,9 +32,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Final, Protocol
 
+from libvirt_vmotion.adapters import ops
 from libvirt_vmotion.adapters.agent import report_progress
 from libvirt_vmotion.errors import UsageError, VmotionError
 from libvirt_vmotion.model import MIB
+
+_Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 MIGRATION_PORTS: Final = range(49152, 49216)
 """libvirt's default migration port range (qemu.conf migration_port_min/max): the
@@ -136,46 +139,79 @@ def link_sink(
     token = _token(args)
     accept_timeout_s = _number(args, "accept_timeout_s", 10.0)
     max_s = _number(args, "max_s", 5.0)
-    refused: list[str] = []
     with _bind_outside_migration_ports(host) as srv:
         address, port = srv.getsockname()[:2]
         on_listening({"address": address, "port": port})
-        deadline = time.monotonic() + accept_timeout_s
-        while True:
-            srv.settimeout(max(0.01, deadline - time.monotonic()))
-            try:
-                conn, peer = srv.accept()
-            except TimeoutError as exc:
-                msg = f"no link probe from {', '.join(map(str, sorted(allowed, key=str)))} "
-                msg += f"arrived on {address} port {port} within {accept_timeout_s:g} s"
-                if refused:
-                    msg += f" (refused: {', '.join(refused)})"
-                raise UsageError(msg, hint="A firewall may block the port.") from exc
-            if _peer_address(peer) in allowed:
-                break
-            refused.append(str(peer[0]))
-            conn.close()  # not the source: no token, no count
+        conn, refused = _accept_allowed(srv, allowed, accept_timeout_s=accept_timeout_s)
     with conn:
-        conn.sendall(GREETING + token + b"\n")
-        conn.settimeout(max_s)
-        received = 0
-        first = last = 0.0
-        end = time.monotonic() + max_s
+        received, seconds = _count_stream(conn, token, max_s=max_s)
+    mib_s = round(received / MIB / seconds, 1)
+    return {**_sink_reply(received, seconds), "mib_s": mib_s, "refused": refused}
+
+
+def _accept_allowed(
+    srv: socket.socket, allowed: frozenset[_Address], *, accept_timeout_s: float
+) -> tuple[socket.socket, list[str]]:
+    """The first connection from an allowed peer; others are closed unanswered (no token).
+
+    Returns:
+        The connection and the addresses refused before it.
+
+    Raises:
+        UsageError: no allowed peer came within ``accept_timeout_s``.
+
+    """
+    address, port = srv.getsockname()[:2]
+    refused: list[str] = []
+    deadline = time.monotonic() + accept_timeout_s
+    while True:
+        srv.settimeout(max(0.01, deadline - time.monotonic()))
         try:
-            while time.monotonic() < end:
-                data = conn.recv(CHUNK)
-                if not data:
-                    break
-                last = time.monotonic()
-                if not received:
-                    first = last
-                received += len(data)
-        except TimeoutError:
-            pass
-        seconds = max(last - first, 1e-6)
-        reply = {"bytes": received, "seconds": round(seconds, 4)}
-        conn.sendall(json.dumps(reply).encode() + b"\n")
-    return {**reply, "mib_s": round(received / MIB / seconds, 1), "refused": refused}
+            conn, peer = srv.accept()
+        except TimeoutError as exc:
+            msg = f"no link probe from {', '.join(map(str, sorted(allowed, key=str)))} "
+            msg += f"arrived on {address} port {port} within {accept_timeout_s:g} s"
+            if refused:
+                msg += f" (refused: {', '.join(refused)})"
+            raise UsageError(msg, hint="A firewall may block the port.") from exc
+        if _peer_address(peer) in allowed:
+            return conn, refused
+        refused.append(str(peer[0]))
+        conn.close()  # not the source: no token, no count
+
+
+def _sink_reply(received: int, seconds: float) -> dict[str, object]:
+    """What the sink tells the sender (one JSON line) and reports: bytes and seconds."""
+    return {"bytes": received, "seconds": round(seconds, 4)}
+
+
+def _count_stream(conn: socket.socket, token: bytes, *, max_s: float) -> tuple[int, float]:
+    """Greet the allowed peer with the token, count what it sends for up to ``max_s``, reply.
+
+    Returns:
+        The bytes received and the seconds from the first to the last chunk (at
+        least 1 us); both are also sent back to the peer as one JSON line.
+
+    """
+    conn.sendall(GREETING + token + b"\n")
+    conn.settimeout(max_s)
+    received = 0
+    first = last = 0.0
+    end = time.monotonic() + max_s
+    try:
+        while time.monotonic() < end:
+            data = conn.recv(CHUNK)
+            if not data:
+                break
+            last = time.monotonic()
+            if not received:
+                first = last
+            received += len(data)
+    except TimeoutError:
+        pass
+    seconds = max(last - first, 1e-6)
+    conn.sendall(json.dumps(_sink_reply(received, seconds)).encode() + b"\n")
+    return received, seconds
 
 
 def op_link_sink(args: Mapping[str, object]) -> dict[str, object]:
@@ -313,15 +349,17 @@ def measure_link(
     """
     token = secrets.token_hex(8)
     try:
-        source_address = str(source.call("link-route", {"host": dest_host}).get("address") or "")
+        source_address = ops.LINK_ROUTE.call(source, ops.RouteRequest(host=dest_host)).address
     except VmotionError as exc:
         return LinkMeasurement(None, exc.message)
-    sink_args = {
-        "bind_host": dest_host, "allow_from": [source_address], "token": token,
-        "accept_timeout_s": SINK_READY_TIMEOUT_S, "max_s": seconds + 5,
-    }  # fmt: skip
+    sink_request = ops.LinkSinkRequest(
+        bind_host=dest_host, allow_from=(source_address,), token=token,
+        accept_timeout_s=SINK_READY_TIMEOUT_S, max_s=seconds + 5,
+    )  # fmt: skip
     try:
-        sink = dest.start("link-sink", sink_args, timeout_s=seconds + 25 + SINK_READY_TIMEOUT_S)
+        sink = ops.LINK_SINK.start(
+            dest, sink_request, timeout_s=seconds + 25 + SINK_READY_TIMEOUT_S
+        )
     except VmotionError as exc:
         return LinkMeasurement(None, exc.message)
     try:
@@ -341,18 +379,17 @@ def _probe_when_listening(
             return LinkMeasurement(None, exc.message)
         return LinkMeasurement(None, "the link sink did not say where it listens")
     address, port = str(ready.get("address")), int(str(ready["port"]))
-    probe_args = {"host": address, "port": port, "token": token, "seconds": seconds}
+    probe = ops.LinkProbeRequest(host=address, port=port, token=token, seconds=seconds)
     try:
-        source.call("link-probe", probe_args, timeout_s=seconds + 20)
-        got = sink.result()
+        ops.LINK_PROBE.call(source, probe, timeout_s=seconds + 20)
+        got = ops.LINK_SINK.parse_reply(sink.result(), host="the destination")
     except VmotionError as exc:
         return LinkMeasurement(None, exc.message)
-    rate = got.get("mib_s")
-    if not isinstance(rate, int | float) or rate <= 0:
+    rate = got.mib_s
+    if rate is None or rate <= 0:
         return LinkMeasurement(None, "the link probe received nothing")
-    received = got.get("bytes")
-    mib = received / MIB if isinstance(received, int) else 0.0
+    mib = got.received_bytes / MIB
     return LinkMeasurement(
-        float(rate),
-        f"measured {source.label} -> {address}:{port}, {mib:.0f} MiB in {got.get('seconds')} s",
+        rate,
+        f"measured {source.label} -> {address}:{port}, {mib:.0f} MiB in {got.seconds} s",
     )

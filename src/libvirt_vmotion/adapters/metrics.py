@@ -61,20 +61,44 @@ def render_textfile(entries: Sequence[JournalEntry]) -> str:
 
     Pure. Label values are escaped as the text format requires.
     """
+    lines = [*_pair_families(entries), *_last_run_families(entries)]
+    return "\n".join(lines) + "\n"
+
+
+def _pair_families(entries: Sequence[JournalEntry]) -> list[str]:
+    """The counters: migrations by result, job time, pause and data, per host pair."""
     counts: dict[tuple[str, str, str], int] = defaultdict(int)
     sums: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0])
-    last: dict[str, JournalEntry] = {}
     for e in entries:
         counts[e.source, e.dest, e.result] += 1
         pair = sums[e.source, e.dest]
         pair[0] += e.total_s or 0.0
         pair[1] += (e.downtime_ms or 0) / 1000
         pair[2] += e.data_bytes or 0
-        last[e.domain] = e
     pairs = sorted(sums)
 
     def per_pair(i: int) -> list[tuple[str, float]]:
         return [(_labels(source=s, dest=d), sums[s, d][i]) for s, d in pairs]
+
+    return [
+        *_family(
+            "vmotion_migrations_total", "counter", "Migrations this controller ran, by result.",
+            [(_labels(source=s, dest=d, result=r), n) for (s, d, r), n in sorted(counts.items())],
+        ),
+        *_family("vmotion_migration_seconds_total", "counter", "Migration job time.", per_pair(0)),
+        *_family(
+            "vmotion_migration_downtime_seconds_total", "counter", "Guest pause (QEMU's downtime).",
+            per_pair(1),
+        ),
+        *_family("vmotion_migration_bytes_total", "counter", "Data sent.", per_pair(2)),
+    ]  # fmt: skip
+
+
+def _last_run_families(entries: Sequence[JournalEntry]) -> list[str]:
+    """The gauges: each guest's last migration (when, how long, its pause, data, success)."""
+    last: dict[str, JournalEntry] = {}
+    for e in entries:
+        last[e.domain] = e
 
     def per_guest(value: Callable[[JournalEntry], float | None]) -> list[tuple[str, float]]:
         out = []
@@ -86,17 +110,7 @@ def render_textfile(entries: Sequence[JournalEntry]) -> str:
                 out.append((labels, v))
         return out
 
-    lines = [
-        *_family(
-            "vmotion_migrations_total", "counter", "Migrations this controller ran, by result.",
-            [(_labels(source=s, dest=d, result=r), n) for (s, d, r), n in sorted(counts.items())],
-        ),
-        *_family("vmotion_migration_seconds_total", "counter", "Migration job time.", per_pair(0)),
-        *_family(
-            "vmotion_migration_downtime_seconds_total", "counter", "Guest pause (QEMU's downtime).",
-            per_pair(1),
-        ),
-        *_family("vmotion_migration_bytes_total", "counter", "Data sent.", per_pair(2)),
+    return [
         *_family(
             "vmotion_last_migration_timestamp_seconds", "gauge", "When the last one ended.",
             per_guest(lambda e: e.finished_s),
@@ -118,7 +132,6 @@ def render_textfile(entries: Sequence[JournalEntry]) -> str:
             per_guest(lambda e: 1 if e.result == "completed" else 0),
         ),
     ]  # fmt: skip
-    return "\n".join(lines) + "\n"
 
 
 def write_textfile(path: Path, text: str) -> None:

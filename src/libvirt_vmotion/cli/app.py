@@ -75,6 +75,7 @@ from libvirt_vmotion.policy import (
 if TYPE_CHECKING:
     from libvirt_vmotion.adapters.virt import Guest, Hypervisor
     from libvirt_vmotion.converge.loop import PostSwitchover
+    from libvirt_vmotion.reserve.store import Unreleased
     from libvirt_vmotion.session.core import SessionResult
     from libvirt_vmotion.session.wiring import Around
 
@@ -565,11 +566,12 @@ def cmd_agent_check(args: argparse.Namespace) -> int:
     """``vmotion agent check URI``: reach the agent as pre-flight would; say what is missing."""
     import subprocess  # noqa: PLC0415
 
+    from libvirt_vmotion.adapters import ops  # noqa: PLC0415
     from libvirt_vmotion.adapters.agent import RemoteHost  # noqa: PLC0415
 
     host = RemoteHost.for_uri(args.uri)
     try:
-        reply = host.call("hello", {}, timeout_s=15.0)
+        reply = ops.HELLO.call(host, ops.Empty(), timeout_s=15.0)
     except VmotionError as exc:
         missing = "the agent"
         if host.prefix:
@@ -593,10 +595,10 @@ def cmd_agent_check(args: argparse.Namespace) -> int:
             "the ssh command)."
         )
         raise ConnectionFailed(msg, hint=hint) from exc
-    version = reply.get("version")
+    version = reply.version
     note = "" if version == __version__ else f" (here: {__version__}; install the same on both)"
     print(  # noqa: T201
-        f"ok: the agent answers on {reply.get('hostname', host.label)}: "
+        f"ok: the agent answers on {reply.hostname or host.label}: "
         f"libvirt-vmotion {version}{note}, via {shlex.join(host.prefix) or 'a local subprocess'} "
         f"running {host.python}"
     )
@@ -792,21 +794,21 @@ def _job_if_running(guest: Guest) -> tuple[JobSample | None, bool]:
 
 def _guard_record(source_uri: str, domain: str) -> dict[str, object]:
     """What the source host's guard knows: who steers the job, or that nobody does."""
+    from libvirt_vmotion.adapters import ops  # noqa: PLC0415
     from libvirt_vmotion.adapters.agent import RemoteHost  # noqa: PLC0415
 
     try:
-        record = RemoteHost.for_uri(source_uri).call(
-            "guard-state", {"domain": domain}, timeout_s=10.0
+        record = ops.GUARD_STATE.call(
+            RemoteHost.for_uri(source_uri), ops.DomainRequest(domain=domain), timeout_s=10.0
         )
     except VmotionError:
         return {}
-    state = str(record.get("state", ""))
-    if not state:
+    if not record.state:
         return {}
     return {
-        "guard": state,
-        "orphaned": state.startswith("orphan"),
-        "controller": record.get("controller", ""),
+        "guard": record.state,
+        "orphaned": record.state.startswith("orphan"),
+        "controller": record.controller,
     }
 
 
@@ -924,20 +926,22 @@ def cmd_netcheck(args: argparse.Namespace) -> int:
     check that could not run), so a script never reads "ok" from no checks.
     """
     from libvirt_vmotion.adapters.virt import Hypervisor  # noqa: PLC0415
-    from libvirt_vmotion.cutover.announce import network_checks  # noqa: PLC0415
     from libvirt_vmotion.cutover.frames import NotifyConfig  # noqa: PLC0415
+    from libvirt_vmotion.preflight.gather import bridge_checks  # noqa: PLC0415
     from libvirt_vmotion.preflight.netcheck import (  # noqa: PLC0415
-        Severity,
+        as_netcheck_dict,
         checked_something,
         worst,
     )
+    from libvirt_vmotion.preflight.result import Verdict  # noqa: PLC0415
 
     source_uri = args.source_uri or os.environ.get(DEFAULT_SOURCE_URI_ENV) or "qemu:///system"
     config = NotifyConfig(enabled=not args.no_notify, off_bridges=frozenset(args.no_notify_on))
+    notify_off = frozenset({"*"}) if not config.enabled else config.off_bridges
     with Hypervisor.open(source_uri) as source:
-        results = network_checks(
+        results = bridge_checks(
             source=source, domain=args.domain, source_uri=source_uri,
-            dest_uri=args.dest_uri, config=config,
+            dest_uri=args.dest_uri, notify_off=notify_off,
         )  # fmt: skip
     verdict = worst(results)
     checked = checked_something(results)
@@ -947,15 +951,15 @@ def cmd_netcheck(args: argparse.Namespace) -> int:
             "domain": args.domain,
             "verdict": verdict.value,
             "checked": checked,
-            "results": [r.as_dict() for r in results],
+            "results": [as_netcheck_dict(r) for r in results],
         }
         print(json_line(out, now_s=time.time()))  # noqa: T201  machine output
     else:
         for r in results:
-            print(f"{r.severity.value:<8} {r.name:<22} {r.host}:{r.subject}  {r.message}")  # noqa: T201
+            print(f"{r.verdict.value:<8} {r.name:<22} {r.host}:{r.subject}  {r.message}")  # noqa: T201
             if r.hint:
                 print(f"{'':<8} {'':<22} hint: {r.hint}")  # noqa: T201
-    if verdict is Severity.BLOCKER:
+    if verdict is Verdict.BLOCKER:
         return ExitCode.PREFLIGHT
     if not checked:
         sys.stderr.write(
@@ -1078,10 +1082,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     """Run one live migration (a Session) and print its report."""
     from libvirt_vmotion.session.wiring import Around, open_session  # noqa: PLC0415  libvirt on use
 
-    source_uri = args.source_uri or os.environ.get(DEFAULT_SOURCE_URI_ENV) or "qemu:///system"
-    if source_uri == args.dest_uri:
-        msg = f"--from and --to are the same URI ({args.dest_uri})."
-        raise UsageError(msg, hint="Give the destination host's URI with --to.")
+    source_uri = _source_uri(args)
     policy = _policy(args)
     metrics_file = args.metrics_file or metrics_default_path()
     request = MigrationRequest(  # the effective budget: defaults, then --policy, then flags
@@ -1118,18 +1119,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     except VmotionError as exc:
         printer.finish()
         unreleased = session.unreleased if session is not None else None
-        failure = build_failure_report(
-            request,
-            result="aborted" if isinstance(exc, MigrationAborted) else "failed",
-            error=exc.message,
-            hint=exc.hint,
-            exit_code=int(exc.exit_code),
-            blockers=exc.blockers if isinstance(exc, PreflightFailed) else (),
-            reservation=unreleased.to_dict() if unreleased is not None else None,
-        )
-        if args.json or args.report_file:
-            _emit_json(failure, args)
-        _journal(failure, exit_code=int(exc.exit_code), metrics_file=metrics_file)
+        _report_failure(args, request, exc, unreleased=unreleased, metrics_file=metrics_file)
         raise
     _journal(report, exit_code=ExitCode.OK, metrics_file=metrics_file)
     if args.json:
@@ -1139,6 +1129,43 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         if args.report_file:
             _write_report(report, args.report_file)
     return ExitCode.OK
+
+
+def _source_uri(args: argparse.Namespace) -> str:
+    """The source host's URI: --from, else $LIBVIRT_DEFAULT_URI, else qemu:///system.
+
+    Raises:
+        UsageError: --from and --to name the same URI.
+
+    """
+    source_uri = args.source_uri or os.environ.get(DEFAULT_SOURCE_URI_ENV) or "qemu:///system"
+    if source_uri == args.dest_uri:
+        msg = f"--from and --to are the same URI ({args.dest_uri})."
+        raise UsageError(msg, hint="Give the destination host's URI with --to.")
+    return str(source_uri)
+
+
+def _report_failure(
+    args: argparse.Namespace,
+    request: MigrationRequest,
+    exc: VmotionError,
+    *,
+    unreleased: Unreleased | None,
+    metrics_file: Path | None,
+) -> None:
+    """Write the failure report (--json, --report-file) and journal it; the caller re-raises."""
+    failure = build_failure_report(
+        request,
+        result="aborted" if isinstance(exc, MigrationAborted) else "failed",
+        error=exc.message,
+        hint=exc.hint,
+        exit_code=int(exc.exit_code),
+        blockers=exc.blockers if isinstance(exc, PreflightFailed) else (),
+        reservation=unreleased.to_dict() if unreleased is not None else None,
+    )
+    if args.json or args.report_file:
+        _emit_json(failure, args)
+    _journal(failure, exit_code=int(exc.exit_code), metrics_file=metrics_file)
 
 
 def _journal(report: Mapping[str, object], *, exit_code: int, metrics_file: Path | None) -> None:

@@ -390,6 +390,7 @@ def cmd_maintenance(
     around: Callable[[argparse.Namespace], Callable[[MigrationRequest], Around]],
 ) -> int:
     """``vmotion maintenance enter|exit|status URI``."""
+    from libvirt_vmotion.adapters import ops  # noqa: PLC0415
     from libvirt_vmotion.adapters.agent import RemoteHost  # noqa: PLC0415
 
     verb = args.maintenance_command
@@ -398,19 +399,19 @@ def cmd_maintenance(
         raise UsageError(msg, hint="Give other hosts with --to.")
     action = "status" if verb == "status" else verb
     by = f"vmotion maintenance, pid {os.getpid()} on {socket.gethostname()}"
-    reply = RemoteHost.for_uri(args.uri).call("maintenance", {"action": action, "by": by})
+    reply = ops.MAINTENANCE.call(
+        RemoteHost.for_uri(args.uri), ops.MaintenanceRequest(action=action, by=by)
+    )
     running = _guests_on(args.uri)
+    mark = None if reply.maintenance is None else ops.to_json(reply.maintenance)
     doc = {"event": "maintenance", "uri": args.uri, "action": verb,
-           "in_maintenance": reply.get("maintenance") is not None,
-           "mark": reply.get("maintenance"), "running": list(running)}  # fmt: skip
+           "in_maintenance": mark is not None, "mark": mark, "running": list(running)}  # fmt: skip
     if args.json:
         print(json_line(doc, now_s=time.time()))  # noqa: T201  machine output
     else:
         state = "in maintenance" if doc["in_maintenance"] else "not in maintenance"
-        mark = reply.get("maintenance")
-        since = (
-            f" since {mark.get('since_utc')} ({mark.get('by')})" if isinstance(mark, dict) else ""
-        )
+        m = reply.maintenance
+        since = f" since {m.since_utc} ({m.by})" if m is not None else ""
         print(f"{args.uri}: {state}{since}; running: {', '.join(running) or 'none'}")  # noqa: T201
     if verb != "enter" or not args.dest_uris:
         return ExitCode.OK

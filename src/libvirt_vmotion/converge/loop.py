@@ -282,55 +282,73 @@ def migrate(  # noqa: PLR0913  the migration's collaborators, all keyword-only
         request: the guest, the hosts and the user's limits.
         source: open connection to the source host.
         dest: open connection to the destination host.
-        observers: outside watchers (ping, workload); their results come back
-            by name.
+        observers: outside watchers (ping, workload); their sections come back by name.
         on_sample: called with every job sample.
+        on_progress: called with the phase-aware progress view.
         poll_interval_s: how often to read job statistics (events wake earlier).
         clock: monotonic clock, injectable for tests.
-        cutover: post-switchover step (network cutover); armed before the
-            migration starts, finished after it; its section joins the report.
+        cutover: post-switchover step (network cutover), armed before the migration
+            starts and finished after it; its section joins the report.
         policy: the user's budget and escalations (default: from the request).
-        on_progress: called with the phase-aware progress view.
-        measured: what was measured or learned before the migration
-            (``converge.machine.build_context``); its ``qemu_knows_switchover_rate``
-            is decided here, from the source's versions.
+        measured: what was measured or learned (``converge.machine.build_context``);
+            its ``qemu_knows_switchover_rate`` is decided here, from the source's versions.
 
     Returns:
         The outcome and the observers' sections.
 
     Raises:
         PreflightFailed: nothing was started (same host, not running ...).
-        MigrationAborted: the migration failed or was cancelled; the guest runs
-            on the source.
-        CutoverFailed: the migration failed and the guest is not (only) on the
-            source; the message says where it is.
+        MigrationAborted: failed or cancelled; the guest runs on the source.
+        CutoverFailed: failed, and the guest is not (only) on the source; the
+            message says where it is.
 
     """
     policy = policy or policy_for(request)
-    guest = _find_running_guest(source, request.domain)
-    source_host, dest_host = check_distinct_hosts(source, dest)
-    _check_dest_free(dest, guest.name)
-    guest.set_max_downtime(policy.initial_downtime_ms)
-    source_id = _best_effort_value(source.identity)
-    hint_mib_s = switchover_hint_mib_s(
-        measured.switchover_mib_s,
-        libvirt_version=source_id.libvirt_version if source_id else None,
-        qemu_version=source_id.hypervisor_version if source_id else None,
+    guest, hosts = _ready_to_move(source, dest, request.domain, policy)
+    controller = _build_controller(
+        guest,
+        request,
+        policy,
+        measured,
+        hosts=(source, dest),
+        on_sample=on_sample,
+        on_progress=on_progress,
+        poll_interval_s=poll_interval_s,
+        clock=clock,
     )
+    wall_s, sections = _run_observed(controller, observers, cutover, clock)
+    if controller.state is not State.COMPLETED:
+        _fail(controller, cutover, source, dest)
+    final = _final_sample(controller, dest)
+    sections.update(_finish_landed(cutover, source, dest, guest.name))
+    return _landed_outcome(controller, final, hosts=hosts, wall_s=wall_s), sections
+
+
+def _build_controller(  # noqa: PLR0913  what the controller steers and with what, keyword-only
+    guest: MigratingGuest,
+    request: MigrationRequest,
+    policy: MigrationPolicy,
+    measured: MeasuredContext,
+    *,
+    hosts: tuple[HostConnection, HostConnection],
+    on_sample: SampleSink | None,
+    on_progress: Callable[[ProgressView], None] | None,
+    poll_interval_s: float,
+    clock: Callable[[], float],
+) -> _Controller:
+    """The controller for this move, its transport options decided from the hosts' versions.
+
+    Whether QEMU is told the switchover rate depends on the source's versions
+    (``measured.qemu_knows_switchover_rate`` is set here); whether a post-copy
+    may be resumed depends on the destination's libvirt.
+    """
+    source, dest = hosts
+    hint_mib_s = _switchover_hint(source, measured)
     measured = replace(measured, qemu_knows_switchover_rate=hint_mib_s is not None)
-    options = MigrationOptions(
-        bandwidth_mib_s=policy.bandwidth_mib_s,
-        auto_converge=policy.allows_throttle,
-        postcopy=policy.allow_postcopy,
-        xbzrle=policy.xbzrle,
-        parallel_connections=policy.parallel_connections,
-        postcopy_bandwidth_mib_s=policy.postcopy_bandwidth_mib_s,
-        copy_disks=request.copy_disks,
-        avail_switchover_mib_s=hint_mib_s,
-    )
+    options = _options_for(request, policy, avail_switchover_mib_s=hint_mib_s)
     worker = _Worker(lambda: guest.migrate(request.dest_uri, options))
     dest_libvirt = _best_effort_value(lambda: dest.identity().libvirt_version)
-    controller = _Controller(
+    return _Controller(
         resume_crashes_dest=postcopy_resume_crashes(dest_libvirt),
         guest=guest,
         request=request,
@@ -343,6 +361,117 @@ def migrate(  # noqa: PLR0913  the migration's collaborators, all keyword-only
         poll_interval_s=poll_interval_s,
         clock=clock,
     )
+
+
+def _final_sample(controller: _Controller, dest: HostConnection) -> JobSample | None:
+    """The completed job's figures: the source's event, the destination's stats, or the last sample.
+
+    The source's JOB_COMPLETED event has the figures after pre-copy and post-copy
+    alike; the destination's completed stats are empty after post-copy.
+    """
+    samples = controller.history.samples
+    final = controller.completed_from_event or _completed_stats(
+        dest, controller.guest.name, controller.clock
+    )
+    return final or (samples[-1] if samples else None)
+
+
+def _landed_outcome(
+    controller: _Controller, final: JobSample | None, *, hosts: tuple[str, str], wall_s: float
+) -> MigrationOutcome:
+    """What happened, for a migration that completed and landed on the destination."""
+    samples = controller.history.samples
+    return MigrationOutcome(
+        domain=controller.guest.name,
+        source_host=hosts[0],
+        dest_host=hosts[1],
+        wall_time_s=wall_s,
+        final=final,
+        iterations=max([s.iteration for s in samples] + [final.iteration if final else 0]),
+        samples=tuple(samples),
+        controller=_controller_section(controller, controller.policy, final=final, wall_s=wall_s),
+    )
+
+
+def _fail(
+    controller: _Controller,
+    cutover: PostSwitchover | None,
+    source: HostConnection,
+    dest: HostConnection,
+) -> NoReturn:
+    """End the cutover (the guest did not land) and raise what the failed run means."""
+    if cutover is not None:
+        cutover.finish(landed=False)
+    controller.raise_failure(source, dest)
+
+
+def _finish_landed(
+    cutover: PostSwitchover | None, source: HostConnection, dest: HostConnection, name: str
+) -> dict[str, Mapping[str, object]]:
+    """Check the guest runs on the destination only, then finish the cutover; its section."""
+    with _ends_cutover_on_failure(cutover):
+        _verify_landed(source, dest, name)
+    return {cutover.name: cutover.finish(landed=True)} if cutover is not None else {}
+
+
+def _ready_to_move(
+    source: HostConnection, dest: HostConnection, domain: str, policy: MigrationPolicy
+) -> tuple[MigratingGuest, tuple[str, str]]:
+    """The running guest and the two hostnames, once nothing stands in the way of the move.
+
+    Sets the guest's first downtime rung before anything starts.
+
+    Raises:
+        PreflightFailed: same host, or a guest of that name runs on the destination.
+        DomainNotRunning: the guest is not running on the source.
+
+    """
+    guest = _find_running_guest(source, domain)
+    hosts = check_distinct_hosts(source, dest)
+    _check_dest_free(dest, guest.name)
+    guest.set_max_downtime(policy.initial_downtime_ms)
+    return guest, hosts
+
+
+def _switchover_hint(source: HostConnection, measured: MeasuredContext) -> int | None:
+    """The switchover rate to tell QEMU, or None where the source's versions cannot take it."""
+    source_id = _best_effort_value(source.identity)
+    return switchover_hint_mib_s(
+        measured.switchover_mib_s,
+        libvirt_version=source_id.libvirt_version if source_id else None,
+        qemu_version=source_id.hypervisor_version if source_id else None,
+    )
+
+
+def _options_for(
+    request: MigrationRequest, policy: MigrationPolicy, *, avail_switchover_mib_s: int | None
+) -> MigrationOptions:
+    """The transport options libvirt gets: the policy's escalations and the request's disks."""
+    return MigrationOptions(
+        bandwidth_mib_s=policy.bandwidth_mib_s,
+        auto_converge=policy.allows_throttle,
+        postcopy=policy.allow_postcopy,
+        xbzrle=policy.xbzrle,
+        parallel_connections=policy.parallel_connections,
+        postcopy_bandwidth_mib_s=policy.postcopy_bandwidth_mib_s,
+        copy_disks=request.copy_disks,
+        avail_switchover_mib_s=avail_switchover_mib_s,
+    )
+
+
+def _run_observed(
+    controller: _Controller,
+    observers: Sequence[Observer],
+    cutover: PostSwitchover | None,
+    clock: Callable[[], float],
+) -> tuple[float, dict[str, Mapping[str, object]]]:
+    """Run the controller with the observers watching and the cutover armed.
+
+    Returns:
+        The migration's wall time (from the moment the cutover was armed) and
+        the observers' sections, collected even when the run raised.
+
+    """
     sections: dict[str, Mapping[str, object]] = {}
     started: list[Observer] = []
     started_s = clock()
@@ -363,40 +492,23 @@ def migrate(  # noqa: PLR0913  the migration's collaborators, all keyword-only
             except Exception as exc:  # noqa: BLE001  an observer must not hide the outcome
                 log.warning("observer %s failed: %s", observer.name, exc)
                 sections[observer.name] = {"error": str(exc)}
+    return wall_s, sections
 
-    if controller.state is not State.COMPLETED:
-        if cutover is not None:
-            cutover.finish(landed=False)
-        controller.raise_failure(source, dest)
-    samples = controller.history.samples
-    # The source's JOB_COMPLETED event has the figures after pre-copy and post-copy
-    # alike; the destination's completed stats are empty after post-copy.
-    final = controller.completed_from_event or _completed_stats(dest, guest.name, clock)
-    final = final or (samples[-1] if samples else None)
-    with _ends_cutover_on_failure(cutover):
-        _verify_landed(source, dest, guest.name)
-    if cutover is not None:
-        sections[cutover.name] = cutover.finish(landed=True)
-    outcome = MigrationOutcome(
-        domain=guest.name,
-        source_host=source_host,
-        dest_host=dest_host,
-        wall_time_s=wall_s,
-        final=final,
-        iterations=max([s.iteration for s in samples] + [final.iteration if final else 0]),
-        samples=tuple(samples),
-        controller={
-            **build_controller_section(
-                controller.state,
-                controller.history,
-                policy,
-                measured,
-                downtime_ms=final.downtime_ms if final else None,
-            ),
-            **controller_cpu_section(cpu_s=controller.cpu_s, wall_s=wall_s),
-        },
-    )
-    return outcome, sections
+
+def _controller_section(
+    controller: _Controller, policy: MigrationPolicy, *, final: JobSample | None, wall_s: float
+) -> dict[str, object]:
+    """The report's ``controller`` section: the run's decisions and its own CPU time."""
+    return {
+        **build_controller_section(
+            controller.state,
+            controller.history,
+            policy,
+            controller.measured,
+            downtime_ms=final.downtime_ms if final else None,
+        ),
+        **controller_cpu_section(cpu_s=controller.cpu_s, wall_s=wall_s),
+    }
 
 
 @contextlib.contextmanager

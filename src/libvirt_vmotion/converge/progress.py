@@ -136,19 +136,7 @@ def build_view(
         preflight_mib_s=measured.preflight_dirty_mib_s,
     )
     if sample is None:
-        return ProgressView(
-            phase=state.value,
-            round=0,
-            elapsed_s=elapsed_s,
-            bulk_percent=0.0,
-            remaining_mib=0.0,
-            dirty_mib_s=dirty,
-            transfer_mib_s=0.0,
-            rounds_left=None,
-            eta_s=None,
-            note="",
-            dirty_source=dirty_source,
-        )
+        return _view_before_first_sample(state, elapsed_s, dirty, dirty_source)
     rounds_left, eta_s, note = _estimate(state, history, policy, sample)
     phase = state.value
     note = _note(history, sample, previous, estimate_note=note)
@@ -171,6 +159,25 @@ def build_view(
         note=note,
         disk_total_mib=sample.disk_total_bytes / MIB,
         disk_remaining_mib=sample.disk_remaining_bytes / MIB,
+        dirty_source=dirty_source,
+    )
+
+
+def _view_before_first_sample(
+    state: State, elapsed_s: float, dirty_mib_s: float, dirty_source: DirtyRateSource
+) -> ProgressView:
+    """The view while QEMU has reported nothing yet: only the phase, time and a known rate."""
+    return ProgressView(
+        phase=state.value,
+        round=0,
+        elapsed_s=elapsed_s,
+        bulk_percent=0.0,
+        remaining_mib=0.0,
+        dirty_mib_s=dirty_mib_s,
+        transfer_mib_s=0.0,
+        rounds_left=None,
+        eta_s=None,
+        note="",
         dirty_source=dirty_source,
     )
 

@@ -36,11 +36,11 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
-from urllib.parse import urlsplit
 
+from libvirt_vmotion.adapters import ops
 from libvirt_vmotion.adapters.agent import RemoteHost
 from libvirt_vmotion.adapters.virt import Guest, Hypervisor
-from libvirt_vmotion.cutover.bridge import FdbClaims, FdbWatcher, fdb_entries
+from libvirt_vmotion.cutover.bridge import Claimed, FdbClaims, FdbWatcher, fdb_entries
 from libvirt_vmotion.cutover.frames import (
     MAX_ANNOUNCED_PER_NIC,
     AddressSource,
@@ -54,15 +54,7 @@ from libvirt_vmotion.cutover.frames import (
 )
 from libvirt_vmotion.cutover.send import send_announcements
 from libvirt_vmotion.errors import DomainNotFound, VmotionError
-from libvirt_vmotion.preflight.netcheck import (
-    BridgeFacts,
-    GuestNic,
-    NetCheckResult,
-    Severity,
-    check_networks,
-    guest_nics_from_xml,
-    unchecked_nics,
-)
+from libvirt_vmotion.preflight.netcheck import GuestNic, guest_nics_from_xml
 
 log = logging.getLogger(__name__)
 
@@ -308,16 +300,9 @@ def op_announce(args: Mapping[str, Any]) -> dict[str, object]:
             errors.extend(_prepare_claims(claims, nics, taps))
 
     try:
-        if args.get("wait_for_resume", True):
-            resume = _wait_running(
-                uri, domain, timeout_s=float(args.get("timeout_s", 600)), poll_s=poll_s,
-                on_taps=prepare,
-            )  # fmt: skip
-            if not resume.resumed:
-                return {"resumed": False, "detail": resume.why_not}
-        else:
-            resume = _Resume(resumed=True, wall_s=time.time(), taps=_taps_by_mac(uri, domain))
-            prepare(resume.taps)
+        resume = _await_resume(args, uri, domain, poll_s=poll_s, on_taps=prepare)
+        if not resume.resumed:
+            return {"resumed": False, "detail": resume.why_not}
         start = time.monotonic()
         # First the local bridge: frames for the guest that reach this host must go
         # to its tap, not back to the uplink where the bridge last saw the guest.
@@ -326,11 +311,7 @@ def op_announce(args: Mapping[str, Any]) -> dict[str, object]:
         if claims is not None:
             claims.close()
     errors.extend(claim_errors)
-    claimed = [
-        {"bridge": c.bridge, "mac": c.mac, "tap": c.port,
-         "replaced_ports": list(c.replaced_ports), "at_ms": round((c.at_s - start) * 1000, 1)}
-        for c in set_entries
-    ]  # fmt: skip
+    claimed = [_claimed_row(c, start) for c in set_entries]
     taps = resume.taps
     sent, send_errors = _announce_all(nics, schedule, start)
     errors.extend(send_errors)
@@ -345,6 +326,38 @@ def op_announce(args: Mapping[str, Any]) -> dict[str, object]:
         "sent": sorted(sent, key=lambda s: (float(str(s["at_ms"])), str(s["kind"]))),
         "fdb": fdb,
         "errors": errors,
+    }
+
+
+def _await_resume(
+    args: Mapping[str, Any],
+    uri: str,
+    domain: str,
+    *,
+    poll_s: float,
+    on_taps: Callable[[Mapping[str, str]], None],
+) -> _Resume:
+    """Wait for the incoming guest to run here (or, told not to wait, take it as resumed now).
+
+    ``on_taps`` gets the guest's tap per MAC as soon as they are known, so the
+    FDB claims are ready before the resume.
+    """
+    if args.get("wait_for_resume", True):
+        timeout_s = float(args.get("timeout_s", 600))
+        return _wait_running(uri, domain, timeout_s=timeout_s, poll_s=poll_s, on_taps=on_taps)
+    resume = _Resume(resumed=True, wall_s=time.time(), taps=_taps_by_mac(uri, domain))
+    on_taps(resume.taps)
+    return resume
+
+
+def _claimed_row(claim: Claimed, start: float) -> dict[str, object]:
+    """One ``fdb_claimed`` entry of the reply, its time in ms after the resume."""
+    return {
+        "bridge": claim.bridge,
+        "mac": claim.mac,
+        "tap": claim.port,
+        "replaced_ports": list(claim.replaced_ports),
+        "at_ms": round((claim.at_s - start) * 1000, 1),
     }
 
 
@@ -457,7 +470,7 @@ class NetworkCutover:
     _addresses: tuple[GuestAddress, ...] = ()
     _thread: threading.Thread | None = None
     _call: StartedCall | None = None
-    _reply: dict[str, object] | None = None
+    _reply: ops.AnnounceReply | None = None
     _error: str = ""
     _watcher: FdbWatcher | None = None
     _errors: list[str] = field(default_factory=list)
@@ -482,20 +495,20 @@ class NetworkCutover:
                 self._errors.append(f"cannot watch switch {self.switch}: {exc}")
         if not notified:
             return
-        args = {
-            "domain": self.domain,
-            "nics": [
+        request = ops.AnnounceRequest(
+            domain=self.domain,
+            nics=tuple(
                 {"mac": n.mac, "bridge": n.bridge, "ips": self._announced_ips(n.mac)}
                 for n in notified
-            ],
-            "count": self.config.schedule.count,
-            "interval_ms": self.config.schedule.interval_ms,
-            "verify_timeout_ms": self.config.verify_timeout_ms,
-            "timeout_s": self.timeout_s,
-        }
+            ),
+            count=self.config.schedule.count,
+            interval_ms=self.config.schedule.interval_ms,
+            verify_timeout_ms=self.config.verify_timeout_ms,
+            timeout_s=self.timeout_s,
+        )
         try:
-            self._call = self.agent_for(self.dest_uri).start(
-                "announce", args, timeout_s=self.timeout_s + ANNOUNCE_MARGIN_S
+            self._call = ops.ANNOUNCE.start(
+                self.agent_for(self.dest_uri), request, timeout_s=self.timeout_s + ANNOUNCE_MARGIN_S
             )
         except VmotionError as exc:
             self._error = exc.message + (f" ({exc.hint})" if exc.hint else "")
@@ -510,7 +523,7 @@ class NetworkCutover:
 
     def _announce(self, call: StartedCall) -> None:
         try:
-            self._reply = call.result()
+            self._reply = ops.ANNOUNCE.parse_reply(call.result(), host=self.dest_uri)
         except VmotionError as exc:
             self._error = exc.message + (f" ({exc.hint})" if exc.hint else "")
 
@@ -556,11 +569,11 @@ class NetworkCutover:
                 "interval_ms": self.config.schedule.interval_ms,
             },
         }
-        reply = self._reply or {}
+        reply = self._reply
         if self._error:
             self._errors.append(f"announcer on the destination: {self._error}")
-        resumed_wall = reply.get("resumed_at_wall_s")
-        if reply:
+        resumed_wall = reply.resumed_at_wall_s if reply is not None else None
+        if reply is not None:
             section.update(_summarize_reply(reply))
         if self.config.flush_source_fdb and self._nics:
             section["source_fdb_removed"] = self._flush_source()
@@ -576,46 +589,38 @@ class NetworkCutover:
         for bridge in sorted({n.bridge for n in self._nics}):
             macs = [n.mac for n in self._nics if n.bridge == bridge]
             try:
-                reply = agent.call("fdb_flush", {"bridge": bridge, "macs": macs})
+                reply = ops.FDB_FLUSH.call(agent, ops.FdbRequest(bridge=bridge, macs=tuple(macs)))
             except VmotionError as exc:
                 self._errors.append(f"stale FDB entries on the source not removed: {exc.message}")
                 continue
-            entries = reply.get("removed")
-            removed.extend(
-                {"bridge": bridge, **entry} if isinstance(entry, dict) else entry
-                for entry in (entries if isinstance(entries, list) else [])
-            )
+            removed.extend({"bridge": bridge, **entry} for entry in reply.removed)
         return removed
 
 
-def _summarize_reply(reply: Mapping[str, object]) -> dict[str, object]:
-    out: dict[str, object] = {"resumed_seen": bool(reply.get("resumed"))}
-    if not reply.get("resumed"):
-        out["detail"] = reply.get("detail", "")
+def _summarize_reply(reply: ops.AnnounceReply) -> dict[str, object]:
+    out: dict[str, object] = {"resumed_seen": reply.resumed}
+    if not reply.resumed:
+        out["detail"] = reply.detail
         return out
-    sent = reply.get("sent")
-    sent_list = sent if isinstance(sent, list) else []
+    sent_list = [dict(item) for item in reply.sent]
     counts: dict[str, int] = {}
     for item in sent_list:
-        if isinstance(item, dict) and not item.get("error"):
+        if not item.get("error"):
             kind = str(item.get("kind"))
             counts[kind] = counts.get(kind, 0) + 1
     out.update(
         {
-            "resumed_at_wall_s": reply.get("resumed_at_wall_s"),
-            "resume_poll_ms": reply.get("resume_poll_ms"),
+            "resumed_at_wall_s": reply.resumed_at_wall_s,
+            "resume_poll_ms": reply.resume_poll_ms,
             "announcements_sent": counts,
             "announcements": sent_list,
-            "first_announcement_after_resume_ms": next(
-                (i.get("at_ms") for i in sent_list if isinstance(i, dict)), None
-            ),
-            "dest_fdb": reply.get("fdb", []),
-            "dest_fdb_claimed": reply.get("fdb_claimed", []),
+            "first_announcement_after_resume_ms": next((i.get("at_ms") for i in sent_list), None),
+            "dest_fdb": [dict(f) for f in reply.fdb],
+            "dest_fdb_claimed": [dict(c) for c in reply.fdb_claimed],
         }
     )
-    errors = reply.get("errors")
-    if errors:
-        out["announce_errors"] = errors
+    if reply.errors:
+        out["announce_errors"] = list(reply.errors)
     return out
 
 
@@ -639,75 +644,3 @@ def _switch_section(
 
 
 # ---- pre-flight: the network checks, gathered ------------------------------------------
-
-
-def network_checks(  # noqa: PLR0913  the hosts, the guest and the seams, keyword-only
-    *,
-    source: Hypervisor,
-    domain: str,
-    source_uri: str,
-    dest_uri: str,
-    config: NotifyConfig | None = None,
-    agent_for: Callable[[str], AgentClient] = RemoteHost.for_uri,
-) -> tuple[NetCheckResult, ...]:
-    """Network pre-flight results for moving ``domain`` to ``dest_uri``.
-
-    Reads the guest's bridges from its XML, the bridges' facts on both hosts
-    through the agent, and judges them (``netcheck.check_networks``). A host
-    whose agent cannot be reached yields a warning result, not an exception.
-
-    Returns:
-        Neutral ``NetCheckResult`` values (the pre-flight report folds them in).
-
-    Raises:
-        VmotionError: the guest cannot be read on the source.
-
-    """
-    config = config or NotifyConfig()
-    domain_xml = source.lookup(domain).xml()
-    nics = guest_nics_from_xml(domain_xml)
-    bridges = sorted({n.bridge for n in nics})
-    results: list[NetCheckResult] = list(
-        unchecked_nics(domain_xml, host=urlsplit(source_uri).hostname or source_uri)
-    )
-    if not nics:
-        return tuple(results)
-    facts: dict[str, dict[str, BridgeFacts]] = {}
-    dest_host = urlsplit(dest_uri).hostname or "destination"
-    for role, uri in (("dest", dest_uri), ("source", source_uri)):
-        try:
-            reply = agent_for(uri).call("bridge_facts", {"bridges": bridges})
-        except VmotionError as exc:
-            results.append(
-                NetCheckResult(
-                    "network-facts",
-                    Severity.WARNING,
-                    urlsplit(uri).hostname or uri,
-                    "",
-                    f"Could not read the {role} host's bridges: {exc.message}",
-                    exc.hint or "Install libvirt-vmotion there (the agent reads bridge facts).",
-                )
-            )
-            continue
-        listed = reply.get("bridges")
-        found = (
-            [BridgeFacts.from_dict(b) for b in listed if isinstance(b, dict)]
-            if isinstance(listed, list)
-            else []
-        )
-        facts[role] = {b.name: b for b in found}
-        if role == "dest" and found:
-            dest_host = found[0].host
-    if "dest" not in facts:
-        return tuple(results)
-    off = frozenset({"*"}) if not config.enabled else config.off_bridges
-    results.extend(
-        check_networks(
-            nics,
-            dest=facts["dest"],
-            source=facts.get("source", {}),
-            notify_off=off,
-            dest_host=dest_host,
-        )
-    )
-    return tuple(results)

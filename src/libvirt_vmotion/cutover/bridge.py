@@ -1,7 +1,7 @@
 """Linux bridge facts and forwarding database, read and changed on this host.
 
 I/O: pyroute2 netlink only; no policy (verdicts live in ``netcheck``). These run
-on a hypervisor host, normally as agent operations (``agent.OPERATIONS``):
+on a hypervisor host, normally as agent operations (``adapters.ops.REGISTRY``):
 
 - ``bridge_facts``  {"bridges": [names]}                -> {"host", "bridges": [facts]}
 - ``fdb_query``     {"bridge", "macs": [..]}            -> {"host", "entries": [..]}
@@ -30,7 +30,7 @@ from pyroute2 import IPRoute
 
 from libvirt_vmotion.errors import UsageError
 from libvirt_vmotion.preflight.domxml import interface_name_problem
-from libvirt_vmotion.preflight.netcheck import BridgeFacts, PortFacts, StpState
+from libvirt_vmotion.preflight.facts import BridgeFacts, PortFacts, StpState
 
 NUD_REACHABLE: Final = 0x02
 NUD_PERMANENT: Final = 0x80

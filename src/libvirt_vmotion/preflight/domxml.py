@@ -108,49 +108,6 @@ def guest_facts(xml: str, *, state: str = "running", job_active: bool = False) -
     """
     dom = _parse(xml)
     devices = dom.find("devices")
-    nics = []
-    disks = []
-    videos: list[str] = []
-    if devices is not None:
-        for nic in devices.findall("interface"):
-            kind = nic.get("type", "")
-            source = nic.find("source")
-            src = ""
-            if source is not None:
-                src = source.get("bridge") or source.get("network") or source.get("dev") or ""
-            mac = nic.find("mac")
-            model = nic.find("model")
-            mtu = nic.find("mtu")
-            nics.append(
-                NicFacts(
-                    mac=mac.get("address", "") if mac is not None else "",
-                    kind=kind,
-                    source=src,
-                    model=model.get("type", "") if model is not None else "",
-                    mtu=int(mtu.get("size", "0")) or None if mtu is not None else None,
-                )
-            )
-        for disk in devices.findall("disk"):
-            source = disk.find("source")
-            target = disk.find("target")
-            src = ""
-            if source is not None:
-                src = source.get("file") or source.get("dev") or source.get("name") or ""
-                if disk.get("type") == "volume":
-                    src = f"{source.get('pool', '')}/{source.get('volume', '')}"
-            disks.append(
-                DiskFacts(
-                    target=target.get("dev", "") if target is not None else "",
-                    device=disk.get("device", "disk"),
-                    kind=disk.get("type", "file"),
-                    source=src,
-                    bus=target.get("bus", "") if target is not None else "",
-                    readonly=disk.find("readonly") is not None,
-                )
-            )
-        videos = [
-            m.get("type", "") for m in devices.findall("video/model") if m.get("type", "") != "none"
-        ]
     os_type = dom.find("os/type")
     cpu = dom.find("cpu")
     vcpu = dom.find("vcpu")
@@ -167,11 +124,82 @@ def guest_facts(xml: str, *, state: str = "running", job_active: bool = False) -
         cpu_mode=cpu.get("mode", "") if cpu is not None else "",
         cpu_model=dom.findtext("cpu/model", default=""),
         hugepages=dom.find("memoryBacking/hugepages") is not None,
-        nics=tuple(nics),
-        disks=tuple(disks),
+        nics=_nics(devices),
+        disks=_disks(devices),
         passthrough=_passthrough(devices),
-        video_models=tuple(videos),
+        video_models=_video_models(devices),
     )
+
+
+def nic_facts(xml: str) -> tuple[NicFacts, ...]:
+    """The guest's NICs from its domain XML: the one NIC parser (checks, netcheck, cutover)."""
+    return _nics(_parse(xml).find("devices"))
+
+
+def _nics(devices: ET.Element | None) -> tuple[NicFacts, ...]:
+    if devices is None:
+        return ()
+    return tuple(_nic(iface) for iface in devices.findall("interface"))
+
+
+def _nic(iface: ET.Element) -> NicFacts:
+    """One ``<interface>``: its attachment, model, MTU, tap and nwfilter addresses."""
+    source = iface.find("source")
+    src = bridge = network = ""
+    if source is not None:
+        src = source.get("bridge") or source.get("network") or source.get("dev") or ""
+        bridge, network = source.get("bridge", ""), source.get("network", "")
+    mac = iface.find("mac")
+    model = iface.find("model")
+    mtu = iface.find("mtu")
+    target = iface.find("target")
+    return NicFacts(
+        mac=mac.get("address", "") if mac is not None else "",
+        kind=iface.get("type", ""),
+        source=src,
+        model=model.get("type", "") if model is not None else "",
+        mtu=int(mtu.get("size", "0")) or None if mtu is not None else None,
+        bridge=bridge,
+        network=network,
+        tap=target.get("dev", "") if target is not None else "",
+        filter_ips=tuple(
+            value
+            for param in iface.iterfind("filterref/parameter")
+            if param.get("name") == "IP" and (value := param.get("value", ""))
+        ),
+    )
+
+
+def _disks(devices: ET.Element | None) -> tuple[DiskFacts, ...]:
+    if devices is None:
+        return ()
+    disks = []
+    for disk in devices.findall("disk"):
+        source = disk.find("source")
+        target = disk.find("target")
+        src = ""
+        if source is not None:
+            src = source.get("file") or source.get("dev") or source.get("name") or ""
+            if disk.get("type") == "volume":
+                src = f"{source.get('pool', '')}/{source.get('volume', '')}"
+        disks.append(
+            DiskFacts(
+                target=target.get("dev", "") if target is not None else "",
+                device=disk.get("device", "disk"),
+                kind=disk.get("type", "file"),
+                source=src,
+                bus=target.get("bus", "") if target is not None else "",
+                readonly=disk.find("readonly") is not None,
+            )
+        )
+    return tuple(disks)
+
+
+def _video_models(devices: ET.Element | None) -> tuple[str, ...]:
+    if devices is None:
+        return ()
+    models = (m.get("type", "") for m in devices.findall("video/model"))
+    return tuple(m for m in models if m != "none")
 
 
 def cpu_xml(xml: str) -> str:

@@ -20,13 +20,14 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from libvirt_vmotion.adapters import ops
 from libvirt_vmotion.adapters.agent import AgentOperationFailed, AgentUnavailable, RemoteHost
 from libvirt_vmotion.adapters.linkprobe import LinkMeasurement, measure_link
 from libvirt_vmotion.adapters.virt import Guest, Hypervisor
 from libvirt_vmotion.errors import Unsupported, VmotionError
 from libvirt_vmotion.model import MIB, QEMU_OVERHEAD_BYTES, PastRun
 from libvirt_vmotion.policy import DEFAULT_INITIAL_DOWNTIME_MS, DEFAULT_MAX_DOWNTIME_MS
-from libvirt_vmotion.preflight import domxml
+from libvirt_vmotion.preflight import domxml, netcheck
 from libvirt_vmotion.preflight.facts import (
     AgentFacts,
     BridgeFacts,
@@ -37,16 +38,17 @@ from libvirt_vmotion.preflight.facts import (
     GuestFacts,
     HostFacts,
     NetworkFacts,
-    PortFlags,
+    PortFacts,
     PreflightFacts,
     ReservationView,
+    StpState,
 )
 from libvirt_vmotion.preflight.forecast import Forecast, ForecastInputs, forecast
 from libvirt_vmotion.preflight.linkrate import bound_switchover, choose_rate, final_round_rate
+from libvirt_vmotion.preflight.result import CheckResult, Verdict
 
 log = logging.getLogger(__name__)
 
-_TAPS = ("vnet", "tap", "macvtap", "vif")
 QEMU_RSS_OVERHEAD_MIB = {"qemu": 170.0, "kvm": 40.0}
 """QEMU's own share of its resident memory, by virt type: the bulk round sends only the
 guest's touched pages, RSS minus this. TCG keeps a large translation cache resident
@@ -95,8 +97,9 @@ def _bridge(dest: Hypervisor, name: str) -> BridgeFacts | None:
     return BridgeFacts(
         name=name,
         exists=True,
-        active=active,
-        uplinks=tuple(m for m in members if m and not m.startswith(_TAPS)),
+        up=active,
+        # Names only: libvirt's XML has no link kinds, so role_of falls back to names.
+        ports=tuple(PortFacts(name=m) for m in members if m),
         mtu=int(mtu.get("size", "0")) if mtu is not None else None,
     )
 
@@ -136,46 +139,40 @@ def _agent_facts(agent: RemoteHost | None, bridges: list[str], paths: list[str])
     if agent is None:
         return AgentFacts(available=False, error="agent not used (--no-agent)")
     try:
-        got = agent.call("host-facts", {"bridges": bridges, "paths": paths})
+        got = ops.HOST_FACTS.call(
+            agent, ops.HostFactsRequest(bridges=tuple(bridges), paths=tuple(paths))
+        )
     except (AgentUnavailable, AgentOperationFailed) as exc:
         return AgentFacts(available=False, error=exc.message)
-    ports_raw = got.get("bridge_ports", {})
-    ports = {
-        str(br): tuple(
-            PortFlags(
-                port=str(p["port"]),
-                state=str(p["state"]),
-                learning=bool(p["learning"]),
-                flooding=bool(p["flooding"]),
-            )
-            for p in plist
-        )
-        for br, plist in (ports_raw.items() if isinstance(ports_raw, dict) else [])
-    }
-    view_raw = got.get("reservation")
+    ports = {br: tuple(_port_facts(p) for p in plist) for br, plist in got.bridge_ports.items()}
+    view_raw = got.reservation
     view = None
-    if isinstance(view_raw, dict):
+    if view_raw is not None:
         view = ReservationView(
-            reserved_memory_bytes=int(view_raw.get("reserved_memory_bytes", 0)),
-            reserved_vcpus=int(view_raw.get("reserved_vcpus", 0)),
-            inbound_active=int(view_raw.get("inbound_active", 0)),
-            inbound_limit=int(view_raw.get("inbound_limit", 2)),
-            memory_limit_bytes=view_raw.get("memory_limit_bytes"),
-            vcpu_limit=view_raw.get("vcpu_limit"),
-            **_maintenance_fields(view_raw.get("maintenance")),
+            reserved_memory_bytes=view_raw.reserved_memory_bytes,
+            reserved_vcpus=view_raw.reserved_vcpus,
+            inbound_active=view_raw.inbound_active,
+            inbound_limit=view_raw.inbound_limit,
+            memory_limit_bytes=view_raw.memory_limit_bytes,
+            vcpu_limit=view_raw.vcpu_limit,
+            **_maintenance_fields(view_raw.maintenance),
         )
-    paths_raw = got.get("paths_exist", {})
-    mem = got.get("mem_available_bytes")
-    huge = got.get("hugepages_free_bytes")
     return AgentFacts(
         available=True,
-        mem_available_bytes=int(mem) if isinstance(mem, int) else None,
-        hugepages_free_bytes=int(huge) if isinstance(huge, int) else None,
+        mem_available_bytes=got.mem_available_bytes,
+        hugepages_free_bytes=got.hugepages_free_bytes,
         bridge_ports=ports,
         reservation=view,
-        paths_exist={str(k): bool(v) for k, v in paths_raw.items()}
-        if isinstance(paths_raw, dict)
-        else {},
+        paths_exist=dict(got.paths_exist),
+    )
+
+
+def _port_facts(flags: ops.PortFlagsReply) -> PortFacts:
+    """One port of ``host-facts`` in the one bridge model (its link kind is not reported)."""
+    # The kernel has only the five states; a state the agent could not name blocks as before.
+    state = StpState.__members__.get(flags.state.upper(), StpState.DISABLED)
+    return PortFacts(
+        name=flags.port, stp_state=state, learning=flags.learning, unicast_flood=flags.flooding
     )
 
 
@@ -281,11 +278,12 @@ def _bulk_bytes(
     """Data of the bulk round: guest RAM resident on the source (agent), else an RSS guess."""
     if source_agent is not None:
         try:
-            got = source_agent.call(
-                "guest-memory", {"domain": facts.name, "memory_bytes": facts.memory_bytes}
+            got = ops.GUEST_MEMORY.call(
+                source_agent,
+                ops.GuestMemoryRequest(domain=facts.name, memory_bytes=facts.memory_bytes),
             )
-            resident = got.get("resident_bytes")
-            if isinstance(resident, int) and resident > 0:
+            resident = got.resident_bytes
+            if resident > 0:
                 return min(resident, facts.memory_bytes), "guest RAM resident on the source"
         except (AgentUnavailable, AgentOperationFailed) as exc:
             log.debug("no guest memory detail from the source agent: %s", exc.message)
@@ -372,29 +370,24 @@ def measure_forecast(  # noqa: PLR0913  the forecast's inputs, keyword-only
     """
     guest = source.lookup(domain)
     try:
-        if started:
-            rate = guest.wait_dirty_rate_mib_s(sleep=sleep)
-        elif guest.has_job():
-            return Measured(
-                None, window_s, "a job runs on the guest; not measuring", switchover_mib_s
-            )
-        else:
-            rate = guest.measure_dirty_rate_mib_s(seconds=window_s, sleep=sleep)
-        if started:
-            bulk, bulk_source = started.bulk.result(timeout=120)
-        else:
-            facts = domxml.guest_facts(guest.xml())
-            bulk, bulk_source = _bulk_bytes(guest, facts, source_agent)
+        sampled = _sample_guest(
+            guest, started=started, window_s=window_s, sleep=sleep, source_agent=source_agent
+        )
     except VmotionError as exc:
         return Measured(None, window_s, exc.message, switchover_mib_s)
+    if sampled is None:
+        return Measured(None, window_s, "a job runs on the guest; not measuring", switchover_mib_s)
+    rate, bulk, bulk_source = sampled
     link = _link_result(started)
+    cap_mib_s = float(bandwidth_mib_s) if bandwidth_mib_s else None
+    link_mib_s = link.mib_s if link else None
     chosen = choose_rate(
-        cap_mib_s=float(bandwidth_mib_s) if bandwidth_mib_s else None,
-        link_mib_s=link.mib_s if link else None,
+        cap_mib_s=cap_mib_s,
+        link_mib_s=link_mib_s,
         link_detail=link.detail if link else "",
         history=past,
     )
-    switchover_mib_s = bound_switchover(switchover_mib_s, link_mib_s=link.mib_s if link else None)
+    switchover_mib_s = bound_switchover(switchover_mib_s, link_mib_s=link_mib_s)
     source_text = chosen.source
     if link is not None and link.mib_s is None:
         source_text += f"; link not measured: {link.detail}"
@@ -402,9 +395,7 @@ def measure_forecast(  # noqa: PLR0913  the forecast's inputs, keyword-only
         memory_mib=bulk / MIB,
         memory_source=bulk_source,
         switchover_bandwidth_mib_s=final_round_rate(
-            learned_mib_s=switchover_mib_s,
-            cap_mib_s=float(bandwidth_mib_s) if bandwidth_mib_s else None,
-            link_mib_s=link.mib_s if link else None,
+            learned_mib_s=switchover_mib_s, cap_mib_s=cap_mib_s, link_mib_s=link_mib_s
         ),
         dirty_rate_mib_s=rate,
         bandwidth_mib_s=chosen.mib_s,
@@ -413,6 +404,34 @@ def measure_forecast(  # noqa: PLR0913  the forecast's inputs, keyword-only
         bandwidth_source=source_text,
     )
     return Measured(forecast(inputs), window_s, switchover_mib_s=switchover_mib_s)
+
+
+def _sample_guest(
+    guest: Guest,
+    *,
+    started: Measuring | None,
+    window_s: int,
+    sleep: Callable[[float], None],
+    source_agent: RemoteHost | None,
+) -> tuple[float, int, str] | None:
+    """The guest's dirty rate and bulk size: (rate MiB/s, bulk bytes, where the bulk came from).
+
+    Returns None, measuring nothing, when a job runs on the guest (sampling would
+    disturb a migration). With ``started``, only waits for what it began.
+
+    Raises:
+        VmotionError: the measurement or the bulk lookup failed.
+
+    """
+    if started:
+        rate = guest.wait_dirty_rate_mib_s(sleep=sleep)
+        bulk, bulk_source = started.bulk.result(timeout=120)
+        return rate, bulk, bulk_source
+    if guest.has_job():
+        return None
+    rate = guest.measure_dirty_rate_mib_s(seconds=window_s, sleep=sleep)
+    bulk, bulk_source = _bulk_bytes(guest, domxml.guest_facts(guest.xml()), source_agent)
+    return rate, bulk, bulk_source
 
 
 def _link_result(started: Measuring | None) -> LinkMeasurement | None:
@@ -425,11 +444,85 @@ def _link_result(started: Measuring | None) -> LinkMeasurement | None:
         return LinkMeasurement(None, "the link measurement did not finish within 60 s")
 
 
-def _maintenance_fields(raw: object) -> dict[str, str]:
+def bridge_checks(  # noqa: PLR0913  the hosts, the guest and the seams, keyword-only
+    *,
+    source: Hypervisor,
+    domain: str,
+    source_uri: str,
+    dest_uri: str,
+    notify_off: frozenset[str] = frozenset(),
+    agent_for: Callable[[str], ops.AgentPort] = RemoteHost.for_uri,
+) -> tuple[CheckResult, ...]:
+    """The network pre-flight (``netcheck``) for moving ``domain`` to ``dest_uri``.
+
+    Reads the guest's NICs from its XML, the bridges' facts on both hosts
+    through the agent, and judges them (``netcheck.check_networks``). A host
+    whose agent cannot be reached yields a ``network-facts`` warning, not an
+    exception. ``vmotion netcheck`` prints the results; the gate folds them into
+    the check report (``network.check_bridge_setup``).
+
+    Args:
+        source: the source host.
+        domain: the guest.
+        source_uri: the source's URI.
+        dest_uri: the destination's URI.
+        notify_off: bridges with notify switches off (``"*"``: all).
+        agent_for: the agent of a host, by URI.
+
+    Raises:
+        VmotionError: the guest cannot be read on the source.
+
+    """
+    domain_xml = source.lookup(domain).xml()
+    nics = netcheck.guest_nics_from_xml(domain_xml)
+    results = list(
+        netcheck.unchecked_nics(domain_xml, host=urlsplit(source_uri).hostname or source_uri)
+    )
+    if not nics:
+        return tuple(results)
+    bridges = sorted({n.bridge for n in nics})
+    facts: dict[str, dict[str, BridgeFacts]] = {}
+    dest_host = urlsplit(dest_uri).hostname or "destination"
+    for role, uri in (("dest", dest_uri), ("source", source_uri)):
+        try:
+            found = _read_bridges(agent_for(uri), bridges)
+        except VmotionError as exc:
+            results.append(_unreadable_bridges(role, uri, exc))
+            continue
+        facts[role] = {b.name: b for b in found}
+        if role == "dest" and found:
+            dest_host = found[0].host
+    if "dest" not in facts:
+        return tuple(results)
+    results += netcheck.check_networks(
+        nics,
+        dest=facts["dest"],
+        source=facts.get("source", {}),
+        notify_off=notify_off,
+        dest_host=dest_host,
+    )
+    return tuple(results)
+
+
+def _read_bridges(agent: ops.AgentPort, bridges: list[str]) -> list[BridgeFacts]:
+    """The named bridges' facts as the host's agent reads them (netlink)."""
+    reply = ops.BRIDGE_FACTS.call(agent, ops.BridgesRequest(bridges=tuple(bridges)))
+    return [BridgeFacts.from_dict(b) for b in reply.bridges]
+
+
+def _unreadable_bridges(role: str, uri: str, exc: VmotionError) -> CheckResult:
+    return netcheck.bridge_verdict(
+        "network-facts",
+        Verdict.WARNING,
+        urlsplit(uri).hostname or uri,
+        "",
+        f"Could not read the {role} host's bridges: {exc.message}",
+        exc.hint or "Install libvirt-vmotion there (the agent reads bridge facts).",
+    )
+
+
+def _maintenance_fields(mark: ops.MaintenanceMark | None) -> dict[str, str]:
     """The agent's maintenance mark as ``ReservationView`` fields (none: empty)."""
-    if not isinstance(raw, dict):
+    if mark is None:
         return {}
-    return {
-        "maintenance_since": str(raw.get("since_utc", "")) or "unknown time",
-        "maintenance_by": str(raw.get("by", "")),
-    }
+    return {"maintenance_since": mark.since_utc or "unknown time", "maintenance_by": mark.by}

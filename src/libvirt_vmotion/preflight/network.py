@@ -1,18 +1,19 @@
 """Pre-flight checks on the guest's network attachments at the destination.
 
 Pure: no I/O, no clock, no logging. Checks ``network`` (each NIC's bridge or
-libvirt network exists there, is up, has an uplink and a large enough MTU),
-``bridge-ports`` (uplink ports forward, learn and flood) and folds in
-``netcheck``'s bridge verdicts under their own names, leaving out those the
-first two already report (``NETCHECK_COVERED``).
+libvirt network exists there, is up, has an uplink and a large enough MTU, from
+what libvirt's remote API tells, so it works without our agent), ``bridge-ports``
+(uplink ports forward, learn and flood) and folds in ``netcheck``'s bridge
+verdicts (the agent's view of both hosts) under their own names, leaving out
+those whose question the first two already answer (``NETCHECK_COVERED``).
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Final
 
-from libvirt_vmotion.preflight import netcheck
-from libvirt_vmotion.preflight.facts import BridgeFacts, NicFacts, PreflightFacts
+from libvirt_vmotion.preflight.facts import BridgeFacts, NicFacts, PreflightFacts, StpState
 from libvirt_vmotion.preflight.result import (
     CheckResult,
     Quantity,
@@ -92,7 +93,7 @@ def _check_nic(f: PreflightFacts, nic: NicFacts) -> CheckResult:
     if not fault:
         return ok(
             "network",
-            f"{where}: up, uplinks {', '.join(br.uplinks)}, MTU {br.mtu}",
+            f"{where}: up, uplinks {', '.join(br.uplink_names())}, MTU {br.mtu}",
             subject=subject,
             quantity=mtu,
         )
@@ -112,9 +113,9 @@ def _bridge_fault(br: BridgeFacts, name: str, *, need_mtu: int) -> tuple[str, st
     """What is wrong with a destination bridge for a NIC, and what to do ("" if nothing)."""
     if not br.exists:
         return "does not exist", "Create the bridge there with the same name."
-    if not br.active:
+    if not br.up:
         return "is down", f"Bring it up: ip link set {name} up."
-    if not br.uplinks:
+    if not br.uplinks():
         return (
             "has no uplink port (guests there could not reach the network)",
             "Attach the host's uplink NIC to the bridge.",
@@ -149,18 +150,19 @@ def check_bridge_ports(f: PreflightFacts) -> tuple[CheckResult, ...]:
         )
     results = []
     for name in bridges:
-        uplinks = set(f.bridges[name].uplinks)
+        uplinks = set(f.bridges[name].uplink_names())
         for port in f.agent.bridge_ports.get(name, ()):
-            if port.port not in uplinks:
+            if port.name not in uplinks:
                 continue
+            forwarding = port.stp_state is StpState.FORWARDING
             faults = []
-            if port.state != "forwarding":
-                faults.append(f"state {port.state}")
+            if not forwarding:
+                faults.append(f"state {port.stp_state.name.lower()}")
             if not port.learning:
                 faults.append("learning off")
-            if not port.flooding:
+            if not port.unicast_flood:
                 faults.append("unicast flooding off")
-            subject = f"{name}/{port.port}"
+            subject = f"{name}/{port.name}"
             if not faults:
                 results.append(
                     ok(
@@ -170,7 +172,7 @@ def check_bridge_ports(f: PreflightFacts) -> tuple[CheckResult, ...]:
                     )
                 )
                 continue
-            verdict = Verdict.BLOCKER if port.state != "forwarding" else Verdict.WARNING
+            verdict = Verdict.BLOCKER if not forwarding else Verdict.WARNING
             results.append(
                 bad(
                     "bridge-ports",
@@ -178,7 +180,7 @@ def check_bridge_ports(f: PreflightFacts) -> tuple[CheckResult, ...]:
                     f"Uplink {subject} on {f.dest.hostname}: {', '.join(faults)}.",
                     observed=", ".join(faults),
                     required="forwarding, learning on, unicast flooding on",
-                    hint=f"Fix the port: bridge link set dev {port.port} learning on flood on "
+                    hint=f"Fix the port: bridge link set dev {port.name} learning on flood on "
                     "(state follows STP).",
                     subject=subject,
                 )
@@ -189,14 +191,11 @@ def check_bridge_ports(f: PreflightFacts) -> tuple[CheckResult, ...]:
 NETCHECK_COVERED: Final = frozenset(
     {"bridge-exists", "bridge-up", "bridge-uplink", "bridge-mtu", "uplink-learning"}
 )
-"""``netcheck`` results that ``network`` and ``bridge-ports`` already report."""
+"""``netcheck`` verdicts whose question ``network`` and ``bridge-ports`` answer in ``check``.
 
-
-_SEVERITY: Final = {
-    netcheck.Severity.OK: Verdict.OK,
-    netcheck.Severity.WARNING: Verdict.WARNING,
-    netcheck.Severity.BLOCKER: Verdict.BLOCKER,
-}
+``check`` asks them from libvirt's remote API (no agent needed) and judges the
+bridge against the guest's NIC; ``vmotion netcheck`` asks the agents and judges
+it against the source's bridge. One report does not ask twice."""
 
 
 def check_bridge_setup(f: PreflightFacts) -> tuple[CheckResult, ...]:
@@ -205,16 +204,16 @@ def check_bridge_setup(f: PreflightFacts) -> tuple[CheckResult, ...]:
     Can the destination's switch learn the move (STP delay, flooding of
     broadcasts, ageing), is the bridge consistent with the source (VLAN
     filtering), is the bridge's MAC pinned on both hosts, will we notify the
-    switches. Those ``network``/``bridge-ports`` already cover are left out.
+    switches. Those ``network``/``bridge-ports`` already cover are left out. In
+    the check report a verdict shows its host as ``observed`` (an ok one also
+    in its message) and its hint ends with the ``--skip-check`` override.
     """
     return tuple(
-        CheckResult(
-            name=r.name,
-            verdict=_SEVERITY[r.severity],
+        replace(
+            r,
             message=r.message if r.hint else f"{r.host}: {r.message}",
             observed=r.host,
             hint=f"{r.hint} {skip_hint(r.name)}" if r.hint else "",
-            subject=r.subject,
         )
         for r in f.bridge_checks
         if r.name not in NETCHECK_COVERED

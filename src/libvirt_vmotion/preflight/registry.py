@@ -42,9 +42,10 @@ from libvirt_vmotion.preflight.facts import (
     HostFacts,
     NetworkFacts,
     NicFacts,
-    PortFlags,
+    PortFacts,
     PreflightFacts,
     ReservationView,
+    StpState,
 )
 from libvirt_vmotion.preflight.guest import check_guest_running, check_no_job
 from libvirt_vmotion.preflight.hardware import (
@@ -91,9 +92,10 @@ __all__ = [
     "HostFacts",
     "NetworkFacts",
     "NicFacts",
-    "PortFlags",
+    "PortFacts",
     "PreflightFacts",
     "ReservationView",
+    "StpState",
     "Verdict",
     "blockers",
     "check_names",

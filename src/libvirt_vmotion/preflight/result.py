@@ -66,6 +66,10 @@ class CheckResult:
         skipped: the user overrode this check; it never blocks.
         quantity: the compared figures as numbers, for checks that compare
             quantities (memory, vCPUs, slots, MTU, versions, disk space).
+        host: the host a check on one of the two hosts judged (the network
+            pre-flight's bridge verdicts); empty for the others. ``netcheck``
+            reports it; ``check`` shows it as ``observed`` (``to_dict`` keeps the
+            check report's keys).
 
     """
 
@@ -78,6 +82,7 @@ class CheckResult:
     subject: str = ""
     skipped: bool = False
     quantity: Quantity | None = None
+    host: str = ""
 
     @property
     def blocks(self) -> bool:

@@ -4,7 +4,7 @@ I/O: reads /proc/meminfo, netlink (bridge port flags via pyroute2), the file
 system and the host's reservation store. Holds no policy: the checks live in
 ``preflight`` (``checks/``), the capacity decision in ``reservation.plan``.
 
-Operations (registered in ``agent.OPERATIONS``):
+Operations (registered in ``adapters.ops.REGISTRY``):
 
 - ``host-facts``   {bridges: [...], paths: [...]} -> memory, hugepages, port flags,
                    which paths exist, the reservation view

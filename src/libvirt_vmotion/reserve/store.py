@@ -209,6 +209,22 @@ def _mib(size: int) -> str:
     return f"{size / MIB:.0f} MiB"
 
 
+def _no_free_slot(
+    request: ReservationRequest, others: Sequence[Reservation], *, capacity: Capacity, host: str
+) -> Grant | None:
+    """The refusal when every inbound slot is taken by other migrations, else None."""
+    if len(others) < capacity.inbound_slots:
+        return None
+    return Grant(
+        granted=False,
+        reason=f"{host} already has {len(others)} of {capacity.inbound_slots} inbound "
+        f"migration slots in use ({', '.join(r.domain for r in others) or '-'}); "
+        f"'{request.domain}' cannot start another.",
+        hint="Wait for those migrations to finish, or raise inbound_slots in "
+        f"{CAPACITY_PATH} on {host}.",
+    )
+
+
 def plan(  # noqa: PLR0913  the request and the host's state, keyword-only
     request: ReservationRequest,
     *,
@@ -233,18 +249,10 @@ def plan(  # noqa: PLR0913  the request and the host's state, keyword-only
 
     """
     refused = maintenance_refusal(maintenance, host=host, domain=request.domain)
+    others = [r for r in active if r.reservation_id != request.reservation_id]
+    refused = refused or _no_free_slot(request, others, capacity=capacity, host=host)
     if refused is not None:
         return refused
-    others = [r for r in active if r.reservation_id != request.reservation_id]
-    if len(others) >= capacity.inbound_slots:
-        return Grant(
-            granted=False,
-            reason=f"{host} already has {len(others)} of {capacity.inbound_slots} inbound "
-            f"migration slots in use ({', '.join(r.domain for r in others) or '-'}); "
-            f"'{request.domain}' cannot start another.",
-            hint="Wait for those migrations to finish, or raise inbound_slots in "
-            f"{CAPACITY_PATH} on {host}.",
-        )
     reserved = sum(r.memory_bytes for r in others)
     limit = mem_available_bytes
     what = "available"

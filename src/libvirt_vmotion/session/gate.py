@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from libvirt_vmotion.adapters.history import History
     from libvirt_vmotion.adapters.virt import Hypervisor
     from libvirt_vmotion.preflight.facts import PreflightFacts
-    from libvirt_vmotion.preflight.netcheck import NetCheckResult
+    from libvirt_vmotion.preflight.result import CheckResult
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,16 +168,16 @@ class HostPreflight:
             facts = replace(facts, storage=storage, bridge_checks=network_side.result())
         return facts, storage
 
-    def _bridge_checks(self) -> tuple[NetCheckResult, ...]:
+    def _bridge_checks(self) -> tuple[CheckResult, ...]:
         """The network pre-flight on both hosts' bridges.
 
         A host whose agent cannot be reached gives a ``network-facts`` warning there;
         a guest that cannot be read gives nothing (``guest-running`` says why).
         """
-        from libvirt_vmotion.cutover.announce import network_checks  # noqa: PLC0415
+        from libvirt_vmotion.preflight.gather import bridge_checks  # noqa: PLC0415
 
         try:
-            return network_checks(
+            return bridge_checks(
                 source=self.source,
                 domain=self.domain,
                 source_uri=self.source_uri,

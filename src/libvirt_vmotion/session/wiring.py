@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from libvirt_vmotion.adapters import ops
 from libvirt_vmotion.errors import ReservationError, VmotionError
 from libvirt_vmotion.preflight.result import format_bytes
 from libvirt_vmotion.reserve.store import Unreleased, lease_ends_by_s
@@ -54,17 +55,15 @@ class AgentDestination:
             AgentUnavailable,
         )
 
+        request = ops.ReserveRequest(
+            reservation_id=reservation_id,
+            domain=claim.domain,
+            owner=f"vmotion pid {os.getpid()} on {socket.gethostname()}",
+            memory_bytes=claim.memory_bytes,
+            vcpus=claim.vcpus,
+        )
         try:
-            return self.agent.call(
-                "reserve",
-                {
-                    "id": reservation_id,
-                    "domain": claim.domain,
-                    "owner": f"vmotion pid {os.getpid()} on {socket.gethostname()}",
-                    "memory_bytes": claim.memory_bytes,
-                    "vcpus": claim.vcpus,
-                },
-            )
+            return ops.to_json(ops.RESERVE.call(self.agent, request))
         except AgentOperationFailed as exc:
             raise ReservationError(exc.message, hint=exc.hint) from exc
         except AgentUnavailable as exc:
@@ -85,12 +84,14 @@ class AgentDestination:
         """Release; bounded by ``timeout_s`` after a failure (the lease frees it anyway)."""
         if timeout_s is None:
             try:
-                self.agent.call("release", {"id": reservation_id})
+                ops.RELEASE.call(self.agent, ops.ReleaseRequest(reservation_id=reservation_id))
             except VmotionError as exc:  # the lease and the hook release it anyway
                 self.warn(f"could not release reservation {reservation_id}: {exc.message}")
             return None
         try:
-            self.agent.call("release", {"id": reservation_id}, timeout_s=timeout_s)
+            ops.RELEASE.call(
+                self.agent, ops.ReleaseRequest(reservation_id=reservation_id), timeout_s=timeout_s
+            )
         except VmotionError as exc:
             timed_out = isinstance(exc.__cause__, subprocess.TimeoutExpired)
             return Unreleased(
@@ -103,13 +104,12 @@ class AgentDestination:
 
     def precreate(self, disks: Sequence[DiskToCreate]) -> tuple[str, ...]:
         """Create the copy's destination images; the paths created."""
-        created = self.agent.call("disk-precreate", {"disks": [d.to_dict() for d in disks]})
-        paths = created.get("created", [])
-        return tuple(str(p) for p in paths) if isinstance(paths, list) else ()
+        request = ops.DisksRequest(disks=tuple(d.to_dict() for d in disks))
+        return ops.DISK_PRECREATE.call(self.agent, request).created
 
     def remove(self, paths: Sequence[str]) -> None:
         """Remove images this Session created."""
-        self.agent.call("disk-remove", {"paths": list(paths)})
+        ops.DISK_REMOVE.call(self.agent, ops.PathsRequest(paths=tuple(paths)))
 
 
 @dataclass(frozen=True, slots=True)

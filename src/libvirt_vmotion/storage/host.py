@@ -1,6 +1,6 @@
 """Disk handover, at the edge: agent operations on a host, and gathering the facts.
 
-I/O. Host side (run by the agent, registered in ``agent.OPERATIONS``):
+I/O. Host side (run by the agent, registered in ``adapters.ops.REGISTRY``):
 
 - ``storage-facts``  {paths: [...]} -> per path: exists, file system type, free
                      bytes where it is (or would be created); the host's
@@ -36,6 +36,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
+from libvirt_vmotion.adapters import ops
 from libvirt_vmotion.errors import UsageError, VmotionError
 from libvirt_vmotion.storage.plan import (
     CopyMode,
@@ -310,51 +311,51 @@ def op_disk_remove(args: Mapping[str, object]) -> dict[str, object]:
 # --------------------------------------------------------------------------- client side
 
 
-def _path_infos(reply: Mapping[str, object]) -> dict[str, PathInfo]:
-    raw = reply.get("paths", {})
-    infos: dict[str, PathInfo] = {}
-    if isinstance(raw, dict):
-        for path, info in raw.items():
-            if isinstance(info, dict):
-                free = info.get("free_bytes")
-                shared = info.get("shared")
-                infos[str(path)] = PathInfo(
-                    exists=bool(info.get("exists")),
-                    fs_type=str(info.get("fs_type", "")),
-                    free_bytes=free if isinstance(free, int) else None,
-                    shared=shared if isinstance(shared, bool) else None,
-                )
-    return infos
+def _path_infos(reply: ops.StorageFactsReply) -> dict[str, PathInfo]:
+    return {
+        path: PathInfo(
+            exists=info.exists, fs_type=info.fs_type, free_bytes=info.free_bytes, shared=info.shared
+        )
+        for path, info in reply.paths.items()
+    }
+
+
+_Probe = tuple[str, tuple[str, ...]]
+"""A share probe placed on the source: its token and the paths it was placed next to."""
 
 
 def _ask(
-    agent: RemoteHost | None, paths: list[str], probe: Mapping[str, object] | None = None
+    agent: RemoteHost | None, paths: list[str], probe: _Probe | None = None
 ) -> tuple[dict[str, PathInfo], str, bool]:
     if agent is None:
         return {}, "", False
+    token, probed = probe or ("", ())
+    request = ops.StorageFactsRequest(paths=tuple(paths), token=token, probed=probed)
     try:
-        reply = agent.call("storage-facts", {"paths": paths, **(probe or {})})
+        reply = ops.STORAGE_FACTS.call(agent, request)
     except VmotionError as exc:
         log.debug("storage facts from %s: %s", agent.label, exc.message)
         return {}, "", False
-    return _path_infos(reply), str(reply.get("lock_manager", "")), True
+    return _path_infos(reply), reply.lock_manager, True
 
 
 _NO: Final = PathInfo(exists=False)
 
 
-def _place_probes(agent: RemoteHost | None, paths: list[str]) -> dict[str, object]:
-    """Marker files next to the source's disks: {token, probed: [paths]} or {}."""
+def _place_probes(agent: RemoteHost | None, paths: list[str]) -> _Probe | None:
+    """Marker files next to the source's disks: (token, the paths probed), or None."""
     if agent is None or not paths:
-        return {}
+        return None
     token = uuid.uuid4().hex
     try:
-        placed = agent.call("share-probe", {"paths": paths, "token": token}).get("placed", {})
+        placed = ops.SHARE_PROBE.call(
+            agent, ops.ShareProbeRequest(token=token, paths=tuple(paths))
+        ).placed
     except VmotionError as exc:
         log.debug("share probe on %s: %s", agent.label, exc.message)
-        return {}
-    probed = [str(p) for p in placed] if isinstance(placed, dict) else []
-    return {"token": token, "probed": probed} if probed else {}
+        return None
+    probed = tuple(placed)
+    return (token, probed) if probed else None
 
 
 def gather(
@@ -392,10 +393,10 @@ def gather(
         dst_paths, dst_lock, dst_known = _ask(dest_agent, paths, probe)
     finally:
         if probe and source_agent is not None:
+            token, probed = probe
+            remove = ops.ShareProbeRequest(token=token, paths=probed, remove=True)
             try:
-                source_agent.call(
-                    "share-probe", {**probe, "paths": probe["probed"], "remove": True}
-                )
+                ops.SHARE_PROBE.call(source_agent, remove)
             except VmotionError as exc:
                 log.warning("could not remove share probes: %s", exc.message)
     return StorageFacts(

@@ -92,3 +92,15 @@ def test_binding_fallbacks_match_the_installed_binding_and_name_a_feature() -> N
         if hasattr(libvirt, name):
             assert getattr(libvirt, name) == value
         assert binding_constant(name) == value
+
+
+def test_tls_sets_libvirts_tls_flag_beside_the_disk_copy() -> None:
+    import libvirt  # noqa: PLC0415  the real binding
+
+    from libvirt_vmotion.adapters.virt import MigrationOptions, _stream_flags  # noqa: PLC0415
+
+    params: dict[str, object] = {}
+    flags = _stream_flags(MigrationOptions(tls=True, copy_disks=("vda",)), params)
+    assert flags & libvirt.VIR_MIGRATE_TLS
+    assert flags & libvirt.VIR_MIGRATE_NON_SHARED_DISK
+    assert not _stream_flags(MigrationOptions(), {}) & libvirt.VIR_MIGRATE_TLS

@@ -73,6 +73,7 @@ OPERATIONS: Final[dict[str, str]] = {
     "link-probe": "libvirt_vmotion.adapters.linkprobe:op_link_probe",
     "guard-state": "libvirt_vmotion.converge.guard:op_guard_state",
     "link-route": "libvirt_vmotion.adapters.linkprobe:op_link_route",
+    "tls-facts": "libvirt_vmotion.adapters.tlsfiles:op_tls_facts",
 }
 """Agent operations: name -> ``module:function`` taking and returning a JSON dict."""
 

@@ -39,6 +39,9 @@ BINDING_FALLBACKS: Final[dict[str, tuple[object, str]]] = {
         "bandwidth.avail.switchover",
         "avail-switchover-bandwidth",
     ),
+    # libvirt-domain.h: VIR_MIGRATE_TLS = (1 << 16), libvirt >= 3.2. It encrypts QEMU's
+    # migration stream and, with a disk copy, the NBD connection too.
+    "VIR_MIGRATE_TLS": (1 << 16, "tls"),
 }
 """Constants newer than Debian 12's python3-libvirt (9.0): their value and ``FEATURES`` row.
 
@@ -200,6 +203,9 @@ class MigrationOptions:
     postcopy_bandwidth_mib_s: int | None = None
     copy_disks: tuple[str, ...] = ()
     """Disk targets (``vda``) to copy to the destination over NBD (non-shared storage)."""
+    tls: bool = False
+    """Encrypt the migration stream and the disk copy (VIR_MIGRATE_TLS): QEMU uses the
+    x509 files of each host's ``migrate_tls_x509_cert_dir`` (``preflight.tls``)."""
     avail_switchover_mib_s: int | None = None
     """QEMU's ``avail-switchover-bandwidth`` (libvirt >= 11.1, QEMU >= 8.2): the rate its
     switchover decision assumes for the final, unthrottled round; None: QEMU's estimate."""
@@ -216,6 +222,31 @@ _LIFECYCLE_POSTCOPY: Final = {
         EventKind.POSTCOPY_RESUMED
     ),
 }
+
+
+def _stream_flags(options: MigrationOptions, params: dict[str, Any]) -> int:
+    """Flags (and their parameters, added to ``params``) for how the data travels.
+
+    Encryption, compression, parallel streams and the disk copy.
+    """
+    flags = 0
+    if options.tls:
+        flags |= int(binding_constant("VIR_MIGRATE_TLS"))  # type: ignore[call-overload]
+    if options.xbzrle:
+        flags |= libvirt.VIR_MIGRATE_COMPRESSED
+        params[libvirt.VIR_MIGRATE_PARAM_COMPRESSION] = "xbzrle"
+    if options.parallel_connections > 0:
+        flags |= libvirt.VIR_MIGRATE_PARALLEL
+        params[libvirt.VIR_MIGRATE_PARAM_PARALLEL_CONNECTIONS] = options.parallel_connections
+    if options.copy_disks:
+        # Mirror these disks over NBD while memory moves. Synchronous writes (QEMU's
+        # write-blocking mirror): a guest write completes only once it is on the
+        # destination too, so disk dirtying can never outrun the link and the mirror
+        # always converges (libvirt >= 8.0).
+        flags |= libvirt.VIR_MIGRATE_NON_SHARED_DISK
+        flags |= libvirt.VIR_MIGRATE_NON_SHARED_SYNCHRONOUS_WRITES
+        params[libvirt.VIR_MIGRATE_PARAM_MIGRATE_DISKS] = list(options.copy_disks)
+    return flags
 
 
 @dataclass(frozen=True, slots=True)
@@ -636,20 +667,7 @@ class Guest:
             params[str(binding_constant("VIR_MIGRATE_PARAM_BANDWIDTH_AVAIL_SWITCHOVER"))] = (
                 options.avail_switchover_mib_s
             )
-        if options.xbzrle:
-            flags |= libvirt.VIR_MIGRATE_COMPRESSED
-            params[libvirt.VIR_MIGRATE_PARAM_COMPRESSION] = "xbzrle"
-        if options.parallel_connections > 0:
-            flags |= libvirt.VIR_MIGRATE_PARALLEL
-            params[libvirt.VIR_MIGRATE_PARAM_PARALLEL_CONNECTIONS] = options.parallel_connections
-        if options.copy_disks:
-            # Mirror these disks over NBD while memory moves. Synchronous writes (QEMU's
-            # write-blocking mirror): a guest write completes only once it is on the
-            # destination too, so disk dirtying can never outrun the link and the mirror
-            # always converges (libvirt >= 8.0).
-            flags |= libvirt.VIR_MIGRATE_NON_SHARED_DISK
-            flags |= libvirt.VIR_MIGRATE_NON_SHARED_SYNCHRONOUS_WRITES
-            params[libvirt.VIR_MIGRATE_PARAM_MIGRATE_DISKS] = list(options.copy_disks)
+        flags |= _stream_flags(options, params)
         action = f"resume post-copy to {dest_uri}" if resume else f"migrate to {dest_uri}"
         with self._errors(action):
             self._dom.migrateToURI3(dest_uri, params, flags)

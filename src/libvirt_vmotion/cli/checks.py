@@ -219,6 +219,7 @@ def preflight_settings(args: argparse.Namespace, policy: MigrationPolicy) -> Pre
         bandwidth_mib_s=policy.bandwidth_mib_s,
         max_downtime_ms=policy.max_downtime_ms,
         initial_downtime_ms=policy.initial_downtime_ms,
+        tls=policy.tls,
     )
 
 

@@ -326,6 +326,7 @@ def migrate(  # noqa: PLR0913  the migration's collaborators, all keyword-only
         parallel_connections=policy.parallel_connections,
         postcopy_bandwidth_mib_s=policy.postcopy_bandwidth_mib_s,
         copy_disks=request.copy_disks,
+        tls=request.tls,
         avail_switchover_mib_s=hint_mib_s,
     )
     worker = _Worker(lambda: guest.migrate(request.dest_uri, options))

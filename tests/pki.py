@@ -10,10 +10,11 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 from dataclasses import dataclass
+from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 NOW = dt.datetime(2026, 12, 6, tzinfo=dt.UTC)
@@ -25,11 +26,11 @@ class Issued:
 
     cert_pem: str
     key_pem: str
-    key: ec.EllipticCurvePrivateKey
+    key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
     cert: x509.Certificate
 
 
-def _pem_key(key: ec.EllipticCurvePrivateKey) -> str:
+def _pem_key(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> str:
     return key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
@@ -90,3 +91,10 @@ def make_cert(
         builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
     cert = builder.sign(ca.key, hashes.SHA256())
     return Issued(cert.public_bytes(serialization.Encoding.PEM).decode(), _pem_key(key), key, cert)
+
+
+def load_issued(cert_path: Path, key_path: Path) -> Issued:
+    """An existing certificate and its key (the lab's CA, to sign with it)."""
+    cert_pem, key_pem = cert_path.read_text(), key_path.read_text()
+    key = serialization.load_pem_private_key(key_pem.encode(), password=None)
+    return Issued(cert_pem, key_pem, key, x509.load_pem_x509_certificate(cert_pem.encode()))  # type: ignore[arg-type]

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Final, NoReturn, Self
+from urllib.parse import parse_qs, urlsplit
 
 import libvirt
 import libvirt_qemu
@@ -90,10 +91,52 @@ def _silence_default_error_printer() -> None:
             _silenced_done = True
 
 
+_TLS_WORDS: Final = ("certificate", "x509", "gnutls", "tls ", "tls:", "handshake", "issuer")
+
+
+def tls_failure_hint(detail: str, *, uri: str, migrating: bool) -> str:
+    """What to check when a libvirt error is about TLS ("" when it is not).
+
+    A certificate that is not trusted, names another host or has expired fails
+    either libvirt's own connection (``qemu+tls://``) or, with VIR_MIGRATE_TLS,
+    QEMU's migration stream; each has its files. Pure: text in, text out.
+
+    >>> tls_failure_hint("unable to connect", uri="qemu+tcp://b/system", migrating=False)
+    ''
+    """
+    if not any(word in detail.lower() for word in _TLS_WORDS):
+        return ""
+    parts = urlsplit(uri)
+    host = parts.hostname or "the host"
+    if migrating:
+        return (
+            "QEMU's migration TLS failed: on the destination its qemu.conf's "
+            "migrate_tls_x509_cert_dir (default /etc/pki/qemu) needs ca-cert.pem, "
+            "server-cert.pem (valid for its migration_host) and server-key.pem; on the "
+            "source ca-cert.pem of the same CA, client-cert.pem and client-key.pem. "
+            "`vmotion check` names the file (tls-ca, tls-name, tls-expiry), or pass "
+            "--tls off to migrate unencrypted."
+        )
+    pkipath = parse_qs(parts.query).get("pkipath", [""])[0]
+    client = (
+        f"{pkipath}/cacert.pem, clientcert.pem and clientkey.pem (pkipath)"
+        if pkipath
+        else "/etc/pki/CA/cacert.pem, /etc/pki/libvirt/clientcert.pem and "
+        "/etc/pki/libvirt/private/clientkey.pem"
+    )
+    return (
+        f"The TLS connection to libvirtd on {host} failed: here libvirt uses {client}; "
+        f"{host} needs /etc/pki/libvirt/servercert.pem issued by the same CA, valid now "
+        f"and for the name {host} (see https://libvirt.org/kbase/tlscerts.html; "
+        f"virt-pki-validate checks a host), or use qemu+ssh://{host}/system."
+    )
+
+
 def _raise_translated(exc: libvirt.libvirtError, action: str, *, uri: str, domain: str) -> NoReturn:
     code = exc.get_error_code() or -1
     detail = exc.get_error_message() or str(exc)
     where = f"domain '{domain}' on {uri}" if domain else uri
+    tls_hint = tls_failure_hint(detail, uri=uri, migrating=action.startswith(("migrate", "resume")))
     if code == libvirt.VIR_ERR_NO_DOMAIN:
         msg = f"No guest named '{domain}' on {uri}."
         raise DomainNotFound(msg, hint=f"List the guests there: virsh -c {uri} list --all") from exc
@@ -104,7 +147,8 @@ def _raise_translated(exc: libvirt.libvirtError, action: str, *, uri: str, domai
         msg = f"Cannot reach libvirt at {uri} while trying to {action}: {detail}"
         raise ConnectionFailed(
             msg,
-            hint=f"Check that libvirtd runs there and listens (try: virsh -c {uri} version).",
+            hint=tls_hint
+            or f"Check that libvirtd runs there and listens (try: virsh -c {uri} version).",
         ) from exc
     if code == libvirt.VIR_ERR_OPERATION_ABORTED:
         msg = f"Migration of {where} was cancelled: {detail}"
@@ -115,7 +159,9 @@ def _raise_translated(exc: libvirt.libvirtError, action: str, *, uri: str, domai
             msg, hint="Upgrade libvirt/QEMU there, or run without this option.", code=code
         ) from exc
     msg = f"libvirt failed to {action} ({where}): {detail}"
-    raise HypervisorError(msg, hint="See the libvirtd log on that host.", code=code) from exc
+    raise HypervisorError(
+        msg, hint=tls_hint or "See the libvirtd log on that host.", code=code
+    ) from exc
 
 
 @contextmanager

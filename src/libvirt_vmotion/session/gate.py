@@ -104,7 +104,8 @@ class HostPreflight:
         facts, storage = self._gather()
         results = run_checks(facts, skip=s.skip)
         host_pair = (facts.source.host_uuid, facts.dest.host_uuid)
-        past = self.history.runs(*host_pair)
+        use_tls = facts.tls is not None and plan_tls(facts.tls).use_tls
+        past = self.history.runs(*host_pair, tls=use_tls)  # TLS costs throughput
         switchover = learned_switchover(past)
         forecast, error = None, "not measured: a check blocks the migration"
         if not blockers(results):
@@ -142,7 +143,7 @@ class HostPreflight:
             claim=claim,
             switchover_mib_s=switchover,
             elapsed_s=self.clock() - started,
-            use_tls=facts.tls is not None and plan_tls(facts.tls).use_tls,
+            use_tls=use_tls,
             tls_mode=s.tls,
         )
 

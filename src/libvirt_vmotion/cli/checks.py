@@ -194,6 +194,10 @@ def print_gate(
     bad = blockers(gate.results)
     warnings = sum(1 for r in gate.results if r.verdict is Verdict.WARNING)
     lines = ["pre-flight:", *render_results(shown)]
+    lines.append(
+        f"encryption: {'TLS for memory and copied disks' if gate.use_tls else 'none'} "
+        f"(--tls {gate.tls_mode})"
+    )
     if bad:
         lines.append(f"verdict: BLOCKED by {', '.join(sorted({r.name for r in bad}))}")
     else:

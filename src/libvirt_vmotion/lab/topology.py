@@ -172,6 +172,7 @@ class LabStatus:
             lines += [
                 "run commands from the client namespace:",
                 f"  {LAB_CMD} exec -- virsh -c {first.uri} list",
+                f"  over TLS: {first.tls_uri} (migrations are encrypted either way: --tls auto)",
                 "logs: "
                 + ", ".join(str(hostconf.host_paths(h.host).libvirtd_log) for h in self.hosts),
             ]

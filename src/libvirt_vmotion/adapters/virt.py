@@ -114,6 +114,8 @@ def tls_failure_hint(detail: str, *, uri: str, migrating: bool) -> str:
             "migrate_tls_x509_cert_dir (default /etc/pki/qemu) needs ca-cert.pem, "
             "server-cert.pem (valid for its migration_host) and server-key.pem; on the "
             "source ca-cert.pem of the same CA, client-cert.pem and client-key.pem. "
+            "With --to qemu+tls://, the source's libvirtd also connects to the destination's "
+            "with its own /etc/pki/CA/cacert.pem and /etc/pki/libvirt/clientcert.pem. "
             "`vmotion check` names the file (tls-ca, tls-name, tls-expiry), or pass "
             "--tls off to migrate unencrypted."
         )

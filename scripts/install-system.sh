@@ -11,12 +11,16 @@
 # openssh: the lab runs a real sshd per host, the way the agent reaches real
 # hosts. The interface, nodedev and storage drivers let pre-flight ask a
 # destination's libvirt about bridges, NICs and volumes.
+# gnutls-bin: certtool makes the lab's CA and host certificates (migration TLS and
+# libvirtd's TLS listener), as libvirt's TLS guide does; tcpdump: the lab test that
+# looks for guest memory on the wire.
 set -euo pipefail
 
-stamp=/var/lib/libvirt-vmotion/system-packages.v3
+stamp=/var/lib/libvirt-vmotion/system-packages.v4
 if [ -f "$stamp" ] && command -v qemu-system-x86_64 >/dev/null && command -v libvirtd >/dev/null \
    && command -v sshd >/dev/null && command -v virtlockd >/dev/null \
-   && command -v glusterd >/dev/null; then
+   && command -v glusterd >/dev/null && command -v certtool >/dev/null \
+   && command -v tcpdump >/dev/null; then
   exit 0
 fi
 . "$(dirname "${BASH_SOURCE[0]}")/apt-lib.sh"
@@ -26,7 +30,7 @@ need_root "system packages"
 
 no_daemon_starts
 
-common=(iproute2 iputils-ping tcpdump cpio gzip busybox-static gcc libc6-dev
+common=(iproute2 iputils-ping tcpdump cpio gzip busybox-static gcc libc6-dev gnutls-bin
         pkg-config python3-venv python3-dev kmod procps psmisc dnsmasq-base
         openssh-server openssh-client
         glusterfs-server glusterfs-client)

@@ -55,6 +55,19 @@ class Phase(StrEnum):
     DONE = "done"
 
 
+class TlsMode(StrEnum):
+    """Whether the migration streams are encrypted (``--tls``, ``tls`` in a policy file).
+
+    ``auto``: encrypt when both hosts are configured for migration TLS, else migrate
+    in plaintext and say so (the ``migrate-tls`` warning). ``require``: a host
+    without it is a blocker. ``off``: plaintext, by request.
+    """
+
+    AUTO = "auto"
+    REQUIRE = "require"
+    OFF = "off"
+
+
 class DirtyRateSource(StrEnum):
     """Where a dirty rate we show comes from (the progress line and the report say it)."""
 
@@ -212,6 +225,8 @@ class MigrationRequest:
         timeout_s: abort (guest stays on the source) if not done by then; None
             waits forever.
         copy_disks: disks to copy over NBD (``--copy-storage`` or automatic).
+        tls: encrypt the migration stream and the disk copy (VIR_MIGRATE_TLS);
+            decided by pre-flight from ``--tls`` and both hosts' certificates.
 
     """
 
@@ -223,6 +238,7 @@ class MigrationRequest:
     timeout_s: float | None = None
     copy_disks: tuple[str, ...] = ()
     """Disk targets to copy to the destination (non-shared storage), from pre-flight."""
+    tls: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,10 +14,11 @@ import textwrap
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
+from enum import StrEnum
 from typing import Final
 
 from libvirt_vmotion.errors import UsageError
-from libvirt_vmotion.model import MeasuredContext
+from libvirt_vmotion.model import MeasuredContext, TlsMode
 
 DEFAULT_INITIAL_DOWNTIME_MS: Final = 30
 DEFAULT_MAX_DOWNTIME_MS: Final = 500
@@ -108,6 +109,9 @@ class MigrationPolicy:
             was learned. Only an override: the rate the controller uses is
             decided once, in ``converge.machine.build_context``, and lives in the
             ``MeasuredContext`` with the other measurements.
+        tls: encrypt the migration (``auto``: where both hosts can; ``require``;
+            ``off``). Pre-flight turns it into the request's ``tls`` from both
+            hosts' certificates (``preflight.tls``).
 
     """
 
@@ -131,6 +135,7 @@ class MigrationPolicy:
     postcopy_bandwidth_mib_s: int | None = None
     postcopy_pause_on_stall: bool = False
     switchover_bandwidth_mib_s: float | None = None
+    tls: TlsMode = TlsMode.AUTO
 
     def __post_init__(self) -> None:  # noqa: C901  one check per field, flat
         """Validate every field; the message names the field and the bad value."""
@@ -198,7 +203,7 @@ class PolicyKey:
             ``max-throttle = 80`` in the file and ``--max-throttle 80``).
         field: the ``MigrationPolicy`` field it sets ("" for the downtime
             ladder's three keys, which build ``downtime_schedule``).
-        kind: ``int``, ``float`` or ``bool``.
+        kind: ``int``, ``float``, ``bool`` or a ``StrEnum`` (one of its values).
         expected: the value allowed, in words that read after "expected".
         low: smallest value allowed (None: no bound).
         high: largest value allowed (None: no bound).
@@ -228,6 +233,10 @@ class PolicyKey:
         """What is wrong with ``value`` for this key (typed already), or ""."""
         if self.kind is bool:
             return "" if isinstance(value, bool) else f"expected true or false, got {value!r}"
+        if self.is_choice:
+            allowed = {str(v) for v in self.kind}  # type: ignore[attr-defined]  # a StrEnum
+            ok = isinstance(value, str) and value in allowed
+            return "" if ok else f"expected {self.expected}, got {value!r}"
         number = isinstance(value, int | float) and not isinstance(value, bool)
         if not number or (self.kind is int and not isinstance(value, int)):
             return f"expected {self.expected}, got {value!r}"
@@ -243,6 +252,11 @@ class PolicyKey:
         if self.over_high and self.high is not None and value > self.high:
             return f"{self.expected}, {self.over_high}"
         return self.expected
+
+    @property
+    def is_choice(self) -> bool:
+        """True for a key whose value is one of a ``StrEnum``'s words (``tls``)."""
+        return isinstance(self.kind, type) and issubclass(self.kind, StrEnum)
 
     def parse(self, text: str) -> object:
         """The value of ``text`` as typed on the command line.
@@ -340,6 +354,12 @@ POLICY_KEYS: Final[tuple[PolicyKey, ...]] = (
         "a number of MiB/s greater than 0", 0, above_low=True, metavar="MIB_S",
         help="rate of the final, unthrottled round, to judge real pauses by",
     ),
+    PolicyKey(
+        "tls", "tls", TlsMode, "auto, require or off", metavar="{auto,require,off}",
+        help="encrypt the memory stream and the disk copy with TLS: auto where both hosts "
+        "have migration certificates (else plaintext, with a warning), require (else a "
+        "blocker), off",
+    ),
 )  # fmt: skip
 """Every setting of a policy file, in the order ``policy show`` prints them."""
 
@@ -367,6 +387,8 @@ def policy_value(policy: MigrationPolicy, key: PolicyKey) -> object:
 def _toml_value(value: object) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, StrEnum):
+        return f'"{value}"'
     return repr(value)  # a float keeps every digit (300.0, 0.5)
 
 

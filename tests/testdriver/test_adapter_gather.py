@@ -133,3 +133,25 @@ def test_a_session_refuses_before_reserving_anything() -> None:
 def test_an_unknown_skip_name_is_refused_before_any_host_is_asked() -> None:
     with pytest.raises(UsageError, match="unknown check name"):
         PreflightSettings(skip=("no-such-check",))
+
+
+def test_tls_facts_come_through_the_agent_and_off_asks_nothing() -> None:
+    import sys  # noqa: PLC0415
+    import time  # noqa: PLC0415
+
+    from libvirt_vmotion.model import TlsMode  # noqa: PLC0415
+    from libvirt_vmotion.preflight.gather import tls_inputs  # noqa: PLC0415
+    from libvirt_vmotion.preflight.tls import plan_tls  # noqa: PLC0415
+
+    here = RemoteHost(label="here", prefix=(), python=sys.executable)  # the real agent, locally
+    facts = tls_inputs(TlsMode.AUTO, source_agent=here, dest_agent=NO_AGENT, now_s=time.time())
+    assert facts.source.available
+    assert facts.source.cert_dir.startswith("/")
+    assert set(facts.source.files) >= {"ca-cert.pem", "server-cert.pem", "client-key.pem"}
+    assert not facts.dest.available
+    assert "hostb" in facts.dest.error
+    plan = plan_tls(facts)
+    assert not plan.use_tls
+    assert [r.name for r in plan.results] == ["migrate-tls"]
+    off = tls_inputs(TlsMode.OFF, source_agent=NO_AGENT, dest_agent=NO_AGENT, now_s=0.0)
+    assert off.source.error == "not asked (--tls off)"

@@ -92,3 +92,33 @@ def test_binding_fallbacks_match_the_installed_binding_and_name_a_feature() -> N
         if hasattr(libvirt, name):
             assert getattr(libvirt, name) == value
         assert binding_constant(name) == value
+
+
+def test_tls_sets_libvirts_tls_flag_beside_the_disk_copy() -> None:
+    import libvirt  # noqa: PLC0415  the real binding
+
+    from libvirt_vmotion.adapters.virt import MigrationOptions, _stream_flags  # noqa: PLC0415
+
+    params: dict[str, object] = {}
+    flags = _stream_flags(MigrationOptions(tls=True, copy_disks=("vda",)), params)
+    assert flags & libvirt.VIR_MIGRATE_TLS
+    assert flags & libvirt.VIR_MIGRATE_NON_SHARED_DISK
+    assert not _stream_flags(MigrationOptions(), {}) & libvirt.VIR_MIGRATE_TLS
+
+
+def test_a_tls_uri_whose_client_files_are_missing_names_them(tmp_path: Path) -> None:
+    # libvirt reads the client's CA before it connects: no network is touched.
+    uri = f"qemu+tls://127.0.0.1:1/system?pkipath={tmp_path}"
+    result = vmotion("cancel", "g", "--from", uri)
+    assert_clean_error(result, 7, f"{tmp_path}/cacert.pem", "pkipath", "servercert.pem")
+
+
+def test_a_migration_stream_tls_failure_points_at_the_qemu_certificates() -> None:
+    from libvirt_vmotion.adapters.virt import tls_failure_hint  # noqa: PLC0415
+
+    detail = "operation failed: job 'migration out' failed: Certificate does not match the hostname"
+    hint = tls_failure_hint(detail, uri="qemu+tcp://a/system", migrating=True)
+    assert "server-cert.pem" in hint
+    assert "migrate_tls_x509_cert_dir" in hint
+    assert "--tls off" in hint
+    assert not tls_failure_hint("no route to host", uri="qemu+tls://a/system", migrating=True)

@@ -121,3 +121,28 @@ def test_malformed_results_document_is_a_usage_error() -> None:
         run_from_dict({"tool": "ours"})
     with pytest.raises(UsageError, match="malformed"):
         params_from_dict({"ram_mib": [512]})
+
+
+def test_the_cost_of_tls_compares_each_encrypted_tool_with_its_twin() -> None:
+    tls_runs = [
+        run(Tool.OURS, 0.0, 8.0, migration_s=6.0),
+        run(Tool.OURS_TLS, 0.0, 10.0, migration_s=9.0),
+        run(Tool.VIRSH, 0.0, 10.0),
+        run(Tool.VIRSH_TLS, 0.0, 15.0),
+    ]
+    params = dataclasses.replace(
+        QUICK, fractions=(0.0,), tools=(Tool.OURS, Tool.OURS_TLS, Tool.VIRSH, Tool.VIRSH_TLS)
+    )
+    text = build_summary_md(record(runs=tls_runs, params=params), plots=[])
+    assert "## The cost of TLS" in text
+    assert "| 512MiB@0 | ours-tls / ours | 1/1 vs 1/1 | 1.25x | 1.50x |" in text
+    assert "| 512MiB@0 | virsh-tls / virsh | 1/1 vs 1/1 | 1.50x | 1.50x |" in text
+    # Ours is compared with the baseline that encrypts as it does, never across.
+    assert "| 512MiB@0 | virsh |" in text
+    assert "| 512MiB@0 | virsh-tls (vs ours-tls) |" in text
+    assert "| 512MiB@0 | virsh-tls |" not in text
+
+
+def test_only_our_runs_have_a_pre_flight() -> None:
+    assert run(Tool.OURS_TLS, 0.0, 10.0, migration_s=9.0).preflight_s == pytest.approx(1.0)
+    assert run(Tool.VIRSH_TLS, 0.0, 10.0).preflight_s is None

@@ -107,3 +107,47 @@ def test_a_migrate_report_becomes_a_run_to_learn_from() -> None:
     assert (
         Completed.from_report(partial, host_pair=("s", "d"), cap_mib_s=None, finished_s=1) is None
     )
+
+
+def test_the_forecast_learns_from_runs_encrypted_as_the_next_one(tmp_path: Path) -> None:
+    history = History(tmp_path / "history.db")
+    plain = Completed("src", "dst", 1, None, 200 << 20, 2050, 50)
+    encrypted = Completed("src", "dst", 2, None, 100 << 20, 2050, 50, tls=True)
+    assert history.record(plain)
+    assert history.record(encrypted)
+    assert [r.achieved_mib_s for r in history.runs("src", "dst", tls=True)] == [50.0]
+    assert [r.achieved_mib_s for r in history.runs("src", "dst", tls=False)] == [100.0]
+    assert len(history.runs("src", "dst")) == 2
+
+
+def test_a_report_says_whether_its_run_was_encrypted() -> None:
+    report: dict[str, object] = {
+        "data_transferred_bytes": 1 << 30,
+        "qemu_elapsed_ms": 3000,
+        "downtime_ms": 40,
+        "convergence": {"strategy": "pre-copy"},
+        "encryption": {"memory": True, "disk": None, "control": "tcp"},
+    }
+    run = Completed.from_report(report, host_pair=("a", "b"), cap_mib_s=None, finished_s=1.0)
+    assert run is not None
+    assert run.tls is True
+    del report["encryption"]
+    older = Completed.from_report(report, host_pair=("a", "b"), cap_mib_s=None, finished_s=1.0)
+    assert older is not None
+    assert older.tls is False
+
+
+def test_a_history_file_without_the_tls_column_gains_it(tmp_path: Path) -> None:
+    path = tmp_path / "history.db"
+    with closing(sqlite3.connect(path)) as conn, conn:
+        conn.execute(
+            "CREATE TABLE migrations (source_uuid TEXT NOT NULL, dest_uuid TEXT NOT NULL, "
+            "finished_s REAL NOT NULL, cap_mib_s REAL, achieved_mib_s REAL NOT NULL, "
+            "data_bytes INTEGER NOT NULL, elapsed_ms INTEGER NOT NULL, "
+            "downtime_ms INTEGER NOT NULL)"
+        )
+        conn.execute("INSERT INTO migrations VALUES ('src', 'dst', 1, NULL, 80, 1, 1000, 10)")
+    path.chmod(0o600)
+    history = History(path)
+    assert history.runs("src", "dst", tls=False) == [PastRun(80.0, None)]
+    assert history.runs("src", "dst", tls=True) == []

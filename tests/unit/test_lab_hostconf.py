@@ -45,3 +45,26 @@ def test_the_holder_puts_the_wrapper_in_place_before_libvirtd_starts() -> None:
     assert "qemu-system-x86_64" not in hostconf.build_holder_script(
         HOST_A, hostconf.host_paths(HOST_A)
     )
+
+
+def test_every_host_listens_for_tls_beside_tcp_and_points_qemu_at_its_certificates() -> None:
+    conf = hostconf.build_libvirtd_conf(HOST_A)
+    assert "listen_tls = 1\n" in conf
+    assert "listen_tcp = 1\n" in conf
+    assert 'tls_port = "16514"\n' in conf
+    qemu = hostconf.build_qemu_conf(HOST_B)
+    assert f'migrate_tls_x509_cert_dir = "{hostconf.QEMU_TLS_DIR}"\n' in qemu
+    assert f'migration_host = "{HOST_B.addr}"\n' in qemu
+
+
+def test_the_holder_binds_the_hosts_own_pki_over_etc_pki_before_libvirtd_starts() -> None:
+    paths = hostconf.host_paths(HOST_A)
+    script = hostconf.build_holder_script(HOST_A, paths)
+    bind = f"mount -n --bind {paths.pki} /etc/pki"
+    assert "/etc/pki" in script.splitlines()[3]  # the mount point is made first
+    assert script.index(bind) < script.index("libvirtd -d -l")
+
+
+def test_tls_uri_names_the_controllers_client_files() -> None:
+    assert HOST_B.tls_uri.startswith(f"qemu+tls://{HOST_B.addr}/system?pkipath=/")
+    assert HOST_B.tls_uri.endswith("/pki/client")

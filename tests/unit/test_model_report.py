@@ -203,3 +203,33 @@ def test_process_age_counts_from_the_process_start() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert 0.5 <= float(out.stdout) < 5.0
+
+
+@pytest.mark.parametrize(
+    ("tls", "copied", "dest", "section", "line"),
+    [
+        (
+            True, ("vda",), "qemu+tls://b/system",
+            {"memory": True, "disk": True, "control": "tls"},
+            "encryption        memory TLS, disk copy TLS, control tls",
+        ),
+        (
+            False, (), "qemu+tcp://b/system",
+            {"memory": False, "disk": None, "control": "tcp"},
+            "encryption        memory UNENCRYPTED, control tcp",
+        ),
+        (
+            True, (), "qemu+ssh://root@b/system",
+            {"memory": True, "disk": None, "control": "ssh"},
+            "encryption        memory TLS, control ssh",
+        ),
+    ],
+)  # fmt: skip
+def test_report_says_what_crossed_the_network_encrypted(
+    tls: bool, copied: tuple[str, ...], dest: str, section: dict[str, object], line: str
+) -> None:
+    request = MigrationRequest("g", "qemu+tcp://a/system", dest, copy_disks=copied, tls=tls)
+    outcome = MigrationOutcome("g", "a", "b", 1.0, live_sample(type=3), 2)
+    report = build_report(request, outcome, {})
+    assert report["encryption"] == section
+    assert line in render_text(report)

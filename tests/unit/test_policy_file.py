@@ -78,3 +78,17 @@ def test_escalations_of_a_cautious_policy_say_never() -> None:
     text = "\n".join(escalations(policy))
     assert "throttle: never" in text
     assert "post-copy: never" in text
+
+
+def test_tls_is_a_word_in_the_file_and_on_the_command_line() -> None:
+    from libvirt_vmotion.model import TlsMode  # noqa: PLC0415
+    from libvirt_vmotion.policy import policy_key  # noqa: PLC0415
+
+    assert MigrationPolicy().tls is TlsMode.AUTO
+    assert load_policy_toml('tls = "require"\n').tls is TlsMode.REQUIRE
+    assert policy_key("tls").parse("off") is TlsMode.OFF
+    with pytest.raises(UsageError, match="tls: expected auto, require or off, got 'maybe'"):
+        load_policy_toml('tls = "maybe"\n')
+    with pytest.raises(ValueError, match="expected auto, require or off"):
+        policy_key("tls").parse("yes")
+    assert 'tls = "off"' in policy_to_toml(build_policy(overrides={"tls": TlsMode.OFF}))

@@ -25,6 +25,7 @@ SAMPLE: dict[str, Any] = {
     "ts": "2026-11-26T10:20:03.986Z",
     "report_version": 2,
     "result": "completed",
+    "encryption": {"memory": False, "disk": None, "control": "tcp"},
     "domain": "vmo-guest",
     "source": {"host": "hosta", "uri": "qemu+tcp://10.77.0.1/system"},
     "destination": {"host": "hostb", "uri": "qemu+tcp://10.77.0.2/system"},

@@ -122,6 +122,7 @@ class FakeMover:
     raises: BaseException | None = None
     policies: list[MigrationPolicy] = field(default_factory=list)
     measured: list[MeasuredContext] = field(default_factory=list)
+    requests: list[MigrationRequest] = field(default_factory=list)
 
     def __call__(
         self,
@@ -131,6 +132,7 @@ class FakeMover:
         measured: MeasuredContext,
     ) -> tuple[MigrationOutcome, Mapping[str, Mapping[str, object]]]:
         self.journal.calls.append("migrate " + ",".join(request.copy_disks))
+        self.requests.append(request)
         self.policies.append(policy)
         self.measured.append(measured)
         if self.raises is not None:
@@ -360,3 +362,11 @@ def test_an_agent_that_cannot_run_is_reported_with_its_error() -> None:
     assert left is not None
     assert "Could not run libvirt-vmotion on hostb" in left.reason
     assert left.ends_by_s is None  # no lease terms in the reply: no time promised
+
+
+@pytest.mark.parametrize("use_tls", [True, False])
+def test_pre_flights_tls_decision_is_what_the_migration_is_asked_for(use_tls: bool) -> None:
+    session, _, _, mover = make_session(passing(use_tls=use_tls))
+    result = session.run()
+    assert [r.tls for r in mover.requests] == [use_tls]
+    assert result.request.tls is use_tls

@@ -43,7 +43,8 @@ CREATE TABLE IF NOT EXISTS migrations (
     data_bytes INTEGER NOT NULL,
     elapsed_ms INTEGER NOT NULL,
     downtime_ms INTEGER NOT NULL,
-    switchover_mib_s REAL
+    switchover_mib_s REAL,
+    tls INTEGER
 )
 """
 _JOURNAL_SCHEMA: Final = """
@@ -61,7 +62,7 @@ CREATE TABLE IF NOT EXISTS journal (
 )
 """
 KEEP_JOURNAL: Final = 10_000
-_COLUMNS_ADDED: Final = (("switchover_mib_s", "REAL"),)
+_COLUMNS_ADDED: Final = (("switchover_mib_s", "REAL"), ("tls", "INTEGER"))
 """Columns newer than the first schema, added to an older file when it is opened."""
 
 
@@ -91,6 +92,9 @@ class Completed:
     downtime_ms: int
     last_dirty_set_bytes: int = 0
     """Dirty set of the last pre-copy round: about what the switchover sent."""
+    tls: bool = False
+    """The memory stream was encrypted (the report's ``encryption.memory``): TLS costs
+    throughput, so the forecast learns from runs encrypted as the next one will be."""
 
     @classmethod
     def from_report(
@@ -124,6 +128,7 @@ class Completed:
             and isinstance(r.get("bytes"), int)
             and r["bytes"] > 0
         ]
+        encryption = report.get("encryption")
         return cls(
             source_uuid=host_pair[0],
             dest_uuid=host_pair[1],
@@ -133,6 +138,7 @@ class Completed:
             elapsed_ms=elapsed,
             downtime_ms=downtime,
             last_dirty_set_bytes=max(nonzero)[1] if nonzero else 0,
+            tls=isinstance(encryption, Mapping) and encryption.get("memory") is True,
         )
 
     @property
@@ -272,8 +278,12 @@ class History:
                 return f"others can write it ({where} is {st.st_mode & 0o777:o})"
         return ""
 
-    def runs(self, source_uuid: str, dest_uuid: str) -> list[PastRun]:
-        """Past runs from ``source_uuid`` to ``dest_uuid``, oldest first."""
+    def runs(self, source_uuid: str, dest_uuid: str, *, tls: bool | None = None) -> list[PastRun]:
+        """Past runs from ``source_uuid`` to ``dest_uuid``, oldest first.
+
+        ``tls``: only runs encrypted (True) or not (False) as the next one will be;
+        rows from before the column existed were unencrypted. None: all.
+        """
         if self.path is None or not source_uuid or not dest_uuid:
             return []
         untrusted = self._untrusted()
@@ -282,11 +292,15 @@ class History:
             return []
         try:
             with closing(self._connect()) as conn:
-                rows = conn.execute(
+                query = (
                     "SELECT achieved_mib_s, cap_mib_s, switchover_mib_s FROM migrations "
-                    "WHERE source_uuid = ? AND dest_uuid = ? ORDER BY finished_s",
-                    (source_uuid, dest_uuid),
-                ).fetchall()
+                    "WHERE source_uuid = ? AND dest_uuid = ?"
+                )
+                params: list[object] = [source_uuid, dest_uuid]
+                if tls is not None:
+                    query += " AND coalesce(tls, 0) = ?"
+                    params.append(int(tls))
+                rows = conn.execute(query + " ORDER BY finished_s", params).fetchall()
         except (OSError, sqlite3.Error) as exc:
             log.warning("migration history %s not read: %s", self.path, exc)
             return []
@@ -303,8 +317,8 @@ class History:
             with closing(self._connect()) as conn, conn:
                 conn.execute(
                     "INSERT INTO migrations (source_uuid, dest_uuid, finished_s, cap_mib_s, "
-                    "achieved_mib_s, data_bytes, elapsed_ms, downtime_ms, switchover_mib_s) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "achieved_mib_s, data_bytes, elapsed_ms, downtime_ms, switchover_mib_s, tls) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         run.source_uuid,
                         run.dest_uuid,
@@ -315,6 +329,7 @@ class History:
                         run.elapsed_ms,
                         run.downtime_ms,
                         run.switchover_mib_s,
+                        int(run.tls),
                     ),
                 )
                 conn.execute(

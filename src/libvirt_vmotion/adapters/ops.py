@@ -506,6 +506,30 @@ class ReservationsReply:
 
 
 @dataclass(frozen=True, slots=True)
+class TlsFileReply:
+    """One file of a host's migration TLS directory (``tls-facts``)."""
+
+    present: bool
+    error: str = ""
+    pem: str = ""
+    public_key_sha256: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class TlsFactsReply:
+    """``tls-facts``: the host's migration certificates, as QEMU finds them (no private key)."""
+
+    hostname: str = ""
+    qemu_conf: str = ""
+    qemu_conf_error: str = ""
+    cert_dir: str = ""
+    cert_dir_setting: str = ""
+    verify_clients: bool = True
+    migration_host: str = ""
+    files: Mapping[str, TlsFileReply] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
 class MaintenanceRequest:
     """``maintenance``: enter, exit, or read the host's mark."""
 
@@ -717,6 +741,9 @@ RESERVATIONS: Final = register(
     Operation(
         "reservations", Empty, ReservationsReply, "libvirt_vmotion.reserve.hostops:op_reservations"
     )
+)
+TLS_FACTS: Final = register(
+    Operation("tls-facts", Empty, TlsFactsReply, "libvirt_vmotion.adapters.tlsfiles:op_tls_facts")
 )
 MAINTENANCE: Final = register(
     Operation(

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Final, NoReturn, Self
+from urllib.parse import parse_qs, urlsplit
 
 import libvirt
 import libvirt_qemu
@@ -39,6 +40,9 @@ BINDING_FALLBACKS: Final[dict[str, tuple[object, str]]] = {
         "bandwidth.avail.switchover",
         "avail-switchover-bandwidth",
     ),
+    # libvirt-domain.h: VIR_MIGRATE_TLS = (1 << 16), libvirt >= 3.2. It encrypts QEMU's
+    # migration stream and, with a disk copy, the NBD connection too.
+    "VIR_MIGRATE_TLS": (1 << 16, "tls"),
 }
 """Constants newer than Debian 12's python3-libvirt (9.0): their value and ``FEATURES`` row.
 
@@ -87,10 +91,54 @@ def _silence_default_error_printer() -> None:
             _silenced_done = True
 
 
+_TLS_WORDS: Final = ("certificate", "x509", "gnutls", "tls ", "tls:", "handshake", "issuer")
+
+
+def tls_failure_hint(detail: str, *, uri: str, migrating: bool) -> str:
+    """What to check when a libvirt error is about TLS ("" when it is not).
+
+    A certificate that is not trusted, names another host or has expired fails
+    either libvirt's own connection (``qemu+tls://``) or, with VIR_MIGRATE_TLS,
+    QEMU's migration stream; each has its files. Pure: text in, text out.
+
+    >>> tls_failure_hint("unable to connect", uri="qemu+tcp://b/system", migrating=False)
+    ''
+    """
+    if not any(word in detail.lower() for word in _TLS_WORDS):
+        return ""
+    parts = urlsplit(uri)
+    host = parts.hostname or "the host"
+    if migrating:
+        return (
+            "QEMU's migration TLS failed: on the destination its qemu.conf's "
+            "migrate_tls_x509_cert_dir (default /etc/pki/qemu) needs ca-cert.pem, "
+            "server-cert.pem (valid for its migration_host) and server-key.pem; on the "
+            "source ca-cert.pem of the same CA, client-cert.pem and client-key.pem. "
+            "With --to qemu+tls://, the source's libvirtd also connects to the destination's "
+            "with its own /etc/pki/CA/cacert.pem and /etc/pki/libvirt/clientcert.pem. "
+            "`vmotion check` names the file (tls-ca, tls-name, tls-expiry), or pass "
+            "--tls off to migrate unencrypted."
+        )
+    pkipath = parse_qs(parts.query).get("pkipath", [""])[0]
+    client = (
+        f"{pkipath}/cacert.pem, clientcert.pem and clientkey.pem (pkipath)"
+        if pkipath
+        else "/etc/pki/CA/cacert.pem, /etc/pki/libvirt/clientcert.pem and "
+        "/etc/pki/libvirt/private/clientkey.pem"
+    )
+    return (
+        f"The TLS connection to libvirtd on {host} failed: here libvirt uses {client}; "
+        f"{host} needs /etc/pki/libvirt/servercert.pem issued by the same CA, valid now "
+        f"and for the name {host} (see https://libvirt.org/kbase/tlscerts.html; "
+        f"virt-pki-validate checks a host), or use qemu+ssh://{host}/system."
+    )
+
+
 def _raise_translated(exc: libvirt.libvirtError, action: str, *, uri: str, domain: str) -> NoReturn:
     code = exc.get_error_code() or -1
     detail = exc.get_error_message() or str(exc)
     where = f"domain '{domain}' on {uri}" if domain else uri
+    tls_hint = tls_failure_hint(detail, uri=uri, migrating=action.startswith(("migrate", "resume")))
     if code == libvirt.VIR_ERR_NO_DOMAIN:
         msg = f"No guest named '{domain}' on {uri}."
         raise DomainNotFound(msg, hint=f"List the guests there: virsh -c {uri} list --all") from exc
@@ -101,7 +149,8 @@ def _raise_translated(exc: libvirt.libvirtError, action: str, *, uri: str, domai
         msg = f"Cannot reach libvirt at {uri} while trying to {action}: {detail}"
         raise ConnectionFailed(
             msg,
-            hint=f"Check that libvirtd runs there and listens (try: virsh -c {uri} version).",
+            hint=tls_hint
+            or f"Check that libvirtd runs there and listens (try: virsh -c {uri} version).",
         ) from exc
     if code == libvirt.VIR_ERR_OPERATION_ABORTED:
         msg = f"Migration of {where} was cancelled: {detail}"
@@ -112,7 +161,9 @@ def _raise_translated(exc: libvirt.libvirtError, action: str, *, uri: str, domai
             msg, hint="Upgrade libvirt/QEMU there, or run without this option.", code=code
         ) from exc
     msg = f"libvirt failed to {action} ({where}): {detail}"
-    raise HypervisorError(msg, hint="See the libvirtd log on that host.", code=code) from exc
+    raise HypervisorError(
+        msg, hint=tls_hint or "See the libvirtd log on that host.", code=code
+    ) from exc
 
 
 @contextmanager
@@ -200,6 +251,9 @@ class MigrationOptions:
     postcopy_bandwidth_mib_s: int | None = None
     copy_disks: tuple[str, ...] = ()
     """Disk targets (``vda``) to copy to the destination over NBD (non-shared storage)."""
+    tls: bool = False
+    """Encrypt the migration stream and the disk copy (VIR_MIGRATE_TLS): QEMU uses the
+    x509 files of each host's ``migrate_tls_x509_cert_dir`` (``preflight.tls``)."""
     avail_switchover_mib_s: int | None = None
     """QEMU's ``avail-switchover-bandwidth`` (libvirt >= 11.1, QEMU >= 8.2): the rate its
     switchover decision assumes for the final, unthrottled round; None: QEMU's estimate."""
@@ -216,6 +270,31 @@ _LIFECYCLE_POSTCOPY: Final = {
         EventKind.POSTCOPY_RESUMED
     ),
 }
+
+
+def _stream_flags(options: MigrationOptions, params: dict[str, Any]) -> int:
+    """Flags (and their parameters, added to ``params``) for how the data travels.
+
+    Encryption, compression, parallel streams and the disk copy.
+    """
+    flags = 0
+    if options.tls:
+        flags |= int(binding_constant("VIR_MIGRATE_TLS"))  # type: ignore[call-overload]
+    if options.xbzrle:
+        flags |= libvirt.VIR_MIGRATE_COMPRESSED
+        params[libvirt.VIR_MIGRATE_PARAM_COMPRESSION] = "xbzrle"
+    if options.parallel_connections > 0:
+        flags |= libvirt.VIR_MIGRATE_PARALLEL
+        params[libvirt.VIR_MIGRATE_PARAM_PARALLEL_CONNECTIONS] = options.parallel_connections
+    if options.copy_disks:
+        # Mirror these disks over NBD while memory moves. Synchronous writes (QEMU's
+        # write-blocking mirror): a guest write completes only once it is on the
+        # destination too, so disk dirtying can never outrun the link and the mirror
+        # always converges (libvirt >= 8.0).
+        flags |= libvirt.VIR_MIGRATE_NON_SHARED_DISK
+        flags |= libvirt.VIR_MIGRATE_NON_SHARED_SYNCHRONOUS_WRITES
+        params[libvirt.VIR_MIGRATE_PARAM_MIGRATE_DISKS] = list(options.copy_disks)
+    return flags
 
 
 @dataclass(frozen=True, slots=True)
@@ -642,20 +721,7 @@ class Guest:
             params[str(binding_constant("VIR_MIGRATE_PARAM_BANDWIDTH_AVAIL_SWITCHOVER"))] = (
                 options.avail_switchover_mib_s
             )
-        if options.xbzrle:
-            flags |= libvirt.VIR_MIGRATE_COMPRESSED
-            params[libvirt.VIR_MIGRATE_PARAM_COMPRESSION] = "xbzrle"
-        if options.parallel_connections > 0:
-            flags |= libvirt.VIR_MIGRATE_PARALLEL
-            params[libvirt.VIR_MIGRATE_PARAM_PARALLEL_CONNECTIONS] = options.parallel_connections
-        if options.copy_disks:
-            # Mirror these disks over NBD while memory moves. Synchronous writes (QEMU's
-            # write-blocking mirror): a guest write completes only once it is on the
-            # destination too, so disk dirtying can never outrun the link and the mirror
-            # always converges (libvirt >= 8.0).
-            flags |= libvirt.VIR_MIGRATE_NON_SHARED_DISK
-            flags |= libvirt.VIR_MIGRATE_NON_SHARED_SYNCHRONOUS_WRITES
-            params[libvirt.VIR_MIGRATE_PARAM_MIGRATE_DISKS] = list(options.copy_disks)
+        flags |= _stream_flags(options, params)
         action = f"resume post-copy to {dest_uri}" if resume else f"migrate to {dest_uri}"
         with self._errors(action):
             self._dom.migrateToURI3(dest_uri, params, flags)

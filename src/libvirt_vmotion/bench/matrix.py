@@ -27,16 +27,28 @@ class Tool(StrEnum):
     """A way to live-migrate the guest that the benchmark compares."""
 
     OURS = "ours"
-    """``vmotion migrate`` with its default policy."""
+    """``vmotion migrate`` with its default policy, unencrypted (``--tls off``), as plain
+    virsh migrates: the like-for-like comparison."""
+    OURS_TLS = "ours-tls"
+    """The same encrypted (``--tls require``): against ``ours``, the cost of TLS."""
     VIRSH = "virsh"
     """``virsh migrate --live --p2p --persistent --undefinesource --bandwidth B``."""
     AUTO_CONVERGE = "virsh-auto-converge"
     """The same plus ``--auto-converge`` (QEMU throttles the vCPUs)."""
     POSTCOPY = "virsh-postcopy"
     """The same plus ``--postcopy --postcopy-after-precopy``."""
+    VIRSH_TLS = "virsh-tls"
+    """Plain ``virsh migrate`` plus ``--tls``."""
+
+    @property
+    def is_ours(self) -> bool:
+        """True for our own migrations (their report has pre-flight and the migration)."""
+        return self in {Tool.OURS, Tool.OURS_TLS}
 
 
-BASELINES: Final = (Tool.VIRSH, Tool.AUTO_CONVERGE, Tool.POSTCOPY)
+BASELINES: Final = (Tool.VIRSH, Tool.AUTO_CONVERGE, Tool.POSTCOPY, Tool.VIRSH_TLS)
+TLS_PAIRS: Final = ((Tool.OURS_TLS, Tool.OURS), (Tool.VIRSH_TLS, Tool.VIRSH))
+"""Each encrypted tool and its unencrypted twin: their ratio is the cost of TLS."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,7 +283,7 @@ class RunResult:
         ``total_time_s`` is what the user waits; ours spends part of it on pre-flight
         checks, the forecast and the reservation before any memory moves.
         """
-        inner = self.tool_report.get("total_time_s") if self.tool is Tool.OURS else None
+        inner = self.tool_report.get("total_time_s") if self.tool.is_ours else None
         if isinstance(inner, int | float) and not isinstance(inner, bool) and inner > 0:
             return min(float(inner), self.total_time_s)
         return self.total_time_s
@@ -284,7 +296,7 @@ class RunResult:
         the whole of ``total_time_s - migration_s``, which also holds process start-up,
         connections and the observers' last reads.
         """
-        if self.tool is not Tool.OURS:
+        if not self.tool.is_ours:
             return None
         reported = self.tool_report.get("preflight_s")
         if isinstance(reported, int | float) and not isinstance(reported, bool):

@@ -44,7 +44,10 @@ def add_bench_parser(sub: argparse._SubParsersAction[Any]) -> None:
     bench.add_argument("--bandwidth", metavar="MIB_S", help="bandwidth cap for every tool")
     bench.add_argument("--budget-s", metavar="S", help="time budget per migration")
     bench.add_argument(
-        "--tools", metavar="LIST", help="ours,virsh,virsh-auto-converge,virsh-postcopy"
+        "--tools",
+        metavar="LIST",
+        help="ours,virsh,virsh-auto-converge,virsh-postcopy (the default), and ours-tls, "
+        "virsh-tls: encrypted, compared with their unencrypted twins (ours runs --tls off)",
     )
     bench.add_argument(
         "--out", metavar="DIR", help="results folder (default bench-results/<timestamp>)"

@@ -11,6 +11,7 @@ from typing import Final
 
 from libvirt_vmotion.bench.matrix import (
     MIB,
+    TLS_PAIRS,
     BenchParams,
     CellSummary,
     RunResult,
@@ -155,6 +156,9 @@ def build_summary_md(record: BenchRecord, plots: Sequence[str] = ()) -> str:
         for s in summaries
     )
     lines += ["", *_ratio_section(summaries, params.tools)]
+    tls_cost = _tls_cost_section(summaries)
+    if tls_cost:
+        lines += ["", *tls_cost]
     lines += [
         "",
         "## How to read this",
@@ -197,8 +201,41 @@ def build_summary_md(record: BenchRecord, plots: Sequence[str] = ()) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _tls_cost_section(summaries: Sequence[CellSummary]) -> list[str]:
+    """Each encrypted tool against its unencrypted twin, same cells (``TLS_PAIRS``)."""
+    by_key = {(s.cell, s.tool): s for s in summaries}
+    rows = []
+    for s in summaries:
+        for tls_tool, plain_tool in TLS_PAIRS:
+            plain = by_key.get((s.cell, plain_tool))
+            if s.tool is not tls_tool or plain is None:
+                continue
+            cells = [
+                _ratio_text(ratio(s.median.get(name), plain.median.get(name)))
+                for name in ("total_time_s", "migration_s", "qemu_elapsed_ms", "downtime_ms")
+            ]
+            rows.append(
+                f"| {s.cell.label} | {tls_tool} / {plain_tool} | {s.converged}/{s.runs} vs "
+                f"{plain.converged}/{plain.runs} | " + " | ".join(cells) + " |"
+            )
+    if not rows:
+        return []
+    return [
+        "## The cost of TLS (ratio of medians, encrypted / unencrypted)",
+        "",
+        "| cell | tools | converged | total time | migration time | QEMU time | downtime |",
+        "|---|---|---|---|---|---|---|",
+        *rows,
+    ]
+
+
+def _encrypted(tool: Tool) -> bool:
+    return tool in {Tool.OURS_TLS, Tool.VIRSH_TLS}
+
+
 def _ratio_section(summaries: Sequence[CellSummary], tools: Sequence[Tool]) -> list[str]:
-    if Tool.OURS not in tools or len(tools) < 2:
+    """Ours against each baseline that encrypts as it does (ours-tls against virsh-tls)."""
+    if not any(t.is_ours for t in tools) or len(tools) < 2:
         return []
     by_key = {(s.cell, s.tool): s for s in summaries}
     lines = [
@@ -211,18 +248,19 @@ def _ratio_section(summaries: Sequence[CellSummary], tools: Sequence[Tool]) -> l
         "|---|---|---|---|---|---|---|",
     ]
     for s in summaries:
-        if s.tool is not Tool.OURS:
+        if not s.tool.is_ours:
             continue
         for tool in tools:
             theirs = by_key.get((s.cell, tool))
-            if tool is Tool.OURS or theirs is None:
+            if tool.is_ours or _encrypted(tool) != _encrypted(s.tool) or theirs is None:
                 continue
             cells = [
                 _ratio_text(ratio(s.median.get(name), theirs.median.get(name)))
                 for name in ("total_time_s", "migration_s", "downtime_ms", "longest_gap_ms")
             ]
             lines.append(
-                f"| {s.cell.label} | {tool} | {s.converged}/{s.runs} vs "
+                f"| {s.cell.label} | {tool if s.tool is Tool.OURS else f'{tool} (vs {s.tool})'} | "
+                f"{s.converged}/{s.runs} vs "
                 f"{theirs.converged}/{theirs.runs} | " + " | ".join(cells) + " |"
             )
     return lines

@@ -259,11 +259,13 @@ _VIRSH_STRATEGY: Final = {
     Tool.VIRSH: "pre-copy",
     Tool.AUTO_CONVERGE: "auto-converge",
     Tool.POSTCOPY: "post-copy after one pass",
+    Tool.VIRSH_TLS: "pre-copy, TLS",
 }
 _VIRSH_EXTRA: Final = {
     Tool.VIRSH: (),
     Tool.AUTO_CONVERGE: ("--auto-converge",),
     Tool.POSTCOPY: ("--postcopy", "--postcopy-after-precopy"),
+    Tool.VIRSH_TLS: ("--tls",),
 }
 
 
@@ -347,12 +349,15 @@ def _float_or_none(value: object) -> float | None:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
-def run_ours(*, bandwidth_mib_s: int, budget_s: float) -> ToolOutcome:
-    """``vmotion migrate`` hosta -> hostb with its own ping and workload observers."""
+def run_ours(*, bandwidth_mib_s: int, budget_s: float, tls: bool = False) -> ToolOutcome:
+    """``vmotion migrate`` hosta -> hostb with its own ping and workload observers.
+
+    ``tls``: encrypted (``--tls require``); else ``--tls off``, as plain virsh migrates.
+    """
     argv = guestctl.self_command(
         "migrate", GUEST_NAME, "--from", HOST_A.uri, "--to", HOST_B.uri,
         "--bandwidth", str(bandwidth_mib_s), "--timeout", f"{budget_s:g}", "--json",
-        "--ping", GUEST_ADDR, "--workload", GUEST_ADDR,
+        "--ping", GUEST_ADDR, "--workload", GUEST_ADDR, "--tls", "require" if tls else "off",
     )  # fmt: skip
     t0 = time.monotonic()
     try:
@@ -563,8 +568,12 @@ class Bench:
         sampler = JobSampler(HOST_A.uri, GUEST_NAME)
         sampler.start()
         try:
-            if tool is Tool.OURS:
-                outcome = run_ours(bandwidth_mib_s=params.bandwidth_mib_s, budget_s=params.budget_s)
+            if tool.is_ours:
+                outcome = run_ours(
+                    bandwidth_mib_s=params.bandwidth_mib_s,
+                    budget_s=params.budget_s,
+                    tls=tool is Tool.OURS_TLS,
+                )
             else:
                 outcome = run_virsh(
                     tool, bandwidth_mib_s=params.bandwidth_mib_s, budget_s=params.budget_s

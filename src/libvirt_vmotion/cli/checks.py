@@ -194,6 +194,10 @@ def print_gate(
     bad = blockers(gate.results)
     warnings = sum(1 for r in gate.results if r.verdict is Verdict.WARNING)
     lines = ["pre-flight:", *render_results(shown)]
+    lines.append(
+        f"encryption: {'TLS for memory and copied disks' if gate.use_tls else 'none'} "
+        f"(--tls {gate.tls_mode})"
+    )
     if bad:
         lines.append(f"verdict: BLOCKED by {', '.join(sorted({r.name for r in bad}))}")
     else:
@@ -219,6 +223,7 @@ def preflight_settings(args: argparse.Namespace, policy: MigrationPolicy) -> Pre
         bandwidth_mib_s=policy.bandwidth_mib_s,
         max_downtime_ms=policy.max_downtime_ms,
         initial_downtime_ms=policy.initial_downtime_ms,
+        tls=policy.tls,
     )
 
 

@@ -95,6 +95,7 @@ def build_report(
         ),
         "samples": len(outcome.samples),
     }
+    report["encryption"] = encryption_section(request)
     if request.copy_disks or (final is not None and final.disk_total_bytes):
         report["storage"] = _storage_section(request, outcome)
     if outcome.controller is not None:
@@ -126,6 +127,50 @@ def _settings(
         "max_throttle_percent": policy.get("max_throttle_percent"),
         "allow_postcopy": policy.get("allow_postcopy"),
     }
+
+
+def control_transport(uri: str) -> str:
+    """How a libvirt URI's connection travels: ``tls``, ``tcp``, ``ssh``, ``unix`` ...
+
+    libvirt's rule: the part after ``+`` names the transport; a remote URI without
+    one (``qemu://host/system``) is TLS, a local one a UNIX socket.
+
+    >>> [control_transport(u) for u in ("qemu+tcp://b/system", "qemu://b/system",
+    ...  "qemu+libssh2://b/system", "qemu:///system")]
+    ['tcp', 'tls', 'ssh', 'unix']
+    """
+    scheme, _, rest = uri.partition("://")
+    transport = scheme.partition("+")[2]
+    if transport in {"libssh", "libssh2"}:
+        return "ssh"
+    if transport:
+        return transport
+    host = rest.partition("/")[0]
+    return "tls" if host else "unix"
+
+
+def encryption_section(request: MigrationRequest) -> dict[str, object]:
+    """What crossed the network encrypted (the report's ``encryption``).
+
+    ``memory``: QEMU's migration stream (libvirt's TLS flag); ``disk``: the NBD copy
+    (the same flag covers it), null when no disk was copied; ``control``: the
+    peer-to-peer connection from the source's libvirtd to the destination's, which
+    is ``--to``'s transport.
+    """
+    return {
+        "memory": request.tls,
+        "disk": request.tls if request.copy_disks else None,
+        "control": control_transport(request.dest_uri),
+    }
+
+
+def _encryption_line(section: object) -> list[str]:
+    if not isinstance(section, Mapping):
+        return []
+    memory = "TLS" if section.get("memory") else "UNENCRYPTED"
+    disk = section.get("disk")
+    disks = "" if disk is None else f", disk copy {'TLS' if disk else 'UNENCRYPTED'}"
+    return [f"  encryption        memory {memory}{disks}, control {section.get('control')}"]
 
 
 def _storage_section(request: MigrationRequest, outcome: MigrationOutcome) -> dict[str, object]:
@@ -291,6 +336,7 @@ def render_text(report: Mapping[str, object]) -> str:
         *forecast_lines(report.get("forecast")),
         *decision_lines(report.get("convergence")),
         *cutover_lines(report.get("network_cutover")),
+        *_encryption_line(report.get("encryption")),
     ]
     for name in ("network", "workload"):
         section = report.get(name)

@@ -455,6 +455,7 @@ def _options_for(
         parallel_connections=policy.parallel_connections,
         postcopy_bandwidth_mib_s=policy.postcopy_bandwidth_mib_s,
         copy_disks=request.copy_disks,
+        tls=request.tls,
         avail_switchover_mib_s=avail_switchover_mib_s,
     )
 

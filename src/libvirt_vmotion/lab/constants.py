@@ -50,6 +50,15 @@ class LabHost:
         """URI that reaches this host's libvirtd over TCP from the lab network."""
         return f"qemu+tcp://{self.addr}/system"
 
+    @property
+    def tls_uri(self) -> str:
+        """URI that reaches this host's libvirtd over TLS, with the lab's client files.
+
+        ``pkipath`` names the controller's CA, certificate and key (``lab.pki``), so
+        nothing of the lab goes into the machine's own /etc/pki.
+        """
+        return f"qemu+tls://{self.addr}/system?pkipath={STATE_DIR / 'pki' / 'client'}"
+
 
 def _lab_id() -> str:
     value = os.environ.get("VMOTION_LAB_ID", "vmo")

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Final
 
 from pyroute2 import IPRoute, netns
 
-from libvirt_vmotion.lab import command_name, hostconf, owner
+from libvirt_vmotion.lab import command_name, hostconf, owner, pki
 from libvirt_vmotion.lab.constants import (
     ALL_HOSTS,
     CLIENT_ADDR,
@@ -176,6 +176,7 @@ class LabStatus:
             lines += [
                 "run commands from the client namespace:",
                 f"  {LAB_CMD} exec -- virsh -c {first.uri} list",
+                f"  over TLS: {first.tls_uri} (migrations are encrypted either way: --tls auto)",
                 "logs: "
                 + ", ".join(str(hostconf.host_paths(h.host).libvirtd_log) for h in self.hosts),
             ]
@@ -831,6 +832,8 @@ def _build(log: Callable[[str], None] | None, started: float) -> LabStatus:
     for host in HOSTS:
         _prepare_state(host)
     _prepare_client_ssh()
+    _say(log, "making the lab CA and each host's TLS certificates (certtool)")
+    pki.prepare()
     _say(log, "creating namespaces, switch, veths and bridges")
     _record_run_netns()
     _build_network()

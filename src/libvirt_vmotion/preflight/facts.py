@@ -16,6 +16,7 @@ from libvirt_vmotion.model import QEMU_OVERHEAD_BYTES
 from libvirt_vmotion.preflight.result import CheckResult
 
 if TYPE_CHECKING:
+    from libvirt_vmotion.preflight.tls import TlsInputs
     from libvirt_vmotion.storage.plan import StorageFacts
 
 
@@ -379,3 +380,6 @@ class PreflightFacts:
     the copy plan); None when not gathered. Checked by ``storage``'s checks."""
     bridge_checks: tuple[CheckResult, ...] = ()
     """Verdicts of ``netcheck`` on both hosts' bridges (from the agents' bridge facts)."""
+    tls: TlsInputs | None = None
+    """``--tls`` and both hosts' migration TLS facts (``preflight.tls``); None when not
+    gathered (no TLS checks then)."""

@@ -25,7 +25,7 @@ from libvirt_vmotion.adapters.agent import AgentOperationFailed, AgentUnavailabl
 from libvirt_vmotion.adapters.linkprobe import LinkMeasurement, measure_link
 from libvirt_vmotion.adapters.virt import Guest, Hypervisor
 from libvirt_vmotion.errors import Unsupported, VmotionError
-from libvirt_vmotion.model import MIB, QEMU_OVERHEAD_BYTES, PastRun
+from libvirt_vmotion.model import MIB, QEMU_OVERHEAD_BYTES, PastRun, TlsMode
 from libvirt_vmotion.policy import DEFAULT_INITIAL_DOWNTIME_MS, DEFAULT_MAX_DOWNTIME_MS
 from libvirt_vmotion.preflight import domxml, netcheck
 from libvirt_vmotion.preflight.facts import (
@@ -46,6 +46,7 @@ from libvirt_vmotion.preflight.facts import (
 from libvirt_vmotion.preflight.forecast import Forecast, ForecastInputs, forecast
 from libvirt_vmotion.preflight.linkrate import bound_switchover, choose_rate, final_round_rate
 from libvirt_vmotion.preflight.result import CheckResult, Verdict
+from libvirt_vmotion.preflight.tls import HostTls, TlsInputs
 
 log = logging.getLogger(__name__)
 
@@ -526,3 +527,32 @@ def _maintenance_fields(mark: ops.MaintenanceMark | None) -> dict[str, str]:
     if mark is None:
         return {}
     return {"maintenance_since": mark.since_utc or "unknown time", "maintenance_by": mark.by}
+
+
+def _host_tls(agent: RemoteHost) -> HostTls:
+    """One host's migration TLS facts through its agent (unavailable: says why)."""
+    try:
+        reply = ops.to_json(ops.TLS_FACTS.call(agent, ops.Empty()))
+    except (AgentUnavailable, AgentOperationFailed) as exc:
+        return HostTls.unavailable(agent.label, exc.message)
+    return HostTls.from_agent(reply, host=str(reply.get("hostname") or agent.label))
+
+
+def tls_inputs(
+    mode: TlsMode, *, source_agent: RemoteHost, dest_agent: RemoteHost, now_s: float
+) -> TlsInputs:
+    """Both hosts' migration TLS facts (asked side by side), with ``--tls``.
+
+    ``--tls off`` asks nothing: the migration will not use them.
+    """
+    if mode is TlsMode.OFF:
+        return TlsInputs(
+            mode,
+            HostTls.unavailable(source_agent.label, "not asked (--tls off)"),
+            HostTls.unavailable(dest_agent.label, "not asked (--tls off)"),
+            now_s,
+        )
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="tls-facts") as pool:
+        source = pool.submit(_host_tls, source_agent)
+        dest = pool.submit(_host_tls, dest_agent)
+        return TlsInputs(mode, source.result(), dest.result(), now_s)

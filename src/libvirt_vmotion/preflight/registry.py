@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from typing import Final
 
-from libvirt_vmotion.preflight import disks, netcheck
+from libvirt_vmotion.preflight import disks, netcheck, tls
 from libvirt_vmotion.preflight.capacity import (
     check_dest_maintenance,
     check_dest_memory,
@@ -134,13 +134,15 @@ CHECKS: Final[Mapping[str, Callable[[PreflightFacts], tuple[CheckResult, ...]]]]
     "lock-manager": disks.preflight_lock_manager,
     "dest-disk-space": disks.preflight_dest_disk_space,
     "dest-agent": check_agent,
+    "tls": lambda f: tls.check_tls(f.tls),
 }
 """Check functions by group name; result names are listed by ``check_names``."""
 
 
 def check_names() -> tuple[str, ...]:
     """Every name ``--skip-check`` accepts (result names, incl. ``feature-*``)."""
-    names = [n for n in CHECKS if n not in {"features", "machine-type", "bridge-setup"}]
+    names = [n for n in CHECKS if n not in {"features", "machine-type", "bridge-setup", "tls"}]
+    names += list(tls.CHECK_NAMES)
     names += [n for n in netcheck.CHECK_NAMES if n not in NETCHECK_COVERED]
     names += ["machine-type", "emulator"]
     names += [f"feature-{feat.name}" for feat in FEATURES]

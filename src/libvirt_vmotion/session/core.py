@@ -27,7 +27,7 @@ from typing import Final, Protocol
 
 from libvirt_vmotion.converge.machine import build_context
 from libvirt_vmotion.errors import PreflightFailed, VmotionError
-from libvirt_vmotion.model import MeasuredContext, MigrationOutcome, MigrationRequest
+from libvirt_vmotion.model import MeasuredContext, MigrationOutcome, MigrationRequest, TlsMode
 from libvirt_vmotion.policy import MigrationPolicy
 from libvirt_vmotion.preflight.capacity import DestRoom
 from libvirt_vmotion.preflight.forecast import Forecast, Strategy, relative_error
@@ -102,6 +102,9 @@ class PreflightOutcome:
             history, None when it has none.
         elapsed_s: how long pre-flight took (facts, checks, forecast).
         room: what the destination can still take (``evacuate`` places by it).
+        use_tls: encrypt the migration (``preflight.tls.plan_tls``: ``--tls`` and
+            both hosts' certificates).
+        tls_mode: the ``--tls`` it was decided from.
 
     """
 
@@ -116,6 +119,8 @@ class PreflightOutcome:
     switchover_mib_s: float | None = None
     elapsed_s: float = 0.0
     room: DestRoom | None = None
+    use_tls: bool = False
+    tls_mode: TlsMode = TlsMode.AUTO
 
     @property
     def blocked(self) -> bool:
@@ -139,6 +144,7 @@ class PreflightOutcome:
             "forecast": None if self.forecast is None else self.forecast.to_dict(),
             "forecast_error": self.forecast_error,
             "dirty_rate_window_s": self.window_s,
+            "tls": {"mode": self.tls_mode.value, "encrypt": self.use_tls},
         }
 
     def forecast_section(self, report: Mapping[str, object]) -> dict[str, object]:
@@ -411,7 +417,7 @@ class Session:
             self._precreate(pre, undo)
             self._start_guard(undo)
             self.step = Step.MIGRATE
-            request = replace(self.request, copy_disks=pre.copy_disks)
+            request = replace(self.request, copy_disks=pre.copy_disks, tls=pre.use_tls)
             measured = measured_context(self.policy, pre)
             outcome, sections = self.mover(request, policy=self.policy, measured=measured)
             migrate_done = self.clock() - started

@@ -15,8 +15,10 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from libvirt_vmotion.errors import UsageError, VmotionError
+from libvirt_vmotion.model import TlsMode
 from libvirt_vmotion.preflight.capacity import dest_room
 from libvirt_vmotion.preflight.registry import blockers, check_names, run_checks, unknown_skips
+from libvirt_vmotion.preflight.tls import plan_tls
 from libvirt_vmotion.session.core import (
     DEFAULT_WINDOW_S,
     Claim,
@@ -43,6 +45,7 @@ class PreflightSettings:
     bandwidth_mib_s: int | None = None
     max_downtime_ms: int | None = None
     initial_downtime_ms: int | None = None
+    tls: TlsMode = TlsMode.AUTO
 
     def __post_init__(self) -> None:
         """Refuse an unknown ``--skip-check`` name before any host is asked anything."""
@@ -68,6 +71,7 @@ class HostPreflight:
         history: this controller's migration history (learned rates).
         clock: monotonic seconds.
         sleep: waits seconds (the dirty-rate window).
+        wall_clock: Unix seconds (certificate validity).
 
     """
 
@@ -82,6 +86,7 @@ class HostPreflight:
     history: History
     clock: Callable[[], float] = time.monotonic
     sleep: Callable[[float], None] = field(default=time.sleep)
+    wall_clock: Callable[[], float] = time.time
 
     def run(self) -> PreflightOutcome:
         """Facts, checks, forecast; nothing changed on any host."""
@@ -100,7 +105,8 @@ class HostPreflight:
         facts, storage = self._gather()
         results = run_checks(facts, skip=s.skip)
         host_pair = (facts.source.host_uuid, facts.dest.host_uuid)
-        past = self.history.runs(*host_pair)
+        use_tls = facts.tls is not None and plan_tls(facts.tls).use_tls
+        past = self.history.runs(*host_pair, tls=use_tls)  # TLS costs throughput
         switchover = learned_switchover(past)
         forecast, error = None, "not measured: a check blocks the migration"
         if not blockers(results):
@@ -139,18 +145,20 @@ class HostPreflight:
             switchover_mib_s=switchover,
             elapsed_s=self.clock() - started,
             room=dest_room(facts),
+            use_tls=use_tls,
+            tls_mode=s.tls,
         )
 
     def _gather(self) -> tuple[PreflightFacts, StorageFacts]:
-        """Gather three independent fact families side by side.
+        """Gather four independent fact families side by side.
 
         libvirt connections are thread-safe, so pre-flight costs the slowest family,
         not the sum. The first failure is the host facts' (as before).
         """
-        from libvirt_vmotion.preflight.gather import gather  # noqa: PLC0415
+        from libvirt_vmotion.preflight.gather import gather, tls_inputs  # noqa: PLC0415
         from libvirt_vmotion.storage import host as storagehost  # noqa: PLC0415
 
-        with ThreadPoolExecutor(max_workers=3, thread_name_prefix="preflight") as pool:
+        with ThreadPoolExecutor(max_workers=4, thread_name_prefix="preflight") as pool:
             host_side = pool.submit(
                 gather, self.source, self.dest, self.domain, agent=self.dest_agent
             )
@@ -163,9 +171,21 @@ class HostPreflight:
                 )
             )
             network_side = pool.submit(self._bridge_checks)
+            tls_side = pool.submit(
+                tls_inputs,
+                self.settings.tls,
+                source_agent=self.source_agent,
+                dest_agent=self.dest_agent,
+                now_s=self.wall_clock(),
+            )
             facts = host_side.result()
             storage = storage_side.result()
-            facts = replace(facts, storage=storage, bridge_checks=network_side.result())
+            facts = replace(
+                facts,
+                storage=storage,
+                bridge_checks=network_side.result(),
+                tls=tls_side.result(),
+            )
         return facts, storage
 
     def _bridge_checks(self) -> tuple[CheckResult, ...]:

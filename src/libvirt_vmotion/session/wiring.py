@@ -141,9 +141,11 @@ def host_local_uri(uri: str) -> str:
     'qemu:///system'
     >>> host_local_uri("qemu:///session")
     'qemu:///session'
+    >>> host_local_uri("qemu+tls://hosta/system?pkipath=/srv/pki")
+    'qemu:///system'
     """
     scheme, _, rest = uri.partition("://")
-    path = rest.partition("/")[2]
+    path = rest.partition("/")[2].partition("?")[0]
     return f"{scheme.partition('+')[0]}:///{path}"
 
 

@@ -833,7 +833,7 @@ def _build(log: Callable[[str], None] | None, started: float) -> LabStatus:
         _prepare_state(host)
     _prepare_client_ssh()
     _say(log, "making the lab CA and each host's TLS certificates (certtool)")
-    pki.prepare()
+    pki.prepare(hosts=ALL_HOSTS)  # hostc's too: `up --hosts 3` adds it to this CA later
     _say(log, "creating namespaces, switch, veths and bridges")
     _record_run_netns()
     _build_network()

@@ -38,6 +38,7 @@ import contextlib
 import importlib
 import ipaddress
 import json
+import logging
 import os
 import queue
 import re
@@ -55,9 +56,11 @@ from typing import IO, Final
 from urllib.parse import urlsplit
 
 from libvirt_vmotion import __version__
-from libvirt_vmotion.adapters import ops
+from libvirt_vmotion.adapters import channel, ops
 from libvirt_vmotion.adapters.ops import AgentOperationFailed, AgentUnavailable
 from libvirt_vmotion.errors import UsageError, VmotionError
+
+log = logging.getLogger(__name__)
 
 GUARD_OP: Final = "guard"
 """The one operation that streams: the controller's guard (``converge.guard``)."""
@@ -77,6 +80,8 @@ ISOLATED: Final = ("-I",)
 from would run as root. ``-I`` leaves out the working directory, ``PYTHON*``
 variables and the user's site-packages; the child also runs in ``/``.
 """
+ONESHOT_ENV: Final = "VMOTION_AGENT_ONESHOT"
+"""Set to 1: one agent process per call, no channel (``adapters.channel``)."""
 CANCEL_ON_EOF: Final = "_cancel_on_eof"
 """Argument of a call started with ``RemoteHost.start``: the agent ends the operation
 when its stdin closes (the client cancelled, or died), instead of running on."""
@@ -161,6 +166,8 @@ def main(argv: list[str]) -> int:
     if len(argv) != 1:
         sys.stderr.write("usage: python -m libvirt_vmotion agent OP < args.json\n")
         return 2
+    if argv[0] == channel.SERVE_OP:  # many calls over one process: see adapters.channel
+        return serve_lines(sys.stdin, sys.stdout)
     if argv[0] == GUARD_OP:  # streams its standard input: see converge.guard
         guard = importlib.import_module("libvirt_vmotion.converge.guard")
         guard.ignore_hangups()
@@ -186,6 +193,42 @@ def main(argv: list[str]) -> int:
     except BrokenPipeError:
         return 1  # the client is gone; nobody to tell
     return 0 if reply.get("ok") else 1
+
+
+def serve_lines(requests: IO[str], replies: IO[str]) -> int:
+    """Answer ``{"id", "op", "args"}`` lines until ``requests`` ends (``adapters.channel``).
+
+    Each request runs in a thread of its own; replies carry the request's id and
+    go out whole, one line each, in the order they finish. Whatever an operation
+    prints goes to stderr, so nothing but replies reaches ``replies``.
+    """
+    write_lock = threading.Lock()
+    sys.stdout = sys.stderr  # stray output must not break the reply stream
+    running: list[threading.Thread] = []
+
+    def answer(call_id: object, op: str, args: object) -> None:
+        reply = (
+            serve(op, json.dumps(args))
+            if isinstance(args, dict)
+            else {"ok": False, "error": "agent arguments must be a JSON object", "hint": ""}
+        )
+        line = json.dumps({**reply, "id": call_id}, sort_keys=True) + "\n"
+        with write_lock:
+            replies.write(line)
+            replies.flush()
+
+    for text in requests:
+        try:
+            request = json.loads(text)
+            call_id, op, args = request["id"], str(request["op"]), request.get("args", {})
+        except (ValueError, KeyError, TypeError):
+            return 2  # not our client: stop rather than guess
+        thread = threading.Thread(target=answer, args=(call_id, op, args), daemon=True)
+        thread.start()
+        running = [t for t in running if t.is_alive()] + [thread]
+    for thread in running:  # the client closed its end: finish what it asked, then go
+        thread.join(timeout=CANCEL_GRACE_S)
+    return 0
 
 
 def ssh_target(*, user: str, host: str, uri: str) -> tuple[str, ...]:
@@ -317,6 +360,10 @@ class RemoteHost:
             AgentOperationFailed: it ran and reported a failure.
 
         """
+        if os.environ.get(ONESHOT_ENV) != "1":
+            reply = self._via_channel(op, dict(args or {}), timeout_s=timeout_s)
+            if reply is not None:
+                return self._result_of(reply)
         try:
             returncode, out, err = _run_capped(
                 self._argv(op), json.dumps(dict(args or {})).encode(), timeout_s=timeout_s
@@ -364,6 +411,30 @@ class RemoteHost:
         remote = [self.python, *ISOLATED, "-m", "libvirt_vmotion", "agent", op]
         return [*self.prefix, f"cd / && exec {shlex.join(remote)}"] if self.prefix else remote
 
+    def _via_channel(
+        self, op: str, args: Mapping[str, object], *, timeout_s: float
+    ) -> dict[str, object] | None:
+        """The reply over this host's channel; None when one process per call must do it.
+
+        Raises:
+            AgentUnavailable: the channel took the request and then failed (it may
+                have run there: not run twice).
+
+        """
+        try:
+            return channel.call(
+                self._argv(channel.SERVE_OP),
+                op,
+                args,
+                timeout_s=timeout_s,
+                max_line=MAX_REPLY_BYTES,
+            )
+        except channel.ChannelBroken as exc:
+            if not exc.retry_safe:
+                raise self._unavailable(str(exc)) from exc
+            log.debug("no agent channel to %s (%s): one process per call", self.label, exc)
+            return None
+
     def _result(self, stdout: str, stderr: str, returncode: int | None) -> dict[str, object]:
         try:
             reply = json.loads(stdout.strip().splitlines()[-1])
@@ -372,6 +443,10 @@ class RemoteHost:
         if not isinstance(reply, dict):
             detail = f"its reply is a JSON {type(reply).__name__}, not an object"
             raise self._unavailable(detail)
+        return self._result_of(reply)
+
+    def _result_of(self, reply: dict[str, object]) -> dict[str, object]:
+        """The result of one reply object, or the failure it reports."""
         if not reply.get("ok"):
             msg = f"on {self.label}: {reply.get('error')}"
             raise AgentOperationFailed(msg, hint=str(reply.get("hint") or ""))

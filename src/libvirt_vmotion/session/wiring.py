@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from libvirt_vmotion.adapters import ops
+from libvirt_vmotion.adapters.channel import ChannelTimeout
 from libvirt_vmotion.errors import ReservationError, VmotionError
 from libvirt_vmotion.preflight.result import format_bytes
 from libvirt_vmotion.reserve.store import Unreleased, lease_ends_by_s
@@ -93,7 +94,7 @@ class AgentDestination:
                 self.agent, ops.ReleaseRequest(reservation_id=reservation_id), timeout_s=timeout_s
             )
         except VmotionError as exc:
-            timed_out = isinstance(exc.__cause__, subprocess.TimeoutExpired)
+            timed_out = isinstance(exc.__cause__, (subprocess.TimeoutExpired, ChannelTimeout))
             return Unreleased(
                 reservation_id=reservation_id,
                 host=host,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -22,7 +23,12 @@ from libvirt_vmotion.evacuate.plan import (
     plan_evacuation,
     share_bandwidth,
 )
-from libvirt_vmotion.evacuate.run import Evacuation, EvacuationRequest, GuestResult
+from libvirt_vmotion.evacuate.run import (
+    REUSE_PREFLIGHT_S,
+    Evacuation,
+    EvacuationRequest,
+    GuestResult,
+)
 from libvirt_vmotion.model import MIB, MigrationRequest
 from libvirt_vmotion.preflight.capacity import DestRoom
 from libvirt_vmotion.preflight.result import Verdict, bad, ok
@@ -32,7 +38,7 @@ from libvirt_vmotion.reserve.store import (
     ReservationStore,
     State,
 )
-from libvirt_vmotion.session.core import Claim, PreflightOutcome, Session
+from libvirt_vmotion.session.core import Claim, Preflight, PreflightOutcome, Session
 
 B, C = "qemu+tcp://hostb/system", "qemu+tcp://hostc/system"
 GUEST_BYTES = 384 * MIB
@@ -144,10 +150,13 @@ class World:
 class FakeSession:
     world: World
     request: MigrationRequest
-    preflight: object = None
+    preflight: Preflight | None = None
 
     def check(self) -> PreflightOutcome:
-        self.world.checks += 1
+        if self.preflight is not None:  # handed in at construction, as open_session does
+            return self.preflight.run()
+        with self.world.lock:
+            self.world.checks += 1
         pair = (self.request.domain, self.request.dest_uri)
         results = (
             (bad("network", Verdict.BLOCKER, "bridge br9 missing", hint="x"),)
@@ -161,6 +170,7 @@ class FakeSession:
         )
 
     def run(self) -> object:
+        self.check()  # as Session.run: pre-flight first (the reused one when handed in)
         w, g, d = self.world, self.request.domain, self.request.dest_uri
         if (g, d) in w.refuse:
             msg = f"{d} is full"
@@ -195,9 +205,13 @@ class FakeSessions:
 
     @contextmanager
     def open(
-        self, request: MigrationRequest, *, on_progress: Callable[[object], None] | None
+        self,
+        request: MigrationRequest,
+        *,
+        on_progress: Callable[[object], None] | None,
+        preflight: Preflight | None = None,
     ) -> Iterator[Session]:
-        yield cast("Session", FakeSession(self.world, request))
+        yield cast("Session", FakeSession(self.world, request, preflight))
 
 
 @dataclass
@@ -239,10 +253,12 @@ class Heard:
         pass
 
 
-def evacuation(world: World, **kwargs: object) -> tuple[Evacuation, Heard]:
+def evacuation(
+    world: World, clock: Callable[[], float] = time.monotonic, **kwargs: object
+) -> tuple[Evacuation, Heard]:
     heard = Heard()
     request = EvacuationRequest("qemu+tcp://a/system", (B, C), **kwargs)  # type: ignore[arg-type]
-    evac = Evacuation(request, FakeSessions(world), FakeSource(world), heard, time.monotonic)
+    evac = Evacuation(request, FakeSessions(world), FakeSource(world), heard, clock)
     return evac, heard
 
 
@@ -256,6 +272,15 @@ def test_every_guest_moves_at_most_parallel_at_once_and_within_each_destinations
     assert max(world.most_per_dest.values()) == 1  # each destination has one inbound slot
     assert world.checks == 10  # pre-flight once per guest and destination, reused at start
     assert len(heard.results) == 5
+
+
+def test_a_pre_flight_older_than_the_reuse_window_is_run_again_when_the_move_starts() -> None:
+    ticks = itertools.count(step=REUSE_PREFLIGHT_S)  # each reading one window later
+    world = World(running=["g1", "g2"])
+    evac, _ = evacuation(world, clock=lambda: float(next(ticks)))
+    results = evac.run(evac.plan())
+    assert {r.outcome for r in results} == {Outcome.MOVED}
+    assert world.checks == 4 + 2  # every pair at planning, then each guest again at its start
 
 
 def test_one_failure_stays_local_and_a_refused_reservation_tries_the_next_destination() -> None:

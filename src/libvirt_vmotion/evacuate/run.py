@@ -41,7 +41,7 @@ from libvirt_vmotion.evacuate.plan import (
 )
 from libvirt_vmotion.model import MigrationRequest
 from libvirt_vmotion.preflight.registry import blockers
-from libvirt_vmotion.session.core import PreflightOutcome, Session, SessionResult
+from libvirt_vmotion.session.core import Preflight, PreflightOutcome, Session, SessionResult
 
 log = logging.getLogger(__name__)
 
@@ -133,9 +133,17 @@ class Sessions(Protocol):
     """Opens a Session for one guest and destination (``session.wiring.open_session``)."""
 
     def open(
-        self, request: MigrationRequest, *, on_progress: Callable[[object], None] | None
+        self,
+        request: MigrationRequest,
+        *,
+        on_progress: Callable[[object], None] | None,
+        preflight: Preflight | None = None,
     ) -> AbstractContextManager[Session]:
-        """A Session over both hosts, closed when the block ends."""
+        """A Session over both hosts, closed when the block ends.
+
+        ``preflight``, when given, is the Session's pre-flight port (a fresh
+        enough outcome of the planning phase); None: the Session runs its own.
+        """
         ...
 
 
@@ -400,13 +408,19 @@ class Evacuation:
             self.events.progress(guest, dest, view)
 
         self.events.started(run.placement, dest, run.bandwidth_mib_s)
-        with self.sessions.open(request, on_progress=on_progress) as session:
-            cached = self._preflights.get((guest, dest))
-            if cached is not None and self.clock() - cached[0] < REUSE_PREFLIGHT_S:
-                session.preflight = _Reused(cached[1])
+        reused = self._reusable_preflight(guest, dest)
+        with self.sessions.open(request, on_progress=on_progress, preflight=reused) as session:
             result = session.run()
             self._remember(session, result)
             return result
+
+    def _reusable_preflight(self, guest: str, dest: str) -> Preflight | None:
+        """The planning phase's pre-flight of this pair, if younger than ``REUSE_PREFLIGHT_S``."""
+        with self._lock:
+            cached = self._preflights.get((guest, dest))
+        if cached is None or self.clock() - cached[0] >= REUSE_PREFLIGHT_S:
+            return None
+        return _Reused(cached[1])
 
     def _remember(self, session: Session, result: SessionResult) -> None:
         try:

@@ -13,7 +13,13 @@ from typing import cast
 
 import pytest
 
-from libvirt_vmotion.errors import MigrationAborted, ReservationError, UsageError
+from libvirt_vmotion.errors import (
+    ConnectionFailed,
+    MigrationAborted,
+    PreflightFailed,
+    ReservationError,
+    UsageError,
+)
 from libvirt_vmotion.evacuate.plan import (
     Candidate,
     Outcome,
@@ -22,6 +28,7 @@ from libvirt_vmotion.evacuate.plan import (
     may_start,
     plan_evacuation,
     share_bandwidth,
+    unreachable_error,
 )
 from libvirt_vmotion.evacuate.run import (
     REUSE_PREFLIGHT_S,
@@ -108,6 +115,36 @@ def test_concurrency_caps_source_and_destination_slots() -> None:
     assert share_bandwidth(100, 0) is None
 
 
+def unreachable(dest: str) -> ConnectionFailed:
+    return ConnectionFailed(f"Cannot connect to {dest}", hint="start libvirtd")
+
+
+def test_no_destination_answering_at_all_is_the_first_pairs_connection_error() -> None:
+    pre = {(g, d): unreachable(d) for g in ("g1", "g2") for d in (B, C)}
+    error = unreachable_error(["g1", "g2"], [B, C], pre)
+    assert error is pre[("g1", B)]
+
+
+@pytest.mark.parametrize(
+    "answered",
+    [
+        PreflightOutcome(),  # C answered for g2
+        PreflightFailed("blocked", hint="x"),  # C answered, with a blocker
+        UsageError("bad", hint="x"),  # some other error: not a connection failure
+    ],
+)
+def test_one_destination_answering_for_one_guest_is_a_plan_not_an_error(answered: object) -> None:
+    pre: dict[tuple[str, str], object] = {
+        (g, d): unreachable(d) for g in ("g1", "g2") for d in (B, C)
+    }
+    pre[("g2", C)] = answered
+    assert unreachable_error(["g1", "g2"], [B, C], pre) is None
+
+
+def test_no_guest_to_move_is_no_connection_error() -> None:
+    assert unreachable_error([], [B, C], {}) is None
+
+
 @pytest.mark.parametrize(
     ("kwargs", "needle"),
     [
@@ -143,6 +180,7 @@ class World:
     speeds: list[tuple[str, int]] = field(default_factory=list)
     aborted: list[str] = field(default_factory=list)
     checks: int = 0
+    unreachable: set[str] = field(default_factory=set)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -211,6 +249,8 @@ class FakeSessions:
         on_progress: Callable[[object], None] | None,
         preflight: Preflight | None = None,
     ) -> Iterator[Session]:
+        if request.dest_uri in self.world.unreachable:
+            raise unreachable(request.dest_uri)
         yield cast("Session", FakeSession(self.world, request, preflight))
 
 
@@ -315,6 +355,22 @@ def test_the_total_bandwidth_is_shared_and_rebalanced_when_a_move_ends() -> None
     assert all(r.outcome is Outcome.MOVED for r in results)
     assert {r.bandwidth_mib_s for r in results} <= {50, 100}
     assert 50 in {mib for _, mib in heard.shares}  # two at once: half each
+
+
+def test_planning_stops_at_once_when_no_destination_answers() -> None:
+    world = World(running=["g1", "g2"], unreachable={B, C})
+    evac, heard = evacuation(world)
+    with pytest.raises(ConnectionFailed, match="Cannot connect to qemu"):
+        evac.plan()
+    assert heard.plans == []
+
+
+def test_an_unreachable_destination_among_others_only_keeps_the_guests_out_of_it() -> None:
+    world = World(running=["g1", "g2"], unreachable={B})
+    evac, _ = evacuation(world)
+    plan = evac.plan()
+    assert {p.dest for p in plan} == {C}
+    assert all("Cannot connect to" in p.kept_out[B] for p in plan)
 
 
 def test_named_guests_must_run_on_the_source() -> None:

@@ -24,7 +24,6 @@ from dataclasses import dataclass, field, replace
 from typing import Final, Protocol
 
 from libvirt_vmotion.errors import (
-    ConnectionFailed,
     MigrationAborted,
     ReservationError,
     UsageError,
@@ -38,6 +37,7 @@ from libvirt_vmotion.evacuate.plan import (
     may_start,
     plan_evacuation,
     share_bandwidth,
+    unreachable_error,
 )
 from libvirt_vmotion.model import MigrationRequest
 from libvirt_vmotion.preflight.registry import blockers
@@ -238,7 +238,9 @@ class Evacuation:
         pairs = [(g, d) for g in guests for d in self.request.dest_uris]
         with ThreadPoolExecutor(PREFLIGHT_WORKERS, thread_name_prefix="evac-preflight") as pool:
             done = dict(zip(pairs, pool.map(lambda p: self._preflight(*p), pairs), strict=True))
-        _refuse_if_no_destination_answers(guests, self.request.dest_uris, done)
+        unreachable = unreachable_error(guests, self.request.dest_uris, done)
+        if unreachable is not None:
+            raise unreachable
         candidates = [_candidate(g, d, done[(g, d)]) for g, d in pairs]
         rooms = [self._room(d, [done[(g, d)] for g in guests]) for d in self.request.dest_uris]
         placements = plan_evacuation(candidates, rooms)
@@ -463,25 +465,6 @@ class _Reused:
 
     def run(self) -> PreflightOutcome:
         return replace(self.outcome, elapsed_s=0.0)
-
-
-def _refuse_if_no_destination_answers(
-    guests: Sequence[str],
-    dests: Sequence[str],
-    done: Mapping[tuple[str, str], PreflightOutcome | VmotionError],
-) -> None:
-    """Raise the connection error when no destination could be reached at all (exit 7).
-
-    One unreachable destination among others only keeps the guests out of it (its
-    placement says why); none reachable is a mistake to say at once.
-    """
-    for dest in dests:
-        if not all(isinstance(done[(g, dest)], ConnectionFailed) for g in guests):
-            return
-    if guests:
-        first = done[(guests[0], dests[0])]
-        assert isinstance(first, ConnectionFailed)  # noqa: S101  checked above
-        raise first
 
 
 def _candidate(guest: str, dest: str, pre: PreflightOutcome | VmotionError) -> Candidate:

@@ -23,7 +23,7 @@ from libvirt_vmotion.errors import ExitCode, UsageError, VmotionError
 from libvirt_vmotion.evacuate.plan import Outcome, Placement
 
 if TYPE_CHECKING:
-    from libvirt_vmotion.evacuate.run import GuestResult
+    from libvirt_vmotion.evacuate.run import GuestResult, SourceHost
     from libvirt_vmotion.model import MigrationRequest
     from libvirt_vmotion.policy import MigrationPolicy
     from libvirt_vmotion.session.wiring import Around
@@ -341,7 +341,7 @@ def cmd_evacuate(
         evac = Evacuation(request, sessions, src, printer, time.monotonic)
         placements = evac.plan()
         if args.dry_run:
-            return ExitCode.OK if all(p.dest for p in placements) else ExitCode.PREFLIGHT
+            return dry_run_exit_code(placements)
         try:
             results = evac.run(placements)
         except KeyboardInterrupt:
@@ -356,15 +356,36 @@ def cmd_evacuate(
         print(json_line(report, now_s=time.time()))  # noqa: T201  machine output
     else:
         print(render_report(report))  # noqa: T201  the command's output
+    return evacuation_exit_code(results)
+
+
+def dry_run_exit_code(placements: Sequence[Placement]) -> int:
+    """``evacuate --dry-run``'s exit code: 0 when every guest has a place, else 3.
+
+    >>> dry_run_exit_code([Placement("g1", "qemu+tcp://b/system", order=1)])
+    0
+    >>> dry_run_exit_code([Placement("g1", None)])
+    3
+    """
+    return ExitCode.OK if all(p.dest for p in placements) else ExitCode.PREFLIGHT
+
+
+def evacuation_exit_code(results: Sequence[GuestResult]) -> int:
+    """The evacuation's exit code: 0 only when every guest asked for moved.
+
+    Otherwise the guests' own exit code when they all failed alike (3 for guests
+    that fit nowhere, 5 for aborted moves, ...), else 1.
+    """
     if all(r.outcome is Outcome.MOVED for r in results):
         return ExitCode.OK
     codes = [r.exit_code for r in results if r.exit_code]
     return codes[0] if len(set(codes)) == 1 else ExitCode.ERROR
 
 
-def _running_now(src: object) -> tuple[str, ...]:
+def _running_now(src: SourceHost) -> tuple[str, ...]:
+    """The source's running guests after the moves (empty when it cannot tell)."""
     try:
-        return src.running_guests()  # type: ignore[attr-defined, no-any-return]
+        return src.running_guests()
     except VmotionError:
         return ()
 

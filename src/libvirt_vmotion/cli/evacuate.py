@@ -180,7 +180,11 @@ class EvacuationPrinter:
         )  # fmt: skip
 
     def progress(self, guest: str, dest: str, view: object) -> None:
-        """A move's progress (throttled in plain mode)."""
+        """A move's progress (throttled per guest): its line, then the overall line.
+
+        Two lines per event, on purpose: the guest's own (``guest-progress``) and
+        the whole evacuation's (``evacuation-progress``; plain: ``overall: ...``).
+        """
         to_dict = getattr(view, "to_dict", None)
         line = getattr(view, "line", None)
         with self._lock:
@@ -189,33 +193,14 @@ class EvacuationPrinter:
             due = now - self._last.get(guest, -1e9) >= PROGRESS_EVERY_S
             if due:
                 self._last[guest] = now
+            overall = overall_progress(
+                tuple(self._views.values()), done=self._done, total=self._total
+            )
         if not due or to_dict is None or line is None:
             return
         doc = {"event": "guest-progress", "guest": guest, "to": dest, "progress": to_dict()}
         self._emit(doc, f"[{guest} -> {dest}] {line()}")
-        self._emit(self._overall(), "")
-        if self._json is None:
-            self._emit({}, self._overall_line())
-
-    def _overall(self) -> dict[str, object]:
-        left = sum(float(getattr(v, "remaining_mib", 0.0)) for v in self._views.values())
-        etas = [getattr(v, "eta_s", None) for v in self._views.values()]
-        known = [float(e) for e in etas if isinstance(e, int | float)]
-        return {
-            "event": "evacuation-progress",
-            "guests_done": self._done,
-            "guests_total": self._total,
-            "gib_left": round(left / 1024, 2),
-            "eta_s": round(max(known), 1) if known else None,
-        }
-
-    def _overall_line(self) -> str:
-        o = self._overall()
-        eta = "?" if o["eta_s"] is None else f"{o['eta_s']} s"
-        return (
-            f"overall: {o['guests_done']}/{o['guests_total']} guests done, "
-            f"{o['gib_left']} GiB left in flight, ETA {eta} for the running moves"
-        )
+        self._emit(overall, overall_line(overall))
 
     def bandwidth(self, guest: str, mib_s: int) -> None:
         """A move's share of the total changed."""
@@ -242,6 +227,33 @@ class EvacuationPrinter:
         with self._lock:
             self._err.write(f"warning: {text}\n")
             self._err.flush()
+
+
+def overall_progress(views: Sequence[object], *, done: int, total: int) -> dict[str, object]:
+    """The ``evacuation-progress`` event: guests done, data left and ETA of the running moves.
+
+    ``views`` are the running moves' latest progress views (their ``remaining_mib``
+    and ``eta_s``; a view without them counts as nothing left, ETA unknown).
+    """
+    left = sum(float(getattr(v, "remaining_mib", 0.0)) for v in views)
+    etas = [getattr(v, "eta_s", None) for v in views]
+    known = [float(e) for e in etas if isinstance(e, int | float)]
+    return {
+        "event": "evacuation-progress",
+        "guests_done": done,
+        "guests_total": total,
+        "gib_left": round(left / 1024, 2),
+        "eta_s": round(max(known), 1) if known else None,
+    }
+
+
+def overall_line(overall: Mapping[str, object]) -> str:
+    """The plain form of ``overall_progress``."""
+    eta = "?" if overall["eta_s"] is None else f"{overall['eta_s']} s"
+    return (
+        f"overall: {overall['guests_done']}/{overall['guests_total']} guests done, "
+        f"{overall['gib_left']} GiB left in flight, ETA {eta} for the running moves"
+    )
 
 
 def guest_entry(result: GuestResult, *, source_uri: str) -> dict[str, object]:

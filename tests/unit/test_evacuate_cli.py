@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 import pytest
 
+from libvirt_vmotion.cli.app import _policy as policy_from_args
+from libvirt_vmotion.cli.app import build_parser
 from libvirt_vmotion.cli.evacuate import (
     EvacuationPrinter,
     dry_run_exit_code,
@@ -108,3 +110,25 @@ def test_the_overall_progress_adds_the_running_moves_and_takes_the_latest_eta() 
     assert overall_line(overall) == (
         "overall: 1/4 guests done, 2.0 GiB left in flight, ETA 7.2 s for the running moves"
     )
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["evacuate", "--to", B],
+        ["maintenance", "enter", "qemu+tcp://hosta/system", "--to", B],
+    ],
+)
+def test_parallel_counts_migrations_and_multifd_sets_the_policys_streams(
+    argv: list[str],
+) -> None:
+    args = build_parser().parse_args([*argv, "--parallel", "3", "--multifd", "4"])
+    assert args.parallel == 3
+    assert policy_from_args(args).parallel_connections == 4
+
+
+def test_migrate_keeps_parallel_for_the_policys_streams() -> None:
+    args = build_parser().parse_args(["migrate", "web01", "--to", B, "--parallel", "4"])
+    assert policy_from_args(args).parallel_connections == 4
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["migrate", "web01", "--to", B, "--multifd", "4"])

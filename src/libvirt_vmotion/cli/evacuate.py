@@ -14,7 +14,8 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Final, TextIO, TypeVar
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Final, Protocol, TextIO, TypeVar
 
 from libvirt_vmotion.argtypes import DEFAULT_SOURCE_URI_ENV, libvirt_uri, positive_number
 from libvirt_vmotion.cli import checks as checks_cli
@@ -29,16 +30,28 @@ if TYPE_CHECKING:
     from libvirt_vmotion.session.wiring import Around
 
 _P = TypeVar("_P", bound=argparse.ArgumentParser)
+POLICY_FLAG_NAMES: Final[Mapping[str, str]] = MappingProxyType({"parallel": "--multifd"})
+"""The policy's ``parallel`` (multifd streams) is ``--multifd`` here: ``--parallel`` counts
+migrations in flight (as the issue, VDSM and KubeVirt name it)."""
 PROGRESS_EVERY_S: Final = 2.0
 """Plain progress lines: each running migration at most this often, plus one overall line."""
 _GIB: Final = 1024**3
+
+
+class AddPolicyFlags(Protocol):
+    """Adds the policy's flags to a parser (``cli.app``), some renamed (``POLICY_FLAG_NAMES``)."""
+
+    def __call__(
+        self, parser: argparse.ArgumentParser, *, flag_names: Mapping[str, str] | None = None
+    ) -> None:
+        """Add them; ``flag_names`` maps a policy key to the flag it is given as."""
 
 
 def add_subcommands(
     sub: argparse._SubParsersAction[_P],
     *,
     parser_class: type[_P],
-    add_policy_flags: Callable[[argparse.ArgumentParser], None],
+    add_policy_flags: AddPolicyFlags,
 ) -> None:
     """Add ``evacuate`` and ``maintenance`` to the CLI."""
     ev = sub.add_parser(
@@ -56,7 +69,7 @@ def add_subcommands(
         help=f"the host to empty (default: ${DEFAULT_SOURCE_URI_ENV} or qemu:///system)",
     )  # fmt: skip
     _add_dest_and_moves(ev)
-    add_policy_flags(ev)
+    add_policy_flags(ev, flag_names=POLICY_FLAG_NAMES)
     checks_cli.add_skip_check(ev)
     checks_cli.add_copy_storage(ev)
     ev.set_defaults(watch_switch=None, guest_ip=[], announce_count=3, announce_interval_ms=50,
@@ -86,7 +99,7 @@ def add_subcommands(
                 "default: only mark)",
             )  # fmt: skip
             _add_moves(p)
-            add_policy_flags(p)
+            add_policy_flags(p, flag_names=POLICY_FLAG_NAMES)
             checks_cli.add_skip_check(p)
             checks_cli.add_copy_storage(p)
             p.set_defaults(watch_switch=None, guest_ip=[], announce_count=3,

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from labcli import client_argv
 from libvirt_vmotion.lab import guestctl
 from libvirt_vmotion.lab.constants import GUEST_NAME, HOST_A, HOST_B
 from libvirt_vmotion.lab.hostconf import host_paths
@@ -38,18 +39,14 @@ postcopy-bandwidth = 5
 """
 
 
-def in_client(*args: str) -> list[str]:
-    return guestctl.client_command(guestctl.self_command(*args))
-
-
 def set_workload(mode: str, rate_mib_s: int) -> None:
     for setting, value in (("mode", mode), ("rate", str(rate_mib_s))):
-        subprocess.run(in_client("lab", "guest", "set", setting, value), check=True)
+        subprocess.run(client_argv("lab", "guest", "set", setting, value), check=True)
 
 
 def start(*extra: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        in_client(
+        client_argv(
             "migrate", GUEST_NAME, "--from", HOST_A.uri, "--to", HOST_B.uri, "--json", *extra
         ),
         stdout=subprocess.DEVNULL,
@@ -104,7 +101,7 @@ def reservations() -> list[object]:
 
 def guest_mismatches() -> object:
     done = subprocess.run(
-        in_client("lab", "guest", "status"), capture_output=True, text=True, check=True
+        client_argv("lab", "guest", "status"), capture_output=True, text=True, check=True
     )
     status = json.loads(done.stdout[done.stdout.index("{") :])
     return status["mismatches"]
@@ -112,7 +109,7 @@ def guest_mismatches() -> object:
 
 def status() -> dict[str, object]:
     done = subprocess.run(
-        in_client("status", GUEST_NAME, "--from", HOST_A.uri, "--json"),
+        client_argv("status", GUEST_NAME, "--from", HOST_A.uri, "--json"),
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr

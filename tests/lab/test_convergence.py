@@ -17,6 +17,7 @@ import time
 import pytest
 
 from guestcheck import guest_mismatches
+from labcli import last_json, vmotion_in_client
 from libvirt_vmotion.errors import DomainNotFound
 from libvirt_vmotion.lab import guestctl
 from libvirt_vmotion.lab.constants import GUEST_ADDR, GUEST_NAME, HOST_A, HOST_B
@@ -25,21 +26,6 @@ pytestmark = pytest.mark.lab
 
 BANDWIDTH_MIB_S = 30
 BUDGET_S = 60
-
-
-def vmotion_in_client(*args: str, timeout_s: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        guestctl.client_command(guestctl.self_command(*args)),
-        capture_output=True, text=True, check=False, timeout=timeout_s,
-    )  # fmt: skip
-
-
-def last_json(result: subprocess.CompletedProcess[str]) -> dict[str, object]:
-    lines = result.stdout.strip().splitlines()
-    assert lines, f"no output; stderr: {result.stderr}"
-    data = json.loads(lines[-1])
-    assert isinstance(data, dict)
-    return data
 
 
 def set_workload(rate_mib_s: int, mode: str = "paced") -> None:

@@ -8,6 +8,8 @@ import subprocess
 import pytest
 
 from guestcheck import guest_mismatches
+from labcli import last_json
+from labcli import vmotion_in_client as vmotion
 from libvirt_vmotion.lab import guestctl
 from libvirt_vmotion.lab.constants import (
     CLIENT_NETNS,
@@ -23,26 +25,6 @@ from libvirt_vmotion.lab.constants import (
 )
 
 pytestmark = pytest.mark.lab
-
-
-def vmotion(*args: str) -> subprocess.CompletedProcess[str]:
-    """Our CLI in the client namespace, reaching the hosts' agents over their sshd.
-
-    ``client_command`` sets ``VMOTION_AGENT_SSH``/``VMOTION_AGENT_PYTHON`` from the
-    lab's ssh client config, as ``vmotion lab exec`` does: the production path.
-    """
-    return subprocess.run(
-        guestctl.client_command(guestctl.self_command(*args)),
-        capture_output=True, text=True, check=False, timeout=300,
-    )  # fmt: skip
-
-
-def last_json(result: subprocess.CompletedProcess[str]) -> dict[str, object]:
-    lines = result.stdout.strip().splitlines()
-    assert lines, result.stderr
-    data = json.loads(lines[-1])
-    assert isinstance(data, dict)
-    return data
 
 
 def on_host(host_netns: str, *argv: str) -> None:

@@ -47,6 +47,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from labcli import vmotion_in_client
 from libvirt_vmotion.adapters.virt import Hypervisor
 from libvirt_vmotion.cutover.bridge import FdbWatcher, fdb_entries
 from libvirt_vmotion.lab import guestctl
@@ -257,12 +258,10 @@ def _migrate_observed(
     frames = FrameLog(dst.switch_port)
     pings = PingTimeline(GUEST_ADDR) if ping_through else None
     time.sleep(0.3)
-    result = subprocess.run(
-        guestctl.client_command(guestctl.self_command(
-            "migrate", GUEST_NAME, "--from", src.uri, "--to", dst.uri, "--json",
-            "--watch-switch", f"{SWITCH_NETNS}/{SWITCH_BRIDGE}", *extra,
-        )),
-        capture_output=True, text=True, check=False, timeout=300,
+    result = vmotion_in_client(
+        "migrate", GUEST_NAME, "--from", src.uri, "--to", dst.uri, "--json",
+        "--watch-switch", f"{SWITCH_NETNS}/{SWITCH_BRIDGE}", *extra,
+        timeout_s=300,
     )  # fmt: skip
     returned_at = time.time()
     pings = pings or PingTimeline(GUEST_ADDR)

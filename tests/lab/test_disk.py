@@ -14,11 +14,13 @@ import json
 import subprocess
 import time
 from collections.abc import Iterator
+from functools import partial
 from typing import Any
 
 import pytest
 
 from guestcheck import verified_guest_status
+from labcli import vmotion_in_client
 from libvirt_vmotion.lab import guestctl, storage, topology
 from libvirt_vmotion.lab.constants import GUEST_ADDR, GUEST_NAME, HOST_A, HOST_B, LabHost
 from libvirt_vmotion.lab.disklog import check_log
@@ -27,18 +29,10 @@ from libvirt_vmotion.lab.image import GuestImage
 
 pytestmark = pytest.mark.lab
 
+vmotion = partial(vmotion_in_client, timeout_s=240)
+
 DISK_MIB = 64
 DISK_KIB_S = 256
-
-
-def vmotion(*args: str, timeout_s: float = 240) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        guestctl.client_command(guestctl.self_command(*args)),
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=timeout_s,
-    )
 
 
 def workload_status() -> dict[str, object]:

@@ -14,11 +14,13 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import jsonschema
 import pytest
 
+from labcli import client_argv, vmotion_in_client
 from libvirt_vmotion.lab import guestctl, topology
 from libvirt_vmotion.lab.constants import HOST_A, HOST_B, HOST_C, LabHost
 from libvirt_vmotion.lab.hostconf import host_paths
@@ -28,6 +30,8 @@ from libvirt_vmotion.schemas import load_schema
 
 pytestmark = pytest.mark.lab
 
+cli = partial(vmotion_in_client, timeout_s=600)
+
 GUESTS = ("evac-1", "evac-2", "evac-3", "evac-4")
 ROOM_MIB = 800
 DESTS = (HOST_B, HOST_C)
@@ -35,13 +39,6 @@ DESTS = (HOST_B, HOST_C)
 
 def capacity_file(host: LabHost) -> Path:
     return host_paths(host).vmotion_etc / "capacity.toml"
-
-
-def cli(*args: str, timeout_s: float = 600) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        guestctl.client_command(guestctl.self_command(*args)),
-        capture_output=True, text=True, check=False, timeout=timeout_s,
-    )  # fmt: skip
 
 
 def json_lines(result: subprocess.CompletedProcess[str]) -> list[dict[str, object]]:
@@ -226,11 +223,11 @@ def test_killing_evacuate_mid_way_leaves_each_guest_on_one_host_and_no_reservati
         guestctl.wait_for_workload(name=name)
         cli("lab", "guest", "set", "rate", "6", "--name", name)
     proc = subprocess.Popen(
-        guestctl.client_command(guestctl.self_command(
+        client_argv(
             "evacuate", "--from", HOST_A.uri, "--to", HOST_B.uri, "--to", HOST_C.uri,
             *(a for n in names for a in ("--domain", n)), "--bandwidth-total", "8",
             "--timeout", "60", "--json",
-        )),
+        ),
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
     deadline = time.monotonic() + 120
@@ -264,13 +261,11 @@ def test_killing_evacuate_mid_way_leaves_each_guest_on_one_host_and_no_reservati
 
 
 def race(name: str) -> subprocess.Popen[str]:
-    argv = guestctl.self_command(
+    argv = client_argv(
         "evacuate", "--from", HOST_A.uri, "--to", HOST_B.uri, "--domain", name,
         "--bandwidth-total", "2", "--json",
     )  # fmt: skip
-    return subprocess.Popen(
-        guestctl.client_command(argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def test_two_evacuations_racing_for_the_last_room_never_overbook(three_hosts: GuestImage) -> None:

@@ -2,43 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 
-import jsonschema
 import pytest
 
 from guestcheck import verified_guest_status
+from labcli import checked_last_json, vmotion_in_client
 from libvirt_vmotion.lab import guestctl, topology
 from libvirt_vmotion.lab.constants import GUEST_ADDR, GUEST_NAME, HOST_A, HOST_B, LabHost
-from libvirt_vmotion.schemas import load_schema
 
 pytestmark = pytest.mark.lab
-
-
-def vmotion_in_client(*args: str, timeout_s: float = 300) -> subprocess.CompletedProcess[str]:
-    """Run our CLI in the client namespace, the way users run it against the lab."""
-    return subprocess.run(
-        guestctl.client_command(guestctl.self_command(*args)),
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=timeout_s,
-    )
-
-
-def last_json(result: subprocess.CompletedProcess[str]) -> dict[str, object]:
-    """The last JSON line (the report); every line printed validates against its schema."""
-    lines = result.stdout.strip().splitlines()
-    assert lines, f"no output; stderr: {result.stderr}"
-    checker = jsonschema.Draft202012Validator.FORMAT_CHECKER
-    for line in lines:
-        doc = json.loads(line)
-        schema = load_schema(doc["event"])
-        jsonschema.Draft202012Validator(schema, format_checker=checker).validate(doc)
-    data = json.loads(lines[-1])
-    assert isinstance(data, dict)
-    return data
 
 
 def migrate(src: LabHost, dst: LabHost, *extra: str) -> dict[str, object]:
@@ -47,7 +20,7 @@ def migrate(src: LabHost, dst: LabHost, *extra: str) -> dict[str, object]:
         "--ping", GUEST_ADDR, "--workload", GUEST_ADDR, "--json", *extra,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    return last_json(result)
+    return checked_last_json(result)
 
 
 def assert_landed(report: dict[str, object], src: LabHost, dst: LabHost) -> None:
@@ -126,7 +99,7 @@ def test_destination_refusal_keeps_the_guest_running_on_the_source() -> None:
     assert result.returncode == 5, result.stderr
     assert "Traceback" not in result.stderr
     assert "hint:" in result.stderr
-    assert last_json(result)["result"] == "aborted"
+    assert checked_last_json(result)["result"] == "aborted"
     placement = dict(guestctl.find_guest())
     assert placement[HOST_A] == "running"
     assert placement[HOST_B] == "shut off"

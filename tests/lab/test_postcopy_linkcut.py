@@ -28,6 +28,7 @@ from pathlib import Path
 import pytest
 
 from guestcheck import guest_mismatches
+from labcli import client_argv
 from libvirt_vmotion.lab import guestctl
 from libvirt_vmotion.lab.constants import GUEST_ADDR, GUEST_NAME, HOST_A, HOST_B, SWITCH_NETNS
 
@@ -43,10 +44,6 @@ postcopy-bandwidth = 5
 postcopy-stall = 3
 postcopy-resume-wait = {wait_s}
 """
-
-
-def vmotion_in_client(*args: str) -> list[str]:
-    return guestctl.client_command(guestctl.self_command(*args))
 
 
 def set_link(up: bool) -> None:
@@ -74,11 +71,11 @@ def source_state() -> str:
 
 def start_migration(tmp_path: Path, *, wait_s: int, observe: bool) -> subprocess.Popen[str]:
     for setting, value in (("mode", "paced"), ("rate", "45")):  # 1.5x the cap
-        subprocess.run(vmotion_in_client("lab", "guest", "set", setting, value), check=True)
+        subprocess.run(client_argv("lab", "guest", "set", setting, value), check=True)
     policy = tmp_path / "policy.toml"
     policy.write_text(POLICY.format(wait_s=wait_s))
     return subprocess.Popen(
-        vmotion_in_client(
+        client_argv(
             "migrate", GUEST_NAME, "--from", HOST_A.uri, "--to", HOST_B.uri,
             "--bandwidth", str(BANDWIDTH_MIB_S), "--policy", str(policy), "--json",
             *(("--workload", GUEST_ADDR) if observe else ()),
@@ -111,7 +108,7 @@ def report_of(stdout: str) -> dict[str, object]:
 
 def guest_status() -> dict[str, object]:
     result = subprocess.run(
-        vmotion_in_client("lab", "guest", "status"), capture_output=True, text=True, check=True
+        client_argv("lab", "guest", "status"), capture_output=True, text=True, check=True
     )
     value = json.loads(result.stdout[result.stdout.index("{") :])
     assert isinstance(value, dict)
@@ -125,13 +122,13 @@ def test_link_cut_during_postcopy_recovers_and_guest_lands_intact(tmp_path: Path
     cut_at_s = cut_during_postcopy(proc, started_s=started_s)
     # While the link is down: status shows post-copy, cancel is refused (exit 1).
     status = subprocess.run(
-        vmotion_in_client("status", GUEST_NAME, "--from", HOST_A.uri, "--json"),
+        client_argv("status", GUEST_NAME, "--from", HOST_A.uri, "--json"),
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert status.returncode == 0, status.stderr
     assert json.loads(status.stdout)["phase"] == "postcopy"
     cancel = subprocess.run(
-        vmotion_in_client("cancel", GUEST_NAME, "--from", HOST_A.uri),
+        client_argv("cancel", GUEST_NAME, "--from", HOST_A.uri),
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert cancel.returncode == 1

@@ -16,13 +16,15 @@ import re
 import subprocess
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import pytest
 
+from labcli import vmotion_in_client
 from libvirt_vmotion.adapters.virt import Hypervisor
 from libvirt_vmotion.lab import guestctl, topology
-from libvirt_vmotion.lab.constants import CLIENT_NETNS, HOST_A, HOST_B, LabHost
+from libvirt_vmotion.lab.constants import HOST_A, HOST_B, LabHost
 from libvirt_vmotion.lab.guestdef import LabGuestSpec, build_domain_xml
 from libvirt_vmotion.lab.hostconf import host_paths
 from libvirt_vmotion.lab.image import GuestImage, kernel_cmdline
@@ -30,18 +32,11 @@ from libvirt_vmotion.preflight import domxml
 
 pytestmark = pytest.mark.lab
 
+vmotion = partial(vmotion_in_client, timeout_s=120)
+
 BAD = "pre-bad"
 DISK = "/var/lib/libvirt/images/pre-bad.img"
 ALL_BLOCKERS = ("network", "storage", "cpu-compat", "dest-memory")
-
-
-def vmotion(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """Our CLI in the client namespace with the lab's agent settings (overridable)."""
-    settings = {**topology.agent_env(), **(env or {})}
-    argv = ["ip", "netns", "exec", CLIENT_NETNS, "env"]
-    argv += [f"{k}={v}" for k, v in sorted(settings.items())]
-    argv += guestctl.self_command(*args)
-    return subprocess.run(argv, capture_output=True, text=True, check=False, timeout=120)
 
 
 def check(*extra: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

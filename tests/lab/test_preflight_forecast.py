@@ -12,13 +12,13 @@ lost). Each test starts from an empty migration history (the lab's
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 from typing import Any
 
 import pytest
 
 from guestcheck import guest_mismatches
+from labcli import vmotion_in_client
 from libvirt_vmotion.lab import guestctl
 from libvirt_vmotion.lab.constants import (
     GUEST_ADDR,
@@ -41,18 +41,16 @@ HISTORY = STATE_DIR / "history.db"
 
 
 def migrate(src: LabHost, dst: LabHost, *cap: str) -> dict[str, object]:
-    result = subprocess.run(
-        guestctl.client_command(guestctl.self_command(
-            "migrate", GUEST_NAME, "--from", src.uri, "--to", dst.uri, "--json",
-            *cap, "--workload", GUEST_ADDR,
-            "--initial-downtime", str(DOWNTIME_MS), "--max-downtime", str(DOWNTIME_MS),
-            "--no-throttle", "--no-postcopy",
-            # The hops' dirty rates are calibrated for the unencrypted sender (~60 MiB/s
-            # learned): TLS, on by default in the lab, costs the TCG sender ~40% (38 MiB/s
-            # learned in the lab, 2026-12-06), and the third hop would rightly not converge.
-            "--tls", "off",
-        )),
-        capture_output=True, text=True, check=False, timeout=300,
+    result = vmotion_in_client(
+        "migrate", GUEST_NAME, "--from", src.uri, "--to", dst.uri, "--json",
+        *cap, "--workload", GUEST_ADDR,
+        "--initial-downtime", str(DOWNTIME_MS), "--max-downtime", str(DOWNTIME_MS),
+        "--no-throttle", "--no-postcopy",
+        # The hops' dirty rates are calibrated for the unencrypted sender (~60 MiB/s
+        # learned): TLS, on by default in the lab, costs the TCG sender ~40% (38 MiB/s
+        # learned in the lab, 2026-12-06), and the third hop would rightly not converge.
+        "--tls", "off",
+        timeout_s=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "forecast: converges" in result.stderr  # printed before the transfer

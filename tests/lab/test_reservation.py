@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from labcli import client_argv
 from libvirt_vmotion.adapters.virt import Hypervisor
 from libvirt_vmotion.errors import DomainNotFound
 from libvirt_vmotion.lab import guestctl
@@ -35,10 +36,8 @@ CAPACITY = host_paths(HOST_B).vmotion_etc / "capacity.toml"
 
 
 def migrate_argv(domain: str, *extra: str) -> list[str]:
-    return guestctl.client_command(
-        guestctl.self_command(
-            "migrate", domain, "--from", HOST_A.uri, "--to", HOST_B.uri, "--json", *extra
-        )
+    return client_argv(
+        "migrate", domain, "--from", HOST_A.uri, "--to", HOST_B.uri, "--json", *extra
     )
 
 

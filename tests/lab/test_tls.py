@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import json
 import shutil
 import subprocess
 import tempfile
@@ -19,9 +18,9 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import jsonschema
 import pytest
 
+from labcli import checked_last_json, client_argv, vmotion_in_client
 from libvirt_vmotion.lab import guestctl, hostconf, pki
 from libvirt_vmotion.lab.constants import (
     GUEST_ADDR,
@@ -33,7 +32,6 @@ from libvirt_vmotion.lab.constants import (
 )
 from libvirt_vmotion.lab.guestdef import DiskMode
 from libvirt_vmotion.lab.image import GuestImage
-from libvirt_vmotion.schemas import load_schema
 from pki import load_issued, make_ca, make_cert
 
 pytestmark = pytest.mark.lab
@@ -42,32 +40,6 @@ MARKER = (0x766D6F74696F6E21).to_bytes(8, "little")
 """The first word of every working-set page (workload.c: PAGE_MAGIC)."""
 DISK_MARKER = (0x766D6F2D6469736B).to_bytes(8, "little")
 """The first word of every record of the workload's disk log (workload.c: DISK_MAGIC)."""
-
-
-def vmotion_in_client(*args: str, timeout_s: float = 300) -> subprocess.CompletedProcess[str]:
-    """Run our CLI in the client namespace, the way users run it against the lab."""
-    return subprocess.run(
-        guestctl.client_command(guestctl.self_command(*args)),
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=timeout_s,
-    )
-
-
-def last_json(result: subprocess.CompletedProcess[str]) -> dict[str, object]:
-    """The last JSON line; every line printed validates against its schema."""
-    lines = result.stdout.strip().splitlines()
-    assert lines, f"no output; stderr: {result.stderr}"
-    checker = jsonschema.Draft202012Validator.FORMAT_CHECKER
-    for line in lines:
-        doc = json.loads(line)
-        jsonschema.Draft202012Validator(load_schema(doc["event"]), format_checker=checker).validate(
-            doc
-        )
-    data = json.loads(lines[-1])
-    assert isinstance(data, dict)
-    return data
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +101,7 @@ def migrate_captured(
         count, size = markers_in(pcap), pcap.stat().st_size
         if disk_markers is not None:
             disk_markers.append(markers_in(pcap, DISK_MARKER))
-    report = last_json(result)
+    report = checked_last_json(result)
     assert guestctl.find_guest() == [(dst, "running")]
     workload = report["workload"]
     assert isinstance(workload, dict)
@@ -206,7 +178,7 @@ def test_require_blocks_a_destination_that_cannot_encrypt_before_anything_starts
         )  # fmt: skip
     assert result.returncode == 3, result.stderr
     assert "Traceback" not in result.stderr
-    blockers = last_json(result)["blockers"]
+    blockers = checked_last_json(result)["blockers"]
     assert isinstance(blockers, list)
     assert {b["name"] for b in blockers} == {blocker}
     assert f"--skip-check {blocker}" in result.stderr
@@ -231,17 +203,15 @@ def test_qemu_tls_uris_work_for_check_migrate_status_and_cancel() -> None:
         "check", GUEST_NAME, "--from", src.tls_uri, "--to", dst.tls_uri, "--json"
     )
     assert check.returncode == 0, check.stderr
-    assert last_json(check)["tls"] == {"mode": "auto", "encrypt": True}
+    assert checked_last_json(check)["tls"] == {"mode": "auto", "encrypt": True}
     status = vmotion_in_client("status", GUEST_NAME, "--from", src.tls_uri, "--json")
     assert status.returncode == 0, status.stderr
-    assert last_json(status)["phase"] == "idle"
+    assert checked_last_json(status)["phase"] == "idle"
     # A capped migration over TLS control connections, cancelled over TLS.
     slow = subprocess.Popen(
-        guestctl.client_command(
-            guestctl.self_command(
-                "migrate", GUEST_NAME, "--from", src.tls_uri, "--to", dst.tls_uri,
-                "--bandwidth", "4", "--json",
-            )
+        client_argv(
+            "migrate", GUEST_NAME, "--from", src.tls_uri, "--to", dst.tls_uri,
+            "--bandwidth", "4", "--json",
         ),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
@@ -259,7 +229,7 @@ def test_qemu_tls_uris_work_for_check_migrate_status_and_cancel() -> None:
         "migrate", GUEST_NAME, "--from", src.tls_uri, "--to", dst.tls_uri, "--json"
     )
     assert landed.returncode == 0, landed.stderr
-    report = last_json(landed)
+    report = checked_last_json(landed)
     assert report["encryption"] == {"memory": True, "disk": None, "control": "tls"}
     assert guestctl.find_guest() == [(dst, "running")]
     del out
@@ -269,7 +239,7 @@ def _wait_for_job(src: LabHost, timeout_s: float = 60) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         status = vmotion_in_client("status", GUEST_NAME, "--from", src.tls_uri, "--json")
-        if status.returncode == 0 and last_json(status).get("phase") not in {"idle", None}:
+        if status.returncode == 0 and checked_last_json(status).get("phase") not in {"idle", None}:
             return
         time.sleep(0.5)
     pytest.fail("the migration job never showed up on the source")
@@ -303,7 +273,7 @@ def test_a_tls_migration_of_more_than_a_minute_completes_intact() -> None:
         set_workload("rate", 10)
         set_workload("wss", 32)
     assert result.returncode == 0, result.stderr
-    report = last_json(result)
+    report = checked_last_json(result)
     assert report["encryption"] == {"memory": True, "disk": None, "control": "tcp"}
     assert isinstance(report["total_time_s"], float)
     assert report["total_time_s"] >= 60

@@ -7,12 +7,13 @@ NIC parser, one bridge model and one result type.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from fakeagent import FakeAgent
 from libvirt_vmotion.adapters.virt import Hypervisor
 from libvirt_vmotion.preflight.facts import (
     BridgeFacts,
@@ -55,20 +56,6 @@ def bridge(host: str, *ports: PortFacts) -> BridgeFacts:
 UPLINK, TAP = PortFacts("eth0", kind=""), PortFacts("vnet0", kind="tun")
 
 
-@dataclass
-class FakeAgent:
-    reply: dict[str, object]
-    label: str = "fake"
-    sent: list[tuple[str, Mapping[str, object]]] = field(default_factory=list)
-
-    def call(
-        self, op: str, args: Mapping[str, object] | None = None, *, timeout_s: float = 30.0
-    ) -> dict[str, object]:
-        del timeout_s
-        self.sent.append((op, dict(args or {})))
-        return self.reply
-
-
 @pytest.fixture
 def source(tmp_path: Path) -> Iterator[Hypervisor]:
     driver = tmp_path / "driver.xml"
@@ -79,8 +66,8 @@ def source(tmp_path: Path) -> Iterator[Hypervisor]:
 
 def agents(dest: BridgeFacts, source: BridgeFacts) -> dict[str, FakeAgent]:
     return {
-        DEST_URI: FakeAgent({"host": "hostb", "bridges": [dest.as_dict()]}),
-        SOURCE_URI: FakeAgent({"host": "hosta", "bridges": [source.as_dict()]}),
+        DEST_URI: FakeAgent({"host": "hostb", "bridges": [dest.as_dict()]}, label="fake"),
+        SOURCE_URI: FakeAgent({"host": "hosta", "bridges": [source.as_dict()]}, label="fake"),
     }
 
 

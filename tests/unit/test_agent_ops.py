@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
+from fakeagent import FakeAgent
 from libvirt_vmotion.adapters import ops
 from libvirt_vmotion.adapters.agent import RemoteHost, serve
 
@@ -20,22 +19,6 @@ WIRE_NAMES = {
     "share-probe", "link-sink", "link-probe", "guard-state", "link-route", "maintenance",
     "tls-facts",
 }  # fmt: skip
-
-
-@dataclass
-class FakeAgent:
-    """Answers every call with ``reply`` and records what was sent."""
-
-    reply: dict[str, object]
-    label: str = "hostb"
-    sent: list[tuple[str, Mapping[str, object]]] = field(default_factory=list)
-
-    def call(
-        self, op: str, args: Mapping[str, object] | None = None, *, timeout_s: float = 30.0
-    ) -> dict[str, object]:
-        del timeout_s
-        self.sent.append((op, dict(args or {})))
-        return self.reply
 
 
 def test_the_operation_names_on_the_wire_are_unchanged() -> None:

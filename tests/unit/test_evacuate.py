@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -12,7 +13,13 @@ from typing import cast
 
 import pytest
 
-from libvirt_vmotion.errors import MigrationAborted, ReservationError, UsageError
+from libvirt_vmotion.errors import (
+    ConnectionFailed,
+    MigrationAborted,
+    PreflightFailed,
+    ReservationError,
+    UsageError,
+)
 from libvirt_vmotion.evacuate.plan import (
     Candidate,
     Outcome,
@@ -21,8 +28,14 @@ from libvirt_vmotion.evacuate.plan import (
     may_start,
     plan_evacuation,
     share_bandwidth,
+    unreachable_error,
 )
-from libvirt_vmotion.evacuate.run import Evacuation, EvacuationRequest, GuestResult
+from libvirt_vmotion.evacuate.run import (
+    REUSE_PREFLIGHT_S,
+    Evacuation,
+    EvacuationRequest,
+    GuestResult,
+)
 from libvirt_vmotion.model import MIB, MigrationRequest
 from libvirt_vmotion.preflight.capacity import DestRoom
 from libvirt_vmotion.preflight.result import Verdict, bad, ok
@@ -32,7 +45,7 @@ from libvirt_vmotion.reserve.store import (
     ReservationStore,
     State,
 )
-from libvirt_vmotion.session.core import Claim, PreflightOutcome, Session
+from libvirt_vmotion.session.core import Claim, Preflight, PreflightOutcome, Session
 
 B, C = "qemu+tcp://hostb/system", "qemu+tcp://hostc/system"
 GUEST_BYTES = 384 * MIB
@@ -102,6 +115,36 @@ def test_concurrency_caps_source_and_destination_slots() -> None:
     assert share_bandwidth(100, 0) is None
 
 
+def unreachable(dest: str) -> ConnectionFailed:
+    return ConnectionFailed(f"Cannot connect to {dest}", hint="start libvirtd")
+
+
+def test_no_destination_answering_at_all_is_the_first_pairs_connection_error() -> None:
+    pre = {(g, d): unreachable(d) for g in ("g1", "g2") for d in (B, C)}
+    error = unreachable_error(["g1", "g2"], [B, C], pre)
+    assert error is pre[("g1", B)]
+
+
+@pytest.mark.parametrize(
+    "answered",
+    [
+        PreflightOutcome(),  # C answered for g2
+        PreflightFailed("blocked", hint="x"),  # C answered, with a blocker
+        UsageError("bad", hint="x"),  # some other error: not a connection failure
+    ],
+)
+def test_one_destination_answering_for_one_guest_is_a_plan_not_an_error(answered: object) -> None:
+    pre: dict[tuple[str, str], object] = {
+        (g, d): unreachable(d) for g in ("g1", "g2") for d in (B, C)
+    }
+    pre[("g2", C)] = answered
+    assert unreachable_error(["g1", "g2"], [B, C], pre) is None
+
+
+def test_no_guest_to_move_is_no_connection_error() -> None:
+    assert unreachable_error([], [B, C], {}) is None
+
+
 @pytest.mark.parametrize(
     ("kwargs", "needle"),
     [
@@ -137,6 +180,7 @@ class World:
     speeds: list[tuple[str, int]] = field(default_factory=list)
     aborted: list[str] = field(default_factory=list)
     checks: int = 0
+    unreachable: set[str] = field(default_factory=set)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -144,10 +188,13 @@ class World:
 class FakeSession:
     world: World
     request: MigrationRequest
-    preflight: object = None
+    preflight: Preflight | None = None
 
     def check(self) -> PreflightOutcome:
-        self.world.checks += 1
+        if self.preflight is not None:  # handed in at construction, as open_session does
+            return self.preflight.run()
+        with self.world.lock:
+            self.world.checks += 1
         pair = (self.request.domain, self.request.dest_uri)
         results = (
             (bad("network", Verdict.BLOCKER, "bridge br9 missing", hint="x"),)
@@ -161,6 +208,7 @@ class FakeSession:
         )
 
     def run(self) -> object:
+        self.check()  # as Session.run: pre-flight first (the reused one when handed in)
         w, g, d = self.world, self.request.domain, self.request.dest_uri
         if (g, d) in w.refuse:
             msg = f"{d} is full"
@@ -195,9 +243,15 @@ class FakeSessions:
 
     @contextmanager
     def open(
-        self, request: MigrationRequest, *, on_progress: Callable[[object], None] | None
+        self,
+        request: MigrationRequest,
+        *,
+        on_progress: Callable[[object], None] | None,
+        preflight: Preflight | None = None,
     ) -> Iterator[Session]:
-        yield cast("Session", FakeSession(self.world, request))
+        if request.dest_uri in self.world.unreachable:
+            raise unreachable(request.dest_uri)
+        yield cast("Session", FakeSession(self.world, request, preflight))
 
 
 @dataclass
@@ -239,10 +293,12 @@ class Heard:
         pass
 
 
-def evacuation(world: World, **kwargs: object) -> tuple[Evacuation, Heard]:
+def evacuation(
+    world: World, clock: Callable[[], float] = time.monotonic, **kwargs: object
+) -> tuple[Evacuation, Heard]:
     heard = Heard()
     request = EvacuationRequest("qemu+tcp://a/system", (B, C), **kwargs)  # type: ignore[arg-type]
-    evac = Evacuation(request, FakeSessions(world), FakeSource(world), heard, time.monotonic)
+    evac = Evacuation(request, FakeSessions(world), FakeSource(world), heard, clock)
     return evac, heard
 
 
@@ -256,6 +312,15 @@ def test_every_guest_moves_at_most_parallel_at_once_and_within_each_destinations
     assert max(world.most_per_dest.values()) == 1  # each destination has one inbound slot
     assert world.checks == 10  # pre-flight once per guest and destination, reused at start
     assert len(heard.results) == 5
+
+
+def test_a_pre_flight_older_than_the_reuse_window_is_run_again_when_the_move_starts() -> None:
+    ticks = itertools.count(step=REUSE_PREFLIGHT_S)  # each reading one window later
+    world = World(running=["g1", "g2"])
+    evac, _ = evacuation(world, clock=lambda: float(next(ticks)))
+    results = evac.run(evac.plan())
+    assert {r.outcome for r in results} == {Outcome.MOVED}
+    assert world.checks == 4 + 2  # every pair at planning, then each guest again at its start
 
 
 def test_one_failure_stays_local_and_a_refused_reservation_tries_the_next_destination() -> None:
@@ -290,6 +355,22 @@ def test_the_total_bandwidth_is_shared_and_rebalanced_when_a_move_ends() -> None
     assert all(r.outcome is Outcome.MOVED for r in results)
     assert {r.bandwidth_mib_s for r in results} <= {50, 100}
     assert 50 in {mib for _, mib in heard.shares}  # two at once: half each
+
+
+def test_planning_stops_at_once_when_no_destination_answers() -> None:
+    world = World(running=["g1", "g2"], unreachable={B, C})
+    evac, heard = evacuation(world)
+    with pytest.raises(ConnectionFailed, match="Cannot connect to qemu"):
+        evac.plan()
+    assert heard.plans == []
+
+
+def test_an_unreachable_destination_among_others_only_keeps_the_guests_out_of_it() -> None:
+    world = World(running=["g1", "g2"], unreachable={B})
+    evac, _ = evacuation(world)
+    plan = evac.plan()
+    assert {p.dest for p in plan} == {C}
+    assert all("Cannot connect to" in p.kept_out[B] for p in plan)
 
 
 def test_named_guests_must_run_on_the_source() -> None:

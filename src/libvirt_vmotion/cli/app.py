@@ -384,18 +384,20 @@ def _shown_default(key: PolicyKey) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-MULTIFD_FLAG: Final = "--multifd"
-"""The policy's ``parallel`` (multifd streams) on ``evacuate``, whose ``--parallel`` counts
-migrations in flight (as the issue, VDSM and KubeVirt name it)."""
-
-
 def _policy_dest(key: PolicyKey) -> str:
     """The argparse dest of a policy flag (``policy_`` first: never clashes with a command's)."""
     return "policy_" + key.key.replace("-", "_")
 
 
-def _add_policy_flags(parser: argparse.ArgumentParser) -> None:
-    """The policy's flags (``POLICY_KEYS``), each with its default; ``--policy FILE``."""
+def _add_policy_flags(
+    parser: argparse.ArgumentParser, *, flag_names: Mapping[str, str] | None = None
+) -> None:
+    """The policy's flags (``POLICY_KEYS``), each with its default; ``--policy FILE``.
+
+    ``flag_names`` renames a value flag where the command's own flag has its name
+    (policy key -> flag, e.g. ``evacuate``'s ``{"parallel": "--multifd"}``); the
+    value lands in the same place, so the policy is read the same way.
+    """
     pol = parser.add_argument_group(
         "convergence policy",
         "The budget and how to meet it: the guest switches over at the smallest dirty set "
@@ -425,9 +427,7 @@ def _add_policy_flags(parser: argparse.ArgumentParser) -> None:
                 help=f"{text} (default: {'allowed' if negative else default})",
             )  # fmt: skip
             continue
-        flag = f"--{key.key}"
-        if flag in parser._option_string_actions:  # noqa: SLF001  evacuate's own --parallel
-            flag = MULTIFD_FLAG
+        flag = (flag_names or {}).get(key.key, f"--{key.key}")
         pol.add_argument(
             flag, dest=_policy_dest(key), type=_policy_type(key),
             metavar=key.metavar,

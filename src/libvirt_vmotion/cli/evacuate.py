@@ -14,7 +14,8 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Final, TextIO, TypeVar
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Final, Protocol, TextIO, TypeVar
 
 from libvirt_vmotion.argtypes import DEFAULT_SOURCE_URI_ENV, libvirt_uri, positive_number
 from libvirt_vmotion.cli import checks as checks_cli
@@ -23,22 +24,34 @@ from libvirt_vmotion.errors import ExitCode, UsageError, VmotionError
 from libvirt_vmotion.evacuate.plan import Outcome, Placement
 
 if TYPE_CHECKING:
-    from libvirt_vmotion.evacuate.run import GuestResult
+    from libvirt_vmotion.evacuate.run import GuestResult, SourceHost
     from libvirt_vmotion.model import MigrationRequest
     from libvirt_vmotion.policy import MigrationPolicy
     from libvirt_vmotion.session.wiring import Around
 
 _P = TypeVar("_P", bound=argparse.ArgumentParser)
+POLICY_FLAG_NAMES: Final[Mapping[str, str]] = MappingProxyType({"parallel": "--multifd"})
+"""The policy's ``parallel`` (multifd streams) is ``--multifd`` here: ``--parallel`` counts
+migrations in flight (as the issue, VDSM and KubeVirt name it)."""
 PROGRESS_EVERY_S: Final = 2.0
 """Plain progress lines: each running migration at most this often, plus one overall line."""
 _GIB: Final = 1024**3
+
+
+class AddPolicyFlags(Protocol):
+    """Adds the policy's flags to a parser (``cli.app``), some renamed (``POLICY_FLAG_NAMES``)."""
+
+    def __call__(
+        self, parser: argparse.ArgumentParser, *, flag_names: Mapping[str, str] | None = None
+    ) -> None:
+        """Add them; ``flag_names`` maps a policy key to the flag it is given as."""
 
 
 def add_subcommands(
     sub: argparse._SubParsersAction[_P],
     *,
     parser_class: type[_P],
-    add_policy_flags: Callable[[argparse.ArgumentParser], None],
+    add_policy_flags: AddPolicyFlags,
 ) -> None:
     """Add ``evacuate`` and ``maintenance`` to the CLI."""
     ev = sub.add_parser(
@@ -56,7 +69,7 @@ def add_subcommands(
         help=f"the host to empty (default: ${DEFAULT_SOURCE_URI_ENV} or qemu:///system)",
     )  # fmt: skip
     _add_dest_and_moves(ev)
-    add_policy_flags(ev)
+    add_policy_flags(ev, flag_names=POLICY_FLAG_NAMES)
     checks_cli.add_skip_check(ev)
     checks_cli.add_copy_storage(ev)
     ev.set_defaults(watch_switch=None, guest_ip=[], announce_count=3, announce_interval_ms=50,
@@ -86,7 +99,7 @@ def add_subcommands(
                 "default: only mark)",
             )  # fmt: skip
             _add_moves(p)
-            add_policy_flags(p)
+            add_policy_flags(p, flag_names=POLICY_FLAG_NAMES)
             checks_cli.add_skip_check(p)
             checks_cli.add_copy_storage(p)
             p.set_defaults(watch_switch=None, guest_ip=[], announce_count=3,
@@ -180,7 +193,11 @@ class EvacuationPrinter:
         )  # fmt: skip
 
     def progress(self, guest: str, dest: str, view: object) -> None:
-        """A move's progress (throttled in plain mode)."""
+        """A move's progress (throttled per guest): its line, then the overall line.
+
+        Two lines per event, on purpose: the guest's own (``guest-progress``) and
+        the whole evacuation's (``evacuation-progress``; plain: ``overall: ...``).
+        """
         to_dict = getattr(view, "to_dict", None)
         line = getattr(view, "line", None)
         with self._lock:
@@ -189,33 +206,14 @@ class EvacuationPrinter:
             due = now - self._last.get(guest, -1e9) >= PROGRESS_EVERY_S
             if due:
                 self._last[guest] = now
+            overall = overall_progress(
+                tuple(self._views.values()), done=self._done, total=self._total
+            )
         if not due or to_dict is None or line is None:
             return
         doc = {"event": "guest-progress", "guest": guest, "to": dest, "progress": to_dict()}
         self._emit(doc, f"[{guest} -> {dest}] {line()}")
-        self._emit(self._overall(), "")
-        if self._json is None:
-            self._emit({}, self._overall_line())
-
-    def _overall(self) -> dict[str, object]:
-        left = sum(float(getattr(v, "remaining_mib", 0.0)) for v in self._views.values())
-        etas = [getattr(v, "eta_s", None) for v in self._views.values()]
-        known = [float(e) for e in etas if isinstance(e, int | float)]
-        return {
-            "event": "evacuation-progress",
-            "guests_done": self._done,
-            "guests_total": self._total,
-            "gib_left": round(left / 1024, 2),
-            "eta_s": round(max(known), 1) if known else None,
-        }
-
-    def _overall_line(self) -> str:
-        o = self._overall()
-        eta = "?" if o["eta_s"] is None else f"{o['eta_s']} s"
-        return (
-            f"overall: {o['guests_done']}/{o['guests_total']} guests done, "
-            f"{o['gib_left']} GiB left in flight, ETA {eta} for the running moves"
-        )
+        self._emit(overall, overall_line(overall))
 
     def bandwidth(self, guest: str, mib_s: int) -> None:
         """A move's share of the total changed."""
@@ -242,6 +240,33 @@ class EvacuationPrinter:
         with self._lock:
             self._err.write(f"warning: {text}\n")
             self._err.flush()
+
+
+def overall_progress(views: Sequence[object], *, done: int, total: int) -> dict[str, object]:
+    """The ``evacuation-progress`` event: guests done, data left and ETA of the running moves.
+
+    ``views`` are the running moves' latest progress views (their ``remaining_mib``
+    and ``eta_s``; a view without them counts as nothing left, ETA unknown).
+    """
+    left = sum(float(getattr(v, "remaining_mib", 0.0)) for v in views)
+    etas = [getattr(v, "eta_s", None) for v in views]
+    known = [float(e) for e in etas if isinstance(e, int | float)]
+    return {
+        "event": "evacuation-progress",
+        "guests_done": done,
+        "guests_total": total,
+        "gib_left": round(left / 1024, 2),
+        "eta_s": round(max(known), 1) if known else None,
+    }
+
+
+def overall_line(overall: Mapping[str, object]) -> str:
+    """The plain form of ``overall_progress``."""
+    eta = "?" if overall["eta_s"] is None else f"{overall['eta_s']} s"
+    return (
+        f"overall: {overall['guests_done']}/{overall['guests_total']} guests done, "
+        f"{overall['gib_left']} GiB left in flight, ETA {eta} for the running moves"
+    )
 
 
 def guest_entry(result: GuestResult, *, source_uri: str) -> dict[str, object]:
@@ -341,7 +366,7 @@ def cmd_evacuate(
         evac = Evacuation(request, sessions, src, printer, time.monotonic)
         placements = evac.plan()
         if args.dry_run:
-            return ExitCode.OK if all(p.dest for p in placements) else ExitCode.PREFLIGHT
+            return dry_run_exit_code(placements)
         try:
             results = evac.run(placements)
         except KeyboardInterrupt:
@@ -356,15 +381,36 @@ def cmd_evacuate(
         print(json_line(report, now_s=time.time()))  # noqa: T201  machine output
     else:
         print(render_report(report))  # noqa: T201  the command's output
+    return evacuation_exit_code(results)
+
+
+def dry_run_exit_code(placements: Sequence[Placement]) -> int:
+    """``evacuate --dry-run``'s exit code: 0 when every guest has a place, else 3.
+
+    >>> dry_run_exit_code([Placement("g1", "qemu+tcp://b/system", order=1)])
+    0
+    >>> dry_run_exit_code([Placement("g1", None)])
+    3
+    """
+    return ExitCode.OK if all(p.dest for p in placements) else ExitCode.PREFLIGHT
+
+
+def evacuation_exit_code(results: Sequence[GuestResult]) -> int:
+    """The evacuation's exit code: 0 only when every guest asked for moved.
+
+    Otherwise the guests' own exit code when they all failed alike (3 for guests
+    that fit nowhere, 5 for aborted moves, ...), else 1.
+    """
     if all(r.outcome is Outcome.MOVED for r in results):
         return ExitCode.OK
     codes = [r.exit_code for r in results if r.exit_code]
     return codes[0] if len(set(codes)) == 1 else ExitCode.ERROR
 
 
-def _running_now(src: object) -> tuple[str, ...]:
+def _running_now(src: SourceHost) -> tuple[str, ...]:
+    """The source's running guests after the moves (empty when it cannot tell)."""
     try:
-        return src.running_guests()  # type: ignore[attr-defined, no-any-return]
+        return src.running_guests()
     except VmotionError:
         return ()
 

@@ -18,6 +18,8 @@ The rules, each a decision a user can read in the report:
   the migration starts (``Evacuation`` tries the next destination when it refuses).
 - **A guest that fits nowhere stays**, and its placement names, per destination,
   what kept it out.
+- **No destination answers at all**: that is a mistake to say at once (exit 7),
+  not a plan in which every guest stays (``unreachable_error``).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
+from libvirt_vmotion.errors import ConnectionFailed
 from libvirt_vmotion.preflight.result import format_bytes
 
 
@@ -142,6 +145,36 @@ class Placement:
             "claim_bytes": self.claim_bytes,
             "kept_out": dict(self.kept_out),
         }
+
+
+def unreachable_error(
+    guests: Sequence[str],
+    dests: Sequence[str],
+    preflights: Mapping[tuple[str, str], object],
+) -> ConnectionFailed | None:
+    """The connection error to raise when no destination could be reached at all, else None.
+
+    One unreachable destination among others only keeps the guests out of it (its
+    placement says why); none reachable is a mistake to say at once (exit 7).
+
+    Args:
+        guests: the guests to move.
+        dests: the candidate destinations.
+        preflights: each (guest, destination) pair's pre-flight: its outcome, or
+            the error it raised.
+
+    Returns:
+        The first pair's ``ConnectionFailed`` when every pair failed to connect;
+        None when a destination answered for some guest (or there is no guest).
+
+    """
+    if not guests or not dests:
+        return None
+    for dest in dests:
+        if not all(isinstance(preflights[(g, dest)], ConnectionFailed) for g in guests):
+            return None
+    first = preflights[(guests[0], dests[0])]
+    return first if isinstance(first, ConnectionFailed) else None
 
 
 def _order_key(cands: Sequence[Candidate]) -> tuple[int, float, int, str]:

@@ -24,7 +24,6 @@ from dataclasses import dataclass, field, replace
 from typing import Final, Protocol
 
 from libvirt_vmotion.errors import (
-    ConnectionFailed,
     MigrationAborted,
     ReservationError,
     UsageError,
@@ -38,10 +37,11 @@ from libvirt_vmotion.evacuate.plan import (
     may_start,
     plan_evacuation,
     share_bandwidth,
+    unreachable_error,
 )
 from libvirt_vmotion.model import MigrationRequest
 from libvirt_vmotion.preflight.registry import blockers
-from libvirt_vmotion.session.core import PreflightOutcome, Session, SessionResult
+from libvirt_vmotion.session.core import Preflight, PreflightOutcome, Session, SessionResult
 
 log = logging.getLogger(__name__)
 
@@ -133,9 +133,17 @@ class Sessions(Protocol):
     """Opens a Session for one guest and destination (``session.wiring.open_session``)."""
 
     def open(
-        self, request: MigrationRequest, *, on_progress: Callable[[object], None] | None
+        self,
+        request: MigrationRequest,
+        *,
+        on_progress: Callable[[object], None] | None,
+        preflight: Preflight | None = None,
     ) -> AbstractContextManager[Session]:
-        """A Session over both hosts, closed when the block ends."""
+        """A Session over both hosts, closed when the block ends.
+
+        ``preflight``, when given, is the Session's pre-flight port (a fresh
+        enough outcome of the planning phase); None: the Session runs its own.
+        """
         ...
 
 
@@ -230,7 +238,9 @@ class Evacuation:
         pairs = [(g, d) for g in guests for d in self.request.dest_uris]
         with ThreadPoolExecutor(PREFLIGHT_WORKERS, thread_name_prefix="evac-preflight") as pool:
             done = dict(zip(pairs, pool.map(lambda p: self._preflight(*p), pairs), strict=True))
-        _refuse_if_no_destination_answers(guests, self.request.dest_uris, done)
+        unreachable = unreachable_error(guests, self.request.dest_uris, done)
+        if unreachable is not None:
+            raise unreachable
         candidates = [_candidate(g, d, done[(g, d)]) for g, d in pairs]
         rooms = [self._room(d, [done[(g, d)] for g in guests]) for d in self.request.dest_uris]
         placements = plan_evacuation(candidates, rooms)
@@ -400,13 +410,19 @@ class Evacuation:
             self.events.progress(guest, dest, view)
 
         self.events.started(run.placement, dest, run.bandwidth_mib_s)
-        with self.sessions.open(request, on_progress=on_progress) as session:
-            cached = self._preflights.get((guest, dest))
-            if cached is not None and self.clock() - cached[0] < REUSE_PREFLIGHT_S:
-                session.preflight = _Reused(cached[1])
+        reused = self._reusable_preflight(guest, dest)
+        with self.sessions.open(request, on_progress=on_progress, preflight=reused) as session:
             result = session.run()
             self._remember(session, result)
             return result
+
+    def _reusable_preflight(self, guest: str, dest: str) -> Preflight | None:
+        """The planning phase's pre-flight of this pair, if younger than ``REUSE_PREFLIGHT_S``."""
+        with self._lock:
+            cached = self._preflights.get((guest, dest))
+        if cached is None or self.clock() - cached[0] >= REUSE_PREFLIGHT_S:
+            return None
+        return _Reused(cached[1])
 
     def _remember(self, session: Session, result: SessionResult) -> None:
         try:
@@ -449,25 +465,6 @@ class _Reused:
 
     def run(self) -> PreflightOutcome:
         return replace(self.outcome, elapsed_s=0.0)
-
-
-def _refuse_if_no_destination_answers(
-    guests: Sequence[str],
-    dests: Sequence[str],
-    done: Mapping[tuple[str, str], PreflightOutcome | VmotionError],
-) -> None:
-    """Raise the connection error when no destination could be reached at all (exit 7).
-
-    One unreachable destination among others only keeps the guests out of it (its
-    placement says why); none reachable is a mistake to say at once.
-    """
-    for dest in dests:
-        if not all(isinstance(done[(g, dest)], ConnectionFailed) for g in guests):
-            return
-    if guests:
-        first = done[(guests[0], dests[0])]
-        assert isinstance(first, ConnectionFailed)  # noqa: S101  checked above
-        raise first
 
 
 def _candidate(guest: str, dest: str, pre: PreflightOutcome | VmotionError) -> Candidate:

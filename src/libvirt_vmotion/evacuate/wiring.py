@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from libvirt_vmotion.converge.progress import ProgressView
     from libvirt_vmotion.model import MigrationRequest
     from libvirt_vmotion.policy import MigrationPolicy
-    from libvirt_vmotion.session.core import Events, Session
+    from libvirt_vmotion.session.core import Events, Preflight, Session
     from libvirt_vmotion.session.gate import PreflightSettings
 
 
@@ -41,9 +41,16 @@ class LibvirtSessions:
     around: Callable[[MigrationRequest], Around]
 
     def open(
-        self, request: MigrationRequest, *, on_progress: Callable[[object], None] | None
+        self,
+        request: MigrationRequest,
+        *,
+        on_progress: Callable[[object], None] | None,
+        preflight: Preflight | None = None,
     ) -> AbstractContextManager[Session]:
-        """A Session for ``request`` (its bandwidth is this guest's share)."""
+        """A Session for ``request`` (its bandwidth is this guest's share).
+
+        ``preflight``, when given, replaces the Session's own (see ``open_session``).
+        """
         policy = replace(self.policy, bandwidth_mib_s=request.bandwidth_mib_s)
         settings = replace(self.settings, bandwidth_mib_s=request.bandwidth_mib_s)
         around = self.around(request)
@@ -54,6 +61,7 @@ class LibvirtSessions:
             settings=settings,
             events=self.events,
             around=replace(around, on_progress=progress),
+            preflight=preflight,
         )
 
 

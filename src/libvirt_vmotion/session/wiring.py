@@ -26,6 +26,7 @@ from libvirt_vmotion.session.core import (
     Claim,
     DiskToCreate,
     Events,
+    Preflight,
     Session,
     SessionResult,
     Whereabouts,
@@ -231,23 +232,51 @@ class Around:
     on_progress: Callable[[ProgressView], None] | None = None
 
 
+def _host_preflight(  # noqa: PLR0913  both hosts and both agents, keyword-only
+    request: MigrationRequest,
+    *,
+    source: Hypervisor,
+    dest: Hypervisor,
+    settings: PreflightSettings,
+    source_agent: RemoteHost,
+    dest_agent: RemoteHost,
+) -> HostPreflight:
+    """The Session's own pre-flight: facts gathered on both hosts, the history's rates."""
+    from libvirt_vmotion.adapters.history import History, default_path  # noqa: PLC0415
+
+    return HostPreflight(
+        source=source,
+        dest=dest,
+        domain=request.domain,
+        source_uri=request.source_uri or source.uri,
+        dest_uri=request.dest_uri,
+        settings=settings,
+        source_agent=source_agent,
+        dest_agent=dest_agent,
+        history=History(default_path()),
+    )
+
+
 @contextmanager
-def open_session(
+def open_session(  # noqa: PLR0913  the Session's inputs and optional ports, keyword-only
     request: MigrationRequest,
     *,
     policy: MigrationPolicy,
     settings: PreflightSettings,
     events: Events,
     around: Around | None = None,
+    preflight: Preflight | None = None,
 ) -> Iterator[Session]:
     """Open both hosts and build a Session over the real ports; close them after.
+
+    ``preflight``, when given, is the Session's pre-flight instead of one that
+    gathers on both hosts (``evacuate`` passes back what its planning measured).
 
     Raises:
         ConnectionFailed: a host's libvirt does not answer (exit 7).
 
     """
     from libvirt_vmotion.adapters.agent import RemoteHost  # noqa: PLC0415
-    from libvirt_vmotion.adapters.history import History, default_path  # noqa: PLC0415
     from libvirt_vmotion.adapters.virt import Hypervisor  # noqa: PLC0415
 
     around = around or Around()
@@ -257,17 +286,15 @@ def open_session(
     ):
         dest_agent = RemoteHost.for_uri(request.dest_uri)
         source_agent = RemoteHost.for_uri(request.source_uri or source.uri)
-        preflight = HostPreflight(
-            source=source,
-            dest=dest,
-            domain=request.domain,
-            source_uri=request.source_uri or source.uri,
-            dest_uri=request.dest_uri,
-            settings=settings,
-            source_agent=source_agent,
-            dest_agent=dest_agent,
-            history=History(default_path()),
-        )
+        if preflight is None:
+            preflight = _host_preflight(
+                request,
+                source=source,
+                dest=dest,
+                settings=settings,
+                source_agent=source_agent,
+                dest_agent=dest_agent,
+            )
         yield Session(
             request=request,
             policy=policy,

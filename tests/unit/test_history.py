@@ -151,3 +151,12 @@ def test_a_history_file_without_the_tls_column_gains_it(tmp_path: Path) -> None:
     history = History(path)
     assert history.runs("src", "dst", tls=False) == [PastRun(80.0, None)]
     assert history.runs("src", "dst", tls=True) == []
+
+
+def test_only_recent_runs_when_asked(tmp_path: Path) -> None:
+    # A recent learned rate spares pre-flight the link probe (session.gate._link_known).
+    history = History(tmp_path / "history.db")
+    assert history.record(_run(1000))
+    assert history.record(_run(5000, data_mib=400))
+    assert history.runs("src", "dst", newer_than_s=2000) == [PastRun(200.0, None)]
+    assert history.runs("src", "dst", newer_than_s=9000) == []

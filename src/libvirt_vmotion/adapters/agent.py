@@ -195,6 +195,13 @@ def main(argv: list[str]) -> int:
     return 0 if reply.get("ok") else 1
 
 
+def _preload() -> None:
+    """Import every operation's module now, while the client is still connecting to libvirt."""
+    for operation in list(ops.REGISTRY.values()):
+        with contextlib.suppress(Exception):
+            importlib.import_module(operation.handler.partition(":")[0])
+
+
 def serve_lines(requests: IO[str], replies: IO[str]) -> int:
     """Answer ``{"id", "op", "args"}`` lines until ``requests`` ends (``adapters.channel``).
 
@@ -204,6 +211,7 @@ def serve_lines(requests: IO[str], replies: IO[str]) -> int:
     """
     write_lock = threading.Lock()
     sys.stdout = sys.stderr  # stray output must not break the reply stream
+    threading.Thread(target=_preload, daemon=True).start()
     running: list[threading.Thread] = []
 
     def answer(call_id: object, op: str, args: object) -> None:
@@ -410,6 +418,12 @@ class RemoteHost:
         """The agent's command line: isolated, in ``/`` (ssh starts in the login's home)."""
         remote = [self.python, *ISOLATED, "-m", "libvirt_vmotion", "agent", op]
         return [*self.prefix, f"cd / && exec {shlex.join(remote)}"] if self.prefix else remote
+
+    def warm(self) -> None:
+        """Start this host's channel now: its ssh and imports overlap what the caller does next."""
+        if os.environ.get(ONESHOT_ENV) != "1":
+            with contextlib.suppress(channel.ChannelBroken):
+                channel.POOL.get(self._argv(channel.SERVE_OP), max_line=MAX_REPLY_BYTES)
 
     def _via_channel(
         self, op: str, args: Mapping[str, object], *, timeout_s: float

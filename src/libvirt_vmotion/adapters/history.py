@@ -278,11 +278,19 @@ class History:
                 return f"others can write it ({where} is {st.st_mode & 0o777:o})"
         return ""
 
-    def runs(self, source_uuid: str, dest_uuid: str, *, tls: bool | None = None) -> list[PastRun]:
+    def runs(
+        self,
+        source_uuid: str,
+        dest_uuid: str,
+        *,
+        tls: bool | None = None,
+        newer_than_s: float | None = None,
+    ) -> list[PastRun]:
         """Past runs from ``source_uuid`` to ``dest_uuid``, oldest first.
 
         ``tls``: only runs encrypted (True) or not (False) as the next one will be;
         rows from before the column existed were unencrypted. None: all.
+        ``newer_than_s``: only runs that ended after this Unix time.
         """
         if self.path is None or not source_uuid or not dest_uuid:
             return []
@@ -300,6 +308,9 @@ class History:
                 if tls is not None:
                     query += " AND coalesce(tls, 0) = ?"
                     params.append(int(tls))
+                if newer_than_s is not None:
+                    query += " AND finished_s >= ?"
+                    params.append(newer_than_s)
                 rows = conn.execute(query + " ORDER BY finished_s", params).fetchall()
         except (OSError, sqlite3.Error) as exc:
             log.warning("migration history %s not read: %s", self.path, exc)

@@ -62,8 +62,9 @@ def add_skip_check(parser: argparse.ArgumentParser) -> None:
         type=positive_whole_seconds,
         default=DEFAULT_WINDOW_S,
         metavar="SECONDS",
-        help=f"how long to measure the guest's dirty rate for the forecast "
-        f"(default: {DEFAULT_WINDOW_S})",
+        help=f"how long to measure the guest's dirty rate for the forecast, in whole "
+        f"seconds (libvirt's API; default: {DEFAULT_WINDOW_S:g} s, sampling more pages "
+        "through QEMU's monitor, or 1 s where QEMU < 8.2 refuses)",
     )
 
 
@@ -149,7 +150,7 @@ def render_results(results: Sequence[CheckResult]) -> list[str]:
     return lines
 
 
-def render_forecast(fc: Forecast | None, error: str, window_s: int) -> list[str]:
+def render_forecast(fc: Forecast | None, error: str, window_s: float) -> list[str]:
     """The forecast with its inputs."""
     if fc is None:
         return [f"forecast: not available ({error})"]
@@ -166,7 +167,7 @@ def render_forecast(fc: Forecast | None, error: str, window_s: int) -> list[str]
         head,
         f"  why: {fc.reason}",
         (
-            f"  inputs: dirty rate {i.dirty_rate_mib_s:.1f} MiB/s (measured over {window_s} s, "
+            f"  inputs: dirty rate {i.dirty_rate_mib_s:.1f} MiB/s (measured over {window_s:g} s, "
             f"page sampling), bandwidth {i.bandwidth_mib_s:.0f} MiB/s ({i.bandwidth_source}), "
             f"bulk data {i.memory_mib:.0f} MiB ({i.memory_source}), "
             f"max downtime {i.max_downtime_ms} ms, final round at "

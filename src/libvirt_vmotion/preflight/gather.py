@@ -267,7 +267,7 @@ class Measured:
     """The forecast and how its dirty rate was measured."""
 
     forecast: Forecast | None
-    window_s: int
+    window_s: float
     error: str = ""
     switchover_mib_s: float | None = None
     """The learned switchover rate as bounded by this run's link (``bound_switchover``)."""
@@ -308,13 +308,15 @@ class Measuring:
 
     bulk: Future[tuple[int, str]]
     link: Future[LinkMeasurement] | None = None
+    window_s: float = 1.0
+    """The dirty-rate window in use (QEMU's whole second where it refused a shorter one)."""
 
 
 def start_measuring(
     source: Hypervisor,
     domain: str,
     *,
-    window_s: int,
+    window_s: float,
     dest_uri: str = "",
     measure_link_too: bool = False,
 ) -> Measuring | None:
@@ -331,7 +333,7 @@ def start_measuring(
         if guest.has_job() or not guest.is_running():
             return None
         facts = domxml.guest_facts(guest.xml())
-        guest.start_dirty_rate_calc(seconds=window_s)
+        window_s = guest.start_dirty_rate_calc(seconds=window_s)
     except VmotionError as exc:
         log.debug("dirty-rate measurement not started: %s", exc.message)
         return None
@@ -343,7 +345,7 @@ def start_measuring(
     if measure_link_too and dest_host:
         link = pool.submit(measure_link, source_agent, RemoteHost.for_uri(dest_uri), dest_host)
     pool.shutdown(wait=False)
-    return Measuring(bulk=bulk, link=link)
+    return Measuring(bulk=bulk, link=link, window_s=window_s)
 
 
 def measure_forecast(  # noqa: PLR0913  the forecast's inputs, keyword-only
@@ -353,7 +355,7 @@ def measure_forecast(  # noqa: PLR0913  the forecast's inputs, keyword-only
     source_agent: RemoteHost | None = None,
     bandwidth_mib_s: int | None,
     max_downtime_ms: int | None,
-    window_s: int,
+    window_s: float,
     sleep: Callable[[float], None],
     started: Measuring | None = None,
     past: Sequence[PastRun] = (),
@@ -370,6 +372,7 @@ def measure_forecast(  # noqa: PLR0913  the forecast's inputs, keyword-only
     ``switchover_mib_s``: the learned rate of the unthrottled final round, if any.
     """
     guest = source.lookup(domain)
+    window_s = started.window_s if started is not None else window_s
     try:
         sampled = _sample_guest(
             guest, started=started, window_s=window_s, sleep=sleep, source_agent=source_agent
@@ -411,7 +414,7 @@ def _sample_guest(
     guest: Guest,
     *,
     started: Measuring | None,
-    window_s: int,
+    window_s: float,
     sleep: Callable[[float], None],
     source_agent: RemoteHost | None,
 ) -> tuple[float, int, str] | None:

@@ -43,7 +43,8 @@ Shorter than the agent's ssh ConnectTimeout (5 s): when the link to the
 destination is down, the release gives up here, and the destination's lease
 frees the reservation anyway. A successful migration waits as long as it takes.
 """
-DEFAULT_WINDOW_S: Final = 1
+DEFAULT_WINDOW_S: Final = 0.25
+"""The dirty-rate window unless ``--dirty-rate-window`` says otherwise (``virt.Guest``)."""
 
 
 class Step(StrEnum):
@@ -111,7 +112,7 @@ class PreflightOutcome:
     results: tuple[CheckResult, ...] = ()
     forecast: Forecast | None = None
     forecast_error: str = ""
-    window_s: int = DEFAULT_WINDOW_S
+    window_s: float = DEFAULT_WINDOW_S
     host_pair: tuple[str, str] = ("", "")
     copy_disks: tuple[str, ...] = ()
     to_create: tuple[DiskToCreate, ...] = ()

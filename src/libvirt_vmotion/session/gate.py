@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from libvirt_vmotion.errors import UsageError, VmotionError
 from libvirt_vmotion.model import TlsMode
@@ -35,12 +35,16 @@ if TYPE_CHECKING:
     from libvirt_vmotion.preflight.result import CheckResult
 
 
+LINK_KNOWN_FOR_S: Final = 6 * 3600.0
+"""How long a learned rate stands for the link between two hosts (no probe meanwhile)."""
+
+
 @dataclass(frozen=True, slots=True)
 class PreflightSettings:
     """The user's pre-flight choices (``--skip-check``, the window, the copy mode ...)."""
 
     skip: tuple[str, ...] = ()
-    window_s: int = DEFAULT_WINDOW_S
+    window_s: float = DEFAULT_WINDOW_S
     copy: CopyMode = CopyMode.AUTO
     bandwidth_mib_s: int | None = None
     max_downtime_ms: int | None = None
@@ -100,7 +104,7 @@ class HostPreflight:
             self.domain,
             window_s=s.window_s,
             dest_uri=self.dest_uri,
-            measure_link_too=not s.bandwidth_mib_s,
+            measure_link_too=not s.bandwidth_mib_s and not self._link_known(),
         )
         facts, storage = self._gather()
         results = run_checks(facts, skip=s.skip)
@@ -109,6 +113,7 @@ class HostPreflight:
         past = self.history.runs(*host_pair, tls=use_tls)  # TLS costs throughput
         switchover = learned_switchover(past)
         forecast, error = None, "not measured: a check blocks the migration"
+        window_s = measuring.window_s if measuring is not None else s.window_s
         if not blockers(results):
             measured = measure_forecast(
                 self.source,
@@ -123,30 +128,44 @@ class HostPreflight:
                 switchover_mib_s=switchover,
                 initial_downtime_ms=s.initial_downtime_ms,
             )
-            forecast, error = measured.forecast, measured.error
+            forecast, error, window_s = measured.forecast, measured.error, measured.window_s
             switchover = measured.switchover_mib_s  # bounded by this run's link
-        claim = None
-        if facts.agent.available:
-            claim = Claim(
-                domain=facts.guest.name,
-                memory_bytes=facts.guest.memory_bytes + facts.qemu_overhead_bytes,
-                vcpus=facts.guest.vcpus,
-                dest_host=facts.dest.hostname,
-            )
         return PreflightOutcome(
             results=results,
             forecast=forecast,
             forecast_error=error,
-            window_s=s.window_s,
+            window_s=window_s,
             host_pair=host_pair,
             copy_disks=tuple(d.target for d in copied_disks(storage)),
             to_create=_to_create(storage),
-            claim=claim,
+            claim=_claim(facts),
             switchover_mib_s=switchover,
             elapsed_s=self.clock() - started,
             room=dest_room(facts),
             use_tls=use_tls,
             tls_mode=s.tls,
+        )
+
+    def _link_known(self) -> bool:
+        """Whether this pair's history has a recent learned rate (then the link is not probed).
+
+        The learned rate (what QEMU achieved here) bounds the forecast's bandwidth
+        below the link's anyway; the probe costs a second on the first migration of
+        a pair and after ``LINK_KNOWN_FOR_S`` without one.
+        """
+        from libvirt_vmotion.preflight.linkrate import learned_rate  # noqa: PLC0415
+
+        try:
+            pair = (self.source.identity().host_uuid, self.dest.identity().host_uuid)
+        except VmotionError:
+            return False
+        since = self.wall_clock() - LINK_KNOWN_FOR_S
+        modes = {TlsMode.OFF: (False,), TlsMode.REQUIRE: (True,)}.get(
+            self.settings.tls, (True, False)
+        )
+        return any(
+            learned_rate(self.history.runs(*pair, tls=tls, newer_than_s=since)) is not None
+            for tls in modes
         )
 
     def _gather(self) -> tuple[PreflightFacts, StorageFacts]:
@@ -205,6 +224,18 @@ class HostPreflight:
             )
         except VmotionError:
             return ()
+
+
+def _claim(facts: PreflightFacts) -> Claim | None:
+    """What to reserve on the destination (None: no agent there to hold it)."""
+    if not facts.agent.available:
+        return None
+    return Claim(
+        domain=facts.guest.name,
+        memory_bytes=facts.guest.memory_bytes + facts.qemu_overhead_bytes,
+        vcpus=facts.guest.vcpus,
+        dest_host=facts.dest.hostname,
+    )
 
 
 def _to_create(storage: StorageFacts) -> tuple[DiskToCreate, ...]:

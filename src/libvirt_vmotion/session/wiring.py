@@ -280,12 +280,14 @@ def open_session(  # noqa: PLR0913  the Session's inputs and optional ports, key
     from libvirt_vmotion.adapters.virt import Hypervisor  # noqa: PLC0415
 
     around = around or Around()
+    dest_agent = RemoteHost.for_uri(request.dest_uri)
+    dest_agent.warm()  # its ssh and start-up overlap opening libvirt
     with (
         Hypervisor.open(request.source_uri) as source,
         Hypervisor.open(request.dest_uri) as dest,
     ):
-        dest_agent = RemoteHost.for_uri(request.dest_uri)
         source_agent = RemoteHost.for_uri(request.source_uri or source.uri)
+        source_agent.warm()
         if preflight is None:
             preflight = _host_preflight(
                 request,

@@ -235,7 +235,9 @@ class Evacuation:
     def plan(self) -> tuple[Placement, ...]:
         """Pre-flight every guest toward every destination, then place and order them."""
         guests = self.guests()
-        pairs = [(g, d) for g in guests for d in self.request.dest_uris]
+        # Destination-major: the first pre-flights side by side are of different guests
+        # (one guest's take turns: its dirty rate is measured once, see ``RateMemo``).
+        pairs = [(g, d) for d in self.request.dest_uris for g in guests]
         with ThreadPoolExecutor(PREFLIGHT_WORKERS, thread_name_prefix="evac-preflight") as pool:
             done = dict(zip(pairs, pool.map(lambda p: self._preflight(*p), pairs), strict=True))
         unreachable = unreachable_error(guests, self.request.dest_uris, done)

@@ -11,6 +11,7 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
+from libvirt_vmotion.session.gate import RateMemo
 from libvirt_vmotion.session.wiring import Around, open_session
 
 if TYPE_CHECKING:
@@ -39,6 +40,8 @@ class LibvirtSessions:
     settings: PreflightSettings
     events: Events
     around: Callable[[MigrationRequest], Around]
+    rates: RateMemo = field(default_factory=RateMemo)
+    """One dirty-rate measurement per guest for all its destinations' pre-flights."""
 
     def open(
         self,
@@ -62,6 +65,7 @@ class LibvirtSessions:
             events=self.events,
             around=replace(around, on_progress=progress),
             preflight=preflight,
+            rates=self.rates,
         )
 
 

@@ -17,7 +17,7 @@ import logging
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from urllib.parse import urlsplit
 
 from libvirt_vmotion.adapters import ops
@@ -44,7 +44,12 @@ from libvirt_vmotion.preflight.facts import (
     StpState,
 )
 from libvirt_vmotion.preflight.forecast import Forecast, ForecastInputs, forecast
-from libvirt_vmotion.preflight.linkrate import bound_switchover, choose_rate, final_round_rate
+from libvirt_vmotion.preflight.linkrate import (
+    RateChoice,
+    bound_switchover,
+    choose_rate,
+    final_round_rate,
+)
 from libvirt_vmotion.preflight.result import CheckResult, Verdict
 from libvirt_vmotion.preflight.tls import HostTls, TlsInputs
 
@@ -312,13 +317,14 @@ class Measuring:
     """The dirty-rate window in use (QEMU's whole second where it refused a shorter one)."""
 
 
-def start_measuring(
+def start_measuring(  # noqa: PLR0913  the guest and what to measure beside it, keyword-only
     source: Hypervisor,
     domain: str,
     *,
     window_s: float,
     dest_uri: str = "",
     measure_link_too: bool = False,
+    measure_rate: bool = True,
 ) -> Measuring | None:
     """Start the dirty-rate measurement now, if no job runs (None if it did not start).
 
@@ -333,7 +339,8 @@ def start_measuring(
         if guest.has_job() or not guest.is_running():
             return None
         facts = domxml.guest_facts(guest.xml())
-        window_s = guest.start_dirty_rate_calc(seconds=window_s)
+        if measure_rate:  # else the caller knows a recent rate (``session.gate.RateMemo``)
+            window_s = guest.start_dirty_rate_calc(seconds=window_s)
     except VmotionError as exc:
         log.debug("dirty-rate measurement not started: %s", exc.message)
         return None
@@ -361,6 +368,7 @@ def measure_forecast(  # noqa: PLR0913  the forecast's inputs, keyword-only
     past: Sequence[PastRun] = (),
     switchover_mib_s: float | None = None,
     initial_downtime_ms: int | None = None,
+    known_rate_mib_s: float | None = None,
 ) -> Measured:
     """Measure the dirty rate (page sampling) and compute the forecast.
 
@@ -370,31 +378,27 @@ def measure_forecast(  # noqa: PLR0913  the forecast's inputs, keyword-only
     migrations between the two hosts achieved (``history``); the rate assumed is
     the slowest of the cap, the measured link and that (``linkrate.choose_rate``).
     ``switchover_mib_s``: the learned rate of the unthrottled final round, if any.
+    ``known_rate_mib_s``: a dirty rate this command measured moments ago (not measured again).
     """
     guest = source.lookup(domain)
     window_s = started.window_s if started is not None else window_s
     try:
         sampled = _sample_guest(
-            guest, started=started, window_s=window_s, sleep=sleep, source_agent=source_agent
+            guest,
+            started=started,
+            window_s=window_s,
+            sleep=sleep,
+            source_agent=source_agent,
+            known_rate_mib_s=known_rate_mib_s,
         )
     except VmotionError as exc:
         return Measured(None, window_s, exc.message, switchover_mib_s)
     if sampled is None:
         return Measured(None, window_s, "a job runs on the guest; not measuring", switchover_mib_s)
     rate, bulk, bulk_source = sampled
-    link = _link_result(started)
     cap_mib_s = float(bandwidth_mib_s) if bandwidth_mib_s else None
-    link_mib_s = link.mib_s if link else None
-    chosen = choose_rate(
-        cap_mib_s=cap_mib_s,
-        link_mib_s=link_mib_s,
-        link_detail=link.detail if link else "",
-        history=past,
-    )
+    chosen, link_mib_s = _bandwidth(started, cap_mib_s=cap_mib_s, past=past)
     switchover_mib_s = bound_switchover(switchover_mib_s, link_mib_s=link_mib_s)
-    source_text = chosen.source
-    if link is not None and link.mib_s is None:
-        source_text += f"; link not measured: {link.detail}"
     inputs = ForecastInputs(
         memory_mib=bulk / MIB,
         memory_source=bulk_source,
@@ -405,18 +409,36 @@ def measure_forecast(  # noqa: PLR0913  the forecast's inputs, keyword-only
         bandwidth_mib_s=chosen.mib_s,
         max_downtime_ms=max_downtime_ms or DEFAULT_MAX_DOWNTIME_MS,  # the controller's budget
         initial_downtime_ms=initial_downtime_ms or DEFAULT_INITIAL_DOWNTIME_MS,  # its first rung
-        bandwidth_source=source_text,
+        bandwidth_source=chosen.source,
     )
     return Measured(forecast(inputs), window_s, switchover_mib_s=switchover_mib_s)
 
 
-def _sample_guest(
+def _bandwidth(
+    started: Measuring | None, *, cap_mib_s: float | None, past: Sequence[PastRun]
+) -> tuple[RateChoice, float | None]:
+    """The forecast's bandwidth (saying where it came from) and the link's measured rate."""
+    link = _link_result(started)
+    link_mib_s = link.mib_s if link else None
+    chosen = choose_rate(
+        cap_mib_s=cap_mib_s,
+        link_mib_s=link_mib_s,
+        link_detail=link.detail if link else "",
+        history=past,
+    )
+    if link is not None and link.mib_s is None:
+        chosen = replace(chosen, source=f"{chosen.source}; link not measured: {link.detail}")
+    return chosen, link_mib_s
+
+
+def _sample_guest(  # noqa: PLR0913  the guest and how it is measured, keyword-only
     guest: Guest,
     *,
     started: Measuring | None,
     window_s: float,
     sleep: Callable[[float], None],
     source_agent: RemoteHost | None,
+    known_rate_mib_s: float | None = None,
 ) -> tuple[float, int, str] | None:
     """The guest's dirty rate and bulk size: (rate MiB/s, bulk bytes, where the bulk came from).
 
@@ -428,12 +450,16 @@ def _sample_guest(
 
     """
     if started:
-        rate = guest.wait_dirty_rate_mib_s(sleep=sleep)
+        rate = known_rate_mib_s
+        if rate is None:
+            rate = guest.wait_dirty_rate_mib_s(sleep=sleep)
         bulk, bulk_source = started.bulk.result(timeout=120)
         return rate, bulk, bulk_source
     if guest.has_job():
         return None
-    rate = guest.measure_dirty_rate_mib_s(seconds=window_s, sleep=sleep)
+    rate = known_rate_mib_s
+    if rate is None:
+        rate = guest.measure_dirty_rate_mib_s(seconds=window_s, sleep=sleep)
     bulk, bulk_source = _bulk_bytes(guest, domxml.guest_facts(guest.xml()), source_agent)
     return rate, bulk, bulk_source
 

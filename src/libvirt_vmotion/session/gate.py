@@ -8,6 +8,7 @@ port of ``session.core``.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -37,6 +38,39 @@ if TYPE_CHECKING:
 
 LINK_KNOWN_FOR_S: Final = 6 * 3600.0
 """How long a learned rate stands for the link between two hosts (no probe meanwhile)."""
+
+
+@dataclass(slots=True)
+class RateMemo:
+    """Dirty rates measured by one command, shared by its pre-flights (thread-safe).
+
+    ``evacuate`` pre-flights every guest toward every destination: the guest's
+    dirty rate does not depend on the destination, so it is measured once, not
+    once per destination (and two measurements of one guest would collide in QEMU).
+    """
+
+    max_age_s: float = 60.0
+    clock: Callable[[], float] = time.monotonic
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _turns: dict[tuple[str, str], threading.Lock] = field(default_factory=dict)
+    _rates: dict[tuple[str, str], tuple[float, float]] = field(default_factory=dict)
+
+    def turn(self, key: tuple[str, str]) -> threading.Lock:
+        """The lock one guest's pre-flights take turns on (``key``: source URI, guest)."""
+        with self._lock:
+            return self._turns.setdefault(key, threading.Lock())
+
+    def recent(self, key: tuple[str, str]) -> float | None:
+        """The guest's rate measured within ``max_age_s``, else None."""
+        with self._lock:
+            at, rate = self._rates.get(key, (float("-inf"), 0.0))
+        return rate if self.clock() - at <= self.max_age_s else None
+
+    def remember(self, key: tuple[str, str], rate_mib_s: float) -> None:
+        """Keep a rate just measured (a reused one keeps its first time)."""
+        with self._lock:
+            if self.clock() - self._rates.get(key, (float("-inf"), 0.0))[0] > self.max_age_s:
+                self._rates[key] = (self.clock(), rate_mib_s)
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,9 +125,25 @@ class HostPreflight:
     clock: Callable[[], float] = time.monotonic
     sleep: Callable[[float], None] = field(default=time.sleep)
     wall_clock: Callable[[], float] = time.time
+    rates: RateMemo | None = None
+    """Dirty rates shared by this command's pre-flights (``evacuate``); None: measure."""
 
     def run(self) -> PreflightOutcome:
-        """Facts, checks, forecast; nothing changed on any host."""
+        """Facts, checks, forecast; nothing changed on any host.
+
+        With ``rates``, one guest's pre-flights toward several destinations take
+        turns, and only the first measures the dirty rate.
+        """
+        if self.rates is None:
+            return self._run(None)
+        key = (self.source_uri, self.domain)
+        with self.rates.turn(key):
+            outcome = self._run(self.rates.recent(key))
+            if outcome.forecast is not None:
+                self.rates.remember(key, outcome.forecast.inputs.dirty_rate_mib_s)
+            return outcome
+
+    def _run(self, known_rate_mib_s: float | None) -> PreflightOutcome:
         from libvirt_vmotion.preflight.gather import measure_forecast, start_measuring  # noqa: PLC0415
         from libvirt_vmotion.preflight.linkrate import learned_switchover  # noqa: PLC0415
 
@@ -105,6 +155,7 @@ class HostPreflight:
             window_s=s.window_s,
             dest_uri=self.dest_uri,
             measure_link_too=not s.bandwidth_mib_s and not self._link_known(),
+            measure_rate=known_rate_mib_s is None,
         )
         facts, storage = self._gather()
         results = run_checks(facts, skip=s.skip)
@@ -127,6 +178,7 @@ class HostPreflight:
                 past=past,
                 switchover_mib_s=switchover,
                 initial_downtime_ms=s.initial_downtime_ms,
+                known_rate_mib_s=known_rate_mib_s,
             )
             forecast, error, window_s = measured.forecast, measured.error, measured.window_s
             switchover = measured.switchover_mib_s  # bounded by this run's link

@@ -31,7 +31,7 @@ from libvirt_vmotion.session.core import (
     SessionResult,
     Whereabouts,
 )
-from libvirt_vmotion.session.gate import HostPreflight, PreflightSettings
+from libvirt_vmotion.session.gate import HostPreflight, PreflightSettings, RateMemo
 
 if TYPE_CHECKING:
     from libvirt_vmotion.adapters.agent import Guard, RemoteHost
@@ -240,6 +240,7 @@ def _host_preflight(  # noqa: PLR0913  both hosts and both agents, keyword-only
     settings: PreflightSettings,
     source_agent: RemoteHost,
     dest_agent: RemoteHost,
+    rates: RateMemo | None = None,
 ) -> HostPreflight:
     """The Session's own pre-flight: facts gathered on both hosts, the history's rates."""
     from libvirt_vmotion.adapters.history import History, default_path  # noqa: PLC0415
@@ -254,6 +255,7 @@ def _host_preflight(  # noqa: PLR0913  both hosts and both agents, keyword-only
         source_agent=source_agent,
         dest_agent=dest_agent,
         history=History(default_path()),
+        rates=rates,
     )
 
 
@@ -266,11 +268,12 @@ def open_session(  # noqa: PLR0913  the Session's inputs and optional ports, key
     events: Events,
     around: Around | None = None,
     preflight: Preflight | None = None,
+    rates: RateMemo | None = None,
 ) -> Iterator[Session]:
     """Open both hosts and build a Session over the real ports; close them after.
 
-    ``preflight``, when given, is the Session's pre-flight instead of one that
-    gathers on both hosts (``evacuate`` passes back what its planning measured).
+    ``preflight``: the Session's pre-flight instead of one gathering on both hosts
+    (``evacuate``'s planning); ``rates``: dirty rates shared with other pre-flights.
 
     Raises:
         ConnectionFailed: a host's libvirt does not answer (exit 7).
@@ -296,6 +299,7 @@ def open_session(  # noqa: PLR0913  the Session's inputs and optional ports, key
                 settings=settings,
                 source_agent=source_agent,
                 dest_agent=dest_agent,
+                rates=rates,
             )
         yield Session(
             request=request,

@@ -55,6 +55,20 @@ class Phase(StrEnum):
     DONE = "done"
 
 
+class Compression(StrEnum):
+    """Whether the memory stream is compressed (``--compression``, ``compression`` in a policy).
+
+    ``auto``: zstd over multifd streams when the forecast says the link, not the
+    sender, is the limit and pre-copy converges (QEMU 10.0 cannot combine multifd
+    with post-copy, so a guest that may need post-copy is not compressed).
+    ``zstd``: always (and no post-copy). ``none``: never.
+    """
+
+    AUTO = "auto"
+    ZSTD = "zstd"
+    NONE = "none"
+
+
 class TlsMode(StrEnum):
     """Whether the migration streams are encrypted (``--tls``, ``tls`` in a policy file).
 
@@ -305,6 +319,10 @@ class MeasuredContext:
     qemu_knows_switchover_rate: bool = False
     preflight_dirty_mib_s: float | None = None
     postcopy_after_first_pass: bool = False
+    compress: bool = False
+    """zstd over multifd streams for this migration (``preflight.forecast.choose_compression``)."""
+    compression_reason: str = ""
+    """Why (or why not), in words for the report."""
 
     def __post_init__(self) -> None:
         """Refuse a rate no measurement can give (it would divide the budget by it)."""
@@ -320,6 +338,8 @@ class MeasuredContext:
             "qemu_knows_switchover_rate": self.qemu_knows_switchover_rate,
             "preflight_dirty_mib_s": self.preflight_dirty_mib_s,
             "postcopy_after_first_pass": self.postcopy_after_first_pass,
+            "compressed": self.compress,
+            "compression_reason": self.compression_reason,
         }
 
 

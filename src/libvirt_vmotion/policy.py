@@ -18,7 +18,7 @@ from enum import StrEnum
 from typing import Final
 
 from libvirt_vmotion.errors import UsageError
-from libvirt_vmotion.model import MeasuredContext, TlsMode
+from libvirt_vmotion.model import Compression, MeasuredContext, TlsMode
 
 DEFAULT_INITIAL_DOWNTIME_MS: Final = 30
 DEFAULT_MAX_DOWNTIME_MS: Final = 500
@@ -109,6 +109,8 @@ class MigrationPolicy:
             was learned. Only an override: the rate the controller uses is
             decided once, in ``converge.machine.build_context``, and lives in the
             ``MeasuredContext`` with the other measurements.
+        compression: zstd over multifd streams (``auto``: when the forecast finds
+            the link is the limit and pre-copy converges; ``zstd``; ``none``).
         tls: encrypt the migration (``auto``: where both hosts can; ``require``;
             ``off``). Pre-flight turns it into the request's ``tls`` from both
             hosts' certificates (``preflight.tls``).
@@ -136,8 +138,9 @@ class MigrationPolicy:
     postcopy_pause_on_stall: bool = False
     switchover_bandwidth_mib_s: float | None = None
     tls: TlsMode = TlsMode.AUTO
+    compression: Compression = Compression.AUTO
 
-    def __post_init__(self) -> None:  # noqa: C901  one check per field, flat
+    def __post_init__(self) -> None:  # noqa: C901, PLR0912  one check per field, flat
         """Validate every field; the message names the field and the bad value."""
         problems: list[str] = []
         ladder = [s.downtime_ms for s in self.downtime_schedule]
@@ -168,6 +171,8 @@ class MigrationPolicy:
             problems.append("postcopy_resume_wait_s must be >= 0 and postcopy_stall_s > 0")
         if self.parallel_connections < 0:
             problems.append(f"parallel_connections must be >= 0, got {self.parallel_connections}")
+        if self.xbzrle and self.compression is Compression.ZSTD:
+            problems.append("xbzrle and compression zstd exclude each other (choose one)")
         if problems:
             msg = "Invalid migration policy: " + "; ".join(problems) + "."
             raise UsageError(msg, hint="Fix the policy file or the command-line flags.")
@@ -353,6 +358,14 @@ POLICY_KEYS: Final[tuple[PolicyKey, ...]] = (
         "switchover-bandwidth", "switchover_bandwidth_mib_s", float,
         "a number of MiB/s greater than 0", 0, above_low=True, metavar="MIB_S",
         help="rate of the final, unthrottled round, to judge real pauses by",
+    ),
+    PolicyKey(
+        "compression", "compression", Compression, "auto, zstd or none",
+        metavar="{auto,zstd,none}",
+        help="compress the memory stream with zstd over 2 multifd streams: auto when the "
+        "forecast finds the link (a cap or a measured link) is the limit and pre-copy "
+        "converges (QEMU cannot combine multifd with post-copy), zstd always (no post-copy), "
+        "none",
     ),
     PolicyKey(
         "tls", "tls", TlsMode, "auto, require or off", metavar="{auto,require,off}",

@@ -88,6 +88,11 @@ def test_light_load_completes_in_precopy_without_escalation() -> None:
     assert throttled(conv) == []
     assert conv["throttle_percent"] == 0
     assert not any(a["action"] == "start-post-copy" for a in applied(conv))
+    # The cap, not the sender, is the limit and pre-copy converges: zstd over multifd.
+    measured = conv["measured"]
+    assert isinstance(measured, dict)
+    assert measured["compressed"] is True, measured["compression_reason"]
+    assert "the link is the limit" in str(measured["compression_reason"])
     # Progress streamed as JSON lines before the report; the bulk percentage never fell.
     lines = [ln for ln in result.stdout.splitlines()[:-1] if '"event": "progress"' in ln]
     assert lines

@@ -331,7 +331,7 @@ def test_light_load_replay_completes_in_precopy_with_the_events_downtime() -> No
     section = outcome.controller
     assert switched_at_the_minimum(section)
     assert section["state"] == "completed"
-    assert section["measured"] == world.trace.data["measured"]  # nothing measured beforehand
+    assert section["measured"] == world.trace.measured().to_dict()  # as given: nothing measured
     # The loop's own CPU while it watched (the real process: the replay's loop ran here).
     assert isinstance(section["controller_cpu_s"], float)
     assert section["controller_cpu_s"] >= 0

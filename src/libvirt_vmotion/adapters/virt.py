@@ -254,6 +254,8 @@ class MigrationOptions:
     postcopy: bool = False
     xbzrle: bool = False
     parallel_connections: int = 0
+    zstd: bool = False
+    """Compress the multifd streams with zstd (libvirt >= 9.4 with parallel connections)."""
     postcopy_bandwidth_mib_s: int | None = None
     copy_disks: tuple[str, ...] = ()
     """Disk targets (``vda``) to copy to the destination over NBD (non-shared storage)."""
@@ -286,9 +288,9 @@ def _stream_flags(options: MigrationOptions, params: dict[str, Any]) -> int:
     flags = 0
     if options.tls:
         flags |= int(binding_constant("VIR_MIGRATE_TLS"))  # type: ignore[call-overload]
-    if options.xbzrle:
+    if options.xbzrle or options.zstd:
         flags |= libvirt.VIR_MIGRATE_COMPRESSED
-        params[libvirt.VIR_MIGRATE_PARAM_COMPRESSION] = "xbzrle"
+        params[libvirt.VIR_MIGRATE_PARAM_COMPRESSION] = "zstd" if options.zstd else "xbzrle"
     if options.parallel_connections > 0:
         flags |= libvirt.VIR_MIGRATE_PARALLEL
         params[libvirt.VIR_MIGRATE_PARAM_PARALLEL_CONNECTIONS] = options.parallel_connections

@@ -21,12 +21,13 @@ from libvirt_vmotion.argtypes import (
     positive_whole_seconds,
 )
 from libvirt_vmotion.cli.report import json_line
+from libvirt_vmotion.converge.machine import stream_policy
 from libvirt_vmotion.errors import ExitCode, UsageError
 from libvirt_vmotion.model import MigrationRequest
 from libvirt_vmotion.policy import MigrationPolicy, escalations
 from libvirt_vmotion.preflight.forecast import Forecast
 from libvirt_vmotion.preflight.registry import CheckResult, Verdict, blockers, check_names
-from libvirt_vmotion.session.core import DEFAULT_WINDOW_S, PreflightOutcome
+from libvirt_vmotion.session.core import DEFAULT_WINDOW_S, PreflightOutcome, measured_context
 from libvirt_vmotion.session.gate import PreflightSettings
 from libvirt_vmotion.storage.plan import CopyMode
 
@@ -205,10 +206,18 @@ def print_gate(
         lines.append(f"verdict: may proceed ({len(gate.results)} checks, {warnings} warning(s))")
         lines += render_forecast(gate.forecast, gate.forecast_error, gate.window_s)
         if policy is not None:
+            stream, why = stream_of(policy, gate)
+            lines.append(f"compression: {why} (--compression)")
             lines.append("the policy permits (flags or --policy change it):")
-            lines += [f"  {line}" for line in escalations(policy)]
+            lines += [f"  {line}" for line in escalations(stream)]
     out.write("\n".join(lines) + "\n")
     out.flush()
+
+
+def stream_of(policy: MigrationPolicy, gate: PreflightOutcome) -> tuple[MigrationPolicy, str]:
+    """The policy as this guest's stream lets it apply (compressed: no post-copy), and why."""
+    measured = measured_context(policy, gate)
+    return stream_policy(policy, measured), measured.compression_reason
 
 
 def preflight_settings(args: argparse.Namespace, policy: MigrationPolicy) -> PreflightSettings:
@@ -271,7 +280,13 @@ def cmd_check(args: argparse.Namespace, *, policy: MigrationPolicy) -> int:
     with open_session(request, policy=policy, settings=settings, events=StderrEvents()) as session:
         gate = session.check()
     if args.json:
-        out = {"event": "check", **gate.check_section(), "escalations": escalations(policy)}
+        stream, why = stream_of(policy, gate)
+        out = {
+            "event": "check",
+            **gate.check_section(),
+            "escalations": escalations(stream),
+            "compression": why,
+        }
         print(json_line(out, now_s=time.time()))  # noqa: T201  machine output
     else:
         print_gate(gate, sys.stdout, only_problems=False, policy=policy)

@@ -39,6 +39,7 @@ from libvirt_vmotion.converge.machine import (
     Throttle,
     advance,
     is_abortable,
+    stream_policy,
 )
 from libvirt_vmotion.converge.ports import Observer, SampleSink
 from libvirt_vmotion.converge.progress import (
@@ -58,6 +59,7 @@ from libvirt_vmotion.errors import (
 from libvirt_vmotion.events import EventKind, MigrationEvent
 from libvirt_vmotion.model import (
     MIB,
+    Compression,
     JobSample,
     JobType,
     MeasuredContext,
@@ -345,6 +347,8 @@ def _build_controller(  # noqa: PLR0913  what the controller steers and with wha
     source, dest = hosts
     hint_mib_s = _switchover_hint(source, measured)
     measured = replace(measured, qemu_knows_switchover_rate=hint_mib_s is not None)
+    measured = _compression_supported(source, measured)
+    policy = stream_policy(policy, measured)
     options = _options_for(request, policy, avail_switchover_mib_s=hint_mib_s)
     worker = _Worker(lambda: guest.migrate(request.dest_uri, options))
     dest_libvirt = _best_effort_value(lambda: dest.identity().libvirt_version)
@@ -433,6 +437,24 @@ def _ready_to_move(
     return guest, hosts
 
 
+ZSTD_MULTIFD_LIBVIRT: Final = 9_004_000
+"""libvirt 9.4 added compression methods (zstd) to multifd migrations."""
+
+
+def _compression_supported(source: HostConnection, measured: MeasuredContext) -> MeasuredContext:
+    """``measured`` without compression where the source's libvirt cannot do it (< 9.4)."""
+    if not measured.compress:
+        return measured
+    source_id = _best_effort_value(source.identity)
+    if source_id is not None and source_id.libvirt_version >= ZSTD_MULTIFD_LIBVIRT:
+        return measured
+    return replace(
+        measured,
+        compress=False,
+        compression_reason="off: the source's libvirt is older than 9.4 (zstd over multifd)",
+    )
+
+
 def _switchover_hint(source: HostConnection, measured: MeasuredContext) -> int | None:
     """The switchover rate to tell QEMU, or None where the source's versions cannot take it."""
     source_id = _best_effort_value(source.identity)
@@ -453,6 +475,7 @@ def _options_for(
         postcopy=policy.allow_postcopy,
         xbzrle=policy.xbzrle,
         parallel_connections=policy.parallel_connections,
+        zstd=policy.compression is Compression.ZSTD,
         postcopy_bandwidth_mib_s=policy.postcopy_bandwidth_mib_s,
         copy_disks=request.copy_disks,
         tls=request.tls,

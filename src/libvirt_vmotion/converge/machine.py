@@ -50,7 +50,7 @@ from enum import StrEnum
 from typing import ClassVar, Final, Protocol
 
 from libvirt_vmotion.events import EventKind, MigrationEvent
-from libvirt_vmotion.model import MIB, JobSample, MeasuredContext
+from libvirt_vmotion.model import MIB, Compression, JobSample, MeasuredContext
 from libvirt_vmotion.policy import MigrationPolicy, throttle_steps
 from libvirt_vmotion.preflight.forecast import (
     DEFAULT_SWITCHOVER_OVERHEAD_MS,
@@ -333,6 +333,8 @@ def bandwidth_bytes_s(samples: tuple[JobSample, ...], policy: MigrationPolicy) -
     return float((policy.bandwidth_mib_s or 100) * MIB)
 
 
+ZSTD_STREAMS: Final = 2
+"""multifd streams a compressed migration uses at least (one zstd compressor each)."""
 _NEVER_MS: Final = 10**9  # no bandwidth measured: nothing fits
 QEMU_LIMIT_MARGIN: Final = 1.25
 """Headroom on QEMU's limit over what a dirty set needs: the set varies round to round."""
@@ -426,6 +428,7 @@ def build_context(
     learned_switchover_mib_s: float | None,
     preflight_dirty_mib_s: float | None,
     forecast_says_postcopy: bool,
+    compression: tuple[bool, str] = (False, ""),
 ) -> MeasuredContext:
     """The measurements one migration runs with: the one place the switchover rate is decided.
 
@@ -446,6 +449,7 @@ def build_context(
         learned_switchover_mib_s: the history's rate for this host pair, if any.
         preflight_dirty_mib_s: pre-flight's dirty-rate measurement, if it took one.
         forecast_says_postcopy: the forecast found the rounds cannot shrink.
+        compression: zstd over multifd or not, and why (``forecast.choose_compression``).
 
     Returns:
         The context; ``qemu_knows_switchover_rate`` stays False until the loop
@@ -456,6 +460,8 @@ def build_context(
         switchover_mib_s=policy.switchover_bandwidth_mib_s or learned_switchover_mib_s or None,
         preflight_dirty_mib_s=preflight_dirty_mib_s,
         postcopy_after_first_pass=forecast_says_postcopy,
+        compress=compression[0],
+        compression_reason=compression[1],
     )
 
 
@@ -1165,3 +1171,20 @@ def _postcopy_stuck(history: History, policy: MigrationPolicy) -> bool:
 def is_abortable(state: State) -> bool:
     """True while aborting leaves the guest whole on the source (pre-copy)."""
     return state in _PRECOPY or state is State.ABORTING
+
+
+def stream_policy(policy: MigrationPolicy, measured: MeasuredContext) -> MigrationPolicy:
+    """The policy as this migration's stream lets the controller apply it.
+
+    Compressed (``measured.compress``): zstd over at least 2 multifd streams, and
+    no post-copy (QEMU cannot combine multifd with it), so a stall escalates to
+    throttling instead. Otherwise: no compression, whatever ``auto`` was.
+    """
+    if not measured.compress:
+        return replace(policy, compression=Compression.NONE)
+    return replace(
+        policy,
+        compression=Compression.ZSTD,
+        parallel_connections=max(ZSTD_STREAMS, policy.parallel_connections),
+        allow_postcopy=False,
+    )

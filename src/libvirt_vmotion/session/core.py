@@ -30,7 +30,12 @@ from libvirt_vmotion.errors import PreflightFailed, VmotionError
 from libvirt_vmotion.model import MeasuredContext, MigrationOutcome, MigrationRequest, TlsMode
 from libvirt_vmotion.policy import MigrationPolicy
 from libvirt_vmotion.preflight.capacity import DestRoom
-from libvirt_vmotion.preflight.forecast import Forecast, Strategy, relative_error
+from libvirt_vmotion.preflight.forecast import (
+    Forecast,
+    Strategy,
+    choose_compression,
+    relative_error,
+)
 from libvirt_vmotion.preflight.registry import CheckResult, Verdict, blockers
 from libvirt_vmotion.reserve.store import Unreleased
 
@@ -224,12 +229,14 @@ def measured_context(policy: MigrationPolicy, pre: PreflightOutcome) -> Measured
     strategy (rounds cannot shrink at this dirty rate) starts post-copy after the
     first pass.
     """
+    chosen = choose_compression(policy.compression, pre.forecast, xbzrle=policy.xbzrle)
     return build_context(
         policy,
         learned_switchover_mib_s=pre.switchover_mib_s,
         preflight_dirty_mib_s=pre.measured_dirty_mib_s,
         forecast_says_postcopy=pre.forecast is not None
         and pre.forecast.strategy is Strategy.POSTCOPY,
+        compression=(chosen.compress, chosen.reason),
     )
 
 

@@ -146,3 +146,30 @@ def test_the_cost_of_tls_compares_each_encrypted_tool_with_its_twin() -> None:
 def test_only_our_runs_have_a_pre_flight() -> None:
     assert run(Tool.OURS_TLS, 0.0, 10.0, migration_s=9.0).preflight_s == pytest.approx(1.0)
     assert run(Tool.VIRSH_TLS, 0.0, 10.0).preflight_s is None
+
+
+def test_the_summary_judges_each_target_with_its_figure() -> None:
+    from libvirt_vmotion.bench.matrix import summarize  # noqa: PLC0415
+    from libvirt_vmotion.bench.targets import evaluate  # noqa: PLC0415
+
+    fast = dataclasses.replace(
+        run(Tool.OURS, 0.0, 8.0, migration_s=6.0),
+        tool_report={
+            "total_time_s": 6.0,
+            "preflight_s": 0.4,
+            "timeline_s": {"cutover_and_checks_s": 0.5, "startup_s": 0.1},
+            "forecast": {"error_pct": {"total_time_s": -12.0}},
+        },
+    )
+    runs = [fast, RUNS[1], RUNS[2], RUNS[3]]
+    judged = {t.name: t for t in evaluate(runs, summarize(runs))}
+    light = judged["total <= 1.0x plain virsh at 0-0.5"]
+    assert (light.figure, light.met) == ("512MiB@0 0.80x", True)
+    assert judged["total <= 1.0x virsh post-copy at 1.0-1.5"].met is None  # no virsh-postcopy
+    assert judged["pre-flight+reserve <= 0.5 s (median)"].met is True
+    assert judged["cutover+checks <= 0.3 s (median)"].met is False
+    assert judged["start-up <= 0.2 s (median)"].figure == "0.10 s"
+    assert judged["forecast of total time within +-20% (worst run)"].figure == "12.00 %"
+    summary = build_summary_md(record(runs=runs))
+    assert "| cutover+checks <= 0.3 s (median) | 0.50 s | NOT met |" in summary
+    assert build_results_doc(record(runs=runs))["targets"]

@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
+from libvirt_vmotion.bench import targets
 from libvirt_vmotion.bench.matrix import (
     MIB,
     TLS_PAIRS,
@@ -64,6 +65,7 @@ def build_results_doc(record: BenchRecord) -> dict[str, object]:
         "failures": len(failed_runs(runs)),
         "runs": [r.as_dict() for r in runs],
         "summary": [_summary_dict(s) for s in summarize(runs)],
+        "targets": [t.as_dict() for t in targets.evaluate(runs, summarize(runs))],
     }
 
 
@@ -155,6 +157,7 @@ def build_summary_md(record: BenchRecord, plots: Sequence[str] = ()) -> str:
         f"| {', '.join(s.strategies) or 'n/a'} |"
         for s in summaries
     )
+    lines += ["", *targets.render(targets.evaluate(runs, summaries))]
     lines += ["", *_ratio_section(summaries, params.tools)]
     tls_cost = _tls_cost_section(summaries)
     if tls_cost:

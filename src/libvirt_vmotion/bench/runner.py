@@ -377,9 +377,13 @@ def run_ours(*, bandwidth_mib_s: int, budget_s: float, tls: bool = False) -> Too
     if not ok:
         error = str(report.get("error") or result.stderr.strip()[-300:])
     mismatches = workload.get("new_mismatches")
-    strategy = _section(report, "convergence").get("strategy")
+    conv = _section(report, "convergence")
+    strategy = conv.get("strategy")
+    measured = conv.get("measured")
+    if isinstance(strategy, str) and isinstance(measured, dict) and measured.get("compressed"):
+        strategy += ", zstd multifd"  # the forecast's choice: a column of the bench
     downtime_ms = _opt_int(report, "downtime_ms")
-    if strategy == "post-copy" and not downtime_ms:
+    if isinstance(strategy, str) and strategy.startswith("post-copy") and not downtime_ms:
         downtime_ms = None  # libvirt keeps no completed statistics after post-copy
     return ToolOutcome(
         ok=ok,

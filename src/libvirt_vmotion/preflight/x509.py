@@ -17,11 +17,10 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from cryptography import x509
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.x509.oid import NameOID
+if TYPE_CHECKING:  # imported on use: cryptography is 45 ms of every command's start-up
+    from cryptography import x509
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +57,8 @@ class CertInfo:
 
 
 def _certificates(pem: str) -> list[x509.Certificate]:
+    from cryptography import x509  # noqa: PLC0415  on use (start-up)
+
     try:
         return x509.load_pem_x509_certificates(pem.encode())
     except ValueError as exc:
@@ -67,6 +68,8 @@ def _certificates(pem: str) -> list[x509.Certificate]:
 
 def public_key_sha256(public_key: object) -> str:
     """SHA-256 (hex) of a public key's DER SubjectPublicKeyInfo."""
+    from cryptography.hazmat.primitives import serialization  # noqa: PLC0415  on use
+
     der = public_key.public_bytes(  # type: ignore[attr-defined]  # every key type has it
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
@@ -74,6 +77,9 @@ def public_key_sha256(public_key: object) -> str:
 
 
 def _info(cert: x509.Certificate) -> CertInfo:
+    from cryptography import x509  # noqa: PLC0415  on use (start-up)
+    from cryptography.x509.oid import NameOID  # noqa: PLC0415  on use
+
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         dns = tuple(san.get_values_for_type(x509.DNSName))
@@ -115,6 +121,8 @@ def issued_by(cert_pem: str, ca_pem: str) -> bool:
     and libvirt's documented set-ups sign host certificates with the CA directly).
     Unparsable input is simply not issued by anything.
     """
+    from cryptography.exceptions import InvalidSignature  # noqa: PLC0415  on use (start-up)
+
     try:
         cert = _certificates(cert_pem)[0]
         cas = _certificates(ca_pem)

@@ -3,8 +3,9 @@
 The same run, same guests, same per-migration bandwidth:
 
 - **ours**: ``vmotion evacuate --from hosta --to hostb --to hostc --parallel 2
-  --bandwidth-total 2xBW`` (two moves at once share twice one link's cap, as two
-  links would give two sequential virsh migrations);
+  --bandwidth-total 2xBW --tls off`` (two moves at once share twice one link's cap,
+  as two links would give two sequential virsh migrations; unencrypted like the
+  loop: ``bench --tools ours-tls,ours`` measures what TLS costs);
 - **virsh loop**: ``virsh migrate --live --p2p --persistent --undefinesource
   --bandwidth BW`` for each guest in turn, alternating hostb and hostc (what an
   operator scripts today);
@@ -83,7 +84,7 @@ def _ours(names: Sequence[str], bandwidth_mib_s: int) -> tuple[float | None, dic
     argv = [
         "evacuate", "--from", HOST_A.uri, *(a for h in DESTS for a in ("--to", h.uri)),
         *(a for n in names for a in ("--domain", n)), "--parallel", "2",
-        "--bandwidth-total", str(2 * bandwidth_mib_s), "--json",
+        "--bandwidth-total", str(2 * bandwidth_mib_s), "--tls", "off", "--json",
     ]  # fmt: skip
     t0 = time.monotonic()
     done = subprocess.run(

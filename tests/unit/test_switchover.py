@@ -366,12 +366,23 @@ def test_forecast_postcopy_starts_after_the_first_pass() -> None:
     assert history.decisions[-1].round == 2  # not during the bulk pass
 
 
-def test_forecast_postcopy_waits_when_the_set_already_fits() -> None:
-    """With a known switchover rate the first dirty set fits the real budget: no post-copy."""
-    measured = rate(500, postcopy_after_first_pass=True)
+def test_forecast_postcopy_waits_when_the_set_fits_the_pause_target() -> None:
+    """A known switchover rate pauses for the first dirty set within 100 ms: no post-copy."""
+    measured = rate(1000, postcopy_after_first_pass=True)  # 26 MiB: ~26 ms + 50 ms overhead
     _state, history = run(benchmark_trace(1), BENCHMARK, measured)
     assert not any(isinstance(a, StartPostCopy) for a in actions_of(history))
     assert downtimes_of(history)[-1] > 500  # QEMU's threshold admits it: it switches over
+
+
+def test_forecast_postcopy_rather_than_a_pre_copy_pause_over_the_target() -> None:
+    """The set fits the 500 ms budget, but pausing ~102 ms is over the busy-guest target."""
+    measured = rate(500, postcopy_after_first_pass=True)  # 26 MiB: ~52 ms + 50 ms overhead
+    state, history = run(benchmark_trace(1), BENCHMARK, measured)
+    assert state is State.POSTCOPY
+    assert history.decisions[-1].rule is Rule.POSTCOPY_AFTER_FIRST_PASS
+    # Without the forecast's verdict, the same set switches over in pre-copy.
+    _state, plain = run(benchmark_trace(1), BENCHMARK, rate(500))
+    assert not any(isinstance(a, StartPostCopy) for a in actions_of(plain))
 
 
 def test_forecast_postcopy_needs_postcopy_allowed() -> None:

@@ -333,6 +333,9 @@ def bandwidth_bytes_s(samples: tuple[JobSample, ...], policy: MigrationPolicy) -
     return float((policy.bandwidth_mib_s or 100) * MIB)
 
 
+POSTCOPY_RATHER_THAN_PAUSE_MS: Final = 100
+"""Under a guest the forecast sends to post-copy, a pre-copy switchover pausing longer
+than this goes to post-copy instead (the issue's pause target for busy guests)."""
 ZSTD_STREAMS: Final = 2
 """multifd streams a compressed migration uses at least (one zstd compressor each)."""
 _NEVER_MS: Final = 10**9  # no bandwidth measured: nothing fits
@@ -742,9 +745,15 @@ def _step_precopy(
     bw = bandwidth_bytes_s(history.samples, policy)
     best = min(sets.values())
     plan = plan_switchover(dirty_bytes=best, transfer_bytes_s=bw, policy=policy, measured=measured)
-    at_minimum = _switch_over_at_minimum(
-        phase, history, policy, measured, decide, sets=sets, bw=bw, plan=plan
-    ) or _postcopy_after_first_pass(history, policy, measured, decide, plan, best=best, bw=bw)
+    at_minimum = (
+        _postcopy_rather_than_a_long_pause(
+            history, policy, measured, decide, plan, best=best, bw=bw
+        )
+        or _switch_over_at_minimum(
+            phase, history, policy, measured, decide, sets=sets, bw=bw, plan=plan
+        )
+        or _postcopy_after_first_pass(history, policy, measured, decide, plan, best=best, bw=bw)
+    )
     if at_minimum is not None:
         return at_minimum
     if not is_stalled(history, policy):
@@ -877,6 +886,28 @@ def _worth_another_round(  # noqa: PLR0913  all keyword-only context of one rule
         f"~{data_ms} ms to send at {_fmt_mib(rate)}/s, and the rounds still shrink "
         f"(the next should leave ~{shrink:.0%} of it): one more round for a shorter pause"
     )
+
+
+def _postcopy_rather_than_a_long_pause(  # noqa: PLR0913  all context of one rule
+    history: History,
+    policy: MigrationPolicy,
+    measured: MeasuredContext,
+    decide: _Decide,
+    plan: SwitchoverPlan | None,
+    *,
+    best: int,
+    bw: float,
+) -> Decision | None:
+    """Post-copy first when the forecast said so and a pre-copy switchover would pause long.
+
+    A set that fits the budget at the known switchover rate could switch over in
+    pre-copy, but under a busy guest that pause is 150-250 ms (lab, 50 MiB/s cap);
+    post-copy pauses the guest only to hand it over. Above
+    ``POSTCOPY_RATHER_THAN_PAUSE_MS`` the pause target wins: post-copy.
+    """
+    if plan is None or plan.real_pause_ms <= POSTCOPY_RATHER_THAN_PAUSE_MS:
+        return None
+    return _postcopy_after_first_pass(history, policy, measured, decide, plan, best=best, bw=bw)
 
 
 def _postcopy_after_first_pass(  # noqa: PLR0913  all context of one rule

@@ -126,6 +126,7 @@ def _settings(
         "timeout_s": policy.get("max_duration_s"),
         "max_throttle_percent": policy.get("max_throttle_percent"),
         "allow_postcopy": policy.get("allow_postcopy"),
+        "compression": policy.get("compression"),  # zstd: post-copy was not possible
     }
 
 

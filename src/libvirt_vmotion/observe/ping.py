@@ -140,6 +140,10 @@ class PingProbe:
             now = time.monotonic()
             if stop_at is None and self._stop.is_set():
                 stop_at = now + self._reply_grace_s
+                # Pings older than the grace are lost (counted as such): wait only for the
+                # last ones, so a switchover's lost pings do not hold stop() the whole grace.
+                cutoff = now - self._reply_grace_s
+                self._sent_at = {s: t for s, t in self._sent_at.items() if t >= cutoff}
             if stop_at is not None and (now >= stop_at or len(self._sent_at) == 0):
                 return
             if stop_at is None and now >= next_send:

@@ -343,8 +343,8 @@ def build_controller_section(
 def controller_cpu_section(*, cpu_s: float | None, wall_s: float) -> dict[str, object]:
     """The controller's own cost while it watched: CPU seconds and percent of one core.
 
-    The goal is under 2 % of a core while monitoring. psutil counts CPU time in
-    clock ticks (10 ms), so a migration of a few seconds reads 0 or 0.01 s.
+    The goal is under 2 % of a core while monitoring. ``cpu_s`` is the controller
+    thread's own (``time.thread_time``): the observers a user adds run beside it.
 
     >>> controller_cpu_section(cpu_s=0.12, wall_s=10.0)
     {'controller_cpu_s': 0.12, 'controller_cpu_percent': 1.2}

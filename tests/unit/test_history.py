@@ -107,6 +107,11 @@ def test_a_migrate_report_becomes_a_run_to_learn_from() -> None:
     assert (
         Completed.from_report(partial, host_pair=("s", "d"), cap_mib_s=None, finished_s=1) is None
     )
+    # zstd: 300 MiB on the wire in 6 s under a 50 MiB/s cap is not a sender of 50 MiB/s.
+    conv = report["convergence"]
+    assert isinstance(conv, dict)
+    zstd = {**report, "convergence": {**conv, "measured": {"compressed": True}}}
+    assert Completed.from_report(zstd, host_pair=("s", "d"), cap_mib_s=50.0, finished_s=1) is None
 
 
 def test_the_forecast_learns_from_runs_encrypted_as_the_next_one(tmp_path: Path) -> None:

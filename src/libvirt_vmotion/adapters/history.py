@@ -108,10 +108,15 @@ class Completed:
         """The run a ``migrate`` report describes, or None when it is not one to learn from.
 
         Post-copy runs are left out (their rate is set by page faults, not the
-        sender), and so are reports missing a figure.
+        sender), so are compressed ones (their rate counts compressed bytes: under a
+        cap it read as a sender slower than the cap, which turned compression off and
+        misled the forecast, bench 2026-12-06), and reports missing a figure.
         """
         convergence = report.get("convergence")
         conv = convergence if isinstance(convergence, Mapping) else {}
+        measured = conv.get("measured")
+        if isinstance(measured, Mapping) and measured.get("compressed") is True:
+            return None
         data = report.get("data_transferred_bytes")
         elapsed = report.get("qemu_elapsed_ms")
         downtime = report.get("downtime_ms")

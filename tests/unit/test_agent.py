@@ -50,3 +50,32 @@ def test_serve_turns_failures_into_replies() -> None:
     with pytest.raises(AgentOperationFailed):
         RemoteHost.for_uri("qemu:///system").call("nope")
     assert json.dumps(serve("hello", ""))
+
+
+def test_serving_lines_answers_every_request_once_by_its_id(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import io  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    from libvirt_vmotion.adapters.agent import serve_lines  # noqa: PLC0415
+
+    monkeypatch.setattr(sys, "stdout", sys.stdout)  # serve_lines sends stray output to stderr
+    requests = io.StringIO(
+        '{"id": 1, "op": "hello", "args": {}}\n'
+        '{"id": 2, "op": "nosuch", "args": {}}\n'
+        '{"id": 3, "op": "hello", "args": [1]}\n'
+    )
+    replies = io.StringIO()
+    assert serve_lines(requests, replies) == 0
+    got = {r["id"]: r for r in map(json.loads, replies.getvalue().splitlines())}
+    assert sorted(got) == [1, 2, 3]
+    assert got[1]["ok"] is True
+    assert got[2]["ok"] is False
+    assert "unknown agent operation" in got[2]["error"]
+    assert got[3] == {
+        "ok": False,
+        "error": "agent arguments must be a JSON object",
+        "hint": "",
+        "id": 3,
+    }

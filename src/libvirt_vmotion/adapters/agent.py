@@ -215,12 +215,17 @@ def serve_lines(requests: IO[str], replies: IO[str]) -> int:
     running: list[threading.Thread] = []
 
     def answer(call_id: object, op: str, args: object) -> None:
-        reply = (
-            serve(op, json.dumps(args))
-            if isinstance(args, dict)
-            else {"ok": False, "error": "agent arguments must be a JSON object", "hint": ""}
-        )
-        line = json.dumps({**reply, "id": call_id}, sort_keys=True) + "\n"
+        try:
+            reply = (
+                serve(op, json.dumps(args))
+                if isinstance(args, dict)
+                else {"ok": False, "error": "agent arguments must be a JSON object", "hint": ""}
+            )
+            line = json.dumps({**reply, "id": call_id}, sort_keys=True) + "\n"
+        except BaseException as exc:  # noqa: BLE001  every request gets a reply, whatever happened
+            error = f"{type(exc).__name__}: {exc}"
+            failed = {"ok": False, "error": error, "hint": "", "id": call_id}
+            line = json.dumps(failed, sort_keys=True, default=str) + "\n"
         with write_lock:
             replies.write(line)
             replies.flush()
@@ -452,7 +457,7 @@ class RemoteHost:
     def _result(self, stdout: str, stderr: str, returncode: int | None) -> dict[str, object]:
         try:
             reply = json.loads(stdout.strip().splitlines()[-1])
-        except (IndexError, ValueError):
+        except (IndexError, ValueError, RecursionError):
             raise self._unavailable(stderr.strip()[-400:] or f"exit {returncode}") from None
         if not isinstance(reply, dict):
             detail = f"its reply is a JSON {type(reply).__name__}, not an object"

@@ -35,6 +35,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import IO, Final
 
+HANDSHAKE_S: Final = 8.0
+"""How long a new channel's ``hello`` may take (ssh's 5 s connect, the agent's start).
+
+An agent from before channels reads its stdin to the end and never answers: the
+handshake's timeout sends every call to one process per call instead, and no real
+request was sent to it, so nothing runs twice."""
 SERVE_OP: Final = "serve"
 """The agent's pseudo-operation that answers JSON lines until its stdin closes."""
 STDERR_TAIL: Final = 4096
@@ -84,6 +90,7 @@ class Channel:
     _pending: dict[int, _Pending] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _err: bytearray = field(default_factory=bytearray)
+    _hello: _Pending = field(default_factory=_Pending)
 
     @classmethod
     def open(cls, argv: list[str], *, max_line: int) -> Channel:
@@ -107,19 +114,12 @@ class Channel:
         chan = cls(proc, max_line)
         for target, stream in ((chan._read_replies, proc.stdout), (chan._read_err, proc.stderr)):
             threading.Thread(target=target, args=(stream,), daemon=True).start()
+        chan._send(chan._hello, "hello", {})
         return chan
 
-    def call(self, op: str, args: Mapping[str, object], *, timeout_s: float) -> dict[str, object]:
-        """Send one request and wait for its reply (the agent's ``{"ok": ...}`` object).
-
-        Raises:
-            ChannelBroken: no reply: the channel is broken, or the deadline passed.
-
-        """
-        pending = _Pending()
+    def _send(self, pending: _Pending, op: str, args: Mapping[str, object]) -> int:
+        """Write one request (under the lock); a failed write breaks the channel."""
         with self._lock:
-            if self.broken:
-                raise ChannelBroken(self.broken, retry_safe=not self.answered)
             call_id = next(self._ids)
             self._pending[call_id] = pending
             line = json.dumps({"id": call_id, "op": op, "args": dict(args)}) + "\n"
@@ -129,14 +129,44 @@ class Channel:
                 self.proc.stdin.flush()
             except OSError as exc:
                 self._break_locked(f"cannot write to it: {exc}")
+        return call_id
+
+    def _handshake(self, timeout_s: float) -> None:
+        """Wait for the agent's answer to ``hello``: before it, no request is sent.
+
+        Raises:
+            ChannelBroken: (retry-safe) no answer in time, or not a working agent.
+
+        """
+        if not self._hello.done.wait(min(HANDSHAKE_S, timeout_s)):
+            with self._lock:
+                self._break_locked("no answer to the handshake (an agent without channels?)")
+        reply = self._hello.reply
+        if reply is None or not reply.get("ok"):
+            with self._lock:
+                self._break_locked(self.broken or "the handshake failed")
+            raise ChannelBroken(self.broken, retry_safe=True)
+
+    def call(self, op: str, args: Mapping[str, object], *, timeout_s: float) -> dict[str, object]:
+        """Send one request and wait for its reply (the agent's ``{"ok": ...}`` object).
+
+        Raises:
+            ChannelBroken: no reply: the channel is broken, or the deadline passed.
+
+        """
+        self._handshake(timeout_s)
+        pending = _Pending()
+        with self._lock:
+            if self.broken:
+                raise ChannelBroken(self.broken, retry_safe=False)
+        call_id = self._send(pending, op, args)
         if not pending.done.wait(timeout_s):
             with self._lock:
                 self._pending.pop(call_id, None)
             msg = f"no answer: timed out after {timeout_s:g} seconds"
             raise ChannelTimeout(msg, retry_safe=False)
-        if pending.reply is None:
-            # A channel that never answered never reached a working agent.
-            raise ChannelBroken(self.broken or "it ended", retry_safe=not self.answered)
+        if pending.reply is None:  # sent to a working agent: it may have run there
+            raise ChannelBroken(self.broken or "it ended", retry_safe=False)
         return pending.reply
 
     def close(self, timeout_s: float = 2.0) -> None:
@@ -153,6 +183,16 @@ class Channel:
             self.proc.wait()
 
     def _read_replies(self, stream: IO[bytes]) -> None:
+        why = "its reply reader failed"
+        try:
+            why = self._dispatch(stream)
+        finally:  # whatever happened to this thread, no caller waits on a dead reader
+            with self._lock:
+                tail = self._err.decode(errors="replace").strip()[-400:]
+                self._break_locked(f"{why}: {tail}" if tail else why)
+
+    def _dispatch(self, stream: IO[bytes]) -> str:
+        """Hand each reply to its caller; return why the stream ended."""
         why = "it ended"
         while line := stream.readline(self.max_line + 1):
             if len(line) > self.max_line:
@@ -164,14 +204,13 @@ class Channel:
                 why = "it answered something other than our JSON lines (an older agent?)"
                 break
             with self._lock:
-                pending = self._pending.pop(int(str(reply.pop("id"))), None)
+                call_id = reply.pop("id")
+                pending = self._pending.pop(call_id if isinstance(call_id, int) else -1, None)
                 self.answered += 1
             if pending is not None:
                 pending.reply = reply
                 pending.done.set()
-        with self._lock:
-            tail = self._err.decode(errors="replace").strip()[-400:]
-            self._break_locked(f"{why}: {tail}" if tail else why)
+        return why
 
     def _read_err(self, stream: IO[bytes]) -> None:
         while chunk := os.read(stream.fileno(), 65536):
@@ -191,9 +230,12 @@ def _parse(line: bytes) -> dict[str, object] | None:
     """One reply line, or None when it is not one of ours (an id and an ``ok``)."""
     try:
         reply = json.loads(line)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
-    if not isinstance(reply, dict) or not isinstance(reply.get("id"), int) or "ok" not in reply:
+    if not isinstance(reply, dict) or "ok" not in reply:
+        return None
+    call_id = reply.get("id")
+    if not isinstance(call_id, int) or isinstance(call_id, bool):
         return None
     return reply
 

@@ -826,11 +826,15 @@ class Guest:
                 },
             }
             try:
-                libvirt_qemu.qemuMonitorCommand(self._dom, json.dumps(cmd), 0)
+                reply = libvirt_qemu.qemuMonitorCommand(self._dom, json.dumps(cmd), 0)
             except libvirt.libvirtError as exc:
                 log.debug("no %d ms dirty-rate window (%s): libvirt's 1 s", ms, exc)
             else:
-                return ms / 1000
+                # libvirt hands QMP's reply back as it is: QEMU < 8.2 answers
+                # {"error": ...} (no calc-time-unit) without libvirt raising.
+                if '"error"' not in reply:
+                    return ms / 1000
+                log.debug("no %d ms dirty-rate window (%s): libvirt's 1 s", ms, reply[:200])
         whole = max(1, math.ceil(seconds))
         with self._errors("measure the dirty rate"):
             self._dom.startDirtyRateCalc(whole, libvirt.VIR_DOMAIN_DIRTYRATE_MODE_PAGE_SAMPLING)

@@ -345,7 +345,7 @@ def _build_controller(  # noqa: PLR0913  what the controller steers and with wha
     source, dest = hosts
     hint_mib_s = _switchover_hint(source, measured)
     measured = replace(measured, qemu_knows_switchover_rate=hint_mib_s is not None)
-    measured = _compression_supported(source, measured)
+    measured = _compression_supported(hosts, measured)
     policy = stream_policy(policy, measured)
     options = _options_for(request, policy, avail_switchover_mib_s=hint_mib_s)
     worker = _Worker(lambda: guest.migrate(request.dest_uri, options))
@@ -439,17 +439,19 @@ ZSTD_MULTIFD_LIBVIRT: Final = 9_004_000
 """libvirt 9.4 added compression methods (zstd) to multifd migrations."""
 
 
-def _compression_supported(source: HostConnection, measured: MeasuredContext) -> MeasuredContext:
-    """``measured`` without compression where the source's libvirt cannot do it (< 9.4)."""
+def _compression_supported(
+    hosts: tuple[HostConnection, HostConnection], measured: MeasuredContext
+) -> MeasuredContext:
+    """``measured`` without compression where either host's libvirt cannot do it (< 9.4)."""
     if not measured.compress:
         return measured
-    source_id = _best_effort_value(source.identity)
-    if source_id is not None and source_id.libvirt_version >= ZSTD_MULTIFD_LIBVIRT:
+    ids = [_best_effort_value(h.identity) for h in hosts]
+    if all(i is not None and i.libvirt_version >= ZSTD_MULTIFD_LIBVIRT for i in ids):
         return measured
     return replace(
         measured,
         compress=False,
-        compression_reason="off: the source's libvirt is older than 9.4 (zstd over multifd)",
+        compression_reason="off: a host's libvirt is older than 9.4 (zstd over multifd)",
     )
 
 

@@ -380,6 +380,7 @@ def test_forecast_postcopy_rather_than_a_pre_copy_pause_over_the_target() -> Non
     state, history = run(benchmark_trace(1), BENCHMARK, measured)
     assert state is State.POSTCOPY
     assert history.decisions[-1].rule is Rule.POSTCOPY_AFTER_FIRST_PASS
+    assert "would pause the guest ~102 ms" in history.decisions[-1].reason
     # Without the forecast's verdict, the same set switches over in pre-copy.
     _state, plain = run(benchmark_trace(1), BENCHMARK, rate(500))
     assert not any(isinstance(a, StartPostCopy) for a in actions_of(plain))

@@ -907,7 +907,13 @@ def _postcopy_rather_than_a_long_pause(  # noqa: PLR0913  all context of one rul
     """
     if plan is None or plan.real_pause_ms <= POSTCOPY_RATHER_THAN_PAUSE_MS:
         return None
-    return _postcopy_after_first_pass(history, policy, measured, decide, plan, best=best, bw=bw)
+    why = (
+        f"; switching over in pre-copy would pause the guest ~{plan.real_pause_ms} ms, "
+        f"over the {POSTCOPY_RATHER_THAN_PAUSE_MS} ms a busy guest's pause should take"
+    )
+    return _postcopy_after_first_pass(
+        history, policy, measured, decide, plan, best=best, bw=bw, why=why
+    )
 
 
 def _postcopy_after_first_pass(  # noqa: PLR0913  all context of one rule
@@ -919,6 +925,7 @@ def _postcopy_after_first_pass(  # noqa: PLR0913  all context of one rule
     *,
     best: int,
     bw: float,
+    why: str = "",
 ) -> Decision | None:
     """Post-copy right after the first pass when the forecast said rounds cannot shrink.
 
@@ -933,7 +940,7 @@ def _postcopy_after_first_pass(  # noqa: PLR0913  all context of one rule
         State.POSTCOPY,
         Rule.POSTCOPY_AFTER_FIRST_PASS,
         f"first pass done, {_fmt_mib(best)} dirty at {_fmt_mib(bw)}/s, and the forecast "
-        "measured a dirty rate at or above the bandwidth: switch to post-copy now",
+        f"measured a dirty rate at or above the bandwidth{why}: switch to post-copy now",
         StartPostCopy(),
     )
 

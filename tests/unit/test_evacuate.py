@@ -6,10 +6,11 @@ import itertools
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import cast
+from types import SimpleNamespace
+from typing import Any, cast
 
 import pytest
 
@@ -181,6 +182,10 @@ class World:
     aborted: list[str] = field(default_factory=list)
     checks: int = 0
     unreachable: set[str] = field(default_factory=set)
+    slots: int = 1
+    prepare_s: float = 0.0
+    preparing: list[str] = field(default_factory=list)
+    most_preparing_per_dest: dict[str, int] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -189,6 +194,7 @@ class FakeSession:
     world: World
     request: MigrationRequest
     preflight: Preflight | None = None
+    on_progress: Callable[[object], None] | None = None
 
     def check(self) -> PreflightOutcome:
         if self.preflight is not None:  # handed in at construction, as open_session does
@@ -204,7 +210,7 @@ class FakeSession:
         return PreflightOutcome(
             results=results,
             claim=Claim(self.request.domain, GUEST_BYTES, 1, self.request.dest_uri),
-            room=DestRoom(memory_bytes=4 * GUEST_BYTES, vcpus=None, inbound_slots=1),
+            room=DestRoom(memory_bytes=4 * GUEST_BYTES, vcpus=None, inbound_slots=self.world.slots),
         )
 
     def run(self) -> object:
@@ -213,6 +219,7 @@ class FakeSession:
         if (g, d) in w.refuse:
             msg = f"{d} is full"
             raise ReservationError(msg)
+        self._prepare()
         with w.lock:
             w.in_flight.append(d)
             w.most_in_flight = max(w.most_in_flight, len(w.in_flight))
@@ -227,6 +234,19 @@ class FakeSession:
             w.moved.append((g, d))
             w.running.remove(g)
         return FakeResult()
+
+    def _prepare(self) -> None:
+        """libvirt's prepare step on the destination, then the first progress view."""
+        w, d = self.world, self.request.dest_uri
+        with w.lock:
+            w.preparing.append(d)
+            most = w.most_preparing_per_dest.get(d, 0)
+            w.most_preparing_per_dest[d] = max(most, w.preparing.count(d))
+        time.sleep(w.prepare_s)
+        with w.lock:
+            w.preparing.remove(d)
+        if self.on_progress is not None:
+            self.on_progress(SimpleNamespace(phase="bulk-copy"))
 
     def remember(self, result: object, report: object) -> None:
         pass
@@ -251,7 +271,7 @@ class FakeSessions:
     ) -> Iterator[Session]:
         if request.dest_uri in self.world.unreachable:
             raise unreachable(request.dest_uri)
-        yield cast("Session", FakeSession(self.world, request, preflight))
+        yield cast("Session", FakeSession(self.world, request, preflight, on_progress))
 
 
 @dataclass
@@ -312,6 +332,30 @@ def test_every_guest_moves_at_most_parallel_at_once_and_within_each_destinations
     assert max(world.most_per_dest.values()) == 1  # each destination has one inbound slot
     assert world.checks == 10  # pre-flight once per guest and destination, reused at start
     assert len(heard.results) == 5
+
+
+def test_a_second_move_into_a_host_waits_until_the_first_left_libvirts_prepare_step() -> None:
+    world = World(running=["g1", "g2", "g3", "g4"], slots=2, prepare_s=0.2, move_s=0.4)
+    evac, _ = evacuation(world, parallel=4)
+    results = evac.run(evac.plan())
+    assert {r.outcome for r in results} == {Outcome.MOVED}
+    assert world.most_preparing_per_dest == {B: 1, C: 1}  # never two prepares into one host
+    assert world.most_per_dest == {B: 2, C: 2}  # yet both of its slots were in use at once
+
+
+def test_planning_forecasts_with_each_moves_share_of_the_total_bandwidth() -> None:
+    world = World(running=["g1", "g2", "g3"])
+    seen: list[int | None] = []
+    evac, _ = evacuation(world, parallel=2, bandwidth_total_mib_s=100)
+    opened = evac.sessions.open
+
+    def spy(request: MigrationRequest, **kwargs: Any) -> AbstractContextManager[Session]:
+        seen.append(request.bandwidth_mib_s)
+        return opened(request, **kwargs)
+
+    evac.sessions = cast("Any", SimpleNamespace(open=spy))
+    evac.plan()
+    assert seen == [50] * 6  # two moves at once share 100 MiB/s, not an uncapped link
 
 
 def test_a_pre_flight_older_than_the_reuse_window_is_run_again_when_the_move_starts() -> None:

@@ -24,7 +24,7 @@ The rules, each a decision a user can read in the report:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
@@ -250,17 +250,41 @@ def share_bandwidth(total_mib_s: int | None, in_flight: int) -> int | None:
     return max(1, total_mib_s // in_flight)
 
 
+def planning_share(total_mib_s: int | None, *, guests: int, parallel: int) -> int | None:
+    """The share of ``--bandwidth-total`` each move gets once the evacuation is in full flight.
+
+    The pre-flights of the planning phase forecast with it (and choose compression
+    by it), not with an uncapped link the moves never see.
+
+    >>> planning_share(100, guests=4, parallel=2)
+    50
+    >>> planning_share(100, guests=1, parallel=2)
+    100
+    >>> planning_share(None, guests=4, parallel=2) is None
+    True
+    """
+    return share_bandwidth(total_mib_s, min(parallel, guests))
+
+
 def may_start(
     placement: Placement,
     *,
     in_flight: Mapping[str, int],
     parallel: int,
     slots: Mapping[str, int],
+    preparing: Collection[str] = (),
 ) -> bool:
     """True if ``placement`` may start now: a source slot and a slot on its destination.
 
-    ``in_flight`` counts running migrations per destination URI.
+    ``in_flight`` counts running migrations per destination URI. ``preparing``: the
+    destinations where a move is still in libvirt's prepare step (its QEMU starting,
+    nothing sent yet). A second move into such a host waits for it: libvirtd forks
+    each incoming QEMU, and two forks at once have deadlocked its child (libvirt 11.3
+    with lock_manager = "lockd", seen in the lab: the prepare never returned and
+    neither abort nor destroy could end it).
     """
     if placement.dest is None or sum(in_flight.values()) >= parallel:
+        return False
+    if placement.dest in preparing:
         return False
     return in_flight.get(placement.dest, 0) < slots.get(placement.dest, 2)

@@ -36,6 +36,7 @@ from libvirt_vmotion.evacuate.plan import (
     Room,
     may_start,
     plan_evacuation,
+    planning_share,
     share_bandwidth,
     unreachable_error,
 )
@@ -49,6 +50,8 @@ PREFLIGHT_WORKERS: Final = 4
 """Pre-flights run side by side (each waits mostly on libvirt, ssh and the dirty-rate window)."""
 REUSE_PREFLIGHT_S: Final = 120.0
 """A pair's pre-flight older than this is run again when its migration starts."""
+_WAKE_S: Final = 0.1
+"""How often the run loop looks for a move that may start (one waits for a prepare step)."""
 _POSTCOPY_PHASES: Final = frozenset({"postcopy", "postcopy-paused", "postcopy-recovering"})
 
 
@@ -238,8 +241,10 @@ class Evacuation:
         # Destination-major: the first pre-flights side by side are of different guests
         # (one guest's take turns: its dirty rate is measured once, see ``RateMemo``).
         pairs = [(g, d) for d in self.request.dest_uris for g in guests]
+        share = self._planning_share(len(guests))
         with ThreadPoolExecutor(PREFLIGHT_WORKERS, thread_name_prefix="evac-preflight") as pool:
-            done = dict(zip(pairs, pool.map(lambda p: self._preflight(*p), pairs), strict=True))
+            outcomes = pool.map(lambda p: self._preflight(p[0], p[1], share), pairs)
+            done = dict(zip(pairs, outcomes, strict=True))
         unreachable = unreachable_error(guests, self.request.dest_uris, done)
         if unreachable is not None:
             raise unreachable
@@ -249,8 +254,10 @@ class Evacuation:
         self.events.planned(placements)
         return placements
 
-    def _preflight(self, guest: str, dest: str) -> PreflightOutcome | VmotionError:
-        request = self.request.migration(guest, dest, self.request.bandwidth_mib_s)
+    def _preflight(
+        self, guest: str, dest: str, share: int | None
+    ) -> PreflightOutcome | VmotionError:
+        request = self.request.migration(guest, dest, share)
         try:
             with self.sessions.open(request, on_progress=None) as session:
                 outcome = session.check()
@@ -259,6 +266,13 @@ class Evacuation:
         with self._lock:
             self._preflights[(guest, dest)] = (self.clock(), outcome)
         return outcome
+
+    def _planning_share(self, guests: int) -> int | None:
+        """The bandwidth the planning pre-flights forecast with (a move's share in full flight)."""
+        total = self.request.bandwidth_total_mib_s
+        if total is None:
+            return self.request.bandwidth_mib_s
+        return planning_share(total, guests=guests, parallel=self.request.parallel)
 
     def _room(self, dest: str, outcomes: Sequence[PreflightOutcome | VmotionError]) -> Room:
         rooms = [o.room for o in outcomes if isinstance(o, PreflightOutcome) and o.room]
@@ -293,7 +307,7 @@ class Evacuation:
                         self._start_due(pool, pending, futures, started0)
                     if not futures:
                         break
-                    done, _ = wait(futures, timeout=0.5, return_when=FIRST_COMPLETED)
+                    done, _ = wait(futures, timeout=_WAKE_S, return_when=FIRST_COMPLETED)
                     for fut in done:
                         guest = futures.pop(fut)
                         results[guest] = fut.result()
@@ -323,8 +337,13 @@ class Evacuation:
         for p in list(pending):
             with self._lock:
                 in_flight = _count_by_dest(self._running.values())
+                preparing = {r.dest for r in self._running.values() if r.phase == "setup"}
             if not may_start(
-                p, in_flight=in_flight, parallel=self.request.parallel, slots=self.slots
+                p,
+                in_flight=in_flight,
+                parallel=self.request.parallel,
+                slots=self.slots,
+                preparing=preparing,
             ):
                 continue
             pending.remove(p)

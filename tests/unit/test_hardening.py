@@ -97,14 +97,8 @@ def test_lab_and_bench_children_ignore_a_package_planted_in_the_working_director
     assert not planted.exists()
 
 
-HOOK_OPERATIONS = [
-    ("migrate", "begin"),
-    ("prepare", "begin"),
-    ("start", "begin"),
-    ("started", "begin"),
-    ("stopped", "end"),
-    ("release", "end"),
-]
+HOOK_OPERATIONS = list(hooks.HANDLED)
+IGNORED_OPERATIONS = [("prepare", "begin"), ("start", "begin"), ("reconnect", "begin")]
 
 
 def shim_with(tmp_path: Path, python: str) -> tuple[Path, Path]:
@@ -141,6 +135,22 @@ def test_shim_fails_open_when_its_interpreter_lacks_the_package(
     (line,) = log.read_text().splitlines()
     assert f"hook skipped (web01 {op} {subop})" in line
     assert "cannot import libvirt_vmotion.reserve.hook" in line
+
+
+@pytest.mark.parametrize(("op", "subop"), IGNORED_OPERATIONS)
+def test_shim_passes_operations_it_does_not_handle_without_starting_python(
+    tmp_path: Path, op: str, subop: str
+) -> None:
+    marker = tmp_path / "python-ran"
+    python = tmp_path / "python"
+    python.write_text(f"#!/bin/sh\ntouch {marker}\nexit 1\n")
+    python.chmod(0o755)
+    shim, log = shim_with(tmp_path, str(python))
+    result = run_shim(shim, "web01", op, subop, "-", stdin="<domain/>")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == ""
+    assert not marker.exists()  # libvirt's start was not held up by an interpreter
+    assert not log.exists()
 
 
 def test_shim_quotes_its_interpreter_path(tmp_path: Path) -> None:

@@ -362,6 +362,7 @@ def cmd_evacuate(
     printer = EvacuationPrinter(json_out=sys.stdout if args.json else None)
     sessions = LibvirtSessions(policy, settings, _QuietSessionEvents(printer), around)
     t0 = time.monotonic()
+    _warm_agents((source, *request.dest_uris))
     with source_host(source) as src:
         evac = Evacuation(request, sessions, src, printer, time.monotonic)
         placements = evac.plan()
@@ -382,6 +383,17 @@ def cmd_evacuate(
     else:
         print(render_report(report))  # noqa: T201  the command's output
     return evacuation_exit_code(results)
+
+
+def _warm_agents(uris: Sequence[str]) -> None:
+    """Start every host's agent channel now: their ssh and start-up overlap listing the guests.
+
+    Each pre-flight's first call would otherwise wait for its host's channel.
+    """
+    from libvirt_vmotion.adapters.agent import RemoteHost  # noqa: PLC0415
+
+    for uri in uris:
+        RemoteHost.for_uri(uri).warm()
 
 
 def dry_run_exit_code(placements: Sequence[Placement]) -> int:

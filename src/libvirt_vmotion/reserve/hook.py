@@ -80,6 +80,16 @@ sys.exit(run(sys.argv[1:]))
 """The interpreter's first lines: an interpreter without the package lets libvirt go on."""
 
 
+HANDLED: Final = (
+    ("migrate", "begin"),
+    ("started", "begin"),
+    ("stopped", "end"),
+    ("release", "end"),
+)
+"""The (operation, sub-operation) pairs ``main`` acts on; the shim passes only these to Python."""
+HANDLED_PATTERN: Final = "|".join(f'"{op} {sub}"' for op, sub in HANDLED)
+
+
 def build_shim(python: str, *, log: Path = AUDIT_LOG) -> str:
     """Text of the hook script: run ``python`` isolated on our hook module, failing open.
 
@@ -89,8 +99,10 @@ def build_shim(python: str, *, log: Path = AUDIT_LOG) -> str:
     (``agent.ISOLATED``). A hook exiting non-zero stops libvirt from starting
     the guest, so the shim fails open: when that interpreter is gone, or no
     longer imports the package (uninstalled, upgraded away), it appends one line
-    to ``log`` and exits 0, for every operation; only the hook's own decision
-    (a veto at ``migrate begin``) exits non-zero.
+    to ``log`` and exits 0, for every operation it handles (``HANDLED``); only
+    the hook's own decision (a veto at ``migrate begin``) exits non-zero. Every
+    other operation exits 0 at once, without Python: libvirt runs the hook
+    synchronously at each step of a guest's start, an incoming migration's too.
     """
     bootstrap = _BOOTSTRAP.format(module=_MODULE, log=json.dumps(str(log)), reinstall=_REINSTALL)
     return (
@@ -101,6 +113,12 @@ def build_shim(python: str, *, log: Path = AUDIT_LOG) -> str:
         f"PYTHON={shlex.quote(python)}\n"
         f"LOG={shlex.quote(str(log))}\n"
         "cd / || exit 0\n"
+        "# Only these operations concern reservations; libvirt waits for every hook run,\n"
+        "# so the others (prepare, start, reconnect ...) do not start an interpreter.\n"
+        'case "$2 $3" in\n'
+        f"    {HANDLED_PATTERN}) ;;\n"
+        "    *) exit 0 ;;\n"
+        "esac\n"
         'if [ ! -x "$PYTHON" ]; then\n'
         f"    printf '%s hook skipped (%s %s %s): interpreter %s is missing; {_REINSTALL}\\n' \\\n"
         '        "$(date +%Y-%m-%dT%H:%M:%S)" "$1" "$2" "$3" "$PYTHON" >>"$LOG" 2>/dev/null\n'
@@ -332,6 +350,8 @@ def main(argv: list[str], stdin: TextIO, *, store: ReservationStore | None = Non
     if len(argv) < 3:  # libvirt always passes four arguments
         return 0
     domain, op, subop = argv[0], argv[1], argv[2]
+    if (op, subop) not in HANDLED:
+        return 0
     store = store or hook_store()
     now_s = time.time()
     try:

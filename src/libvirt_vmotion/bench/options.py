@@ -55,7 +55,7 @@ def add_bench_parser(sub: argparse._SubParsersAction[Any]) -> None:
     bench.add_argument(
         "--evacuate", metavar="N", type=int,
         help="instead of the matrix: time to empty hosta of N small guests (128 MiB) onto "
-        "hostb and hostc, `vmotion evacuate --parallel 2` against a sequential `virsh "
+        "hostb and hostc, `vmotion evacuate` at --parallel 2 and at N against a sequential `virsh "
         "migrate` loop and the physical limit, same run (--bandwidth per link, default 50; "
         "--reps, default 1)",
     )  # fmt: skip

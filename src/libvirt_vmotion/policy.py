@@ -81,6 +81,9 @@ class MigrationPolicy:
         downtime_schedule: the downtime ladder, tight first; its last step is
             the downtime budget.
         max_duration_s: total time budget; pre-copy past it aborts.
+        prepare_timeout_s: how long libvirt's prepare step on the destination
+            (its QEMU starting, nothing sent yet) may take; past it the migration
+            is aborted and the half-started incoming process freed.
         stall_rounds: rounds without a new minimum of remaining data that
             count as a stall (escalate).
         max_throttle_percent: the most the guest's vCPUs may be slowed
@@ -125,6 +128,7 @@ class MigrationPolicy:
         )
     )
     max_duration_s: float = 300.0
+    prepare_timeout_s: float = 120.0
     stall_rounds: int = 2
     max_throttle_percent: int = 80
     allow_postcopy: bool = True
@@ -150,6 +154,8 @@ class MigrationPolicy:
             problems.append(f"downtime_schedule must be positive and non-decreasing, got {ladder}")
         if self.max_duration_s <= 0:
             problems.append(f"max_duration_s must be > 0, got {self.max_duration_s}")
+        if not (math.isfinite(self.prepare_timeout_s) and self.prepare_timeout_s > 0):
+            problems.append(f"prepare_timeout_s must be > 0, got {self.prepare_timeout_s}")
         if self.stall_rounds < 1:
             problems.append(f"stall_rounds must be >= 1, got {self.stall_rounds}")
         if not 0 <= self.max_throttle_percent <= 99:
@@ -304,6 +310,13 @@ POLICY_KEYS: Final[tuple[PolicyKey, ...]] = (
         TIMEOUT_LIMIT_S, above_low=True, over_high=f"at most {TIMEOUT_LIMIT_S} (7 days)",
         metavar="SECONDS",
         help="time budget: a pre-copy still running then is aborted, the guest stays on the source",
+    ),
+    PolicyKey(
+        "prepare-timeout", "prepare_timeout_s", float, "a number of seconds greater than 0", 0,
+        TIMEOUT_LIMIT_S, above_low=True, over_high=f"at most {TIMEOUT_LIMIT_S} (7 days)",
+        metavar="SECONDS", flag=False,
+        help="longest the destination may take to start the incoming guest, nothing sent yet: "
+        "then the migration is aborted and the half-started process there is ended",
     ),
     PolicyKey(
         "bandwidth", "bandwidth_mib_s", int, "a whole number of MiB/s greater than 0", 0,

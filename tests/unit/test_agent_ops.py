@@ -17,7 +17,7 @@ WIRE_NAMES = {
     "hello", "bridge_facts", "fdb_query", "fdb_flush", "announce", "host-facts", "reserve",
     "release", "reservations", "guest-memory", "storage-facts", "disk-precreate", "disk-remove",
     "share-probe", "link-sink", "link-probe", "guard-state", "link-route", "maintenance",
-    "tls-facts",
+    "tls-facts", "free-stuck-prepare",
 }  # fmt: skip
 
 

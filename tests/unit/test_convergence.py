@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from libvirt_vmotion.converge.machine import (
     TRANSITIONS,
     Abort,
     Decision,
+    FreeStuckPrepare,
     History,
     PausePostCopy,
     ResumePostCopy,
@@ -310,6 +312,45 @@ def test_time_budget_forces_postcopy_then_abort_without_it() -> None:
     assert state is State.ABORTING
     assert history.decisions[-1].rule is Rule.TIME_BUDGET_ABORT
     assert "20 s time budget" in history.decisions[-1].reason  # the error the user reads
+
+
+def _preparing(until_s: float) -> list[JobSample]:
+    """libvirt's prepare step: the job exists, nothing is sent (every counter 0)."""
+    steps = range(int(until_s) + 1)
+    return [make_sample(now_s=float(t), iteration=0, remaining_mib=0, memory_mib=0) for t in steps]
+
+
+def test_a_prepare_step_past_its_timeout_is_aborted_and_its_process_freed_once() -> None:
+    policy = MigrationPolicy(prepare_timeout_s=30)
+    state, history = run(_preparing(29), policy)
+    assert state is State.SETUP
+    assert not any(isinstance(a, Abort) for a in actions_of(history))
+    state, history = run(_preparing(45), policy)
+    assert state is State.ABORTING
+    stuck = [d for d in history.decisions if d.rule is Rule.PREPARE_STUCK]
+    assert len(stuck) == 1  # freed once, then the abort is awaited
+    assert stuck[0].actions == (Abort(stuck[0].reason), FreeStuckPrepare(30.0))
+    assert "has not started the incoming guest after 30 s" in stuck[0].reason
+
+
+def test_an_abort_asked_for_already_still_frees_a_stuck_prepare_step() -> None:
+    cancel = (MigrationEvent(EventKind.CANCEL_REQUESTED, now_s=3),)
+    state, history = run(_preparing(40), MigrationPolicy(prepare_timeout_s=30), cancel)
+    assert state is State.ABORTING
+    assert [d.rule for d in history.decisions if d.actions] == [
+        Rule.START,
+        Rule.CANCEL,
+        Rule.PREPARE_STUCK,
+    ]
+    stuck = next(d for d in history.decisions if d.rule is Rule.PREPARE_STUCK)
+    assert stuck.actions == (FreeStuckPrepare(30.0),)  # aborted already: not asked twice
+
+
+def test_a_slow_move_that_has_sent_bytes_is_never_taken_for_a_stuck_prepare() -> None:
+    samples = [*_preparing(5), *steady(30, 64, round_s=2.0)]
+    samples = [replace(x, now_s=x.now_s + 6) if i > 5 else x for i, x in enumerate(samples)]
+    _, history = run(samples, MigrationPolicy(prepare_timeout_s=10, max_duration_s=600))
+    assert not any(d.rule is Rule.PREPARE_STUCK for d in history.decisions)
 
 
 def test_cancel_aborts_in_precopy_and_is_refused_in_postcopy() -> None:

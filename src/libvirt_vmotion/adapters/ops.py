@@ -694,6 +694,23 @@ class DomainRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class FreePrepareRequest:
+    """``free-stuck-prepare``: the incoming guest, and how long its migration has waited."""
+
+    domain: str
+    younger_than_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class FreePrepareReply:
+    """What the destination did: the pid killed (0: none) and why."""
+
+    killed_pid: int = 0
+    exe: str = ""
+    note: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class GuardStateReply:
     """``guard-state``: the guard's record ({} when none was kept)."""
 
@@ -812,6 +829,14 @@ GUARD_STATE: Final = register(
         DomainRequest,
         GuardStateReply,
         "libvirt_vmotion.converge.guard:op_guard_state",
+    )
+)
+FREE_STUCK_PREPARE: Final = register(
+    Operation(
+        "free-stuck-prepare",
+        FreePrepareRequest,
+        FreePrepareReply,
+        "libvirt_vmotion.converge.prepare:op_free_stuck_prepare",
     )
 )
 LINK_ROUTE: Final = register(

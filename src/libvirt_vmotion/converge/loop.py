@@ -27,6 +27,7 @@ from libvirt_vmotion.converge.machine import (
     TERMINAL,
     Abort,
     Action,
+    FreeStuckPrepare,
     History,
     PausePostCopy,
     ResumePostCopy,
@@ -39,7 +40,7 @@ from libvirt_vmotion.converge.machine import (
     is_abortable,
     stream_policy,
 )
-from libvirt_vmotion.converge.ports import Observer, SampleSink
+from libvirt_vmotion.converge.ports import Observer, PrepareRescue, SampleSink
 from libvirt_vmotion.converge.progress import (
     ProgressView,
     build_controller_section,
@@ -275,6 +276,7 @@ def migrate(  # noqa: PLR0913  the migration's collaborators, all keyword-only
     policy: MigrationPolicy | None = None,
     on_progress: Callable[[ProgressView], None] | None = None,
     measured: MeasuredContext = MeasuredContext(),  # noqa: B008  frozen: one shared default is safe
+    rescue: PrepareRescue | None = None,
 ) -> tuple[MigrationOutcome, Mapping[str, Mapping[str, object]]]:
     """Live-migrate one guest under the convergence controller; return what happened.
 
@@ -287,11 +289,10 @@ def migrate(  # noqa: PLR0913  the migration's collaborators, all keyword-only
         on_progress: called with the phase-aware progress view.
         poll_interval_s: how often to read job statistics (events wake earlier).
         clock: monotonic clock, injectable for tests.
-        cutover: post-switchover step (network cutover), armed before the migration
-            starts and finished after it; its section joins the report.
+        cutover: the network cutover, armed before and finished after; its section joins.
         policy: the user's budget and escalations (default: from the request).
-        measured: what was measured or learned (``converge.machine.build_context``);
-            its ``qemu_knows_switchover_rate`` is decided here, from the source's versions.
+        measured: what was measured or learned (``converge.machine.build_context``).
+        rescue: ends a prepare step that hangs on the destination (None: only abort).
 
     Returns:
         The outcome and the observers' sections.
@@ -306,16 +307,14 @@ def migrate(  # noqa: PLR0913  the migration's collaborators, all keyword-only
     policy = policy or policy_for(request)
     guest, hosts = _ready_to_move(source, dest, request.domain, policy)
     controller = _build_controller(
-        guest,
-        request,
-        policy,
-        measured,
+        guest, request, policy, measured,
         hosts=(source, dest),
         on_sample=on_sample,
         on_progress=on_progress,
         poll_interval_s=poll_interval_s,
         clock=clock,
-    )
+    )  # fmt: skip
+    controller.rescue = rescue
     wall_s, sections = _run_observed(controller, observers, cutover, clock)
     if controller.state is not State.COMPLETED:
         _fail(controller, cutover, source, dest)
@@ -582,6 +581,9 @@ class _Controller:
     resume_refused: bool = False
     cpu_s: float | None = None
     """The controller's own CPU time while ``run`` watched the migration (its thread)."""
+    rescue: PrepareRescue | None = None
+    rescued: str = ""
+    """What the destination did about a prepare step that hung (``FreeStuckPrepare``)."""
 
     def run(self, started_s: float) -> None:
         """Run the migration until the controller reaches a final state.
@@ -744,6 +746,19 @@ class _Controller:
             case Abort(reason=reason):
                 log.warning("aborting migration of %s: %s", guest.name, reason)
                 _best_effort(guest.abort_job)
+            case FreeStuckPrepare(waited_s=waited_s):
+                self._free_stuck_prepare(waited_s)
+
+    def _free_stuck_prepare(self, waited_s: float) -> None:
+        rescue = self.rescue
+        if rescue is None:
+            self.rescued = "nothing done on the destination (no agent there)"
+            return
+        done = _best_effort_value(
+            lambda: rescue.free_stuck_prepare(self.guest.name, waited_s=waited_s)
+        )
+        self.rescued = done or "the destination's agent did not answer"
+        log.warning("prepare step of %s stuck: %s", self.guest.name, self.rescued)
 
     def _resume(self) -> None:
         now_s = self.clock()
@@ -800,6 +815,16 @@ class _Controller:
         )
         if aborted_for is not None and _where_is(source, dest, name) == (True, False):
             msg = f"Migration of '{name}' aborted: {aborted_for}."
+            if self.rescued:
+                freed = f"{msg} Destination {self.rescued}."
+                raise MigrationAborted(
+                    freed,
+                    hint=f"The guest keeps running on the source. See why the destination "
+                    f"did not start it in its libvirtd log ({dest.uri}); a libvirt child stuck "
+                    'before it became QEMU is a libvirt bug seen with lock_manager = "lockd" '
+                    "and guests started at once. Raise prepare-timeout in the policy if its "
+                    "QEMU only starts slowly.",
+                ) from self.worker.error
             raise MigrationAborted(
                 msg,
                 hint="The guest keeps running on the source. Allow more time (--timeout), "

@@ -165,6 +165,19 @@ class Abort:
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class FreeStuckPrepare:
+    """End the destination's half-started incoming guest: its libvirt prepare step hangs.
+
+    Only decided while nothing has been sent, so the guest's only state is on the
+    source; the destination kills the process libvirt forked for the incoming
+    QEMU if it is not (yet) a QEMU, and the prepare step then fails.
+    """
+
+    kind: ClassVar[str] = "free-stuck-prepare"
+    waited_s: float
+
+
 Action = (
     SetMaxDowntime
     | SetMaxBandwidth
@@ -173,6 +186,7 @@ Action = (
     | PausePostCopy
     | ResumePostCopy
     | Abort
+    | FreeStuckPrepare
 )
 
 
@@ -199,6 +213,8 @@ class Rule(StrEnum):
     """The user cancelled during pre-copy: abort."""
     CANCEL_REFUSED = "cancel-refused"
     """The user cancelled during post-copy: refused, the guest's state is split."""
+    PREPARE_STUCK = "prepare-stuck"
+    """Nothing sent after ``prepare_timeout_s``: the destination never finished starting."""
     TIME_BUDGET_ABORT = "time-budget-abort"
     """Pre-copy ran past ``max_duration_s``."""
     TIME_BUDGET_POSTCOPY = "time-budget-postcopy"
@@ -673,8 +689,9 @@ def step(  # noqa: PLR0911  one return per rule, in priority order
         detail = next(e.detail for e in new if e.kind is EventKind.JOB_FAILED)
         reason = f"the migration job ended without completing: {detail}"
         return decide(State.ABORTED, Rule.JOB_FAILED, reason)
-    if state is State.ABORTING:
-        return decide(State.ABORTING, Rule.CARRY_ON, "")
+    stuck = _prepare_stuck(state, history, policy, decide)
+    if stuck is not None or state is State.ABORTING:
+        return stuck or decide(State.ABORTING, Rule.CARRY_ON, "")
     if EventKind.CANCEL_REQUESTED in kinds:
         return decide(
             State.ABORTING,
@@ -697,6 +714,42 @@ def step(  # noqa: PLR0911  one return per rule, in priority order
 
 class _Decide(Protocol):
     def __call__(self, nxt: State, rule: Rule, reason: str, *actions: Action) -> Decision: ...
+
+
+def nothing_sent(history: History) -> bool:
+    """No memory or disk byte has left the source yet (libvirt's prepare step at most)."""
+    return all(
+        s.memory_total_bytes == 0 and s.data_processed_bytes == 0 and s.disk_processed_bytes == 0
+        for s in history.samples
+    )
+
+
+def _prepare_stuck(
+    state: State, history: History, policy: MigrationPolicy, decide: _Decide
+) -> Decision | None:
+    """The decision for a prepare step past ``prepare_timeout_s`` (once), else None.
+
+    libvirt's abort does not end a prepare step that hangs on the destination
+    (seen: a libvirtd child deadlocked before it became QEMU), so the abort comes
+    with ``FreeStuckPrepare``. Also in ABORTING: a timeout or Ctrl-C may have
+    asked for the abort already.
+    """
+    waited_s = history.now_s - history.started_s
+    if (
+        state not in {State.SETUP, State.ABORTING}
+        or waited_s < policy.prepare_timeout_s
+        or not nothing_sent(history)
+        or any(d.rule is Rule.PREPARE_STUCK for d in history.decisions)
+    ):
+        return None
+    reason = (
+        f"the destination has not started the incoming guest after {waited_s:.0f} s "
+        f"(libvirt's prepare step; nothing sent; prepare_timeout_s is "
+        f"{policy.prepare_timeout_s:g} s)"
+    )
+    free = FreeStuckPrepare(round(waited_s, 1))
+    actions: tuple[Action, ...] = (free,) if state is State.ABORTING else (Abort(reason), free)
+    return decide(State.ABORTING, Rule.PREPARE_STUCK, reason, *actions)
 
 
 def _phase_state(state: State, history: History) -> State:

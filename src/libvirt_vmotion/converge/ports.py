@@ -34,3 +34,11 @@ class SampleSink(Protocol):
 
     def __call__(self, sample: JobSample) -> None:
         """Take one sample."""
+
+
+class PrepareRescue(Protocol):
+    """Ends a destination's prepare step that hangs (``converge.prepare``)."""
+
+    def free_stuck_prepare(self, domain: str, *, waited_s: float) -> str:
+        """Free the half-started incoming guest; say what was done."""
+        ...

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from libvirt_vmotion.adapters.agent import Guard, RemoteHost
     from libvirt_vmotion.adapters.virt import Hypervisor
     from libvirt_vmotion.converge.loop import HostConnection, PostSwitchover
-    from libvirt_vmotion.converge.ports import Observer
+    from libvirt_vmotion.converge.ports import Observer, PrepareRescue
     from libvirt_vmotion.converge.progress import ProgressView
     from libvirt_vmotion.model import MeasuredContext, MigrationOutcome, MigrationRequest
     from libvirt_vmotion.policy import MigrationPolicy
@@ -184,6 +184,7 @@ class LoopMover:
     observers: Sequence[Observer]
     cutover: PostSwitchover | None
     on_progress: Callable[[ProgressView], None] | None
+    rescue: PrepareRescue | None = None
 
     def __call__(
         self, request: MigrationRequest, *, policy: MigrationPolicy, measured: MeasuredContext
@@ -200,6 +201,7 @@ class LoopMover:
             policy=policy,
             on_progress=self.on_progress,
             measured=measured,
+            rescue=self.rescue,
         )
 
 
@@ -259,6 +261,22 @@ def _host_preflight(  # noqa: PLR0913  both hosts and both agents, keyword-only
     )
 
 
+def _mover(
+    source: Hypervisor, dest: Hypervisor, around: Around, dest_agent: RemoteHost
+) -> LoopMover:
+    """The controller loop between the two open hosts, with what the CLI puts around it."""
+    from libvirt_vmotion.converge.prepare import AgentPrepareRescue  # noqa: PLC0415
+
+    return LoopMover(
+        source,
+        dest,
+        around.observers,
+        around.cutover(source) if around.cutover else None,
+        around.on_progress,
+        AgentPrepareRescue(dest_agent),
+    )
+
+
 @contextmanager
 def open_session(  # noqa: PLR0913  the Session's inputs and optional ports, keyword-only
     request: MigrationRequest,
@@ -307,13 +325,7 @@ def open_session(  # noqa: PLR0913  the Session's inputs and optional ports, key
             preflight=preflight,
             destination=AgentDestination(dest_agent, warn=events.warning),
             locator=HostLocator(source, dest),
-            mover=LoopMover(
-                source,
-                dest,
-                around.observers,
-                around.cutover(source) if around.cutover else None,
-                around.on_progress,
-            ),
+            mover=_mover(source, dest, around, dest_agent),
             runlog=HistoryRunLog(cap_mib_s=request.bandwidth_mib_s),
             clock=time.monotonic,
             new_id=lambda: str(uuid.uuid4()),

@@ -46,7 +46,7 @@ from libvirt_vmotion.session.core import Preflight, PreflightOutcome, Session, S
 
 log = logging.getLogger(__name__)
 
-PREFLIGHT_WORKERS: Final = 4
+PREFLIGHT_WORKERS: Final = 8
 """Pre-flights run side by side (each waits mostly on libvirt, ssh and the dirty-rate window)."""
 REUSE_PREFLIGHT_S: Final = 120.0
 """A pair's pre-flight older than this is run again when its migration starts."""

@@ -46,31 +46,48 @@ class RateMemo:
 
     ``evacuate`` pre-flights every guest toward every destination: the guest's
     dirty rate does not depend on the destination, so it is measured once, not
-    once per destination (and two measurements of one guest would collide in QEMU).
+    once per destination (and two measurements of one guest would collide in
+    QEMU). The first pre-flight of a guest measures (``claim``); the others
+    gather their own facts meanwhile and wait only for the rate (``wait``).
     """
 
     max_age_s: float = 60.0
+    wait_s: float = 30.0
     clock: Callable[[], float] = time.monotonic
     _lock: threading.Lock = field(default_factory=threading.Lock)
-    _turns: dict[tuple[str, str], threading.Lock] = field(default_factory=dict)
+    _measuring: dict[tuple[str, str], threading.Event] = field(default_factory=dict)
     _rates: dict[tuple[str, str], tuple[float, float]] = field(default_factory=dict)
 
-    def turn(self, key: tuple[str, str]) -> threading.Lock:
-        """The lock one guest's pre-flights take turns on (``key``: source URI, guest)."""
-        with self._lock:
-            return self._turns.setdefault(key, threading.Lock())
-
     def recent(self, key: tuple[str, str]) -> float | None:
-        """The guest's rate measured within ``max_age_s``, else None."""
+        """The guest's rate measured within ``max_age_s``, else None (key: source URI, guest)."""
         with self._lock:
             at, rate = self._rates.get(key, (float("-inf"), 0.0))
         return rate if self.clock() - at <= self.max_age_s else None
 
-    def remember(self, key: tuple[str, str], rate_mib_s: float) -> None:
-        """Keep a rate just measured (a reused one keeps its first time)."""
+    def claim(self, key: tuple[str, str]) -> bool:
+        """True: the caller measures this guest's rate now, then calls ``done``."""
         with self._lock:
-            if self.clock() - self._rates.get(key, (float("-inf"), 0.0))[0] > self.max_age_s:
+            if key in self._measuring:
+                return False
+            self._measuring[key] = threading.Event()
+            return True
+
+    def done(self, key: tuple[str, str], rate_mib_s: float | None) -> None:
+        """The claimed measurement ended (None: it failed); wake whoever waits for it."""
+        with self._lock:
+            if rate_mib_s is not None:
                 self._rates[key] = (self.clock(), rate_mib_s)
+            event = self._measuring.pop(key, None)
+        if event is not None:
+            event.set()
+
+    def wait(self, key: tuple[str, str]) -> float | None:
+        """The rate another pre-flight is measuring, once it has (None: it failed)."""
+        with self._lock:
+            event = self._measuring.get(key)
+        if event is not None:
+            event.wait(self.wait_s)
+        return self.recent(key)
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,19 +148,29 @@ class HostPreflight:
     def run(self) -> PreflightOutcome:
         """Facts, checks, forecast; nothing changed on any host.
 
-        With ``rates``, one guest's pre-flights toward several destinations take
-        turns, and only the first measures the dirty rate.
+        With ``rates``, only the first of one guest's pre-flights toward several
+        destinations measures the dirty rate; the others gather their facts side
+        by side with it and wait for its rate.
         """
-        if self.rates is None:
+        rates = self.rates
+        if rates is None:
             return self._run(None)
         key = (self.source_uri, self.domain)
-        with self.rates.turn(key):
-            outcome = self._run(self.rates.recent(key))
-            if outcome.forecast is not None:
-                self.rates.remember(key, outcome.forecast.inputs.dirty_rate_mib_s)
-            return outcome
+        known = rates.recent(key)
+        if known is not None:
+            return self._run(lambda: known)
+        if not rates.claim(key):
+            return self._run(lambda: rates.wait(key))
+        outcome = None
+        try:
+            outcome = self._run(None)
+        finally:
+            fc = outcome.forecast if outcome is not None else None
+            rates.done(key, fc.inputs.dirty_rate_mib_s if fc is not None else None)
+        return outcome
 
-    def _run(self, known_rate_mib_s: float | None) -> PreflightOutcome:
+    def _run(self, known_rate: Callable[[], float | None] | None) -> PreflightOutcome:
+        """One pre-flight; ``known_rate``: the rate another pre-flight measures (None: measure)."""
         from libvirt_vmotion.preflight.gather import measure_forecast, start_measuring  # noqa: PLC0415
         from libvirt_vmotion.preflight.linkrate import learned_switchover  # noqa: PLC0415
 
@@ -155,7 +182,7 @@ class HostPreflight:
             window_s=s.window_s,
             dest_uri=self.dest_uri,
             measure_link_too=not s.bandwidth_mib_s and not self._link_known(),
-            measure_rate=known_rate_mib_s is None,
+            measure_rate=known_rate is None,
         )
         facts, storage = self._gather()
         results = run_checks(facts, skip=s.skip)
@@ -178,7 +205,7 @@ class HostPreflight:
                 past=past,
                 switchover_mib_s=switchover,
                 initial_downtime_ms=s.initial_downtime_ms,
-                known_rate_mib_s=known_rate_mib_s,
+                known_rate_mib_s=None if known_rate is None else known_rate(),
             )
             forecast, error, window_s = measured.forecast, measured.error, measured.window_s
             switchover = measured.switchover_mib_s  # bounded by this run's link

@@ -11,6 +11,7 @@ from libvirt_vmotion.policy import MigrationPolicy
 from libvirt_vmotion.preflight.forecast import (
     Forecast,
     ForecastInputs,
+    RateOrigin,
     Strategy,
     choose_compression,
     forecast,
@@ -25,6 +26,7 @@ def fc(*, bandwidth: float, source: str, dirty: float = 5.0) -> Forecast:
             bandwidth_mib_s=bandwidth,
             max_downtime_ms=500,
             bandwidth_source=source,
+            bandwidth_origin=RateOrigin(source.split(maxsplit=1)[0].rstrip(":")),
         )
     )
 
@@ -58,6 +60,16 @@ def test_auto_leaves_it_off_where_it_cannot_help_or_would_cost_post_copy(
     chosen = choose_compression(Compression.AUTO, forecast_, xbzrle=False)
     assert not chosen.compress
     assert why in chosen.reason
+
+
+def test_the_decision_reads_where_the_rate_comes_from_not_how_it_is_worded() -> None:
+    worded_like_a_cap = forecast(
+        ForecastInputs(
+            memory_mib=200.0, dirty_rate_mib_s=5.0, bandwidth_mib_s=50.0, max_downtime_ms=500,
+            bandwidth_source="cap-like words", bandwidth_origin=RateOrigin.LEARNED,
+        )
+    )  # fmt: skip
+    assert not choose_compression(Compression.AUTO, worded_like_a_cap, xbzrle=False).compress
 
 
 def test_the_users_choice_wins() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from libvirt_vmotion.model import PastRun
+from libvirt_vmotion.preflight.forecast import RateOrigin
 from libvirt_vmotion.preflight.linkrate import (
     ASSUMED_MIB_S,
     LEARN_FROM_LAST,
@@ -28,6 +29,7 @@ def test_measured_link_used_without_cap() -> None:
     chosen = choose_rate(cap_mib_s=None, link_mib_s=112.5, link_detail="hosta -> hostb", history=())
     assert chosen.mib_s == 112.5
     assert chosen.source == "link hosta -> hostb"
+    assert chosen.origin is RateOrigin.LINK
 
 
 def test_worked_example_of_the_module_doc() -> None:

@@ -66,6 +66,19 @@ class Strategy(StrEnum):
     """The guest dirties memory as fast as we send it: switch to post-copy after one pass."""
 
 
+class RateOrigin(StrEnum):
+    """Where the forecast's bandwidth comes from (decisions read this, not the printout)."""
+
+    CAP = "cap"
+    """The user's bandwidth cap."""
+    LINK = "link"
+    """The link, measured by our agents just now."""
+    LEARNED = "learned"
+    """What the sender achieved in earlier migrations between the two hosts."""
+    ASSUMED = "assumed"
+    """Nothing known: a default."""
+
+
 @dataclass(frozen=True, slots=True)
 class ForecastInputs:
     """What the forecast is computed from (printed with it).
@@ -77,7 +90,8 @@ class ForecastInputs:
         max_downtime_ms: the downtime budget.
         working_set_mib: most memory the guest dirties per round (None: unbounded).
         switchover_overhead_ms: fixed switchover cost.
-        bandwidth_source: "cap" or "measured" or "assumed" (for the printout).
+        bandwidth_source: where the bandwidth comes from, in words (for the printout).
+        bandwidth_origin: the same as a value (for decisions: ``choose_compression``).
         switchover_bandwidth_mib_s: rate of the final stop-and-copy round. QEMU
             does not rate-limit the switchover (LAB-NOTES), so under a cap this
             is the link's speed; None means ``bandwidth_mib_s``.
@@ -91,6 +105,7 @@ class ForecastInputs:
     working_set_mib: float | None = None
     switchover_overhead_ms: int = DEFAULT_SWITCHOVER_OVERHEAD_MS
     bandwidth_source: str = "cap"
+    bandwidth_origin: RateOrigin = RateOrigin.CAP
     switchover_bandwidth_mib_s: float | None = None
     memory_source: str = ""
     """How ``memory_mib`` was obtained (for the printout)."""
@@ -351,7 +366,8 @@ def choose_compression(
     if fc is None:
         return CompressionChoice(compress=False, reason="off: no forecast to judge the link by")
     rate, source = fc.inputs.bandwidth_mib_s, fc.inputs.bandwidth_source
-    if not source.startswith(("cap", "link")) or rate > COMPRESS_AT_MOST_MIB_S:
+    link_limited = fc.inputs.bandwidth_origin in {RateOrigin.CAP, RateOrigin.LINK}
+    if not link_limited or rate > COMPRESS_AT_MOST_MIB_S:
         return CompressionChoice(
             compress=False, reason=f"off: the sender, not the link, sets the pace ({source})"
         )

@@ -410,6 +410,7 @@ def measure_forecast(  # noqa: PLR0913  the forecast's inputs, keyword-only
         max_downtime_ms=max_downtime_ms or DEFAULT_MAX_DOWNTIME_MS,  # the controller's budget
         initial_downtime_ms=initial_downtime_ms or DEFAULT_INITIAL_DOWNTIME_MS,  # its first rung
         bandwidth_source=chosen.source,
+        bandwidth_origin=chosen.origin,
     )
     return Measured(forecast(inputs), window_s, switchover_mib_s=switchover_mib_s)
 

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from libvirt_vmotion.model import PastRun
+from libvirt_vmotion.preflight.forecast import RateOrigin
 
 LEARN_FROM_LAST: Final = 5
 """How many recent unconstrained migrations the learned rate is the median of."""
@@ -52,6 +53,7 @@ class RateChoice:
 
     mib_s: float
     source: str
+    origin: RateOrigin
 
 
 def _unconstrained(history: Sequence[PastRun], last: int) -> list[float]:
@@ -129,9 +131,9 @@ def choose_rate(
     """The slowest of cap, measured link and learned sender rate (see the module doc)."""
     candidates: list[RateChoice] = []
     if cap_mib_s:
-        candidates.append(RateChoice(cap_mib_s, "cap"))
+        candidates.append(RateChoice(cap_mib_s, "cap", RateOrigin.CAP))
     if link_mib_s:
-        candidates.append(RateChoice(link_mib_s, f"link {link_detail}".strip()))
+        candidates.append(RateChoice(link_mib_s, f"link {link_detail}".strip(), RateOrigin.LINK))
     learned = learned_rate(history)
     if learned is not None:
         candidates.append(
@@ -140,8 +142,11 @@ def choose_rate(
                 f"learned: median of the last {len(_unconstrained(history, LEARN_FROM_LAST))} "
                 "migration(s) between these hosts "
                 "that the cap did not hold back",
+                RateOrigin.LEARNED,
             )
         )
     if not candidates:
-        return RateChoice(ASSUMED_MIB_S, "assumed (no cap, link not measured, no history)")
+        return RateChoice(
+            ASSUMED_MIB_S, "assumed (no cap, link not measured, no history)", RateOrigin.ASSUMED
+        )
     return min(candidates, key=lambda c: c.mib_s)

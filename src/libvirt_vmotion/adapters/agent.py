@@ -527,14 +527,7 @@ class Guard:
         After a failure (``ok`` false) the guard makes sure no pre-copy job is left.
         """
         self.send("done" if ok else "failed")
-        if self.proc.stdin is not None:
-            with contextlib.suppress(OSError):
-                self.proc.stdin.close()
-        try:
-            self.proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        channel.end_process(self.proc, timeout_s=timeout_s)
 
 
 @dataclass(slots=True)

@@ -33,7 +33,7 @@ import subprocess
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import IO, Final
+from typing import IO, Any, Final
 
 HANDSHAKE_S: Final = 8.0
 """How long a new channel's ``hello`` may take (ssh's 5 s connect, the agent's start).
@@ -173,14 +173,7 @@ class Channel:
         """Close its stdin (the agent ends) and reap it."""
         with self._lock:
             self._break_locked("closed")
-        if self.proc.stdin is not None:
-            with contextlib.suppress(OSError):
-                self.proc.stdin.close()
-        try:
-            self.proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        end_process(self.proc, timeout_s=timeout_s)
 
     def _read_replies(self, stream: IO[bytes]) -> None:
         why = "its reply reader failed"
@@ -238,6 +231,18 @@ def _parse(line: bytes) -> dict[str, object] | None:
     if not isinstance(call_id, int) or isinstance(call_id, bool):
         return None
     return reply
+
+
+def end_process(proc: subprocess.Popen[Any], *, timeout_s: float) -> None:
+    """Close an agent's stdin (it ends by itself then), wait for it, kill it if it lingers."""
+    if proc.stdin is not None:
+        with contextlib.suppress(OSError):
+            proc.stdin.close()
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 @dataclass(slots=True)

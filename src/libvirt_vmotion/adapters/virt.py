@@ -322,6 +322,7 @@ class Hypervisor:
         """Wrap an open connection; use :meth:`open` instead."""
         self._conn = conn
         self.uri = uri
+        self._identity: HostIdentity | None = None
 
     @classmethod
     def open(cls, uri: str, *, retry_for_s: float = 3.0) -> Hypervisor:
@@ -366,7 +367,17 @@ class Hypervisor:
         self.close()
 
     def identity(self) -> HostIdentity:
-        """Hostname, host UUID and versions of this host."""
+        """Hostname, host UUID and versions of this host.
+
+        Read once per connection (four calls, the capabilities XML among them):
+        none of it changes while the connection lasts, since a restarted
+        libvirtd drops it.
+        """
+        if self._identity is None:
+            self._identity = self._read_identity()
+        return self._identity
+
+    def _read_identity(self) -> HostIdentity:
         with translating_errors("read host identity", uri=self.uri):
             hostname = self._conn.getHostname()
             caps = ET.fromstring(self._conn.getCapabilities())  # noqa: S314  trusted: our own libvirtd

@@ -57,7 +57,7 @@ from urllib.parse import urlsplit
 
 from libvirt_vmotion import __version__
 from libvirt_vmotion.adapters import channel, ops
-from libvirt_vmotion.adapters.ops import AgentOperationFailed, AgentUnavailable
+from libvirt_vmotion.adapters.ops import AgentOperationFailed, AgentTimedOut, AgentUnavailable
 from libvirt_vmotion.errors import UsageError, VmotionError
 
 log = logging.getLogger(__name__)
@@ -382,7 +382,8 @@ class RemoteHost:
                 self._argv(op), json.dumps(dict(args or {})).encode(), timeout_s=timeout_s
             )
         except (OSError, subprocess.TimeoutExpired, ReplyTooLarge) as exc:
-            raise self._unavailable(str(exc)) from exc
+            timed_out = isinstance(exc, subprocess.TimeoutExpired)
+            raise self._unavailable(str(exc), timed_out=timed_out) from exc
         return self._result(out.decode(errors="replace"), err.decode(errors="replace"), returncode)
 
     def start(
@@ -450,7 +451,8 @@ class RemoteHost:
             )
         except channel.ChannelBroken as exc:
             if not exc.retry_safe:
-                raise self._unavailable(str(exc)) from exc
+                timed_out = isinstance(exc, channel.ChannelTimeout)
+                raise self._unavailable(str(exc), timed_out=timed_out) from exc
             log.debug("no agent channel to %s (%s): one process per call", self.label, exc)
             return None
 
@@ -495,10 +497,10 @@ class RemoteHost:
         guard.send(json.dumps(dict(args), sort_keys=True))
         return guard
 
-    def _unavailable(self, detail: str) -> AgentUnavailable:
+    def _unavailable(self, detail: str, *, timed_out: bool = False) -> AgentUnavailable:
         how = shlex.join(self.prefix) if self.prefix else "a local subprocess"
         msg = f"Could not run libvirt-vmotion on {self.label} (via {how}): {detail}"
-        return AgentUnavailable(
+        return (AgentTimedOut if timed_out else AgentUnavailable)(
             msg,
             hint=f"Install libvirt-vmotion on {self.label} and allow key-based ssh from here "
             "(or set VMOTION_AGENT_SSH / VMOTION_AGENT_PYTHON).",

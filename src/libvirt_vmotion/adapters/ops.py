@@ -58,6 +58,10 @@ class AgentUnavailable(VmotionError):
     """Our package could not be run on that host (no ssh ...), or its reply is unusable."""
 
 
+class AgentTimedOut(AgentUnavailable):
+    """The request went out and no answer came within its time (it may have run there)."""
+
+
 class AgentOperationFailed(VmotionError):
     """The agent ran but the operation failed (or was refused) there; message and hint from it."""
 

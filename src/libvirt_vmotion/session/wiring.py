@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -18,7 +17,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from libvirt_vmotion.adapters import ops
-from libvirt_vmotion.adapters.channel import ChannelTimeout
 from libvirt_vmotion.errors import ReservationError, VmotionError
 from libvirt_vmotion.preflight.result import format_bytes
 from libvirt_vmotion.reserve.store import Unreleased, lease_ends_by_s
@@ -95,7 +93,7 @@ class AgentDestination:
                 self.agent, ops.ReleaseRequest(reservation_id=reservation_id), timeout_s=timeout_s
             )
         except VmotionError as exc:
-            timed_out = isinstance(exc.__cause__, (subprocess.TimeoutExpired, ChannelTimeout))
+            timed_out = isinstance(exc, ops.AgentTimedOut)
             return Unreleased(
                 reservation_id=reservation_id,
                 host=host,

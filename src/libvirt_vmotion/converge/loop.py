@@ -66,6 +66,7 @@ from libvirt_vmotion.model import (
     MigrationRequest,
 )
 from libvirt_vmotion.policy import MigrationPolicy, build_policy
+from libvirt_vmotion.preflight.forecast import ZSTD_MULTIFD_LIBVIRT
 from libvirt_vmotion.preflight.versions import (
     postcopy_resume_crash_versions,
     postcopy_resume_crashes,
@@ -432,10 +433,6 @@ def _ready_to_move(
     _check_dest_free(dest, guest.name)
     guest.set_max_downtime(policy.initial_downtime_ms)
     return guest, hosts
-
-
-ZSTD_MULTIFD_LIBVIRT: Final = 9_004_000
-"""libvirt 9.4 added compression methods (zstd) to multifd migrations."""
 
 
 def _compression_supported(

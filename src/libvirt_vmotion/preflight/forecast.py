@@ -342,8 +342,12 @@ class CompressionChoice:
     reason: str
 
 
+ZSTD_MULTIFD_LIBVIRT: Final = 9_004_000
+"""libvirt 9.4 added zstd to multifd migration (``VIR_MIGRATE_PARAM_COMPRESSION`` zstd)."""
+
+
 def choose_compression(
-    mode: Compression, fc: Forecast | None, *, xbzrle: bool
+    mode: Compression, fc: Forecast | None, *, xbzrle: bool, oldest_libvirt: int | None = None
 ) -> CompressionChoice:
     """Zstd over multifd when the link, not the sender, limits a pre-copy that converges.
 
@@ -356,11 +360,18 @@ def choose_compression(
                strategy pre-copy                                     yes
     auto       learned (what the sender achieved), faster, post-copy
                or throttling ahead, no forecast, --xbzrle            no
+    any        a host's libvirt older than 9.4 (``oldest_libvirt``)  no
     =========  ====================================================  ========
     """
-    if mode is Compression.NONE or xbzrle:
-        why = "--compression none" if mode is Compression.NONE else "--xbzrle compresses instead"
-        return CompressionChoice(compress=False, reason=f"off: {why}")
+    refused = (
+        "--compression none" if mode is Compression.NONE
+        else "--xbzrle compresses instead" if xbzrle
+        else "a host's libvirt is older than 9.4 (zstd over multifd)"
+        if oldest_libvirt is not None and oldest_libvirt < ZSTD_MULTIFD_LIBVIRT
+        else ""
+    )  # fmt: skip
+    if refused:
+        return CompressionChoice(compress=False, reason=f"off: {refused}")
     if mode is Compression.ZSTD:
         return CompressionChoice(compress=True, reason="zstd (--compression zstd)")
     if fc is None:

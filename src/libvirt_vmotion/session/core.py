@@ -127,6 +127,8 @@ class PreflightOutcome:
     room: DestRoom | None = None
     use_tls: bool = False
     tls_mode: TlsMode = TlsMode.AUTO
+    oldest_libvirt: int | None = None
+    """The older of the two hosts' libvirt versions (None: not read)."""
 
     @property
     def blocked(self) -> bool:
@@ -229,7 +231,9 @@ def measured_context(policy: MigrationPolicy, pre: PreflightOutcome) -> Measured
     strategy (rounds cannot shrink at this dirty rate) starts post-copy after the
     first pass.
     """
-    chosen = choose_compression(policy.compression, pre.forecast, xbzrle=policy.xbzrle)
+    chosen = choose_compression(
+        policy.compression, pre.forecast, xbzrle=policy.xbzrle, oldest_libvirt=pre.oldest_libvirt
+    )
     return build_context(
         policy,
         learned_switchover_mib_s=pre.switchover_mib_s,

@@ -223,6 +223,7 @@ class HostPreflight:
             room=dest_room(facts),
             use_tls=use_tls,
             tls_mode=s.tls,
+            oldest_libvirt=min(facts.source.libvirt_version, facts.dest.libvirt_version),
         )
 
     def _link_known(self) -> bool:

@@ -346,6 +346,12 @@ def test_an_abort_asked_for_already_still_frees_a_stuck_prepare_step() -> None:
     assert stuck.actions == (FreeStuckPrepare(30.0),)  # aborted already: not asked twice
 
 
+def test_a_job_whose_statistics_cannot_be_read_is_not_taken_for_a_stuck_prepare() -> None:
+    history = History(started_s=0.0).with_time(500.0)
+    decision = step(State.SETUP, history, MigrationPolicy(prepare_timeout_s=30), NOTHING_MEASURED)
+    assert decision.rule is not Rule.PREPARE_STUCK
+
+
 def test_a_slow_move_that_has_sent_bytes_is_never_taken_for_a_stuck_prepare() -> None:
     samples = [*_preparing(5), *steady(30, 64, round_s=2.0)]
     samples = [replace(x, now_s=x.now_s + 6) if i > 5 else x for i, x in enumerate(samples)]

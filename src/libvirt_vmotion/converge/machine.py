@@ -717,8 +717,11 @@ class _Decide(Protocol):
 
 
 def nothing_sent(history: History) -> bool:
-    """No memory or disk byte has left the source yet (libvirt's prepare step at most)."""
-    return all(
+    """The job's statistics say no memory or disk byte has left the source yet.
+
+    False without any statistics: a job that cannot be read is not known to be stuck.
+    """
+    return bool(history.samples) and all(
         s.memory_total_bytes == 0 and s.data_processed_bytes == 0 and s.disk_processed_bytes == 0
         for s in history.samples
     )

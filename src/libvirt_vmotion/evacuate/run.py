@@ -239,7 +239,7 @@ class Evacuation:
         """Pre-flight every guest toward every destination, then place and order them."""
         guests = self.guests()
         # Destination-major: the first pre-flights side by side are of different guests
-        # (one guest's take turns: its dirty rate is measured once, see ``RateMemo``).
+        # (one guest's share one dirty-rate measurement, see ``RateMemo``).
         pairs = [(g, d) for d in self.request.dest_uris for g in guests]
         share = self._planning_share(len(guests))
         with ThreadPoolExecutor(PREFLIGHT_WORKERS, thread_name_prefix="evac-preflight") as pool:

@@ -320,16 +320,16 @@ def _preparing(until_s: float) -> list[JobSample]:
     return [make_sample(now_s=float(t), iteration=0, remaining_mib=0, memory_mib=0) for t in steps]
 
 
-def test_a_prepare_step_past_its_timeout_is_aborted_and_its_process_freed_once() -> None:
+def test_a_prepare_step_past_its_timeout_asks_the_destination_once_and_aborts_nothing() -> None:
     policy = MigrationPolicy(prepare_timeout_s=30)
     state, history = run(_preparing(29), policy)
-    assert state is State.SETUP
-    assert not any(isinstance(a, Abort) for a in actions_of(history))
+    assert not any(d.rule is Rule.PREPARE_STUCK for d in history.decisions)
     state, history = run(_preparing(45), policy)
-    assert state is State.ABORTING
+    assert state is State.SETUP  # a QEMU that only starts slowly still gets there
+    assert not any(isinstance(a, Abort) for a in actions_of(history))
     stuck = [d for d in history.decisions if d.rule is Rule.PREPARE_STUCK]
-    assert len(stuck) == 1  # freed once, then the abort is awaited
-    assert stuck[0].actions == (Abort(stuck[0].reason), FreeStuckPrepare(30.0))
+    assert len(stuck) == 1  # asked once
+    assert stuck[0].actions == (FreeStuckPrepare(30.0),)
     assert "has not started the incoming guest after 30 s" in stuck[0].reason
 
 

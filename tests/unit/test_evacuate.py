@@ -184,6 +184,7 @@ class World:
     unreachable: set[str] = field(default_factory=set)
     slots: int = 1
     prepare_s: float = 0.0
+    refuse_s: float = 0.0
     preparing: list[str] = field(default_factory=list)
     most_preparing_per_dest: dict[str, int] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -217,6 +218,7 @@ class FakeSession:
         self.check()  # as Session.run: pre-flight first (the reused one when handed in)
         w, g, d = self.world, self.request.domain, self.request.dest_uri
         if (g, d) in w.refuse:
+            time.sleep(w.refuse_s)
             msg = f"{d} is full"
             raise ReservationError(msg)
         self._prepare()
@@ -341,6 +343,19 @@ def test_a_second_move_into_a_host_waits_until_the_first_left_libvirts_prepare_s
     assert {r.outcome for r in results} == {Outcome.MOVED}
     assert world.most_preparing_per_dest == {B: 1, C: 1}  # never two prepares into one host
     assert world.most_per_dest == {B: 2, C: 2}  # yet both of its slots were in use at once
+
+
+def test_a_fallback_destination_also_waits_for_another_moves_prepare_step_there() -> None:
+    world = World(running=["g1", "g2"], slots=2, prepare_s=0.4, move_s=0.2, refuse_s=0.1)
+    evac, _ = evacuation(world, parallel=2)
+    plan = evac.plan()
+    first = {p.guest: p.dest for p in plan}
+    assert first["g1"] != first["g2"]  # one each: the fallback lands where g2 prepares
+    world.refuse.add(("g1", cast("str", first["g1"])))  # another evacuation got there first
+    results = {r.guest: r for r in evac.run(plan)}
+    assert results["g1"].outcome is Outcome.MOVED
+    assert results["g1"].dest == first["g2"]
+    assert max(world.most_preparing_per_dest.values()) == 1
 
 
 def test_planning_forecasts_with_each_moves_share_of_the_total_bandwidth() -> None:

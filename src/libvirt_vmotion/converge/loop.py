@@ -31,6 +31,7 @@ from libvirt_vmotion.converge.machine import (
     History,
     PausePostCopy,
     ResumePostCopy,
+    Rule,
     SetMaxBandwidth,
     SetMaxDowntime,
     StartPostCopy,
@@ -580,6 +581,7 @@ class _Controller:
     """The controller's own CPU time while ``run`` watched the migration (its thread)."""
     rescue: PrepareRescue | None = None
     rescued: str = ""
+    rescue_killed: bool = False
     """What the destination did about a prepare step that hung (``FreeStuckPrepare``)."""
 
     def run(self, started_s: float) -> None:
@@ -754,7 +756,7 @@ class _Controller:
         done = _best_effort_value(
             lambda: rescue.free_stuck_prepare(self.guest.name, waited_s=waited_s)
         )
-        self.rescued = done or "the destination's agent did not answer"
+        self.rescue_killed, self.rescued = done or (False, "its agent did not answer")
         log.warning("prepare step of %s stuck: %s", self.guest.name, self.rescued)
 
     def _resume(self) -> None:
@@ -801,6 +803,16 @@ class _Controller:
                 f"{name} --from {source.uri}; see both with: virsh -c {dest.uri} domstate "
                 f"--reason {name}; virsh -c {source.uri} domstate --reason {name}",
             )
+        if self.rescue_killed and _where_is(source, dest, name) == (True, False):
+            stuck = next(d.reason for d in self.history.decisions if d.rule is Rule.PREPARE_STUCK)
+            msg = f"Migration of '{name}' failed: {stuck}. Destination {self.rescued}."
+            raise MigrationAborted(
+                msg,
+                hint=f"The guest keeps running on the source. See why the destination "
+                f"did not start it in its libvirtd log ({dest.uri}); a libvirt child stuck "
+                'before it became QEMU is a libvirt bug seen with lock_manager = "lockd" '
+                "and guests started at once.",
+            ) from self.worker.error
         aborted_for = next(
             (
                 a.reason
@@ -812,16 +824,6 @@ class _Controller:
         )
         if aborted_for is not None and _where_is(source, dest, name) == (True, False):
             msg = f"Migration of '{name}' aborted: {aborted_for}."
-            if self.rescued:
-                freed = f"{msg} Destination {self.rescued}."
-                raise MigrationAborted(
-                    freed,
-                    hint=f"The guest keeps running on the source. See why the destination "
-                    f"did not start it in its libvirtd log ({dest.uri}); a libvirt child stuck "
-                    'before it became QEMU is a libvirt bug seen with lock_manager = "lockd" '
-                    "and guests started at once. Raise prepare-timeout in the policy if its "
-                    "QEMU only starts slowly.",
-                ) from self.worker.error
             raise MigrationAborted(
                 msg,
                 hint="The guest keeps running on the source. Allow more time (--timeout), "

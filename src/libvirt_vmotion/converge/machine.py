@@ -214,7 +214,7 @@ class Rule(StrEnum):
     CANCEL_REFUSED = "cancel-refused"
     """The user cancelled during post-copy: refused, the guest's state is split."""
     PREPARE_STUCK = "prepare-stuck"
-    """Nothing sent after ``prepare_timeout_s``: the destination never finished starting."""
+    """Nothing sent after ``prepare_timeout_s``: ask the destination to end a stuck start."""
     TIME_BUDGET_ABORT = "time-budget-abort"
     """Pre-copy ran past ``max_duration_s``."""
     TIME_BUDGET_POSTCOPY = "time-budget-postcopy"
@@ -733,9 +733,12 @@ def _prepare_stuck(
     """The decision for a prepare step past ``prepare_timeout_s`` (once), else None.
 
     libvirt's abort does not end a prepare step that hangs on the destination
-    (seen: a libvirtd child deadlocked before it became QEMU), so the abort comes
-    with ``FreeStuckPrepare``. Also in ABORTING: a timeout or Ctrl-C may have
-    asked for the abort already.
+    (seen: a libvirtd child deadlocked before it became QEMU), so nothing is
+    aborted here: ``FreeStuckPrepare`` asks the destination, which ends a
+    process that never became QEMU (the prepare step then fails, and the job
+    with it) and leaves a QEMU that only starts slowly (preallocating a large
+    guest's memory) to finish. Also in ABORTING: a timeout or Ctrl-C may have
+    asked for an abort that cannot take effect.
     """
     waited_s = history.now_s - history.started_s
     if (
@@ -750,9 +753,7 @@ def _prepare_stuck(
         f"(libvirt's prepare step; nothing sent; prepare_timeout_s is "
         f"{policy.prepare_timeout_s:g} s)"
     )
-    free = FreeStuckPrepare(round(waited_s, 1))
-    actions: tuple[Action, ...] = (free,) if state is State.ABORTING else (Abort(reason), free)
-    return decide(State.ABORTING, Rule.PREPARE_STUCK, reason, *actions)
+    return decide(state, Rule.PREPARE_STUCK, reason, FreeStuckPrepare(round(waited_s, 1)))
 
 
 def _phase_state(state: State, history: History) -> State:

@@ -39,6 +39,6 @@ class SampleSink(Protocol):
 class PrepareRescue(Protocol):
     """Ends a destination's prepare step that hangs (``converge.prepare``)."""
 
-    def free_stuck_prepare(self, domain: str, *, waited_s: float) -> str:
-        """Free the half-started incoming guest; say what was done."""
+    def free_stuck_prepare(self, domain: str, *, waited_s: float) -> tuple[bool, str]:
+        """End the incoming guest's process if it never became QEMU: (killed, what was done)."""
         ...

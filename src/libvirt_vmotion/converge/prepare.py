@@ -10,7 +10,8 @@ can end it (both wait for it). Killing that child ends it: libvirt sees its
 QEMU die, the prepare step fails, and the source's migration fails with it.
 
 The controller asks for this (``converge.machine.FreeStuckPrepare``) only while
-nothing has been sent, so the guest's only state is on the source. The host
+nothing has been sent, so the guest's only state is on the source; it aborts
+nothing itself (a QEMU slow to start still gets there). The host
 side kills the pidfile's process only if it is not a QEMU (a QEMU that is slow
 to start, e.g. preallocating memory, is left alone) and started within the
 wait, so it belongs to this migration.
@@ -95,11 +96,11 @@ class AgentPrepareRescue:
 
     agent: RemoteHost
 
-    def free_stuck_prepare(self, domain: str, *, waited_s: float) -> str:
-        """What was done on the destination, in words for the report and the error."""
+    def free_stuck_prepare(self, domain: str, *, waited_s: float) -> tuple[bool, str]:
+        """Whether a process was killed there, and what was done, in words for the error."""
         reply = ops.FREE_STUCK_PREPARE.call(
             self.agent,
             ops.FreePrepareRequest(domain=domain, younger_than_s=waited_s + 5.0),
             timeout_s=15.0,
         )
-        return f"{self.agent.label}: {reply.note}"
+        return reply.killed_pid > 0, f"{self.agent.label}: {reply.note}"

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import AbstractContextManager
@@ -403,7 +404,10 @@ class Evacuation:
         """One guest's Session toward its destination, then its alternatives."""
         p = run.placement
         tried: list[str] = []
-        for dest in (run.dest, *p.alternatives):
+        for i, dest in enumerate((run.dest, *p.alternatives)):
+            if i:  # a fallback: its host may be in another move's prepare step
+                run.dest = ""
+                self._await_prepare_step(p.guest, dest)
             run.dest = dest
             if self._stopping:
                 break
@@ -422,6 +426,19 @@ class Evacuation:
             hint="Free room on a destination or add one with --to, then run evacuate again.",
         )
         return self._ended(run, started0, Outcome.STAYED, error=error)
+
+    def _await_prepare_step(self, guest: str, dest: str) -> None:
+        """Wait until no other move into ``dest`` is in libvirt's prepare step (``may_start``)."""
+        while not self._stopping:
+            with self._lock:
+                busy = any(
+                    r.dest == dest and r.phase == "setup"
+                    for g, r in self._running.items()
+                    if g != guest
+                )
+            if not busy:
+                return
+            time.sleep(_WAKE_S)
 
     def _session(self, guest: str, dest: str, run: _Running) -> SessionResult:
         request = self.request.migration(guest, dest, run.bandwidth_mib_s)

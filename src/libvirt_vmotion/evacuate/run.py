@@ -53,6 +53,8 @@ REUSE_PREFLIGHT_S: Final = 120.0
 """A pair's pre-flight older than this is run again when its migration starts."""
 _WAKE_S: Final = 0.1
 """How often the run loop looks for a move that may start (one waits for a prepare step)."""
+_PREPARING: Final = "setup"
+"""A move's phase until the first bytes leave (its destination is in libvirt's prepare step)."""
 _POSTCOPY_PHASES: Final = frozenset({"postcopy", "postcopy-paused", "postcopy-recovering"})
 
 
@@ -195,7 +197,7 @@ class _Running:
     dest: str
     started_s: float
     bandwidth_mib_s: int | None
-    phase: str = "setup"
+    phase: str = _PREPARING
 
 
 @dataclass(slots=True)
@@ -338,7 +340,7 @@ class Evacuation:
         for p in list(pending):
             with self._lock:
                 in_flight = _count_by_dest(self._running.values())
-                preparing = {r.dest for r in self._running.values() if r.phase == "setup"}
+                preparing = self._preparing_locked()
             if not may_start(
                 p,
                 in_flight=in_flight,
@@ -431,14 +433,14 @@ class Evacuation:
         """Wait until no other move into ``dest`` is in libvirt's prepare step (``may_start``)."""
         while not self._stopping:
             with self._lock:
-                busy = any(
-                    r.dest == dest and r.phase == "setup"
-                    for g, r in self._running.items()
-                    if g != guest
-                )
+                busy = dest in self._preparing_locked(but=guest)
             if not busy:
                 return
             time.sleep(_WAKE_S)
+
+    def _preparing_locked(self, *, but: str = "") -> set[str]:
+        """Destinations a running move (other than ``but``'s) is in libvirt's prepare step for."""
+        return {r.dest for g, r in self._running.items() if g != but and r.phase == _PREPARING}
 
     def _session(self, guest: str, dest: str, run: _Running) -> SessionResult:
         request = self.request.migration(guest, dest, run.bandwidth_mib_s)

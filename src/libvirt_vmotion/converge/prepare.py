@@ -51,6 +51,23 @@ def is_qemu(exe_name: str) -> bool:
     return exe_name.startswith(("qemu-system-", "qemu-kvm"))
 
 
+def why_left(exe_name: str, *, age_s: float, younger_than_s: float) -> str:
+    """Why the pidfile's process is not this migration's stuck fork ("": it is; kill it).
+
+    >>> why_left("libvirtd", age_s=3.0, younger_than_s=125.0)
+    ''
+    >>> why_left("qemu-system-x86_64", age_s=3.0, younger_than_s=125.0)
+    'is QEMU, still starting'
+    >>> why_left("sleep", age_s=300.0, younger_than_s=125.0)
+    '(sleep) is 300 s old, older than this migration'
+    """
+    if is_qemu(exe_name):
+        return "is QEMU, still starting"
+    if age_s > younger_than_s:
+        return f"({exe_name}) is {age_s:.0f} s old, older than this migration"
+    return ""
+
+
 def _age_s(pid: int) -> float:
     """Seconds since ``pid`` started (from /proc: its start time and the boot time)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
@@ -79,11 +96,9 @@ def op_free_stuck_prepare(args: Mapping[str, object]) -> dict[str, object]:
         age_s = _age_s(pid)
     except (OSError, ValueError, IndexError):
         return {"killed_pid": 0, "exe": "", "note": f"process {pid} ({pidfile}) is gone"}
-    if is_qemu(exe):
-        return {"killed_pid": 0, "exe": exe, "note": f"process {pid} is QEMU, still starting: left"}
-    if age_s > younger_than_s:
-        note = f"process {pid} ({exe}) is {age_s:.0f} s old, older than this migration: left"
-        return {"killed_pid": 0, "exe": exe, "note": note}
+    left = why_left(exe, age_s=age_s, younger_than_s=younger_than_s)
+    if left:
+        return {"killed_pid": 0, "exe": exe, "note": f"process {pid} {left}: left"}
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
     note = f"killed process {pid} ({exe}), started for the incoming guest but not a QEMU"
